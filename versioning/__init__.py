@@ -1,0 +1,60 @@
+"""sqlalchemy-versioning: complete, trustworthy history for SQLAlchemy 2.x models.
+
+Mix :class:`Versioned` into a mapped class and every insert, update and delete of it is recorded —
+who, when, from where, each field's old and new value and a full snapshot — in a history table
+beside it, committed atomically with the data. Read it back with :func:`history`, reconstruct a
+record at any moment with :func:`as_of`, and put it back with :func:`restore`.
+"""
+
+from versioning import capture as _capture  # noqa: F401 - installs the session hooks
+from versioning import masks
+from versioning.context import AuditContext, audit_context, current_context, set_actor
+from versioning.declaration import Versioned, VersionedOptions, history_table
+from versioning.errors import (
+    ConfigurationError,
+    ContextError,
+    EncodingError,
+    RestoreConflictError,
+    RestoreError,
+    VersioningError,
+)
+from versioning.operation import Operation
+from versioning.reading import Transaction, Version, as_of, history
+from versioning.restoring import restore
+from versioning.schema import TRANSACTION_TABLE, transaction_table_for
+
+__all__ = [
+    "TRANSACTION_TABLE",
+    "AuditContext",
+    "ConfigurationError",
+    "ContextError",
+    "EncodingError",
+    "Operation",
+    "RestoreConflictError",
+    "RestoreError",
+    "Transaction",
+    "Version",
+    "Versioned",
+    "VersionedOptions",
+    "VersioningError",
+    "as_of",
+    "audit_context",
+    "current_context",
+    "history",
+    "history_table",
+    "masks",
+    "restore",
+    "set_actor",
+    "transaction_table",
+]
+
+__version__ = "0.1.0.dev0"
+
+
+def transaction_table(metadata: "object") -> "object":
+    """The ``versioning_transaction`` table of a ``MetaData`` (created on first use)."""
+    import sqlalchemy as sa
+
+    if not isinstance(metadata, sa.MetaData):
+        raise TypeError(f"expected a MetaData, got {metadata!r}")
+    return transaction_table_for(metadata)

@@ -1,0 +1,344 @@
+"""Capturing changes: the session and mapper hooks that write history rows.
+
+Listens on every ``Session`` (no per-session setup). The work is proportional to what a flush
+changes, never to how many objects the session holds:
+
+* ``before_flush`` finds versioned records being updated or deleted whose old values the session
+  does not hold (expired after a commit, deferred, or mutated in place) and loads them in one
+  ``SELECT`` per mapper, locking the rows where the backend can;
+* ``before_update`` / ``before_delete`` (per record, no I/O in the common case) note each record's
+  values as they were before the flush;
+* ``after_flush`` compares before and after, and writes one transaction row per database
+  transaction plus one multi-row ``INSERT`` per history table.
+
+Everything runs on the flush's own connection, inside its transaction: history and data commit or
+roll back together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import InstanceState, Mapper, Session, UOWTransaction
+from sqlalchemy.orm.base import NO_VALUE
+
+from versioning.declaration import ModelSpec, Versioned, spec_of
+from versioning.encoding import encode
+from versioning.errors import VersioningError
+from versioning.operation import Operation
+from versioning.schema import CHANGES, OPERATION, TRANSACTION_ID
+from versioning.transaction import SessionState, session_state, transaction_id
+
+__all__: list[str] = []
+
+_CHUNK = 500
+
+
+def _needs_pre_image(state: InstanceState[Any], spec: ModelSpec, deleting: bool) -> bool:
+    """Whether the session lacks a before-value that the history of this flush needs."""
+    committed = state.committed_state
+    loaded = state.dict
+    if deleting:
+        return any(
+            committed.get(key, loaded.get(key, NO_VALUE)) is NO_VALUE for key in spec.keys
+        )
+    changed = False
+    for key, original in committed.items():
+        if key in spec.keyset:
+            if original is NO_VALUE:
+                return True
+            changed = True
+    if not changed:
+        return False
+    return any(key not in loaded and key not in committed for key in spec.keys)
+
+
+def _select(spec: ModelSpec, keys: Iterable[str]) -> sa.Select[Any]:
+    return sa.select(*[spec.live_columns[k] for k in keys]).select_from(
+        spec.mapper.persist_selectable
+    )
+
+
+def _where_keys(spec: ModelSpec, identities: Sequence[tuple[Any, ...]]) -> sa.ColumnElement[bool]:
+    columns = [spec.live_columns[k] for k in spec.pk_keys]
+    if len(columns) == 1:
+        return columns[0].in_([identity[0] for identity in identities])
+    return sa.tuple_(*columns).in_(identities)
+
+
+def _load_rows(
+    connection: Connection,
+    spec: ModelSpec,
+    states: Sequence[tuple[tuple[Any, ...], InstanceState[Any]]],
+    lock: bool,
+) -> dict[InstanceState[Any], dict[str, Any]]:
+    """Current values of the versioned columns of ``states`` (identity, state), batched."""
+    out: dict[InstanceState[Any], dict[str, Any]] = {}
+    by_identity = dict(states)
+    npk = len(spec.pk_keys)
+    keys = spec.pk_keys + tuple(k for k in spec.keys if k not in spec.pk_keys)
+    for start in range(0, len(states), _CHUNK):
+        chunk = [identity for identity, _ in states[start : start + _CHUNK]]
+        statement = _select(spec, keys).where(_where_keys(spec, chunk))
+        if lock and connection.dialect.name != "sqlite":
+            statement = statement.with_for_update()
+        for row in connection.execute(statement):
+            values = dict(zip(keys, row, strict=True))
+            state = by_identity.get(tuple(row[:npk]))
+            if state is not None:
+                out[state] = values
+    return out
+
+
+def _identity(state: InstanceState[Any], spec: ModelSpec) -> tuple[Any, ...]:
+    if state.key is not None:
+        return tuple(state.key[1])
+    return tuple(state.dict.get(k) for k in spec.pk_keys)
+
+
+@event.listens_for(Session, "before_flush")
+def _before_flush(session: Session, flush_context: UOWTransaction, instances: object) -> None:
+    state_of = sa.inspect
+    wanted: dict[Mapper[Any], list[tuple[tuple[Any, ...], InstanceState[Any]]]] = {}
+    for objects, deleting in ((session.dirty, False), (session.deleted, True)):
+        for obj in objects:
+            state: InstanceState[Any] = state_of(obj)
+            spec = spec_of(state.mapper)
+            if spec is not None and state.key is not None and _needs_pre_image(
+                state, spec, deleting
+            ):
+                wanted.setdefault(state.mapper, []).append((_identity(state, spec), state))
+    tracker = session.info.get("_versioning")
+    if tracker is not None:
+        tracker.pre_images.clear()
+        tracker.before.clear()
+    if not wanted:
+        return
+    tracker = session_state(session)
+    for mapper, states in wanted.items():
+        spec = spec_of(mapper)
+        assert spec is not None
+        connection = session.connection(bind_arguments={"mapper": mapper})
+        tracker.pre_images.update(_load_rows(connection, spec, states, lock=True))
+
+
+def _before_values(
+    state: InstanceState[Any], spec: ModelSpec, pre_image: dict[str, Any] | None, deleting: bool
+) -> dict[str, Any] | None:
+    """The record's versioned values before this flush, or ``None`` if some are not known."""
+    committed = state.committed_state
+    loaded = state.dict
+    out: dict[str, Any] = {}
+    for key in spec.keys:
+        if key in committed:
+            value = committed[key]
+            if value is NO_VALUE:
+                if pre_image is None:
+                    return None
+                value = pre_image[key]
+        elif key in loaded:
+            value = loaded[key]
+        elif pre_image is not None:
+            value = pre_image[key]
+        else:
+            return None
+        out[key] = value
+    return out
+
+
+def _note_before(state: InstanceState[Any], connection: Connection, deleting: bool) -> None:
+    spec = spec_of(state.mapper)
+    if spec is None:  # pragma: no cover - listeners are only on versioned classes
+        return
+    if not deleting and not any(key in spec.keyset for key in state.committed_state):
+        return  # nothing versioned changes: only excluded columns or relationships
+    session = state.session
+    assert session is not None
+    tracker = session_state(session)
+    pre_image = tracker.pre_images.get(state)
+    before = _before_values(state, spec, pre_image, deleting)
+    if before is None:
+        # Changed by code that ran after before_flush (e.g. a foreign key set by the flush
+        # itself) and not fully loaded: read this one row now.
+        rows = _load_rows(connection, spec, [(_identity(state, spec), state)], lock=True)
+        before = _before_values(state, spec, rows.get(state), deleting)
+        if before is None:
+            raise VersioningError(
+                f"cannot read the current row of {spec.model.__name__} "
+                f"{_identity(state, spec)!r} to record its history"
+            )
+    tracker.before[state] = before
+
+
+def _before_update(mapper: Mapper[Any], connection: Connection, state: InstanceState[Any]) -> None:
+    _note_before(state, connection, deleting=False)
+
+
+def _before_delete(mapper: Mapper[Any], connection: Connection, state: InstanceState[Any]) -> None:
+    _note_before(state, connection, deleting=True)
+
+
+event.listen(Versioned, "before_update", _before_update, propagate=True, raw=True)
+event.listen(Versioned, "before_delete", _before_delete, propagate=True, raw=True)
+
+
+class _Change:
+    __slots__ = ("after", "before", "operation", "spec", "state")
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        state: InstanceState[Any],
+        operation: Operation,
+        before: dict[str, Any] | None,
+        after: dict[str, Any] | None,
+    ) -> None:
+        self.spec = spec
+        self.state = state
+        self.operation = operation
+        self.before = before
+        self.after = after
+
+
+def _after_values(
+    state: InstanceState[Any], spec: ModelSpec, before: dict[str, Any] | None
+) -> tuple[dict[str, Any], bool]:
+    """Values after the flush; the flag says some must still be read from the database."""
+    loaded = state.dict
+    out: dict[str, Any] = {}
+    missing = False
+    for key in spec.keys:
+        if key in loaded:
+            out[key] = loaded[key]
+        elif before is not None and key not in spec.refresh_on_update:
+            out[key] = before[key]
+        else:
+            missing = True
+    return out, missing
+
+
+@event.listens_for(Session, "after_flush")
+def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
+    tracker: SessionState | None = session.info.get("_versioning")
+    before_map = tracker.before if tracker is not None else {}
+    deletes: list[_Change] = []
+    updates: list[_Change] = []
+    inserts: list[_Change] = []
+    reload: dict[Mapper[Any], list[tuple[tuple[Any, ...], InstanceState[Any]]]] = {}
+    for state, (deleting, listonly) in flush_context.states.items():
+        if listonly:
+            continue
+        spec = spec_of(state.mapper)
+        if spec is None:
+            continue
+        if deleting:
+            before = before_map.get(state)
+            if before is None:
+                pre = tracker.pre_images.get(state) if tracker is not None else None
+                before = _before_values(state, spec, pre, True)
+                if before is None:
+                    raise VersioningError(
+                        f"cannot record the deletion of {spec.model.__name__} "
+                        f"{_identity(state, spec)!r}: its values were not loaded"
+                    )
+            deletes.append(_Change(spec, state, Operation.DELETE, before, None))
+            continue
+        if state.key is None:
+            before = None
+            target = inserts
+            operation = Operation.INSERT
+        else:
+            before = before_map.get(state)
+            if before is None:
+                continue  # no versioned column changed
+            target = updates
+            operation = Operation.UPDATE
+        after, missing = _after_values(state, spec, before)
+        if missing:
+            reload.setdefault(state.mapper, []).append((_identity(state, spec), state))
+        target.append(_Change(spec, state, operation, before, after))
+    if not (deletes or updates or inserts):
+        return
+    if reload:
+        fresh: dict[InstanceState[Any], dict[str, Any]] = {}
+        for mapper, states in reload.items():
+            spec = spec_of(mapper)
+            assert spec is not None
+            connection = session.connection(bind_arguments={"mapper": mapper})
+            fresh.update(_load_rows(connection, spec, states, lock=False))
+        for change in (*updates, *inserts):
+            values = fresh.get(change.state)
+            if values is not None:
+                assert change.after is not None
+                for key in change.spec.keys:
+                    if key not in change.after:
+                        change.after[key] = values[key]
+    _write(session, deletes + updates + inserts)
+
+
+def _write(session: Session, changes: list[_Change]) -> None:
+    tracker = session_state(session)
+    grouped: dict[sa.Table, list[dict[str, Any]]] = {}
+    connections: dict[sa.Table, tuple[Connection, ModelSpec]] = {}
+    for change in changes:
+        spec = change.spec
+        history = spec.history
+        if history not in connections:
+            connection = session.connection(bind_arguments={"mapper": spec.mapper})
+            connections[history] = (connection, spec)
+        connection = connections[history][0]
+        row = _history_row(change, connection)
+        if row is not None:
+            grouped.setdefault(history, []).append(row)
+    for history, rows in grouped.items():
+        connection, spec = connections[history]
+        tx_id = transaction_id(session, tracker, connection, spec.transactions)
+        template = dict.fromkeys(history.c.keys())
+        del template[history.primary_key.columns.keys()[0]]
+        batch = []
+        for row in rows:
+            full = template.copy()
+            full.update(row)
+            full[TRANSACTION_ID] = tx_id
+            batch.append(full)
+        connection.execute(history.insert(), batch)
+
+
+def _history_row(change: _Change, connection: Connection) -> dict[str, Any] | None:
+    spec = change.spec
+    masks = spec.masks
+    names = spec.history_names
+    if change.operation is Operation.UPDATE:
+        assert change.before is not None and change.after is not None
+        before, after = change.before, change.after
+        diff: dict[str, list[Any]] = {}
+        dialect = connection.dialect
+        for key in spec.keys:
+            old, new = before[key], after[key]
+            if old is new or spec.type_of(key).compare_values(old, new):
+                continue
+            if key in masks:
+                old = None if old is None else masks[key](old)
+                new = None if new is None else masks[key](new)
+            where = f"{spec.model.__name__}.{key}"
+            type_ = spec.type_of(key)
+            diff[key] = [encode(type_, old, dialect, where), encode(type_, new, dialect, where)]
+        if not diff:
+            return None
+        values = after
+        changes: dict[str, list[Any]] | None = diff
+    else:
+        values = change.after if change.operation is Operation.INSERT else change.before
+        assert values is not None
+        changes = None
+    row: dict[str, Any] = {OPERATION: change.operation, CHANGES: changes}
+    for key in spec.keys:
+        value = values[key]
+        if key in masks and value is not None:
+            value = masks[key](value)
+        row[names[key]] = value
+    return row

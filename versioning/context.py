@@ -1,0 +1,243 @@
+"""Who, from where, which request and why: the audit context, carried in a ``ContextVar``.
+
+``audit_context(...)`` opens a *frame* for the duration of a ``with`` block or a decorated call.
+Frames nest: an inner frame overrides the outer one field by field and ``extra`` is merged key by key.
+Because a frame lives in a ``ContextVar``, threads and asyncio tasks each see their own, and a task
+started inside a frame sees that frame. :func:`set_actor` fills in the actor of the innermost frame
+for code that learns it late (after authentication); since the frame object is shared by everything
+started inside it, the actor becomes visible to the whole request, including worker threads.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import ipaddress
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, field
+from types import MappingProxyType, TracebackType
+from typing import Any, ParamSpec, TypeVar, overload
+
+from versioning.errors import ContextError
+
+__all__ = ["AuditContext", "audit_context", "current_context", "set_actor"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Longest accepted values, matching the columns of the transaction table.
+MAX_ACTOR = 255
+MAX_REQUEST_ID = 128
+
+
+@dataclass(frozen=True, slots=True)
+class AuditContext:
+    """The audit values in force at one moment (see :func:`current_context`)."""
+
+    actor: str | None = None
+    source_ip: str | None = None
+    request_id: str | None = None
+    reason: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+class _Frame:
+    """One ``audit_context`` scope. Mutable only through :func:`set_actor`."""
+
+    __slots__ = ("actor", "extra", "parent", "reason", "request_id", "source_ip")
+
+    def __init__(
+        self,
+        parent: _Frame | None,
+        actor: str | None,
+        source_ip: str | None,
+        request_id: str | None,
+        reason: str | None,
+        extra: dict[str, Any],
+    ) -> None:
+        self.parent = parent
+        self.actor = actor
+        self.source_ip = source_ip
+        self.request_id = request_id
+        self.reason = reason
+        self.extra = extra
+
+    def resolve(self) -> AuditContext:
+        actor = source_ip = request_id = reason = None
+        extras: list[dict[str, Any]] = []
+        frame: _Frame | None = self
+        while frame is not None:
+            actor = actor if actor is not None else frame.actor
+            source_ip = source_ip if source_ip is not None else frame.source_ip
+            request_id = request_id if request_id is not None else frame.request_id
+            reason = reason if reason is not None else frame.reason
+            if frame.extra:
+                extras.append(frame.extra)
+            frame = frame.parent
+        merged: dict[str, Any] = {}
+        for extra in reversed(extras):
+            merged.update(extra)
+        return AuditContext(actor, source_ip, request_id, reason, MappingProxyType(merged))
+
+
+_current: ContextVar[_Frame | None] = ContextVar("versioning_audit_context", default=None)
+
+
+def _check_actor(actor: object) -> str | None:
+    if actor is None:
+        return None
+    if isinstance(actor, bool) or not isinstance(actor, str | int):
+        raise ContextError(
+            f"actor must be a str or an int (a user name or id), got {type(actor).__name__} "
+            f"{actor!r}; pass e.g. actor=user.id"
+        )
+    text = str(actor)
+    if not text or len(text) > MAX_ACTOR:
+        raise ContextError(f"actor must be 1 to {MAX_ACTOR} characters long, got {text!r}")
+    return text
+
+
+def _check_ip(source_ip: object) -> str | None:
+    if source_ip is None:
+        return None
+    if not isinstance(source_ip, str | ipaddress.IPv4Address | ipaddress.IPv6Address):
+        raise ContextError(f"source_ip must be an IP address string, got {source_ip!r}")
+    try:
+        return str(ipaddress.ip_address(source_ip))
+    except ValueError:
+        raise ContextError(
+            f"source_ip {source_ip!r} is not an IPv4 or IPv6 address; pass the client address "
+            "without port, e.g. '203.0.113.7'"
+        ) from None
+
+
+def _check_text(name: str, value: object, limit: int | None) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ContextError(f"{name} must be a str, got {type(value).__name__} {value!r}")
+    if limit is not None and len(value) > limit:
+        raise ContextError(f"{name} must be at most {limit} characters long, got {len(value)}")
+    return value
+
+
+def _check_extra(extra: dict[str, Any]) -> dict[str, Any]:
+    try:
+        json.dumps(extra, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ContextError(
+            f"extra values of audit_context must be JSON-serializable ({exc}); got {extra!r}"
+        ) from None
+    return extra
+
+
+class audit_context:  # noqa: N801 - used like a function, as contextlib's helpers are
+    """Set who, from where, which request and why for the changes made inside it.
+
+    Use it as a context manager (``with`` or ``async with``) or as a decorator of sync or async
+    functions; each decorated call opens its own frame. Fields left ``None`` are inherited from an
+    enclosing ``audit_context``; ``extra`` keyword arguments are merged over the enclosing ones.
+    """
+
+    def __init__(
+        self,
+        actor: str | int | None = None,
+        source_ip: str | None = None,
+        request_id: str | None = None,
+        reason: str | None = None,
+        **extra: Any,
+    ) -> None:
+        self._actor = _check_actor(actor)
+        self._source_ip = _check_ip(source_ip)
+        self._request_id = _check_text("request_id", request_id, MAX_REQUEST_ID)
+        self._reason = _check_text("reason", reason, None)
+        self._extra = _check_extra(dict(extra))
+        self._tokens: list[Token[_Frame | None]] = []
+
+    def _push(self) -> Token[_Frame | None]:
+        frame = _Frame(
+            _current.get(),
+            self._actor,
+            self._source_ip,
+            self._request_id,
+            self._reason,
+            self._extra,
+        )
+        return _current.set(frame)
+
+    def __enter__(self) -> AuditContext:
+        self._tokens.append(self._push())
+        return current_context()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        _current.reset(self._tokens.pop())
+
+    async def __aenter__(self) -> AuditContext:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    @overload
+    def __call__(self, func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]: ...
+    @overload
+    def __call__(self, func: Callable[P, R]) -> Callable[P, R]: ...
+    def __call__(self, func: Callable[P, Any]) -> Callable[P, Any]:
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                token = self._push()
+                try:
+                    return await func(*args, **kwargs)
+                finally:
+                    _current.reset(token)
+
+            return async_wrapper
+
+        @functools.wraps(func)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+            token = self._push()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                _current.reset(token)
+
+        return wrapper
+
+
+_EMPTY = AuditContext()
+
+
+def current_context() -> AuditContext:
+    """The audit values in force here: the innermost frame's, completed by the enclosing ones."""
+    frame = _current.get()
+    return _EMPTY if frame is None else frame.resolve()
+
+
+def set_actor(actor: str | int | None) -> None:
+    """Set the actor of the innermost active ``audit_context``.
+
+    For code that learns who the user is after the context was opened (e.g. in an authentication
+    dependency). Every change flushed after this call in that context — including from threads and
+    tasks started inside it — is attributed to ``actor``.
+    """
+    frame = _current.get()
+    if frame is None:
+        raise ContextError(
+            "set_actor() needs an active audit_context: wrap the request or job in "
+            "`with versioning.audit_context():` (or add the integrations middleware)"
+        )
+    frame.actor = _check_actor(actor)

@@ -1,0 +1,354 @@
+"""Declaring a versioned model: the ``Versioned`` mixin and what happens when a class is mapped.
+
+As soon as SQLAlchemy has constructed the mapper of a ``Versioned`` class, the ``__versioned__``
+options are checked and the history table is added to the model's own ``MetaData`` — no call to
+``configure_mappers()`` or any other setup, so ``metadata.create_all()`` and Alembic autogenerate
+see the history tables as soon as the models are imported.
+
+An inheritance hierarchy (single-table or joined-table) keeps its history in one table, named after
+the base table, holding the columns of every class in it: a record's history is then one query
+whichever class it is read through, and each flush writes one statement per hierarchy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypedDict
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.orm import ColumnProperty, Mapper
+
+from versioning.errors import ConfigurationError
+from versioning.masks import Mask
+from versioning.schema import (
+    META_COLUMNS,
+    history_table_for,
+    snapshot_column,
+    transaction_table_for,
+)
+
+__all__ = ["ModelSpec", "Versioned", "VersionedOptions", "history_table", "spec_of", "spec_for"]
+
+_SPEC_ATTR = "__versioning_spec__"
+_OPTION_KEYS = frozenset({"exclude", "mask", "table_name"})
+
+
+class VersionedOptions(TypedDict, total=False):
+    """The keys ``__versioned__`` accepts."""
+
+    exclude: Iterable[str]
+    mask: Mapping[str, Mask]
+    table_name: str
+
+
+class Versioned:
+    """Mix into a mapped class to record every change to it.
+
+    Options go in a ``__versioned__`` dict on the class: ``exclude`` (columns not tracked),
+    ``mask`` (column -> callable applied to the stored values) and ``table_name`` (of the history
+    table; default ``<tablename>_history``).
+    """
+
+    __versioned__: ClassVar[VersionedOptions] = {}
+
+
+@dataclass(frozen=True, eq=False)
+class ModelSpec:
+    """What the library knows about one versioned mapper, fixed at declaration time."""
+
+    mapper: Mapper[Any]
+    base: ModelSpec | None
+    history: sa.Table
+    transactions: sa.Table
+    keys: tuple[str, ...]
+    pk_keys: tuple[str, ...]
+    live_columns: dict[str, sa.Column[Any]]
+    history_names: dict[str, str]
+    masks: dict[str, Mask]
+    excluded: frozenset[str]
+    refresh_on_update: frozenset[str]
+    discriminator: str | None
+    keyset: frozenset[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keyset", frozenset(self.keys))
+
+    @property
+    def model(self) -> type[Any]:
+        return self.mapper.class_
+
+    @property
+    def root(self) -> ModelSpec:
+        return self if self.base is None else self.base
+
+    def type_of(self, key: str) -> sa.types.TypeEngine[Any]:
+        return self.live_columns[key].type
+
+
+def spec_of(mapper: Mapper[Any]) -> ModelSpec | None:
+    """The spec of ``mapper`` if its class is versioned, else ``None`` (fast; used per flush)."""
+    spec: ModelSpec | None = mapper.class_.__dict__.get(_SPEC_ATTR)
+    return spec
+
+
+def spec_for(model: type[Any]) -> ModelSpec:
+    """The spec of a versioned model class, or a clear error if it is not one."""
+    mapper = sa.inspect(model, raiseerr=False)
+    if not isinstance(mapper, Mapper):
+        raise ConfigurationError(f"{model!r} is not a mapped class")
+    spec = spec_of(mapper)
+    if spec is None:
+        raise ConfigurationError(
+            f"{mapper.class_.__name__} is not versioned: mix versioning.Versioned into it"
+        )
+    return spec
+
+
+def history_table(model: type[Any]) -> sa.Table:
+    """The history ``Table`` of a versioned model."""
+    return spec_for(model).history
+
+
+def _own_options(cls: type[Any]) -> dict[str, Any]:
+    raw = cls.__dict__.get("__versioned__")
+    if raw is None:
+        return {}
+    name = cls.__name__
+    if not isinstance(raw, Mapping):
+        raise ConfigurationError(
+            f"{name}.__versioned__ must be a dict, got {type(raw).__name__}; e.g. "
+            f"__versioned__ = {{'exclude': ['column']}}"
+        )
+    unknown = set(raw) - _OPTION_KEYS
+    if unknown:
+        raise ConfigurationError(
+            f"{name}.__versioned__ has unknown option(s) {sorted(unknown)}; the options are "
+            f"{sorted(_OPTION_KEYS)}"
+        )
+    exclude = raw.get("exclude", ())
+    if isinstance(exclude, str) or not isinstance(exclude, Iterable):
+        raise ConfigurationError(
+            f"{name}.__versioned__['exclude'] must be a list of column names, got {exclude!r}"
+        )
+    mask = raw.get("mask", {})
+    if not isinstance(mask, Mapping):
+        raise ConfigurationError(
+            f"{name}.__versioned__['mask'] must map column names to callables, got {mask!r}"
+        )
+    for column, fn in mask.items():
+        if not callable(fn):
+            raise ConfigurationError(
+                f"{name}.__versioned__['mask'][{column!r}] must be a callable such as "
+                f"versioning.masks.redact, got {fn!r}"
+            )
+    table_name = raw.get("table_name")
+    if table_name is not None and (not isinstance(table_name, str) or not table_name):
+        raise ConfigurationError(
+            f"{name}.__versioned__['table_name'] must be a non-empty str, got {table_name!r}"
+        )
+    return {"exclude": list(exclude), "mask": dict(mask), "table_name": table_name}
+
+
+def _column_props(mapper: Mapper[Any]) -> dict[str, sa.Column[Any]]:
+    """Attribute key -> table column of every column-mapped attribute (not SQL expressions)."""
+    out: dict[str, sa.Column[Any]] = {}
+    for prop in mapper.column_attrs:
+        if not isinstance(prop, ColumnProperty):  # pragma: no cover - column_attrs are
+            continue
+        column = prop.columns[0]
+        if isinstance(column, sa.Column) and isinstance(column.table, sa.Table):
+            out[prop.key] = column
+    return out
+
+
+def _resolve(
+    cls: type[Any], option: str, names: Iterable[str], props: dict[str, sa.Column[Any]]
+) -> list[str]:
+    by_column = {column.name: key for key, column in props.items()}
+    keys = []
+    for name in names:
+        if name in props:
+            keys.append(name)
+        elif name in by_column:
+            keys.append(by_column[name])
+        else:
+            raise ConfigurationError(
+                f"{cls.__name__}.__versioned__['{option}'] names {name!r}, which is not a column "
+                f"of {cls.__name__}; its columns are {sorted(props)}"
+            )
+    return keys
+
+
+def _declare(mapper: Mapper[Any], cls: type[Any]) -> None:
+    if _SPEC_ATTR in cls.__dict__:  # pragma: no cover - a mapper is constructed once per class
+        return
+    options = _own_options(cls)
+    props = _column_props(mapper)
+    base_spec: ModelSpec | None = None
+    if mapper.inherits is not None:
+        base_spec = spec_of(mapper.base_mapper)
+        if base_spec is None:
+            raise ConfigurationError(
+                f"{cls.__name__} is Versioned but its base class "
+                f"{mapper.base_mapper.class_.__name__} is not: mix versioning.Versioned into "
+                f"the base class of the hierarchy"
+            )
+        if options.get("table_name") and options["table_name"] != base_spec.history.name:
+            raise ConfigurationError(
+                f"{cls.__name__}.__versioned__['table_name'] cannot be set: an inheritance "
+                f"hierarchy keeps its history in the base's table {base_spec.history.name!r}; "
+                f"set table_name on {base_spec.model.__name__} instead"
+            )
+
+    excluded = set(_resolve(cls, "exclude", options.get("exclude", ()), props))
+    masks = {
+        key: fn
+        for key, fn in zip(
+            _resolve(cls, "mask", options.get("mask", {}).keys(), props),
+            options.get("mask", {}).values(),
+            strict=True,
+        )
+    }
+    if base_spec is not None:
+        excluded |= base_spec.excluded
+        masks = {**base_spec.masks, **masks}
+
+    pk_keys = tuple(mapper.get_property_by_column(col).key for col in mapper.primary_key)
+    for key in excluded & set(pk_keys):
+        raise ConfigurationError(
+            f"{cls.__name__}.__versioned__['exclude'] names the primary key {key!r}; "
+            f"a record's history is found by its key, so the key is always recorded"
+        )
+    discriminator: str | None = None
+    if mapper.polymorphic_on is not None and isinstance(mapper.polymorphic_on, sa.Column):
+        prop = mapper.get_property_by_column(mapper.polymorphic_on)
+        discriminator = prop.key
+        if discriminator in excluded:
+            raise ConfigurationError(
+                f"{cls.__name__}.__versioned__['exclude'] names the discriminator "
+                f"{discriminator!r}, which history needs to rebuild the right class"
+            )
+    for key in set(masks) & set(pk_keys):
+        raise ConfigurationError(
+            f"{cls.__name__}.__versioned__['mask'] names the primary key {key!r}; masking it "
+            f"would make the record's history unfindable"
+        )
+    for key in masks:
+        column = props[key]
+        try:
+            python_type: type | None = column.type.python_type
+        except NotImplementedError:
+            python_type = None
+        if python_type is None or not issubclass(python_type, str):
+            raise ConfigurationError(
+                f"{cls.__name__}.__versioned__['mask'] names {key!r}, a "
+                f"{column.type!r} column; masks apply to string columns: exclude it instead"
+            )
+    overlap = excluded & set(masks)
+    if overlap:
+        raise ConfigurationError(
+            f"{cls.__name__}.__versioned__ both excludes and masks {sorted(overlap)}; "
+            f"choose one: excluded columns are not recorded at all"
+        )
+
+    keys = tuple(key for key in props if key not in excluded)
+    live_columns = {key: props[key] for key in keys}
+    history_names = {key: props[key].name for key in keys}
+    clashes = sorted(set(history_names.values()) & META_COLUMNS)
+    if clashes:
+        raise ConfigurationError(
+            f"{cls.__name__} has column(s) {clashes}, names versioning reserves for its own "
+            f"history columns; rename the column(s) with mapped_column('other_name', ...)"
+        )
+
+    if base_spec is None:
+        table = mapper.local_table
+        if not isinstance(table, sa.Table):
+            raise ConfigurationError(
+                f"{cls.__name__} is mapped to {table!r}, not a Table; versioning needs a table"
+            )
+        transactions = transaction_table_for(table.metadata)
+        name = options.get("table_name") or f"{table.name}_history"
+        key_cols = [
+            snapshot_column(history_names[k], live_columns[k], False) for k in pk_keys
+        ]
+        data_cols = [
+            snapshot_column(history_names[k], live_columns[k], k in masks)
+            for k in keys
+            if k not in pk_keys
+        ]
+        history = history_table_for(name, table, transactions, key_cols, data_cols)
+    else:
+        history = base_spec.history
+        transactions = base_spec.transactions
+        _extend_history(cls, history, keys, history_names, live_columns, masks)
+
+    refresh = frozenset(
+        key
+        for key in keys
+        if live_columns[key].onupdate is not None
+        or live_columns[key].server_onupdate is not None
+        or live_columns[key].computed is not None
+    )
+    spec = ModelSpec(
+        mapper=mapper,
+        base=base_spec.root if base_spec is not None else None,
+        history=history,
+        transactions=transactions,
+        keys=keys,
+        pk_keys=pk_keys,
+        live_columns=live_columns,
+        history_names=history_names,
+        masks=masks,
+        excluded=frozenset(excluded),
+        refresh_on_update=refresh,
+        discriminator=discriminator,
+    )
+    type.__setattr__(cls, _SPEC_ATTR, spec)
+
+
+def _extend_history(
+    cls: type[Any],
+    history: sa.Table,
+    keys: tuple[str, ...],
+    history_names: dict[str, str],
+    live_columns: dict[str, sa.Column[Any]],
+    masks: dict[str, Mask],
+) -> None:
+    """Add a subclass's own columns to its hierarchy's history table."""
+    for key in keys:
+        name = history_names[key]
+        existing = history.c.get(name)
+        wanted = snapshot_column(name, live_columns[key], key in masks)
+        if existing is None:
+            history.append_column(wanted)
+        elif existing.type._type_affinity is not wanted.type._type_affinity:  # noqa: SLF001
+            raise ConfigurationError(
+                f"{cls.__name__}.{key} ({wanted.type!r}) and another class of its hierarchy "
+                f"both map a column named {name!r} with a different type ({existing.type!r}); "
+                f"their history shares table {history.name!r}: rename one of the columns"
+            )
+
+
+def _check_primary_key(mapper: Mapper[Any], cls: type[Any]) -> None:
+    table = mapper.local_table
+    if (
+        mapper.inherits is None
+        and isinstance(table, sa.Table)
+        and not table.primary_key.columns
+        and not getattr(mapper, "_primary_key_argument", None)
+    ):
+        raise ConfigurationError(
+            f"{cls.__name__} has no primary key; a versioned model needs one to identify its "
+            f"records' history: add mapped_column(..., primary_key=True)"
+        )
+
+
+def _listen(fn: Callable[[Mapper[Any], type[Any]], None], name: str) -> None:
+    event.listen(Versioned, name, fn, propagate=True)
+
+
+_listen(_check_primary_key, "instrument_class")
+_listen(_declare, "after_mapper_constructed")

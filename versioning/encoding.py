@@ -1,0 +1,124 @@
+"""Turning column values into JSON for the ``changes`` document, and back.
+
+Values are encoded by their Python type into plain JSON (strings, numbers, booleans, lists, objects)
+so the stored document is readable and canonically serializable; they are decoded by the *column's*
+type, so a ``Decimal`` column gives back a ``Decimal``, a ``DateTime`` column a ``datetime``, and so
+on. Values of a ``TypeDecorator`` that are not plain are encoded through the decorator's own bind
+processing and decoded through its result processing.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import enum
+import math
+import uuid
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import types as sqltypes
+from sqlalchemy.engine import Dialect
+
+from versioning.errors import EncodingError
+
+__all__ = ["decode", "encode"]
+
+_NATIVE = (str, int, float, bool)
+
+
+def _encode_plain(value: Any) -> Any:
+    """JSON form of a plain value, or raise ``TypeError`` if it has none."""
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return (value.days * 86_400 + value.seconds) * 1_000_000 + value.microseconds
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, enum.Enum):
+        return value.name
+    if isinstance(value, dict):
+        return {str(k): _encode_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_encode_plain(v) for v in value]
+    raise TypeError(type(value).__name__)
+
+
+def encode(type_: sqltypes.TypeEngine[Any], value: Any, dialect: Dialect, where: str) -> Any:
+    """Encode ``value`` of a column of type ``type_``; ``where`` names the column for errors."""
+    try:
+        return _encode_plain(value)
+    except TypeError:
+        pass
+    if isinstance(type_, sqltypes.TypeDecorator):
+        processed = type_.process_bind_param(value, dialect)
+        return encode(type_.impl_instance, processed, dialect, where)
+    raise EncodingError(
+        f"cannot record the value {value!r} of {where} ({type(value).__name__}) in the history's "
+        f"changes; use a column type whose Python values are plain (str, numbers, Decimal, "
+        f"date/time, UUID, bytes, Enum, JSON) or a TypeDecorator that converts it, or exclude "
+        f"the column"
+    )
+
+
+def _python_type(type_: sqltypes.TypeEngine[Any]) -> type | None:
+    try:
+        return type_.python_type
+    except NotImplementedError:
+        return None
+
+
+def _decode_plain(python_type: type | None, type_: sqltypes.TypeEngine[Any], data: Any) -> Any:
+    if isinstance(type_, sqltypes.Enum) and type_.enum_class is not None:
+        return type_.enum_class[data]
+    if python_type is None or isinstance(data, python_type):
+        if python_type is float and isinstance(data, int) and not isinstance(data, bool):
+            return float(data)
+        return data
+    if python_type is Decimal:
+        return Decimal(str(data))
+    if python_type is float:
+        return float(data)
+    if python_type is dt.datetime:
+        return dt.datetime.fromisoformat(data)
+    if python_type is dt.date:
+        return dt.date.fromisoformat(data)
+    if python_type is dt.time:
+        return dt.time.fromisoformat(data)
+    if python_type is dt.timedelta:
+        return dt.timedelta(microseconds=data)
+    if python_type is uuid.UUID:
+        return uuid.UUID(data)
+    if python_type is bytes:
+        return base64.b64decode(data)
+    if issubclass(python_type, enum.Enum):
+        return python_type[data]
+    return data
+
+
+def decode(type_: sqltypes.TypeEngine[Any], data: Any, dialect: Dialect) -> Any:
+    """Decode a JSON value written by :func:`encode` for a column of type ``type_``."""
+    if data is None:
+        return None
+    if isinstance(type_, sqltypes.TypeDecorator):
+        python_type = _python_type(type_)
+        impl = type_.impl_instance
+        if python_type is not None and python_type is not _python_type(impl):
+            if isinstance(data, python_type) or python_type in _DECODABLE:
+                return _decode_plain(python_type, impl, data)
+            return type_.process_result_value(decode(impl, data, dialect), dialect)
+        return _decode_plain(python_type, impl, data)
+    return _decode_plain(_python_type(type_), type_, data)
+
+
+_DECODABLE = frozenset(
+    {Decimal, float, int, str, bool, dt.datetime, dt.date, dt.time, dt.timedelta, uuid.UUID, bytes}
+)

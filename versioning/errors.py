@@ -1,0 +1,33 @@
+"""The exceptions :mod:`versioning` raises. All derive from :class:`VersioningError`."""
+
+from __future__ import annotations
+
+
+class VersioningError(Exception):
+    """Base class of every error raised by :mod:`versioning`."""
+
+
+class ConfigurationError(VersioningError):
+    """A versioned model is declared in a way the library cannot honour.
+
+    Raised while the class is being declared, so that a mistake never reaches a running system.
+    """
+
+
+class ContextError(VersioningError, ValueError):
+    """A value given to :func:`versioning.audit_context` (or ``set_actor``) is not acceptable."""
+
+
+class EncodingError(VersioningError, TypeError):
+    """A column value cannot be recorded in the history's ``changes`` document."""
+
+
+class RestoreError(VersioningError):
+    """A version cannot be restored; the message says which record and why."""
+
+
+class RestoreConflictError(RestoreError):
+    """Restoring a version would violate a database constraint.
+
+    The flush that attempted it was rolled back: neither data nor history changed.
+    """

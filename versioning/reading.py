@@ -1,0 +1,246 @@
+"""Reading history back: a record's versions, and the record as it was at any moment.
+
+Every function here takes the session to read with and issues one query. Records are identified by
+model and primary key (a scalar, or a tuple for composite keys), so deleted records are found too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, overload
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect, RowMapping
+from sqlalchemy.orm import Mapper, Session
+
+from versioning.declaration import ModelSpec, spec_for, spec_of
+from versioning.encoding import decode
+from versioning.errors import VersioningError
+from versioning.operation import Operation
+from versioning.schema import CHANGES, OPERATION, TRANSACTION_ID, VERSION_ID
+
+__all__ = ["Transaction", "Version", "as_of", "history"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """The transaction row a version belongs to: who, from where, which request, why, when."""
+
+    id: int
+    issued_at: dt.datetime
+    actor: str | None
+    source_ip: str | None
+    request_id: str | None
+    reason: str | None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """One recorded change of one record.
+
+    ``state`` holds every versioned column after the change (before it, for a delete);
+    ``changes`` maps each field that changed to ``(old, new)``. Masked columns hold the mask's
+    output in both.
+    """
+
+    model: type[Any]
+    operation: Operation
+    state: Mapping[str, Any]
+    changes: Mapping[str, tuple[Any, Any]]
+    transaction_id: int
+    transaction: Transaction | None
+    version_id: int
+
+    @property
+    def primary_key(self) -> tuple[Any, ...]:
+        """The record's primary key, as a tuple in the mapper's key order."""
+        return tuple(self.state[key] for key in spec_for(self.model).pk_keys)
+
+    def to_instance(self) -> Any:
+        """A new transient instance of the model holding this version's ``state``."""
+        return _instance(self.model, self.state)
+
+
+def _instance(model: type[T], state: Mapping[str, Any]) -> T:
+    mapper: Mapper[T] = sa.inspect(model)
+    instance: T = mapper.class_manager.new_instance()
+    for key, value in state.items():
+        setattr(instance, key, value)
+    return instance
+
+
+def _key(spec: ModelSpec, pk: Any) -> tuple[Any, ...]:
+    values = pk if isinstance(pk, tuple) else (pk,)
+    if len(values) != len(spec.pk_keys):
+        raise VersioningError(
+            f"{spec.model.__name__} has the primary key {spec.pk_keys!r}: pass "
+            + ("a scalar" if len(spec.pk_keys) == 1 else f"a tuple of {len(spec.pk_keys)} values")
+            + f", got {pk!r}"
+        )
+    return values
+
+
+def _filters(spec: ModelSpec, key: tuple[Any, ...]) -> list[sa.ColumnElement[bool]]:
+    history = spec.history
+    out = [history.c[spec.history_names[k]] == v for k, v in zip(spec.pk_keys, key, strict=True)]
+    root = spec.root
+    if spec.discriminator is not None and spec is not root:
+        identities = [m.polymorphic_identity for m in spec.mapper.self_and_descendants]
+        out.append(history.c[spec.history_names[spec.discriminator]].in_(identities))
+    return out
+
+
+def _row_version(
+    spec: ModelSpec, row: RowMapping, dialect: Dialect, transaction: Transaction | None
+) -> Version:
+    history = spec.history
+    vspec = spec
+    if spec.discriminator is not None:
+        identity = row[history.c[spec.history_names[spec.discriminator]]]
+        mapper = spec.mapper.polymorphic_map.get(identity)
+        found = spec_of(mapper) if mapper is not None else None
+        if found is not None:
+            vspec = found
+    state = {key: row[history.c[vspec.history_names[key]]] for key in vspec.keys}
+    operation = Operation(row[history.c[OPERATION]])
+    changes: dict[str, tuple[Any, Any]]
+    if operation is Operation.UPDATE:
+        stored = row[history.c[CHANGES]] or {}
+        changes = {
+            key: (
+                decode(vspec.type_of(key), old, dialect),
+                decode(vspec.type_of(key), new, dialect),
+            )
+            for key, (old, new) in stored.items()
+            if key in vspec.keyset
+        }
+    elif operation is Operation.INSERT:
+        changes = {key: (None, value) for key, value in state.items() if value is not None}
+    else:
+        changes = {key: (value, None) for key, value in state.items() if value is not None}
+    return Version(
+        model=vspec.model,
+        operation=operation,
+        state=state,
+        changes=changes,
+        transaction_id=row[history.c[TRANSACTION_ID]],
+        transaction=transaction,
+        version_id=row[history.c[VERSION_ID]],
+    )
+
+
+_TX_FIELDS = ("id", "issued_at", "actor", "source_ip", "request_id", "reason", "extra")
+
+
+def _resolve_target(target: Any, pk: Any) -> tuple[ModelSpec, tuple[Any, ...]]:
+    if isinstance(target, type):
+        if pk is _MISSING:
+            raise VersioningError(
+                f"history({target.__name__}, pk): pass the primary key of the record"
+            )
+        spec = spec_for(target)
+        return spec, _key(spec, pk)
+    if pk is not _MISSING:
+        raise VersioningError("pass either a model instance, or a model class and a primary key")
+    state = sa.inspect(target, raiseerr=False)
+    if state is None or not hasattr(state, "mapper"):
+        raise VersioningError(f"{target!r} is not an instance of a mapped class")
+    spec = spec_for(type(target))
+    if state.key is not None:
+        return spec, tuple(state.key[1])
+    key = tuple(state.dict.get(k) for k in spec.pk_keys)
+    if any(value is None for value in key):
+        raise VersioningError(
+            f"{type(target).__name__} instance has no primary key yet (flush it first)"
+        )
+    return spec, key
+
+
+class _Missing:
+    pass
+
+
+_MISSING: Any = _Missing()
+
+
+def history(session: Session, target: Any, pk: Any = _MISSING) -> list[Version]:
+    """Every version of a record, oldest first; ``[]`` for a key that never existed.
+
+    Call as ``history(session, obj)`` or ``history(session, Model, pk)``.
+    """
+    spec, key = _resolve_target(target, pk)
+    history_table = spec.history
+    transactions = spec.transactions
+    labels = [transactions.c[name].label(f"versioning_tx_{name}") for name in _TX_FIELDS]
+    statement = (
+        sa.select(history_table, *labels)
+        .join(transactions, history_table.c[TRANSACTION_ID] == transactions.c.id)
+        .where(*_filters(spec, key))
+        .order_by(history_table.c[TRANSACTION_ID], history_table.c[VERSION_ID])
+    )
+    connection = session.connection(bind_arguments={"mapper": spec.mapper})
+    versions = []
+    for row in connection.execute(statement).mappings():
+        values = [row[label] for label in labels]
+        transaction = Transaction(*values[:-1], extra=values[-1] or {})
+        versions.append(_row_version(spec, row, connection.dialect, transaction))
+    return versions
+
+
+def _bound(spec: ModelSpec, at: dt.datetime | int) -> Any:
+    if isinstance(at, bool) or not isinstance(at, dt.datetime | int):
+        raise TypeError(f"at must be a timezone-aware datetime or a transaction id, got {at!r}")
+    if isinstance(at, int):
+        return at
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise ValueError(
+            f"as_of needs a timezone-aware datetime, got the naive {at!r}; "
+            f"e.g. datetime.now(timezone.utc)"
+        )
+    transactions = spec.transactions
+    return (
+        sa.select(transactions.c.id)
+        .where(transactions.c.issued_at <= at)
+        .order_by(transactions.c.issued_at.desc(), transactions.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+def version_at(session: Session, model: type[Any], pk: Any, at: dt.datetime | int) -> Version | None:
+    """The latest version of a record at ``at`` (a delete included), or ``None``."""
+    spec = spec_for(model)
+    key = _key(spec, pk)
+    history_table = spec.history
+    statement = (
+        sa.select(history_table)
+        .where(*_filters(spec, key), history_table.c[TRANSACTION_ID] <= _bound(spec, at))
+        .order_by(history_table.c[TRANSACTION_ID].desc(), history_table.c[VERSION_ID].desc())
+        .limit(1)
+    )
+    connection = session.connection(bind_arguments={"mapper": spec.mapper})
+    row = connection.execute(statement).mappings().first()
+    if row is None:
+        return None
+    return _row_version(spec, row, connection.dialect, None)
+
+
+@overload
+def as_of(session: Session, model: type[T], pk: Any, at: dt.datetime | int) -> T | None: ...
+@overload
+def as_of(session: Session, model: Any, pk: Any, at: dt.datetime | int) -> Any: ...
+def as_of(session: Session, model: Any, pk: Any, at: dt.datetime | int) -> Any:
+    """The record as it was at ``at`` — a transient instance — or ``None`` if it did not exist.
+
+    ``at`` is a timezone-aware ``datetime`` (the state after the last transaction issued at or
+    before it) or a transaction id (the state after that transaction). One indexed query.
+    """
+    version = version_at(session, model, pk, at)
+    if version is None or version.operation is Operation.DELETE:
+        return None
+    return version.to_instance()

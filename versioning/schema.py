@@ -1,0 +1,177 @@
+"""The tables the library adds to a model's ``MetaData``: history tables and the transaction table.
+
+* ``versioning_transaction`` — one per ``MetaData``: one row per database transaction that changed a
+  versioned record (who, from where, which request, why, when).
+* ``<tablename>_history`` — one per versioned table hierarchy: one row per change of a record, holding
+  a typed snapshot of the versioned columns, the operation and the changed fields.
+
+History tables carry no unique constraints and no foreign keys to live tables, so records can be
+deleted and re-created freely; their only foreign key points at the transaction table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Dialect
+
+from versioning.errors import ConfigurationError
+from versioning.operation import Operation
+
+__all__ = [
+    "CHANGES",
+    "META_COLUMNS",
+    "OPERATION",
+    "TRANSACTION_ID",
+    "TRANSACTION_TABLE",
+    "VERSION_ID",
+    "UTCDateTime",
+    "history_table_for",
+    "transaction_table_for",
+]
+
+TRANSACTION_TABLE = "versioning_transaction"
+
+VERSION_ID = "versioning_id"
+TRANSACTION_ID = "versioning_transaction_id"
+OPERATION = "versioning_operation"
+CHANGES = "versioning_changes"
+META_COLUMNS = frozenset({VERSION_ID, TRANSACTION_ID, OPERATION, CHANGES})
+
+_INFO_KEY = "versioning"
+
+#: Integer ids that autoincrement on every backend (SQLite only does so for INTEGER PRIMARY KEY).
+_ID_TYPE = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+class UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
+    """A timestamp stored in UTC and always returned timezone-aware, on every backend.
+
+    PostgreSQL keeps ``timestamp with time zone``; SQLite and MariaDB, which have no time zones,
+    keep the UTC wall-clock time (with microseconds) and get ``tzinfo=UTC`` back on reading.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(sa.DateTime(timezone=True))
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass a timezone-aware datetime")
+        value = value.astimezone(dt.UTC)
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, dt.datetime):  # pragma: no cover - drivers give datetimes
+            value = dt.datetime.fromisoformat(str(value))
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+    @property
+    def python_type(self) -> type[dt.datetime]:
+        return dt.datetime
+
+
+def _index_name(table_name: str, suffix: str) -> str:
+    """An index name within the 63/64-character limits of PostgreSQL and MariaDB."""
+    name = f"ix_{table_name}_{suffix}"
+    if len(name) <= 60:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    return f"{name[: 60 - 9]}_{digest}"
+
+
+def transaction_table_for(metadata: sa.MetaData) -> sa.Table:
+    """The transaction table of ``metadata``, created on first use."""
+    key = TRANSACTION_TABLE if metadata.schema is None else f"{metadata.schema}.{TRANSACTION_TABLE}"
+    existing = metadata.tables.get(key)
+    if existing is not None:
+        if existing.info.get(_INFO_KEY) != "transaction":
+            raise ConfigurationError(
+                f"the MetaData already has a table named {key!r} that is not versioning's "
+                f"transaction table; rename that table, versioning needs the name"
+            )
+        return existing
+    return sa.Table(
+        TRANSACTION_TABLE,
+        metadata,
+        sa.Column("id", _ID_TYPE, primary_key=True, autoincrement=True),
+        sa.Column("issued_at", UTCDateTime(), nullable=False),
+        sa.Column("actor", sa.String(255), nullable=True),
+        sa.Column("source_ip", sa.String(45), nullable=True),
+        sa.Column("request_id", sa.String(128), nullable=True),
+        sa.Column("reason", sa.Text(), nullable=True),
+        sa.Column("extra", sa.JSON(none_as_null=True), nullable=True),
+        sa.Index(_index_name(TRANSACTION_TABLE, "issued_at"), "issued_at", "id"),
+        sqlite_autoincrement=True,
+        info={_INFO_KEY: "transaction"},
+        comment="versioning: one row per database transaction that changed versioned records",
+    )
+
+
+def snapshot_column(name: str, source: sa.Column[Any], masked: bool) -> sa.Column[Any]:
+    """A nullable, constraint-free copy of ``source`` for a history snapshot."""
+    type_: sa.types.TypeEngine[Any] = sa.Text() if masked else source.type
+    return sa.Column(name, type_, nullable=True, autoincrement=False)
+
+
+def history_table_for(
+    name: str,
+    live: sa.Table,
+    transactions: sa.Table,
+    key_columns: list[sa.Column[Any]],
+    data_columns: list[sa.Column[Any]],
+) -> sa.Table:
+    """Create the history table ``name`` beside ``live`` in the same ``MetaData`` and schema.
+
+    ``key_columns`` are snapshot columns of the primary key (already built with
+    :func:`snapshot_column`), ``data_columns`` the other snapshot columns.
+    """
+    metadata = live.metadata
+    key = name if live.schema is None else f"{live.schema}.{name}"
+    if key in metadata.tables:
+        raise ConfigurationError(
+            f"cannot create history table {key!r} for table {live.name!r}: the MetaData already "
+            f"has a table of that name; set __versioned__['table_name'] to another name"
+        )
+    operation = sa.Enum(
+        Operation,
+        native_enum=False,
+        length=6,
+        values_callable=lambda members: [m.value for m in members],
+        validate_strings=True,
+        name="versioning_operation",
+    )
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column(VERSION_ID, _ID_TYPE, primary_key=True, autoincrement=True),
+        sa.Column(
+            TRANSACTION_ID,
+            _ID_TYPE,
+            sa.ForeignKey(transactions.c.id, name=f"fk_{name}_transaction"[:60]),
+            nullable=False,
+        ),
+        sa.Column(OPERATION, operation, nullable=False),
+        *key_columns,
+        *data_columns,
+        sa.Column(CHANGES, sa.JSON(none_as_null=True), nullable=True),
+        sa.Index(_index_name(name, "record"), *[c.name for c in key_columns], TRANSACTION_ID),
+        sa.Index(_index_name(name, "transaction"), TRANSACTION_ID),
+        schema=live.schema,
+        info={_INFO_KEY: "history", "live_table": live.fullname},
+        comment=f"versioning: history of {live.fullname}",
+    )
