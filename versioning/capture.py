@@ -43,9 +43,7 @@ def _needs_pre_image(state: InstanceState[Any], spec: ModelSpec, deleting: bool)
     committed = state.committed_state
     loaded = state.dict
     if deleting:
-        return any(
-            committed.get(key, loaded.get(key, NO_VALUE)) is NO_VALUE for key in spec.keys
-        )
+        return any(committed.get(key, loaded.get(key, NO_VALUE)) is NO_VALUE for key in spec.keys)
     changed = False
     for key, original in committed.items():
         if key in spec.keyset:
@@ -108,8 +106,10 @@ def _before_flush(session: Session, flush_context: UOWTransaction, instances: ob
         for obj in objects:
             state: InstanceState[Any] = state_of(obj)
             spec = spec_of(state.mapper)
-            if spec is not None and state.key is not None and _needs_pre_image(
-                state, spec, deleting
+            if (
+                spec is not None
+                and state.key is not None
+                and _needs_pre_image(state, spec, deleting)
             ):
                 wanted.setdefault(state.mapper, []).append((_identity(state, spec), state))
     tracker = session.info.get("_versioning")

@@ -133,7 +133,7 @@ def _check_extra(extra: dict[str, Any]) -> dict[str, Any]:
     return extra
 
 
-class audit_context:  # noqa: N801 - used like a function, as contextlib's helpers are
+class audit_context:
     """Set who, from where, which request and why for the changes made inside it.
 
     Use it as a context manager (``with`` or ``async with``) or as a decorator of sync or async

@@ -29,7 +29,7 @@ from versioning.schema import (
     transaction_table_for,
 )
 
-__all__ = ["ModelSpec", "Versioned", "VersionedOptions", "history_table", "spec_of", "spec_for"]
+__all__ = ["ModelSpec", "Versioned", "VersionedOptions", "history_table", "spec_for", "spec_of"]
 
 _SPEC_ATTR = "__versioning_spec__"
 _OPTION_KEYS = frozenset({"exclude", "mask", "table_name"})
@@ -271,9 +271,7 @@ def _declare(mapper: Mapper[Any], cls: type[Any]) -> None:
             )
         transactions = transaction_table_for(table.metadata)
         name = options.get("table_name") or f"{table.name}_history"
-        key_cols = [
-            snapshot_column(history_names[k], live_columns[k], False) for k in pk_keys
-        ]
+        key_cols = [snapshot_column(history_names[k], live_columns[k], False) for k in pk_keys]
         data_cols = [
             snapshot_column(history_names[k], live_columns[k], k in masks)
             for k in keys
@@ -324,7 +322,7 @@ def _extend_history(
         wanted = snapshot_column(name, live_columns[key], key in masks)
         if existing is None:
             history.append_column(wanted)
-        elif existing.type._type_affinity is not wanted.type._type_affinity:  # noqa: SLF001
+        elif existing.type._type_affinity is not wanted.type._type_affinity:
             raise ConfigurationError(
                 f"{cls.__name__}.{key} ({wanted.type!r}) and another class of its hierarchy "
                 f"both map a column named {name!r} with a different type ({existing.type!r}); "

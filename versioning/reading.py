@@ -212,7 +212,9 @@ def _bound(spec: ModelSpec, at: dt.datetime | int) -> Any:
     )
 
 
-def version_at(session: Session, model: type[Any], pk: Any, at: dt.datetime | int) -> Version | None:
+def version_at(
+    session: Session, model: type[Any], pk: Any, at: dt.datetime | int
+) -> Version | None:
     """The latest version of a record at ``at`` (a delete included), or ``None``."""
     spec = spec_for(model)
     key = _key(spec, pk)

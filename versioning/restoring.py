@@ -71,7 +71,9 @@ def restore(
         version = target
     else:
         if not isinstance(target, type) or pk is _MISSING or at is None:
-            raise RestoreError("call restore(session, version) or restore(session, Model, pk, at=...)")
+            raise RestoreError(
+                "call restore(session, version) or restore(session, Model, pk, at=...)"
+            )
         spec = spec_for(target)
         found = version_at(session, target, pk, at)
         if found is None or found.operation is Operation.DELETE:
