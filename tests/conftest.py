@@ -1,4 +1,4 @@
-"""Test backends: every test that takes the ``engine`` fixture runs on SQLite, PostgreSQL and MariaDB.
+"""Test backends: each test taking the ``engine`` fixture runs on SQLite, PostgreSQL and MariaDB.
 
 PostgreSQL comes from pytest-postgresql's ``postgresql_noproc`` (a running server at the address in
 ``pyproject.toml``; a fresh database is made from its template for the test session). MariaDB is

@@ -329,12 +329,12 @@ def _history_row(change: _Change, connection: Connection) -> dict[str, Any] | No
             diff[key] = [encode(type_, old, dialect, where), encode(type_, new, dialect, where)]
         if not diff:
             return None
-        values = after
+        values: dict[str, Any] | None = after
         changes: dict[str, list[Any]] | None = diff
     else:
         values = change.after if change.operation is Operation.INSERT else change.before
-        assert values is not None
         changes = None
+    assert values is not None
     row: dict[str, Any] = {OPERATION: change.operation, CHANGES: changes}
     for key in spec.keys:
         value = values[key]

@@ -1,7 +1,7 @@
 """Who, from where, which request and why: the audit context, carried in a ``ContextVar``.
 
 ``audit_context(...)`` opens a *frame* for the duration of a ``with`` block or a decorated call.
-Frames nest: an inner frame overrides the outer one field by field and ``extra`` is merged key by key.
+Frames nest: an inner frame overrides the outer one field by field; ``extra`` is merged by key.
 Because a frame lives in a ``ContextVar``, threads and asyncio tasks each see their own, and a task
 started inside a frame sees that frame. :func:`set_actor` fills in the actor of the innermost frame
 for code that learns it late (after authentication); since the frame object is shared by everything

@@ -1,7 +1,7 @@
 """Masks for sensitive columns.
 
-A mask is any callable ``str -> str`` named in ``__versioned__["mask"]``. A masked column's change is
-still recorded as a change, but the stored old and new values (and the snapshot) are the mask's
+A mask is any callable ``str -> str`` named in ``__versioned__["mask"]``. A masked column's change
+is still recorded as a change, but the stored old and new values (and the snapshot) are the mask's
 output, never the real value. ``None`` is never passed to a mask: a missing value stays ``None``.
 """
 

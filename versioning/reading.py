@@ -186,8 +186,9 @@ def history(session: Session, target: Any, pk: Any = _MISSING) -> list[Version]:
     connection = session.connection(bind_arguments={"mapper": spec.mapper})
     versions = []
     for row in connection.execute(statement).mappings():
-        values = [row[label] for label in labels]
-        transaction = Transaction(*values[:-1], extra=values[-1] or {})
+        tx = {name: row[label] for name, label in zip(_TX_FIELDS, labels, strict=True)}
+        tx["extra"] = tx["extra"] or {}
+        transaction = Transaction(**tx)
         versions.append(_row_version(spec, row, connection.dialect, transaction))
     return versions
 

@@ -1,9 +1,9 @@
 """Restoring a record to a previous version, re-creating it if it was deleted.
 
 A restore is an ordinary change of the live row, so it is recorded like any other; the transaction's
-``reason`` says what was restored unless the audit context gives one. Excluded and masked columns are
-never written back from history: they keep their live value (or, when re-creating a deleted record,
-their column default).
+``reason`` says what was restored unless the audit context gives one. Excluded and masked columns
+are never written back from history: they keep their live value (or, when re-creating a deleted
+record, their column default).
 """
 
 from __future__ import annotations

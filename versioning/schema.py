@@ -2,8 +2,8 @@
 
 * ``versioning_transaction`` — one per ``MetaData``: one row per database transaction that changed a
   versioned record (who, from where, which request, why, when).
-* ``<tablename>_history`` — one per versioned table hierarchy: one row per change of a record, holding
-  a typed snapshot of the versioned columns, the operation and the changed fields.
+* ``<tablename>_history`` — one per versioned table hierarchy: one row per change of a record,
+  holding a typed snapshot of the versioned columns, the operation and the changed fields.
 
 History tables carry no unique constraints and no foreign keys to live tables, so records can be
 deleted and re-created freely; their only foreign key points at the transaction table.
@@ -74,11 +74,10 @@ class UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
     def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
         if value is None:
             return None
-        if not isinstance(value, dt.datetime):  # pragma: no cover - drivers give datetimes
-            value = dt.datetime.fromisoformat(str(value))
-        if value.tzinfo is None:
-            return value.replace(tzinfo=dt.UTC)
-        return value.astimezone(dt.UTC)
+        stamp = value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
+        if stamp.tzinfo is None:
+            return stamp.replace(tzinfo=dt.UTC)
+        return stamp.astimezone(dt.UTC)
 
     @property
     def python_type(self) -> type[dt.datetime]:
