@@ -93,9 +93,18 @@ def _load_rows(
 
 
 def _identity(state: InstanceState[Any], spec: ModelSpec) -> tuple[Any, ...]:
+    """The key the record has in the database before this flush."""
     if state.key is not None:
         return tuple(state.key[1])
     return tuple(state.dict.get(k) for k in spec.pk_keys)
+
+
+def _new_identity(state: InstanceState[Any], spec: ModelSpec) -> tuple[Any, ...]:
+    """The key the record has after this flush (a primary key may have been changed)."""
+    loaded = state.dict
+    if all(k in loaded for k in spec.pk_keys):
+        return tuple(loaded[k] for k in spec.pk_keys)
+    return _identity(state, spec)
 
 
 @event.listens_for(Session, "before_flush")
@@ -229,9 +238,17 @@ def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
     updates: list[_Change] = []
     inserts: list[_Change] = []
     reload: dict[Mapper[Any], list[tuple[tuple[Any, ...], InstanceState[Any]]]] = {}
+    deleted: set[InstanceState[Any]] | None = None
     for state, (deleting, listonly) in flush_context.states.items():
         if listonly:
-            continue
+            # A deleted record whose key a new object takes in the same flush ("row switch"):
+            # SQLAlchemy turns its DELETE + INSERT into one UPDATE, history keeps both.
+            if not deleting:
+                continue
+            if deleted is None:
+                deleted = {sa.inspect(obj) for obj in session.deleted}
+            if state not in deleted:
+                continue
         spec = spec_of(state.mapper)
         if spec is None:
             continue
@@ -259,7 +276,10 @@ def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
             operation = Operation.UPDATE
         after, missing = _after_values(state, spec, before)
         if missing:
-            reload.setdefault(state.mapper, []).append((_identity(state, spec), state))
+            reload.setdefault(state.mapper, []).append((_new_identity(state, spec), state))
+        elif before is not None and any(before[k] != after[k] for k in spec.pk_keys):
+            # The record moved to another key: its history under the old key ends here.
+            deletes.append(_Change(spec, state, Operation.DELETE, before, None))
         target.append(_Change(spec, state, operation, before, after))
     if not (deletes or updates or inserts):
         return
