@@ -46,10 +46,11 @@ class AuditContext:
 class _Frame:
     """One ``audit_context`` scope. Mutable only through :func:`set_actor`."""
 
-    __slots__ = ("actor", "extra", "parent", "reason", "request_id", "source_ip")
+    __slots__ = ("actor", "extra", "owner", "parent", "reason", "request_id", "source_ip")
 
     def __init__(
         self,
+        owner: object,
         parent: _Frame | None,
         actor: str | None,
         source_ip: str | None,
@@ -57,6 +58,7 @@ class _Frame:
         reason: str | None,
         extra: dict[str, Any],
     ) -> None:
+        self.owner = owner
         self.parent = parent
         self.actor = actor
         self.source_ip = source_ip
@@ -154,10 +156,10 @@ class audit_context:
         self._request_id = _check_text("request_id", request_id, MAX_REQUEST_ID)
         self._reason = _check_text("reason", reason, None)
         self._extra = _check_extra(dict(extra))
-        self._tokens: list[Token[_Frame | None]] = []
 
     def _push(self) -> Token[_Frame | None]:
         frame = _Frame(
+            self,
             _current.get(),
             self._actor,
             self._source_ip,
@@ -168,7 +170,7 @@ class audit_context:
         return _current.set(frame)
 
     def __enter__(self) -> AuditContext:
-        self._tokens.append(self._push())
+        self._push()
         return current_context()
 
     def __exit__(
@@ -177,7 +179,12 @@ class audit_context:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        _current.reset(self._tokens.pop())
+        # No token is kept on the object: one audit_context may be entered by many threads or
+        # tasks at once, each in its own contextvars.Context, and each leaves its own frame.
+        frame = _current.get()
+        if frame is None or frame.owner is not self:
+            raise RuntimeError("audit_context exited out of order: nest `with` blocks properly")
+        _current.set(frame.parent)
 
     async def __aenter__(self) -> AuditContext:
         return self.__enter__()

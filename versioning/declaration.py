@@ -18,7 +18,7 @@ from typing import Any, ClassVar, TypedDict
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.orm import ColumnProperty, Mapper
+from sqlalchemy.orm import Mapper
 
 from versioning.errors import ConfigurationError
 from versioning.masks import Mask
@@ -153,13 +153,12 @@ def _own_options(cls: type[Any]) -> dict[str, Any]:
 
 def _column_props(mapper: Mapper[Any]) -> dict[str, sa.Column[Any]]:
     """Attribute key -> table column of every column-mapped attribute (not SQL expressions)."""
+    # ``mapper.columns`` rather than ``column_attrs``: the latter configures every mapper of the
+    # registry, which must not happen while classes are still being declared.
     out: dict[str, sa.Column[Any]] = {}
-    for prop in mapper.column_attrs:
-        if not isinstance(prop, ColumnProperty):  # pragma: no cover - column_attrs are
-            continue
-        column = prop.columns[0]
+    for key, column in mapper.columns.items():
         if isinstance(column, sa.Column) and isinstance(column.table, sa.Table):
-            out[prop.key] = column
+            out[key] = column
     return out
 
 
@@ -277,7 +276,7 @@ def _declare(mapper: Mapper[Any], cls: type[Any]) -> None:
             for k in keys
             if k not in pk_keys
         ]
-        history = history_table_for(name, table, transactions, key_cols, data_cols)
+        history = history_table_for(cls.__name__, name, table, transactions, key_cols, data_cols)
     else:
         history = base_spec.history
         transactions = base_spec.transactions

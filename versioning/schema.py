@@ -128,6 +128,7 @@ def snapshot_column(name: str, source: sa.Column[Any], masked: bool) -> sa.Colum
 
 
 def history_table_for(
+    model_name: str,
     name: str,
     live: sa.Table,
     transactions: sa.Table,
@@ -143,8 +144,9 @@ def history_table_for(
     key = name if live.schema is None else f"{live.schema}.{name}"
     if key in metadata.tables:
         raise ConfigurationError(
-            f"cannot create history table {key!r} for table {live.name!r}: the MetaData already "
-            f"has a table of that name; set __versioned__['table_name'] to another name"
+            f"cannot create history table {key!r} for {model_name} (table {live.name!r}): the "
+            f"MetaData already has a table of that name; set {model_name}.__versioned__"
+            f"['table_name'] to another name"
         )
     operation = sa.Enum(
         Operation,
