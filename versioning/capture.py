@@ -36,6 +36,7 @@ from versioning.transaction import SessionState, session_state, transaction_id
 __all__: list[str] = []
 
 _CHUNK = 500
+_NOTHING: frozenset[str] = frozenset()
 
 
 def _needs_pre_image(state: InstanceState[Any], spec: ModelSpec, deleting: bool) -> bool:
@@ -125,6 +126,7 @@ def _before_flush(session: Session, flush_context: UOWTransaction, instances: ob
     if tracker is not None:
         tracker.pre_images.clear()
         tracker.before.clear()
+        tracker.changed.clear()
     if not wanted:
         return
     tracker = session_state(session)
@@ -181,6 +183,8 @@ def _note_before(state: InstanceState[Any], connection: Connection, deleting: bo
                 f"{_identity(state, spec)!r} to record its history"
             )
     tracker.before[state] = before
+    if not deleting:
+        tracker.changed[state] = frozenset(k for k in state.committed_state if k in spec.keyset)
 
 
 def _before_update(mapper: Mapper[Any], connection: Connection, state: InstanceState[Any]) -> None:
@@ -214,16 +218,24 @@ class _Change:
 
 
 def _after_values(
-    state: InstanceState[Any], spec: ModelSpec, before: dict[str, Any] | None
+    state: InstanceState[Any],
+    spec: ModelSpec,
+    before: dict[str, Any] | None,
+    changed: frozenset[str],
 ) -> tuple[dict[str, Any], bool]:
-    """Values after the flush; the flag says some must still be read from the database."""
+    """Values after the flush; the flag says some must still be read from the database.
+
+    An attribute that the flush wrote but that is no longer loaded (set to a SQL expression, or a
+    server-side ``onupdate``) is read back; one that was neither loaded nor written is unchanged.
+    """
     loaded = state.dict
     out: dict[str, Any] = {}
     missing = False
     for key in spec.keys:
         if key in loaded:
             out[key] = loaded[key]
-        elif before is not None and key not in spec.refresh_on_update:
+        elif before is not None and key not in spec.refresh_on_update and key not in changed:
+            # Not loaded before the flush and not written by it: unchanged.
             out[key] = before[key]
         else:
             missing = True
@@ -274,7 +286,8 @@ def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
                 continue  # no versioned column changed
             target = updates
             operation = Operation.UPDATE
-        after, missing = _after_values(state, spec, before)
+        changed = tracker.changed.get(state, _NOTHING) if tracker is not None else _NOTHING
+        after, missing = _after_values(state, spec, before, changed)
         if missing:
             reload.setdefault(state.mapper, []).append((_new_identity(state, spec), state))
         elif before is not None and any(before[k] != after[k] for k in spec.pk_keys):

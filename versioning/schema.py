@@ -16,10 +16,11 @@ import hashlib
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
 
-from versioning.errors import ConfigurationError
+from versioning.errors import ArgumentError, ConfigurationError
 from versioning.operation import Operation
 
 __all__ = [
@@ -67,7 +68,7 @@ class UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
         if value is None:
             return None
         if value.tzinfo is None:
-            raise ValueError(f"naive datetime {value!r}: pass a timezone-aware datetime")
+            raise ArgumentError(f"naive datetime {value!r}: pass a timezone-aware datetime")
         value = value.astimezone(dt.UTC)
         return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
 
@@ -121,10 +122,35 @@ def transaction_table_for(metadata: sa.MetaData) -> sa.Table:
     )
 
 
+_UNRESOLVED = "versioning_unresolved_types"
+
+
 def snapshot_column(name: str, source: sa.Column[Any], masked: bool) -> sa.Column[Any]:
-    """A nullable, constraint-free copy of ``source`` for a history snapshot."""
+    """A nullable, constraint-free copy of ``source`` for a history snapshot.
+
+    A foreign-key column whose target table is declared later has no type yet (SQLAlchemy fills
+    it in when the target appears); its copy is remembered and gets the type at that moment.
+    """
     type_: sa.types.TypeEngine[Any] = sa.Text() if masked else source.type
-    return sa.Column(name, type_, nullable=True, autoincrement=False)
+    column = sa.Column(name, type_, nullable=True, autoincrement=False)
+    if type_._isnull and isinstance(source.table, sa.Table):
+        pending = source.table.metadata.info.setdefault(_UNRESOLVED, [])
+        pending.append((column, source))
+    return column
+
+
+@event.listens_for(sa.Column, "after_parent_attach")
+def _resolve_types(column: sa.Column[Any], table: sa.Table) -> None:
+    """Give deferred snapshot copies the type their live column has just received."""
+    metadata = getattr(table, "metadata", None)
+    pending = metadata.info.get(_UNRESOLVED) if metadata is not None else None
+    if not pending:
+        return
+    for entry in list(pending):
+        copy, source = entry
+        if not source.type._isnull:
+            copy.type = source.type
+            pending.remove(entry)
 
 
 def history_table_for(

@@ -43,6 +43,8 @@ class SessionState:
     pre_images: dict[InstanceState[Any], dict[str, Any]] = field(default_factory=dict)
     #: Values before the flush of each record being updated or deleted.
     before: dict[InstanceState[Any], dict[str, Any]] = field(default_factory=dict)
+    #: Versioned attributes each of those records had changed when its UPDATE was prepared.
+    changed: dict[InstanceState[Any], frozenset[str]] = field(default_factory=dict)
 
 
 def session_state(session: Session) -> SessionState:
