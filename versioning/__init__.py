@@ -6,11 +6,14 @@ beside it, committed atomically with the data. Read it back with :func:`history`
 record at any moment with :func:`as_of`, and put it back with :func:`restore`.
 """
 
+import sqlalchemy as _sa
+
 from versioning import capture as _capture  # noqa: F401 - installs the session hooks
 from versioning import masks
 from versioning.context import AuditContext, audit_context, current_context, set_actor
 from versioning.declaration import Versioned, VersionedOptions, history_table
 from versioning.errors import (
+    ArgumentError,
     ConfigurationError,
     ContextError,
     EncodingError,
@@ -25,6 +28,7 @@ from versioning.schema import TRANSACTION_TABLE, transaction_table_for
 
 __all__ = [
     "TRANSACTION_TABLE",
+    "ArgumentError",
     "AuditContext",
     "ConfigurationError",
     "ContextError",
@@ -51,10 +55,8 @@ __all__ = [
 __version__ = "0.1.0.dev0"
 
 
-def transaction_table(metadata: "object") -> "object":
+def transaction_table(metadata: _sa.MetaData) -> _sa.Table:
     """The ``versioning_transaction`` table of a ``MetaData`` (created on first use)."""
-    import sqlalchemy as sa
-
-    if not isinstance(metadata, sa.MetaData):
-        raise TypeError(f"expected a MetaData, got {metadata!r}")
+    if not isinstance(metadata, _sa.MetaData):
+        raise ArgumentError(f"transaction_table() takes a MetaData, got {metadata!r}")
     return transaction_table_for(metadata)

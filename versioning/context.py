@@ -183,7 +183,7 @@ class audit_context:
         # tasks at once, each in its own contextvars.Context, and each leaves its own frame.
         frame = _current.get()
         if frame is None or frame.owner is not self:
-            raise RuntimeError("audit_context exited out of order: nest `with` blocks properly")
+            raise ContextError("audit_context exited out of order: nest `with` blocks properly")
         _current.set(frame.parent)
 
     async def __aenter__(self) -> AuditContext:

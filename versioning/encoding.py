@@ -24,8 +24,6 @@ from versioning.errors import EncodingError
 
 __all__ = ["decode", "encode"]
 
-_NATIVE = (str, int, float, bool)
-
 
 def _encode_plain(value: Any) -> Any:
     """JSON form of a plain value, or raise ``TypeError`` if it has none."""
@@ -52,15 +50,27 @@ def _encode_plain(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
+def _overrides(type_: sqltypes.TypeDecorator[Any], method: str) -> bool:
+    return getattr(type(type_), method) is not getattr(sqltypes.TypeDecorator, method)
+
+
 def encode(type_: sqltypes.TypeEngine[Any], value: Any, dialect: Dialect, where: str) -> Any:
-    """Encode ``value`` of a column of type ``type_``; ``where`` names the column for errors."""
+    """Encode ``value`` of a column of type ``type_``; ``where`` names the column for errors.
+
+    A ``TypeDecorator`` that converts values on the way in encodes what it would store (so the
+    recorded value is the stored one, e.g. a normalised e-mail address).
+    """
+    if (
+        value is not None
+        and isinstance(type_, sqltypes.TypeDecorator)
+        and _overrides(type_, "process_bind_param")
+    ):
+        processed = type_.process_bind_param(value, dialect)
+        return encode(type_.load_dialect_impl(dialect), processed, dialect, where)
     try:
         return _encode_plain(value)
     except TypeError:
         pass
-    if isinstance(type_, sqltypes.TypeDecorator):
-        processed = type_.process_bind_param(value, dialect)
-        return encode(type_.impl_instance, processed, dialect, where)
     raise EncodingError(
         f"cannot record the value {value!r} of {where} ({type(value).__name__}) in the history's "
         f"changes; use a column type whose Python values are plain (str, numbers, Decimal, "
@@ -109,16 +119,11 @@ def decode(type_: sqltypes.TypeEngine[Any], data: Any, dialect: Dialect) -> Any:
     if data is None:
         return None
     if isinstance(type_, sqltypes.TypeDecorator):
-        python_type = _python_type(type_)
-        impl = type_.impl_instance
-        if python_type is not None and python_type is not _python_type(impl):
-            if isinstance(data, python_type) or python_type in _DECODABLE:
-                return _decode_plain(python_type, impl, data)
-            return type_.process_result_value(decode(impl, data, dialect), dialect)
-        return _decode_plain(python_type, impl, data)
+        if _overrides(type_, "process_bind_param"):
+            stored = decode(type_.load_dialect_impl(dialect), data, dialect)
+            if _overrides(type_, "process_result_value"):
+                return type_.process_result_value(stored, dialect)
+            return stored
+        if _overrides(type_, "process_result_value"):
+            return type_.process_result_value(data, dialect)
     return _decode_plain(_python_type(type_), type_, data)
-
-
-_DECODABLE = frozenset(
-    {Decimal, float, int, str, bool, dt.datetime, dt.date, dt.time, dt.timedelta, uuid.UUID, bytes}
-)

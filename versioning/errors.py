@@ -14,6 +14,13 @@ class ConfigurationError(VersioningError):
     """
 
 
+class ArgumentError(VersioningError, ValueError, TypeError):
+    """A function of the library was called with an argument it cannot use.
+
+    Also a ``ValueError`` and a ``TypeError``, so code catching either keeps working.
+    """
+
+
 class ContextError(VersioningError, ValueError):
     """A value given to :func:`versioning.audit_context` (or ``set_actor``) is not acceptable."""
 

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Mapper, Session
 
 from versioning.declaration import ModelSpec, spec_for, spec_of
 from versioning.encoding import decode
-from versioning.errors import VersioningError
+from versioning.errors import ArgumentError, VersioningError
 from versioning.operation import Operation
 from versioning.schema import CHANGES, OPERATION, TRANSACTION_ID, VERSION_ID
 
@@ -195,11 +195,11 @@ def history(session: Session, target: Any, pk: Any = _MISSING) -> list[Version]:
 
 def _bound(spec: ModelSpec, at: dt.datetime | int) -> Any:
     if isinstance(at, bool) or not isinstance(at, dt.datetime | int):
-        raise TypeError(f"at must be a timezone-aware datetime or a transaction id, got {at!r}")
+        raise ArgumentError(f"at must be a timezone-aware datetime or a transaction id, got {at!r}")
     if isinstance(at, int):
         return at
     if at.tzinfo is None or at.utcoffset() is None:
-        raise ValueError(
+        raise ArgumentError(
             f"as_of needs a timezone-aware datetime, got the naive {at!r}; "
             f"e.g. datetime.now(timezone.utc)"
         )

@@ -103,7 +103,14 @@ def _apply(session: Session, version: Version) -> Any:
                 f"cannot restore {version.model.__name__} {key!r}: the live record is now a "
                 f"{type(live).__name__}"
             )
-        for k in writable:
+        differs = [
+            k
+            for k in writable
+            if not spec.type_of(k).compare_values(getattr(live, k), version.state[k])
+        ]
+        if not differs:
+            return live  # already in that state: nothing to write, nothing to record
+        for k in differs:
             setattr(live, k, version.state[k])
     notes = session_state(session).notes
     notes.append(
