@@ -18,13 +18,18 @@ from urllib.parse import urlsplit
 
 import pytest
 import sqlalchemy as sa
+from pytest_postgresql import factories
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 BACKENDS = ("sqlite", "postgresql", "mariadb")
 MARIADB_URL = os.environ.get("VERSIONING_MARIADB_URL", "mariadb+pymysql://root@127.0.0.1:3306")
-TEST_DB = "versioning_tests"
+# One database per test run, so that runs on the same servers (a developer's and CI's) never meet.
+TEST_DB = f"versioning_tests_{os.getpid()}"
 REQUIRED = os.environ.get("CI", "").lower() == "true"
+
+
+postgresql_noproc = factories.postgresql_noproc(dbname=TEST_DB)
 
 
 def _reachable(host: str, port: int) -> bool:
