@@ -31,7 +31,7 @@ from versioning.encoding import encode
 from versioning.errors import VersioningError
 from versioning.operation import Operation
 from versioning.schema import CHANGES, OPERATION, TRANSACTION_ID
-from versioning.transaction import SessionState, session_state, transaction_id
+from versioning.transaction import existing_state, session_state, transaction_id
 
 __all__: list[str] = []
 
@@ -122,11 +122,9 @@ def _before_flush(session: Session, flush_context: UOWTransaction, instances: ob
                 and _needs_pre_image(state, spec, deleting)
             ):
                 wanted.setdefault(state.mapper, []).append((_identity(state, spec), state))
-    tracker = session.info.get("_versioning")
+    tracker = existing_state(session)
     if tracker is not None:
-        tracker.pre_images.clear()
-        tracker.before.clear()
-        tracker.changed.clear()
+        tracker.start_flush()
     if not wanted:
         return
     tracker = session_state(session)
@@ -138,7 +136,7 @@ def _before_flush(session: Session, flush_context: UOWTransaction, instances: ob
 
 
 def _before_values(
-    state: InstanceState[Any], spec: ModelSpec, pre_image: dict[str, Any] | None, deleting: bool
+    state: InstanceState[Any], spec: ModelSpec, pre_image: dict[str, Any] | None
 ) -> dict[str, Any] | None:
     """The record's versioned values before this flush, or ``None`` if some are not known."""
     committed = state.committed_state
@@ -165,26 +163,25 @@ def _note_before(state: InstanceState[Any], connection: Connection, deleting: bo
     spec = spec_of(state.mapper)
     if spec is None:  # pragma: no cover - listeners are only on versioned classes
         return
-    if not deleting and not any(key in spec.keyset for key in state.committed_state):
+    changed = frozenset(key for key in state.committed_state if key in spec.keyset)
+    if not deleting and not changed:
         return  # nothing versioned changes: only excluded columns or relationships
     session = state.session
     assert session is not None
     tracker = session_state(session)
-    pre_image = tracker.pre_images.get(state)
-    before = _before_values(state, spec, pre_image, deleting)
+    before = _before_values(state, spec, tracker.pre_images.get(state))
     if before is None:
         # Changed by code that ran after before_flush (e.g. a foreign key set by the flush
         # itself) and not fully loaded: read this one row now.
         rows = _load_rows(connection, spec, [(_identity(state, spec), state)], lock=True)
-        before = _before_values(state, spec, rows.get(state), deleting)
+        before = _before_values(state, spec, rows.get(state))
         if before is None:
             raise VersioningError(
                 f"cannot read the current row of {spec.model.__name__} "
                 f"{_identity(state, spec)!r} to record its history"
             )
     tracker.before[state] = before
-    if not deleting:
-        tracker.changed[state] = frozenset(k for k in state.committed_state if k in spec.keyset)
+    tracker.changed[state] = changed
 
 
 def _before_update(mapper: Mapper[Any], connection: Connection, state: InstanceState[Any]) -> None:
@@ -244,7 +241,7 @@ def _after_values(
 
 @event.listens_for(Session, "after_flush")
 def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
-    tracker: SessionState | None = session.info.get("_versioning")
+    tracker = existing_state(session)
     before_map = tracker.before if tracker is not None else {}
     deletes: list[_Change] = []
     updates: list[_Change] = []
@@ -268,7 +265,7 @@ def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
             before = before_map.get(state)
             if before is None:
                 pre = tracker.pre_images.get(state) if tracker is not None else None
-                before = _before_values(state, spec, pre, True)
+                before = _before_values(state, spec, pre)
                 if before is None:
                     raise VersioningError(
                         f"cannot record the deletion of {spec.model.__name__} "
@@ -290,27 +287,49 @@ def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
         after, missing = _after_values(state, spec, before, changed)
         if missing:
             reload.setdefault(state.mapper, []).append((_new_identity(state, spec), state))
-        elif before is not None and any(before[k] != after[k] for k in spec.pk_keys):
-            # The record moved to another key: its history under the old key ends here.
-            deletes.append(_Change(spec, state, Operation.DELETE, before, None))
         target.append(_Change(spec, state, operation, before, after))
+    if tracker is not None:
+        tracker.start_flush()
     if not (deletes or updates or inserts):
         return
     if reload:
-        fresh: dict[InstanceState[Any], dict[str, Any]] = {}
-        for mapper, states in reload.items():
-            spec = spec_of(mapper)
-            assert spec is not None
-            connection = session.connection(bind_arguments={"mapper": mapper})
-            fresh.update(_load_rows(connection, spec, states, lock=False))
-        for change in (*updates, *inserts):
-            values = fresh.get(change.state)
-            if values is not None:
-                assert change.after is not None
-                for key in change.spec.keys:
-                    if key not in change.after:
-                        change.after[key] = values[key]
+        _complete(session, reload, updates + inserts)
+    for change in updates:
+        assert change.before is not None and change.after is not None
+        if any(change.before[k] != change.after[k] for k in change.spec.pk_keys):
+            # The record moved to another key: its history under the old key ends here.
+            deletes.append(
+                _Change(change.spec, change.state, Operation.DELETE, change.before, None)
+            )
     _write(session, deletes + updates + inserts)
+
+
+def _complete(
+    session: Session,
+    reload: dict[Mapper[Any], list[tuple[tuple[Any, ...], InstanceState[Any]]]],
+    changes: list[_Change],
+) -> None:
+    """Read what the flush left unloaded (server defaults, SQL expressions), one query a mapper."""
+    fresh: dict[InstanceState[Any], dict[str, Any]] = {}
+    for mapper, states in reload.items():
+        spec = spec_of(mapper)
+        assert spec is not None
+        connection = session.connection(bind_arguments={"mapper": mapper})
+        fresh.update(_load_rows(connection, spec, states, lock=False))
+    for change in changes:
+        after = change.after
+        assert after is not None
+        if len(after) == len(change.spec.keys):
+            continue
+        values = fresh.get(change.state)
+        if values is None:
+            raise VersioningError(
+                f"cannot read back {change.spec.model.__name__} "
+                f"{_new_identity(change.state, change.spec)!r} after the flush to record its "
+                f"history: the row is not there"
+            )
+        for key in change.spec.keys:
+            after.setdefault(key, values[key])
 
 
 def _write(session: Session, changes: list[_Change]) -> None:

@@ -19,7 +19,7 @@ from sqlalchemy.orm import InstanceState, Session, SessionTransaction
 
 from versioning.context import current_context
 
-__all__ = ["SessionState", "session_state", "transaction_id"]
+__all__ = ["SessionState", "existing_state", "session_state", "transaction_id"]
 
 _KEY = "_versioning"
 
@@ -45,6 +45,18 @@ class SessionState:
     before: dict[InstanceState[Any], dict[str, Any]] = field(default_factory=dict)
     #: Versioned attributes each of those records had changed when its UPDATE was prepared.
     changed: dict[InstanceState[Any], frozenset[str]] = field(default_factory=dict)
+
+    def start_flush(self) -> None:
+        """Forget what the previous flush noted about records."""
+        self.pre_images.clear()
+        self.before.clear()
+        self.changed.clear()
+
+
+def existing_state(session: Session) -> SessionState | None:
+    """The session's state if it has any, without creating it (cheap: used on every flush)."""
+    state: SessionState | None = session.info.get(_KEY)
+    return state
 
 
 def session_state(session: Session) -> SessionState:
@@ -97,7 +109,7 @@ def transaction_id(
 
 @event.listens_for(Session, "after_soft_rollback")
 def _forget_rolled_back(session: Session, previous_transaction: SessionTransaction) -> None:
-    state: SessionState | None = session.info.get(_KEY)
+    state = existing_state(session)
     if state is None or not state.rows:
         return
     for key, row in list(state.rows.items()):
