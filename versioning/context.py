@@ -24,6 +24,9 @@ from versioning.errors import ContextError
 
 __all__ = ["AuditContext", "audit_context", "current_context", "set_actor"]
 
+#: A callable giving the actor when it is needed (the first versioned flush), e.g. from a request.
+ActorSource = Callable[[], "str | int | None"]
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -46,13 +49,23 @@ class AuditContext:
 class _Frame:
     """One ``audit_context`` scope. Mutable only through :func:`set_actor`."""
 
-    __slots__ = ("actor", "extra", "owner", "parent", "reason", "request_id", "source_ip")
+    __slots__ = (
+        "actor",
+        "actor_source",
+        "extra",
+        "owner",
+        "parent",
+        "reason",
+        "request_id",
+        "source_ip",
+    )
 
     def __init__(
         self,
         owner: object,
         parent: _Frame | None,
         actor: str | None,
+        actor_source: ActorSource | None,
         source_ip: str | None,
         request_id: str | None,
         reason: str | None,
@@ -61,6 +74,7 @@ class _Frame:
         self.owner = owner
         self.parent = parent
         self.actor = actor
+        self.actor_source = actor_source
         self.source_ip = source_ip
         self.request_id = request_id
         self.reason = reason
@@ -71,7 +85,10 @@ class _Frame:
         extras: list[dict[str, Any]] = []
         frame: _Frame | None = self
         while frame is not None:
-            actor = actor if actor is not None else frame.actor
+            if actor is None:
+                actor = frame.actor
+                if actor is None and frame.actor_source is not None:
+                    actor = _check_actor(frame.actor_source())
             source_ip = source_ip if source_ip is not None else frame.source_ip
             request_id = request_id if request_id is not None else frame.request_id
             reason = reason if reason is not None else frame.reason
@@ -141,17 +158,27 @@ class audit_context:
     Use it as a context manager (``with`` or ``async with``) or as a decorator of sync or async
     functions; each decorated call opens its own frame. Fields left ``None`` are inherited from an
     enclosing ``audit_context``; ``extra`` keyword arguments are merged over the enclosing ones.
+
+    ``actor`` may also be a callable taking no argument: it is called when the actor is needed —
+    at the first versioned flush of a transaction, or by :func:`current_context` — so a request
+    middleware can name a user that authentication establishes later. A value given with
+    :func:`set_actor` takes precedence over it.
     """
 
     def __init__(
         self,
-        actor: str | int | None = None,
+        actor: str | int | ActorSource | None = None,
         source_ip: str | None = None,
         request_id: str | None = None,
         reason: str | None = None,
         **extra: Any,
     ) -> None:
-        self._actor = _check_actor(actor)
+        self._actor_source: ActorSource | None = None
+        if callable(actor):
+            self._actor: str | None = None
+            self._actor_source = actor
+        else:
+            self._actor = _check_actor(actor)
         self._source_ip = _check_ip(source_ip)
         self._request_id = _check_text("request_id", request_id, MAX_REQUEST_ID)
         self._reason = _check_text("reason", reason, None)
@@ -162,6 +189,7 @@ class audit_context:
             self,
             _current.get(),
             self._actor,
+            self._actor_source,
             self._source_ip,
             self._request_id,
             self._reason,

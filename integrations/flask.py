@@ -1,0 +1,105 @@
+"""Flask: an audit context for every request, through Flask's request lifecycle.
+
+``VersioningAudit(app)`` (or ``VersioningAudit()`` then ``init_app(app)``) opens an
+:func:`versioning.audit_context` before any other ``before_request`` function and closes it when
+the request is torn down, so the view, the other hooks and the teardown all see it.
+
+* **actor**: your ``actor(request)`` callable (e.g. reading Flask-Login's ``current_user``). It is
+  asked when the first change is flushed, so a user loaded by a later hook is seen; code that
+  learns the user later still calls :func:`versioning.set_actor`.
+* **source_ip** and **request_id**: as for Starlette — the peer address unless it is one of
+  ``trusted_proxies``, and a safe inbound ``X-Request-ID`` or a new one, echoed in the response.
+
+Requires the ``flask`` extra: ``pip install 'sqlalchemy-versioning[flask]'``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import cast
+
+from flask import Flask, Request, Response, g, request
+
+from integrations import forwarding, request_id
+from versioning.context import audit_context
+from versioning.errors import ConfigurationError
+
+__all__ = ["VersioningAudit"]
+
+#: Gives the actor of a request (a user name or id), or ``None`` if it is anonymous.
+ActorCallable = Callable[[Request], "str | int | None"]
+
+_G_KEY = "_versioning_audit"
+
+
+class VersioningAudit:
+    """Flask extension: one audit context per request. ``VersioningAudit(app, actor=...)``."""
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        actor: ActorCallable | None = None,
+        trusted_proxies: Iterable[str] = (),
+        request_id_header: str = "X-Request-ID",
+        request_id_max_length: int = request_id.MAX_LENGTH,
+    ) -> None:
+        if actor is not None and not callable(actor):
+            raise ConfigurationError(
+                f"VersioningAudit(actor=...) must be a callable taking the request, got {actor!r}"
+            )
+        if not request_id_header or not request_id_header.isascii() or " " in request_id_header:
+            raise ConfigurationError(
+                f"request_id_header must be an HTTP header name, got {request_id_header!r}"
+            )
+        if not 1 <= request_id_max_length <= 128:
+            raise ConfigurationError(
+                f"request_id_max_length must be between 1 and 128 (the length of the "
+                f"transaction table's request_id column), got {request_id_max_length!r}"
+            )
+        self.actor = actor
+        self.trusted_proxies = forwarding.TrustedProxies(trusted_proxies)
+        self.request_id_header = request_id_header
+        self.request_id_max_length = request_id_max_length
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Install the request hooks on ``app``."""
+        # First of all before_request functions, so that every hook and the view see the context.
+        app.before_request_funcs.setdefault(None, []).insert(0, self._open)
+        app.after_request(self._echo)
+        app.teardown_request(self._close)
+        app.extensions["versioning"] = self
+
+    def _open(self) -> None:
+        # The request object itself, not the proxy: the lazy actor may run in a worker thread.
+        current = cast(Request, request._get_current_object())  # type: ignore[attr-defined]
+        source_ip = forwarding.client_ip(
+            current.environ.get("REMOTE_ADDR"),
+            self.trusted_proxies,
+            current.headers.getlist("Forwarded"),
+            current.headers.getlist("X-Forwarded-For"),
+        )
+        rid = request_id.accept(
+            current.headers.get(self.request_id_header), self.request_id_max_length
+        )
+        actor = self.actor
+
+        def actor_of_request() -> str | int | None:
+            return actor(current) if actor is not None else None
+
+        context = audit_context(actor=actor_of_request, source_ip=source_ip, request_id=rid)
+        context.__enter__()
+        setattr(g, _G_KEY, (context, rid))
+
+    def _echo(self, response: Response) -> Response:
+        opened = getattr(g, _G_KEY, None)
+        if opened is not None:
+            response.headers[self.request_id_header] = opened[1]
+        return response
+
+    def _close(self, exc: BaseException | None) -> None:
+        opened = g.pop(_G_KEY, None)
+        if opened is not None:
+            opened[0].__exit__(None, None, None)

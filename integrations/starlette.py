@@ -1,0 +1,112 @@
+"""Starlette and FastAPI: an audit context for every request and websocket.
+
+``AuditContextMiddleware`` is a pure ASGI middleware (``BaseHTTPMiddleware`` would run the app in a
+task group whose context copies break propagation). It opens one ``audit_context`` around the whole
+``http`` or ``websocket`` connection — endpoint, dependencies, sync endpoints in the threadpool and
+``BackgroundTasks`` that run after the response — and closes it afterwards.
+
+* **actor**: your ``actor(connection)`` callable, or else the user that Starlette's
+  ``AuthenticationMiddleware`` authenticated (``request.user.identity``). It is asked when the
+  first change is flushed, so authentication placed inside this middleware is seen. Code that
+  learns the user later calls :func:`versioning.set_actor`; the value holds for the rest of the
+  request, including in threadpool workers.
+* **source_ip**: the peer address, or — only when the peer is one of ``trusted_proxies`` — the
+  client found in ``Forwarded`` / ``X-Forwarded-For`` (see :mod:`integrations.forwarding`).
+* **request_id**: a safe inbound ``X-Request-ID`` (the header name is configurable), else a new
+  one; echoed in the response headers (and on the websocket handshake).
+
+Requires the ``starlette`` extra: ``pip install 'sqlalchemy-versioning[starlette]'``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from starlette.datastructures import Headers
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from integrations import forwarding, request_id
+from versioning.context import audit_context
+from versioning.errors import ConfigurationError
+
+__all__ = ["ActorCallable", "AuditContextMiddleware"]
+
+#: Gives the actor of a request (a user name or id), or ``None`` if it is anonymous.
+ActorCallable = Callable[[HTTPConnection], "str | int | None"]
+
+
+def authenticated_user(connection: HTTPConnection) -> str | None:
+    """The identity of the user set by Starlette's ``AuthenticationMiddleware``, if any."""
+    user = connection.scope.get("user")
+    if user is None or not getattr(user, "is_authenticated", False):
+        return None
+    identity = user.identity
+    return str(identity) if identity else None
+
+
+class AuditContextMiddleware:
+    """Open an :func:`versioning.audit_context` for each HTTP request and websocket.
+
+    ``app.add_middleware(AuditContextMiddleware, trusted_proxies=["10.0.0.0/8"])``
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        actor: ActorCallable | None = None,
+        trusted_proxies: Iterable[str] = (),
+        request_id_header: str = "X-Request-ID",
+        request_id_max_length: int = request_id.MAX_LENGTH,
+    ) -> None:
+        if actor is not None and not callable(actor):
+            raise ConfigurationError(
+                f"AuditContextMiddleware(actor=...) must be a callable taking the request, got "
+                f"{actor!r}"
+            )
+        if not request_id_header or not request_id_header.isascii() or " " in request_id_header:
+            raise ConfigurationError(
+                f"request_id_header must be an HTTP header name, got {request_id_header!r}"
+            )
+        if not 1 <= request_id_max_length <= 128:
+            raise ConfigurationError(
+                f"request_id_max_length must be between 1 and 128 (the length of the "
+                f"transaction table's request_id column), got {request_id_max_length!r}"
+            )
+        self.app = app
+        self.actor: ActorCallable = actor if actor is not None else authenticated_user
+        self.trusted_proxies = forwarding.TrustedProxies(trusted_proxies)
+        self.request_id_header = request_id_header.lower()
+        self.request_id_max_length = request_id_max_length
+        self._header_bytes = self.request_id_header.encode("latin-1")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        client = scope.get("client")
+        source_ip = forwarding.client_ip(
+            client[0] if client else None,
+            self.trusted_proxies,
+            headers.getlist("forwarded"),
+            headers.getlist("x-forwarded-for"),
+        )
+        rid = request_id.accept(headers.get(self.request_id_header), self.request_id_max_length)
+        connection = HTTPConnection(scope)
+        actor = self.actor
+
+        def actor_of_request() -> str | int | None:
+            return actor(connection)
+
+        echo = (self._header_bytes, rid.encode("latin-1"))
+
+        async def send_with_request_id(message: Message) -> None:
+            if message["type"] in ("http.response.start", "websocket.accept"):
+                kept = [h for h in message.get("headers", ()) if h[0].lower() != echo[0]]
+                message = {**message, "headers": [*kept, echo]}
+            await send(message)
+
+        async with audit_context(actor=actor_of_request, source_ip=source_ip, request_id=rid):
+            await self.app(scope, receive, send_with_request_id)
