@@ -27,11 +27,10 @@ from sqlalchemy.orm import InstanceState, Mapper, Session, UOWTransaction
 from sqlalchemy.orm.base import NO_VALUE
 
 from versioning.declaration import ModelSpec, Versioned, spec_of
-from versioning.encoding import encode
 from versioning.errors import VersioningError
 from versioning.operation import Operation
-from versioning.schema import CHANGES, OPERATION, TRANSACTION_ID
-from versioning.transaction import existing_state, session_state, transaction_id
+from versioning.recording import Change, write_changes
+from versioning.transaction import existing_state, session_state
 
 __all__: list[str] = []
 
@@ -196,24 +195,6 @@ event.listen(Versioned, "before_update", _before_update, propagate=True, raw=Tru
 event.listen(Versioned, "before_delete", _before_delete, propagate=True, raw=True)
 
 
-class _Change:
-    __slots__ = ("after", "before", "operation", "spec", "state")
-
-    def __init__(
-        self,
-        spec: ModelSpec,
-        state: InstanceState[Any],
-        operation: Operation,
-        before: dict[str, Any] | None,
-        after: dict[str, Any] | None,
-    ) -> None:
-        self.spec = spec
-        self.state = state
-        self.operation = operation
-        self.before = before
-        self.after = after
-
-
 def _after_values(
     state: InstanceState[Any],
     spec: ModelSpec,
@@ -243,9 +224,9 @@ def _after_values(
 def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
     tracker = existing_state(session)
     before_map = tracker.before if tracker is not None else {}
-    deletes: list[_Change] = []
-    updates: list[_Change] = []
-    inserts: list[_Change] = []
+    deletes: list[Change] = []
+    updates: list[Change] = []
+    inserts: list[Change] = []
     reload: dict[Mapper[Any], list[tuple[tuple[Any, ...], InstanceState[Any]]]] = {}
     deleted: set[InstanceState[Any]] | None = None
     for state, (deleting, listonly) in flush_context.states.items():
@@ -271,7 +252,7 @@ def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
                         f"cannot record the deletion of {spec.model.__name__} "
                         f"{_identity(state, spec)!r}: its values were not loaded"
                     )
-            deletes.append(_Change(spec, state, Operation.DELETE, before, None))
+            deletes.append(Change(spec, state, Operation.DELETE, before, None))
             continue
         if state.key is None:
             before = None
@@ -287,7 +268,7 @@ def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
         after, missing = _after_values(state, spec, before, changed)
         if missing:
             reload.setdefault(state.mapper, []).append((_new_identity(state, spec), state))
-        target.append(_Change(spec, state, operation, before, after))
+        target.append(Change(spec, state, operation, before, after))
     if tracker is not None:
         tracker.start_flush()
     if not (deletes or updates or inserts):
@@ -298,16 +279,14 @@ def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
         assert change.before is not None and change.after is not None
         if any(change.before[k] != change.after[k] for k in change.spec.pk_keys):
             # The record moved to another key: its history under the old key ends here.
-            deletes.append(
-                _Change(change.spec, change.state, Operation.DELETE, change.before, None)
-            )
-    _write(session, deletes + updates + inserts)
+            deletes.append(Change(change.spec, change.state, Operation.DELETE, change.before, None))
+    write_changes(session, deletes + updates + inserts)
 
 
 def _complete(
     session: Session,
     reload: dict[Mapper[Any], list[tuple[tuple[Any, ...], InstanceState[Any]]]],
-    changes: list[_Change],
+    changes: list[Change],
 ) -> None:
     """Read what the flush left unloaded (server defaults, SQL expressions), one query a mapper."""
     fresh: dict[InstanceState[Any], dict[str, Any]] = {}
@@ -330,67 +309,3 @@ def _complete(
             )
         for key in change.spec.keys:
             after.setdefault(key, values[key])
-
-
-def _write(session: Session, changes: list[_Change]) -> None:
-    tracker = session_state(session)
-    grouped: dict[sa.Table, list[dict[str, Any]]] = {}
-    connections: dict[sa.Table, tuple[Connection, ModelSpec]] = {}
-    for change in changes:
-        spec = change.spec
-        history = spec.history
-        if history not in connections:
-            connection = session.connection(bind_arguments={"mapper": spec.mapper})
-            connections[history] = (connection, spec)
-        connection = connections[history][0]
-        row = _history_row(change, connection)
-        if row is not None:
-            grouped.setdefault(history, []).append(row)
-    for history, rows in grouped.items():
-        connection, spec = connections[history]
-        tx_id = transaction_id(session, tracker, connection, spec.transactions)
-        template = dict.fromkeys(history.c.keys())
-        del template[history.primary_key.columns.keys()[0]]
-        batch = []
-        for row in rows:
-            full = template.copy()
-            full.update(row)
-            full[TRANSACTION_ID] = tx_id
-            batch.append(full)
-        connection.execute(history.insert(), batch)
-
-
-def _history_row(change: _Change, connection: Connection) -> dict[str, Any] | None:
-    spec = change.spec
-    masks = spec.masks
-    names = spec.history_names
-    if change.operation is Operation.UPDATE:
-        assert change.before is not None and change.after is not None
-        before, after = change.before, change.after
-        diff: dict[str, list[Any]] = {}
-        dialect = connection.dialect
-        for key in spec.keys:
-            old, new = before[key], after[key]
-            if old is new or spec.type_of(key).compare_values(old, new):
-                continue
-            if key in masks:
-                old = None if old is None else masks[key](old)
-                new = None if new is None else masks[key](new)
-            where = f"{spec.model.__name__}.{key}"
-            type_ = spec.type_of(key)
-            diff[key] = [encode(type_, old, dialect, where), encode(type_, new, dialect, where)]
-        if not diff:
-            return None
-        values: dict[str, Any] | None = after
-        changes: dict[str, list[Any]] | None = diff
-    else:
-        values = change.after if change.operation is Operation.INSERT else change.before
-        changes = None
-    assert values is not None
-    row: dict[str, Any] = {OPERATION: change.operation, CHANGES: changes}
-    for key in spec.keys:
-        value = values[key]
-        if key in masks and value is not None:
-            value = masks[key](value)
-        row[names[key]] = value
-    return row

@@ -1,0 +1,105 @@
+"""Recording changes: turning before/after values into history rows and writing them.
+
+Shared by the unit-of-work capture (:mod:`versioning.capture`) and the capture of ORM-enabled
+statements (:mod:`versioning.statements`). One transaction row per database transaction, one
+multi-row ``INSERT`` per history table per call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from versioning.declaration import ModelSpec
+from versioning.encoding import encode
+from versioning.operation import Operation
+from versioning.schema import CHANGES, OPERATION, TRANSACTION_ID
+from versioning.transaction import session_state, transaction_id
+
+__all__ = ["Change", "write_changes"]
+
+
+class Change:
+    __slots__ = ("after", "before", "operation", "spec", "state")
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        state: Any,
+        operation: Operation,
+        before: dict[str, Any] | None,
+        after: dict[str, Any] | None,
+    ) -> None:
+        self.spec = spec
+        self.state = state
+        self.operation = operation
+        self.before = before
+        self.after = after
+
+
+def write_changes(session: Session, changes: list[Change]) -> None:
+    """Write the history rows of ``changes`` (updates that change nothing are dropped)."""
+    tracker = session_state(session)
+    grouped: dict[sa.Table, list[dict[str, Any]]] = {}
+    connections: dict[sa.Table, tuple[Connection, ModelSpec]] = {}
+    for change in changes:
+        spec = change.spec
+        history = spec.history
+        if history not in connections:
+            connection = session.connection(bind_arguments={"mapper": spec.mapper})
+            connections[history] = (connection, spec)
+        connection = connections[history][0]
+        row = _history_row(change, connection)
+        if row is not None:
+            grouped.setdefault(history, []).append(row)
+    for history, rows in grouped.items():
+        connection, spec = connections[history]
+        tx_id = transaction_id(session, tracker, connection, spec.transactions)
+        template = dict.fromkeys(history.c.keys())
+        del template[history.primary_key.columns.keys()[0]]
+        batch = []
+        for row in rows:
+            full = template.copy()
+            full.update(row)
+            full[TRANSACTION_ID] = tx_id
+            batch.append(full)
+        connection.execute(history.insert(), batch)
+
+
+def _history_row(change: Change, connection: Connection) -> dict[str, Any] | None:
+    spec = change.spec
+    masks = spec.masks
+    names = spec.history_names
+    if change.operation is Operation.UPDATE:
+        assert change.before is not None and change.after is not None
+        before, after = change.before, change.after
+        diff: dict[str, list[Any]] = {}
+        dialect = connection.dialect
+        for key in spec.keys:
+            old, new = before[key], after[key]
+            if old is new or spec.type_of(key).compare_values(old, new):
+                continue
+            if key in masks:
+                old = None if old is None else masks[key](old)
+                new = None if new is None else masks[key](new)
+            where = f"{spec.model.__name__}.{key}"
+            type_ = spec.type_of(key)
+            diff[key] = [encode(type_, old, dialect, where), encode(type_, new, dialect, where)]
+        if not diff:
+            return None
+        values: dict[str, Any] | None = after
+        changes: dict[str, list[Any]] | None = diff
+    else:
+        values = change.after if change.operation is Operation.INSERT else change.before
+        changes = None
+    assert values is not None
+    row: dict[str, Any] = {OPERATION: change.operation, CHANGES: changes}
+    for key in spec.keys:
+        value = values[key]
+        if key in masks and value is not None:
+            value = masks[key](value)
+        row[names[key]] = value
+    return row
