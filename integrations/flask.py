@@ -22,7 +22,6 @@ from flask import Flask, Request, Response, g, request
 
 from integrations import forwarding, request_id
 from versioning.context import audit_context
-from versioning.errors import ConfigurationError
 
 __all__ = ["VersioningAudit"]
 
@@ -44,19 +43,8 @@ class VersioningAudit:
         request_id_header: str = "X-Request-ID",
         request_id_max_length: int = request_id.MAX_LENGTH,
     ) -> None:
-        if actor is not None and not callable(actor):
-            raise ConfigurationError(
-                f"VersioningAudit(actor=...) must be a callable taking the request, got {actor!r}"
-            )
-        if not request_id_header or not request_id_header.isascii() or " " in request_id_header:
-            raise ConfigurationError(
-                f"request_id_header must be an HTTP header name, got {request_id_header!r}"
-            )
-        if not 1 <= request_id_max_length <= 128:
-            raise ConfigurationError(
-                f"request_id_max_length must be between 1 and 128 (the length of the "
-                f"transaction table's request_id column), got {request_id_max_length!r}"
-            )
+        request_id.check_actor("VersioningAudit", actor)
+        request_id.check_settings("VersioningAudit", request_id_header, request_id_max_length)
         self.actor = actor
         self.trusted_proxies = forwarding.TrustedProxies(trusted_proxies)
         self.request_id_header = request_id_header
@@ -69,7 +57,8 @@ class VersioningAudit:
         # First of all before_request functions, so that every hook and the view see the context.
         app.before_request_funcs.setdefault(None, []).insert(0, self._open)
         app.after_request(self._echo)
-        app.teardown_request(self._close)
+        # Teardown functions run in reverse order: first in the list, so closed after all others.
+        app.teardown_request_funcs.setdefault(None, []).insert(0, self._close)
         app.extensions["versioning"] = self
 
     def _open(self) -> None:
@@ -90,7 +79,7 @@ class VersioningAudit:
             return actor(current) if actor is not None else None
 
         context = audit_context(actor=actor_of_request, source_ip=source_ip, request_id=rid)
-        context.__enter__()
+        context.open()
         setattr(g, _G_KEY, (context, rid))
 
     def _echo(self, response: Response) -> Response:
@@ -102,4 +91,4 @@ class VersioningAudit:
     def _close(self, exc: BaseException | None) -> None:
         opened = g.pop(_G_KEY, None)
         if opened is not None:
-            opened[0].__exit__(None, None, None)
+            opened[0].close()

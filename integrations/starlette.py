@@ -28,7 +28,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from integrations import forwarding, request_id
 from versioning.context import audit_context
-from versioning.errors import ConfigurationError
 
 __all__ = ["ActorCallable", "AuditContextMiddleware"]
 
@@ -60,20 +59,10 @@ class AuditContextMiddleware:
         request_id_header: str = "X-Request-ID",
         request_id_max_length: int = request_id.MAX_LENGTH,
     ) -> None:
-        if actor is not None and not callable(actor):
-            raise ConfigurationError(
-                f"AuditContextMiddleware(actor=...) must be a callable taking the request, got "
-                f"{actor!r}"
-            )
-        if not request_id_header or not request_id_header.isascii() or " " in request_id_header:
-            raise ConfigurationError(
-                f"request_id_header must be an HTTP header name, got {request_id_header!r}"
-            )
-        if not 1 <= request_id_max_length <= 128:
-            raise ConfigurationError(
-                f"request_id_max_length must be between 1 and 128 (the length of the "
-                f"transaction table's request_id column), got {request_id_max_length!r}"
-            )
+        request_id.check_actor("AuditContextMiddleware", actor)
+        request_id.check_settings(
+            "AuditContextMiddleware", request_id_header, request_id_max_length
+        )
         self.app = app
         self.actor: ActorCallable = actor if actor is not None else authenticated_user
         self.trusted_proxies = forwarding.TrustedProxies(trusted_proxies)
@@ -108,5 +97,9 @@ class AuditContextMiddleware:
                 message = {**message, "headers": [*kept, echo]}
             await send(message)
 
-        async with audit_context(actor=actor_of_request, source_ip=source_ip, request_id=rid):
+        context = audit_context(actor=actor_of_request, source_ip=source_ip, request_id=rid)
+        context.open()  # not ``async with``: that would ask for the actor before the endpoint runs
+        try:
             await self.app(scope, receive, send_with_request_id)
+        finally:
+            context.close()

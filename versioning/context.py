@@ -197,9 +197,30 @@ class audit_context:
         )
         return _current.set(frame)
 
-    def __enter__(self) -> AuditContext:
+    def open(self) -> None:
+        """Enter the context without reading it back (``with`` does both).
+
+        For frameworks whose hooks open and close a context in separate functions; unlike
+        ``__enter__`` it never calls a callable actor. Pair every ``open()`` with ``close()``.
+        """
         self._push()
-        return current_context()
+
+    def close(self) -> None:
+        """Leave the context entered with :meth:`open` (or ``with``) in this thread or task."""
+        # No token is kept on the object: one audit_context may be entered by many threads or
+        # tasks at once, each in its own contextvars.Context, and each leaves its own frame.
+        frame = _current.get()
+        if frame is None or frame.owner is not self:
+            raise ContextError("audit_context exited out of order: nest `with` blocks properly")
+        _current.set(frame.parent)
+
+    def __enter__(self) -> AuditContext:
+        self.open()
+        try:
+            return current_context()
+        except BaseException:
+            self.close()
+            raise
 
     def __exit__(
         self,
@@ -207,12 +228,7 @@ class audit_context:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        # No token is kept on the object: one audit_context may be entered by many threads or
-        # tasks at once, each in its own contextvars.Context, and each leaves its own frame.
-        frame = _current.get()
-        if frame is None or frame.owner is not self:
-            raise ContextError("audit_context exited out of order: nest `with` blocks properly")
-        _current.set(frame.parent)
+        self.close()
 
     async def __aenter__(self) -> AuditContext:
         return self.__enter__()

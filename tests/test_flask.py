@@ -1,0 +1,824 @@
+"""Flask: ``integrations.flask.VersioningAudit`` end to end, with Flask's test client.
+
+Every request that writes goes through a real database (each backend) and the transaction row is
+read back with ``versioning.history``: who (actor), from where (source_ip) and which request
+(request_id, also echoed in the response).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import flask
+import pytest
+import sqlalchemy as sa
+from flask import Flask, g, request
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from werkzeug.test import TestResponse
+
+from integrations.flask import VersioningAudit
+from versioning import (
+    AuditContext,
+    ConfigurationError,
+    ContextError,
+    Transaction,
+    Versioned,
+    audit_context,
+    current_context,
+    history,
+    set_actor,
+)
+from versioning import context as versioning_context
+
+Sessions = Callable[[], Session]
+CreateTables = Callable[[sa.MetaData], sa.Engine]
+
+GENERATED_ID = re.compile(r"[0-9a-f]{32}")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Item(Versioned, Base):
+    __tablename__ = "flask_items"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(100))
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def write_item(sessions: Sessions, item_id: int, name: str = "x") -> None:
+    """Insert an item in a session of its own (one short write transaction)."""
+    with sessions() as session:
+        session.add(Item(id=item_id, name=name))
+        session.commit()
+
+
+def transaction_of(sessions: Sessions, item_id: int) -> Transaction:
+    """The transaction row of the item's latest version."""
+    with sessions() as session:
+        versions = history(session, Item, item_id)
+    assert versions, f"item {item_id} has no history"
+    transaction = versions[-1].transaction
+    assert transaction is not None
+    return transaction
+
+
+def who(transaction: Transaction) -> tuple[str | None, str | None, str | None]:
+    return (transaction.actor, transaction.source_ip, transaction.request_id)
+
+
+def context_fields() -> dict[str, Any]:
+    ctx = current_context()
+    return {"actor": ctx.actor, "source_ip": ctx.source_ip, "request_id": ctx.request_id}
+
+
+def header_actor(req: flask.Request) -> str | None:
+    return req.headers.get("X-User")
+
+
+def add_write_route(app: Flask, sessions: Sessions) -> None:
+    """``POST /items/<id>?name=...&as=...``: ``as`` calls set_actor first; returns the context."""
+
+    @app.post("/items/<int:item_id>")
+    def create_item(item_id: int) -> dict[str, Any]:
+        late = request.args.get("as")
+        if late is not None:
+            set_actor(late)
+        write_item(sessions, item_id, request.args.get("name", "x"))
+        return context_fields()
+
+
+def make_app(sessions: Sessions, **audit_options: Any) -> tuple[Flask, VersioningAudit]:
+    app = Flask(__name__)
+    app.testing = True
+    audit = VersioningAudit(app, **audit_options)
+    add_write_route(app, sessions)
+    return app, audit
+
+
+@pytest.fixture(autouse=True)
+def no_context_left_behind() -> Iterator[None]:
+    """Fail a test whose requests leave an audit context open on its thread — and clean up, so
+    that the leak cannot spill into the following tests (it would: frames nest)."""
+    token = versioning_context._current.set(None)
+    yield
+    leaked = versioning_context._current.get()
+    versioning_context._current.reset(token)
+    assert leaked is None, "a request left its audit context open on the test's thread"
+
+
+@pytest.fixture
+def db(create_tables: CreateTables, sessions: Sessions) -> Sessions:
+    create_tables(Base.metadata)
+    return sessions
+
+
+# --- installing the extension -------------------------------------------------------------------
+
+
+def test_extension_records_actor_ip_and_request_id_of_a_write(db: Sessions) -> None:
+    app, audit = make_app(db, actor=header_actor)
+    assert app.extensions["versioning"] is audit
+    response = app.test_client().post(
+        "/items/1",
+        headers={"X-User": "alice", "X-Request-ID": "req-42"},
+        environ_base={"REMOTE_ADDR": "203.0.113.5"},
+    )
+    assert response.status_code == 200
+    assert response.headers["X-Request-ID"] == "req-42"
+    assert who(transaction_of(db, 1)) == ("alice", "203.0.113.5", "req-42")
+    assert response.json == {"actor": "alice", "source_ip": "203.0.113.5", "request_id": "req-42"}
+
+
+def test_init_app_form_serves_several_apps_with_one_extension(db: Sessions) -> None:
+    audit = VersioningAudit(actor=header_actor, trusted_proxies=["10.0.0.0/8"])
+
+    def create_app() -> Flask:
+        app = Flask(__name__)
+        app.testing = True
+        audit.init_app(app)
+        add_write_route(app, db)
+        return app
+
+    first, second = create_app(), create_app()
+    assert first.extensions["versioning"] is audit
+    assert second.extensions["versioning"] is audit
+    first.test_client().post(
+        "/items/1",
+        headers={"X-User": "alice", "X-Request-ID": "one", "X-Forwarded-For": "198.51.100.1"},
+        environ_base={"REMOTE_ADDR": "10.0.0.1"},
+    )
+    second.test_client().post(
+        "/items/2",
+        headers={"X-User": "bob", "X-Request-ID": "two"},
+        environ_base={"REMOTE_ADDR": "192.0.2.9"},
+    )
+    assert who(transaction_of(db, 1)) == ("alice", "198.51.100.1", "one")
+    assert who(transaction_of(db, 2)) == ("bob", "192.0.2.9", "two")
+
+
+def test_without_actor_callable_the_write_is_anonymous_but_has_ip_and_request_id(
+    db: Sessions,
+) -> None:
+    app, _ = make_app(db)
+    response = app.test_client().post("/items/1", headers={"X-User": "alice"})
+    rid = response.headers["X-Request-ID"]
+    assert GENERATED_ID.fullmatch(rid)
+    # The Flask test client's default peer address.
+    assert who(transaction_of(db, 1)) == (None, "127.0.0.1", rid)
+
+
+# --- the actor ----------------------------------------------------------------------------------
+
+
+def test_actor_callable_receives_the_request_and_int_actors_are_stored_as_text(
+    db: Sessions,
+) -> None:
+    seen: list[tuple[bool, str]] = []
+
+    def actor(req: flask.Request) -> int:
+        seen.append((isinstance(req, flask.Request), req.path))
+        return 1234
+
+    app, _ = make_app(db, actor=actor)
+    app.test_client().post("/items/7")
+    assert transaction_of(db, 7).actor == "1234"
+    assert seen and all(entry == (True, "/items/7") for entry in seen)
+
+
+def test_lazy_actor_sees_g_user_loaded_by_a_hook_registered_before_the_extension(
+    db: Sessions,
+) -> None:
+    app = Flask(__name__)
+    app.testing = True
+    seen_in_hook: list[dict[str, Any]] = []
+
+    @app.before_request
+    def load_user() -> None:
+        # Registered before the extension, yet the context is already open here.
+        g.user = request.headers.get("X-User")
+        seen_in_hook.append(context_fields())
+
+    # g.user exists only once load_user has run: the actor must not be asked before.
+    VersioningAudit(app, actor=lambda req: g.user)
+    add_write_route(app, db)
+    client = app.test_client()
+    response = client.post(
+        "/items/1",
+        headers={"X-User": "carol", "X-Request-ID": "hook-1"},
+        environ_base={"REMOTE_ADDR": "192.0.2.1"},
+    )
+    assert response.status_code == 200
+    assert who(transaction_of(db, 1)) == ("carol", "192.0.2.1", "hook-1")
+    expected = {"actor": "carol", "source_ip": "192.0.2.1", "request_id": "hook-1"}
+    assert response.json == expected
+    assert seen_in_hook == [expected]
+    anonymous = client.post("/items/2")
+    assert anonymous.status_code == 200
+    assert transaction_of(db, 2).actor is None
+
+
+def test_actor_callable_is_not_called_by_requests_that_write_nothing(db: Sessions) -> None:
+    calls: list[str] = []
+
+    def actor(req: flask.Request) -> str:
+        calls.append(req.path)  # e.g. a user lookup: it must cost nothing on read-only requests
+        return "lazy"
+
+    app, _ = make_app(db, actor=actor)
+
+    @app.get("/read")
+    def read() -> str:
+        with db() as session:
+            return str(session.get(Item, 1))
+
+    client = app.test_client()
+    assert client.get("/read").status_code == 200
+    assert calls == []
+    client.post("/items/1")
+    assert calls and set(calls) == {"/items/1"}
+    assert transaction_of(db, 1).actor == "lazy"
+
+
+def test_actor_callable_returning_none_records_no_actor(db: Sessions) -> None:
+    app, _ = make_app(db, actor=header_actor)
+    app.test_client().post("/items/1")
+    assert transaction_of(db, 1).actor is None
+
+
+def test_set_actor_in_a_view_takes_precedence_over_the_actor_callable(db: Sessions) -> None:
+    app, _ = make_app(db, actor=header_actor)
+    client = app.test_client()
+    client.post("/items/1?as=admin", headers={"X-User": "alice"})
+    client.post("/items/2?as=42")
+    assert transaction_of(db, 1).actor == "admin"
+    assert transaction_of(db, 2).actor == "42"
+
+
+def test_set_actor_in_a_view_without_actor_callable(db: Sessions) -> None:
+    app, _ = make_app(db)
+    response = app.test_client().post("/items/1?as=dave", environ_base={"REMOTE_ADDR": "::1"})
+    assert who(transaction_of(db, 1)) == ("dave", "::1", response.headers["X-Request-ID"])
+
+
+def test_audit_context_nested_in_a_view_adds_a_reason_and_keeps_the_request_fields(
+    db: Sessions,
+) -> None:
+    app = Flask(__name__)
+    app.testing = True
+    VersioningAudit(app, actor=header_actor)
+
+    @app.post("/import")
+    def bulk_import() -> str:
+        with audit_context(reason="bulk import", batch=7):
+            write_item(db, 1)
+        return "ok"
+
+    app.test_client().post(
+        "/import",
+        headers={"X-User": "erin", "X-Request-ID": "imp-1"},
+        environ_base={"REMOTE_ADDR": "198.51.100.3"},
+    )
+    transaction = transaction_of(db, 1)
+    assert who(transaction) == ("erin", "198.51.100.3", "imp-1")
+    assert transaction.reason == "bulk import"
+    assert dict(transaction.extra) == {"batch": 7}
+
+
+def test_actor_callable_returning_a_bad_value_fails_the_write_and_only_that_request(
+    db: Sessions,
+) -> None:
+    def actor(req: flask.Request) -> Any:
+        return {"id": 1} if req.headers.get("X-Broken") else None
+
+    app, _ = make_app(db, actor=actor)
+    client = app.test_client()
+    with pytest.raises(ContextError):
+        client.post("/items/1", headers={"X-Broken": "1"})
+    assert current_context() == AuditContext()
+    with db() as session:
+        assert session.get(Item, 1) is None
+        assert history(session, Item, 1) == []
+    # The failed request left nothing behind: the next anonymous request writes normally.
+    response = client.post("/items/2")
+    assert response.status_code == 200
+    assert who(transaction_of(db, 2)) == (None, "127.0.0.1", response.headers["X-Request-ID"])
+
+
+# --- request id ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "inbound", ["abc", "req-42", "a1b2.c3_d4:e5+f6/g7=h8", "0" * 64, "550e8400-e29b-41d4-a716"]
+)
+def test_valid_inbound_request_id_is_kept_and_echoed(db: Sessions, inbound: str) -> None:
+    app, _ = make_app(db)
+    response = app.test_client().post("/items/1", headers={"X-Request-ID": inbound})
+    assert response.headers["X-Request-ID"] == inbound
+    assert transaction_of(db, 1).request_id == inbound
+
+
+@pytest.mark.parametrize(
+    "inbound",
+    [
+        "",
+        "has space",
+        "-leading-dash",
+        ".leading-dot",
+        "a;b",
+        "<script>",
+        "x" * 65,
+        "caf\u00e9",
+        "a,b",
+        "'; DROP TABLE x; --",
+    ],
+)
+def test_invalid_inbound_request_id_is_replaced_and_echoed(db: Sessions, inbound: str) -> None:
+    app, _ = make_app(db)
+    response = app.test_client().post("/items/1", headers={"X-Request-ID": inbound})
+    rid = response.headers["X-Request-ID"]
+    assert rid != inbound
+    assert GENERATED_ID.fullmatch(rid)
+    assert transaction_of(db, 1).request_id == rid
+
+
+def test_missing_request_id_is_generated_fresh_for_every_request(db: Sessions) -> None:
+    app, _ = make_app(db)
+    client = app.test_client()
+    first = client.post("/items/1").headers["X-Request-ID"]
+    second = client.post("/items/2").headers["X-Request-ID"]
+    assert GENERATED_ID.fullmatch(first) and GENERATED_ID.fullmatch(second)
+    assert first != second
+    assert transaction_of(db, 1).request_id == first
+    assert transaction_of(db, 2).request_id == second
+
+
+def test_request_id_header_name_and_max_length_are_configurable(db: Sessions) -> None:
+    app, _ = make_app(db, request_id_header="X-Correlation-ID", request_id_max_length=8)
+    client = app.test_client()
+    kept = client.post("/items/1", headers={"X-Correlation-ID": "abcdefgh", "X-Request-ID": "no"})
+    assert kept.headers["X-Correlation-ID"] == "abcdefgh"
+    assert "X-Request-ID" not in kept.headers
+    replaced = client.post("/items/2", headers={"X-Correlation-ID": "abcdefghi"})
+    assert GENERATED_ID.fullmatch(replaced.headers["X-Correlation-ID"])
+    assert transaction_of(db, 1).request_id == "abcdefgh"
+    assert transaction_of(db, 2).request_id == replaced.headers["X-Correlation-ID"]
+
+
+def test_request_id_is_echoed_on_error_responses(db: Sessions) -> None:
+    app, _ = make_app(db)
+    client = app.test_client()
+    missing = client.get("/nowhere", headers={"X-Request-ID": "lost-1"})
+    assert missing.status_code == 404
+    assert missing.headers["X-Request-ID"] == "lost-1"
+    wrong_method = client.get("/items/1", headers={"X-Request-ID": "lost-2"})
+    assert wrong_method.status_code == 405
+    assert wrong_method.headers["X-Request-ID"] == "lost-2"
+
+
+# --- lifecycle: where the context is visible, and that it always ends ---------------------------
+
+
+def test_context_is_visible_in_hooks_view_and_teardown_and_cleared_after(db: Sessions) -> None:
+    app = Flask(__name__)
+    app.testing = True
+    seen: dict[str, dict[str, Any]] = {}
+
+    @app.before_request
+    def early_hook() -> None:
+        seen["before_request (registered first)"] = context_fields()
+
+    VersioningAudit(app, actor=header_actor)
+
+    @app.before_request
+    def late_hook() -> None:
+        seen["before_request (registered last)"] = context_fields()
+
+    @app.after_request
+    def after(response: flask.Response) -> flask.Response:
+        seen["after_request"] = context_fields()
+        return response
+
+    @app.teardown_request
+    def teardown(exc: BaseException | None) -> None:
+        seen["teardown_request"] = context_fields()
+        write_item(db, 2, "written at teardown")
+
+    @app.post("/items/<int:item_id>")
+    def create_item(item_id: int) -> str:
+        seen["view"] = context_fields()
+        write_item(db, item_id)
+        return "ok"
+
+    response = app.test_client().post(
+        "/items/1",
+        headers={"X-User": "frank", "X-Request-ID": "life-1"},
+        environ_base={"REMOTE_ADDR": "2001:db8::5"},
+    )
+    expected = {"actor": "frank", "source_ip": "2001:db8::5", "request_id": "life-1"}
+    assert seen == {
+        "before_request (registered first)": expected,
+        "before_request (registered last)": expected,
+        "view": expected,
+        "after_request": expected,
+        "teardown_request": expected,
+    }
+    assert response.headers["X-Request-ID"] == "life-1"
+    assert who(transaction_of(db, 1)) == ("frank", "2001:db8::5", "life-1")
+    assert who(transaction_of(db, 2)) == ("frank", "2001:db8::5", "life-1")
+    assert current_context() == AuditContext()
+
+
+def test_teardown_registered_before_the_extension_still_sees_the_context(db: Sessions) -> None:
+    # The usual factory order: the app's own teardown (e.g. commit-on-teardown of a session
+    # helper) is registered when the app is built, extensions are initialised afterwards.
+    audit = VersioningAudit(actor=header_actor)
+    app = Flask(__name__)
+    app.testing = True
+    seen: list[dict[str, Any]] = []
+
+    @app.teardown_request
+    def commit_pending(exc: BaseException | None) -> None:
+        seen.append(context_fields())
+        write_item(db, 1, "written at teardown")
+
+    @app.get("/")
+    def index() -> str:
+        return "ok"
+
+    audit.init_app(app)
+    response = app.test_client().get(
+        "/",
+        headers={"X-User": "gina", "X-Request-ID": "td-1"},
+        environ_base={"REMOTE_ADDR": "192.0.2.77"},
+    )
+    assert response.status_code == 200
+    expected = {"actor": "gina", "source_ip": "192.0.2.77", "request_id": "td-1"}
+    assert seen == [expected]
+    assert who(transaction_of(db, 1)) == ("gina", "192.0.2.77", "td-1")
+
+
+def test_blueprint_hooks_and_views_see_the_context(db: Sessions) -> None:
+    app = Flask(__name__)
+    app.testing = True
+    VersioningAudit(app, actor=header_actor)
+    blueprint = flask.Blueprint("admin", __name__, url_prefix="/admin")
+    seen: dict[str, dict[str, Any]] = {}
+
+    @blueprint.before_request
+    def bp_before() -> None:
+        seen["blueprint before_request"] = context_fields()
+
+    @blueprint.teardown_request
+    def bp_teardown(exc: BaseException | None) -> None:
+        seen["blueprint teardown_request"] = context_fields()
+
+    @blueprint.post("/items/<int:item_id>")
+    def create_item(item_id: int) -> str:
+        write_item(db, item_id)
+        return "ok"
+
+    app.register_blueprint(blueprint)
+    app.test_client().post("/admin/items/1", headers={"X-User": "hal", "X-Request-ID": "bp-1"})
+    expected = {"actor": "hal", "source_ip": "127.0.0.1", "request_id": "bp-1"}
+    assert seen == {"blueprint before_request": expected, "blueprint teardown_request": expected}
+    assert who(transaction_of(db, 1)) == ("hal", "127.0.0.1", "bp-1")
+
+
+def test_consecutive_requests_on_one_thread_never_inherit_the_previous_actor(
+    db: Sessions,
+) -> None:
+    app, _ = make_app(db, actor=header_actor)
+    client = app.test_client()
+    first = client.post(
+        "/items/1?as=root", headers={"X-User": "alice"}, environ_base={"REMOTE_ADDR": "192.0.2.1"}
+    )
+    assert current_context() == AuditContext()
+    second = client.post("/items/2", environ_base={"REMOTE_ADDR": "192.0.2.2"})
+    assert current_context() == AuditContext()
+    third = client.post("/items/3", headers={"X-User": "bob"})
+    assert who(transaction_of(db, 1)) == ("root", "192.0.2.1", first.headers["X-Request-ID"])
+    assert who(transaction_of(db, 2)) == (None, "192.0.2.2", second.headers["X-Request-ID"])
+    assert who(transaction_of(db, 3)) == ("bob", "127.0.0.1", third.headers["X-Request-ID"])
+    assert len({first.headers["X-Request-ID"], second.headers["X-Request-ID"]}) == 2
+
+
+def test_request_inside_an_outer_context_restores_it_afterwards(db: Sessions) -> None:
+    app, _ = make_app(db)
+    with audit_context(actor="job:nightly", reason="nightly run"):
+        response = app.test_client().post("/items/1")
+        assert current_context().actor == "job:nightly"
+        assert current_context().request_id is None
+    transaction = transaction_of(db, 1)
+    # The request's fields win; what the request leaves unset is inherited.
+    assert who(transaction) == ("job:nightly", "127.0.0.1", response.headers["X-Request-ID"])
+    assert transaction.reason == "nightly run"
+
+
+class Boom(Exception):
+    pass
+
+
+def test_a_view_that_raises_still_closes_the_context(db: Sessions) -> None:
+    app, _ = make_app(db, actor=header_actor)
+
+    @app.post("/fail/<int:item_id>")
+    def fail(item_id: int) -> str:
+        set_actor("mallory")
+        write_item(db, item_id)  # committed before the failure
+        raise Boom
+
+    client = app.test_client()
+    with pytest.raises(Boom):
+        client.post("/fail/1", headers={"X-User": "alice", "X-Request-ID": "fail-1"})
+    assert current_context() == AuditContext()
+    assert who(transaction_of(db, 1)) == ("mallory", "127.0.0.1", "fail-1")
+    response = client.post("/items/2", environ_base={"REMOTE_ADDR": "192.0.2.8"})
+    assert who(transaction_of(db, 2)) == (None, "192.0.2.8", response.headers["X-Request-ID"])
+
+
+def test_a_view_that_raises_in_production_mode_returns_500_with_the_request_id(
+    db: Sessions,
+) -> None:
+    app = Flask(__name__)  # testing off: the error becomes a 500 response
+    VersioningAudit(app, actor=header_actor)
+    add_write_route(app, db)
+
+    @app.get("/fail")
+    def fail() -> str:
+        set_actor("mallory")
+        raise Boom
+
+    client = app.test_client()
+    response = client.get("/fail", headers={"X-Request-ID": "oops-1"})
+    assert response.status_code == 500
+    assert response.headers["X-Request-ID"] == "oops-1"
+    assert current_context() == AuditContext()
+    client.post("/items/1", headers={"X-User": "bob"})
+    assert transaction_of(db, 1).actor == "bob"
+
+
+def test_a_before_request_that_returns_early_still_closes_the_context(db: Sessions) -> None:
+    app = Flask(__name__)
+    app.testing = True
+    VersioningAudit(app, actor=header_actor)
+
+    @app.before_request
+    def gate() -> tuple[str, int] | None:
+        if request.headers.get("X-Blocked"):
+            write_item(db, 99, "denied")  # e.g. recording the refused attempt
+            return "blocked", 403
+        return None
+
+    add_write_route(app, db)
+    client = app.test_client()
+    blocked = client.post(
+        "/items/1",
+        headers={"X-User": "ivan", "X-Blocked": "1", "X-Request-ID": "gate-1"},
+        environ_base={"REMOTE_ADDR": "203.0.113.66"},
+    )
+    assert blocked.status_code == 403
+    assert blocked.headers["X-Request-ID"] == "gate-1"
+    assert current_context() == AuditContext()
+    assert who(transaction_of(db, 99)) == ("ivan", "203.0.113.66", "gate-1")
+    with db() as session:
+        assert session.get(Item, 1) is None
+    allowed = client.post("/items/2")
+    assert who(transaction_of(db, 2)) == (None, "127.0.0.1", allowed.headers["X-Request-ID"])
+
+
+def test_a_streamed_response_writes_under_the_context_the_view_hands_on(db: Sessions) -> None:
+    # A streamed body is generated after teardown closed the request's context (documented):
+    # the view hands its context on to the generator explicitly.
+    app = Flask(__name__)
+    app.testing = True
+    VersioningAudit(app, actor=header_actor)
+
+    @app.get("/export")
+    def export() -> flask.Response:
+        seen = current_context()
+
+        def rows() -> Iterator[str]:
+            yield "start\n"
+            with audit_context(
+                actor=seen.actor, source_ip=seen.source_ip, request_id=seen.request_id
+            ):
+                write_item(db, 1, "streamed")
+            yield "end\n"
+
+        return flask.Response(flask.stream_with_context(rows()))
+
+    response = app.test_client().get(
+        "/export", headers={"X-User": "judy", "X-Request-ID": "stream-1"}
+    )
+    assert response.get_data(as_text=True) == "start\nend\n"
+    assert response.headers["X-Request-ID"] == "stream-1"
+    assert who(transaction_of(db, 1)) == ("judy", "127.0.0.1", "stream-1")
+    assert current_context() == AuditContext()
+
+
+# --- trusted proxies ----------------------------------------------------------------------------
+
+
+def post_from(
+    app: Flask, item_id: int, peer: str, headers: dict[str, str] | None = None
+) -> TestResponse:
+    response = app.test_client().post(
+        f"/items/{item_id}", headers=headers or {}, environ_base={"REMOTE_ADDR": peer}
+    )
+    assert response.status_code == 200
+    return response
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Forwarded-For": "1.2.3.4"},
+        {"X-Forwarded-For": "1.2.3.4, 10.0.0.1"},
+        {"Forwarded": "for=1.2.3.4"},
+        {"Forwarded": 'for="[2001:db8::1]:443"', "X-Forwarded-For": "1.2.3.4"},
+    ],
+)
+def test_spoofed_forwarded_headers_from_an_untrusted_peer_are_ignored(
+    db: Sessions, headers: dict[str, str]
+) -> None:
+    app, _ = make_app(db, trusted_proxies=["10.0.0.0/8"])
+    post_from(app, 1, "203.0.113.5", headers)
+    assert transaction_of(db, 1).source_ip == "203.0.113.5"
+
+
+def test_forwarded_headers_are_ignored_by_default_even_from_private_peers(db: Sessions) -> None:
+    app, _ = make_app(db)
+    post_from(app, 1, "10.0.0.1", {"X-Forwarded-For": "198.51.100.7"})
+    post_from(app, 2, "127.0.0.1", {"Forwarded": "for=198.51.100.7"})
+    assert transaction_of(db, 1).source_ip == "10.0.0.1"
+    assert transaction_of(db, 2).source_ip == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("peer", "headers", "client"),
+    [
+        ("10.0.0.2", {"X-Forwarded-For": "198.51.100.7"}, "198.51.100.7"),
+        ("10.0.0.2", {"X-Forwarded-For": "198.51.100.7, 10.0.0.1"}, "198.51.100.7"),
+        # What the client itself wrote further left is never reached.
+        ("10.0.0.2", {"X-Forwarded-For": "6.6.6.6, 198.51.100.7, 10.0.0.1"}, "198.51.100.7"),
+        ("10.0.0.2", {"X-Forwarded-For": "198.51.100.7:5555, 10.0.0.1"}, "198.51.100.7"),
+        ("::1", {"X-Forwarded-For": "2001:db8::7, fd00::1"}, "2001:db8::7"),
+        ("::ffff:10.0.0.2", {"X-Forwarded-For": "::ffff:198.51.100.7"}, "198.51.100.7"),
+        (
+            "10.0.0.2",
+            {"Forwarded": 'for="[2001:db8::7]:4711";proto=https, for=10.0.0.1'},
+            "2001:db8::7",
+        ),
+        # Forwarded is used instead of X-Forwarded-For when both are present.
+        (
+            "10.0.0.2",
+            {"Forwarded": "for=198.51.100.9", "X-Forwarded-For": "192.0.2.1"},
+            "198.51.100.9",
+        ),
+    ],
+)
+def test_a_chain_through_trusted_proxies_yields_the_client(
+    db: Sessions, peer: str, headers: dict[str, str], client: str
+) -> None:
+    app, _ = make_app(db, trusted_proxies=["10.0.0.0/8", "::1", "fd00::/8"])
+    post_from(app, 1, peer, headers)
+    assert transaction_of(db, 1).source_ip == client
+
+
+@pytest.mark.parametrize(
+    ("headers", "recorded"),
+    [
+        ({"X-Forwarded-For": "garbage"}, "10.0.0.2"),
+        ({"X-Forwarded-For": "unknown"}, "10.0.0.2"),
+        ({"X-Forwarded-For": ""}, "10.0.0.2"),
+        ({"X-Forwarded-For": ",,, ,"}, "10.0.0.2"),
+        ({"X-Forwarded-For": "999.1.1.1"}, "10.0.0.2"),
+        ({"X-Forwarded-For": "1.2.3.4.5"}, "10.0.0.2"),
+        ({"X-Forwarded-For": "fe80::1%eth0"}, "10.0.0.2"),
+        ({"X-Forwarded-For": "[2001:db8::1"}, "10.0.0.2"),
+        ({"X-Forwarded-For": "' OR 1=1 --"}, "10.0.0.2"),
+        # A malformed hop stops the walk at the last address that could be verified.
+        ({"X-Forwarded-For": "198.51.100.7, garbage, 10.0.0.1"}, "10.0.0.1"),
+        ({"Forwarded": "for=_hidden"}, "10.0.0.2"),
+        ({"Forwarded": "proto=https"}, "10.0.0.2"),
+        ({"Forwarded": "for=unknown, for=10.0.0.1"}, "10.0.0.1"),
+        ({"Forwarded": 'for="'}, "10.0.0.2"),
+        # Oversized: not followed at all.
+        ({"X-Forwarded-For": "198.51.100.7, " + "10.0.0.1, " * 500}, "10.0.0.2"),
+        ({"X-Forwarded-For": "198.51.100.7" + " " * 5000}, "10.0.0.2"),
+        # Too many hops: the walk stops within the trusted proxies, never at the far left.
+        ({"X-Forwarded-For": "198.51.100.7, " + ", ".join(["10.0.0.1"] * 40)}, "10.0.0.1"),
+    ],
+)
+def test_garbage_and_oversized_forwarded_headers_never_produce_a_bogus_ip(
+    db: Sessions, headers: dict[str, str], recorded: str
+) -> None:
+    app, _ = make_app(db, trusted_proxies=["10.0.0.0/8"])
+    post_from(app, 1, "10.0.0.2", headers)
+    assert transaction_of(db, 1).source_ip == recorded
+
+
+@pytest.mark.parametrize("peer", ["", "unix:/run/app.sock", "not-an-ip"])
+def test_a_peer_without_an_ip_address_records_no_source_ip(db: Sessions, peer: str) -> None:
+    app, _ = make_app(db, trusted_proxies=["10.0.0.0/8"], actor=header_actor)
+    response = post_from(app, 1, peer, {"X-User": "kim", "X-Forwarded-For": "198.51.100.7"})
+    assert who(transaction_of(db, 1)) == ("kim", None, response.headers["X-Request-ID"])
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"actor": "alice"},
+        {"actor": 42},
+        {"trusted_proxies": "10.0.0.1"},
+        {"trusted_proxies": ["10.0.0.0/33"]},
+        {"trusted_proxies": ["proxy.internal"]},
+        {"trusted_proxies": ["10.0.0.1", None]},
+        {"request_id_header": ""},
+        {"request_id_header": "X Request ID"},
+        {"request_id_header": "X-Request-ID\r\nSet-Cookie:a=b"},
+        {"request_id_header": "X:Request-ID"},
+        {"request_id_header": "X-R\u00e9quest-ID"},
+        {"request_id_header": 42},
+        {"request_id_max_length": 0},
+        {"request_id_max_length": -1},
+        {"request_id_max_length": 129},
+        {"request_id_max_length": "64"},
+    ],
+    ids=repr,
+)
+@pytest.mark.parametrize("form", ["app", "init_app"])
+def test_bad_configuration_raises_at_construction(options: dict[str, Any], form: str) -> None:
+    app = Flask(__name__)
+
+    def construct() -> VersioningAudit:
+        return VersioningAudit(app, **options) if form == "app" else VersioningAudit(**options)
+
+    with pytest.raises(ConfigurationError):
+        construct()
+    assert "versioning" not in app.extensions
+    assert not app.before_request_funcs
+    assert not app.teardown_request_funcs
+
+
+# --- concurrency --------------------------------------------------------------------------------
+
+
+def test_concurrent_requests_each_record_their_own_actor(db: Sessions) -> None:
+    threads, rounds = 20, 2
+    barrier = threading.Barrier(threads, timeout=30)
+    app = Flask(__name__)
+    app.testing = True
+    VersioningAudit(app, actor=header_actor)
+
+    @app.post("/items/<int:item_id>")
+    def create_item(item_id: int) -> dict[str, Any]:
+        late = request.headers.get("X-Late-User")
+        if late is not None:
+            set_actor(late)  # odd workers learn their user inside the view
+        # Every request of the round is inside its view, its context open, before any writes.
+        barrier.wait()
+        before_write = context_fields()
+        write_item(db, item_id, f"by {before_write['actor']}")
+        return before_write
+
+    def worker(number: int) -> list[tuple[int, dict[str, Any], str]]:
+        client = app.test_client()
+        user = f"user-{number}"
+        header = "X-Late-User" if number % 2 else "X-User"
+        done = []
+        for round_ in range(rounds):
+            item_id = number * rounds + round_ + 1
+            response = client.post(
+                f"/items/{item_id}",
+                headers={header: user},
+                environ_base={"REMOTE_ADDR": f"10.1.0.{number}"},
+            )
+            assert response.status_code == 200
+            assert response.json is not None
+            done.append((item_id, response.json, response.headers["X-Request-ID"]))
+        return done
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        futures = [pool.submit(worker, number) for number in range(threads)]
+        results = [future.result(timeout=120) for future in futures]
+
+    request_ids = set()
+    for number, done in enumerate(results):
+        expected_actor, expected_ip = f"user-{number}", f"10.1.0.{number}"
+        for item_id, seen, rid in done:
+            assert seen == {"actor": expected_actor, "source_ip": expected_ip, "request_id": rid}
+            assert who(transaction_of(db, item_id)) == (expected_actor, expected_ip, rid)
+            request_ids.add(rid)
+    assert len(request_ids) == threads * rounds
