@@ -8,7 +8,8 @@ the request is torn down, so the view, the other hooks and the teardown all see 
   asked when the first change is flushed, so a user loaded by a later hook is seen; code that
   learns the user later still calls :func:`versioning.set_actor`.
 * **source_ip** and **request_id**: as for Starlette — the peer address unless it is one of
-  ``trusted_proxies``, and a safe inbound ``X-Request-ID`` or a new one, echoed in the response.
+  ``trusted_proxies`` (then the client from ``forwarded_header``, ``X-Forwarded-For`` by default
+  or ``Forwarded``), and a safe inbound ``X-Request-ID`` or a new one, echoed in the response.
 
 Requires the ``flask`` extra: ``pip install 'sqlalchemy-versioning[flask]'``.
 """
@@ -40,6 +41,7 @@ class VersioningAudit:
         *,
         actor: ActorCallable | None = None,
         trusted_proxies: Iterable[str] = (),
+        forwarded_header: str = "X-Forwarded-For",
         request_id_header: str = "X-Request-ID",
         request_id_max_length: int = request_id.MAX_LENGTH,
     ) -> None:
@@ -47,6 +49,9 @@ class VersioningAudit:
         request_id.check_settings("VersioningAudit", request_id_header, request_id_max_length)
         self.actor = actor
         self.trusted_proxies = forwarding.TrustedProxies(trusted_proxies)
+        self.forwarded_header = request_id.check_forwarded_header(
+            "VersioningAudit", forwarded_header
+        )
         self.request_id_header = request_id_header
         self.request_id_max_length = request_id_max_length
         if app is not None:
@@ -64,11 +69,11 @@ class VersioningAudit:
     def _open(self) -> None:
         # The request object itself, not the proxy: the lazy actor may run in a worker thread.
         current = cast(Request, request._get_current_object())  # type: ignore[attr-defined]
-        source_ip = forwarding.client_ip(
+        source_ip = forwarding.proxied_client_ip(
             current.environ.get("REMOTE_ADDR"),
             self.trusted_proxies,
-            current.headers.getlist("Forwarded"),
-            current.headers.getlist("X-Forwarded-For"),
+            current.headers.getlist(self.forwarded_header),
+            rfc7239=self.forwarded_header == "Forwarded",
         )
         rid = request_id.accept(
             current.headers.get(self.request_id_header), self.request_id_max_length

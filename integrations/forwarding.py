@@ -1,11 +1,12 @@
 """The client's IP address behind proxies, without trusting what a client can forge.
 
 Framework-free: the Starlette and Flask integrations both use it. The rule: the address is the
-peer's, unless the peer is a *trusted proxy*; then the forwarded chain (RFC 7239 ``Forwarded``,
-or else ``X-Forwarded-For``) is walked from the right — the hops our own proxies appended — to the
-first address that is not a trusted proxy. Entries a client wrote itself sit further left and are
-never reached while an untrusted hop stands between. A malformed, obfuscated or oversized chain is
-never followed past the last address that could be verified, and never raises.
+peer's, unless the peer is a *trusted proxy*; then the forwarded chain (``X-Forwarded-For``, or
+RFC 7239 ``Forwarded`` — whichever one header the proxies maintain) is walked from the right —
+the hops our own proxies appended — to the first address that is not a trusted proxy. Entries a
+client wrote itself sit further left and are never reached while an untrusted hop stands between.
+Only the tail of a header is read, and a malformed or obfuscated hop is never followed past: the
+result is the last address that could be verified. Nothing here raises on header content.
 """
 
 from __future__ import annotations
@@ -13,14 +14,21 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 
-from versioning.errors import ConfigurationError
+from versioning.errors import ArgumentError, ConfigurationError
 
-__all__ = ["MAX_HEADER_LENGTH", "MAX_HOPS", "TrustedProxies", "client_ip", "parse_ip"]
+__all__ = [
+    "MAX_HEADER_LENGTH",
+    "MAX_HOPS",
+    "TrustedProxies",
+    "client_ip",
+    "parse_ip",
+    "proxied_client_ip",
+]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-#: Forwarded headers longer than this (all values together) are not followed at all.
+#: Of each forwarded header value, only the last this-many characters are read.
 MAX_HEADER_LENGTH = 4096
 #: At most this many hops are walked.
 MAX_HOPS = 32
@@ -43,12 +51,13 @@ class TrustedProxies:
         networks: list[IPNetwork] = []
         for entry in proxies:
             try:
-                networks.append(ipaddress.ip_network(entry, strict=False))
+                network = ipaddress.ip_network(entry, strict=False)
             except (TypeError, ValueError):
                 raise ConfigurationError(
                     f"trusted_proxies entry {entry!r} is not an IP address or network; use e.g. "
                     f"'10.0.0.1', '10.0.0.0/8' or '2001:db8::/32'"
                 ) from None
+            networks.append(_unmapped_network(network))
         self._networks = tuple(networks)
 
     def __bool__(self) -> bool:
@@ -78,12 +87,12 @@ def parse_ip(text: str) -> IPAddress | None:
         if end == -1:
             return None
         rest = value[end + 1 :]
-        if rest and not (rest.startswith(":") and rest[1:].isdigit()):
+        if rest and not (rest.startswith(":") and rest[1:].isascii() and rest[1:].isdigit()):
             return None
         value = value[1:end]
     elif value.count(":") == 1:
         host, _, port = value.partition(":")
-        if not port.isdigit():
+        if not (port.isascii() and port.isdigit()):
             return None
         value = host
     try:
@@ -95,28 +104,33 @@ def parse_ip(text: str) -> IPAddress | None:
     return address
 
 
-def _forwarded_for(values: Sequence[str]) -> list[str] | None:
-    """The ``for=`` of each element of RFC 7239 ``Forwarded`` headers, in order."""
+def _forwarded_for(element: str) -> str:
+    """The ``for=`` of one element of an RFC 7239 ``Forwarded`` header ('' if it has none)."""
+    found = ""
+    for pair in element.split(";"):
+        name, sep, param = pair.partition("=")
+        if sep and name.strip().lower() == "for":
+            found = param
+    return found
+
+
+def _last_hops(values: Sequence[str]) -> list[str]:
+    """The last :data:`MAX_HOPS` comma-separated entries of the header values, right first.
+
+    Only the tail is read: what a client writes at the left end — padding included — is never
+    looked at, so it can neither slow us down nor hide the hops our proxies appended.
+    """
     hops: list[str] = []
-    for value in values:
-        for element in value.split(","):
-            found = None
-            for pair in element.split(";"):
-                name, sep, param = pair.partition("=")
-                if sep and name.strip().lower() == "for":
-                    found = param
-            if found is None:
-                return None  # an element without for= cannot be attributed: stop trusting
-            hops.append(found)
+    for value in reversed(values):
+        tail = value[-MAX_HEADER_LENGTH:]
+        entries = tail.split(",")
+        if len(tail) < len(value):
+            entries = entries[1:]  # the first entry of a cut tail may be cut too
+        for entry in reversed(entries):
+            hops.append(entry)
+            if len(hops) == MAX_HOPS:
+                return hops
     return hops
-
-
-def _hops(forwarded: Sequence[str], x_forwarded_for: Sequence[str]) -> list[str] | None:
-    if sum(len(v) for v in forwarded) + sum(len(v) for v in x_forwarded_for) > MAX_HEADER_LENGTH:
-        return None
-    if forwarded:
-        return _forwarded_for(forwarded)
-    return [hop for value in x_forwarded_for for hop in value.split(",")]
 
 
 def client_ip(
@@ -128,19 +142,22 @@ def client_ip(
     """The client address of a request, as a normalised string, or ``None`` if unknown.
 
     ``peer`` is the address of the socket's other end; ``forwarded`` and ``x_forwarded_for`` are
-    the values of those headers (all occurrences, in order).
+    the values of those headers (all occurrences, in order); ``forwarded`` wins when both are
+    given. Pass only the header your proxies maintain (the integrations do): a client can always
+    send the other one itself.
     """
+    if isinstance(forwarded, str) or isinstance(x_forwarded_for, str):
+        raise ArgumentError("client_ip() takes the header values as a list of strings")
     address = parse_ip(peer) if peer is not None else None
     if address is None:
         return None
     if address not in trusted or not (forwarded or x_forwarded_for):
         return str(_unmapped(address))
-    hops = _hops(forwarded, x_forwarded_for)
-    if hops is None:
-        return str(_unmapped(address))
-    for count, hop in enumerate(reversed(hops)):
-        if count >= MAX_HOPS:
-            break
+    if forwarded:
+        hops = [_forwarded_for(element) for element in _last_hops(forwarded)]
+    else:
+        hops = _last_hops(x_forwarded_for)
+    for hop in hops:
         candidate = parse_ip(hop)
         if candidate is None:
             break  # cannot verify anything further left
@@ -148,6 +165,24 @@ def client_ip(
         if address not in trusted:
             break
     return str(_unmapped(address))
+
+
+def proxied_client_ip(
+    peer: str | None, trusted: TrustedProxies, values: Sequence[str], rfc7239: bool
+) -> str | None:
+    """:func:`client_ip` reading the one header the proxies maintain (``values`` are its own)."""
+    if rfc7239:
+        return client_ip(peer, trusted, forwarded=values)
+    return client_ip(peer, trusted, x_forwarded_for=values)
+
+
+def _unmapped_network(network: IPNetwork) -> IPNetwork:
+    """``::ffff:10.0.0.0/104`` is the IPv4 network ``10.0.0.0/8``: compare it as such."""
+    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96:
+        mapped = network.network_address.ipv4_mapped
+        if mapped is not None:
+            return ipaddress.IPv4Network(f"{mapped}/{network.prefixlen - 96}", strict=False)
+    return network
 
 
 def _unmapped(address: IPAddress) -> IPAddress:

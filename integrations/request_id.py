@@ -12,7 +12,15 @@ import uuid
 
 from versioning.errors import ConfigurationError
 
-__all__ = ["MAX_LENGTH", "accept", "check_actor", "check_settings", "new"]
+__all__ = [
+    "FORWARDED_HEADERS",
+    "MAX_LENGTH",
+    "accept",
+    "check_actor",
+    "check_forwarded_header",
+    "check_settings",
+    "new",
+]
 
 #: Longest inbound id kept.
 MAX_LENGTH = 64
@@ -38,6 +46,20 @@ def check_settings(owner: str, header: object, max_length: object) -> None:
             f"{owner}: request_id_max_length must be an int from 1 to 128 (the length of the "
             f"transaction table's request_id column), got {max_length!r}"
         )
+
+
+FORWARDED_HEADERS = ("X-Forwarded-For", "Forwarded")
+
+
+def check_forwarded_header(owner: str, header: object) -> str:
+    """The canonical name of a supported forwarded header, or ``ConfigurationError``."""
+    for name in FORWARDED_HEADERS:
+        if isinstance(header, str) and header.lower() == name.lower():
+            return name
+    raise ConfigurationError(
+        f"{owner}: forwarded_header must be 'X-Forwarded-For' or 'Forwarded' (RFC 7239), the one "
+        f"header your trusted proxies maintain; got {header!r}"
+    )
 
 
 def check_actor(owner: str, actor: object) -> None:

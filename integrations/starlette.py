@@ -11,7 +11,9 @@ task group whose context copies break propagation). It opens one ``audit_context
   learns the user later calls :func:`versioning.set_actor`; the value holds for the rest of the
   request, including in threadpool workers.
 * **source_ip**: the peer address, or — only when the peer is one of ``trusted_proxies`` — the
-  client found in ``Forwarded`` / ``X-Forwarded-For`` (see :mod:`integrations.forwarding`).
+  client found in the one header those proxies maintain, ``forwarded_header``:
+  ``X-Forwarded-For`` (default) or RFC 7239 ``Forwarded`` (see :mod:`integrations.forwarding`).
+  The other header is never read, since a client can send it itself.
 * **request_id**: a safe inbound ``X-Request-ID`` (the header name is configurable), else a new
   one; echoed in the response headers (and on the websocket handshake).
 
@@ -56,6 +58,7 @@ class AuditContextMiddleware:
         *,
         actor: ActorCallable | None = None,
         trusted_proxies: Iterable[str] = (),
+        forwarded_header: str = "X-Forwarded-For",
         request_id_header: str = "X-Request-ID",
         request_id_max_length: int = request_id.MAX_LENGTH,
     ) -> None:
@@ -66,6 +69,9 @@ class AuditContextMiddleware:
         self.app = app
         self.actor: ActorCallable = actor if actor is not None else authenticated_user
         self.trusted_proxies = forwarding.TrustedProxies(trusted_proxies)
+        self.forwarded_header = request_id.check_forwarded_header(
+            "AuditContextMiddleware", forwarded_header
+        )
         self.request_id_header = request_id_header.lower()
         self.request_id_max_length = request_id_max_length
         self._header_bytes = self.request_id_header.encode("latin-1")
@@ -76,11 +82,11 @@ class AuditContextMiddleware:
             return
         headers = Headers(scope=scope)
         client = scope.get("client")
-        source_ip = forwarding.client_ip(
+        source_ip = forwarding.proxied_client_ip(
             client[0] if client else None,
             self.trusted_proxies,
-            headers.getlist("forwarded"),
-            headers.getlist("x-forwarded-for"),
+            headers.getlist(self.forwarded_header),
+            rfc7239=self.forwarded_header == "Forwarded",
         )
         rid = request_id.accept(headers.get(self.request_id_header), self.request_id_max_length)
         connection = HTTPConnection(scope)

@@ -10,13 +10,13 @@ started inside it, the actor becomes visible to the whole request, including wor
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import ipaddress
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar, Token
-from dataclasses import dataclass, field
 from types import MappingProxyType, TracebackType
 from typing import Any, ParamSpec, TypeVar, overload
 
@@ -35,15 +35,76 @@ MAX_ACTOR = 255
 MAX_REQUEST_ID = 128
 
 
-@dataclass(frozen=True, slots=True)
-class AuditContext:
-    """The audit values in force at one moment (see :func:`current_context`)."""
+_UNRESOLVED: Any = object()
 
-    actor: str | None = None
-    source_ip: str | None = None
-    request_id: str | None = None
-    reason: str | None = None
-    extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+class AuditContext:
+    """The audit values in force at one moment (see :func:`current_context`). Immutable.
+
+    :func:`current_context` asks a callable actor at once; the value a ``with audit_context()``
+    block returns asks it only when ``actor`` is read, and then once.
+    """
+
+    __slots__ = ("_actor", "_actor_source", "extra", "reason", "request_id", "source_ip")
+
+    _actor: str | None
+    _actor_source: Callable[[], str | None] | None
+    source_ip: str | None
+    request_id: str | None
+    reason: str | None
+    extra: Mapping[str, Any]
+
+    def __init__(
+        self,
+        actor: str | None = None,
+        source_ip: str | None = None,
+        request_id: str | None = None,
+        reason: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+        *,
+        actor_source: Callable[[], str | None] | None = None,
+    ) -> None:
+        put = object.__setattr__
+        put(self, "_actor", actor if actor_source is None else _UNRESOLVED)
+        put(self, "_actor_source", actor_source)
+        put(self, "source_ip", source_ip)
+        put(self, "request_id", request_id)
+        put(self, "reason", reason)
+        put(self, "extra", MappingProxyType(dict(extra or {})))
+
+    @property
+    def actor(self) -> str | None:
+        """Who acts: a user name or id (as text), or ``None``."""
+        if self._actor is _UNRESOLVED:
+            assert self._actor_source is not None
+            object.__setattr__(self, "_actor", self._actor_source())
+            object.__setattr__(self, "_actor_source", None)
+        return self._actor
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def _values(self) -> tuple[Any, ...]:
+        return (self.actor, self.source_ip, self.request_id, self.reason, dict(self.extra))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, AuditContext):
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        values = self._values()
+        return hash((*values[:4], tuple(sorted(values[4].items(), key=repr))))
+
+    def __repr__(self) -> str:
+        actor = "<not asked yet>" if self._actor is _UNRESOLVED else repr(self._actor)
+        return (
+            f"AuditContext(actor={actor}, source_ip={self.source_ip!r}, "
+            f"request_id={self.request_id!r}, reason={self.reason!r}, extra={dict(self.extra)!r})"
+        )
 
 
 class _Frame:
@@ -80,15 +141,27 @@ class _Frame:
         self.reason = reason
         self.extra = extra
 
-    def resolve(self) -> AuditContext:
-        actor = source_ip = request_id = reason = None
-        extras: list[dict[str, Any]] = []
+    def find_actor(self) -> str | None:
+        """The actor from this frame outwards, asking callables as it goes."""
         frame: _Frame | None = self
         while frame is not None:
-            if actor is None:
-                actor = frame.actor
-                if actor is None and frame.actor_source is not None:
-                    actor = _check_actor(frame.actor_source())
+            if frame.actor is not None:
+                return frame.actor
+            if frame.actor_source is not None:
+                actor = _check_actor(frame.actor_source())
+                if actor is not None:
+                    return actor
+            frame = frame.parent
+        return None
+
+    def resolve(self, lazy: bool = False) -> AuditContext:
+        """The values in force; with ``lazy``, a callable actor is asked only when read."""
+        source_ip = request_id = reason = None
+        extras: list[dict[str, Any]] = []
+        deferred = False
+        frame: _Frame | None = self
+        while frame is not None:
+            deferred = deferred or (lazy and frame.actor_source is not None)
             source_ip = source_ip if source_ip is not None else frame.source_ip
             request_id = request_id if request_id is not None else frame.request_id
             reason = reason if reason is not None else frame.reason
@@ -98,7 +171,11 @@ class _Frame:
         merged: dict[str, Any] = {}
         for extra in reversed(extras):
             merged.update(extra)
-        return AuditContext(actor, source_ip, request_id, reason, MappingProxyType(merged))
+        if deferred:
+            return AuditContext(
+                None, source_ip, request_id, reason, merged, actor_source=self.find_actor
+            )
+        return AuditContext(self.find_actor(), source_ip, request_id, reason, merged)
 
 
 _current: ContextVar[_Frame | None] = ContextVar("versioning_audit_context", default=None)
@@ -216,11 +293,9 @@ class audit_context:
 
     def __enter__(self) -> AuditContext:
         self.open()
-        try:
-            return current_context()
-        except BaseException:
-            self.close()
-            raise
+        frame = _current.get()
+        assert frame is not None
+        return frame.resolve(lazy=True)  # a callable actor is asked only if ``.actor`` is read
 
     def __exit__(
         self,

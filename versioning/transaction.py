@@ -76,9 +76,8 @@ def transaction_id(
         state.rows.clear()
     key = (connection.engine, table.fullname)
     row = state.rows.get(key)
-    context = current_context()
     if row is not None:
-        if state.notes and not row.has_reason and context.reason is None:
+        if state.notes and not row.has_reason and current_context().reason is None:
             connection.execute(
                 table.update()
                 .where(table.c.id == row.id, table.c.reason.is_(None))
@@ -86,6 +85,7 @@ def transaction_id(
             )
             row.has_reason = True
         return row.id
+    context = current_context()
     reason = context.reason
     if reason is None and state.notes:
         reason = "; ".join(state.notes)
