@@ -17,7 +17,7 @@ roll back together.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -26,6 +26,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import InstanceState, Mapper, Session, UOWTransaction
 from sqlalchemy.orm.base import NO_VALUE
 
+from versioning import live_rows
 from versioning.declaration import ModelSpec, Versioned, spec_of
 from versioning.errors import VersioningError
 from versioning.operation import Operation
@@ -34,7 +35,6 @@ from versioning.transaction import existing_state, session_state
 
 __all__: list[str] = []
 
-_CHUNK = 500
 _NOTHING: frozenset[str] = frozenset()
 
 
@@ -55,19 +55,6 @@ def _needs_pre_image(state: InstanceState[Any], spec: ModelSpec, deleting: bool)
     return any(key not in loaded and key not in committed for key in spec.keys)
 
 
-def _select(spec: ModelSpec, keys: Iterable[str]) -> sa.Select[Any]:
-    return sa.select(*[spec.live_columns[k] for k in keys]).select_from(
-        spec.mapper.persist_selectable
-    )
-
-
-def _where_keys(spec: ModelSpec, identities: Sequence[tuple[Any, ...]]) -> sa.ColumnElement[bool]:
-    columns = [spec.live_columns[k] for k in spec.pk_keys]
-    if len(columns) == 1:
-        return columns[0].in_([identity[0] for identity in identities])
-    return sa.tuple_(*columns).in_(identities)
-
-
 def _load_rows(
     connection: Connection,
     spec: ModelSpec,
@@ -75,20 +62,12 @@ def _load_rows(
     lock: bool,
 ) -> dict[InstanceState[Any], dict[str, Any]]:
     """Current values of the versioned columns of ``states`` (identity, state), batched."""
+    rows = live_rows.by_keys(connection, spec, [identity for identity, _ in states], lock)
     out: dict[InstanceState[Any], dict[str, Any]] = {}
-    by_identity = dict(states)
-    npk = len(spec.pk_keys)
-    keys = spec.pk_keys + tuple(k for k in spec.keys if k not in spec.pk_keys)
-    for start in range(0, len(states), _CHUNK):
-        chunk = [identity for identity, _ in states[start : start + _CHUNK]]
-        statement = _select(spec, keys).where(_where_keys(spec, chunk))
-        if lock and connection.dialect.name != "sqlite":
-            statement = statement.with_for_update()
-        for row in connection.execute(statement):
-            values = dict(zip(keys, row, strict=True))
-            state = by_identity.get(tuple(row[:npk]))
-            if state is not None:
-                out[state] = values
+    for identity, state in states:
+        found = rows.get(identity)
+        if found is not None:
+            out[state] = found[1]
     return out
 
 
