@@ -10,6 +10,7 @@ import sqlalchemy as _sa
 
 from versioning import capture as _capture  # noqa: F401 - installs the session hooks
 from versioning import masks
+from versioning import statements as _statements  # noqa: F401 - installs the statement hook
 from versioning.context import AuditContext, audit_context, current_context, set_actor
 from versioning.declaration import Versioned, VersionedOptions, history_table
 from versioning.errors import (
@@ -25,6 +26,7 @@ from versioning.operation import Operation
 from versioning.reading import Transaction, Version, as_of, history
 from versioning.restoring import restore
 from versioning.schema import TRANSACTION_TABLE, transaction_table_for
+from versioning.uncaptured import UncapturedWriteError, UncapturedWriteWarning, guard_writes
 
 __all__ = [
     "TRANSACTION_TABLE",
@@ -37,6 +39,8 @@ __all__ = [
     "RestoreConflictError",
     "RestoreError",
     "Transaction",
+    "UncapturedWriteError",
+    "UncapturedWriteWarning",
     "Version",
     "Versioned",
     "VersionedOptions",
@@ -44,6 +48,7 @@ __all__ = [
     "as_of",
     "audit_context",
     "current_context",
+    "guard_writes",
     "history",
     "history_table",
     "masks",

@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import InstanceState, Mapper, Session, UOWTransaction
 from sqlalchemy.orm.base import NO_VALUE
 
-from versioning import live_rows
+from versioning import live_rows, uncaptured
 from versioning.declaration import ModelSpec, Versioned, spec_of
 from versioning.errors import VersioningError
 from versioning.operation import Operation
@@ -36,6 +36,7 @@ from versioning.transaction import existing_state, session_state
 __all__: list[str] = []
 
 _NOTHING: frozenset[str] = frozenset()
+_WRITING = "_versioning_writing"
 
 
 def _needs_pre_image(state: InstanceState[Any], spec: ModelSpec, deleting: bool) -> bool:
@@ -100,6 +101,7 @@ def _before_flush(session: Session, flush_context: UOWTransaction, instances: ob
                 and _needs_pre_image(state, spec, deleting)
             ):
                 wanted.setdefault(state.mapper, []).append((_identity(state, spec), state))
+    session.info[_WRITING] = uncaptured.enter_writing()
     tracker = existing_state(session)
     if tracker is not None:
         tracker.start_flush()
@@ -288,3 +290,17 @@ def _complete(
             )
         for key in change.spec.keys:
             after.setdefault(key, values[key])
+
+
+@event.listens_for(Session, "after_flush_postexec")
+def _flush_done(session: Session, flush_context: UOWTransaction) -> None:
+    token = session.info.pop(_WRITING, None)
+    if token is not None:
+        uncaptured.leave_writing(token)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _flush_failed(session: Session, previous_transaction: object) -> None:
+    token = session.info.pop(_WRITING, None)
+    if token is not None:
+        uncaptured.leave_writing(token)

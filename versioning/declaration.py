@@ -28,6 +28,7 @@ from versioning.schema import (
     snapshot_column,
     transaction_table_for,
 )
+from versioning.uncaptured import LIVE_TABLE_INFO
 
 __all__ = ["ModelSpec", "Versioned", "VersionedOptions", "history_table", "spec_for", "spec_of"]
 
@@ -304,6 +305,8 @@ def _declare(mapper: Mapper[Any], cls: type[Any]) -> None:
         discriminator=discriminator,
     )
     type.__setattr__(cls, _SPEC_ATTR, spec)
+    if isinstance(mapper.local_table, sa.Table):
+        mapper.local_table.info[LIVE_TABLE_INFO] = history.name
 
 
 def _extend_history(

@@ -1,0 +1,98 @@
+"""Finding writes that history cannot see.
+
+History is captured from the ORM: the unit of work (``session.add``/``flush``/``commit``) and
+ORM-enabled statements executed by ``session.execute(...)``. A Core ``insert``/``update``/
+``delete`` on a versioned table executed on a ``Connection`` — ``engine.connect()``, or the
+session's own ``session.connection().execute(...)`` — goes around both and leaves no history.
+
+:func:`guard_writes` makes such writes visible on an engine (or connection) of your choice:
+``action="raise"`` refuses them with :class:`UncapturedWriteError` before they run, ``"warn"``
+emits an :class:`UncapturedWriteWarning` and lets them run. Raw SQL (``text()``,
+``exec_driver_sql``) cannot be inspected and is not checked.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.sql.dml import UpdateBase
+
+from versioning.errors import ArgumentError, VersioningError
+
+__all__ = ["UncapturedWriteError", "UncapturedWriteWarning", "guard_writes", "writing"]
+
+#: How many capturing writers (a flush, a captured ORM statement) are running in this context.
+_writing: ContextVar[int] = ContextVar("versioning_writing", default=0)
+
+LIVE_TABLE_INFO = "versioning_history"
+
+
+class UncapturedWriteError(VersioningError):
+    """A Core statement would change a versioned table without being recorded."""
+
+
+class UncapturedWriteWarning(UserWarning):
+    """A Core statement changed a versioned table without being recorded."""
+
+
+@contextmanager
+def writing() -> Iterator[None]:
+    """Mark the statements run inside as captured (used by the library's own hooks)."""
+    token = _writing.set(_writing.get() + 1)
+    try:
+        yield
+    finally:
+        _writing.reset(token)
+
+
+def enter_writing() -> Any:
+    """Like :func:`writing`, for hooks that start and end in different callbacks."""
+    return _writing.set(_writing.get() + 1)
+
+
+def leave_writing(token: Any) -> None:
+    _writing.reset(token)
+
+
+def _versioned_table(statement: UpdateBase) -> sa.Table | None:
+    table = getattr(statement, "table", None)
+    if isinstance(table, sa.Table) and LIVE_TABLE_INFO in table.info:
+        return table
+    return None
+
+
+def guard_writes(bind: Engine | Connection, *, action: Literal["raise", "warn"] = "raise") -> None:
+    """Raise or warn when a Core statement writes to a versioned table on ``bind`` uncaptured."""
+    if action not in ("raise", "warn"):
+        raise ArgumentError(f"guard_writes(action=...) must be 'raise' or 'warn', got {action!r}")
+
+    def check(
+        connection: Connection,
+        clauseelement: Any,
+        multiparams: Any,
+        params: Any,
+        execution_options: Any,
+    ) -> None:
+        if not isinstance(clauseelement, UpdateBase) or _writing.get():
+            return
+        table = _versioned_table(clauseelement)
+        if table is None:
+            return
+        verb = type(clauseelement).__name__.upper()
+        message = (
+            f"a Core {verb} on versioned table {table.fullname!r} runs outside the ORM, so no "
+            f"history is recorded for it; use session.execute({verb.lower()}(Model)...) or the "
+            f"unit of work instead"
+        )
+        if action == "raise":
+            raise UncapturedWriteError(message)
+        warnings.warn(message, UncapturedWriteWarning, stacklevel=2)
+
+    event.listen(bind, "before_execute", check)
