@@ -124,12 +124,16 @@ def _last_hops(values: Sequence[str]) -> list[str]:
     for value in reversed(values):
         tail = value[-MAX_HEADER_LENGTH:]
         entries = tail.split(",")
-        if len(tail) < len(value):
+        cut = len(tail) < len(value)
+        if cut:
             entries = entries[1:]  # the first entry of a cut tail may be cut too
         for entry in reversed(entries):
             hops.append(entry)
             if len(hops) == MAX_HOPS:
                 return hops
+        if cut:
+            hops.append("")  # what was cut off cannot be verified: the walk stops here
+            return hops
     return hops
 
 

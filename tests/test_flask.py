@@ -626,10 +626,12 @@ def test_a_streamed_response_writes_under_the_context_the_view_hands_on(db: Sess
 
 # --- trusted proxies ----------------------------------------------------------------------------
 
+XFF, FWD = "X-Forwarded-For", "Forwarded"
+CLIENT = "198.51.100.7"
+Headers = dict[str, str] | list[tuple[str, str]]
 
-def post_from(
-    app: Flask, item_id: int, peer: str, headers: dict[str, str] | None = None
-) -> TestResponse:
+
+def post_from(app: Flask, item_id: int, peer: str, headers: Headers | None = None) -> TestResponse:
     response = app.test_client().post(
         f"/items/{item_id}", headers=headers or {}, environ_base={"REMOTE_ADDR": peer}
     )
@@ -637,6 +639,16 @@ def post_from(
     return response
 
 
+def source_ip_of(db: Sessions, peer: str, headers: Headers, **options: Any) -> str | None:
+    """One write from ``peer`` with ``headers``; the source IP its transaction recorded."""
+    app, _ = make_app(db, **options)
+    response = post_from(app, 1, peer, headers)
+    ip = transaction_of(db, 1).source_ip
+    assert response.json is not None and response.json["source_ip"] == ip
+    return ip
+
+
+@pytest.mark.parametrize("forwarded_header", [XFF, FWD])
 @pytest.mark.parametrize(
     "headers",
     [
@@ -647,83 +659,206 @@ def post_from(
     ],
 )
 def test_spoofed_forwarded_headers_from_an_untrusted_peer_are_ignored(
-    db: Sessions, headers: dict[str, str]
+    db: Sessions, headers: dict[str, str], forwarded_header: str
 ) -> None:
-    app, _ = make_app(db, trusted_proxies=["10.0.0.0/8"])
-    post_from(app, 1, "203.0.113.5", headers)
-    assert transaction_of(db, 1).source_ip == "203.0.113.5"
+    options = {"trusted_proxies": ["10.0.0.0/8"], "forwarded_header": forwarded_header}
+    assert source_ip_of(db, "203.0.113.5", headers, **options) == "203.0.113.5"
 
 
-def test_forwarded_headers_are_ignored_by_default_even_from_private_peers(db: Sessions) -> None:
-    app, _ = make_app(db)
+@pytest.mark.parametrize("forwarded_header", [XFF, FWD])
+def test_forwarded_headers_are_ignored_by_default_even_from_private_peers(
+    db: Sessions, forwarded_header: str
+) -> None:
+    app, _ = make_app(db, forwarded_header=forwarded_header)
     post_from(app, 1, "10.0.0.1", {"X-Forwarded-For": "198.51.100.7"})
     post_from(app, 2, "127.0.0.1", {"Forwarded": "for=198.51.100.7"})
     assert transaction_of(db, 1).source_ip == "10.0.0.1"
     assert transaction_of(db, 2).source_ip == "127.0.0.1"
 
 
+PROXIES = ["10.0.0.0/8", "::1", "fd00::/8"]
+
+
 @pytest.mark.parametrize(
-    ("peer", "headers", "client"),
+    ("peer", "forwarded_header", "headers", "client"),
     [
-        ("10.0.0.2", {"X-Forwarded-For": "198.51.100.7"}, "198.51.100.7"),
-        ("10.0.0.2", {"X-Forwarded-For": "198.51.100.7, 10.0.0.1"}, "198.51.100.7"),
+        ("10.0.0.2", XFF, {XFF: "198.51.100.7"}, CLIENT),
+        ("10.0.0.2", XFF, {XFF: "198.51.100.7, 10.0.0.1"}, CLIENT),
         # What the client itself wrote further left is never reached.
-        ("10.0.0.2", {"X-Forwarded-For": "6.6.6.6, 198.51.100.7, 10.0.0.1"}, "198.51.100.7"),
-        ("10.0.0.2", {"X-Forwarded-For": "198.51.100.7:5555, 10.0.0.1"}, "198.51.100.7"),
-        ("::1", {"X-Forwarded-For": "2001:db8::7, fd00::1"}, "2001:db8::7"),
-        ("::ffff:10.0.0.2", {"X-Forwarded-For": "::ffff:198.51.100.7"}, "198.51.100.7"),
+        ("10.0.0.2", XFF, {XFF: "6.6.6.6, 198.51.100.7, 10.0.0.1"}, CLIENT),
+        ("10.0.0.2", XFF, {XFF: "198.51.100.7:5555, 10.0.0.1"}, CLIENT),
+        ("::1", XFF, {XFF: "2001:db8::7, fd00::1"}, "2001:db8::7"),
+        ("::ffff:10.0.0.2", XFF, {XFF: "::ffff:198.51.100.7"}, CLIENT),
+        ("10.0.0.2", XFF, [(XFF, "6.6.6.6, 198.51.100.7"), (XFF, "10.0.0.1")], CLIENT),
         (
             "10.0.0.2",
-            {"Forwarded": 'for="[2001:db8::7]:4711";proto=https, for=10.0.0.1'},
+            FWD,
+            {FWD: 'for="[2001:db8::7]:4711";proto=https, for=10.0.0.1'},
             "2001:db8::7",
         ),
-        # Forwarded is used instead of X-Forwarded-For when both are present.
-        (
-            "10.0.0.2",
-            {"Forwarded": "for=198.51.100.9", "X-Forwarded-For": "192.0.2.1"},
-            "198.51.100.9",
-        ),
+        ("10.0.0.2", FWD, [(FWD, "for=6.6.6.6, for=198.51.100.7"), (FWD, "for=10.0.0.1")], CLIENT),
+        ("::1", FWD, {FWD: 'for=198.51.100.7;proto=https, for="[fd00::1]:80"'}, CLIENT),
+        # An element without for= written by the client, left of our proxy's hop, does not matter.
+        ("10.0.0.2", FWD, {FWD: "proto=http, for=198.51.100.7"}, CLIENT),
+        # The header that is not configured is never read, whichever it is.
+        ("10.0.0.2", FWD, {FWD: "for=198.51.100.9", XFF: "192.0.2.1"}, "198.51.100.9"),
+        ("10.0.0.2", XFF, {FWD: "for=198.51.100.9", XFF: "192.0.2.1"}, "192.0.2.1"),
     ],
 )
 def test_a_chain_through_trusted_proxies_yields_the_client(
-    db: Sessions, peer: str, headers: dict[str, str], client: str
+    db: Sessions, peer: str, forwarded_header: str, headers: Headers, client: str
 ) -> None:
-    app, _ = make_app(db, trusted_proxies=["10.0.0.0/8", "::1", "fd00::/8"])
-    post_from(app, 1, peer, headers)
-    assert transaction_of(db, 1).source_ip == client
+    options = {"trusted_proxies": PROXIES, "forwarded_header": forwarded_header}
+    assert source_ip_of(db, peer, headers, **options) == client
+
+
+@pytest.mark.parametrize("options", [{}, {"forwarded_header": XFF}], ids=["default", "explicit"])
+@pytest.mark.parametrize(
+    ("headers", "recorded"),
+    [
+        ({FWD: "for=6.6.6.6", XFF: "198.51.100.7"}, CLIENT),
+        ({FWD: "for=10.0.0.9, for=6.6.6.6", XFF: "6.6.6.6, 198.51.100.7, 10.0.0.1"}, CLIENT),
+        # Our proxy added no X-Forwarded-For: the client's Forwarded is still not believed.
+        ({FWD: "for=6.6.6.6"}, "10.0.0.2"),
+        ({FWD: "for=6.6.6.6", XFF: "unknown"}, "10.0.0.2"),
+    ],
+)
+def test_default_setting_ignores_a_forwarded_header_sent_by_the_client(
+    db: Sessions, options: dict[str, str], headers: Headers, recorded: str
+) -> None:
+    """Our proxies maintain X-Forwarded-For; a Forwarded header can only come from the client."""
+    assert source_ip_of(db, "10.0.0.2", headers, trusted_proxies=["10.0.0.0/8"], **options) == (
+        recorded
+    )
 
 
 @pytest.mark.parametrize(
     ("headers", "recorded"),
     [
-        ({"X-Forwarded-For": "garbage"}, "10.0.0.2"),
-        ({"X-Forwarded-For": "unknown"}, "10.0.0.2"),
-        ({"X-Forwarded-For": ""}, "10.0.0.2"),
-        ({"X-Forwarded-For": ",,, ,"}, "10.0.0.2"),
-        ({"X-Forwarded-For": "999.1.1.1"}, "10.0.0.2"),
-        ({"X-Forwarded-For": "1.2.3.4.5"}, "10.0.0.2"),
-        ({"X-Forwarded-For": "fe80::1%eth0"}, "10.0.0.2"),
-        ({"X-Forwarded-For": "[2001:db8::1"}, "10.0.0.2"),
-        ({"X-Forwarded-For": "' OR 1=1 --"}, "10.0.0.2"),
+        ({XFF: "6.6.6.6", FWD: "for=198.51.100.7"}, CLIENT),
+        ({XFF: "6.6.6.6, 10.0.0.3", FWD: "for=203.0.113.9, for=10.0.0.1"}, "203.0.113.9"),
+        # Our proxy added no Forwarded: the client's X-Forwarded-For is still not believed.
+        ({XFF: "6.6.6.6"}, "10.0.0.2"),
+        ({XFF: "6.6.6.6", FWD: "for=_hidden"}, "10.0.0.2"),
+    ],
+)
+def test_forwarded_setting_ignores_x_forwarded_for(
+    db: Sessions, headers: Headers, recorded: str
+) -> None:
+    options = {"trusted_proxies": ["10.0.0.0/8"], "forwarded_header": "Forwarded"}
+    assert source_ip_of(db, "10.0.0.2", headers, **options) == recorded
+
+
+@pytest.mark.parametrize(
+    ("value", "recorded"),
+    [
+        ("forwarded", CLIENT),
+        ("FORWARDED", CLIENT),
+        ("x-forwarded-for", "203.0.113.9"),
+        ("X-FORWARDED-FOR", "203.0.113.9"),
+    ],
+)
+def test_forwarded_header_option_is_case_insensitive(
+    db: Sessions, value: str, recorded: str
+) -> None:
+    headers = {FWD: "for=198.51.100.7", XFF: "203.0.113.9"}
+    options = {"trusted_proxies": ["10.0.0.0/8"], "forwarded_header": value}
+    assert source_ip_of(db, "10.0.0.2", headers, **options) == recorded
+
+
+@pytest.mark.parametrize(
+    ("peer", "trusted", "recorded"),
+    [
+        ("10.0.0.2", ["::ffff:10.0.0.0/104"], CLIENT),
+        ("10.0.0.2", ["::ffff:10.0.0.2"], CLIENT),
+        ("::ffff:10.0.0.2", ["::ffff:10.0.0.2"], CLIENT),
+        ("10.1.0.1", ["::ffff:10.0.0.0/112"], "10.1.0.1"),  # outside the mapped network
+    ],
+)
+def test_trusted_proxies_written_as_ipv4_mapped_ipv6_are_trusted(
+    db: Sessions, peer: str, trusted: list[str], recorded: str
+) -> None:
+    headers = {XFF: "6.6.6.6, 198.51.100.7"}
+    assert source_ip_of(db, peer, headers, trusted_proxies=trusted) == recorded
+
+
+@pytest.mark.parametrize("peer", ["10.0.0.2", "203.0.113.5"], ids=["trusted", "untrusted"])
+@pytest.mark.parametrize(
+    ("forwarded_header", "headers"),
+    [
+        (XFF, {XFF: "x" * 10_000 + ", 198.51.100.7"}),
+        (XFF, {XFF: ", ".join(["6.6.6.6"] * 1000) + ", 198.51.100.7, 10.0.0.1"}),
+        (XFF, [(XFF, "9" * 10_000), (XFF, "198.51.100.7")]),
+        (FWD, {FWD: 'for="' + "x" * 10_000 + '", for=198.51.100.7;proto=https'}),
+        (FWD, {FWD: "proto=http;" + "a=b;" * 3000 + ", for=198.51.100.7, for=10.0.0.1"}),
+    ],
+    ids=["xff-10kb", "xff-1000-hops", "xff-10kb-line", "forwarded-10kb", "forwarded-12kb-params"],
+)
+def test_huge_client_padding_left_of_the_proxy_hop_does_not_hide_the_client(
+    db: Sessions, peer: str, forwarded_header: str, headers: Headers
+) -> None:
+    """Only the tail is read: the hop our proxy appended on the right is still found, and an
+    untrusted peer is still the peer."""
+    options = {"trusted_proxies": ["10.0.0.0/8"], "forwarded_header": forwarded_header}
+    expected = CLIENT if peer == "10.0.0.2" else peer
+    assert source_ip_of(db, peer, headers, **options) == expected
+
+
+@pytest.mark.parametrize(
+    ("headers", "recorded"),
+    [
+        ({XFF: "garbage"}, "10.0.0.2"),
+        ({XFF: "unknown"}, "10.0.0.2"),
+        ({XFF: ""}, "10.0.0.2"),
+        ({XFF: ",,, ,"}, "10.0.0.2"),
+        ({XFF: "999.1.1.1"}, "10.0.0.2"),
+        ({XFF: "1.2.3.4.5"}, "10.0.0.2"),
+        ({XFF: "fe80::1%eth0"}, "10.0.0.2"),
+        ({XFF: "[2001:db8::1"}, "10.0.0.2"),
+        ({XFF: "' OR 1=1 --"}, "10.0.0.2"),
         # A malformed hop stops the walk at the last address that could be verified.
-        ({"X-Forwarded-For": "198.51.100.7, garbage, 10.0.0.1"}, "10.0.0.1"),
-        ({"Forwarded": "for=_hidden"}, "10.0.0.2"),
-        ({"Forwarded": "proto=https"}, "10.0.0.2"),
-        ({"Forwarded": "for=unknown, for=10.0.0.1"}, "10.0.0.1"),
-        ({"Forwarded": 'for="'}, "10.0.0.2"),
-        # Oversized: not followed at all.
-        ({"X-Forwarded-For": "198.51.100.7, " + "10.0.0.1, " * 500}, "10.0.0.2"),
-        ({"X-Forwarded-For": "198.51.100.7" + " " * 5000}, "10.0.0.2"),
+        ({XFF: "198.51.100.7, garbage, 10.0.0.1"}, "10.0.0.1"),
+        ({FWD: "for=_hidden"}, "10.0.0.2"),
+        ({FWD: "proto=https"}, "10.0.0.2"),
+        ({FWD: "for=198.51.100.7, proto=https"}, "10.0.0.2"),
+        ({FWD: "for=unknown, for=10.0.0.1"}, "10.0.0.1"),
+        ({FWD: 'for="'}, "10.0.0.2"),
+        # One entry longer than the tail that is read: cut, so it cannot be verified.
+        ({XFF: "198.51.100.7" + " " * 5000}, "10.0.0.2"),
+        ({FWD: "for=198.51.100.7;" + "x" * 5000}, "10.0.0.2"),
+        # A long trusted chain is read from its tail: the client on the right end is found.
+        ({XFF: "6.6.6.6, " * 500 + "198.51.100.7, 10.0.0.1"}, CLIENT),
         # Too many hops: the walk stops within the trusted proxies, never at the far left.
-        ({"X-Forwarded-For": "198.51.100.7, " + ", ".join(["10.0.0.1"] * 40)}, "10.0.0.1"),
+        ({XFF: "198.51.100.7, " + ", ".join(["10.0.0.1"] * 40)}, "10.0.0.1"),
     ],
 )
 def test_garbage_and_oversized_forwarded_headers_never_produce_a_bogus_ip(
     db: Sessions, headers: dict[str, str], recorded: str
 ) -> None:
-    app, _ = make_app(db, trusted_proxies=["10.0.0.0/8"])
-    post_from(app, 1, "10.0.0.2", headers)
-    assert transaction_of(db, 1).source_ip == recorded
+    """Each case runs with ``forwarded_header`` set to the header it sends."""
+    (header,) = headers
+    options = {"trusted_proxies": ["10.0.0.0/8"], "forwarded_header": header}
+    assert source_ip_of(db, "10.0.0.2", headers, **options) == recorded
+
+
+@pytest.mark.parametrize(
+    ("forwarded_header", "headers"),
+    [
+        (XFF, {XFF: "6.6.6.6, " + "1" * 5000 + ", 10.0.0.1"}),
+        (XFF, [(XFF, "6.6.6.6"), (XFF, "1" * 5000), (XFF, "10.0.0.1")]),
+        (FWD, {FWD: "for=6.6.6.6, for=10.0.0.3;x=" + "y" * 5000 + ", for=10.0.0.1"}),
+        (FWD, [(FWD, "for=6.6.6.6"), (FWD, "for=10.0.0.3;x=" + "y" * 5000), (FWD, "for=10.0.0.1")]),
+    ],
+    ids=["xff-one-line", "xff-three-lines", "forwarded-one-line", "forwarded-three-lines"],
+)
+def test_an_entry_cut_by_the_length_limit_stops_the_walk(
+    db: Sessions, forwarded_header: str, headers: Headers
+) -> None:
+    """An entry only partly read is unverifiable, like garbage: the walk stops at the last
+    verified hop, whether the proxies joined the header into one line or sent several (the same
+    header either way), and never reaches what lies further left."""
+    options = {"trusted_proxies": ["10.0.0.0/8"], "forwarded_header": forwarded_header}
+    assert source_ip_of(db, "10.0.0.2", headers, **options) == "10.0.0.1"
 
 
 @pytest.mark.parametrize("peer", ["", "unix:/run/app.sock", "not-an-ip"])
@@ -755,6 +890,13 @@ def test_a_peer_without_an_ip_address_records_no_source_ip(db: Sessions, peer: s
         {"request_id_max_length": -1},
         {"request_id_max_length": 129},
         {"request_id_max_length": "64"},
+        {"forwarded_header": "X-Real-IP"},
+        {"forwarded_header": ""},
+        {"forwarded_header": None},
+        {"forwarded_header": "X-Forwarded-For, Forwarded"},
+        {"forwarded_header": ("Forwarded",)},
+        {"forwarded_header": "Forwarded "},
+        {"forwarded_header": "X-Forwarded-Host"},
     ],
     ids=repr,
 )

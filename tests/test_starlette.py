@@ -663,6 +663,8 @@ def test_context_ends_with_the_request_even_when_the_endpoint_fails(
 # --- source IP: peers, proxies, forwarded headers -----------------------------------------------
 
 TRUSTED = ["10.0.0.0/8", "2001:db8::/32"]
+XFF, FWD = "X-Forwarded-For", "Forwarded"
+CLIENT = "198.51.100.7"
 HeaderList = Sequence[tuple[str, str | bytes]]
 
 
@@ -679,6 +681,7 @@ def source_ip_of(
     return ip
 
 
+@pytest.mark.parametrize("forwarded_header", [XFF, FWD])
 @pytest.mark.parametrize("trusted", [[], ["10.0.0.0/8"]], ids=["no-proxies", "peer-not-trusted"])
 @pytest.mark.parametrize(
     "headers",
@@ -691,40 +694,31 @@ def source_ip_of(
     ids=["xff", "xff-chain", "forwarded", "both"],
 )
 def test_untrusted_peer_cannot_spoof_its_address(
-    trusted: list[str], headers: dict[str, str], engine: sa.Engine, create_tables: Tables
+    trusted: list[str],
+    headers: dict[str, str],
+    forwarded_header: str,
+    engine: sa.Engine,
+    create_tables: Tables,
 ) -> None:
     create_tables(Base.metadata)
-    assert source_ip_of(engine, PEER, headers, trusted_proxies=trusted) == PEER
+    options = {"trusted_proxies": trusted, "forwarded_header": forwarded_header}
+    assert source_ip_of(engine, PEER, headers, **options) == PEER
 
 
 @pytest.mark.parametrize(
     ("peer", "headers", "client"),
     [
-        ("10.0.0.1", [("X-Forwarded-For", "198.51.100.7")], "198.51.100.7"),
-        ("10.0.0.1", [("X-Forwarded-For", "198.51.100.7, 10.0.0.2, 10.9.9.9")], "198.51.100.7"),
-        ("10.0.0.1", [("X-Forwarded-For", "6.6.6.6, 198.51.100.7, 10.0.0.2")], "198.51.100.7"),
-        (
-            "10.0.0.1",
-            [("X-Forwarded-For", "6.6.6.6, 198.51.100.7"), ("X-Forwarded-For", "10.0.0.2")],
-            "198.51.100.7",
-        ),
-        ("10.0.0.1", [("X-Forwarded-For", "198.51.100.7:8080")], "198.51.100.7"),
-        ("10.0.0.1", [("X-Forwarded-For", "::ffff:198.51.100.7")], "198.51.100.7"),
-        ("10.0.0.1", [("X-Forwarded-For", "2001:DB9:0::0:1")], "2001:db9::1"),
-        ("2001:db8::1", [("X-Forwarded-For", "198.51.100.7, 2001:db8::2")], "198.51.100.7"),
-        ("::ffff:10.0.0.1", [("X-Forwarded-For", "198.51.100.7")], "198.51.100.7"),
-        (
-            "10.0.0.1",
-            [("Forwarded", 'for=6.6.6.6, for="[2001:db9::17]:4711";proto=https, for=10.0.0.3')],
-            "2001:db9::17",
-        ),
-        (
-            "10.0.0.1",
-            [("Forwarded", "for=198.51.100.7;proto=https"), ("X-Forwarded-For", "6.6.6.6")],
-            "198.51.100.7",
-        ),
+        ("10.0.0.1", [(XFF, "198.51.100.7")], CLIENT),
+        ("10.0.0.1", [(XFF, "198.51.100.7, 10.0.0.2, 10.9.9.9")], CLIENT),
+        ("10.0.0.1", [(XFF, "6.6.6.6, 198.51.100.7, 10.0.0.2")], CLIENT),
+        ("10.0.0.1", [(XFF, "6.6.6.6, 198.51.100.7"), (XFF, "10.0.0.2")], CLIENT),
+        ("10.0.0.1", [(XFF, "198.51.100.7:8080")], CLIENT),
+        ("10.0.0.1", [(XFF, "::ffff:198.51.100.7")], CLIENT),
+        ("10.0.0.1", [(XFF, "2001:DB9:0::0:1")], "2001:db9::1"),
+        ("2001:db8::1", [(XFF, "198.51.100.7, 2001:db8::2")], CLIENT),
+        ("::ffff:10.0.0.1", [(XFF, "198.51.100.7")], CLIENT),
         ("10.0.0.1", [], "10.0.0.1"),
-        ("10.0.0.1", [("X-Forwarded-For", "10.0.0.2, 10.0.0.3")], "10.0.0.2"),
+        ("10.0.0.1", [(XFF, "10.0.0.2, 10.0.0.3")], "10.0.0.2"),
     ],
     ids=[
         "one-hop",
@@ -736,8 +730,6 @@ def test_untrusted_peer_cannot_spoof_its_address(
         "v6-normalised",
         "v6-proxy",
         "v4-mapped-peer",
-        "forwarded",
-        "forwarded-wins-over-xff",
         "no-header",
         "all-trusted",
     ],
@@ -745,37 +737,208 @@ def test_untrusted_peer_cannot_spoof_its_address(
 def test_trusted_proxy_chain_yields_the_client(
     peer: str, headers: HeaderList, client: str, engine: sa.Engine, create_tables: Tables
 ) -> None:
+    """The default ``forwarded_header`` is X-Forwarded-For."""
     create_tables(Base.metadata)
     assert source_ip_of(engine, peer, headers, trusted_proxies=TRUSTED) == client
 
 
+@pytest.mark.parametrize(
+    ("peer", "headers", "client"),
+    [
+        ("10.0.0.1", [(FWD, "for=198.51.100.7")], CLIENT),
+        (
+            "10.0.0.1",
+            [(FWD, 'for=6.6.6.6, for="[2001:db9::17]:4711";proto=https, for=10.0.0.3')],
+            "2001:db9::17",
+        ),
+        ("10.0.0.1", [(FWD, "for=6.6.6.6, for=198.51.100.7"), (FWD, "for=10.0.0.2")], CLIENT),
+        ("10.0.0.1", [(FWD, 'For="198.51.100.7:8080";PROTO=https;by=10.0.0.1')], CLIENT),
+        ("10.0.0.1", [(FWD, "for=::ffff:198.51.100.7")], CLIENT),
+        ("2001:db8::1", [(FWD, 'for=198.51.100.7, for="[2001:db8::2]"')], CLIENT),
+        # An element without for= written by the client, left of our proxy's hop, does not matter.
+        ("10.0.0.1", [(FWD, "proto=http, for=198.51.100.7")], CLIENT),
+        ("10.0.0.1", [(FWD, "proto=http"), (FWD, "for=198.51.100.7;proto=https")], CLIENT),
+        ("10.0.0.1", [(FWD, "garbage;;,, for=198.51.100.7, for=10.0.0.2")], CLIENT),
+        ("10.0.0.1", [], "10.0.0.1"),
+        ("10.0.0.1", [(FWD, "for=10.0.0.2, for=10.0.0.3")], "10.0.0.2"),
+    ],
+    ids=[
+        "one-hop",
+        "v6-with-port",
+        "two-header-lines",
+        "case-port-and-params",
+        "v4-mapped",
+        "v6-proxy",
+        "client-element-without-for",
+        "client-line-without-for",
+        "client-garbage-on-the-left",
+        "no-header",
+        "all-trusted",
+    ],
+)
+def test_forwarded_setting_walks_the_rfc7239_chain(
+    peer: str, headers: HeaderList, client: str, engine: sa.Engine, create_tables: Tables
+) -> None:
+    create_tables(Base.metadata)
+    options = {"trusted_proxies": TRUSTED, "forwarded_header": "Forwarded"}
+    assert source_ip_of(engine, peer, headers, **options) == client
+
+
+@pytest.mark.parametrize("options", [{}, {"forwarded_header": XFF}], ids=["default", "explicit"])
+@pytest.mark.parametrize(
+    ("headers", "client"),
+    [
+        ([(FWD, "for=6.6.6.6"), (XFF, "198.51.100.7")], CLIENT),
+        ([(FWD, 'for="[2001:db9::66]"'), (XFF, "6.6.6.6, 198.51.100.7, 10.0.0.2")], CLIENT),
+        ([(FWD, "for=10.0.0.9, for=6.6.6.6"), (XFF, "198.51.100.7")], CLIENT),
+        # Our proxy added no X-Forwarded-For: the client's Forwarded is still not believed.
+        ([(FWD, "for=6.6.6.6")], "10.0.0.1"),
+        ([(FWD, "for=6.6.6.6"), (XFF, "garbage")], "10.0.0.1"),
+    ],
+    ids=["forwarded-then-xff", "chain", "forwarded-names-a-proxy", "no-xff", "garbage-xff"],
+)
+def test_default_setting_ignores_a_forwarded_header_sent_by_the_client(
+    options: dict[str, str],
+    headers: HeaderList,
+    client: str,
+    engine: sa.Engine,
+    create_tables: Tables,
+) -> None:
+    """Our proxies maintain X-Forwarded-For; a Forwarded header can only come from the client."""
+    create_tables(Base.metadata)
+    assert source_ip_of(engine, "10.0.0.1", headers, trusted_proxies=TRUSTED, **options) == client
+
+
+@pytest.mark.parametrize(
+    ("headers", "client"),
+    [
+        ([(XFF, "6.6.6.6"), (FWD, "for=198.51.100.7")], CLIENT),
+        (
+            [(XFF, "6.6.6.6, 10.0.0.2"), (FWD, "for=203.0.113.9;proto=https, for=10.0.0.3")],
+            "203.0.113.9",
+        ),
+        # Our proxy added no Forwarded: the client's X-Forwarded-For is still not believed.
+        ([(XFF, "6.6.6.6")], "10.0.0.1"),
+        ([(XFF, "6.6.6.6"), (FWD, "for=unknown")], "10.0.0.1"),
+    ],
+    ids=["xff-then-forwarded", "chains", "no-forwarded", "unknown-forwarded"],
+)
+def test_forwarded_setting_ignores_x_forwarded_for(
+    headers: HeaderList, client: str, engine: sa.Engine, create_tables: Tables
+) -> None:
+    create_tables(Base.metadata)
+    options = {"trusted_proxies": TRUSTED, "forwarded_header": "Forwarded"}
+    assert source_ip_of(engine, "10.0.0.1", headers, **options) == client
+
+
+@pytest.mark.parametrize(
+    ("value", "client"),
+    [
+        ("forwarded", CLIENT),
+        ("FORWARDED", CLIENT),
+        ("x-forwarded-for", "203.0.113.9"),
+        ("X-FORWARDED-FOR", "203.0.113.9"),
+    ],
+)
+def test_forwarded_header_option_is_case_insensitive(
+    value: str, client: str, engine: sa.Engine, create_tables: Tables
+) -> None:
+    create_tables(Base.metadata)
+    headers = [(FWD, "for=198.51.100.7"), (XFF, "203.0.113.9")]
+    options = {"trusted_proxies": TRUSTED, "forwarded_header": value}
+    assert source_ip_of(engine, "10.0.0.1", headers, **options) == client
+
+
+@pytest.mark.parametrize(
+    ("peer", "trusted", "client"),
+    [
+        ("10.0.0.1", ["::ffff:10.0.0.0/104"], CLIENT),
+        ("10.0.0.1", ["::ffff:10.0.0.1"], CLIENT),
+        ("::ffff:10.0.0.1", ["::ffff:10.0.0.1"], CLIENT),
+        ("::ffff:10.0.0.1", ["10.0.0.1"], CLIENT),
+        ("10.1.0.1", ["::ffff:10.0.0.0/112"], "10.1.0.1"),  # outside the mapped network
+    ],
+)
+def test_trusted_proxies_written_as_ipv4_mapped_ipv6_are_trusted(
+    peer: str, trusted: list[str], client: str, engine: sa.Engine, create_tables: Tables
+) -> None:
+    create_tables(Base.metadata)
+    headers = {XFF: "6.6.6.6, 198.51.100.7"}
+    assert source_ip_of(engine, peer, headers, trusted_proxies=trusted) == client
+
+
+PADDED: list[tuple[str, HeaderList]] = [
+    (XFF, [(XFF, "x" * 10_000 + ", 198.51.100.7")]),
+    (XFF, [(XFF, "9" * 10_000 + ", 198.51.100.7, 10.0.0.2")]),
+    (XFF, [(XFF, ", ".join(["6.6.6.6"] * 1000) + ", 198.51.100.7")]),
+    (XFF, [(XFF, "," * 10_000 + "198.51.100.7")]),
+    (XFF, [(XFF, "x" * 10_000), (XFF, "198.51.100.7, 10.0.0.2")]),
+    (XFF, [(XFF, "6.6.6.6")] * 500 + [(XFF, "198.51.100.7")]),
+    (FWD, [(FWD, 'for="' + "x" * 10_000 + '", for=198.51.100.7')]),
+    (FWD, [(FWD, "proto=http;" + "a=b;" * 3000 + ", for=198.51.100.7;proto=https")]),
+    (FWD, [(FWD, ", ".join(["for=6.6.6.6"] * 1000) + ", for=198.51.100.7, for=10.0.0.2")]),
+    (FWD, [(FWD, "x" * 10_000), (FWD, "for=198.51.100.7")]),
+]
+PADDED_IDS = [
+    "xff-10kb-letters",
+    "xff-10kb-digits",
+    "xff-1000-hops",
+    "xff-10k-commas",
+    "xff-10kb-line",
+    "xff-500-lines",
+    "forwarded-10kb-quoted",
+    "forwarded-12kb-params",
+    "forwarded-1000-elements",
+    "forwarded-10kb-line",
+]
+
+
+@pytest.mark.parametrize("peer", ["10.0.0.1", PEER], ids=["trusted-peer", "untrusted-peer"])
+@pytest.mark.parametrize(("forwarded_header", "headers"), PADDED, ids=PADDED_IDS)
+def test_huge_client_padding_left_of_the_proxy_hop_does_not_hide_the_client(
+    peer: str,
+    forwarded_header: str,
+    headers: HeaderList,
+    engine: sa.Engine,
+    create_tables: Tables,
+) -> None:
+    """Only the tail is read: the hop our proxy appended on the right is still found."""
+    create_tables(Base.metadata)
+    options = {"trusted_proxies": TRUSTED, "forwarded_header": forwarded_header}
+    expected = CLIENT if peer == "10.0.0.1" else PEER
+    assert source_ip_of(engine, peer, headers, **options) == expected
+
+
 GARBAGE: list[HeaderList] = [
-    [("X-Forwarded-For", "garbage")],
-    [("X-Forwarded-For", "")],
-    [("X-Forwarded-For", ",,,")],
-    [("X-Forwarded-For", "unknown")],
-    [("X-Forwarded-For", "198.51.100.7, unknown")],
-    [("X-Forwarded-For", "198.51.100.7 10.0.0.2")],
-    [("X-Forwarded-For", "1.2.3.4.5")],
-    [("X-Forwarded-For", "999.1.1.1")],
-    [("X-Forwarded-For", "198.51.100.7:http")],
-    [("X-Forwarded-For", "[2001:db9::1")],
-    [("X-Forwarded-For", "[2001:db9::1]x")],
-    [("X-Forwarded-For", "fe80::1%eth0")],
-    [("X-Forwarded-For", "198.51.100.7/24")],
-    [("X-Forwarded-For", "0x7f.1")],
-    [("X-Forwarded-For", "-1.0.0.0")],
-    [("X-Forwarded-For", "'; DROP TABLE starlette_accounts; --")],
-    [("X-Forwarded-For", b"198.51.100.7\xff")],
-    [("X-Forwarded-For", b"\xc3\xa9")],
-    [("Forwarded", "for=")],
-    [("Forwarded", "by=198.51.100.7")],
-    [("Forwarded", "for=198.51.100.7, proto=https")],
-    [("Forwarded", 'for="_hidden"')],
-    [("Forwarded", "for=unknown")],
-    [("Forwarded", 'for="[2001:db9::1"')],
-    [("Forwarded", "garbage"), ("X-Forwarded-For", "198.51.100.7")],
-    [("Forwarded", ";;;,,,===")],
+    [(XFF, "garbage")],
+    [(XFF, "")],
+    [(XFF, ",,,")],
+    [(XFF, "unknown")],
+    [(XFF, "198.51.100.7, unknown")],
+    [(XFF, "198.51.100.7 10.0.0.2")],
+    [(XFF, "1.2.3.4.5")],
+    [(XFF, "999.1.1.1")],
+    [(XFF, "198.51.100.7:http")],
+    [(XFF, "[2001:db9::1")],
+    [(XFF, "[2001:db9::1]x")],
+    [(XFF, "fe80::1%eth0")],
+    [(XFF, "198.51.100.7/24")],
+    [(XFF, "0x7f.1")],
+    [(XFF, "-1.0.0.0")],
+    [(XFF, "'; DROP TABLE starlette_accounts; --")],
+    [(XFF, b"198.51.100.7\xff")],
+    [(XFF, b"\xc3\xa9")],
+    [(XFF, "198.51.100.7,")],
+    [(FWD, "for=")],
+    [(FWD, "by=198.51.100.7")],
+    [(FWD, "for=198.51.100.7, proto=https")],
+    [(FWD, "for=198.51.100.7"), (FWD, "proto=https;by=10.0.0.1")],
+    [(FWD, 'for="_hidden"')],
+    [(FWD, "for=unknown")],
+    [(FWD, "for=198.51.100.7, for=unknown")],
+    [(FWD, 'for="[2001:db9::1"')],
+    [(FWD, "garbage"), (XFF, "198.51.100.7")],
+    [(FWD, ";;;,,,===")],
 ]
 
 
@@ -783,27 +946,73 @@ GARBAGE: list[HeaderList] = [
 def test_garbage_forwarded_headers_record_the_peer(
     headers: HeaderList, engine: sa.Engine, create_tables: Tables
 ) -> None:
+    """Garbage in the header that is read (the first one of each case): the proxy is recorded."""
     create_tables(Base.metadata)
-    assert source_ip_of(engine, "10.0.0.1", headers, trusted_proxies=TRUSTED) == "10.0.0.1"
+    options = {"trusted_proxies": TRUSTED, "forwarded_header": headers[0][0]}
+    assert source_ip_of(engine, "10.0.0.1", headers, **options) == "10.0.0.1"
 
 
 @pytest.mark.parametrize("peer", ["10.0.0.1", PEER], ids=["trusted-peer", "untrusted-peer"])
 @pytest.mark.parametrize(
-    "headers",
+    ("forwarded_header", "headers", "client"),
     [
-        [("X-Forwarded-For", "198.51.100.7, " * 700 + "10.0.0.2")],
-        [("Forwarded", "for=198.51.100.7, " * 600 + "for=10.0.0.2")],
-        [("X-Forwarded-For", "198.51.100.7")] * 500 + [("X-Forwarded-For", "10.0.0.2")],
-        [("X-Forwarded-For", "9" * 10_240)],
-        [("X-Forwarded-For", "198.51.100.7"), ("Forwarded", "for=10.0.0.2;" + "x" * 10_240)],
+        (XFF, [(XFF, "198.51.100.7, " * 700 + "10.0.0.2")], CLIENT),
+        (FWD, [(FWD, "for=198.51.100.7, " * 600 + "for=10.0.0.2")], CLIENT),
+        (XFF, [(XFF, "198.51.100.7")] * 500 + [(XFF, "10.0.0.2")], CLIENT),
+        # One entry longer than the tail that is read: it cannot be verified, the proxy is kept.
+        (XFF, [(XFF, "9" * 10_240)], "10.0.0.1"),
+        (FWD, [(FWD, "for=10.0.0.2;" + "x" * 10_240)], "10.0.0.1"),
+        # The header that is not read may be as large as it likes.
+        (XFF, [(XFF, "198.51.100.7"), (FWD, "for=10.0.0.2;" + "x" * 10_240)], CLIENT),
+        (FWD, [(FWD, "for=198.51.100.7"), (XFF, "9" * 10_240)], CLIENT),
+        # More than 32 trusted hops: the walk stops at a hop, never at the far left.
+        (XFF, [(XFF, "6.6.6.6, " + ", ".join(f"10.0.0.{i}" for i in range(1, 41)))], "10.0.0.9"),
     ],
-    ids=["xff-10kb", "forwarded-10kb", "xff-500-lines", "xff-10kb-digits", "forwarded-10kb-param"],
+    ids=[
+        "xff-10kb",
+        "forwarded-10kb",
+        "xff-500-lines",
+        "xff-10kb-digits",
+        "forwarded-10kb-param",
+        "xff-read-forwarded-10kb",
+        "forwarded-read-xff-10kb",
+        "xff-40-trusted-hops",
+    ],
 )
-def test_oversized_forwarded_headers_record_the_peer(
-    peer: str, headers: HeaderList, engine: sa.Engine, create_tables: Tables
+def test_oversized_forwarded_headers_are_read_from_the_tail(
+    peer: str,
+    forwarded_header: str,
+    headers: HeaderList,
+    client: str,
+    engine: sa.Engine,
+    create_tables: Tables,
 ) -> None:
+    """A trusted chain yields what its right end says; an untrusted peer is always the peer."""
     create_tables(Base.metadata)
-    assert source_ip_of(engine, peer, headers, trusted_proxies=TRUSTED) == peer
+    options = {"trusted_proxies": TRUSTED, "forwarded_header": forwarded_header}
+    expected = client if peer == "10.0.0.1" else PEER
+    assert source_ip_of(engine, peer, headers, **options) == expected
+
+
+@pytest.mark.parametrize(
+    ("forwarded_header", "headers"),
+    [
+        (XFF, [(XFF, "6.6.6.6, " + "1" * 5000 + ", 10.0.0.2")]),
+        (XFF, [(XFF, "6.6.6.6"), (XFF, "1" * 5000), (XFF, "10.0.0.2")]),
+        (FWD, [(FWD, "for=6.6.6.6, for=10.0.0.3;x=" + "y" * 5000 + ", for=10.0.0.2")]),
+        (FWD, [(FWD, "for=6.6.6.6"), (FWD, "for=10.0.0.3;x=" + "y" * 5000), (FWD, "for=10.0.0.2")]),
+    ],
+    ids=["xff-one-line", "xff-three-lines", "forwarded-one-line", "forwarded-three-lines"],
+)
+def test_an_entry_cut_by_the_length_limit_stops_the_walk(
+    forwarded_header: str, headers: HeaderList, engine: sa.Engine, create_tables: Tables
+) -> None:
+    """An entry only partly read is unverifiable, like garbage: the walk stops at the last
+    verified hop, whether the proxies joined the header into one line or sent several (the same
+    header either way), and never reaches what lies further left."""
+    create_tables(Base.metadata)
+    options = {"trusted_proxies": TRUSTED, "forwarded_header": forwarded_header}
+    assert source_ip_of(engine, "10.0.0.1", headers, **options) == "10.0.0.2"
 
 
 def test_peer_without_an_ip_address_records_no_source_ip(
@@ -841,6 +1050,14 @@ BAD_OPTIONS: list[dict[str, Any]] = [
     {"request_id_max_length": True},
     {"request_id_header": None},
     {"actor": "alice"},
+    {"forwarded_header": "X-Real-IP"},
+    {"forwarded_header": ""},
+    {"forwarded_header": None},
+    {"forwarded_header": "X-Forwarded-For, Forwarded"},
+    {"forwarded_header": ["Forwarded"]},
+    {"forwarded_header": " Forwarded"},
+    {"forwarded_header": "X-Forwarded"},
+    {"forwarded_header": b"Forwarded"},
 ]
 
 
@@ -853,7 +1070,16 @@ def test_bad_configuration_raises_at_construction(options: dict[str, Any]) -> No
         AuditContextMiddleware(inner, **options)
 
 
-@pytest.mark.parametrize("options", BAD_OPTIONS[:1] + BAD_OPTIONS[5:6] + BAD_OPTIONS[14:15])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"trusted_proxies": ["not-an-ip"]},
+        {"request_id_header": ""},
+        {"request_id_max_length": 129},
+        {"forwarded_header": "X-Real-IP"},
+    ],
+    ids=repr,
+)
 def test_bad_configuration_fails_the_app_before_any_request_is_served(
     options: dict[str, Any],
 ) -> None:
