@@ -1247,14 +1247,21 @@ class _StatementCounter:
         event.remove(self.engine, "before_cursor_execute", self)
 
 
-def test_one_history_insert_per_flush(create_tables: CreateTables, sessions: Sessions) -> None:
+def test_one_history_insert_per_transaction(
+    create_tables: CreateTables, sessions: Sessions
+) -> None:
+    # History rows wait for the commit, which writes them in one statement per history table,
+    # however many flushes the transaction had.
     engine = create_tables(Base.metadata)
     table = history_table(Item)
     with sessions() as session:
-        session.add_all([Item(id=i, name=f"n{i}") for i in range(1, 51)])
         with _StatementCounter(engine, table) as counter:
+            session.add_all([Item(id=i, name=f"n{i}") for i in range(1, 26)])
             session.flush()
-        session.commit()
+            assert counter.statements == [], "nothing is written before the commit"
+            session.add_all([Item(id=i, name=f"n{i}") for i in range(26, 51)])
+            session.flush()
+            session.commit()
     assert len(counter.statements) == 1, counter.statements
     assert counter.statements[0][0].lstrip().upper().startswith("INSERT")
     assert count(engine, table) == 50
@@ -1270,7 +1277,7 @@ def test_one_history_insert_per_flush(create_tables: CreateTables, sessions: Ses
             item.name = item.name.upper()
         with _StatementCounter(engine, table) as counter2:
             session.flush()
-        session.commit()
+            session.commit()
     assert len(counter2.statements) == 1, counter2.statements
     assert count(engine, table) == 50 + 30 + 10 + 10 + 20
     versions = read(sessions, Item, 5)

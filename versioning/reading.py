@@ -20,6 +20,7 @@ from versioning.encoding import decode
 from versioning.errors import ArgumentError, VersioningError
 from versioning.operation import Operation
 from versioning.schema import CHANGES, OPERATION, TRANSACTION_ID, VERSION_ID
+from versioning.transaction import write_pending
 
 __all__ = ["Transaction", "Version", "as_of", "history"]
 
@@ -183,6 +184,7 @@ def history(session: Session, target: Any, pk: Any = _MISSING) -> list[Version]:
         .where(*_filters(spec, key))
         .order_by(history_table.c[TRANSACTION_ID], history_table.c[VERSION_ID])
     )
+    write_pending(session)
     connection = session.connection(bind_arguments={"mapper": spec.mapper})
     versions = []
     for row in connection.execute(statement).mappings():
@@ -226,6 +228,7 @@ def version_at(
         .order_by(history_table.c[TRANSACTION_ID].desc(), history_table.c[VERSION_ID].desc())
         .limit(1)
     )
+    write_pending(session)
     connection = session.connection(bind_arguments={"mapper": spec.mapper})
     row = connection.execute(statement).mappings().first()
     if row is None:

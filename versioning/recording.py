@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 from versioning.declaration import ModelSpec
 from versioning.encoding import encode
 from versioning.operation import Operation
-from versioning.schema import CHANGES, OPERATION, TRANSACTION_ID
-from versioning.transaction import session_state, transaction_id
+from versioning.schema import CHANGES, OPERATION
+from versioning.transaction import record
 
 __all__ = ["Change", "write_changes"]
 
@@ -41,32 +41,20 @@ class Change:
 
 
 def write_changes(session: Session, changes: list[Change]) -> None:
-    """Write the history rows of ``changes`` (updates that change nothing are dropped)."""
-    tracker = session_state(session)
-    grouped: dict[sa.Table, list[dict[str, Any]]] = {}
-    connections: dict[sa.Table, tuple[Connection, ModelSpec]] = {}
+    """Record the history rows of ``changes`` (updates that change nothing are dropped)."""
+    grouped: dict[sa.Table, tuple[Connection, ModelSpec, list[dict[str, Any]]]] = {}
     for change in changes:
         spec = change.spec
-        history = spec.history
-        if history not in connections:
+        entry = grouped.get(spec.history)
+        if entry is None:
             connection = session.connection(bind_arguments={"mapper": spec.mapper})
-            connections[history] = (connection, spec)
-        connection = connections[history][0]
-        row = _history_row(change, connection)
+            entry = grouped[spec.history] = (connection, spec, [])
+        row = _history_row(change, entry[0])
         if row is not None:
-            grouped.setdefault(history, []).append(row)
-    for history, rows in grouped.items():
-        connection, spec = connections[history]
-        tx_id = transaction_id(session, tracker, connection, spec.transactions)
-        template = dict.fromkeys(history.c.keys())
-        del template[history.primary_key.columns.keys()[0]]
-        batch = []
-        for row in rows:
-            full = template.copy()
-            full.update(row)
-            full[TRANSACTION_ID] = tx_id
-            batch.append(full)
-        connection.execute(history.insert(), batch)
+            entry[2].append(row)
+    for history, (connection, spec, rows) in grouped.items():
+        if rows:
+            record(session, connection, spec.transactions, spec.root.mapper, history, rows)
 
 
 def _history_row(change: Change, connection: Connection) -> dict[str, Any] | None:

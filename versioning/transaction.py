@@ -1,9 +1,16 @@
 """The transaction row: one per database transaction that changes versioned records.
 
-Its state lives with the session (``session.info``), never in module globals: the id of the row
-written in the current database transaction, per database and transaction table, and which
-``SessionTransaction`` (savepoint) wrote it — so that rolling that savepoint back also forgets the
-row, and a later flush writes a new one.
+History rows of a database transaction are kept in memory until it commits; then, in
+``before_commit``, the session is flushed one last time, the transaction row is written and all
+history rows follow in one multi-row ``INSERT`` per history table — still inside the database
+transaction, so data and history commit or roll back together. Allocating the transaction id at
+commit, after every row lock of the transaction is held, makes the ids of one record's history
+follow commit order even under concurrency. The audit context is taken at the first versioned
+flush. Flushes after that point (from other ``before_commit`` hooks) are written at once.
+
+Everything lives with the session (``session.info``), never in module globals. Rows noted inside a
+savepoint are dropped when that savepoint rolls back; all is dropped when the transaction ends.
+Reading history inside a transaction writes what was noted so far first (see write_pending).
 """
 
 from __future__ import annotations
@@ -15,28 +22,42 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import InstanceState, Session, SessionTransaction
+from sqlalchemy.orm import InstanceState, Mapper, Session, SessionTransaction
 
-from versioning.context import current_context
+from versioning.context import AuditContext, current_context
+from versioning.schema import TRANSACTION_ID
 
-__all__ = ["SessionState", "existing_state", "session_state", "transaction_id"]
+__all__ = ["SessionState", "existing_state", "record", "session_state", "write_pending"]
 
 _KEY = "_versioning"
 
 
 @dataclass(eq=False)
-class _TxRow:
-    id: int
-    written_in: SessionTransaction
-    has_reason: bool
+class _Pending:
+    """History rows waiting for their transaction row, and where they were noted."""
+
+    noted_in: SessionTransaction
+    history: sa.Table
+    rows: list[dict[str, Any]]
+
+
+@dataclass(eq=False)
+class _Group:
+    """One database (engine) and transaction table within the current database transaction."""
+
+    table: sa.Table
+    mapper: Mapper[Any]
+    context: AuditContext
+    pending: list[_Pending] = field(default_factory=list)
+    tx_id: int | None = None
+    has_reason: bool = False
 
 
 @dataclass(eq=False)
 class SessionState:
     """Per-session bookkeeping of the capture. Reset at the end of each database transaction."""
 
-    root: SessionTransaction | None = None
-    rows: dict[tuple[Any, str], _TxRow] = field(default_factory=dict)
+    groups: dict[tuple[Any, str], _Group] = field(default_factory=dict)
     #: What restores in this transaction asked to be written as its reason.
     notes: list[str] = field(default_factory=list)
     #: Values of versioned records loaded before the flush (batched), by state.
@@ -66,31 +87,59 @@ def session_state(session: Session) -> SessionState:
     return state
 
 
-def transaction_id(
-    session: Session, state: SessionState, connection: Connection, table: sa.Table
-) -> int:
-    """Id of the transaction row of the current database transaction, written on first need."""
-    root = session.get_transaction()
-    if state.root is not root:
-        state.root = root
-        state.rows.clear()
-    key = (connection.engine, table.fullname)
-    row = state.rows.get(key)
-    if row is not None:
-        if state.notes and not row.has_reason and current_context().reason is None:
+def record(
+    session: Session,
+    connection: Connection,
+    transactions: sa.Table,
+    mapper: Mapper[Any],
+    history: sa.Table,
+    rows: list[dict[str, Any]],
+) -> None:
+    """Note history rows of the current database transaction (written at commit)."""
+    state = session_state(session)
+    key = (connection.engine, transactions.fullname)
+    group = state.groups.get(key)
+    if group is None:
+        # The context in force at the first versioned flush is the transaction's.
+        group = state.groups[key] = _Group(transactions, mapper, current_context())
+    if group.tx_id is not None:
+        if state.notes and not group.has_reason:
+            # A restore after the row was written early (see write_pending): say so.
             connection.execute(
-                table.update()
-                .where(table.c.id == row.id, table.c.reason.is_(None))
+                transactions.update()
+                .where(transactions.c.id == group.tx_id, transactions.c.reason.is_(None))
                 .values(reason="; ".join(state.notes))
             )
-            row.has_reason = True
-        return row.id
-    context = current_context()
+            group.has_reason = True
+        _insert_history(connection, history, rows, group.tx_id)
+        return
+    noted_in = session.get_nested_transaction() or session.get_transaction()
+    assert noted_in is not None
+    group.pending.append(_Pending(noted_in, history, rows))
+
+
+def _insert_history(
+    connection: Connection, history: sa.Table, rows: list[dict[str, Any]], tx_id: int
+) -> None:
+    template = dict.fromkeys(history.c.keys())
+    del template[history.primary_key.columns.keys()[0]]
+    batch = []
+    for row in rows:
+        full = template.copy()
+        full.update(row)
+        full[TRANSACTION_ID] = tx_id
+        batch.append(full)
+    connection.execute(history.insert(), batch)
+
+
+def _write_group(session: Session, state: SessionState, group: _Group) -> None:
+    connection = session.connection(bind_arguments={"mapper": group.mapper})
+    context = group.context
     reason = context.reason
     if reason is None and state.notes:
         reason = "; ".join(state.notes)
     result = connection.execute(
-        table.insert().values(
+        group.table.insert().values(
             issued_at=dt.datetime.now(dt.UTC),
             actor=context.actor,
             source_ip=context.source_ip,
@@ -101,24 +150,65 @@ def transaction_id(
     )
     pk = result.inserted_primary_key
     assert pk is not None
-    written_in = session.get_nested_transaction() or root
-    assert written_in is not None
-    state.rows[key] = _TxRow(int(pk[0]), written_in, reason is not None)
-    return int(pk[0])
+    group.tx_id = int(pk[0])
+    group.has_reason = reason is not None
+    by_table: dict[sa.Table, list[dict[str, Any]]] = {}
+    for pending in group.pending:
+        by_table.setdefault(pending.history, []).extend(pending.rows)
+    group.pending.clear()
+    for history, rows in by_table.items():
+        _insert_history(connection, history, rows, group.tx_id)
+
+
+def write_pending(session: Session) -> None:
+    """Write the history noted so far in this transaction, so that reading it shows it.
+
+    Called by the readers. The transaction id is then allocated now rather than at commit.
+    Inside a savepoint nothing is written (it could be rolled back with the savepoint while the
+    changes it records stay): the reads then show the history committed before.
+    """
+    state = existing_state(session)
+    if state is None or session.in_nested_transaction():
+        return
+    for group in state.groups.values():
+        if group.tx_id is None and group.pending:
+            _write_group(session, state, group)
+
+
+@event.listens_for(Session, "before_commit")
+def _write_at_commit(session: Session) -> None:
+    if session.in_nested_transaction():
+        return  # a savepoint is released: the database transaction goes on
+    state = existing_state(session)
+    if state is None and not session.dirty and not session.new and not session.deleted:
+        return
+    # Take every row lock of the transaction before its id is allocated.
+    session.flush()
+    state = existing_state(session)
+    if state is None:
+        return
+    for group in state.groups.values():
+        if group.tx_id is None and group.pending:
+            _write_group(session, state, group)
 
 
 @event.listens_for(Session, "after_soft_rollback")
 def _forget_rolled_back(session: Session, previous_transaction: SessionTransaction) -> None:
     state = existing_state(session)
-    if state is None or not state.rows:
+    if state is None:
         return
-    for key, row in list(state.rows.items()):
-        transaction: SessionTransaction | None = row.written_in
-        while transaction is not None:
-            if transaction is previous_transaction:
-                del state.rows[key]
-                break
-            transaction = transaction.parent
+    for key, group in list(state.groups.items()):
+        group.pending = [p for p in group.pending if not _within(p.noted_in, previous_transaction)]
+        if group.tx_id is None and not group.pending:
+            del state.groups[key]
+
+
+def _within(transaction: SessionTransaction | None, ancestor: SessionTransaction) -> bool:
+    while transaction is not None:
+        if transaction is ancestor:
+            return True
+        transaction = transaction.parent
+    return False
 
 
 @event.listens_for(Session, "after_transaction_end")
