@@ -1,0 +1,125 @@
+"""Reading and restoring history from asyncio code, on a SQLAlchemy ``AsyncSession``.
+
+Writes need nothing from this module: the capture hooks listen on every ``Session``, including the
+one inside each ``AsyncSession``, and the audit context (a ``ContextVar``) follows the task that
+flushes. Reads and restores do: the functions of :mod:`versioning` take a sync ``Session`` and do
+I/O, which raises ``MissingGreenlet`` when called from a coroutine. The functions here are their
+async forms, with the same arguments, results and errors::
+
+    import versioning.asyncio
+
+    versions = await versioning.asyncio.history(async_session, Order, 1)
+    old = await versioning.asyncio.as_of(async_session, Order, 1, transaction_id)
+    live = await versioning.asyncio.restore(async_session, Order, 1, at=moment)
+    await async_session.commit()
+
+Each one runs its sync form through ``AsyncSession.run_sync``, so it uses the session's
+connection and transaction. What they return is safe to use in async code without further I/O:
+:class:`~versioning.Version` and :class:`~versioning.Transaction` are plain frozen dataclasses,
+``as_of`` returns a transient instance holding the recorded state, and ``restore`` returns the live
+instance with all its column attributes loaded. Relationships of that instance load lazily, as
+ever in SQLAlchemy: use ``AsyncAttrs.awaitable_attrs`` or an eager loader to read them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+from versioning import reading, restoring
+from versioning.errors import ArgumentError
+from versioning.reading import _MISSING, Version
+
+__all__ = ["as_of", "history", "restore", "version_at"]
+
+T = TypeVar("T")
+
+# The sync functions, each taking every argument its overloads allow.
+_history: Callable[..., list[Version]] = reading.history
+_as_of: Callable[..., Any] = reading.as_of
+_restore: Callable[..., Any] = restoring.restore
+
+
+def _check(session: object, name: str) -> AsyncSession:
+    if not isinstance(session, AsyncSession):
+        raise ArgumentError(
+            f"versioning.asyncio.{name}() takes an AsyncSession, got {session!r}; "
+            f"with a sync Session, call versioning.{name}()"
+        )
+    return session
+
+
+async def history(session: AsyncSession, target: Any, pk: Any = _MISSING) -> list[Version]:
+    """Every version of a record, oldest first: the async form of :func:`versioning.history`.
+
+    Call as ``await history(session, obj)`` or ``await history(session, Model, pk)``. Each
+    version's ``transaction`` is filled in; ``[]`` for a key that never existed.
+    """
+    return await _check(session, "history").run_sync(_history, target, pk)
+
+
+async def version_at(
+    session: AsyncSession, model: type[Any], pk: Any, at: dt.datetime | int
+) -> Version | None:
+    """The latest version of a record at ``at`` (a delete included), or ``None``.
+
+    The async form of ``versioning.reading.version_at``. ``at`` is a transaction id or a
+    timezone-aware ``datetime``; the version's ``transaction`` is not filled in.
+    """
+    return await _check(session, "version_at").run_sync(reading.version_at, model, pk, at)
+
+
+@overload
+async def as_of(
+    session: AsyncSession, model: type[T], pk: Any, at: dt.datetime | int
+) -> T | None: ...
+@overload
+async def as_of(session: AsyncSession, model: Any, pk: Any, at: dt.datetime | int) -> Any: ...
+async def as_of(session: AsyncSession, model: Any, pk: Any, at: dt.datetime | int) -> Any:
+    """The record as it was at ``at``, or ``None``: the async form of :func:`versioning.as_of`.
+
+    ``at`` is a timezone-aware ``datetime`` or a transaction id. The result is a new transient
+    instance, not in the session, holding the recorded state (masked columns hold the mask's
+    output, excluded columns are unset); reading its attributes does no I/O.
+    """
+    return await _check(session, "as_of").run_sync(_as_of, model, pk, at)
+
+
+def _restore_loaded(session: Session, target: Any, pk: Any, at: dt.datetime | int | None) -> Any:
+    """Restore, then load every column attribute the flush left unloaded (server values)."""
+    live = _restore(session, target, pk, at=at)
+    state = sa.inspect(live)
+    unloaded = state.unloaded
+    missing = [prop.key for prop in state.mapper.column_attrs if prop.key in unloaded]
+    if missing:
+        session.refresh(live, attribute_names=missing)
+    return live
+
+
+@overload
+async def restore(session: AsyncSession, target: Version) -> Any: ...
+@overload
+async def restore(
+    session: AsyncSession, target: type[Any], pk: Any, *, at: dt.datetime | int
+) -> Any: ...
+async def restore(
+    session: AsyncSession,
+    target: Any,
+    pk: Any = _MISSING,
+    *,
+    at: dt.datetime | int | None = None,
+) -> Any:
+    """Put a record back to a version: the async form of :func:`versioning.restore`.
+
+    ``await restore(session, version)`` or ``await restore(session, Model, pk, at=...)``. The
+    restore is flushed at once and the live instance is returned with all its column attributes
+    loaded (defaults and server-side values included); the caller commits. A constraint the
+    restore would violate raises :class:`~versioning.RestoreConflictError` here, with data and
+    history unchanged: call ``await session.rollback()`` before going on.
+    """
+    return await _check(session, "restore").run_sync(_restore_loaded, target, pk, at)
