@@ -1254,14 +1254,13 @@ def test_one_history_insert_per_transaction(
     # however many flushes the transaction had.
     engine = create_tables(Base.metadata)
     table = history_table(Item)
-    with sessions() as session:
-        with _StatementCounter(engine, table) as counter:
-            session.add_all([Item(id=i, name=f"n{i}") for i in range(1, 26)])
-            session.flush()
-            assert counter.statements == [], "nothing is written before the commit"
-            session.add_all([Item(id=i, name=f"n{i}") for i in range(26, 51)])
-            session.flush()
-            session.commit()
+    with sessions() as session, _StatementCounter(engine, table) as counter:
+        session.add_all([Item(id=i, name=f"n{i}") for i in range(1, 26)])
+        session.flush()
+        assert counter.statements == [], "nothing is written before the commit"
+        session.add_all([Item(id=i, name=f"n{i}") for i in range(26, 51)])
+        session.flush()
+        session.commit()
     assert len(counter.statements) == 1, counter.statements
     assert counter.statements[0][0].lstrip().upper().startswith("INSERT")
     assert count(engine, table) == 50

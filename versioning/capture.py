@@ -101,7 +101,6 @@ def _before_flush(session: Session, flush_context: UOWTransaction, instances: ob
                 and _needs_pre_image(state, spec, deleting)
             ):
                 wanted.setdefault(state.mapper, []).append((_identity(state, spec), state))
-    session.info[_WRITING] = uncaptured.enter_writing()
     tracker = existing_state(session)
     if tracker is not None:
         tracker.start_flush()
@@ -164,14 +163,28 @@ def _note_before(state: InstanceState[Any], connection: Connection, deleting: bo
     tracker.changed[state] = changed
 
 
+def _mark_flush(state: InstanceState[Any]) -> None:
+    """Let :func:`versioning.guard_writes` recognise this flush's own statements."""
+    session = state.session
+    if session is not None and _WRITING not in session.info:
+        session.info[_WRITING] = uncaptured.enter_flush()
+
+
+def _before_insert(mapper: Mapper[Any], connection: Connection, state: InstanceState[Any]) -> None:
+    _mark_flush(state)
+
+
 def _before_update(mapper: Mapper[Any], connection: Connection, state: InstanceState[Any]) -> None:
+    _mark_flush(state)
     _note_before(state, connection, deleting=False)
 
 
 def _before_delete(mapper: Mapper[Any], connection: Connection, state: InstanceState[Any]) -> None:
+    _mark_flush(state)
     _note_before(state, connection, deleting=True)
 
 
+event.listen(Versioned, "before_insert", _before_insert, propagate=True, raw=True)
 event.listen(Versioned, "before_update", _before_update, propagate=True, raw=True)
 event.listen(Versioned, "before_delete", _before_delete, propagate=True, raw=True)
 
@@ -203,6 +216,7 @@ def _after_values(
 
 @event.listens_for(Session, "after_flush")
 def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
+    _end_flush_mark(session)
     tracker = existing_state(session)
     before_map = tracker.before if tracker is not None else {}
     deletes: list[Change] = []
@@ -292,15 +306,12 @@ def _complete(
             after.setdefault(key, values[key])
 
 
-@event.listens_for(Session, "after_flush_postexec")
-def _flush_done(session: Session, flush_context: UOWTransaction) -> None:
+def _end_flush_mark(session: Session) -> None:
     token = session.info.pop(_WRITING, None)
     if token is not None:
-        uncaptured.leave_writing(token)
+        uncaptured.leave_flush(token)
 
 
 @event.listens_for(Session, "after_soft_rollback")
 def _flush_failed(session: Session, previous_transaction: object) -> None:
-    token = session.info.pop(_WRITING, None)
-    if token is not None:
-        uncaptured.leave_writing(token)
+    _end_flush_mark(session)

@@ -48,6 +48,11 @@ def _capture(orm: ORMExecuteState) -> Result[Any] | None:
     spec = spec_of(mapper) if mapper is not None else None
     if spec is None:
         return None
+    session = orm.session
+    if session.autoflush:
+        # SQLAlchemy autoflushes only inside invoke_statement(); the rows read before the
+        # statement must already include pending changes, recorded by their own flush.
+        session.flush()
     with uncaptured.writing():
         if orm.is_delete:
             return _delete(orm, spec)
@@ -69,9 +74,26 @@ def _delete(orm: ORMExecuteState, spec: ModelSpec) -> Result[Any]:
     return result
 
 
+def _sets_primary_key(spec: ModelSpec, statement: Any) -> bool:
+    pk_columns = {spec.live_columns[k] for k in spec.pk_keys}
+    pk_names = set(spec.pk_keys) | {c.key for c in pk_columns} | {c.name for c in pk_columns}
+    values = dict(getattr(statement, "_values", None) or {})
+    values.update(dict(getattr(statement, "_ordered_values", None) or ()))  # SQLAlchemy 2.0
+    for target in values:
+        if target in pk_columns or getattr(target, "key", target) in pk_names:
+            return True
+    return False
+
+
 def _update(orm: ORMExecuteState, spec: ModelSpec) -> Result[Any]:
     connection = _connection(orm, spec)
     statement: Any = orm.statement
+    if _sets_primary_key(spec, statement):
+        raise VersioningError(
+            f"an UPDATE statement that sets the primary key of {spec.model.__name__} cannot be "
+            f"versioned: the record could not be followed to its new key. Change keys through "
+            f"the unit of work (obj.id = ...; session.flush()); nothing was executed"
+        )
     parameters = orm.parameters
     if isinstance(parameters, list) and parameters and statement.whereclause is None:
         keys = [_key_of(spec, row) for row in parameters]
@@ -185,33 +207,41 @@ def _insert(orm: ORMExecuteState, spec: ModelSpec) -> Result[Any]:
     connection = _connection(orm, spec)
     statement: Any = orm.statement
     rows = _value_rows(orm, spec)
-    upsert = getattr(statement, "_post_values_clause", None) is not None
-    lookup = next(
-        (
-            keys
-            for keys in _unique_keys(spec, statement)
-            if rows and all(all(k in row and row[k] is not None for k in keys) for row in rows)
-        ),
-        None,
-    )
+    # Every unique key the values carry: an upsert (or INSERT IGNORE) may meet an existing row
+    # on any of them, so rows are read by all of them, before (locked) and after.
+    lookups = [
+        keys
+        for keys in _unique_keys(spec, statement)
+        if rows and all(all(k in row and row[k] is not None for k in keys) for row in rows)
+    ]
     before: Rows = {}
-    if lookup is not None:
-        if upsert:
-            before = _rows_by(connection, spec, lookup, rows, lock=True)
+    if lookups:
+        for keys in lookups:
+            before.update(_rows_by(connection, spec, keys, rows, lock=True))
         result = orm.invoke_statement()
-        after = _rows_by(connection, spec, lookup, rows, lock=False)
+        after: Rows = {}
+        for keys in lookups:
+            after.update(_rows_by(connection, spec, keys, rows, lock=False))
     else:
-        result, keys = _insert_returning_keys(orm, spec, statement)
-        after = live_rows.by_keys(connection, spec, keys, lock=False)
+        result, generated = _insert_returning_keys(orm, spec, statement)
+        after = live_rows.by_keys(connection, spec, generated, lock=False)
     changes = []
     for key, (row_spec, new) in after.items():
         old = before.get(key)
         if old is None:
             changes.append(Change(row_spec, None, Operation.INSERT, None, new))
-        else:
+        else:  # an existing row the statement met: an update if it changed anything
             changes.append(Change(row_spec, None, Operation.UPDATE, old[1], new))
     write_changes(orm.session, changes)
     return result
+
+
+def _returned_key(spec: ModelSpec, row: Any) -> Key | None:
+    """The primary key in a RETURNING row: from its key columns, or from a returned entity."""
+    for element in row:
+        if isinstance(element, spec.root.model):
+            return tuple(getattr(element, k) for k in spec.pk_keys)
+    return _key_of(spec, row._mapping)
 
 
 def _insert_returning_keys(
@@ -228,7 +258,7 @@ def _insert_returning_keys(
         frozen = orm.invoke_statement().freeze()
         found: list[Key] = []
         for row in frozen().all():
-            key = _key_of(spec, row._mapping)
+            key = _returned_key(spec, row)
             if key is None:
                 raise VersioningError(
                     f"cannot version this INSERT of {spec.model.__name__}: it has a RETURNING "

@@ -26,10 +26,19 @@ from sqlalchemy.sql.dml import UpdateBase
 
 from versioning.errors import ArgumentError, VersioningError
 
-__all__ = ["UncapturedWriteError", "UncapturedWriteWarning", "guard_writes", "writing"]
+__all__ = [
+    "UncapturedWriteError",
+    "UncapturedWriteWarning",
+    "enter_flush",
+    "guard_writes",
+    "leave_flush",
+    "writing",
+]
 
-#: How many capturing writers (a flush, a captured ORM statement) are running in this context.
+#: How many captured ORM-enabled statements are running in this context.
 _writing: ContextVar[int] = ContextVar("versioning_writing", default=0)
+#: Whether a flush that writes versioned rows is running in this context.
+_flushing: ContextVar[bool] = ContextVar("versioning_flushing", default=False)
 
 LIVE_TABLE_INFO = "versioning_history"
 
@@ -52,13 +61,19 @@ def writing() -> Iterator[None]:
         _writing.reset(token)
 
 
-def enter_writing() -> Any:
-    """Like :func:`writing`, for hooks that start and end in different callbacks."""
-    return _writing.set(_writing.get() + 1)
+def enter_flush() -> Any:
+    """Mark a flush of versioned rows as running; its own statements are then recognised."""
+    return _flushing.set(True)
 
 
-def leave_writing(token: Any) -> None:
-    _writing.reset(token)
+def leave_flush(token: Any) -> None:
+    _flushing.reset(token)
+
+
+def _is_unit_of_work(execution_options: Any) -> bool:
+    # The unit of work runs its INSERT/UPDATE/DELETE statements with the mapper's compiled
+    # cache; a statement a user runs from an event hook during the flush does not.
+    return _flushing.get() and "compiled_cache" in (execution_options or {})
 
 
 def _versioned_table(statement: UpdateBase) -> sa.Table | None:
@@ -81,6 +96,8 @@ def guard_writes(bind: Engine | Connection, *, action: Literal["raise", "warn"] 
         execution_options: Any,
     ) -> None:
         if not isinstance(clauseelement, UpdateBase) or _writing.get():
+            return
+        if _is_unit_of_work(execution_options):
             return
         table = _versioned_table(clauseelement)
         if table is None:
