@@ -8,8 +8,9 @@ changes, never to how many objects the session holds:
   ``SELECT`` per mapper, locking the rows where the backend can;
 * ``before_update`` / ``before_delete`` (per record, no I/O in the common case) note each record's
   values as they were before the flush;
-* ``after_flush`` compares before and after, and writes one transaction row per database
-  transaction plus one multi-row ``INSERT`` per history table.
+* ``after_flush`` compares before and after and hands the history rows to
+  :mod:`versioning.transaction`, which writes them with the transaction row when the database
+  transaction commits.
 
 Everything runs on the flush's own connection, inside its transaction: history and data commit or
 roll back together.
@@ -17,7 +18,7 @@ roll back together.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -107,11 +108,22 @@ def _before_flush(session: Session, flush_context: UOWTransaction, instances: ob
     if not wanted:
         return
     tracker = session_state(session)
-    for mapper, states in wanted.items():
+    # Lock rows table by table in the order the unit of work writes them (dependencies first).
+    for mapper, states in sorted(wanted.items(), key=_write_order(wanted)):
         spec = spec_of(mapper)
         assert spec is not None
         connection = session.connection(bind_arguments={"mapper": mapper})
         tracker.pre_images.update(_load_rows(connection, spec, states, lock=True))
+
+
+def _write_order(mappers: Iterable[Mapper[Any]]) -> Callable[[tuple[Mapper[Any], Any]], int]:
+    """Sort key: the position of a mapper's table in its MetaData's dependency order."""
+    position: dict[Any, int] = {}
+    for mapper in mappers:
+        metadata = getattr(mapper.local_table, "metadata", None)
+        if metadata is not None and mapper.local_table not in position:
+            position.update({t: i for i, t in enumerate(metadata.sorted_tables)})
+    return lambda item: position.get(item[0].local_table, 0)
 
 
 def _before_values(

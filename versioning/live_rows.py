@@ -37,7 +37,11 @@ def _select(
         spec.mapper.persist_selectable
     )
     if lock and dialect_name != "sqlite":
-        statement = statement.with_for_update()
+        # Lock in key order, as the unit of work writes, so that two sessions never take the
+        # same locks in opposite orders.
+        statement = statement.with_for_update().order_by(
+            *[spec.live_columns[k] for k in spec.pk_keys]
+        )
     return keys, statement
 
 

@@ -255,6 +255,15 @@ def _insert_returning_keys(
             f"include the key columns in the values"
         )
     if statement._returning:
+        returned = {getattr(c, "key", None) for c in statement._returning}
+        # returning(Model) puts the (annotated) table in the clause: every column comes back.
+        entity_returned = any(isinstance(c, sa.FromClause) for c in statement._returning)
+        if not entity_returned and not set(spec.pk_keys) <= returned:
+            raise VersioningError(
+                f"cannot version this INSERT of {spec.model.__name__}: the database generates "
+                f"its keys and its RETURNING clause does not include the primary key "
+                f"{spec.pk_keys!r}; add the key to returning(). Nothing was executed"
+            )
         frozen = orm.invoke_statement().freeze()
         found: list[Key] = []
         for row in frozen().all():

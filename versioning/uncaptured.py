@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -25,6 +25,9 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.dml import UpdateBase
 
 from versioning.errors import ArgumentError, VersioningError
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 __all__ = [
     "UncapturedWriteError",
@@ -83,8 +86,19 @@ def _versioned_table(statement: UpdateBase) -> sa.Table | None:
     return None
 
 
-def guard_writes(bind: Engine | Connection, *, action: Literal["raise", "warn"] = "raise") -> None:
-    """Raise or warn when a Core statement writes to a versioned table on ``bind`` uncaptured."""
+def guard_writes(
+    bind: Engine | Connection | AsyncEngine | AsyncConnection,
+    *,
+    action: Literal["raise", "warn"] = "raise",
+) -> None:
+    """Raise or warn when a Core statement writes to a versioned table on ``bind`` uncaptured.
+
+    ``bind`` may be an ``Engine`` or ``Connection``, or their asyncio forms.
+    """
+    # The asyncio forms wrap a sync engine or connection, where events are listened to.
+    bind = getattr(bind, "sync_connection", None) or getattr(bind, "sync_engine", None) or bind
+    if not isinstance(bind, Engine | Connection):
+        raise ArgumentError(f"guard_writes() takes an Engine or a Connection, got {bind!r}")
     if action not in ("raise", "warn"):
         raise ArgumentError(f"guard_writes(action=...) must be 'raise' or 'warn', got {action!r}")
 
