@@ -1300,3 +1300,64 @@ def test_history_write_is_one_statement_per_history_table(
     assert len(items.statements) == 1
     assert len(pairs.statements) == 1
     assert count(engine, TX) == 1
+
+
+class Optimistic(Versioned, Base):
+    """Optimistic locking: a stale session row fails its UPDATE, so its values can be trusted."""
+
+    __tablename__ = "cap_optimistic"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(sa.String(50))
+    version: Mapped[int] = mapped_column(nullable=False)
+
+    __mapper_args__ = {"version_id_col": version}
+
+
+def _selects_of(counter: _StatementCounter) -> list[str]:
+    return [s for s, _ in counter.statements if s.lstrip().upper().startswith("SELECT")]
+
+
+def test_updates_read_the_current_row_first(
+    create_tables: CreateTables, sessions: Sessions
+) -> None:
+    # Values loaded earlier may be stale: the row being updated is read (locked) before the flush.
+    engine = create_tables(Base.metadata)
+    with sessions() as session:
+        session.add(Item(id=1, name="a"))
+        session.commit()
+        item = session.get(Item, 1)
+        assert item is not None
+        assert item.name == "a"  # loaded
+        with _StatementCounter(engine, Item.__table__) as counter:
+            item.name = "b"
+            session.flush()
+        session.commit()
+    assert len(_selects_of(counter)) == 1, counter.statements
+
+
+def test_a_version_id_col_lets_updates_trust_the_session(
+    create_tables: CreateTables, sessions: Sessions
+) -> None:
+    engine = create_tables(Base.metadata)
+    with sessions() as session:
+        session.add(Optimistic(id=1, name="a"))
+        session.commit()
+        optimistic = session.get(Optimistic, 1)
+        assert optimistic is not None
+        assert optimistic.name == "a"
+        with _StatementCounter(engine, Optimistic.__table__) as counter:
+            optimistic.name = "b"
+            session.flush()
+        session.commit()
+        assert _selects_of(counter) == [], counter.statements
+        optimistic.name = "c"  # expired by the commit: the old value is unknown, so it is read
+        with _StatementCounter(engine, Optimistic.__table__) as counter:
+            session.flush()
+        session.commit()
+        assert len(_selects_of(counter)) >= 1
+    versions = read(sessions, Optimistic, 1)
+    assert [dict(v.changes) for v in versions[1:]] == [
+        {"name": ("a", "b"), "version": (1, 2)},
+        {"name": ("b", "c"), "version": (2, 3)},
+    ]

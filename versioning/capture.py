@@ -41,10 +41,17 @@ _WRITING = "_versioning_writing"
 
 
 def _needs_pre_image(state: InstanceState[Any], spec: ModelSpec, deleting: bool) -> bool:
-    """Whether the session lacks a before-value that the history of this flush needs."""
+    """Whether this flush must read the record's current row before writing it.
+
+    Values a session loaded earlier may be stale — another transaction may have committed a
+    change since — so the row being updated or deleted is read (and locked) first. Only a mapper
+    with a ``version_id_col`` can trust its session: a stale row would fail its UPDATE.
+    """
     committed = state.committed_state
     loaded = state.dict
     if deleting:
+        if not spec.trusts_session:
+            return True
         return any(committed.get(key, loaded.get(key, NO_VALUE)) is NO_VALUE for key in spec.keys)
     changed = False
     for key, original in committed.items():
@@ -54,6 +61,8 @@ def _needs_pre_image(state: InstanceState[Any], spec: ModelSpec, deleting: bool)
             changed = True
     if not changed:
         return False
+    if not spec.trusts_session:
+        return True
     return any(key not in loaded and key not in committed for key in spec.keys)
 
 
@@ -129,7 +138,15 @@ def _write_order(mappers: Iterable[Mapper[Any]]) -> Callable[[tuple[Mapper[Any],
 def _before_values(
     state: InstanceState[Any], spec: ModelSpec, pre_image: dict[str, Any] | None
 ) -> dict[str, Any] | None:
-    """The record's versioned values before this flush, or ``None`` if some are not known."""
+    """The record's versioned values before this flush, or ``None`` if some are not known.
+
+    The row read from the database wins; the session's own values serve only a mapper that can
+    trust them (see :func:`_needs_pre_image`).
+    """
+    if pre_image is not None:
+        return dict(pre_image)
+    if not spec.trusts_session:
+        return None
     committed = state.committed_state
     loaded = state.dict
     out: dict[str, Any] = {}
@@ -209,18 +226,18 @@ def _after_values(
 ) -> tuple[dict[str, Any], bool]:
     """Values after the flush; the flag says some must still be read from the database.
 
-    An attribute that the flush wrote but that is no longer loaded (set to a SQL expression, or a
-    server-side ``onupdate``) is read back; one that was neither loaded nor written is unchanged.
+    A column the flush did not write keeps its value from before (the row as read, not what the
+    session may hold from an older snapshot); a written one is what the session sent, unless it
+    is no longer loaded (a SQL expression, a server-side ``onupdate``): then it is read back.
     """
     loaded = state.dict
     out: dict[str, Any] = {}
     missing = False
     for key in spec.keys:
-        if key in loaded:
-            out[key] = loaded[key]
-        elif before is not None and key not in spec.refresh_on_update and key not in changed:
-            # Not loaded before the flush and not written by it: unchanged.
+        if before is not None and key not in changed and key not in spec.refresh_on_update:
             out[key] = before[key]
+        elif key in loaded:
+            out[key] = loaded[key]
         else:
             missing = True
     return out, missing

@@ -71,6 +71,8 @@ class ModelSpec:
     excluded: frozenset[str]
     refresh_on_update: frozenset[str]
     discriminator: str | None
+    #: With a ``version_id_col`` a stale session row fails its UPDATE, so its values are current.
+    trusts_session: bool
     keyset: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -283,12 +285,15 @@ def _declare(mapper: Mapper[Any], cls: type[Any]) -> None:
         transactions = base_spec.transactions
         _extend_history(cls, history, keys, history_names, live_columns, masks)
 
+    # Columns a flush may change without the user setting them.
+    version_column = mapper.version_id_col
     refresh = frozenset(
         key
         for key in keys
         if live_columns[key].onupdate is not None
         or live_columns[key].server_onupdate is not None
         or live_columns[key].computed is not None
+        or (version_column is not None and live_columns[key] is version_column)
     )
     spec = ModelSpec(
         mapper=mapper,
@@ -303,6 +308,7 @@ def _declare(mapper: Mapper[Any], cls: type[Any]) -> None:
         excluded=frozenset(excluded),
         refresh_on_update=refresh,
         discriminator=discriminator,
+        trusts_session=mapper.version_id_col is not None,
     )
     type.__setattr__(cls, _SPEC_ATTR, spec)
     if isinstance(mapper.local_table, sa.Table):
