@@ -21,7 +21,8 @@ from typing import cast
 
 from flask import Flask, Request, Response, g, request
 
-from integrations import forwarding, request_id
+from integrations import request_id
+from integrations.request_audit import RequestAudit
 from versioning.context import audit_context
 
 __all__ = ["VersioningAudit"]
@@ -45,15 +46,15 @@ class VersioningAudit:
         request_id_header: str = "X-Request-ID",
         request_id_max_length: int = request_id.MAX_LENGTH,
     ) -> None:
-        request_id.check_actor("VersioningAudit", actor)
-        request_id.check_settings("VersioningAudit", request_id_header, request_id_max_length)
-        self.actor = actor
-        self.trusted_proxies = forwarding.TrustedProxies(trusted_proxies)
-        self.forwarded_header = request_id.check_forwarded_header(
-            "VersioningAudit", forwarded_header
+        self.settings = RequestAudit.configure(
+            "VersioningAudit",
+            actor=actor,
+            trusted_proxies=trusted_proxies,
+            forwarded_header=forwarded_header,
+            request_id_header=request_id_header,
+            request_id_max_length=request_id_max_length,
         )
-        self.request_id_header = request_id_header
-        self.request_id_max_length = request_id_max_length
+        self.actor = actor
         if app is not None:
             self.init_app(app)
 
@@ -69,15 +70,9 @@ class VersioningAudit:
     def _open(self) -> None:
         # The request object itself, not the proxy: the lazy actor may run in a worker thread.
         current = cast(Request, request._get_current_object())  # type: ignore[attr-defined]
-        source_ip = forwarding.proxied_client_ip(
-            current.environ.get("REMOTE_ADDR"),
-            self.trusted_proxies,
-            current.headers.getlist(self.forwarded_header),
-            rfc7239=self.forwarded_header == "Forwarded",
-        )
-        rid = request_id.accept(
-            current.headers.get(self.request_id_header), self.request_id_max_length
-        )
+        settings = self.settings
+        source_ip = settings.source_ip(current.environ.get("REMOTE_ADDR"), current.headers.getlist)
+        rid = settings.request_id(current.headers.get(settings.request_id_header))
         actor = self.actor
 
         def actor_of_request() -> str | int | None:
@@ -90,7 +85,7 @@ class VersioningAudit:
     def _echo(self, response: Response) -> Response:
         opened = getattr(g, _G_KEY, None)
         if opened is not None:
-            response.headers[self.request_id_header] = opened[1]
+            response.headers[self.settings.request_id_header] = opened[1]
         return response
 
     def _close(self, exc: BaseException | None) -> None:

@@ -28,7 +28,8 @@ from starlette.datastructures import Headers
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from integrations import forwarding, request_id
+from integrations import request_id
+from integrations.request_audit import RequestAudit
 from versioning.context import audit_context
 
 __all__ = ["ActorCallable", "AuditContextMiddleware"]
@@ -62,19 +63,17 @@ class AuditContextMiddleware:
         request_id_header: str = "X-Request-ID",
         request_id_max_length: int = request_id.MAX_LENGTH,
     ) -> None:
-        request_id.check_actor("AuditContextMiddleware", actor)
-        request_id.check_settings(
-            "AuditContextMiddleware", request_id_header, request_id_max_length
+        self.settings = RequestAudit.configure(
+            "AuditContextMiddleware",
+            actor=actor,
+            trusted_proxies=trusted_proxies,
+            forwarded_header=forwarded_header,
+            request_id_header=request_id_header,
+            request_id_max_length=request_id_max_length,
         )
         self.app = app
         self.actor: ActorCallable = actor if actor is not None else authenticated_user
-        self.trusted_proxies = forwarding.TrustedProxies(trusted_proxies)
-        self.forwarded_header = request_id.check_forwarded_header(
-            "AuditContextMiddleware", forwarded_header
-        )
-        self.request_id_header = request_id_header.lower()
-        self.request_id_max_length = request_id_max_length
-        self._header_bytes = self.request_id_header.encode("latin-1")
+        self._header_bytes = request_id_header.lower().encode("latin-1")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -82,13 +81,9 @@ class AuditContextMiddleware:
             return
         headers = Headers(scope=scope)
         client = scope.get("client")
-        source_ip = forwarding.proxied_client_ip(
-            client[0] if client else None,
-            self.trusted_proxies,
-            headers.getlist(self.forwarded_header),
-            rfc7239=self.forwarded_header == "Forwarded",
-        )
-        rid = request_id.accept(headers.get(self.request_id_header), self.request_id_max_length)
+        settings = self.settings
+        source_ip = settings.source_ip(client[0] if client else None, headers.getlist)
+        rid = settings.request_id(headers.get(settings.request_id_header))
         connection = HTTPConnection(scope)
         actor = self.actor
 
