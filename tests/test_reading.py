@@ -385,19 +385,22 @@ def test_as_of_is_one_query_whatever_the_history_length(
     versions = history(session, Account, 1)
     middle = versions[20]
     session.connection()  # begin first: on SQLite, BEGIN is a statement too
-    for at, expected in (
-        (middle.transaction_id, "v20"),
-        (issued_at(middle), "v20"),
-        (versions[-1].transaction_id, "v39"),
+    # MariaDB turns a datetime into a transaction id with a first (indexed) query, since it
+    # cannot probe an index with a subquery's value; the other backends need one query.
+    by_time = 2 if engine.dialect.name in ("mysql", "mariadb") else 1
+    for at, expected, queries in (
+        (middle.transaction_id, "v20", 1),
+        (issued_at(middle), "v20", by_time),
+        (versions[-1].transaction_id, "v39", 1),
     ):
         with count_statements(engine) as statements:
             result = as_of(session, Account, 1, at)
         assert result is not None and result.name == expected
-        assert len(statements) == 1, statements
+        assert len(statements) == queries, statements
     with count_statements(engine) as statements:
         assert as_of(session, Account, 2, issued_at(middle)) is not None
         assert as_of(session, Account, 3, issued_at(middle)) is None
-    assert len(statements) == 2, statements
+    assert len(statements) == 2 * by_time, statements
     session.rollback()
 
 

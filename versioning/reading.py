@@ -222,14 +222,31 @@ def version_at(
     spec = spec_for(model)
     key = _key(spec, pk)
     history_table = spec.history
-    statement = (
-        sa.select(history_table)
-        .where(*_filters(spec, key), history_table.c[TRANSACTION_ID] <= _bound(spec, at))
-        .order_by(history_table.c[TRANSACTION_ID].desc(), history_table.c[VERSION_ID].desc())
-        .limit(1)
-    )
+    filters = _filters(spec, key)
+    transaction_id = history_table.c[TRANSACTION_ID]
+    bound = _bound(spec, at)
     write_pending(session)
     connection = session.connection(bind_arguments={"mapper": spec.mapper})
+    if isinstance(bound, sa.ScalarSelect) and connection.dialect.name in ("mysql", "mariadb"):
+        # MariaDB probes the index for max() only with a constant bound; with a subquery it walks
+        # the record's whole history. So there, the moment is turned into an id first.
+        moment: sa.Select[Any] = bound.element  # type: ignore[assignment]
+        bound = connection.execute(moment).scalar()
+        if bound is None:
+            return None
+    # max() over the (key, transaction) index is a single index probe on every backend; MariaDB
+    # would otherwise walk the record's newer versions one by one with ORDER BY ... LIMIT 1.
+    latest = (
+        sa.select(sa.func.max(transaction_id))
+        .where(*filters, transaction_id <= bound)
+        .scalar_subquery()
+    )
+    statement = (
+        sa.select(history_table)
+        .where(*filters, transaction_id == latest)
+        .order_by(history_table.c[VERSION_ID].desc())
+        .limit(1)
+    )
     row = connection.execute(statement).mappings().first()
     if row is None:
         return None
