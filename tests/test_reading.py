@@ -428,3 +428,49 @@ def test_as_of_has_a_record_index(
         if list(index["column_names"])[: len(leading)] == leading
     ]
     assert in_database, sa.inspect(engine).get_indexes(table.name)
+
+
+def test_reading_history_first_in_a_process_needs_no_configured_mappers() -> None:
+    """as_of / to_instance may be the first ORM use of a process (e.g. an audit script)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import datetime as dt
+        import sqlalchemy as sa
+        from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+        from versioning import Versioned, as_of, history_table, transaction_table
+
+        class Base(DeclarativeBase):
+            pass
+
+        class Note(Versioned, Base):
+            __tablename__ = "notes"
+            id: Mapped[int] = mapped_column(primary_key=True)
+            text: Mapped[str] = mapped_column(sa.String(20))
+
+        engine = sa.create_engine("sqlite://")
+        Base.metadata.create_all(engine)
+        with engine.begin() as connection:  # history written without any ORM use
+            connection.execute(
+                transaction_table(Base.metadata).insert().values(
+                    id=1, issued_at=dt.datetime.now(dt.UTC)
+                )
+            )
+            connection.execute(
+                history_table(Note).insert().values(
+                    versioning_transaction_id=1, versioning_operation="insert", id=1, text="x"
+                )
+            )
+        assert not sa.inspect(Note).configured
+        with Session(engine) as session:
+            print(as_of(session, Note, 1, 1).text)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "x"

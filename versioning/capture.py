@@ -118,7 +118,10 @@ def _before_flush(session: Session, flush_context: UOWTransaction, instances: ob
         return
     tracker = session_state(session)
     # Lock rows table by table in the order the unit of work writes them (dependencies first).
-    for mapper, states in sorted(wanted.items(), key=_write_order(wanted)):
+    ordered = (
+        sorted(wanted.items(), key=_write_order(wanted)) if len(wanted) > 1 else wanted.items()
+    )
+    for mapper, states in ordered:
         spec = spec_of(mapper)
         assert spec is not None
         connection = session.connection(bind_arguments={"mapper": mapper})

@@ -69,6 +69,9 @@ class Version:
 
 def _instance(model: type[T], state: Mapping[str, Any]) -> T:
     mapper: Mapper[T] = sa.inspect(model)
+    if not mapper.configured:
+        # The first ORM use of a process may be reading history: instrumentation needs it.
+        sa.orm.configure_mappers()
     instance: T = mapper.class_manager.new_instance()
     for key, value in state.items():
         setattr(instance, key, value)
