@@ -45,12 +45,12 @@ def _select(
     return keys, statement
 
 
-def key_filter(spec: ModelSpec, keys: Sequence[Key]) -> sa.ColumnElement[bool]:
-    """``pk IN (...)`` (a tuple comparison for composite keys)."""
-    columns = [spec.live_columns[k] for k in spec.pk_keys]
+def _in(spec: ModelSpec, names: tuple[str, ...], values: Sequence[Key]) -> sa.ColumnElement[bool]:
+    """``column IN (...)``, or a tuple comparison for several columns."""
+    columns = [spec.live_columns[k] for k in names]
     if len(columns) == 1:
-        return columns[0].in_([key[0] for key in keys])
-    return sa.tuple_(*columns).in_(keys)
+        return columns[0].in_([value[0] for value in values])
+    return sa.tuple_(*columns).in_(values)
 
 
 def _collect(
@@ -67,14 +67,26 @@ def _collect(
     return out
 
 
-def by_keys(connection: Connection, spec: ModelSpec, keys: Sequence[Key], lock: bool) -> Rows:
-    """The rows of ``spec``'s table(s) with these primary keys (missing ones are absent)."""
+def by_columns(
+    connection: Connection,
+    spec: ModelSpec,
+    columns: tuple[str, ...],
+    values: Sequence[Key],
+    lock: bool,
+) -> Rows:
+    """The rows whose ``columns`` (attribute keys of a unique key) hold one of ``values``."""
     names, base = _select(spec, lock, connection.dialect.name)
-    unique = list(dict.fromkeys(keys))
+    unique = list(dict.fromkeys(values))
     chunks = (
-        base.where(key_filter(spec, unique[i : i + _CHUNK])) for i in range(0, len(unique), _CHUNK)
+        base.where(_in(spec, columns, unique[i : i + _CHUNK]))
+        for i in range(0, len(unique), _CHUNK)
     )
     return _complete(connection, spec, _collect(connection, spec, chunks, names), lock)
+
+
+def by_keys(connection: Connection, spec: ModelSpec, keys: Sequence[Key], lock: bool) -> Rows:
+    """The rows of ``spec``'s table(s) with these primary keys (missing ones are absent)."""
+    return by_columns(connection, spec, spec.pk_keys, keys, lock)
 
 
 def by_where(

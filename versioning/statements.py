@@ -21,7 +21,7 @@ Statements on a bare ``Connection`` (Core, or ``session.connection().execute(...
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -179,30 +179,6 @@ def _unique_keys(spec: ModelSpec, statement: Any) -> list[tuple[str, ...]]:
     return list(dict.fromkeys(sets))
 
 
-def _rows_by(
-    connection: Connection,
-    spec: ModelSpec,
-    keys: tuple[str, ...],
-    values: Sequence[dict[str, Any]],
-    lock: bool,
-) -> Rows:
-    if keys == spec.pk_keys:
-        return live_rows.by_keys(
-            connection, spec, [tuple(v[k] for k in keys) for v in values], lock
-        )
-    columns = [spec.live_columns[k] for k in keys]
-    wanted = list(dict.fromkeys(tuple(v[k] for k in keys) for v in values))
-    found: Rows = {}
-    for start in range(0, len(wanted), 500):
-        chunk = wanted[start : start + 500]
-        if len(columns) == 1:
-            where = columns[0].in_([w[0] for w in chunk])
-        else:
-            where = sa.tuple_(*columns).in_(chunk)
-        found.update(live_rows.by_where(connection, spec, where, lock))
-    return found
-
-
 def _insert(orm: ORMExecuteState, spec: ModelSpec) -> Result[Any]:
     connection = _connection(orm, spec)
     statement: Any = orm.statement
@@ -216,12 +192,13 @@ def _insert(orm: ORMExecuteState, spec: ModelSpec) -> Result[Any]:
     ]
     before: Rows = {}
     if lookups:
-        for keys in lookups:
-            before.update(_rows_by(connection, spec, keys, rows, lock=True))
+        wanted = [(keys, [tuple(row[k] for k in keys) for row in rows]) for keys in lookups]
+        for keys, values in wanted:
+            before.update(live_rows.by_columns(connection, spec, keys, values, lock=True))
         result = orm.invoke_statement()
         after: Rows = {}
-        for keys in lookups:
-            after.update(_rows_by(connection, spec, keys, rows, lock=False))
+        for keys, values in wanted:
+            after.update(live_rows.by_columns(connection, spec, keys, values, lock=False))
     else:
         result, generated = _insert_returning_keys(orm, spec, statement)
         after = live_rows.by_keys(connection, spec, generated, lock=False)
