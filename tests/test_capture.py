@@ -29,7 +29,9 @@ from sqlalchemy.orm import (
 from sqlalchemy.orm.attributes import flag_modified
 
 import versioning
-from versioning import Operation, Version, Versioned, audit_context, history, history_table
+from versioning import Operation, Versioned, audit_context, history, history_table
+
+from helpers import count, ops, read
 
 CreateTables = Callable[[sa.MetaData], sa.Engine]
 Sessions = Callable[[], Session]
@@ -139,27 +141,12 @@ TX = Base.metadata.tables[versioning.TRANSACTION_TABLE]
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def read(sessions: Sessions, model: type[Any], pk: Any) -> list[Version]:
-    """The record's history, read in a fresh session that is closed afterwards."""
-    with sessions() as session:
-        return history(session, model, pk)
-
-
-def count(engine: sa.Engine, table: sa.Table) -> int:
-    with engine.connect() as connection:
-        return int(connection.scalar(sa.select(sa.func.count()).select_from(table)) or 0)
-
-
 def raw_rows(engine: sa.Engine, table: sa.Table) -> list[tuple[Any, ...]]:
     """Every row of ``table`` as the driver returns it, in write order."""
     order = table.primary_key.columns.keys()[0]
     with engine.connect() as connection:
         result = connection.exec_driver_sql(f"SELECT * FROM {table.name} ORDER BY {order}")
         return [tuple(row) for row in result]
-
-
-def ops(versions: list[Version]) -> list[Operation]:
-    return [v.operation for v in versions]
 
 
 def item_state(**values: Any) -> dict[str, Any]:

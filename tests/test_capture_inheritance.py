@@ -17,7 +17,9 @@ from sqlalchemy import event
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import versioning
-from versioning import Operation, Version, Versioned, history, history_table
+from versioning import Operation, Versioned, history, history_table
+
+from helpers import count, ops, read
 
 CreateTables = Callable[[sa.MetaData], sa.Engine]
 Sessions = Callable[[], Session]
@@ -86,20 +88,6 @@ class Truck(Vehicle):
 
 
 TX = Base.metadata.tables[versioning.TRANSACTION_TABLE]
-
-
-def read(sessions: Sessions, model: type[Any], pk: Any) -> list[Version]:
-    with sessions() as session:
-        return history(session, model, pk)
-
-
-def ops(versions: list[Version]) -> list[Operation]:
-    return [v.operation for v in versions]
-
-
-def count(engine: sa.Engine, table: sa.Table) -> int:
-    with engine.connect() as connection:
-        return int(connection.scalar(sa.select(sa.func.count()).select_from(table)) or 0)
 
 
 # --- declaration -----------------------------------------------------------------------------

@@ -32,6 +32,8 @@ from versioning import (
     restore,
 )
 
+from helpers import count
+
 CreateTables = Callable[[sa.MetaData], sa.Engine]
 Sessions = Callable[[], Session]
 Guarded = Callable[..., sa.Engine]
@@ -96,11 +98,6 @@ def seed(engine: sa.Engine) -> None:
 def names(engine: sa.Engine) -> list[tuple[int, str]]:
     with engine.connect() as connection:
         return [tuple(row) for row in connection.execute(select(ITEMS.c.id, ITEMS.c.name))]  # type: ignore[misc]
-
-
-def count(engine: sa.Engine, table: sa.Table) -> int:
-    with engine.connect() as connection:
-        return int(connection.scalar(select(sa.func.count()).select_from(table)) or 0)
 
 
 def core_writes() -> dict[str, Any]:

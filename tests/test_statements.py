@@ -23,7 +23,9 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import versioning
-from versioning import Operation, Version, Versioned, audit_context, history, history_table
+from versioning import Operation, Versioned, audit_context, history_table
+
+from helpers import count, ops, read
 
 CreateTables = Callable[[sa.MetaData], sa.Engine]
 Sessions = Callable[[], Session]
@@ -116,21 +118,6 @@ TX = Base.metadata.tables[versioning.TRANSACTION_TABLE]
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def read(sessions: Sessions, model: type[Any], pk: Any) -> list[Version]:
-    """The record's history, read in a fresh session that is closed afterwards."""
-    with sessions() as session:
-        return history(session, model, pk)
-
-
-def ops(versions: list[Version]) -> list[Operation]:
-    return [v.operation for v in versions]
-
-
-def count(engine: sa.Engine, table: sa.Table) -> int:
-    with engine.connect() as connection:
-        return int(connection.scalar(sa.select(sa.func.count()).select_from(table)) or 0)
 
 
 def live(engine: sa.Engine, model: type[Any], *columns: str) -> list[tuple[Any, ...]]:
