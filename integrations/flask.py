@@ -21,9 +21,9 @@ from typing import cast
 
 from flask import Flask, Request, Response, g, request
 
-from integrations import request_id
-from integrations.request_audit import RequestAudit
 from versioning.context import audit_context
+from versioning.integrations import request_id
+from versioning.integrations.request_audit import RequestAudit
 
 __all__ = ["VersioningAudit"]
 

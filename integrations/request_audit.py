@@ -1,8 +1,9 @@
 """What every web integration reads from a request: its options, checked once, and their use.
 
-Framework-free; :mod:`integrations.starlette` and :mod:`integrations.flask` both build a
-:class:`RequestAudit` from their keyword options and ask it, per request, for the source IP and the
-request id. Writing another integration (Django, Litestar, ...) means the same two calls.
+Framework-free; :mod:`versioning.integrations.starlette` and :mod:`versioning.integrations.flask`
+both build a :class:`RequestAudit` from their keyword options and ask it, per request, for the
+source IP and the request id. Writing another integration (Django, Litestar, ...) means the same
+two calls.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from integrations import forwarding, request_id
 from versioning.errors import ConfigurationError
+from versioning.integrations import forwarding, request_id
 
 __all__ = ["FORWARDED_HEADERS", "RequestAudit"]
 

@@ -12,7 +12,8 @@ task group whose context copies break propagation). It opens one ``audit_context
   request, including in threadpool workers.
 * **source_ip**: the peer address, or — only when the peer is one of ``trusted_proxies`` — the
   client found in the one header those proxies maintain, ``forwarded_header``:
-  ``X-Forwarded-For`` (default) or RFC 7239 ``Forwarded`` (see :mod:`integrations.forwarding`).
+  ``X-Forwarded-For`` (default) or RFC 7239 ``Forwarded`` (see
+  :mod:`versioning.integrations.forwarding`).
   The other header is never read, since a client can send it itself.
 * **request_id**: a safe inbound ``X-Request-ID`` (the header name is configurable), else a new
   one; echoed in the response headers (and on the websocket handshake).
@@ -28,9 +29,9 @@ from starlette.datastructures import Headers
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from integrations import request_id
-from integrations.request_audit import RequestAudit
 from versioning.context import audit_context
+from versioning.integrations import request_id
+from versioning.integrations.request_audit import RequestAudit
 
 __all__ = ["ActorCallable", "AuditContextMiddleware"]
 

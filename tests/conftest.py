@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,11 @@ import sqlalchemy as sa
 from pytest_postgresql import factories
 from sqlalchemy import event
 from sqlalchemy.orm import Session
+
+# The web glue is installed as ``versioning.integrations``; the repository folder of the same name
+# must never be importable as a top-level package here, or a stale ``import integrations`` would
+# pass only because the checkout is on ``sys.path``.
+sys.modules["integrations"] = None  # type: ignore[assignment]
 
 BACKENDS = ("sqlite", "postgresql", "mariadb")
 MARIADB_URL = os.environ.get("VERSIONING_MARIADB_URL", "mariadb+pymysql://root@127.0.0.1:3306")

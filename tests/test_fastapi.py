@@ -22,7 +22,6 @@ from fastapi import BackgroundTasks, Depends, FastAPI, Header, HTTPException
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from starlette.testclient import TestClient
 
-from integrations.starlette import AuditContextMiddleware
 from versioning import (
     AuditContext,
     Operation,
@@ -32,6 +31,7 @@ from versioning import (
     history,
     set_actor,
 )
+from versioning.integrations.starlette import AuditContextMiddleware
 
 
 class Base(DeclarativeBase):

@@ -1,4 +1,4 @@
-"""Flask: ``integrations.flask.VersioningAudit`` end to end, with Flask's test client.
+"""Flask: ``versioning.integrations.flask.VersioningAudit`` end to end, with Flask's test client.
 
 Every request that writes goes through a real database (each backend) and the transaction row is
 read back with ``versioning.history``: who (actor), from where (source_ip) and which request
@@ -20,7 +20,6 @@ from flask import Flask, g, request
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from werkzeug.test import TestResponse
 
-from integrations.flask import VersioningAudit
 from versioning import (
     AuditContext,
     ConfigurationError,
@@ -33,6 +32,7 @@ from versioning import (
     set_actor,
 )
 from versioning import context as versioning_context
+from versioning.integrations.flask import VersioningAudit
 
 Sessions = Callable[[], Session]
 CreateTables = Callable[[sa.MetaData], sa.Engine]

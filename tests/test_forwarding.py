@@ -1,5 +1,5 @@
-"""Client address behind proxies (``integrations.forwarding``) and request ids
-(``integrations.request_id``). Pure functions: no database, no web framework.
+"""Client address behind proxies (``versioning.integrations.forwarding``) and request ids
+(``versioning.integrations.request_id``). Pure functions: no database, no web framework.
 
 The threat model: the peer (the socket's other end) cannot be forged; everything in
 ``X-Forwarded-For`` / ``Forwarded`` can, except the hops our own trusted proxies appended on the
@@ -19,14 +19,14 @@ from collections.abc import Sequence
 
 import pytest
 
-from integrations import request_id
-from integrations.forwarding import (
+from versioning import ConfigurationError, VersioningError
+from versioning.integrations import request_id
+from versioning.integrations.forwarding import (
     MAX_HOPS,
     TrustedProxies,
     client_ip,
     parse_ip,
 )
-from versioning import ConfigurationError, VersioningError
 
 # Our proxies: a private v4 range, one single v4 proxy, a v6 range and the v6 loopback.
 PROXIES = TrustedProxies(["10.0.0.0/8", "192.168.1.7", "2001:db8:cafe::/48", "::1"])

@@ -35,7 +35,6 @@ from starlette.testclient import TestClient
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from integrations.starlette import AuditContextMiddleware
 from versioning import (
     AuditContext,
     ConfigurationError,
@@ -46,6 +45,7 @@ from versioning import (
     history,
     set_actor,
 )
+from versioning.integrations.starlette import AuditContextMiddleware
 
 
 class Base(DeclarativeBase):
