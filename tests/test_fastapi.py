@@ -110,7 +110,10 @@ def make_app(
     endpoint_kind: str,
     rendezvous: Rendezvous | None = None,
     events: list[Any] | None = None,
+    trust_request_id: str = "always",
 ) -> FastAPI:
+    """The test client's peer is no proxy: these tests trust any inbound request id unless they
+    say otherwise (the default, "proxies", has a test of its own)."""
     log = events if events is not None else []
 
     def get_session() -> Iterator[Session]:
@@ -161,7 +164,9 @@ def make_app(
         return {"id": account_id}
 
     app = FastAPI()
-    app.add_middleware(AuditContextMiddleware, trusted_proxies=["10.0.0.0/8"])
+    app.add_middleware(
+        AuditContextMiddleware, trusted_proxies=["10.0.0.0/8"], trust_request_id=trust_request_id
+    )
 
     if endpoint_kind == "async":
 

@@ -96,8 +96,11 @@ def add_write_route(app: Flask, sessions: Sessions) -> None:
 
 
 def make_app(sessions: Sessions, **audit_options: Any) -> tuple[Flask, VersioningAudit]:
+    """An app writing items. The test client's peer is no proxy: these tests trust any inbound
+    request id unless they say otherwise (the default, "proxies", has tests of its own)."""
     app = Flask(__name__)
     app.testing = True
+    audit_options.setdefault("trust_request_id", "always")
     audit = VersioningAudit(app, **audit_options)
     add_write_route(app, sessions)
     return app, audit
@@ -155,13 +158,18 @@ def test_init_app_form_serves_several_apps_with_one_extension(db: Sessions) -> N
         headers={"X-User": "alice", "X-Request-ID": "one", "X-Forwarded-For": "198.51.100.1"},
         environ_base={"REMOTE_ADDR": "10.0.0.1"},
     )
-    second.test_client().post(
+    response = second.test_client().post(
         "/items/2",
         headers={"X-User": "bob", "X-Request-ID": "two"},
         environ_base={"REMOTE_ADDR": "192.0.2.9"},
     )
+    # By default only a trusted proxy chooses the request id: the client's id is kept aside.
+    rid = response.headers["X-Request-ID"]
+    assert GENERATED_ID.fullmatch(rid)
     assert who(transaction_of(db, 1)) == ("alice", "198.51.100.1", "one")
-    assert who(transaction_of(db, 2)) == ("bob", "192.0.2.9", "two")
+    assert dict(transaction_of(db, 1).extra or {}) == {}
+    assert who(transaction_of(db, 2)) == ("bob", "192.0.2.9", rid)
+    assert dict(transaction_of(db, 2).extra or {}) == {"untrusted_request_id": "two"}
 
 
 def test_without_actor_callable_the_write_is_anonymous_but_has_ip_and_request_id(
@@ -207,7 +215,7 @@ def test_lazy_actor_sees_g_user_loaded_by_a_hook_registered_before_the_extension
         seen_in_hook.append(context_fields())
 
     # g.user exists only once load_user has run: the actor must not be asked before.
-    VersioningAudit(app, actor=lambda req: g.user)
+    VersioningAudit(app, actor=lambda req: g.user, trust_request_id="always")
     add_write_route(app, db)
     client = app.test_client()
     response = client.post(
@@ -273,7 +281,7 @@ def test_audit_context_nested_in_a_view_adds_a_reason_and_keeps_the_request_fiel
 ) -> None:
     app = Flask(__name__)
     app.testing = True
-    VersioningAudit(app, actor=header_actor)
+    VersioningAudit(app, actor=header_actor, trust_request_id="always")
 
     @app.post("/import")
     def bulk_import() -> str:
@@ -395,7 +403,7 @@ def test_context_is_visible_in_hooks_view_and_teardown_and_cleared_after(db: Ses
     def early_hook() -> None:
         seen["before_request (registered first)"] = context_fields()
 
-    VersioningAudit(app, actor=header_actor)
+    VersioningAudit(app, actor=header_actor, trust_request_id="always")
 
     @app.before_request
     def late_hook() -> None:
@@ -439,7 +447,7 @@ def test_context_is_visible_in_hooks_view_and_teardown_and_cleared_after(db: Ses
 def test_teardown_registered_before_the_extension_still_sees_the_context(db: Sessions) -> None:
     # The usual factory order: the app's own teardown (e.g. commit-on-teardown of a session
     # helper) is registered when the app is built, extensions are initialised afterwards.
-    audit = VersioningAudit(actor=header_actor)
+    audit = VersioningAudit(actor=header_actor, trust_request_id="always")
     app = Flask(__name__)
     app.testing = True
     seen: list[dict[str, Any]] = []
@@ -468,7 +476,7 @@ def test_teardown_registered_before_the_extension_still_sees_the_context(db: Ses
 def test_blueprint_hooks_and_views_see_the_context(db: Sessions) -> None:
     app = Flask(__name__)
     app.testing = True
-    VersioningAudit(app, actor=header_actor)
+    VersioningAudit(app, actor=header_actor, trust_request_id="always")
     blueprint = flask.Blueprint("admin", __name__, url_prefix="/admin")
     seen: dict[str, dict[str, Any]] = {}
 
@@ -548,7 +556,7 @@ def test_a_view_that_raises_in_production_mode_returns_500_with_the_request_id(
     db: Sessions,
 ) -> None:
     app = Flask(__name__)  # testing off: the error becomes a 500 response
-    VersioningAudit(app, actor=header_actor)
+    VersioningAudit(app, actor=header_actor, trust_request_id="always")
     add_write_route(app, db)
 
     @app.get("/fail")
@@ -568,7 +576,7 @@ def test_a_view_that_raises_in_production_mode_returns_500_with_the_request_id(
 def test_a_before_request_that_returns_early_still_closes_the_context(db: Sessions) -> None:
     app = Flask(__name__)
     app.testing = True
-    VersioningAudit(app, actor=header_actor)
+    VersioningAudit(app, actor=header_actor, trust_request_id="always")
 
     @app.before_request
     def gate() -> tuple[str, int] | None:
@@ -599,7 +607,7 @@ def test_a_streamed_response_writes_under_the_context_the_view_hands_on(db: Sess
     # the view hands its context on to the generator explicitly.
     app = Flask(__name__)
     app.testing = True
-    VersioningAudit(app, actor=header_actor)
+    VersioningAudit(app, actor=header_actor, trust_request_id="always")
 
     @app.get("/export")
     def export() -> flask.Response:
@@ -922,7 +930,7 @@ def test_concurrent_requests_each_record_their_own_actor(db: Sessions) -> None:
     barrier = threading.Barrier(threads, timeout=30)
     app = Flask(__name__)
     app.testing = True
-    VersioningAudit(app, actor=header_actor)
+    VersioningAudit(app, actor=header_actor, trust_request_id="always")
 
     @app.post("/items/<int:item_id>")
     def create_item(item_id: int) -> dict[str, Any]:

@@ -171,9 +171,12 @@ def make_app(
 ) -> Starlette:
     """A small app: async and sync endpoints that write, a websocket, background tasks.
 
-    ``auth`` places Starlette's ``AuthenticationMiddleware`` "inside" or "outside" ours.
+    ``auth`` places Starlette's ``AuthenticationMiddleware`` "inside" or "outside" ours. The test
+    client's peer is no proxy: these tests trust any inbound request id unless they say otherwise
+    (the default, "proxies", has tests of its own).
     """
     log = events if events is not None else []
+    audit_options.setdefault("trust_request_id", "always")
 
     async def write_async(request: Request) -> Response:
         account_id = int(request.path_params["id"])
