@@ -283,7 +283,7 @@ def _check_ip(source_ip: object) -> str | None:
     if len(text) > MAX_SOURCE_IP:
         raise ContextError(
             f"source_ip {text!r} is {len(text)} characters long, more than the {MAX_SOURCE_IP} of "
-            "the source_ip column; pass the address without its zone"
+            "the source_ip column; pass the address without its zone, e.g. 'fe80::1'"
         )
     return text
 
