@@ -512,6 +512,10 @@ def test_actor_length() -> None:
         assert current_context().actor == "a" * 255
     with pytest.raises(ContextError, match="actor"):
         audit_context(actor="a" * 256)
+    with pytest.raises(ContextError, match="1 to 255 characters"):
+        audit_context(actor=10**255)
+    with pytest.raises(ContextError, match="1 to 255 characters"):
+        audit_context(actor=10**5000)  # beyond the digits str() converts
     with pytest.raises(ContextError, match="actor"):
         audit_context(actor="")
 

@@ -244,7 +244,13 @@ def _check_actor(actor: object, source: object = None) -> str | None:
             f"{origin} a {type(actor).__name__} ({actor!r}); an actor must be a str or an int "
             "(a user name or id), or None for no actor: pass e.g. actor=user.id"
         )
-    text = str(actor)
+    try:
+        text = str(actor)
+    except ValueError:  # an int beyond the digits str() converts
+        raise ContextError(
+            f"{origin} an int of thousands of digits; an actor must be 1 to {MAX_ACTOR} "
+            "characters long (the actor column), e.g. a user id"
+        ) from None
     if not text or len(text) > MAX_ACTOR:
         raise ContextError(
             f"{origin} {text[:40]!r}{'...' if len(text) > 40 else ''} of {len(text)} characters; "
