@@ -2,8 +2,9 @@
 
 Framework-free; :mod:`versioning.integrations.starlette` and :mod:`versioning.integrations.flask`
 both build a :class:`RequestAudit` from their keyword options and ask it, per request, for the
-source IP, the request id and the extra values (:meth:`RequestAudit.fields`). Writing another
-integration (Django, Litestar, ...) means the same call.
+source IP (:meth:`RequestAudit.source_ip`) and for the request id with the extra values that go
+with it (:meth:`RequestAudit.request_id`). Writing another integration (Django, Litestar, ...)
+means the same two calls.
 
 Who may choose the stored request id (``trust_request_id``):
 
