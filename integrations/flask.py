@@ -163,6 +163,11 @@ class _AuditedApp:
             return start_response(status, kept, exc_info)
 
         body = self.wsgi_app(environ, start_with_request_id)
+        file_wrapper = environ.get("wsgi.file_wrapper")
+        if isinstance(file_wrapper, type) and isinstance(body, file_wrapper):
+            # A file sent with send_file(): reading it writes nothing, and the server recognises
+            # its own wrapper to use sendfile(), which a wrapper of ours would prevent.
+            return body
         return _Body(body, context)
 
 

@@ -711,6 +711,41 @@ def test_the_context_covers_real_wsgi_iteration_and_close_and_only_them(db: Sess
         assert session.get(Item, 1) is None
 
 
+def test_a_file_body_reaches_the_server_as_its_own_file_wrapper(tmp_path: Any) -> None:
+    """A server uses sendfile() only for its own ``wsgi.file_wrapper``: it is passed through."""
+    from werkzeug.wsgi import FileWrapper
+
+    (tmp_path / "report.txt").write_text("report")
+    app = Flask(__name__)
+    VersioningAudit(app)
+
+    @app.get("/report")
+    def report() -> flask.Response:
+        return flask.send_file(tmp_path / "report.txt")
+
+    @app.get("/text")
+    def text() -> str:
+        return "text"
+
+    environ = {"wsgi.file_wrapper": FileWrapper, "REMOTE_ADDR": "192.0.2.1"}
+    seen: list[Any] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        seen.append(dict(headers)["X-Request-ID"])
+        return lambda data: None
+
+    from werkzeug.test import EnvironBuilder
+
+    for path, passed_through in (("/report", True), ("/text", False)):
+        built = EnvironBuilder(path=path).get_environ()
+        built.update(environ)
+        body = app(built, start_response)
+        assert isinstance(body, FileWrapper) is passed_through
+        assert b"".join(body) in (b"report", b"text")
+        body.close()  # type: ignore[attr-defined]
+    assert len(seen) == 2 and all(GENERATED_ID.fullmatch(rid) for rid in seen)
+
+
 class TeardownBoom(Exception):
     pass
 
