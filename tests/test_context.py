@@ -711,6 +711,15 @@ def test_extra_that_a_json_column_cannot_store_is_refused(
     assert fields(current_context()) == (None, None, None, None, {})
 
 
+def test_contexts_with_nested_extra_are_hashable_and_equal_by_value() -> None:
+    with audit_context(actor="a", tags=["x"], meta={"b": 1, "a": [2]}):
+        first = current_context()
+    with audit_context(actor="a", meta={"a": [2], "b": 1}, tags=["x"]):
+        second = current_context()
+    assert first == second and hash(first) == hash(second)
+    assert len({first, second, AuditContext()}) == 2
+
+
 def test_extra_is_kept_as_it_will_be_stored() -> None:
     tags = ["a"]
     context = audit_context(tags=tags, pair=(1, 2), text="tab\tand\x01control")

@@ -101,7 +101,8 @@ class AuditContext:
 
     def __hash__(self) -> int:
         values = self._values()
-        return hash((*values[:4], tuple(sorted(values[4].items(), key=repr))))
+        # extra may hold lists and dicts (JSON): hash its canonical JSON text.
+        return hash((*values[:4], json.dumps(values[4], sort_keys=True, default=repr)))
 
     def __repr__(self) -> str:
         actor = "<not asked yet>" if self._actor is _UNRESOLVED else repr(self._actor)
