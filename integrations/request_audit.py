@@ -2,8 +2,21 @@
 
 Framework-free; :mod:`versioning.integrations.starlette` and :mod:`versioning.integrations.flask`
 both build a :class:`RequestAudit` from their keyword options and ask it, per request, for the
-source IP and the request id. Writing another integration (Django, Litestar, ...) means the same
-two calls.
+source IP (:meth:`RequestAudit.source_ip`) and for the request id with the extra values that go
+with it (:meth:`RequestAudit.request_id`). Writing another integration (Django, Litestar, ...)
+means the same two calls.
+
+Who may choose the stored request id (``trust_request_id``):
+
+* ``"proxies"`` (the default): an inbound id is taken only from a peer in ``trusted_proxies`` —
+  your proxy sets it (``proxy_set_header X-Request-ID $request_id`` in nginx). Any other client's
+  id is not the request id: a safe one is kept in ``extra["untrusted_request_id"]``, so support
+  can still find a request a client quotes, and a fresh id is the request id.
+* ``"always"``: every safe inbound id is taken (the app is reachable only through proxies that
+  set or overwrite the header).
+* ``"never"``: the header is not read; every request gets a fresh id.
+
+A header sent more than once is ambiguous (a client's copy may come first): it counts as absent.
 """
 
 from __future__ import annotations
@@ -15,10 +28,16 @@ from dataclasses import dataclass
 from versioning.errors import ConfigurationError
 from versioning.integrations import forwarding, request_id
 
-__all__ = ["FORWARDED_HEADERS", "RequestAudit"]
+__all__ = ["FORWARDED_HEADERS", "TRUST_REQUEST_ID", "UNTRUSTED_REQUEST_ID", "RequestAudit"]
 
 #: The forwarded headers a deployment's proxies may maintain; exactly one is read.
 FORWARDED_HEADERS = ("X-Forwarded-For", "Forwarded")
+
+#: The values of ``trust_request_id``.
+TRUST_REQUEST_ID = ("proxies", "always", "never")
+
+#: The ``extra`` key under which an id sent by an untrusted client is kept.
+UNTRUSTED_REQUEST_ID = "untrusted_request_id"
 
 #: An HTTP header field name (RFC 9110 "token").
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -32,6 +51,7 @@ class RequestAudit:
     forwarded_header: str
     request_id_header: str
     request_id_max_length: int
+    trust_request_id: str
 
     @classmethod
     def configure(
@@ -43,6 +63,7 @@ class RequestAudit:
         forwarded_header: object,
         request_id_header: object,
         request_id_max_length: object,
+        trust_request_id: object,
     ) -> RequestAudit:
         """Check the options (``owner`` names the integration in errors) and keep them."""
         if actor is not None and not callable(actor):
@@ -74,7 +95,18 @@ class RequestAudit:
                 f"{owner}: request_id_max_length must be an int from 1 to 128 (the length of the "
                 f"transaction table's request_id column), got {length!r}"
             )
-        return cls(forwarding.TrustedProxies(trusted_proxies), canonical, request_id_header, length)
+        if not isinstance(trust_request_id, str) or trust_request_id not in TRUST_REQUEST_ID:
+            raise ConfigurationError(
+                f"{owner}: trust_request_id must be 'proxies' (take the inbound request id only "
+                f"from trusted_proxies), 'always' or 'never', got {trust_request_id!r}"
+            )
+        return cls(
+            forwarding.TrustedProxies(trusted_proxies),
+            canonical,
+            request_id_header,
+            length,
+            trust_request_id,
+        )
 
     def source_ip(self, peer: str | None, header: Callable[[str], Sequence[str]]) -> str | None:
         """The client address: ``header(name)`` gives all values of a request header."""
@@ -85,6 +117,26 @@ class RequestAudit:
             rfc7239=self.forwarded_header == "Forwarded",
         )
 
-    def request_id(self, inbound: str | None) -> str:
-        """The inbound request id if it is safe, else a new one."""
-        return request_id.accept(inbound, self.request_id_max_length)
+    def request_id(
+        self, peer: str | None, header: Callable[[str], Sequence[str]]
+    ) -> tuple[str, dict[str, str]]:
+        """The request id to record, and the extra values that go with it.
+
+        ``peer`` is the socket's peer address; ``header(name)`` gives all values of a header.
+        """
+        trust = self.trust_request_id
+        if trust == "never":
+            return request_id.new(), {}
+        values = header(self.request_id_header)
+        inbound = values[0] if len(values) == 1 else None
+        if not request_id.is_safe(inbound, self.request_id_max_length):
+            return request_id.new(), {}
+        assert inbound is not None
+        if trust == "always" or self._from_trusted_proxy(peer):
+            return inbound, {}
+        return request_id.new(), {UNTRUSTED_REQUEST_ID: inbound}
+
+    def _from_trusted_proxy(self, peer: str | None) -> bool:
+        if not self.trusted_proxies or peer is None:
+            return False
+        return forwarding.parse_ip(peer) in self.trusted_proxies

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import uuid
 
-__all__ = ["MAX_LENGTH", "accept", "new"]
+__all__ = ["MAX_LENGTH", "accept", "is_safe", "new"]
 
 #: Longest inbound id kept.
 MAX_LENGTH = 64
@@ -23,8 +23,13 @@ def new() -> str:
     return uuid.uuid4().hex
 
 
+def is_safe(inbound: str | None, max_length: int = MAX_LENGTH) -> bool:
+    """Whether ``inbound`` is an id of at most ``max_length`` safe characters."""
+    return inbound is not None and len(inbound) <= max_length and bool(_SAFE.fullmatch(inbound))
+
+
 def accept(inbound: str | None, max_length: int = MAX_LENGTH) -> str:
     """``inbound`` if it is a safe id of at most ``max_length`` characters, else a new one."""
-    if inbound is not None and len(inbound) <= max_length and _SAFE.fullmatch(inbound):
+    if inbound is not None and is_safe(inbound, max_length):
         return inbound
     return new()

@@ -6,7 +6,8 @@ task group whose context copies break propagation). It opens one ``audit_context
 ``BackgroundTasks`` that run after the response — and closes it afterwards.
 
 * **actor**: your ``actor(connection)`` callable, or else the user that Starlette's
-  ``AuthenticationMiddleware`` authenticated (``request.user.identity``). It is asked when the
+  ``AuthenticationMiddleware`` authenticated (``request.user.identity``; an identity ``0`` is an
+  actor like any other). It is asked when the
   first change is flushed, so authentication placed inside this middleware is seen. Code that
   learns the user later calls :func:`versioning.set_actor`; the value holds for the rest of the
   request, including in threadpool workers.
@@ -15,15 +16,20 @@ task group whose context copies break propagation). It opens one ``audit_context
   ``X-Forwarded-For`` (default) or RFC 7239 ``Forwarded`` (see
   :mod:`versioning.integrations.forwarding`).
   The other header is never read, since a client can send it itself.
-* **request_id**: a safe inbound ``X-Request-ID`` (the header name is configurable), else a new
-  one; echoed in the response headers (and on the websocket handshake).
+* **request_id**: a safe inbound ``X-Request-ID`` (the header name is configurable) sent by one of
+  ``trusted_proxies`` (``trust_request_id="proxies"``, the default; or ``"always"``, ``"never"``),
+  else a new one; echoed in the response headers (and on the websocket handshake). A safe id sent
+  by an untrusted client is kept in ``extra["untrusted_request_id"]``.
 
 Requires the ``starlette`` extra: ``pip install 'sqlalchemy-versioning[starlette]'``.
 """
 
 from __future__ import annotations
 
+import functools
+import uuid
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.requests import HTTPConnection
@@ -39,13 +45,17 @@ __all__ = ["ActorCallable", "AuditContextMiddleware"]
 ActorCallable = Callable[[HTTPConnection], "str | int | None"]
 
 
-def authenticated_user(connection: HTTPConnection) -> str | None:
-    """The identity of the user set by Starlette's ``AuthenticationMiddleware``, if any."""
+def authenticated_user(connection: HTTPConnection) -> str | int | None:
+    """The identity of the user set by Starlette's ``AuthenticationMiddleware``, if any.
+
+    The identity is returned as it is — ``0`` and ``""`` included — and checked like any actor, so
+    an authenticated user is never silently recorded as anonymous (a ``UUID`` is given as text).
+    """
     user = connection.scope.get("user")
     if user is None or not getattr(user, "is_authenticated", False):
         return None
-    identity = user.identity
-    return str(identity) if identity else None
+    identity: Any = user.identity
+    return str(identity) if isinstance(identity, uuid.UUID) else identity
 
 
 class AuditContextMiddleware:
@@ -63,6 +73,7 @@ class AuditContextMiddleware:
         forwarded_header: str = "X-Forwarded-For",
         request_id_header: str = "X-Request-ID",
         request_id_max_length: int = request_id.MAX_LENGTH,
+        trust_request_id: str = "proxies",
     ) -> None:
         self.settings = RequestAudit.configure(
             "AuditContextMiddleware",
@@ -71,6 +82,7 @@ class AuditContextMiddleware:
             forwarded_header=forwarded_header,
             request_id_header=request_id_header,
             request_id_max_length=request_id_max_length,
+            trust_request_id=trust_request_id,
         )
         self.app = app
         self.actor: ActorCallable = actor if actor is not None else authenticated_user
@@ -82,14 +94,12 @@ class AuditContextMiddleware:
             return
         headers = Headers(scope=scope)
         client = scope.get("client")
+        peer = client[0] if client else None
         settings = self.settings
-        source_ip = settings.source_ip(client[0] if client else None, headers.getlist)
-        rid = settings.request_id(headers.get(settings.request_id_header))
-        connection = HTTPConnection(scope)
-        actor = self.actor
-
-        def actor_of_request() -> str | int | None:
-            return actor(connection)
+        source_ip = settings.source_ip(peer, headers.getlist)
+        rid, extra = settings.request_id(peer, headers.getlist)
+        # A partial, so that an error about what the callable returned names the callable.
+        actor_of_request = functools.partial(self.actor, HTTPConnection(scope))
 
         echo = (self._header_bytes, rid.encode("latin-1"))
 
@@ -99,7 +109,9 @@ class AuditContextMiddleware:
                 message = {**message, "headers": [*kept, echo]}
             await send(message)
 
-        context = audit_context(actor=actor_of_request, source_ip=source_ip, request_id=rid)
+        context = audit_context(
+            actor=actor_of_request, source_ip=source_ip, request_id=rid, **extra
+        )
         context.open()  # not ``async with``: that would ask for the actor before the endpoint runs
         try:
             await self.app(scope, receive, send_with_request_id)

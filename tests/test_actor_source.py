@@ -199,6 +199,76 @@ def test_callable_in_decorator_and_async_with() -> None:
     assert asyncio.run(main()) == ("async-user", "async-user")
 
 
+# --- what a callable's answer means --------------------------------------------------------------
+
+
+class User:
+    def __init__(self, user_id: object, authenticated: bool = True) -> None:
+        self.id = user_id
+        self.is_authenticated = authenticated
+
+
+@pytest.mark.parametrize(
+    ("user", "expected"),
+    [
+        (User(0), "0"),
+        (User("0"), "0"),
+        (User(7), "7"),
+        (User(7, authenticated=False), "outer"),  # `False and ...` is False: no actor
+        (User(None), "outer"),
+    ],
+    ids=["id-0", "id-str-0", "id-7", "anonymous", "id-none"],
+)
+def test_zero_is_an_actor_and_false_or_none_mean_no_actor(user: User, expected: str) -> None:
+    def actor_of_user() -> object:
+        return user.is_authenticated and user.id
+
+    with audit_context(actor="outer"), audit_context(actor=actor_of_user):  # type: ignore[arg-type]
+        assert current_context().actor == expected
+
+
+def flag_actor() -> bool:
+    return True
+
+
+@pytest.mark.parametrize(
+    ("returned", "words"),
+    [
+        (True, "returned True: an actor is a user name or id, not a flag"),
+        (1.5, "returned a float"),
+        ({"id": 1}, "returned a dict"),
+        ("", "returned '' of 0 characters"),
+        ("alice\x00", r"control character .*\(U\+0000\)"),
+        ("a\nb", "control character"),
+    ],
+    ids=["true", "float", "dict", "empty", "nul", "newline"],
+)
+def test_a_bad_answer_names_the_callable(returned: object, words: str) -> None:
+    def user_lookup() -> object:
+        return returned
+
+    with (
+        audit_context(actor=user_lookup),  # type: ignore[arg-type]
+        pytest.raises(ContextError, match=words) as info,
+    ):
+        current_context()
+    assert "test_a_bad_answer_names_the_callable.<locals>.user_lookup" in str(info.value)
+
+
+def test_the_callable_is_named_through_partials_and_wrappers() -> None:
+    import functools
+
+    def wrapper() -> bool:
+        return flag_actor()
+
+    wrapper.__wrapped__ = flag_actor  # type: ignore[attr-defined]
+    for source in (functools.partial(flag_actor), wrapper, functools.partial(wrapper)):
+        with audit_context(actor=source), pytest.raises(ContextError) as info:  # type: ignore[arg-type]
+            current_context()
+        name = f"{flag_actor.__module__}.flag_actor"
+        assert f"the actor callable {name} returned True" in str(info.value)
+
+
 # --- end to end: the transaction row -----------------------------------------------------------
 
 
@@ -298,3 +368,38 @@ def test_callable_returning_a_bad_actor_fails_the_flush_and_writes_nothing(
     assert actors(session) == []
     assert history(session, Page, 1) == []
     session.commit()
+
+
+def test_callable_returning_zero_or_false_commits_on_every_backend(
+    create_tables: Callable[[sa.MetaData], sa.Engine], sessions: Callable[[], Session]
+) -> None:
+    """``0`` is recorded as the actor ``"0"``; ``False`` (``user.is_authenticated and user.id``
+    for an anonymous user) is no actor — the commit goes through, it used to raise."""
+    create_tables(Base.metadata)
+    session = sessions()
+    for user in (User(0), User(5, authenticated=False)):
+        with audit_context(actor=lambda user=user: user.is_authenticated and user.id):  # type: ignore[misc]
+            session.add(Page(id=len(actors(session)) + 1, title="x"))
+            session.commit()
+    assert actors(session) == ["0", None]
+
+
+def test_callable_returning_true_or_nul_fails_the_flush_naming_it_and_writes_nothing(
+    create_tables: Callable[[sa.MetaData], sa.Engine], sessions: Callable[[], Session]
+) -> None:
+    create_tables(Base.metadata)
+    session = sessions()
+    for bad in (True, "alice\x00"):
+
+        def user_lookup(bad: object = bad) -> object:
+            return bad
+
+        with audit_context(actor=user_lookup):  # type: ignore[arg-type]
+            session.add(Page(id=1, title="never"))
+            with pytest.raises(ContextError, match=r"actor callable .*user_lookup returned"):
+                session.commit()
+        session.rollback()
+        assert session.get(Page, 1) is None
+        assert actors(session) == []
+        assert history(session, Page, 1) == []
+        session.commit()

@@ -512,6 +512,10 @@ def test_actor_length() -> None:
         assert current_context().actor == "a" * 255
     with pytest.raises(ContextError, match="actor"):
         audit_context(actor="a" * 256)
+    with pytest.raises(ContextError, match="1 to 255 characters"):
+        audit_context(actor=10**255)
+    with pytest.raises(ContextError, match="1 to 255 characters"):
+        audit_context(actor=10**5000)  # beyond the digits str() converts
     with pytest.raises(ContextError, match="actor"):
         audit_context(actor="")
 
@@ -596,6 +600,169 @@ def test_bad_decorator_arguments_raise_at_decoration() -> None:
             pass
 
 
+# --- validation of what could not be stored (or would fail the commit) ----------------------------
+
+XSS_ZONE = "fe80::1%<img src=x onerror=alert(1)>"
+# Unicode categories Cc (C0, DEL, C1), the line/paragraph separators, a lone surrogate.
+CONTROLS = ["\x00", "\n", "\r", "\t", "\x1b", "\x7f", "\x85", "\x9b", "\u2028", "\u2029", "\ud800"]
+
+
+@pytest.mark.parametrize("char", CONTROLS, ids=repr)
+@pytest.mark.parametrize("field", ["actor", "request_id"])
+def test_control_characters_are_refused_in_actor_and_request_id(field: str, char: str) -> None:
+    with pytest.raises(ContextError, match=rf"{field}|actor") as info:
+        audit_context(**{field: f"alice{char}admin"})
+    assert f"U+{ord(char):04X}" in str(info.value)
+    assert "control character" in str(info.value)
+    assert fields(current_context()) == (None, None, None, None, {})
+
+
+@pytest.mark.parametrize("char", CONTROLS, ids=repr)
+def test_set_actor_refuses_control_characters_and_keeps_the_actor(char: str) -> None:
+    with audit_context(actor="alice"):
+        with pytest.raises(ContextError, match="control character"):
+            set_actor(f"bob{char}")
+        assert current_context().actor == "alice"
+
+
+@pytest.mark.parametrize(
+    "source_ip",
+    [
+        XSS_ZONE,
+        "fe80::1%eth0\r\nX-Injected: 1",
+        "fe80::1%\n",
+        "fe80::1%\x00",
+        "fe80::1%eth 0",
+        "fe80::1%eth0;drop",
+        "fe80::1%é",
+        "fe80::1%" + "a" * 40,  # a valid zone, but longer than the 45-character column
+        ipaddress.IPv6Address("fe80::1%<b>"),
+        "203.0.113.7\x00",
+        "203.0.113.7\n",
+    ],
+    ids=repr,
+)
+def test_ipv6_zones_and_control_characters_in_source_ip_are_refused(source_ip: object) -> None:
+    with pytest.raises(ContextError, match="source_ip") as info:
+        audit_context(source_ip=source_ip)  # type: ignore[arg-type]
+    assert "e.g." in str(info.value)  # says what to pass instead
+    assert fields(current_context()) == (None, None, None, None, {})
+
+
+@pytest.mark.parametrize("zone", ["eth0", "en0.100", "1", "25", "wlan-0_~x"])
+def test_ipv6_zone_of_an_interface_is_kept(zone: str) -> None:
+    with audit_context(source_ip=f"FE80::0001%{zone}"):
+        assert current_context().source_ip == f"fe80::1%{zone}"
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x1b", "\x07", "\x7f", "\x9b", "\ud800"], ids=repr)
+def test_reason_refuses_nul_and_control_characters(char: str) -> None:
+    with pytest.raises(ContextError, match="reason") as info:
+        audit_context(reason=f"fix{char}typo")
+    assert f"U+{ord(char):04X}" in str(info.value)
+
+
+def test_reason_may_hold_tabs_and_line_breaks() -> None:
+    reason = "Ticket SUP-1:\n\tmerge duplicates\r\n\u2028done"
+    with audit_context(reason=reason):
+        assert current_context().reason == reason
+
+
+def test_reason_fits_mariadb_text() -> None:
+    longest = "é" * 32_767 + "a"  # 65,535 bytes in UTF-8
+    with audit_context(reason=longest):
+        assert current_context().reason == longest
+    with pytest.raises(ContextError, match=r"65536 bytes .* 65535"):
+        audit_context(reason="é" * 32_768)
+    with pytest.raises(ContextError, match="reason"):
+        audit_context(reason="a" * 65_536)
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        ({"note": "a\x00b"}, r"extra\['note'\] .*U\+0000"),
+        ({"note": "\ud83d"}, r"extra\['note'\] .*U\+D83D"),
+        ({"nested": {"deep": ["ok", "b\x00"]}}, r"extra\['nested'\]\['deep'\]\[1\] .*U\+0000"),
+        ({"nested": {"k\x00": 1}}, r"extra\['nested'\]\['k\\x00'\] .*U\+0000"),
+        ({"k\x00": 1}, r"extra\['k\\x00'\] .*U\+0000"),
+        ({"nested": {1: "a"}}, r"extra\['nested'\] has the key 1 of type int"),
+        ({"nested": {None: "a"}}, r"extra\['nested'\] has the key None"),
+        ({"loop": (loop := [])}, "JSON"),
+    ],
+    ids=[
+        "nul",
+        "surrogate",
+        "nested-nul",
+        "nested-key-nul",
+        "key-nul",
+        "int-key",
+        "none-key",
+        "cycle",
+    ],
+)
+def test_extra_that_a_json_column_cannot_store_is_refused(
+    extra: dict[str, object], words: str
+) -> None:
+    if "loop" in extra:
+        extra["loop"].append(extra["loop"])  # type: ignore[attr-defined]
+    with pytest.raises(ContextError, match=words):
+        audit_context(**extra)  # type: ignore[arg-type]
+    assert fields(current_context()) == (None, None, None, None, {})
+
+
+def test_contexts_with_nested_extra_are_hashable_and_equal_by_value() -> None:
+    with audit_context(actor="a", tags=["x"], meta={"b": 1, "a": [2]}):
+        first = current_context()
+    with audit_context(actor="a", meta={"a": [2], "b": 1}, tags=["x"]):
+        second = current_context()
+    assert first == second and hash(first) == hash(second)
+    assert len({first, second, AuditContext()}) == 2
+
+
+def test_extra_is_kept_as_it_will_be_stored() -> None:
+    tags = ["a"]
+    context = audit_context(tags=tags, pair=(1, 2), text="tab\tand\x01control")
+    tags.append("added after the context was made")
+    with context:
+        assert dict(current_context().extra) == {
+            "tags": ["a"],
+            "pair": [1, 2],  # JSON has no tuples
+            "text": "tab\tand\x01control",
+        }
+
+
+# --- what an actor may be ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"), [(0, "0"), ("0", "0"), (-1, "-1"), (10**30, str(10**30))]
+)
+def test_zero_and_other_ids_are_actors(given: object, stored: str) -> None:
+    with audit_context(actor=given):  # type: ignore[arg-type]
+        assert current_context().actor == stored
+    with audit_context(actor="outer"), audit_context():
+        set_actor(given)  # type: ignore[arg-type]
+        assert current_context().actor == stored
+
+
+def test_false_means_no_actor_like_none() -> None:
+    user_is_authenticated, user_id = False, 7
+    with audit_context(actor="outer"), audit_context(actor=user_is_authenticated and user_id):
+        assert current_context().actor == "outer"  # falls through, like None
+        set_actor(user_is_authenticated and user_id)
+        assert current_context().actor == "outer"
+    with audit_context(actor=False):
+        assert current_context().actor is None
+
+
+def test_true_is_refused_as_a_flag() -> None:
+    with pytest.raises(ContextError, match="True: an actor is a user name or id, not a flag"):
+        audit_context(actor=True)
+    with audit_context(), pytest.raises(ContextError, match="not a flag"):
+        set_actor(True)
+
+
 # --- end to end --------------------------------------------------------------------------------
 
 
@@ -650,4 +817,57 @@ def test_transaction_row_takes_the_context_values(
     assert versions[0].transaction.id == first["id"]
     assert versions[0].transaction.actor == "17"
     assert dict(versions[0].transaction.extra or {}) == {"tenant": "acme", "flow": "signup"}
+    session.commit()
+
+
+def test_values_at_the_limits_are_stored_exactly_and_bad_ones_refused_before_any_write(
+    create_tables: Callable[[sa.MetaData], sa.Engine], sessions: Callable[[], Session]
+) -> None:
+    """What passes the checks is stored as given on every backend (the longest actor, request id,
+    source IP and reason; text JSON can hold); what fails them never reaches the session."""
+    create_tables(Base.metadata)
+    transactions = versioning.transaction_table(Base.metadata)
+    assert isinstance(transactions, sa.Table)
+    session = sessions()
+    actor = "ü" * 254 + "\U0001f600"  # 255 characters, non-ASCII and outside the BMP
+    request_id = "r" * 128
+    source_ip = "fe80::abcd:ef01:2345:6789%en0.1234567890"
+    reason = "é" * 32_766 + "\n\t!"  # 65,535 bytes in UTF-8: all MariaDB's TEXT holds
+    extra = {"note": "tab\t\x01\u2028\U0001f600", "ids": [0, -1], "nested": {"k": None}}
+    with audit_context(
+        actor=actor, request_id=request_id, source_ip=source_ip, reason=reason, **extra
+    ):
+        session.add(Ticket(id=1, title="limits"))
+        session.commit()
+    # Refused when set: the session's write then goes ahead with the values in force.
+    with audit_context(actor="bob"):
+        session.add(Ticket(id=2, title="refused values"))
+        with pytest.raises(ContextError, match="actor"):
+            set_actor("mallory\x00")
+        for bad in (
+            {"actor": "a\x00"},
+            {"request_id": "r\x00"},
+            {"reason": "why\x00"},
+            {"source_ip": XSS_ZONE},
+            {"note": "\x00"},
+        ):
+            with pytest.raises(ContextError):
+                audit_context(**bad)  # type: ignore[arg-type]
+        assert session.new  # nothing was flushed by the refusals
+        session.commit()
+    rows = session.execute(sa.select(transactions).order_by(transactions.c.id)).mappings().all()
+    session.commit()
+    assert len(rows) == 2
+    first, second = rows
+    assert (first["actor"], first["request_id"], first["source_ip"]) == (
+        actor,
+        request_id,
+        source_ip,
+    )
+    assert first["reason"] == reason
+    assert first["extra"] == extra
+    assert (second["actor"], second["reason"], second["extra"]) == ("bob", None, None)
+    assert [v.transaction.id for v in history(session, Ticket, 2) if v.transaction] == [
+        second["id"]
+    ]
     session.commit()

@@ -110,7 +110,10 @@ def make_app(
     endpoint_kind: str,
     rendezvous: Rendezvous | None = None,
     events: list[Any] | None = None,
+    trust_request_id: str = "always",
 ) -> FastAPI:
+    """The test client's peer is no proxy: these tests trust any inbound request id unless they
+    say otherwise (the default, "proxies", has a test of its own)."""
     log = events if events is not None else []
 
     def get_session() -> Iterator[Session]:
@@ -161,7 +164,9 @@ def make_app(
         return {"id": account_id}
 
     app = FastAPI()
-    app.add_middleware(AuditContextMiddleware, trusted_proxies=["10.0.0.0/8"])
+    app.add_middleware(
+        AuditContextMiddleware, trusted_proxies=["10.0.0.0/8"], trust_request_id=trust_request_id
+    )
 
     if endpoint_kind == "async":
 
@@ -285,6 +290,45 @@ def test_fresh_request_id_and_forwarded_client_through_a_trusted_proxy(
     assert recorded(update.transaction) == ("bob", "198.51.100.7", rid)
     (notice,) = versions_of(engine, Notice, 1)
     assert recorded(notice.transaction) == ("bob", "198.51.100.7", rid)
+
+
+def test_by_default_a_client_cannot_choose_the_request_id(
+    engine: sa.Engine, create_tables: Tables
+) -> None:
+    """The default ``trust_request_id="proxies"``: the id of a direct client is kept aside, in
+    ``extra``, and the request, its background task and the response get a fresh one; the id our
+    proxy sends is the request id."""
+    create_tables(Base.metadata)
+    seed(engine, 1, 2)
+    app = make_app(engine, auth_kind="sync", endpoint_kind="async", trust_request_id="proxies")
+    direct = TestClient(app, client=(PEER, 1234))
+    response = direct.post(
+        "/accounts/1/deposit",
+        params={"amount": 1},
+        headers={"Authorization": "Bearer token-eve", "X-Request-ID": "victim-request-0001"},
+    )
+    assert response.status_code == 200, response.text
+    (rid,) = response.headers.get_list("x-request-id")
+    assert FRESH_ID.fullmatch(rid)
+    _, update = versions_of(engine, Account, 1)
+    (notice,) = versions_of(engine, Notice, 1)
+    for tx in (update.transaction, notice.transaction):
+        assert recorded(tx) == ("eve", PEER, rid)
+        assert dict(tx.extra) == {"untrusted_request_id": "victim-request-0001"}
+    proxied = TestClient(app, client=("10.0.0.1", 1234))
+    response = proxied.post(
+        "/accounts/2/deposit",
+        params={"amount": 1},
+        headers={
+            "Authorization": "Bearer token-eve",
+            "X-Request-ID": "lb-7f3a",
+            "X-Forwarded-For": "198.51.100.7",
+        },
+    )
+    assert response.headers.get_list("x-request-id") == ["lb-7f3a"]
+    _, update = versions_of(engine, Account, 2)
+    assert recorded(update.transaction) == ("eve", "198.51.100.7", "lb-7f3a")
+    assert dict(update.transaction.extra) == {}
 
 
 @KINDS

@@ -96,8 +96,11 @@ def add_write_route(app: Flask, sessions: Sessions) -> None:
 
 
 def make_app(sessions: Sessions, **audit_options: Any) -> tuple[Flask, VersioningAudit]:
+    """An app writing items. The test client's peer is no proxy: these tests trust any inbound
+    request id unless they say otherwise (the default, "proxies", has tests of its own)."""
     app = Flask(__name__)
     app.testing = True
+    audit_options.setdefault("trust_request_id", "always")
     audit = VersioningAudit(app, **audit_options)
     add_write_route(app, sessions)
     return app, audit
@@ -155,13 +158,18 @@ def test_init_app_form_serves_several_apps_with_one_extension(db: Sessions) -> N
         headers={"X-User": "alice", "X-Request-ID": "one", "X-Forwarded-For": "198.51.100.1"},
         environ_base={"REMOTE_ADDR": "10.0.0.1"},
     )
-    second.test_client().post(
+    response = second.test_client().post(
         "/items/2",
         headers={"X-User": "bob", "X-Request-ID": "two"},
         environ_base={"REMOTE_ADDR": "192.0.2.9"},
     )
+    # By default only a trusted proxy chooses the request id: the client's id is kept aside.
+    rid = response.headers["X-Request-ID"]
+    assert GENERATED_ID.fullmatch(rid)
     assert who(transaction_of(db, 1)) == ("alice", "198.51.100.1", "one")
-    assert who(transaction_of(db, 2)) == ("bob", "192.0.2.9", "two")
+    assert dict(transaction_of(db, 1).extra or {}) == {}
+    assert who(transaction_of(db, 2)) == ("bob", "192.0.2.9", rid)
+    assert dict(transaction_of(db, 2).extra or {}) == {"untrusted_request_id": "two"}
 
 
 def test_without_actor_callable_the_write_is_anonymous_but_has_ip_and_request_id(
@@ -207,7 +215,7 @@ def test_lazy_actor_sees_g_user_loaded_by_a_hook_registered_before_the_extension
         seen_in_hook.append(context_fields())
 
     # g.user exists only once load_user has run: the actor must not be asked before.
-    VersioningAudit(app, actor=lambda req: g.user)
+    VersioningAudit(app, actor=lambda req: g.user, trust_request_id="always")
     add_write_route(app, db)
     client = app.test_client()
     response = client.post(
@@ -273,7 +281,7 @@ def test_audit_context_nested_in_a_view_adds_a_reason_and_keeps_the_request_fiel
 ) -> None:
     app = Flask(__name__)
     app.testing = True
-    VersioningAudit(app, actor=header_actor)
+    VersioningAudit(app, actor=header_actor, trust_request_id="always")
 
     @app.post("/import")
     def bulk_import() -> str:
@@ -310,6 +318,31 @@ def test_actor_callable_returning_a_bad_value_fails_the_write_and_only_that_requ
     response = client.post("/items/2")
     assert response.status_code == 200
     assert who(transaction_of(db, 2)) == (None, "127.0.0.1", response.headers["X-Request-ID"])
+
+
+def authenticated_and_id(req: flask.Request) -> Any:
+    """``current_user.is_authenticated and current_user.id``: ``False`` when anonymous."""
+    user_id = req.headers.get("X-User-Id")
+    return user_id is not None and int(user_id)
+
+
+def authenticated_flag(req: flask.Request) -> Any:
+    return req.headers.get("X-User-Id") is not None
+
+
+def test_actor_callable_answering_zero_false_or_true(db: Sessions) -> None:
+    app, _ = make_app(db, actor=authenticated_and_id)
+    client = app.test_client()
+    assert client.post("/items/1", headers={"X-User-Id": "0"}).status_code == 200
+    assert client.post("/items/2").status_code == 200
+    assert transaction_of(db, 1).actor == "0"  # user 0 is a user
+    assert transaction_of(db, 2).actor is None  # False: anonymous
+    flagged, _ = make_app(db, actor=authenticated_flag)
+    with pytest.raises(ContextError, match=r"actor callable .*authenticated_flag returned True"):
+        flagged.test_client().post("/items/3", headers={"X-User-Id": "1"})
+    with db() as session:
+        assert session.get(Item, 3) is None
+        assert history(session, Item, 3) == []
 
 
 # --- request id ---------------------------------------------------------------------------------
@@ -395,7 +428,7 @@ def test_context_is_visible_in_hooks_view_and_teardown_and_cleared_after(db: Ses
     def early_hook() -> None:
         seen["before_request (registered first)"] = context_fields()
 
-    VersioningAudit(app, actor=header_actor)
+    VersioningAudit(app, actor=header_actor, trust_request_id="always")
 
     @app.before_request
     def late_hook() -> None:
@@ -439,7 +472,7 @@ def test_context_is_visible_in_hooks_view_and_teardown_and_cleared_after(db: Ses
 def test_teardown_registered_before_the_extension_still_sees_the_context(db: Sessions) -> None:
     # The usual factory order: the app's own teardown (e.g. commit-on-teardown of a session
     # helper) is registered when the app is built, extensions are initialised afterwards.
-    audit = VersioningAudit(actor=header_actor)
+    audit = VersioningAudit(actor=header_actor, trust_request_id="always")
     app = Flask(__name__)
     app.testing = True
     seen: list[dict[str, Any]] = []
@@ -468,7 +501,7 @@ def test_teardown_registered_before_the_extension_still_sees_the_context(db: Ses
 def test_blueprint_hooks_and_views_see_the_context(db: Sessions) -> None:
     app = Flask(__name__)
     app.testing = True
-    VersioningAudit(app, actor=header_actor)
+    VersioningAudit(app, actor=header_actor, trust_request_id="always")
     blueprint = flask.Blueprint("admin", __name__, url_prefix="/admin")
     seen: dict[str, dict[str, Any]] = {}
 
@@ -548,7 +581,7 @@ def test_a_view_that_raises_in_production_mode_returns_500_with_the_request_id(
     db: Sessions,
 ) -> None:
     app = Flask(__name__)  # testing off: the error becomes a 500 response
-    VersioningAudit(app, actor=header_actor)
+    VersioningAudit(app, actor=header_actor, trust_request_id="always")
     add_write_route(app, db)
 
     @app.get("/fail")
@@ -568,7 +601,7 @@ def test_a_view_that_raises_in_production_mode_returns_500_with_the_request_id(
 def test_a_before_request_that_returns_early_still_closes_the_context(db: Sessions) -> None:
     app = Flask(__name__)
     app.testing = True
-    VersioningAudit(app, actor=header_actor)
+    VersioningAudit(app, actor=header_actor, trust_request_id="always")
 
     @app.before_request
     def gate() -> tuple[str, int] | None:
@@ -594,34 +627,221 @@ def test_a_before_request_that_returns_early_still_closes_the_context(db: Sessio
     assert who(transaction_of(db, 2)) == (None, "127.0.0.1", allowed.headers["X-Request-ID"])
 
 
-def test_a_streamed_response_writes_under_the_context_the_view_hands_on(db: Sessions) -> None:
-    # A streamed body is generated after teardown closed the request's context (documented):
-    # the view hands its context on to the generator explicitly.
+def streaming_app(db: Sessions, events: list[tuple[str, dict[str, Any]]]) -> Flask:
+    """``GET /export`` streams a body whose generator writes item 1 mid-stream (``?with_context``
+    wraps it in ``stream_with_context``) and item 2 when the body is closed, finished or not."""
     app = Flask(__name__)
     app.testing = True
-    VersioningAudit(app, actor=header_actor)
+    VersioningAudit(app, actor=header_actor, trust_request_id="always")
 
     @app.get("/export")
     def export() -> flask.Response:
-        seen = current_context()
-
         def rows() -> Iterator[str]:
-            yield "start\n"
-            with audit_context(
-                actor=seen.actor, source_ip=seen.source_ip, request_id=seen.request_id
-            ):
+            try:
+                yield "start\n"
+                events.append(("mid-stream", context_fields()))
                 write_item(db, 1, "streamed")
-            yield "end\n"
+                yield "end\n"
+            finally:  # runs when the server closes the body, even after a client went away
+                events.append(("closed", context_fields()))
+                write_item(db, 2, "on close")
 
-        return flask.Response(flask.stream_with_context(rows()))
+        body = flask.stream_with_context(rows()) if "with_context" in request.args else rows()
+        return flask.Response(body)
 
+    return app
+
+
+@pytest.mark.parametrize("with_context", [False, True], ids=["generator", "stream_with_context"])
+def test_writes_while_a_streamed_body_is_generated_have_the_request_context(
+    db: Sessions, with_context: bool
+) -> None:
+    events: list[tuple[str, dict[str, Any]]] = []
+    app = streaming_app(db, events)
     response = app.test_client().get(
-        "/export", headers={"X-User": "judy", "X-Request-ID": "stream-1"}
+        "/export" + ("?with_context=1" if with_context else ""),
+        headers={"X-User": "judy", "X-Request-ID": "stream-1"},
+        environ_base={"REMOTE_ADDR": "192.0.2.44"},
     )
-    assert response.get_data(as_text=True) == "start\nend\n"
     assert response.headers["X-Request-ID"] == "stream-1"
-    assert who(transaction_of(db, 1)) == ("judy", "127.0.0.1", "stream-1")
+    assert current_context() == AuditContext()  # not in the caller's context, even mid-request
+    assert response.get_data(as_text=True) == "start\nend\n"
+    response.close()
+    expected = {"actor": "judy", "source_ip": "192.0.2.44", "request_id": "stream-1"}
+    assert events == [("mid-stream", expected), ("closed", expected)]
+    assert who(transaction_of(db, 1)) == ("judy", "192.0.2.44", "stream-1")
+    assert who(transaction_of(db, 2)) == ("judy", "192.0.2.44", "stream-1")
     assert current_context() == AuditContext()
+
+
+def test_the_context_covers_real_wsgi_iteration_and_close_and_only_them(db: Sessions) -> None:
+    """The WSGI protocol by hand, as a server runs it: call, iterate, close — the body abandoned
+    after its first chunk (a client that went away). The caller's context never holds the
+    request's values, before, between or after the chunks."""
+    from werkzeug.test import EnvironBuilder
+
+    events: list[tuple[str, dict[str, Any]]] = []
+    app = streaming_app(db, events)
+    environ = EnvironBuilder(
+        path="/export", headers={"X-User": "kai", "X-Request-ID": "wsgi-1"}
+    ).get_environ()
+    environ["REMOTE_ADDR"] = "2001:db8::44"
+    started: list[tuple[str, list[tuple[str, str]]]] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        started.append((status, headers))
+        return lambda data: None
+
+    with audit_context(actor="server", reason="outer"):
+        body = app(environ, start_response)
+        assert current_context().actor == "server"
+        assert started[0][0] == "200 OK"
+        assert ("X-Request-ID", "wsgi-1") in started[0][1]
+        chunks = iter(body)
+        assert next(chunks) == b"start\n"
+        assert current_context().actor == "server"
+        body.close()  # type: ignore[attr-defined]
+        assert current_context().request_id is None
+    expected = {"actor": "kai", "source_ip": "2001:db8::44", "request_id": "wsgi-1"}
+    assert events == [("closed", expected)]  # the generator was closed before "mid-stream"
+    transaction = transaction_of(db, 2)
+    assert who(transaction) == ("kai", "2001:db8::44", "wsgi-1")
+    assert transaction.reason == "outer"  # what the request leaves unset is inherited
+    with db() as session:
+        assert session.get(Item, 1) is None
+
+
+def test_a_file_body_reaches_the_server_as_its_own_file_wrapper(tmp_path: Any) -> None:
+    """A server uses sendfile() only for its own ``wsgi.file_wrapper``: it is passed through."""
+    from werkzeug.wsgi import FileWrapper
+
+    (tmp_path / "report.txt").write_text("report")
+    app = Flask(__name__)
+    VersioningAudit(app)
+
+    @app.get("/report")
+    def report() -> flask.Response:
+        return flask.send_file(tmp_path / "report.txt")
+
+    @app.get("/text")
+    def text() -> str:
+        return "text"
+
+    environ = {"wsgi.file_wrapper": FileWrapper, "REMOTE_ADDR": "192.0.2.1"}
+    seen: list[Any] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        seen.append(dict(headers)["X-Request-ID"])
+        return lambda data: None
+
+    from werkzeug.test import EnvironBuilder
+
+    for path, passed_through in (("/report", True), ("/text", False)):
+        built = EnvironBuilder(path=path).get_environ()
+        built.update(environ)
+        body = app(built, start_response)
+        assert isinstance(body, FileWrapper) is passed_through
+        assert b"".join(body) in (b"report", b"text")
+        body.close()  # type: ignore[attr-defined]
+    assert len(seen) == 2 and all(GENERATED_ID.fullmatch(rid) for rid in seen)
+
+
+class TeardownBoom(Exception):
+    pass
+
+
+def failing_teardown_app(db: Sessions) -> Flask:
+    """An app whose own teardown_request function raises for requests sent with X-Fail."""
+    app = Flask(__name__)
+    VersioningAudit(app, actor=header_actor, trust_request_id="always")
+
+    @app.teardown_request
+    def fragile_cleanup(exc: BaseException | None) -> None:
+        if request.headers.get("X-Fail"):
+            raise TeardownBoom("cleanup failed")
+
+    add_write_route(app, db)
+    return app
+
+
+def test_a_teardown_that_raises_cannot_leak_the_actor_into_the_next_request(
+    db: Sessions,
+) -> None:
+    app = failing_teardown_app(db)
+    client = app.test_client()
+    with pytest.raises(TeardownBoom):
+        client.post("/items/1?as=root", headers={"X-User": "alice", "X-Fail": "1"})
+    assert current_context() == AuditContext()
+    anonymous = client.post("/items/2", environ_base={"REMOTE_ADDR": "192.0.2.2"})
+    assert anonymous.status_code == 200
+    assert anonymous.json == {
+        "actor": None,
+        "source_ip": "192.0.2.2",
+        "request_id": anonymous.headers["X-Request-ID"],
+    }
+    assert who(transaction_of(db, 1))[0] == "root"
+    assert who(transaction_of(db, 2)) == (None, "192.0.2.2", anonymous.headers["X-Request-ID"])
+
+
+def test_on_a_real_wsgi_server_thread_no_request_inherits_from_the_previous_one(
+    db: Sessions,
+) -> None:
+    """Werkzeug's server, single-threaded: every request is served on the same thread, as on a
+    sync worker. A teardown raising, then a streamed body abandoned mid-way, then the next
+    requests: each is recorded with its own values only."""
+    import http.client
+
+    from werkzeug.serving import make_server
+
+    app = failing_teardown_app(db)
+    events: list[tuple[str, dict[str, Any]]] = []
+    streamer = streaming_app(db, events)
+
+    @app.get("/export")
+    def export() -> flask.Response:
+        return streamer.view_functions["export"]()  # type: ignore[no-any-return]
+
+    server = make_server("127.0.0.1", 0, app, threaded=False)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def send(method: str, path: str, headers: dict[str, str]) -> tuple[int, str, str]:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        try:
+            connection.request(method, path, headers=headers)
+            response = connection.getresponse()
+            return response.status, response.read().decode(), response.getheader("X-Request-ID")
+        finally:
+            connection.close()
+
+    try:
+        status, _, _ = send("POST", "/items/3?as=root", {"X-User": "alice", "X-Fail": "1"})
+        assert status == 500
+        status, body, rid = send("GET", "/export", {"X-User": "judy"})
+        assert (status, body) == (200, "start\nend\n")
+        status, _, anonymous_rid = send("POST", "/items/4", {})
+        assert status == 200
+    finally:
+        server.shutdown()
+        thread.join(10)
+        server.server_close()
+    assert who(transaction_of(db, 3))[0] == "root"
+    judy = {"actor": "judy", "source_ip": "127.0.0.1", "request_id": rid}
+    assert events == [("mid-stream", judy), ("closed", judy)]
+    assert who(transaction_of(db, 1)) == who(transaction_of(db, 2)) == ("judy", "127.0.0.1", rid)
+    assert who(transaction_of(db, 4)) == (None, "127.0.0.1", anonymous_rid)
+
+
+def test_init_app_twice_on_one_app_is_refused() -> None:
+    app = Flask(__name__)
+    audit = VersioningAudit(app)
+    wrapped = app.wsgi_app
+    with pytest.raises(ConfigurationError, match=r"already installed .* once per app"):
+        audit.init_app(app)
+    with pytest.raises(ConfigurationError, match="already installed"):
+        VersioningAudit(app)
+    assert app.wsgi_app is wrapped
+    assert app.extensions["versioning"] is audit
 
 
 # --- trusted proxies ----------------------------------------------------------------------------
@@ -897,6 +1117,9 @@ def test_a_peer_without_an_ip_address_records_no_source_ip(db: Sessions, peer: s
         {"forwarded_header": ("Forwarded",)},
         {"forwarded_header": "Forwarded "},
         {"forwarded_header": "X-Forwarded-Host"},
+        {"trust_request_id": "sometimes"},
+        {"trust_request_id": None},
+        {"trust_request_id": False},
     ],
     ids=repr,
 )
@@ -912,6 +1135,7 @@ def test_bad_configuration_raises_at_construction(options: dict[str, Any], form:
     assert "versioning" not in app.extensions
     assert not app.before_request_funcs
     assert not app.teardown_request_funcs
+    assert getattr(app.wsgi_app, "__func__", None) is Flask.wsgi_app  # not wrapped
 
 
 # --- concurrency --------------------------------------------------------------------------------
@@ -922,7 +1146,7 @@ def test_concurrent_requests_each_record_their_own_actor(db: Sessions) -> None:
     barrier = threading.Barrier(threads, timeout=30)
     app = Flask(__name__)
     app.testing = True
-    VersioningAudit(app, actor=header_actor)
+    VersioningAudit(app, actor=header_actor, trust_request_id="always")
 
     @app.post("/items/<int:item_id>")
     def create_item(item_id: int) -> dict[str, Any]:

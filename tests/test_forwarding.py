@@ -1,5 +1,6 @@
 """Client address behind proxies (``versioning.integrations.forwarding``) and request ids
-(``versioning.integrations.request_id``). Pure functions: no database, no web framework.
+(``versioning.integrations.request_id``, and who may choose one: ``RequestAudit.request_id``).
+Pure functions: no database, no web framework.
 
 The threat model: the peer (the socket's other end) cannot be forged; everything in
 ``X-Forwarded-For`` / ``Forwarded`` can, except the hops our own trusted proxies appended on the
@@ -15,7 +16,7 @@ import itertools
 import random
 import re
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -27,6 +28,8 @@ from versioning.integrations.forwarding import (
     client_ip,
     parse_ip,
 )
+from versioning.integrations.request_audit import UNTRUSTED_REQUEST_ID as UNTRUSTED
+from versioning.integrations.request_audit import RequestAudit
 
 # Our proxies: a private v4 range, one single v4 proxy, a v6 range and the v6 loopback.
 PROXIES = TrustedProxies(["10.0.0.0/8", "192.168.1.7", "2001:db8:cafe::/48", "::1"])
@@ -772,3 +775,93 @@ def test_new_request_ids_are_unique_32_hex_characters() -> None:
         assert request_id.accept(rid) == rid  # a generated id survives the next hop
     fresh = {request_id.accept("bad id") for _ in range(1000)}
     assert len(fresh) == 1000
+
+
+# --- who chooses the request id (RequestAudit.request_id) ---------------------------------------
+
+
+def audit_settings(trust: str, proxies: Sequence[str] = ("10.0.0.0/8", "::1")) -> RequestAudit:
+    return RequestAudit.configure(
+        "test",
+        actor=None,
+        trusted_proxies=proxies,
+        forwarded_header="X-Forwarded-For",
+        request_id_header="X-Request-ID",
+        request_id_max_length=64,
+        trust_request_id=trust,
+    )
+
+
+def headers_with(*values: str) -> Callable[[str], Sequence[str]]:
+    def header(name: str) -> Sequence[str]:
+        return list(values) if name == "X-Request-ID" else []
+
+    return header
+
+
+KEPT, FRESH = "kept", "fresh"
+
+
+@pytest.mark.parametrize(
+    ("trust", "peer", "values", "outcome", "extra"),
+    [
+        # proxies (the default): only our proxy chooses; a client's safe id is kept aside.
+        ("proxies", "10.0.0.1", ["lb-7f3a"], KEPT, {}),
+        ("proxies", "::1", ["lb-7f3a"], KEPT, {}),
+        ("proxies", "::ffff:10.0.0.1", ["lb-7f3a"], KEPT, {}),
+        ("proxies", "[::1]:8080", ["lb-7f3a"], KEPT, {}),
+        (
+            "proxies",
+            "203.0.113.5",
+            ["victim-request-0001"],
+            FRESH,
+            {UNTRUSTED: "victim-request-0001"},
+        ),
+        ("proxies", "11.0.0.1", ["lb-7f3a"], FRESH, {UNTRUSTED: "lb-7f3a"}),
+        ("proxies", None, ["lb-7f3a"], FRESH, {UNTRUSTED: "lb-7f3a"}),
+        ("proxies", "not-an-ip", ["lb-7f3a"], FRESH, {UNTRUSTED: "lb-7f3a"}),
+        ("proxies", "fe80::1%eth0", ["lb-7f3a"], FRESH, {UNTRUSTED: "lb-7f3a"}),
+        # unsafe or ambiguous ids are dropped whoever sent them
+        ("proxies", "203.0.113.5", ["a b<script>"], FRESH, {}),
+        ("proxies", "203.0.113.5", ["x" * 65], FRESH, {}),
+        ("proxies", "10.0.0.1", ["a\r\nSet-Cookie: x=y"], FRESH, {}),
+        ("proxies", "10.0.0.1", ["client-first", "proxy-second"], FRESH, {}),
+        ("proxies", "203.0.113.5", ["one", "two"], FRESH, {}),
+        ("proxies", "10.0.0.1", [], FRESH, {}),
+        # always: any safe inbound id
+        ("always", "203.0.113.5", ["victim-request-0001"], KEPT, {}),
+        ("always", None, ["lb-7f3a"], KEPT, {}),
+        ("always", "203.0.113.5", ["a b"], FRESH, {}),
+        ("always", "203.0.113.5", ["one", "two"], FRESH, {}),
+        # never: the header is not read, not even kept aside
+        ("never", "10.0.0.1", ["lb-7f3a"], FRESH, {}),
+        ("never", "203.0.113.5", ["lb-7f3a"], FRESH, {}),
+    ],
+)
+def test_who_chooses_the_request_id(
+    trust: str,
+    peer: str | None,
+    values: list[str],
+    outcome: str,
+    extra: dict[str, str],
+) -> None:
+    rid, got_extra = audit_settings(trust).request_id(peer, headers_with(*values))
+    if outcome == KEPT:
+        assert rid == values[0]
+    else:
+        assert re.fullmatch(r"[0-9a-f]{32}", rid) and rid not in values
+    assert got_extra == extra
+
+
+def test_proxies_trust_without_trusted_proxies_never_keeps_an_inbound_id() -> None:
+    settings = audit_settings("proxies", proxies=())
+    for peer in ("127.0.0.1", "10.0.0.1", "::1"):
+        rid, extra = settings.request_id(peer, headers_with("lb-7f3a"))
+        assert rid != "lb-7f3a"
+        assert extra == {UNTRUSTED: "lb-7f3a"}
+
+
+@pytest.mark.parametrize("trust", ["Proxies", "ALWAYS", "", None, True, "trusted", ["proxies"]])
+def test_trust_request_id_must_be_one_of_three_words(trust: object) -> None:
+    with pytest.raises(ConfigurationError, match="trust_request_id must be 'proxies'"):
+        audit_settings(trust)  # type: ignore[arg-type]

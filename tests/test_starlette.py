@@ -11,6 +11,7 @@ import contextlib
 import re
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
@@ -38,6 +39,7 @@ from starlette.websockets import WebSocket
 from versioning import (
     AuditContext,
     ConfigurationError,
+    ContextError,
     Operation,
     Transaction,
     Versioned,
@@ -91,6 +93,11 @@ def open_account(engine: sa.Engine, account_id: int) -> None:
 
 
 WRITES: dict[str, Callable[[sa.Engine, int], None]] = {"deposit": deposit, "open": open_account}
+
+
+def versions(engine: sa.Engine, account_id: int) -> list[Any]:
+    with Session(engine) as session:
+        return history(session, Account, account_id)
 
 
 def transactions(engine: sa.Engine, account_id: int) -> list[Transaction]:
@@ -171,9 +178,12 @@ def make_app(
 ) -> Starlette:
     """A small app: async and sync endpoints that write, a websocket, background tasks.
 
-    ``auth`` places Starlette's ``AuthenticationMiddleware`` "inside" or "outside" ours.
+    ``auth`` places Starlette's ``AuthenticationMiddleware`` "inside" or "outside" ours. The test
+    client's peer is no proxy: these tests trust any inbound request id unless they say otherwise
+    (the default, "proxies", has tests of its own).
     """
     log = events if events is not None else []
+    audit_options.setdefault("trust_request_id", "always")
 
     async def write_async(request: Request) -> Response:
         account_id = int(request.path_params["id"])
@@ -524,6 +534,124 @@ def test_request_id_header_and_max_length_are_configurable(
     (rid,) = request_ids(response)
     assert FRESH_ID.fullmatch(rid)
     assert request_transaction(engine, 3).request_id == rid
+
+
+def test_by_default_only_a_trusted_proxy_chooses_the_request_id(
+    engine: sa.Engine, create_tables: Tables
+) -> None:
+    """``X-Request-ID: victim-request-0001`` from any client used to be stored as is."""
+    create_tables(Base.metadata)
+    seed(engine, 1, 2, 3)
+    options = {"trusted_proxies": ["10.0.0.0/8"], "trust_request_id": "proxies"}
+    direct = TestClient(make_app(engine, **options), client=(PEER, 1234))
+    response = direct.post("/async/deposit/1", headers={"X-Request-ID": "victim-request-0001"})
+    assert response.status_code == 200, response.text
+    (rid,) = request_ids(response)
+    assert FRESH_ID.fullmatch(rid)
+    tx = request_transaction(engine, 1)
+    assert recorded(tx) == (None, PEER, rid)
+    assert dict(tx.extra) == {"untrusted_request_id": "victim-request-0001"}
+    # An unsafe client id is not kept at all.
+    response = direct.post("/async/deposit/2", headers={"X-Request-ID": "<b>victim</b>"})
+    (rid,) = request_ids(response)
+    tx = request_transaction(engine, 2)
+    assert recorded(tx) == (None, PEER, rid) and dict(tx.extra) == {}
+    # Through our proxy: its id is the request id.
+    proxied = TestClient(make_app(engine, **options), client=("10.0.0.7", 1234))
+    response = proxied.post(
+        "/async/deposit/3", headers={"X-Request-ID": "lb-7f3a", "X-Forwarded-For": CLIENT}
+    )
+    assert request_ids(response) == ["lb-7f3a"]
+    tx = request_transaction(engine, 3)
+    assert recorded(tx) == (None, CLIENT, "lb-7f3a") and dict(tx.extra) == {}
+
+
+def test_trust_request_id_never_ignores_even_the_proxy(
+    engine: sa.Engine, create_tables: Tables
+) -> None:
+    create_tables(Base.metadata)
+    seed(engine, 1)
+    app = make_app(engine, trusted_proxies=["10.0.0.0/8"], trust_request_id="never")
+    client = TestClient(app, client=("10.0.0.7", 1234))
+    response = client.post("/async/deposit/1", headers={"X-Request-ID": "lb-7f3a"})
+    (rid,) = request_ids(response)
+    assert FRESH_ID.fullmatch(rid)
+    tx = request_transaction(engine, 1)
+    assert tx.request_id == rid and dict(tx.extra) == {}
+
+
+# --- what the actor may be ----------------------------------------------------------------------
+
+
+class NumberedUser(SimpleUser):
+    """A user whose identity is not its display name: a number (0 included) or a UUID."""
+
+    def __init__(self, identity: object) -> None:
+        super().__init__(f"user {identity}")
+        self._identity = identity
+
+    @property
+    def identity(self) -> Any:
+        return self._identity
+
+
+class NumberedBackend(AuthenticationBackend):
+    """``Authorization: Id <n>`` authenticates the user whose identity is the int ``n``."""
+
+    async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser] | None:
+        scheme, _, value = conn.headers.get("authorization", "").partition(" ")
+        if scheme == "Id":
+            return AuthCredentials(["authenticated"]), NumberedUser(int(value))
+        if scheme == "Uuid":
+            return AuthCredentials(["authenticated"]), NumberedUser(uuid.UUID(value))
+        return None
+
+
+def test_authenticated_user_with_identity_zero_is_the_actor_zero(
+    engine: sa.Engine, create_tables: Tables
+) -> None:
+    create_tables(Base.metadata)
+    seed(engine, 1, 2, 3)
+    app = make_app(engine)
+    app.add_middleware(AuthenticationMiddleware, backend=NumberedBackend())  # outside ours
+    client = TestClient(app, client=(PEER, 1234))
+    some_uuid = "12345678-1234-5678-1234-567812345678"
+    for account, authorization in ((1, "Id 0"), (2, f"Uuid {some_uuid}"), (3, None)):
+        headers = {"Authorization": authorization} if authorization else {}
+        response = client.post(f"/async/deposit/{account}", headers=headers)
+        assert response.status_code == 200, response.text
+    assert request_transaction(engine, 1).actor == "0"
+    assert request_transaction(engine, 2).actor == some_uuid
+    assert request_transaction(engine, 3).actor is None
+
+
+def authenticated_and_id(connection: HTTPConnection) -> object:
+    """``user.is_authenticated and user.id``: ``False`` for an anonymous request."""
+    user_id = connection.headers.get("x-user-id")
+    return user_id is not None and int(user_id)
+
+
+def authenticated_flag(connection: HTTPConnection) -> object:
+    return connection.headers.get("x-user-id") is not None
+
+
+def test_actor_callable_answering_false_zero_or_true(
+    engine: sa.Engine, create_tables: Tables
+) -> None:
+    create_tables(Base.metadata)
+    seed(engine, 1, 2, 3)
+    client = TestClient(make_app(engine, actor=authenticated_and_id), client=(PEER, 1234))
+    assert client.post("/async/deposit/1").status_code == 200
+    assert client.post("/sync/deposit/2", headers={"X-User-Id": "0"}).status_code == 200
+    assert request_transaction(engine, 1).actor is None
+    assert request_transaction(engine, 2).actor == "0"
+    # True is a flag, not an actor: the write is refused, naming the callable, and nothing changes.
+    flagged = TestClient(make_app(engine, actor=authenticated_flag), client=(PEER, 1234))
+    with pytest.raises(ContextError, match=r"actor callable .*authenticated_flag returned True"):
+        flagged.post("/async/deposit/3", headers={"X-User-Id": "1"})
+    assert [v.operation for v in versions(engine, 3)] == [Operation.INSERT]
+    with Session(engine) as session:
+        assert session.get_one(Account, 3).balance == 0
 
 
 # --- websockets ---------------------------------------------------------------------------------
@@ -1058,6 +1186,10 @@ BAD_OPTIONS: list[dict[str, Any]] = [
     {"forwarded_header": " Forwarded"},
     {"forwarded_header": "X-Forwarded"},
     {"forwarded_header": b"Forwarded"},
+    {"trust_request_id": "yes"},
+    {"trust_request_id": "Proxies"},
+    {"trust_request_id": None},
+    {"trust_request_id": True},
 ]
 
 

@@ -15,6 +15,7 @@ import functools
 import inspect
 import ipaddress
 import json
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar, Token
 from types import MappingProxyType, TracebackType
@@ -33,6 +34,9 @@ R = TypeVar("R")
 #: Longest accepted values, matching the columns of the transaction table.
 MAX_ACTOR = 255
 MAX_REQUEST_ID = 128
+MAX_SOURCE_IP = 45
+#: MariaDB's ``TEXT`` holds 65,535 bytes; the limit applies on every backend alike.
+MAX_REASON_BYTES = 65_535
 
 
 _UNRESOLVED: Any = object()
@@ -97,7 +101,8 @@ class AuditContext:
 
     def __hash__(self) -> int:
         values = self._values()
-        return hash((*values[:4], tuple(sorted(values[4].items(), key=repr))))
+        # extra may hold lists and dicts (JSON): hash its canonical JSON text.
+        return hash((*values[:4], json.dumps(values[4], sort_keys=True, default=repr)))
 
     def __repr__(self) -> str:
         actor = "<not asked yet>" if self._actor is _UNRESOLVED else repr(self._actor)
@@ -148,7 +153,7 @@ class _Frame:
             if frame.actor is not None:
                 return frame.actor
             if frame.actor_source is not None:
-                actor = _check_actor(frame.actor_source())
+                actor = _check_actor(frame.actor_source(), frame.actor_source)
                 if actor is not None:
                     return actor
             frame = frame.parent
@@ -181,17 +186,83 @@ class _Frame:
 _current: ContextVar[_Frame | None] = ContextVar("versioning_audit_context", default=None)
 
 
-def _check_actor(actor: object) -> str | None:
-    if actor is None:
+# Control characters (C0, DEL, C1), the Unicode line and paragraph separators (they break log
+# lines) and lone surrogates (they cannot be encoded, so the driver would fail at commit).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+# In a reason, tab, line feed and carriage return are text.
+_REASON_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+# Inside ``extra``: NUL (PostgreSQL's ``jsonb`` and text functions refuse ``\u0000``, so the
+# stored document could not be queried there) and lone surrogates.
+_JSON_FORBIDDEN = re.compile("[\x00\ud800-\udfff]")
+# An IPv6 zone (RFC 4007): an interface name or index. RFC 6874's unreserved characters only.
+_ZONE = re.compile(r"[A-Za-z0-9._~-]+")
+
+
+def _char_at(pattern: re.Pattern[str], text: str) -> str | None:
+    """A description of the first character of ``text`` matched by ``pattern``, if any."""
+    found = pattern.search(text)
+    if found is None:
         return None
+    return f"{found.group()!r} (U+{ord(found.group()):04X}) at position {found.start()}"
+
+
+def describe_callable(source: object) -> str:
+    """How an error names an actor callable: its module and qualified name where it has them."""
+    seen = 0
+    while seen < 10:  # partial(...) and functools.wraps chains, never an endless loop
+        seen += 1
+        if isinstance(source, functools.partial):
+            source = source.func
+        elif getattr(source, "__wrapped__", None) is not None:
+            source = source.__wrapped__  # type: ignore[attr-defined]
+        else:
+            break
+    name = getattr(source, "__qualname__", None)
+    if not isinstance(name, str):
+        return repr(source)
+    module = getattr(source, "__module__", None)
+    return f"{module}.{name}" if isinstance(module, str) else name
+
+
+def _check_actor(actor: object, source: object = None) -> str | None:
+    """A valid actor as text, or ``None`` (no actor). ``source`` is the callable it came from.
+
+    ``None`` and ``False`` mean "no actor", so ``user.is_authenticated and user.id`` works;
+    ``0`` and ``"0"`` are actors like any other id.
+    """
+    if actor is None or actor is False:
+        return None
+    origin = (
+        "actor" if source is None else f"the actor callable {describe_callable(source)} returned"
+    )
+    if actor is True:
+        raise ContextError(
+            f"{origin} True: an actor is a user name or id, not a flag; return e.g. "
+            "`user.is_authenticated and user.id` (None or False for no actor)"
+        )
     if isinstance(actor, bool) or not isinstance(actor, str | int):
         raise ContextError(
-            f"actor must be a str or an int (a user name or id), got {type(actor).__name__} "
-            f"{actor!r}; pass e.g. actor=user.id"
+            f"{origin} a {type(actor).__name__} ({actor!r}); an actor must be a str or an int "
+            "(a user name or id), or None for no actor: pass e.g. actor=user.id"
         )
-    text = str(actor)
+    try:
+        text = str(actor)
+    except ValueError:  # an int beyond the digits str() converts
+        raise ContextError(
+            f"{origin} an int of thousands of digits; an actor must be 1 to {MAX_ACTOR} "
+            "characters long (the actor column), e.g. a user id"
+        ) from None
     if not text or len(text) > MAX_ACTOR:
-        raise ContextError(f"actor must be 1 to {MAX_ACTOR} characters long, got {text!r}")
+        raise ContextError(
+            f"{origin} {text[:40]!r}{'...' if len(text) > 40 else ''} of {len(text)} characters; "
+            f"an actor must be 1 to {MAX_ACTOR} characters long (the actor column), e.g. a user id"
+        )
+    bad = _char_at(_CONTROL, text)
+    if bad is not None:
+        raise ContextError(
+            f"{origin} {text[:40]!r} with the control character {bad}; an actor must be printable "
+            "text: pass the user's id or name, never raw input"
+        )
     return text
 
 
@@ -201,12 +272,27 @@ def _check_ip(source_ip: object) -> str | None:
     if not isinstance(source_ip, str | ipaddress.IPv4Address | ipaddress.IPv6Address):
         raise ContextError(f"source_ip must be an IP address string, got {source_ip!r}")
     try:
-        return str(ipaddress.ip_address(source_ip))
+        address = ipaddress.ip_address(source_ip)
     except ValueError:
         raise ContextError(
             f"source_ip {source_ip!r} is not an IPv4 or IPv6 address; pass the client address "
             "without port, e.g. '203.0.113.7'"
         ) from None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        zone = address.scope_id
+        if not _ZONE.fullmatch(zone):
+            raise ContextError(
+                f"source_ip {str(source_ip)!r} has the IPv6 zone {zone!r}, which is not an "
+                "interface name or index (letters, digits and . _ ~ - only); pass the address "
+                "without its zone, e.g. 'fe80::1', or with a zone like 'fe80::1%eth0'"
+            )
+    text = str(address)
+    if len(text) > MAX_SOURCE_IP:
+        raise ContextError(
+            f"source_ip {text!r} is {len(text)} characters long, more than the {MAX_SOURCE_IP} of "
+            "the source_ip column; pass the address without its zone, e.g. 'fe80::1'"
+        )
+    return text
 
 
 def _check_text(name: str, value: object, limit: int | None) -> str | None:
@@ -215,18 +301,84 @@ def _check_text(name: str, value: object, limit: int | None) -> str | None:
     if not isinstance(value, str):
         raise ContextError(f"{name} must be a str, got {type(value).__name__} {value!r}")
     if limit is not None and len(value) > limit:
-        raise ContextError(f"{name} must be at most {limit} characters long, got {len(value)}")
+        raise ContextError(
+            f"{name} must be at most {limit} characters long (the {name} column), "
+            f"got {len(value)}; shorten it"
+        )
     return value
 
 
+def _check_request_id(value: object) -> str | None:
+    text = _check_text("request_id", value, MAX_REQUEST_ID)
+    if text is not None:
+        bad = _char_at(_CONTROL, text)
+        if bad is not None:
+            raise ContextError(
+                f"request_id {text[:40]!r} contains the control character {bad}; a request id "
+                "must be printable text, e.g. a UUID"
+            )
+    return text
+
+
+def _check_reason(value: object) -> str | None:
+    text = _check_text("reason", value, None)
+    if text is None:
+        return None
+    bad = _char_at(_REASON_CONTROL, text)
+    if bad is not None:
+        raise ContextError(
+            f"reason {text[:40]!r} contains the control character {bad}; a reason is text "
+            "(tabs and line breaks are fine): remove the character"
+        )
+    # 4 bytes per character at most: only a long reason can exceed the limit.
+    if len(text) > MAX_REASON_BYTES // 4 and len(text.encode("utf-8")) > MAX_REASON_BYTES:
+        raise ContextError(
+            f"reason is {len(text.encode('utf-8'))} bytes long in UTF-8, more than the "
+            f"{MAX_REASON_BYTES} a reason may hold (MariaDB's TEXT column); put long text "
+            "elsewhere and reference it"
+        )
+    return text
+
+
+def _check_json_value(path: str, value: object) -> None:
+    """Keys must be strings, and no string may hold NUL or a lone surrogate."""
+    if isinstance(value, str):
+        bad = _char_at(_JSON_FORBIDDEN, value)
+        if bad is not None:
+            raise ContextError(
+                f"{path} holds a string with the character {bad}, which a JSON column cannot "
+                "store (PostgreSQL refuses NUL): remove it"
+            )
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ContextError(
+                    f"{path} has the key {key!r} of type {type(key).__name__}; JSON object keys "
+                    "are strings: use str keys"
+                )
+            _check_json_value(f"{path}[{key!r}]", key)
+            _check_json_value(f"{path}[{key!r}]", item)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_json_value(f"{path}[{index}]", item)
+
+
 def _check_extra(extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` as it will be stored: a JSON round trip, so later changes to the caller's
+    objects cannot change it, and what ``current_context()`` shows is what is written."""
+    if not extra:
+        return {}
     try:
-        json.dumps(extra, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        text = json.dumps(extra, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
         raise ContextError(
             f"extra values of audit_context must be JSON-serializable ({exc}); got {extra!r}"
         ) from None
-    return extra
+    for key, value in extra.items():
+        _check_json_value(f"extra[{key!r}]", key)
+        _check_json_value(f"extra[{key!r}]", value)
+    copy: dict[str, Any] = json.loads(text)
+    return copy
 
 
 class audit_context:
@@ -257,8 +409,8 @@ class audit_context:
         else:
             self._actor = _check_actor(actor)
         self._source_ip = _check_ip(source_ip)
-        self._request_id = _check_text("request_id", request_id, MAX_REQUEST_ID)
-        self._reason = _check_text("reason", reason, None)
+        self._request_id = _check_request_id(request_id)
+        self._reason = _check_reason(reason)
         self._extra = _check_extra(dict(extra))
 
     def _push(self) -> Token[_Frame | None]:
