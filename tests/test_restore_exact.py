@@ -19,7 +19,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 import versioning
 from versioning import Operation, Versioned, history, masks, restore
-from versioning.restoring import _generated, _set_on_update
+from versioning.restoring import _constraint, _generated, _set_on_update
 
 from helpers import count, ops, read
 
@@ -577,7 +577,7 @@ def test_conflict_on_a_masked_column_keeps_the_value_out_of_the_error(
     assert "Person" in message and "unique" in message and "masked" in message
     if backend == "sqlite":
         assert "rx_people.name, rx_people.email" in message
-    elif backend == "postgresql":
+    else:
         assert "uq_rx_people_name_email" in message
     # A later use of the session before rollback() quotes the flush's error: ours, not the driver's.
     with pytest.raises(sa.exc.PendingRollbackError) as later:
@@ -609,3 +609,31 @@ def test_conflict_without_masked_columns_keeps_the_detail(
     assert isinstance(raised.value.__cause__, sa.exc.IntegrityError)
     session.rollback()
     assert written(engine) == before
+
+
+class _Driver(Exception):
+    """Stands in for a DB-API error (its args as the driver gives them)."""
+
+
+def _integrity(*args: Any) -> sa.exc.IntegrityError:
+    return sa.exc.IntegrityError("INSERT ...", {}, _Driver(*args))
+
+
+def test_which_constraint_a_driver_error_names_without_its_values() -> None:
+    crafted = "Duplicate entry 'a-x' for key 'leak' for key 'uq_people'"  # value: x' for key 'leak
+    assert _constraint(_integrity(1062, crafted)) == "a unique constraint ('uq_people')"
+    assert _constraint(_integrity(1062, "Duplicate entry 'a-x@y' for key 'x@y'")) == (
+        "a unique constraint"
+    )
+    fk = "Cannot add or update a child row: ... CONSTRAINT `fk_a` FOREIGN KEY (`a`) REFERENCES"
+    assert _constraint(_integrity(1452, fk)) == "a foreign key constraint ('fk_a')"
+    assert _constraint(_integrity("UNIQUE constraint failed: t.a, t.b")) == (
+        "a unique constraint (on t.a, t.b)"
+    )
+    assert _constraint(_integrity("NOT NULL constraint failed: t.a")) == (
+        "a not null constraint (on t.a)"
+    )
+    assert _constraint(_integrity("CHECK constraint failed: a > 'secret'")) == (
+        "a check constraint"
+    )
+    assert _constraint(_integrity("something else: 'secret'")) == "a constraint"
