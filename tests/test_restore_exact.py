@@ -384,6 +384,13 @@ def test_restore_rolled_back_with_its_savepoint_leaves_no_reason(
     assert reasons(engine)[-1] is None
     assert len(read(sessions, Note, 1)) == 2
 
+    # A savepoint that is released keeps its restore, and its reason.
+    with session.begin_nested():
+        restore(session, created)
+    session.commit()
+    assert reasons(engine)[-1] == f"restore Note 1 to transaction {created.transaction_id}"
+    assert row(engine, Note, 1) == {"id": 1, "status": "new"}
+
 
 def test_reason_of_a_transaction_written_early_follows_savepoints(
     create_tables: Tables, sessions: Sessions
