@@ -8,8 +8,9 @@ commit, after every row lock of the transaction is held, makes the ids of one re
 follow commit order even under concurrency. The audit context is taken at the first versioned
 flush. Flushes after that point (from other ``before_commit`` hooks) are written at once.
 
-Everything lives with the session (``session.info``), never in module globals. Rows noted inside a
-savepoint are dropped when that savepoint rolls back; all is dropped when the transaction ends.
+Everything lives with the session (``session.info``), never in module globals. Rows and restore
+reasons noted inside a savepoint are dropped when that savepoint rolls back; all is dropped when
+the transaction ends.
 Reading history inside a transaction writes what was noted so far first (see write_pending).
 """
 
@@ -42,6 +43,14 @@ class _Pending:
 
 
 @dataclass(eq=False)
+class _Note:
+    """A line a restore asked to be written as the transaction's reason, and where it was noted."""
+
+    noted_in: SessionTransaction
+    text: str
+
+
+@dataclass(eq=False)
 class _Group:
     """One database (engine) and transaction table within the current database transaction."""
 
@@ -51,6 +60,9 @@ class _Group:
     pending: list[_Pending] = field(default_factory=list)
     tx_id: int | None = None
     has_reason: bool = False
+    #: The reason ``record`` last wrote from the notes to a row written early, and where.
+    noted_reason: str | None = None
+    noted_reason_in: SessionTransaction | None = None
 
 
 @dataclass(eq=False)
@@ -58,14 +70,32 @@ class SessionState:
     """Per-session bookkeeping of the capture. Reset at the end of each database transaction."""
 
     groups: dict[tuple[Any, str], _Group] = field(default_factory=dict)
-    #: What restores in this transaction asked to be written as its reason.
-    notes: list[str] = field(default_factory=list)
+    #: What restores in this transaction asked to be written as its reason (see ``notes``).
+    noted: list[_Note] = field(default_factory=list)
     #: Values of versioned records loaded before the flush (batched), by state.
     pre_images: dict[InstanceState[Any], dict[str, Any]] = field(default_factory=dict)
     #: Values before the flush of each record being updated or deleted.
     before: dict[InstanceState[Any], dict[str, Any]] = field(default_factory=dict)
     #: Versioned attributes each of those records had changed when its UPDATE was prepared.
     changed: dict[InstanceState[Any], frozenset[str]] = field(default_factory=dict)
+
+    @property
+    def notes(self) -> list[str]:
+        """The reason lines of the restores still in this transaction, in order."""
+        return [note.text for note in self.noted]
+
+    def note(self, session: Session, text: str) -> _Note:
+        """Add a reason line; it goes if the savepoint (or transaction) it was noted in does."""
+        noted_in = session.get_nested_transaction() or session.get_transaction()
+        assert noted_in is not None
+        note = _Note(noted_in, text)
+        self.noted.append(note)
+        return note
+
+    def forget(self, note: _Note) -> None:
+        """Take back a reason line (its restore failed)."""
+        if note in self.noted:
+            self.noted.remove(note)
 
     def start_flush(self) -> None:
         """Forget what the previous flush noted about records."""
@@ -102,19 +132,24 @@ def record(
     if group is None:
         # The context in force at the first versioned flush is the transaction's.
         group = state.groups[key] = _Group(transactions, mapper, current_context())
-    if group.tx_id is not None:
-        if state.notes and not group.has_reason:
-            # A restore after the row was written early (see write_pending): say so.
-            connection.execute(
-                transactions.update()
-                .where(transactions.c.id == group.tx_id, transactions.c.reason.is_(None))
-                .values(reason="; ".join(state.notes))
-            )
-            group.has_reason = True
-        _insert_history(connection, history, rows, group.tx_id)
-        return
     noted_in = session.get_nested_transaction() or session.get_transaction()
     assert noted_in is not None
+    if group.tx_id is not None:
+        if state.noted and group.context.reason is None:
+            # A restore after the row was written early (see write_pending): say so. The row's
+            # reason is then ours to keep in step with the notes (the context gave none).
+            reason = "; ".join(state.notes)
+            if reason != group.noted_reason:
+                connection.execute(
+                    transactions.update()
+                    .where(transactions.c.id == group.tx_id)
+                    .values(reason=reason)
+                )
+                group.noted_reason = reason
+                group.noted_reason_in = noted_in
+                group.has_reason = True
+        _insert_history(connection, history, rows, group.tx_id)
+        return
     group.pending.append(_Pending(noted_in, history, rows))
 
 
@@ -197,8 +232,14 @@ def _forget_rolled_back(session: Session, previous_transaction: SessionTransacti
     state = existing_state(session)
     if state is None:
         return
+    state.noted = [n for n in state.noted if not _within(n.noted_in, previous_transaction)]
     for key, group in list(state.groups.items()):
         group.pending = [p for p in group.pending if not _within(p.noted_in, previous_transaction)]
+        if group.noted_reason_in is not None and _within(
+            group.noted_reason_in, previous_transaction
+        ):
+            # The database took back that reason with the savepoint: write it again if needed.
+            group.noted_reason = group.noted_reason_in = None
         if group.tx_id is None and not group.pending:
             del state.groups[key]
 
