@@ -19,7 +19,7 @@ from versioning.declaration import ModelSpec, spec_for, spec_of
 from versioning.encoding import decode
 from versioning.errors import ArgumentError, VersioningError
 from versioning.operation import Operation
-from versioning.schema import CHANGES, OPERATION, TRANSACTION_ID, VERSION_ID
+from versioning.schema import CHANGES, META_COLUMNS, OPERATION, TRANSACTION_ID, VERSION_ID
 from versioning.transaction import write_pending
 
 __all__ = ["Transaction", "Version", "as_of", "history"]
@@ -99,22 +99,63 @@ def _filters(spec: ModelSpec, key: tuple[Any, ...]) -> list[sa.ColumnElement[boo
     return out
 
 
+class _AsStored(sa.types.TypeDecorator[Any]):
+    """A snapshot column's own type, except that a value it no longer accepts is returned raw.
+
+    History outlives the model: an ``Enum`` member removed since, or a column whose type
+    changed, would otherwise make every version of the record unreadable (``LookupError``).
+    Such a value comes back as the driver gives it (for an ``Enum``, the stored ``str``).
+    """
+
+    impl = sa.types.NullType
+    cache_ok = True
+
+    def __init__(self, inner: sa.types.TypeEngine[Any]) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        return self.inner
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        process = self.impl_instance.result_processor(dialect, coltype)
+        if process is None:
+            return None
+
+        def tolerant(value: Any) -> Any:
+            try:
+                return process(value)
+            except (LookupError, ValueError, TypeError, ArithmeticError):
+                return value
+
+        return tolerant
+
+
+def _columns(history: sa.Table) -> list[sa.ColumnElement[Any]]:
+    """The history table's columns, snapshot columns read with :class:`_AsStored`."""
+    return [
+        column
+        if column.name in META_COLUMNS
+        else sa.type_coerce(column, _AsStored(column.type)).label(column.name)
+        for column in history.c
+    ]
+
+
 def _row_version(
     spec: ModelSpec, row: RowMapping, dialect: Dialect, transaction: Transaction | None
 ) -> Version:
-    history = spec.history
     vspec = spec
     if spec.discriminator is not None:
-        identity = row[history.c[spec.history_names[spec.discriminator]]]
+        identity = row[spec.history_names[spec.discriminator]]
         mapper = spec.mapper.polymorphic_map.get(identity)
         found = spec_of(mapper) if mapper is not None else None
         if found is not None:
             vspec = found
-    state = {key: row[history.c[vspec.history_names[key]]] for key in vspec.keys}
-    operation = Operation(row[history.c[OPERATION]])
+    state = {key: row[vspec.history_names[key]] for key in vspec.keys}
+    operation = Operation(row[OPERATION])
     changes: dict[str, tuple[Any, Any]]
     if operation is Operation.UPDATE:
-        stored = row[history.c[CHANGES]] or {}
+        stored = row[CHANGES] or {}
         changes = {
             key: (
                 decode(vspec.type_of(key), old, dialect),
@@ -132,9 +173,9 @@ def _row_version(
         operation=operation,
         state=state,
         changes=changes,
-        transaction_id=row[history.c[TRANSACTION_ID]],
+        transaction_id=row[TRANSACTION_ID],
         transaction=transaction,
-        version_id=row[history.c[VERSION_ID]],
+        version_id=row[VERSION_ID],
     )
 
 
@@ -182,7 +223,7 @@ def history(session: Session, target: Any, pk: Any = _MISSING) -> list[Version]:
     transactions = spec.transactions
     labels = [transactions.c[name].label(f"versioning_tx_{name}") for name in _TX_FIELDS]
     statement = (
-        sa.select(history_table, *labels)
+        sa.select(*_columns(history_table), *labels)
         .join(transactions, history_table.c[TRANSACTION_ID] == transactions.c.id)
         .where(*_filters(spec, key))
         .order_by(history_table.c[TRANSACTION_ID], history_table.c[VERSION_ID])
@@ -245,7 +286,7 @@ def version_at(
         .scalar_subquery()
     )
     statement = (
-        sa.select(history_table)
+        sa.select(*_columns(history_table))
         .where(*filters, transaction_id == latest)
         .order_by(history_table.c[VERSION_ID].desc())
         .limit(1)
