@@ -1,0 +1,497 @@
+"""History holds what the database stored, not what was sent (issue 8, classes 5, 6, 7, 20).
+
+A ``Numeric(10, 2)`` rounds, MariaDB's ``DATETIME`` drops microseconds, PostgreSQL's ``CHAR(5)``
+pads and MariaDB's strips, SQLite and MariaDB keep no time zone, MariaDB's ``FLOAT`` is single
+precision. Whatever the backend does, the snapshot and ``changes`` must agree with the live row as a
+fresh session loads it, and a write that stores the same value records nothing. The oracle is the
+live row itself, read before and after each write, so each case holds on every backend whatever
+that backend does with the value.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import uuid
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import sqlalchemy_utils as su  # type: ignore[import-untyped]
+from sqlalchemy import event
+from sqlalchemy.dialects import mysql, postgresql
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+import versioning
+from versioning import Operation, Version, Versioned, as_of, history
+from versioning.reading import version_at
+
+from helpers import read
+
+Tables = Callable[[sa.MetaData], sa.Engine]
+Sessions = Callable[..., Session]
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Stored(Versioned, Base):
+    """Columns whose stored value may differ from the one sent, and one that never does."""
+
+    __tablename__ = "sv_items"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    amount: Mapped[Decimal | None] = mapped_column(sa.Numeric(10, 2))
+    stamp: Mapped[dt.datetime | None] = mapped_column(sa.DateTime)
+    code: Mapped[str | None] = mapped_column(sa.CHAR(5))
+    happened: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    ratio: Mapped[float | None] = mapped_column(sa.Float)
+    email: Mapped[Any] = mapped_column(su.EmailType(100), nullable=True)
+    name: Mapped[str | None] = mapped_column(sa.String(50))
+
+
+class Locked(Versioned, Base):
+    """With a ``version_id_col`` old values come from the session, which keeps what it sent."""
+
+    __tablename__ = "sv_locked"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    amount: Mapped[Decimal | None] = mapped_column(sa.Numeric(10, 2))
+    stamp: Mapped[dt.datetime | None] = mapped_column(sa.DateTime)
+    code: Mapped[str | None] = mapped_column(sa.CHAR(5))
+    happened: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    ratio: Mapped[float | None] = mapped_column(sa.Float)
+    email: Mapped[Any] = mapped_column(su.EmailType(100), nullable=True)
+    name: Mapped[str | None] = mapped_column(sa.String(50))
+    version: Mapped[int] = mapped_column(nullable=False)
+
+    __mapper_args__ = {"version_id_col": version}
+
+
+class Secret(Versioned, Base):
+    __tablename__ = "sv_secrets"
+    __versioned__ = {"mask": {"body": versioning.masks.last4}}
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    body: Mapped[str | None] = mapped_column(sa.Text().with_variant(mysql.LONGTEXT(), "mariadb"))
+
+
+KEYS = ("amount", "stamp", "code", "happened", "ratio", "email", "name")
+HERE = dt.timezone(dt.timedelta(hours=2))
+THERE = dt.timezone(dt.timedelta(hours=-5))
+NOON = dt.datetime(2024, 3, 1, 12, 0, 0)
+
+#: Each write in turn; many store what the previous one stored on some backends, not on others.
+WRITES: list[dict[str, Any]] = [
+    {"amount": Decimal("1.005"), "stamp": NOON.replace(microsecond=123456), "code": "ab"},
+    {"amount": Decimal("1.001")},  # 1.01 -> 1.00 where 1.005 was rounded up; SQLite kept 1.00
+    {"amount": Decimal("1.004")},  # stores 1.00 again: nothing changed
+    {"amount": Decimal("1.00")},  # the same, written exactly
+    {"stamp": NOON.replace(microsecond=654321)},  # MariaDB keeps whole seconds only
+    {"stamp": NOON},
+    {"code": "ab "},  # PostgreSQL pads to "ab   ", MariaDB strips to "ab"
+    {"code": "ab   "},
+    {"code": "abcde"},
+    {"happened": dt.datetime(2024, 6, 1, 12, 0, 0, 500000, tzinfo=HERE)},
+    {"happened": dt.datetime(2024, 6, 1, 5, 0, 0, 500000, tzinfo=THERE)},  # the same instant
+    {"happened": dt.datetime(2024, 6, 1, 10, 0, 0, 500000)},  # naive: the same on SQLite/MariaDB
+    {"ratio": 1 / 3},  # single precision on MariaDB
+    {"ratio": 0.333333333},
+    {"email": "Alice@Example.COM"},  # EmailType lower-cases on the way in
+    {"email": "ALICE@example.com"},  # stored as the same address: nothing changed
+    {"name": "x"},
+    {"amount": Decimal("2.499"), "name": "y", "code": "xy"},
+]
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal, of the same type, the same digits (Decimal), both naive or both aware."""
+    if type(a) is not type(b) or a != b:
+        return False
+    if isinstance(a, Decimal):
+        return str(a) == str(b)
+    if isinstance(a, dt.datetime | dt.time):
+        # Aware values are instants: PostgreSQL gives them back in the session's time zone.
+        return (a.tzinfo is None) is (b.tzinfo is None)
+    return True
+
+
+def live(sessions: Sessions, model: type[Any]) -> dict[str, Any]:
+    """The live row of record 1 as a fresh session loads it."""
+    with sessions() as session:
+        obj = session.get(model, 1)
+        assert obj is not None
+        values = {key: getattr(obj, key) for key in (*KEYS, "version") if hasattr(obj, key)}
+        session.rollback()
+    return values
+
+
+def assert_agrees(
+    version: Version, before: Mapping[str, Any] | None, after: Mapping[str, Any], where: str
+) -> None:
+    """``version`` records exactly the step from live row ``before`` to live row ``after``."""
+    for key, value in after.items():
+        assert same(version.state[key], value), f"{where}: state[{key}] {version.state[key]!r}"
+    if before is None:
+        return
+    differing = {key for key in after if not same(before[key], after[key])}
+    assert set(version.changes) == differing, f"{where}: {dict(version.changes)} vs {differing}"
+    for key in differing:
+        old, new = version.changes[key]
+        assert same(old, before[key]), f"{where}: old {key} {old!r} != {before[key]!r}"
+        assert same(new, after[key]), f"{where}: new {key} {new!r} != {after[key]!r}"
+
+
+def run_writes(
+    sessions: Sessions,
+    model: type[Any],
+    write: Callable[[dict[str, Any]], None],
+) -> None:
+    """Apply WRITES one by one; after each, history agrees with the live rows around it."""
+    previous = live(sessions, model)
+    count = len(read(sessions, model, 1))
+    for step, values in enumerate(WRITES):
+        write(values)
+        current = live(sessions, model)
+        versions = read(sessions, model, 1)
+        where = f"write {step} {values}"
+        if all(same(previous[k], current[k]) for k in current):
+            assert len(versions) == count, f"{where}: stored nothing new, recorded {versions[-1]}"
+        else:
+            assert len(versions) == count + 1, f"{where}: the row changed, nothing recorded"
+            assert versions[-1].operation is Operation.UPDATE
+            assert_agrees(versions[-1], previous, current, where)
+        previous, count = current, len(versions)
+
+
+def test_insert_snapshot_is_the_stored_row(create_tables: Tables, sessions: Sessions) -> None:
+    create_tables(Base.metadata)
+    values = {
+        "amount": Decimal("1.005"),
+        "stamp": NOON.replace(microsecond=999999),
+        "code": "ab ",
+        "happened": dt.datetime(2024, 6, 1, 12, 0, 0, 500000, tzinfo=HERE),
+        "ratio": 1 / 3,
+        "email": "Bob@Example.ORG",
+        "name": "n",
+    }
+    with sessions() as session:
+        session.add(Stored(id=1, **values))
+        session.commit()
+    [insert] = read(sessions, Stored, 1)
+    row = live(sessions, Stored)
+    assert row["amount"] == Decimal("1.01") or row["amount"] == Decimal("1.00")  # SQLite: float
+    assert_agrees(insert, None, row, "insert")
+    assert {key: new for key, (_, new) in insert.changes.items()} == {"id": 1} | {
+        key: value for key, value in insert.state.items() if key != "id" and value is not None
+    }
+
+
+def test_unit_of_work_records_stored_values(create_tables: Tables, sessions: Sessions) -> None:
+    """Each write in its own session: old values come from the row read before the flush."""
+    create_tables(Base.metadata)
+    with sessions() as session:
+        session.add(Stored(id=1))
+        session.commit()
+
+    def write(values: dict[str, Any]) -> None:
+        with sessions() as session:
+            obj = session.get(Stored, 1)
+            for key, value in values.items():
+                setattr(obj, key, value)
+            session.commit()
+
+    run_writes(sessions, Stored, write)
+
+
+@pytest.mark.parametrize("model", [Stored, Locked], ids=["read-before", "version_id_col"])
+def test_a_session_keeping_what_it_sent(
+    create_tables: Tables, sessions: Sessions, model: type[Any]
+) -> None:
+    """One session without expiry holds the values it sent (SQLAlchemy's behaviour), never the
+    stored ones; history must not take them as the old values of the next change."""
+    create_tables(Base.metadata)
+    session = sessions(expire_on_commit=False)
+    obj = model(id=1, **dict.fromkeys(KEYS))  # every value loaded: none is read before a flush
+    session.add(obj)
+    session.commit()
+
+    def write(values: dict[str, Any]) -> None:
+        for key, value in values.items():
+            setattr(obj, key, value)
+        session.commit()
+
+    run_writes(sessions, model, write)
+    assert obj.amount == Decimal("2.499")  # the session keeps the value sent, as SQLAlchemy does
+
+
+def test_one_flush_with_several_changes(create_tables: Tables, sessions: Sessions) -> None:
+    """Two flushes of one transaction: the second's old values are what the first stored."""
+    create_tables(Base.metadata)
+    with sessions() as session:
+        session.add(Stored(id=1, amount=Decimal("0.50")))
+        session.commit()
+    before = live(sessions, Stored)
+    with sessions() as session:
+        obj = session.get(Stored, 1)
+        assert obj is not None
+        obj.amount = Decimal("1.006")
+        session.flush()
+        obj.amount = Decimal("1.009")  # 1.01 as well: nothing changes in the second flush
+        session.flush()
+        obj.name = "z"
+        session.commit()
+    after = live(sessions, Stored)
+    versions = read(sessions, Stored, 1)
+    assert len(versions) == 3, versions
+    assert_agrees(versions[1], before, after | {"name": None}, "first flush")
+    assert versions[2].changes == {"name": (None, "z")}
+
+
+def test_statements_record_stored_values(create_tables: Tables, sessions: Sessions) -> None:
+    """ORM ``update()`` and ``insert()`` read rows back: the same agreement."""
+    create_tables(Base.metadata)
+    with sessions() as session:
+        session.execute(
+            sa.insert(Stored).values(
+                id=1, amount=Decimal("1.005"), code="ab ", stamp=NOON.replace(microsecond=5)
+            )
+        )
+        session.commit()
+    [insert] = read(sessions, Stored, 1)
+    assert_agrees(insert, None, live(sessions, Stored), "insert statement")
+
+    def write(values: dict[str, Any]) -> None:
+        with sessions() as session:
+            session.execute(sa.update(Stored).where(Stored.id == 1).values(**values))
+            session.commit()
+
+    run_writes(sessions, Stored, write)
+
+
+class _Selects:
+    """Counts the SELECTs sent to one live table."""
+
+    def __init__(self, engine: sa.Engine, table: str) -> None:
+        self.engine, self.table = engine, table
+        self.statements: list[str] = []
+
+    def __call__(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        text = statement.lstrip().upper()
+        if text.startswith("SELECT") and f"FROM {self.table.upper()}" in text.replace("`", ""):
+            self.statements.append(statement)
+
+    def __enter__(self) -> _Selects:
+        event.listen(self.engine, "before_cursor_execute", self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        event.remove(self.engine, "before_cursor_execute", self)
+
+
+def test_values_stored_as_sent_cost_no_query(
+    create_tables: Tables, sessions: Sessions, engine: sa.Engine, backend: str
+) -> None:
+    """Only a flush that wrote a value the database may change reads rows back: one SELECT per
+    model for all of them; values known to be stored as sent (the common case) cost nothing."""
+    create_tables(Base.metadata)
+    exact = {
+        "amount": Decimal("12.30"),
+        "stamp": NOON,
+        "code": "abcde",
+        "happened": dt.datetime(2024, 1, 1, tzinfo=dt.UTC) if backend == "postgresql" else None,
+        "ratio": 0.5 if backend != "mariadb" else None,
+        "email": "a@example.com",
+        "name": "n",
+    }
+    with sessions() as session, _Selects(engine, "sv_items") as counter:
+        session.add_all([Stored(id=i, **exact) for i in range(1, 11)])
+        session.commit()
+    assert counter.statements == []
+    with sessions() as session, _Selects(engine, "sv_items") as counter:
+        session.add_all([Stored(id=i, amount=Decimal("1.005")) for i in range(11, 31)])
+        session.add_all([Stored(id=i, name="plain") for i in range(31, 41)])
+        session.commit()
+    assert len(counter.statements) == 1, counter.statements
+    with sessions() as session:
+        amounts = {v.state["amount"] for i in range(11, 31) for v in history(session, Stored, i)}
+        session.rollback()
+    assert len(amounts) == 1 and amounts <= {Decimal("1.01"), Decimal("1.00")}
+
+
+def test_masked_long_text_over_64k(create_tables: Tables, sessions: Sessions) -> None:
+    """Class 20: the masked copy of a long text fits its snapshot column on every backend."""
+    engine = create_tables(Base.metadata)
+    first, second = "a" * 70_000 + "1234", "b" * 200_000 + "5678"
+    with sessions() as session:
+        session.add(Secret(id=1, body=first))
+        session.commit()
+        obj = session.get(Secret, 1)
+        assert obj is not None
+        obj.body = second
+        session.commit()
+    insert, update = read(sessions, Secret, 1)
+    assert insert.state["body"] == versioning.masks.last4(first)
+    assert update.state["body"] == versioning.masks.last4(second)
+    assert update.changes["body"] == (versioning.masks.last4(first), versioning.masks.last4(second))
+    with engine.connect() as connection:
+        assert connection.scalar(sa.select(Secret.body)) == second
+    if engine.dialect.name in ("mysql", "mariadb"):
+        column = versioning.history_table(Secret).c.body
+        assert isinstance(column.type.dialect_impl(engine.dialect), mysql.LONGTEXT)
+
+
+# --- class 6: PostgreSQL arrays decode by item type -------------------------------------------
+
+
+class ArrayBase(DeclarativeBase):
+    pass
+
+
+class Shade(enum.Enum):
+    LIGHT = "light"
+    DARK = "dark"
+
+
+class Arrays(Versioned, ArrayBase):
+    __tablename__ = "sv_arrays"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    days: Mapped[Any] = mapped_column(postgresql.ARRAY(sa.Date), nullable=True)
+    amounts: Mapped[Any] = mapped_column(postgresql.ARRAY(sa.Numeric(10, 2)), nullable=True)
+    stamps: Mapped[Any] = mapped_column(postgresql.ARRAY(sa.DateTime), nullable=True)
+    uids: Mapped[Any] = mapped_column(postgresql.ARRAY(sa.Uuid), nullable=True)
+    shades: Mapped[Any] = mapped_column(
+        postgresql.ARRAY(sa.Enum(Shade, name="sv_shade")), nullable=True
+    )
+    grid: Mapped[Any] = mapped_column(postgresql.ARRAY(sa.Integer, dimensions=2), nullable=True)
+    plain: Mapped[Any] = mapped_column(sa.ARRAY(sa.Numeric(10, 2)), nullable=True)
+
+
+ARRAYS_FIRST: dict[str, Any] = {
+    "days": [dt.date(2024, 1, 1), dt.date(2024, 2, 29)],
+    "amounts": [Decimal("1.50"), Decimal("-0.01")],
+    "stamps": [dt.datetime(2024, 1, 1, 8, 30, 0, 123456)],
+    "uids": [uuid.UUID(int=1), uuid.UUID(int=2)],
+    "shades": [Shade.LIGHT],
+    "grid": [[1, 2], [3, 4]],
+    "plain": [Decimal("0.10")],
+}
+ARRAYS_SECOND: dict[str, Any] = {
+    "days": [dt.date(1999, 12, 31)],
+    "amounts": [Decimal("1.005"), Decimal("2")],  # stored as 1.01 and 2.00
+    "stamps": [dt.datetime(2000, 1, 1), dt.datetime(2001, 1, 1, 0, 0, 1)],
+    "uids": [uuid.UUID(int=3)],
+    "shades": [Shade.DARK, Shade.LIGHT],
+    "grid": [[5, 6], [7, 8]],
+    "plain": [Decimal("9.99"), Decimal("0.00")],
+}
+
+
+def _typed(actual: Any, expected: Any) -> bool:
+    if isinstance(expected, list):
+        return (
+            isinstance(actual, list)
+            and len(actual) == len(expected)
+            and all(_typed(a, e) for a, e in zip(actual, expected, strict=True))
+        )
+    return same(actual, expected)
+
+
+@pytest.mark.backends("postgresql")
+def test_arrays_come_back_typed(create_tables: Tables, sessions: Sessions) -> None:
+    create_tables(ArrayBase.metadata)
+    with sessions() as session:
+        session.add(Arrays(id=1, **ARRAYS_FIRST))
+        session.commit()
+        obj = session.get(Arrays, 1)
+        assert obj is not None
+        for key, value in ARRAYS_SECOND.items():
+            setattr(obj, key, value)
+        session.commit()
+    with sessions() as session:
+        obj = session.get(Arrays, 1)
+        assert obj is not None
+        stored = {key: getattr(obj, key) for key in ARRAYS_SECOND}
+        session.rollback()
+    assert stored["amounts"] == [Decimal("1.01"), Decimal("2.00")]
+    insert, update = read(sessions, Arrays, 1)
+    for key, value in ARRAYS_FIRST.items():
+        assert _typed(insert.state[key], value), (key, insert.state[key])
+        old, new = update.changes[key]
+        assert _typed(old, value), (key, old, value)
+        assert _typed(new, stored[key]), (key, new, stored[key])
+        assert _typed(update.state[key], stored[key]), (key, update.state[key])
+
+
+# --- class 7: history stays readable when the model's types change -----------------------------
+
+
+class Tone(enum.Enum):
+    RED = "red"
+    GREEN = "green"
+    BLUE = "blue"
+
+
+class ToneWithoutBlue(enum.Enum):
+    RED = "red"
+    GREEN = "green"
+
+
+def _paint_model(tones: type[enum.Enum], sizes: sa.types.TypeEngine[Any]) -> type[Any]:
+    """The same table declared afresh (a new MetaData), as after a deploy that changed types."""
+
+    class Fresh(DeclarativeBase):
+        pass
+
+    class Paint(Versioned, Fresh):
+        __tablename__ = "sv_paint"
+        id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+        tone: Mapped[Any] = mapped_column(sa.Enum(tones, name="sv_tone"), nullable=True)
+        label: Mapped[Any] = mapped_column(
+            sa.Enum(tones, name="sv_label", native_enum=False, length=10), nullable=True
+        )
+        size: Mapped[Any] = mapped_column(sizes, nullable=True)
+
+    return Paint
+
+
+def test_history_outlives_a_removed_enum_member_and_a_changed_type(
+    create_tables: Tables, sessions: Sessions
+) -> None:
+    """A value the model's type no longer accepts comes back as stored, as a ``str``: the rest of
+    the record's history (and the other values of that version) reads as usual."""
+    old_model = _paint_model(Tone, sa.String(20))
+    create_tables(old_model.metadata)
+    with sessions() as session:
+        session.add(old_model(id=1, tone=Tone.BLUE, label=Tone.BLUE, size="large"))
+        session.commit()
+        obj = session.get(old_model, 1)
+        obj.tone, obj.label, obj.size = Tone.RED, Tone.GREEN, "small"
+        session.commit()
+    new_model = _paint_model(ToneWithoutBlue, sa.Date())
+    insert, update = read(sessions, new_model, 1)
+    assert insert.state == {"id": 1, "tone": "BLUE", "label": "BLUE", "size": "large"}
+    assert insert.changes == {
+        "id": (None, 1),
+        "tone": (None, "BLUE"),
+        "label": (None, "BLUE"),
+        "size": (None, "large"),
+    }
+    assert update.state["tone"] is ToneWithoutBlue.RED
+    assert update.state["label"] is ToneWithoutBlue.GREEN
+    assert update.state["size"] == "small"
+    assert update.changes == {
+        "tone": ("BLUE", ToneWithoutBlue.RED),
+        "label": ("BLUE", ToneWithoutBlue.GREEN),
+        "size": ("large", "small"),
+    }
+    with sessions() as session:
+        then = as_of(session, new_model, 1, insert.transaction_id)
+        assert then is not None and (then.tone, then.label, then.size) == ("BLUE", "BLUE", "large")
+        at = version_at(session, new_model, 1, insert.transaction_id)
+        assert at is not None and at.state["tone"] == "BLUE"
+        assert [v.operation for v in history(session, new_model, 1)] == [
+            Operation.INSERT,
+            Operation.UPDATE,
+        ]
+        session.rollback()
