@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 import sqlalchemy_utils as su  # type: ignore[import-untyped]
 from sqlalchemy import event
-from sqlalchemy.dialects import mysql, postgresql
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import versioning
@@ -45,6 +45,7 @@ class Stored(Versioned, Base):
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     amount: Mapped[Decimal | None] = mapped_column(sa.Numeric(10, 2))
     stamp: Mapped[dt.datetime | None] = mapped_column(sa.DateTime)
+    at: Mapped[dt.time | None] = mapped_column(sa.Time)
     code: Mapped[str | None] = mapped_column(sa.CHAR(5))
     happened: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
     ratio: Mapped[float | None] = mapped_column(sa.Float)
@@ -59,6 +60,7 @@ class Locked(Versioned, Base):
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     amount: Mapped[Decimal | None] = mapped_column(sa.Numeric(10, 2))
     stamp: Mapped[dt.datetime | None] = mapped_column(sa.DateTime)
+    at: Mapped[dt.time | None] = mapped_column(sa.Time)
     code: Mapped[str | None] = mapped_column(sa.CHAR(5))
     happened: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
     ratio: Mapped[float | None] = mapped_column(sa.Float)
@@ -76,7 +78,7 @@ class Secret(Versioned, Base):
     body: Mapped[str | None] = mapped_column(sa.Text().with_variant(mysql.LONGTEXT(), "mariadb"))
 
 
-KEYS = ("amount", "stamp", "code", "happened", "ratio", "email", "name")
+KEYS = ("amount", "stamp", "at", "code", "happened", "ratio", "email", "name")
 HERE = dt.timezone(dt.timedelta(hours=2))
 THERE = dt.timezone(dt.timedelta(hours=-5))
 NOON = dt.datetime(2024, 3, 1, 12, 0, 0)
@@ -89,6 +91,8 @@ WRITES: list[dict[str, Any]] = [
     {"amount": Decimal("1.00")},  # the same, written exactly
     {"stamp": NOON.replace(microsecond=654321)},  # MariaDB keeps whole seconds only
     {"stamp": NOON},
+    {"at": dt.time(8, 30, 0, 250000)},  # MariaDB's TIME keeps whole seconds too
+    {"at": dt.time(8, 30, 0, 750000)},
     {"code": "ab "},  # PostgreSQL pads to "ab   ", MariaDB strips to "ab"
     {"code": "ab   "},
     {"code": "abcde"},
@@ -269,6 +273,92 @@ def test_statements_record_stored_values(create_tables: Tables, sessions: Sessio
     run_writes(sessions, Stored, write)
 
 
+def test_upserts_record_stored_values(
+    create_tables: Tables, sessions: Sessions, backend: str
+) -> None:
+    """An upsert that meets an existing row compares what it stored with what was there."""
+    create_tables(Base.metadata)
+    with sessions() as session:
+        session.add(Stored(id=1, amount=Decimal("1.01"), name="a"))
+        session.commit()
+
+    def write(values: dict[str, Any]) -> None:
+        statement = upsert_insert(backend).values(id=1, **values)
+        if backend == "mariadb":
+            statement = statement.on_duplicate_key_update(
+                {key: getattr(statement.inserted, key) for key in values}
+            )
+        else:
+            statement = statement.on_conflict_do_update(
+                index_elements=["id"],
+                set_={key: getattr(statement.excluded, key) for key in values},
+            )
+        with sessions() as session:
+            session.execute(statement)
+            session.commit()
+
+    run_writes(sessions, Stored, write)
+
+
+def upsert_insert(backend: str) -> Any:
+    if backend == "postgresql":
+        return postgresql.insert(Stored)
+    if backend == "sqlite":
+        return sqlite.insert(Stored)
+    return mysql.insert(Stored)
+
+
+class Priced(Versioned, Base):
+    """Joined inheritance: the subclass's own inexact column is read back through the join."""
+
+    __tablename__ = "sv_priced"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(sa.String(20))
+    base_amount: Mapped[Decimal | None] = mapped_column(sa.Numeric(10, 2))
+    __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "priced"}
+
+
+class Discounted(Priced):
+    __tablename__ = "sv_discounted"
+    id: Mapped[int] = mapped_column(sa.ForeignKey("sv_priced.id"), primary_key=True)
+    discount: Mapped[Decimal | None] = mapped_column(sa.Numeric(10, 2))
+    __mapper_args__ = {"polymorphic_identity": "discounted"}
+
+
+def test_joined_inheritance_reads_back_subclass_columns(
+    create_tables: Tables, sessions: Sessions
+) -> None:
+    create_tables(Base.metadata)
+    with sessions() as session:
+        session.add(Discounted(id=1, base_amount=Decimal("9.996"), discount=Decimal("0.125")))
+        session.add(Priced(id=2, base_amount=Decimal("5.555")))
+        session.commit()
+        obj = session.get(Discounted, 1)
+        assert obj is not None
+        obj.discount = Decimal("0.1251")  # stored as it was: nothing changes
+        obj.base_amount = Decimal("1.116")
+        session.commit()
+    with sessions() as session:
+        live_rows = {
+            o.id: (o.base_amount, getattr(o, "discount", None))
+            for o in session.scalars(sa.select(Priced).order_by(Priced.id))
+        }
+        session.rollback()
+    insert, update = read(sessions, Discounted, 1)
+    [other] = read(sessions, Priced, 2)
+    assert live_rows[2][0] == other.state["base_amount"]
+    assert str(other.state["base_amount"]) == str(live_rows[2][0])
+    assert insert.model is Discounted
+    first_discount = insert.state["discount"]
+    assert first_discount in (Decimal("0.12"), Decimal("0.13"))  # SQLite: float rounding
+    assert update.changes["base_amount"][1] == live_rows[1][0] == Decimal("1.12")
+    assert "discount" not in update.changes or update.changes["discount"] == (
+        first_discount,
+        live_rows[1][1],
+    )
+    assert update.state["discount"] == live_rows[1][1]
+
+
 class _Selects:
     """Counts the SELECTs sent to one live table."""
 
@@ -298,6 +388,7 @@ def test_values_stored_as_sent_cost_no_query(
     exact = {
         "amount": Decimal("12.30"),
         "stamp": NOON,
+        "at": dt.time(8, 30),
         "code": "abcde",
         "happened": dt.datetime(2024, 1, 1, tzinfo=dt.UTC) if backend == "postgresql" else None,
         "ratio": 0.5 if backend != "mariadb" else None,
