@@ -7,7 +7,7 @@ model and primary key (a scalar, or a tuple for composite keys), so deleted reco
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
@@ -131,14 +131,41 @@ class _AsStored(sa.types.TypeDecorator[Any]):
         return tolerant
 
 
-def _columns(history: sa.Table) -> list[sa.ColumnElement[Any]]:
-    """The history table's columns, snapshot columns read with :class:`_AsStored`."""
-    return [
+#: What a result processor raises on a value its type does not accept.
+_REFUSED = (LookupError, ValueError, TypeError, ArithmeticError)
+
+
+def _select(history: sa.Table, tolerant: bool, *extra: sa.ColumnElement[Any]) -> sa.Select[Any]:
+    """``SELECT`` of the history table (and ``extra``); ``tolerant`` reads snapshot columns with
+    :class:`_AsStored`."""
+    if not tolerant:
+        return sa.select(history, *extra)
+    columns = [
         column
         if column.name in META_COLUMNS
         else sa.type_coerce(column, _AsStored(column.type)).label(column.name)
         for column in history.c
     ]
+    return sa.select(*columns, *extra)
+
+
+def _fetch(
+    connection: sa.Connection, build: Callable[[bool], sa.Select[Any]], first: bool = False
+) -> list[RowMapping]:
+    """The rows of ``build(tolerant)``: typed, or, if some value no longer fits its column's
+    type, read again with those values as stored (old history after a model changed)."""
+    for tolerant in (False, True):
+        result = connection.execute(build(tolerant)).mappings()
+        try:
+            if first:
+                row = result.first()
+                return [] if row is None else [row]
+            return list(result)
+        except _REFUSED:
+            if tolerant:
+                raise
+            result.close()
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _row_version(
@@ -222,16 +249,20 @@ def history(session: Session, target: Any, pk: Any = _MISSING) -> list[Version]:
     history_table = spec.history
     transactions = spec.transactions
     labels = [transactions.c[name].label(f"versioning_tx_{name}") for name in _TX_FIELDS]
-    statement = (
-        sa.select(*_columns(history_table), *labels)
-        .join(transactions, history_table.c[TRANSACTION_ID] == transactions.c.id)
-        .where(*_filters(spec, key))
-        .order_by(history_table.c[TRANSACTION_ID], history_table.c[VERSION_ID])
-    )
+    filters = _filters(spec, key)
+
+    def statement(tolerant: bool) -> sa.Select[Any]:
+        return (
+            _select(history_table, tolerant, *labels)
+            .join(transactions, history_table.c[TRANSACTION_ID] == transactions.c.id)
+            .where(*filters)
+            .order_by(history_table.c[TRANSACTION_ID], history_table.c[VERSION_ID])
+        )
+
     write_pending(session)
     connection = session.connection(bind_arguments={"mapper": spec.mapper})
     versions = []
-    for row in connection.execute(statement).mappings():
+    for row in _fetch(connection, statement):
         tx = {name: row[label] for name, label in zip(_TX_FIELDS, labels, strict=True)}
         tx["extra"] = tx["extra"] or {}
         transaction = Transaction(**tx)
@@ -285,16 +316,19 @@ def version_at(
         .where(*filters, transaction_id <= bound)
         .scalar_subquery()
     )
-    statement = (
-        sa.select(*_columns(history_table))
-        .where(*filters, transaction_id == latest)
-        .order_by(history_table.c[VERSION_ID].desc())
-        .limit(1)
-    )
-    row = connection.execute(statement).mappings().first()
-    if row is None:
+
+    def statement(tolerant: bool) -> sa.Select[Any]:
+        return (
+            _select(history_table, tolerant)
+            .where(*filters, transaction_id == latest)
+            .order_by(history_table.c[VERSION_ID].desc())
+            .limit(1)
+        )
+
+    rows = _fetch(connection, statement, first=True)
+    if not rows:
         return None
-    return _row_version(spec, row, connection.dialect, None)
+    return _row_version(spec, rows[0], connection.dialect, None)
 
 
 @overload
