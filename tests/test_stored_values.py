@@ -50,6 +50,8 @@ class Stored(Versioned, Base):
     happened: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
     ratio: Mapped[float | None] = mapped_column(sa.Float)
     email: Mapped[Any] = mapped_column(su.EmailType(100), nullable=True)
+    qty: Mapped[int | None] = mapped_column(sa.Integer)
+    day: Mapped[dt.date | None] = mapped_column(sa.Date)
     name: Mapped[str | None] = mapped_column(sa.String(50))
 
 
@@ -65,6 +67,8 @@ class Locked(Versioned, Base):
     happened: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
     ratio: Mapped[float | None] = mapped_column(sa.Float)
     email: Mapped[Any] = mapped_column(su.EmailType(100), nullable=True)
+    qty: Mapped[int | None] = mapped_column(sa.Integer)
+    day: Mapped[dt.date | None] = mapped_column(sa.Date)
     name: Mapped[str | None] = mapped_column(sa.String(50))
     version: Mapped[int] = mapped_column(nullable=False)
 
@@ -78,7 +82,7 @@ class Secret(Versioned, Base):
     body: Mapped[str | None] = mapped_column(sa.Text().with_variant(mysql.LONGTEXT(), "mariadb"))
 
 
-KEYS = ("amount", "stamp", "at", "code", "happened", "ratio", "email", "name")
+KEYS = ("amount", "stamp", "at", "code", "happened", "ratio", "email", "qty", "day", "name")
 HERE = dt.timezone(dt.timedelta(hours=2))
 THERE = dt.timezone(dt.timedelta(hours=-5))
 NOON = dt.datetime(2024, 3, 1, 12, 0, 0)
@@ -103,6 +107,11 @@ WRITES: list[dict[str, Any]] = [
     {"ratio": 0.333333333},
     {"email": "Alice@Example.COM"},  # EmailType lower-cases on the way in
     {"email": "ALICE@example.com"},  # stored as the same address: nothing changed
+    {"qty": 5},
+    {"qty": "5"},  # a str in an integer column: stored as the integer 5, nothing changed
+    {"qty": True},  # stored as 1
+    {"day": dt.date(2024, 1, 1)},
+    {"day": dt.datetime(2024, 1, 1, 15, 30)},  # a datetime in a DATE column: the date is stored
     {"name": "x"},
     {"amount": Decimal("2.499"), "name": "y", "code": "xy"},
 ]
@@ -393,6 +402,8 @@ def test_values_stored_as_sent_cost_no_query(
         "happened": dt.datetime(2024, 1, 1, tzinfo=dt.UTC) if backend == "postgresql" else None,
         "ratio": 0.5 if backend != "mariadb" else None,
         "email": "a@example.com",
+        "qty": 3,
+        "day": dt.date(2024, 1, 1),
         "name": "n",
     }
     with sessions() as session, _Selects(engine, "sv_items") as counter:

@@ -244,8 +244,15 @@ def _after_values(
             out[key] = before[key]
         elif key in loaded:
             value = out[key] = loaded[key]
-            if key in checks and not stored.is_stored_as_sent(checks[key], value):
-                missing = True
+            if missing or value is None:
+                continue
+            check = checks.get(key)
+            if check is None:
+                continue
+            if check.__class__ is type:  # the common case, inline: the value's exact type
+                missing = value.__class__ is not check
+            else:
+                missing = not stored.is_stored_as_sent(check, value)
         else:
             missing = True
     return out, missing

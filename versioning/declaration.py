@@ -76,7 +76,7 @@ class ModelSpec:
     keyset: frozenset[str] = field(init=False)
     #: Per dialect name: the columns whose stored value may differ from the one sent (see
     #: :func:`versioning.stored.checks`), filled on first use.
-    stored_checks: dict[str, dict[str, Callable[[Any], bool]]] = field(
+    stored_checks: dict[str, dict[str, Callable[[Any], bool] | type]] = field(
         init=False, default_factory=dict
     )
 

@@ -28,8 +28,9 @@ from versioning.declaration import ModelSpec
 
 __all__ = ["Check", "checks", "exactness", "is_stored_as_sent"]
 
-#: True when a (non-None) value is known to be stored exactly as sent.
-Check = Callable[[Any], bool]
+#: True when a (non-None) value is known to be stored exactly as sent; or the one Python type
+#: whose values are (checked inline by the capture: it is on every write's path).
+Check = Callable[[Any], bool] | type
 
 _KNOWN_DIALECTS = frozenset({"sqlite", "postgresql", "mysql", "mariadb"})
 
@@ -147,8 +148,29 @@ def _char(length: int | None, dialect: Dialect) -> Check | None:
     return None
 
 
+def _of_type(declared: sqltypes.TypeEngine[Any]) -> type | None:
+    """Values of the type's own Python type (not a subclass: ``True`` in an ``Integer`` column
+    is stored as ``1``, a ``datetime`` in a ``Date`` column as a date, ``"5"`` as ``5``)."""
+    if isinstance(declared, sqltypes.JSON):
+        return None
+    try:
+        python_type: type = declared.python_type
+    except NotImplementedError:
+        return None
+    return python_type
+
+
 def exactness(type_: sqltypes.TypeEngine[Any], dialect: Dialect) -> Check | None:
-    """``None`` if every value of ``type_`` is stored as sent on ``dialect``, else a check."""
+    """``None`` if every value of ``type_`` is stored as sent on ``dialect``, else a check.
+
+    A type whose every value of its own Python type is stored as sent gets a check of the
+    value's type: a value of another type is converted on the way in.
+    """
+    return _exactness(type_, dialect, typed=True)
+
+
+def _exactness(type_: sqltypes.TypeEngine[Any], dialect: Dialect, typed: bool) -> Check | None:
+    """``typed=False`` trusts the value's type (a TypeDecorator's bind output, an array item)."""
     declared = _declared(type_, dialect)
     if isinstance(declared, sqltypes.Interval):
         if declared.native and dialect.name == "postgresql":
@@ -157,7 +179,7 @@ def exactness(type_: sqltypes.TypeEngine[Any], dialect: Dialect) -> Check | None
             return lambda value: isinstance(value, dt.timedelta) and value.microseconds == 0
         return None
     if isinstance(declared, sqltypes.TypeDecorator):
-        inner = exactness(declared.load_dialect_impl(dialect), dialect)
+        inner = _exactness(declared.load_dialect_impl(dialect), dialect, typed=False)
         if inner is None or not _binds(declared):
             return inner
         decorator = declared
@@ -170,7 +192,8 @@ def exactness(type_: sqltypes.TypeEngine[Any], dialect: Dialect) -> Check | None
     if dialect.name not in _KNOWN_DIALECTS:
         return None if isinstance(declared, _EXACT) else _never
     if isinstance(declared, sqltypes.ARRAY):
-        return None if exactness(declared.item_type, dialect) is None else _never
+        item = _exactness(declared.item_type, dialect, typed=False)
+        return None if item is None else _never
     if isinstance(declared, sqltypes.CHAR | sqltypes.NCHAR):
         return _char(declared.length, dialect)
     if isinstance(declared, sqltypes.BINARY):
@@ -179,7 +202,7 @@ def exactness(type_: sqltypes.TypeEngine[Any], dialect: Dialect) -> Check | None
             return lambda value: isinstance(value, bytes) and len(value) == size
         return None
     if isinstance(declared, (*_EXACT, sqltypes.String)):
-        return None
+        return _of_type(declared) if typed else None
     if isinstance(declared, sqltypes.Float):
         return _float(declared, dialect)
     if isinstance(declared, sqltypes.Numeric):
@@ -217,6 +240,8 @@ def is_stored_as_sent(check: Check, value: Any) -> bool:
     """Whether ``value`` is known to come back from the database unchanged."""
     if value is None:
         return True
+    if isinstance(check, type):
+        return value.__class__ is check
     try:
         return check(value)
     except Exception:  # a TypeDecorator refusing the value: the flush says so itself
