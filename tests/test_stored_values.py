@@ -25,7 +25,8 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import versioning
-from versioning import Operation, Version, Versioned, as_of, history
+from versioning import Operation, Version, Versioned, as_of, history, stored
+from versioning.encoding import decode, encode
 from versioning.reading import version_at
 
 from helpers import read
@@ -597,3 +598,98 @@ def test_history_outlives_a_removed_enum_member_and_a_changed_type(
             Operation.UPDATE,
         ]
         session.rollback()
+
+
+# --- pure logic: no database -------------------------------------------------------------------
+
+DIALECTS = {
+    "sqlite": sqlite.pysqlite.dialect(),
+    "postgresql": postgresql.psycopg.dialect(),
+    "mariadb": sa.create_engine("mariadb+pymysql://user@localhost/db").dialect,
+}
+
+
+def stored_as_sent(type_: sa.types.TypeEngine[Any], dialect: str, value: Any) -> bool | None:
+    """``None`` when the type needs no check on ``dialect``, else the check's verdict."""
+    check = stored.exactness(type_, DIALECTS[dialect])
+    return None if check is None else stored.is_stored_as_sent(check, value)
+
+
+@pytest.mark.parametrize(
+    ("type_", "dialect", "value", "expected"),
+    [
+        (sa.Numeric(10, 2), "postgresql", Decimal("12.30"), True),
+        (sa.Numeric(10, 2), "postgresql", Decimal("1.005"), False),
+        (sa.Numeric(10, 2), "postgresql", Decimal("12.3"), False),  # comes back as 12.30
+        (sa.Numeric(10, 2), "postgresql", 12, False),
+        (sa.Numeric(10, 2), "mariadb", Decimal("-0.05"), True),
+        (sa.Numeric(10, 2), "sqlite", Decimal("12.30"), True),
+        (sa.Numeric(), "postgresql", Decimal("1.23456789"), None),  # unconstrained NUMERIC
+        (sa.Numeric(), "mariadb", Decimal("1.5"), False),  # DECIMAL(10, 0) there
+        (sa.Numeric(10, 2, asdecimal=False), "postgresql", 1.5, False),
+        (sa.Float(), "sqlite", 1 / 3, None),
+        (sa.Float(), "postgresql", 1 / 3, None),
+        (sa.Float(), "mariadb", 1 / 3, False),  # single precision
+        (sa.Double(), "mariadb", 1 / 3, None),
+        (sa.REAL(), "postgresql", 0.5, False),
+        (sa.DateTime(), "mariadb", NOON, True),
+        (sa.DateTime(), "mariadb", NOON.replace(microsecond=1), False),
+        (sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mariadb"), "mariadb", NOON, True),
+        (
+            sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mariadb"),
+            "mariadb",
+            NOON.replace(microsecond=1),
+            True,
+        ),
+        (sa.DateTime(), "sqlite", NOON.replace(microsecond=1), True),
+        (sa.DateTime(timezone=True), "sqlite", NOON.replace(tzinfo=dt.UTC), False),
+        (sa.DateTime(timezone=True), "mariadb", NOON.replace(tzinfo=dt.UTC), False),
+        (sa.DateTime(timezone=True), "postgresql", NOON.replace(tzinfo=HERE), True),
+        (sa.DateTime(timezone=True), "postgresql", NOON, False),  # naive: in the session's zone
+        (sa.DateTime(), "postgresql", NOON.replace(tzinfo=HERE), False),
+        (postgresql.TIMESTAMP(precision=3), "postgresql", NOON.replace(microsecond=1000), True),
+        (postgresql.TIMESTAMP(precision=3), "postgresql", NOON.replace(microsecond=1), False),
+        (sa.Time(), "mariadb", dt.time(1, 2, 3, 4), False),
+        (sa.Time(), "postgresql", dt.time(1, 2, 3, 4), True),
+        (sa.CHAR(5), "postgresql", "abcde", True),
+        (sa.CHAR(5), "postgresql", "ab", False),
+        (sa.CHAR(5), "mariadb", "ab", True),
+        (sa.CHAR(5), "mariadb", "ab ", False),
+        (sa.CHAR(5), "sqlite", "ab ", None),
+        (sa.BINARY(4), "mariadb", b"ab", False),
+        (sa.BINARY(4), "mariadb", b"abcd", True),
+        (sa.Interval(), "mariadb", dt.timedelta(seconds=1, microseconds=5), False),
+        (sa.Interval(), "postgresql", dt.timedelta(seconds=1, microseconds=5), None),
+        (sa.Integer(), "postgresql", 5, True),
+        (sa.Integer(), "postgresql", "5", False),
+        (sa.Integer(), "mariadb", True, False),
+        (sa.String(10), "mariadb", "x ", True),
+        (sa.Date(), "sqlite", dt.datetime(2024, 1, 1), False),
+        (sa.Enum(Shade), "postgresql", Shade.DARK, True),
+        (sa.Enum(Shade), "postgresql", "DARK", False),
+        (sa.JSON(), "postgresql", {"a": 1}, None),
+        (su.EmailType(50), "postgresql", "A@B.C", None),  # normalised by its own bind
+        (postgresql.ARRAY(sa.Integer), "postgresql", [1], None),
+        (postgresql.ARRAY(sa.Numeric(10, 2)), "postgresql", [Decimal("1.00")], False),
+        (postgresql.INET(), "postgresql", "10.0.0.1/32", False),  # unknown: read back
+        (sa.Numeric(10, 2), "sqlite", None, True),
+    ],
+)
+def test_which_values_are_stored_as_sent(
+    type_: sa.types.TypeEngine[Any], dialect: str, value: Any, expected: bool | None
+) -> None:
+    assert stored_as_sent(type_, dialect, value) is expected
+
+
+def test_decode_arrays_by_item_type_and_keep_what_no_longer_fits() -> None:
+    dialect = DIALECTS["postgresql"]
+    array = postgresql.ARRAY(sa.Date, dimensions=2)
+    data = encode(array, [[dt.date(2024, 1, 2)], [dt.date(2024, 1, 3)]], dialect, "x")
+    assert data == [["2024-01-02"], ["2024-01-03"]]
+    assert decode(array, data, dialect) == [[dt.date(2024, 1, 2)], [dt.date(2024, 1, 3)]]
+    enums = postgresql.ARRAY(sa.Enum(Shade, name="sv_shade"))
+    assert decode(enums, ["DARK", "LIGHT"], dialect) == [Shade.DARK, Shade.LIGHT]
+    assert decode(sa.Enum(ToneWithoutBlue), "BLUE", dialect) == "BLUE"
+    assert decode(sa.Date(), "large", dialect) == "large"
+    assert decode(sa.Numeric(10, 2), "n/a", dialect) == "n/a"
+    assert decode(sa.Numeric(10, 2), "1.50", dialect) == Decimal("1.50")
