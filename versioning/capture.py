@@ -10,7 +10,8 @@ changes, never to how many objects the session holds:
   values as they were before the flush;
 * ``after_flush`` compares before and after and hands the history rows to
   :mod:`versioning.transaction`, which writes them with the transaction row when the database
-  transaction commits.
+  transaction commits. Rows written with a value the database may store differently (see
+  :mod:`versioning.stored`) or left unloaded are read back first, in one ``SELECT`` per mapper.
 
 Everything runs on the flush's own connection, inside its transaction: history and data commit or
 roll back together.
