@@ -10,7 +10,8 @@ changes, never to how many objects the session holds:
   values as they were before the flush;
 * ``after_flush`` compares before and after and hands the history rows to
   :mod:`versioning.transaction`, which writes them with the transaction row when the database
-  transaction commits.
+  transaction commits. Rows written with a value the database may store differently (see
+  :mod:`versioning.stored`) or left unloaded are read back first, in one ``SELECT`` per mapper.
 
 Everything runs on the flush's own connection, inside its transaction: history and data commit or
 roll back together.
@@ -18,6 +19,7 @@ roll back together.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -27,7 +29,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import InstanceState, Mapper, Session, UOWTransaction
 from sqlalchemy.orm.base import NO_VALUE
 
-from versioning import live_rows, uncaptured
+from versioning import live_rows, stored, uncaptured
 from versioning.declaration import ModelSpec, Versioned, spec_of
 from versioning.errors import VersioningError
 from versioning.operation import Operation
@@ -226,12 +228,14 @@ def _after_values(
     spec: ModelSpec,
     before: dict[str, Any] | None,
     changed: frozenset[str],
+    checks: dict[str, stored.Check],
 ) -> tuple[dict[str, Any], bool]:
     """Values after the flush; the flag says some must still be read from the database.
 
     A column the flush did not write keeps its value from before (the row as read, not what the
     session may hold from an older snapshot); a written one is what the session sent, unless it
-    is no longer loaded (a SQL expression, a server-side ``onupdate``): then it is read back.
+    is no longer loaded (a SQL expression, a server-side ``onupdate``) or the database may have
+    stored it differently (see :mod:`versioning.stored`): then it is read back.
     """
     loaded = state.dict
     out: dict[str, Any] = {}
@@ -240,10 +244,39 @@ def _after_values(
         if before is not None and key not in changed and key not in spec.refresh_on_update:
             out[key] = before[key]
         elif key in loaded:
-            out[key] = loaded[key]
+            value = out[key] = loaded[key]
+            if missing or value is None:
+                continue
+            check = checks.get(key)
+            if check is None:
+                continue
+            if check.__class__ is type:  # the common case, inline: the value's exact type
+                missing = value.__class__ is not check
+            else:
+                missing = not stored.is_stored_as_sent(check, value)
         else:
             missing = True
     return out, missing
+
+
+def _stored_before(state: InstanceState[Any], before: dict[str, Any]) -> dict[str, Any]:
+    """``before`` with values the session sent earlier replaced by what the database stored.
+
+    Only a mapper that trusts its session takes old values from it; after a flush the session
+    holds the value sent (SQLAlchemy's behaviour), which the database may have rounded.
+    """
+    known = _stored_values.get(state)
+    if known:
+        for key, (sent, kept) in known.items():
+            if key in before and before[key] is sent:
+                before[key] = kept
+    return before
+
+
+#: Per record: values its last flush sent that the database stored differently (sent, stored).
+_stored_values: weakref.WeakKeyDictionary[InstanceState[Any], dict[str, tuple[Any, Any]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 @event.listens_for(Session, "after_flush")
@@ -256,6 +289,7 @@ def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
     inserts: list[Change] = []
     reload: dict[Mapper[Any], list[tuple[tuple[Any, ...], InstanceState[Any]]]] = {}
     deleted: set[InstanceState[Any]] | None = None
+    checks_of: dict[ModelSpec, dict[str, stored.Check]] = {}
     for state, (deleting, listonly) in flush_context.states.items():
         if listonly:
             # A deleted record whose key a new object takes in the same flush ("row switch"):
@@ -291,8 +325,14 @@ def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
                 continue  # no versioned column changed
             target = updates
             operation = Operation.UPDATE
+            if spec.trusts_session and _stored_values:
+                before = _stored_before(state, before)
         changed = tracker.changed.get(state, _NOTHING) if tracker is not None else _NOTHING
-        after, missing = _after_values(state, spec, before, changed)
+        checks = checks_of.get(spec)
+        if checks is None:
+            dialect = session.get_bind(mapper=state.mapper).dialect
+            checks = checks_of[spec] = stored.checks(spec, dialect)
+        after, missing = _after_values(state, spec, before, changed, checks)
         if missing:
             reload.setdefault(state.mapper, []).append((_new_identity(state, spec), state))
         target.append(Change(spec, state, operation, before, after))
@@ -315,27 +355,53 @@ def _complete(
     reload: dict[Mapper[Any], list[tuple[tuple[Any, ...], InstanceState[Any]]]],
     changes: list[Change],
 ) -> None:
-    """Read what the flush left unloaded (server defaults, SQL expressions), one query a mapper."""
+    """Read back what the flush left unloaded (server defaults, SQL expressions) or what the
+    database may have stored differently from what was sent; one query a mapper.
+
+    A row read back is the truth for every versioned column: it replaces the values sent.
+    """
     fresh: dict[InstanceState[Any], dict[str, Any]] = {}
+    dialects: dict[ModelSpec, Any] = {}
     for mapper, states in reload.items():
         spec = spec_of(mapper)
         assert spec is not None
         connection = session.connection(bind_arguments={"mapper": mapper})
+        dialects[spec] = connection.dialect
         fresh.update(_load_rows(connection, spec, states, lock=False))
+    requested = {state for states in reload.values() for _, state in states}
     for change in changes:
         after = change.after
         assert after is not None
-        if len(after) == len(change.spec.keys):
-            continue
+        spec = change.spec
         values = fresh.get(change.state)
         if values is None:
+            if change.state not in requested:
+                continue  # complete as it is: nothing of it was read back
             raise VersioningError(
-                f"cannot read back {change.spec.model.__name__} "
-                f"{_new_identity(change.state, change.spec)!r} after the flush to record its "
+                f"cannot read back {spec.model.__name__} "
+                f"{_new_identity(change.state, spec)!r} after the flush to record its "
                 f"history: the row is not there"
             )
-        for key in change.spec.keys:
-            after.setdefault(key, values[key])
+        if spec.trusts_session:
+            _remember_stored(change.state, stored.checks(spec, dialects[spec]), values)
+        for key in spec.keys:
+            after[key] = values[key]
+
+
+def _remember_stored(
+    state: InstanceState[Any], checks: dict[str, stored.Check], values: dict[str, Any]
+) -> None:
+    """Note which values the session now holds that the database stored differently."""
+    loaded = state.dict
+    differs = {
+        key: (loaded[key], values[key])
+        for key, check in checks.items()
+        if key in loaded and not stored.is_stored_as_sent(check, loaded[key])
+    }
+    if differs:
+        _stored_values[state] = differs
+    else:
+        _stored_values.pop(state, None)
 
 
 def _end_flush_mark(session: Session) -> None:

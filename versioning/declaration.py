@@ -74,6 +74,11 @@ class ModelSpec:
     #: With a ``version_id_col`` a stale session row fails its UPDATE, so its values are current.
     trusts_session: bool
     keyset: frozenset[str] = field(init=False)
+    #: Per dialect name: the columns whose stored value may differ from the one sent (see
+    #: :func:`versioning.stored.checks`), filled on first use.
+    stored_checks: dict[str, dict[str, Callable[[Any], bool] | type]] = field(
+        init=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keyset", frozenset(self.keys))

@@ -4,7 +4,9 @@ Values are encoded by their Python type into plain JSON (strings, numbers, boole
 so the stored document is readable and canonically serializable; they are decoded by the *column's*
 type, so a ``Decimal`` column gives back a ``Decimal``, a ``DateTime`` column a ``datetime``, and so
 on. Values of a ``TypeDecorator`` that are not plain are encoded through the decorator's own bind
-processing and decoded through its result processing.
+processing and decoded through its result processing; the items of an ``ARRAY`` by its item type.
+A value the column's type no longer accepts (the model changed since it was recorded) is returned as
+it is in the document.
 """
 
 from __future__ import annotations
@@ -67,6 +69,12 @@ def encode(type_: sqltypes.TypeEngine[Any], value: Any, dialect: Dialect, where:
     ):
         processed = type_.process_bind_param(value, dialect)
         return encode(type_.load_dialect_impl(dialect), processed, dialect, where)
+    if isinstance(type_, sqltypes.ARRAY) and isinstance(value, list | tuple):
+        item_type = type_.item_type
+        return [
+            encode(type_ if isinstance(item, list | tuple) else item_type, item, dialect, where)
+            for item in value
+        ]
     try:
         return _encode_plain(value)
     except TypeError:
@@ -115,12 +123,29 @@ def _decode_plain(python_type: type | None, type_: sqltypes.TypeEngine[Any], dat
 
 
 def decode(type_: sqltypes.TypeEngine[Any], data: Any, dialect: Dialect) -> Any:
-    """Decode a JSON value written by :func:`encode` for a column of type ``type_``."""
+    """Decode a JSON value written by :func:`encode` for a column of type ``type_``.
+
+    History outlives the model: a value the column's type no longer accepts (an ``Enum`` member
+    since removed, a column whose type changed) comes back as it was stored in the document —
+    a ``str``, number, ``bool``, list or dict — rather than making the version unreadable.
+    """
+    try:
+        return _decode(type_, data, dialect)
+    except (LookupError, ValueError, TypeError, ArithmeticError):
+        return data
+
+
+def _decode(type_: sqltypes.TypeEngine[Any], data: Any, dialect: Dialect) -> Any:
     if data is None:
         return None
+    if isinstance(type_, sqltypes.ARRAY) and isinstance(data, list):
+        item_type = type_.item_type
+        return [
+            _decode(type_ if isinstance(item, list) else item_type, item, dialect) for item in data
+        ]
     if isinstance(type_, sqltypes.TypeDecorator):
         if _overrides(type_, "process_bind_param"):
-            stored = decode(type_.load_dialect_impl(dialect), data, dialect)
+            stored = _decode(type_.load_dialect_impl(dialect), data, dialect)
             if _overrides(type_, "process_result_value"):
                 return type_.process_result_value(stored, dialect)
             return stored

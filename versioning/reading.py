@@ -7,7 +7,7 @@ model and primary key (a scalar, or a tuple for composite keys), so deleted reco
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
@@ -19,7 +19,7 @@ from versioning.declaration import ModelSpec, spec_for, spec_of
 from versioning.encoding import decode
 from versioning.errors import ArgumentError, VersioningError
 from versioning.operation import Operation
-from versioning.schema import CHANGES, OPERATION, TRANSACTION_ID, VERSION_ID
+from versioning.schema import CHANGES, META_COLUMNS, OPERATION, TRANSACTION_ID, VERSION_ID
 from versioning.transaction import write_pending
 
 __all__ = ["Transaction", "Version", "as_of", "history"]
@@ -99,22 +99,90 @@ def _filters(spec: ModelSpec, key: tuple[Any, ...]) -> list[sa.ColumnElement[boo
     return out
 
 
+class _AsStored(sa.types.TypeDecorator[Any]):
+    """A snapshot column's own type, except that a value it no longer accepts is returned raw.
+
+    History outlives the model: an ``Enum`` member removed since, or a column whose type
+    changed, would otherwise make every version of the record unreadable (``LookupError``).
+    Such a value comes back as the driver gives it (for an ``Enum``, the stored ``str``).
+    """
+
+    impl = sa.types.NullType
+    cache_ok = True
+
+    def __init__(self, inner: sa.types.TypeEngine[Any]) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        return self.inner
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        process = self.impl_instance.result_processor(dialect, coltype)
+        if process is None:
+            return None
+
+        def tolerant(value: Any) -> Any:
+            try:
+                return process(value)
+            except (LookupError, ValueError, TypeError, ArithmeticError):
+                return value
+
+        return tolerant
+
+
+#: What a result processor raises on a value its type does not accept.
+_REFUSED = (LookupError, ValueError, TypeError, ArithmeticError)
+
+
+def _select(history: sa.Table, tolerant: bool, *extra: sa.ColumnElement[Any]) -> sa.Select[Any]:
+    """``SELECT`` of the history table (and ``extra``); ``tolerant`` reads snapshot columns with
+    :class:`_AsStored`."""
+    if not tolerant:
+        return sa.select(history, *extra)
+    columns = [
+        column
+        if column.name in META_COLUMNS
+        else sa.type_coerce(column, _AsStored(column.type)).label(column.name)
+        for column in history.c
+    ]
+    return sa.select(*columns, *extra)
+
+
+def _fetch(
+    connection: sa.Connection, build: Callable[[bool], sa.Select[Any]], first: bool = False
+) -> list[RowMapping]:
+    """The rows of ``build(tolerant)``: typed, or, if some value no longer fits its column's
+    type, read again with those values as stored (old history after a model changed)."""
+    for tolerant in (False, True):
+        result = connection.execute(build(tolerant)).mappings()
+        try:
+            if first:
+                row = result.first()
+                return [] if row is None else [row]
+            return list(result)
+        except _REFUSED:
+            if tolerant:
+                raise
+            result.close()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def _row_version(
     spec: ModelSpec, row: RowMapping, dialect: Dialect, transaction: Transaction | None
 ) -> Version:
-    history = spec.history
     vspec = spec
     if spec.discriminator is not None:
-        identity = row[history.c[spec.history_names[spec.discriminator]]]
+        identity = row[spec.history_names[spec.discriminator]]
         mapper = spec.mapper.polymorphic_map.get(identity)
         found = spec_of(mapper) if mapper is not None else None
         if found is not None:
             vspec = found
-    state = {key: row[history.c[vspec.history_names[key]]] for key in vspec.keys}
-    operation = Operation(row[history.c[OPERATION]])
+    state = {key: row[vspec.history_names[key]] for key in vspec.keys}
+    operation = Operation(row[OPERATION])
     changes: dict[str, tuple[Any, Any]]
     if operation is Operation.UPDATE:
-        stored = row[history.c[CHANGES]] or {}
+        stored = row[CHANGES] or {}
         changes = {
             key: (
                 decode(vspec.type_of(key), old, dialect),
@@ -132,9 +200,9 @@ def _row_version(
         operation=operation,
         state=state,
         changes=changes,
-        transaction_id=row[history.c[TRANSACTION_ID]],
+        transaction_id=row[TRANSACTION_ID],
         transaction=transaction,
-        version_id=row[history.c[VERSION_ID]],
+        version_id=row[VERSION_ID],
     )
 
 
@@ -181,16 +249,20 @@ def history(session: Session, target: Any, pk: Any = _MISSING) -> list[Version]:
     history_table = spec.history
     transactions = spec.transactions
     labels = [transactions.c[name].label(f"versioning_tx_{name}") for name in _TX_FIELDS]
-    statement = (
-        sa.select(history_table, *labels)
-        .join(transactions, history_table.c[TRANSACTION_ID] == transactions.c.id)
-        .where(*_filters(spec, key))
-        .order_by(history_table.c[TRANSACTION_ID], history_table.c[VERSION_ID])
-    )
+    filters = _filters(spec, key)
+
+    def statement(tolerant: bool) -> sa.Select[Any]:
+        return (
+            _select(history_table, tolerant, *labels)
+            .join(transactions, history_table.c[TRANSACTION_ID] == transactions.c.id)
+            .where(*filters)
+            .order_by(history_table.c[TRANSACTION_ID], history_table.c[VERSION_ID])
+        )
+
     write_pending(session)
     connection = session.connection(bind_arguments={"mapper": spec.mapper})
     versions = []
-    for row in connection.execute(statement).mappings():
+    for row in _fetch(connection, statement):
         tx = {name: row[label] for name, label in zip(_TX_FIELDS, labels, strict=True)}
         tx["extra"] = tx["extra"] or {}
         transaction = Transaction(**tx)
@@ -244,16 +316,19 @@ def version_at(
         .where(*filters, transaction_id <= bound)
         .scalar_subquery()
     )
-    statement = (
-        sa.select(history_table)
-        .where(*filters, transaction_id == latest)
-        .order_by(history_table.c[VERSION_ID].desc())
-        .limit(1)
-    )
-    row = connection.execute(statement).mappings().first()
-    if row is None:
+
+    def statement(tolerant: bool) -> sa.Select[Any]:
+        return (
+            _select(history_table, tolerant)
+            .where(*filters, transaction_id == latest)
+            .order_by(history_table.c[VERSION_ID].desc())
+            .limit(1)
+        )
+
+    rows = _fetch(connection, statement, first=True)
+    if not rows:
         return None
-    return _row_version(spec, row, connection.dialect, None)
+    return _row_version(spec, rows[0], connection.dialect, None)
 
 
 @overload

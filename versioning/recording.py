@@ -68,14 +68,21 @@ def _history_row(change: Change, connection: Connection) -> dict[str, Any] | Non
         dialect = connection.dialect
         for key in spec.keys:
             old, new = before[key], after[key]
-            if old is new or spec.type_of(key).compare_values(old, new):
+            type_ = spec.type_of(key)
+            if old is new or type_.compare_values(old, new):
                 continue
+            where = f"{spec.model.__name__}.{key}"
             if key in masks:
+                if encode(type_, old, dialect, where) == encode(type_, new, dialect, where):
+                    continue
                 old = None if old is None else masks[key](old)
                 new = None if new is None else masks[key](new)
-            where = f"{spec.model.__name__}.{key}"
-            type_ = spec.type_of(key)
-            diff[key] = [encode(type_, old, dialect, where), encode(type_, new, dialect, where)]
+            pair = [encode(type_, old, dialect, where), encode(type_, new, dialect, where)]
+            if key not in masks and pair[0] == pair[1]:
+                # Different in Python, the same once stored (a TypeDecorator normalising on the
+                # way in, a dict with int keys in a JSON column): nothing changed.
+                continue
+            diff[key] = pair
         if not diff:
             return None
         values: dict[str, Any] | None = after

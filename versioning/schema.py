@@ -125,13 +125,18 @@ def transaction_table_for(metadata: sa.MetaData) -> sa.Table:
 _UNRESOLVED = "versioning_unresolved_types"
 
 
+def _masked_type() -> sa.types.TypeEngine[Any]:
+    """A masked snapshot column: any mask output, whatever its length (MariaDB's TEXT is 64 KiB)."""
+    return sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+
+
 def snapshot_column(name: str, source: sa.Column[Any], masked: bool) -> sa.Column[Any]:
     """A nullable, constraint-free copy of ``source`` for a history snapshot.
 
     A foreign-key column whose target table is declared later has no type yet (SQLAlchemy fills
     it in when the target appears); its copy is remembered and gets the type at that moment.
     """
-    type_: sa.types.TypeEngine[Any] = sa.Text() if masked else source.type
+    type_: sa.types.TypeEngine[Any] = _masked_type() if masked else source.type
     column = sa.Column(name, type_, nullable=True, autoincrement=False)
     if type_._isnull and isinstance(source.table, sa.Table):
         pending = source.table.metadata.info.setdefault(_UNRESOLVED, [])
