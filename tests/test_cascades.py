@@ -12,6 +12,7 @@ MariaDB.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy import delete, event, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
-from versioning import ConfigurationError, Operation, Versioned
+from versioning import ConfigurationError, Operation, Versioned, history
 
 from helpers import ops, read
 
@@ -99,6 +100,20 @@ class Node(Versioned, Base):
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     parent_id: Mapped[int | None] = mapped_column(sa.ForeignKey("cas_nodes.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(sa.String(50))
+
+
+class Branch(Versioned, Base):
+    """A tree the ORM knows: a self-referencing relationship makes the flush go row by row."""
+
+    __tablename__ = "cas_branches"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    parent_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("cas_branches.id", ondelete="CASCADE")
+    )
+    children: Mapped[list[Branch]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True, order_by="Branch.id"
+    )
 
 
 class Lone(Versioned, Base):
@@ -363,6 +378,32 @@ def test_deleting_a_tree_node_records_the_whole_subtree(
         assert ops(read(sessions, Node, pk)) == [INSERT]
 
 
+def test_tree_with_a_relationship_partly_loaded(
+    create_tables: CreateTables, sessions: Sessions
+) -> None:
+    """The ORM deletes the loaded branches itself (row by row: the mapper depends on itself),
+    the database the rest: every branch has one DELETE."""
+    engine = create_tables(Base.metadata)
+    tree = ((1, None), (2, 1), (3, 1), (4, 2), (5, 4), (6, 3), (7, None))
+    with sessions() as session:
+        for pk, parent in tree:
+            session.add(Branch(id=pk, parent_id=parent))
+            session.flush()
+        session.commit()
+    with sessions() as session:
+        root = session.get(Branch, 1)
+        assert root is not None
+        assert [b.id for b in root.children] == [2, 3]
+        assert [b.id for b in root.children[0].children] == [4]  # 5 and 6 are not loaded
+        session.delete(root)
+        session.commit()
+    assert [r[0] for r in _live(engine, Branch)] == [7]
+    for pk, parent in tree[:-1]:
+        versions = read(sessions, Branch, pk)
+        assert ops(versions) == [INSERT, DELETE], pk
+        assert dict(versions[-1].state) == {"id": pk, "parent_id": parent}
+
+
 def test_common_path_reads_nothing_more(create_tables: CreateTables, sessions: Sessions) -> None:
     """A model no foreign-key action reaches costs no query: deleting a Lone or a Toy (nothing
     references either) runs only its own pre-read and DELETE."""
@@ -379,6 +420,46 @@ def test_common_path_reads_nothing_more(create_tables: CreateTables, sessions: S
             session.commit()
         assert all(table in s for s in seen), seen
         assert not any("PRAGMA" in s for s in seen), seen
+
+
+def test_child_changed_in_the_same_flush_is_deleted_with_its_new_values(
+    create_tables: CreateTables, sessions: Sessions
+) -> None:
+    create_tables(Base.metadata)
+    with sessions() as session:
+        _family(session)
+    with sessions() as session:
+        child = session.get(Child, 10)
+        assert child is not None
+        child.label = "x2"
+        session.delete(session.get(Parent, 1))
+        session.commit()
+    versions = read(sessions, Child, 10)
+    assert ops(versions) == [INSERT, UPDATE, DELETE]
+    assert dict(versions[1].changes) == {"label": ("x", "x2")}
+    assert dict(versions[2].state) == {"id": 10, "parent_id": 1, "label": "x2"}
+
+
+def test_loaded_children_on_a_primary_key_change_are_recorded_once(
+    create_tables: CreateTables, sessions: Sessions
+) -> None:
+    """With passive_updates (the default) the ORM leaves the children's UPDATE to the database
+    and only refreshes the loaded objects: one UPDATE version each, none from the ORM."""
+    engine = create_tables(Base.metadata)
+    with sessions() as session:
+        _family(session)
+    with sessions() as session:
+        parent = session.get(Parent, 1)
+        assert parent is not None
+        assert [c.parent_id for c in parent.children] == [1, 1]
+        parent.id = 5
+        session.commit()
+        assert [c.parent_id for c in parent.children] == [5, 5]
+    assert [(r[0], r[1]) for r in _live(engine, Child)] == [(10, 5), (11, 5), (12, 2)]
+    for pk in (10, 11):
+        versions = read(sessions, Child, pk)
+        assert ops(versions) == [INSERT, UPDATE]
+        assert dict(versions[-1].changes) == {"parent_id": (1, 5)}
 
 
 # --- ORM-enabled statements ------------------------------------------------------------------
@@ -419,6 +500,21 @@ def test_bulk_update_of_a_referenced_unique_key_records_on_update_cascade(
         assert ops(read(sessions, model, pk)) == [INSERT]
 
 
+def test_bulk_update_by_primary_key_records_on_update_cascade(
+    create_tables: CreateTables, sessions: Sessions
+) -> None:
+    engine = create_tables(Base.metadata)
+    with sessions() as session:
+        _family(session)
+    with sessions() as session:
+        session.execute(update(Parent), [{"id": 1, "code": "c8"}, {"id": 2, "name": "p2!"}])
+        session.commit()
+    assert _live(engine, Badge) == [(30, "c8", 3)]
+    versions = read(sessions, Badge, 30)
+    assert ops(versions) == [INSERT, UPDATE]
+    assert dict(versions[-1].changes) == {"parent_code": ("c1", "c8")}
+
+
 # --- SET DEFAULT -----------------------------------------------------------------------------
 
 
@@ -441,10 +537,8 @@ class Asset(Versioned, DefaultBase):
     )
 
 
-# InnoDB refuses ON DELETE SET DEFAULT.
-@pytest.mark.backends("sqlite", "postgresql")
 def test_set_default_records_the_value_the_database_stored(
-    create_tables: CreateTables, sessions: Sessions
+    create_tables: CreateTables, sessions: Sessions, backend: str
 ) -> None:
     engine = create_tables(DefaultBase.metadata)
     with sessions() as session:
@@ -454,11 +548,101 @@ def test_set_default_records_the_value_the_database_stored(
         session.commit()
     with sessions() as session:
         session.delete(session.get(Owner, 1))
+        if backend == "mariadb":
+            # InnoDB accepts the clause but refuses the DELETE: nothing happens, nothing recorded.
+            with pytest.raises(sa.exc.IntegrityError):
+                session.commit()
+            session.rollback()
+            assert _live(engine, Asset) == [(1, 1)]
+            assert ops(read(sessions, Asset, 1)) == [INSERT]
+            assert ops(read(sessions, Owner, 1)) == [INSERT]
+            return
         session.commit()
     assert _live(engine, Asset) == [(1, 0)]
     versions = read(sessions, Asset, 1)
     assert ops(versions) == [INSERT, UPDATE]
     assert dict(versions[-1].changes) == {"owner_id": (1, 0)}
+
+
+# --- concurrency -----------------------------------------------------------------------------
+
+
+class LockBase(DeclarativeBase):
+    pass
+
+
+class Folder(Versioned, LockBase):
+    """With a version counter the capture trusts the session and does not read the row."""
+
+    __tablename__ = "cas_lock_folders"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    version: Mapped[int] = mapped_column(default=1)
+    __mapper_args__ = {"version_id_col": version}
+
+
+class Document(Versioned, LockBase):
+    __tablename__ = "cas_lock_documents"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    folder_id: Mapped[int] = mapped_column(sa.ForeignKey("cas_lock_folders.id", ondelete="CASCADE"))
+
+
+@pytest.mark.backends("postgresql", "mariadb")
+@pytest.mark.parametrize("how", ["unit of work", "statement"])
+def test_child_added_by_another_transaction_meanwhile_cannot_escape(
+    create_tables: CreateTables, sessions: Sessions, how: str
+) -> None:
+    """Another transaction adds a child after the children were read and before the parent's
+    DELETE runs: the parent row is locked first, so it waits and then fails; it never commits a
+    child the DELETE would remove with no history."""
+    engine = create_tables(LockBase.metadata)
+    with sessions() as session:
+        session.add(Folder(id=1))
+        session.flush()
+        session.add(Document(id=1, folder_id=1))
+        session.commit()
+    outcome: list[str] = []
+    fast = sa.create_engine(
+        engine.url,
+        connect_args=(
+            {"options": "-c lock_timeout=1500"}
+            if engine.dialect.name == "postgresql"
+            else {"init_command": "SET SESSION innodb_lock_wait_timeout=1"}
+        ),
+    )
+
+    def other() -> None:
+        try:
+            with Session(fast) as session:
+                session.add(Document(id=2, folder_id=1))
+                session.commit()
+            outcome.append("committed")
+        except sa.exc.DBAPIError as error:
+            outcome.append(type(error).__name__)
+
+    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("DELETE FROM cas_lock_folders") and not outcome:
+            worker = threading.Thread(target=other)
+            worker.start()
+            worker.join(timeout=10)
+            assert not worker.is_alive()
+
+    event.listen(engine, "before_cursor_execute", before)
+    try:
+        with sessions() as session:
+            if how == "statement":
+                session.execute(delete(Folder).where(Folder.id == 1))
+            else:
+                session.delete(session.get(Folder, 1))
+            session.commit()
+    finally:
+        event.remove(engine, "before_cursor_execute", before)
+        fast.dispose()
+    assert outcome and outcome != ["committed"]
+    assert _live(engine, Document) == []
+    assert ops(read(sessions, Document, 1)) == [INSERT, DELETE]
+    assert read(sessions, Document, 2) == []
 
 
 # --- SQLite without foreign keys -------------------------------------------------------------
@@ -478,8 +662,6 @@ def test_sqlite_without_foreign_keys_records_nothing_more(backend: str, tmp_path
         assert len(_live(engine, Child)) == 3
         assert _live(engine, Pet) == [(20, 1, "rex"), (21, 2, "tom")]
         with Session(engine) as session:
-            from versioning import history
-
             assert ops(history(session, Parent, 1)) == [INSERT, DELETE]
             for model, pk in ((Child, 10), (Toy, 100), (Pet, 20), (Badge, 30)):
                 assert ops(history(session, model, pk)) == [INSERT]
