@@ -669,6 +669,40 @@ def test_sqlite_without_foreign_keys_records_nothing_more(backend: str, tmp_path
         engine.dispose()
 
 
+@pytest.mark.backends("postgresql", "mariadb")
+@pytest.mark.parametrize("how", ["unit of work", "statement"])
+def test_foreign_key_actions_switched_off_on_the_connection_record_nothing_more(
+    create_tables: CreateTables, how: str
+) -> None:
+    """MariaDB ``foreign_key_checks=0`` and PostgreSQL ``session_replication_role=replica``
+    (bulk loads, replication) stop the actions: the children stay, and nothing is recorded."""
+    engine = create_tables(Base.metadata)
+    own = sa.create_engine(engine.url)  # the setting must not outlive the test on a pooled conn
+    switch_off = (
+        "SET session_replication_role = replica"
+        if engine.dialect.name == "postgresql"
+        else "SET foreign_key_checks = 0"
+    )
+    try:
+        with Session(own) as session:
+            _family(session)
+        with Session(own) as session:
+            session.connection().exec_driver_sql(switch_off)
+            if how == "statement":
+                session.execute(delete(Parent).where(Parent.id == 1))
+            else:
+                session.delete(session.get(Parent, 1))
+            session.commit()
+        with Session(own) as session:
+            assert ops(history(session, Parent, 1)) == [INSERT, DELETE]
+            for model, pk in ((Child, 10), (Toy, 100), (Pet, 20), (Badge, 30)):
+                assert ops(history(session, model, pk)) == [INSERT], (model, pk)
+    finally:
+        own.dispose()
+    assert len(_live(engine, Child)) == 3
+    assert _live(engine, Pet) == [(20, 1, "rex"), (21, 2, "tom")]
+
+
 # --- refused configurations ------------------------------------------------------------------
 
 

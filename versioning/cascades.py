@@ -15,9 +15,10 @@ not even load the children), so history must be taken here:
 The foreign keys are known from the declaration (:class:`versioning.declaration.CascadeEdge`, on
 the referenced table); a foreign key with an action from a table that is not versioned into a
 versioned one is refused there. A parent write whose tables have no such foreign key costs one
-dict lookup per table and no query. SQLite performs foreign-key actions only with
-``PRAGMA foreign_keys=ON``: it is read once per connection, and with it off nothing is recorded,
-because nothing happens.
+dict lookup per table and no query. A connection can switch the actions off (SQLite without
+``PRAGMA foreign_keys=ON``, MariaDB ``foreign_key_checks=0``, PostgreSQL
+``session_replication_role=replica``): that is read when child rows were reached, and then
+nothing is recorded, because nothing happens.
 
 Objects in the session that the database deleted or changed this way are left as SQLAlchemy
 leaves them with ``passive_deletes=True``/``passive_updates=True``: they are expired at commit and
@@ -46,8 +47,6 @@ __all__ = ["Plan", "before_statement", "edges", "plan"]
 _CHUNK = 500
 _CASCADE = "CASCADE"
 _SET_NULL = "SET NULL"
-#: ``Connection.info`` key: whether SQLite enforces foreign keys on this connection.
-_SQLITE_FOREIGN_KEYS = "versioning_sqlite_foreign_keys"
 #: ``Session.info`` key: the cascade bookkeeping of the running flush.
 _FLUSH = "_versioning_cascades"
 
@@ -66,17 +65,22 @@ def edges(mapper: Mapper[Any]) -> list[CascadeEdge]:
 
 
 def _enforced(connection: Connection) -> bool:
-    """Whether the database performs foreign-key actions on this connection."""
-    if connection.dialect.name != "sqlite":
-        return True
-    info = connection.info
-    on: bool | None = info.get(_SQLITE_FOREIGN_KEYS)
-    if on is None:
-        # One PRAGMA per DBAPI connection, and only once a cascade could happen.
-        on = info[_SQLITE_FOREIGN_KEYS] = bool(
-            connection.exec_driver_sql("PRAGMA foreign_keys").scalar()
-        )
-    return on
+    """Whether the database performs foreign-key actions on this connection right now.
+
+    Each can be switched off per connection, between transactions or within one: SQLite's
+    ``PRAGMA foreign_keys``, MariaDB's ``foreign_key_checks``, PostgreSQL's
+    ``session_replication_role = replica`` (foreign-key triggers do not fire). Asked only once a
+    parent write has reached child rows, so this read costs nothing on the common path.
+    """
+    name = connection.dialect.name
+    if name == "sqlite":
+        return bool(connection.exec_driver_sql("PRAGMA foreign_keys").scalar())
+    if name in ("mysql", "mariadb"):
+        return bool(int(connection.exec_driver_sql("SELECT @@foreign_key_checks").scalar() or 0))
+    if name == "postgresql":
+        role = connection.exec_driver_sql("SELECT current_setting('session_replication_role')")
+        return role.scalar() != "replica"
+    return True
 
 
 class Plan:
@@ -177,7 +181,7 @@ def plan(
     ``skip(spec, key)`` tells rows the caller records itself.
     """
     frontier = [(spec, keys, changed) for spec, keys, changed in parents if keys]
-    if not frontier or not _enforced(connection):
+    if not frontier:
         return None
     result = Plan()
     while frontier:
@@ -218,7 +222,9 @@ def plan(
                             updated.setdefault((row_spec, columns), []).append(key)
         frontier = [(spec, keys, None) for spec, keys in deleted.items()]
         frontier += [(spec, keys, columns) for (spec, columns), keys in updated.items()]
-    return result if result else None
+    if not result or not _enforced(connection):
+        return None  # nothing reached, or the database will not act: nothing to record
+    return result
 
 
 # --- ORM-enabled statements (versioning.statements) ------------------------------------------
@@ -227,6 +233,8 @@ def plan(
 def _set_columns(spec: ModelSpec, orm: ORMExecuteState) -> frozenset[sa.Column[Any]]:
     """The columns an UPDATE statement sets (by attribute key, column name or column)."""
     statement: Any = orm.statement
+    # No public API lists what an UPDATE sets: ``_values`` (``_ordered_values`` on SQLAlchemy
+    # 2.0 with ordered_values()), as versioning.statements reads them too.
     targets: list[Any] = list(dict(getattr(statement, "_values", None) or {}))
     targets += [target for target, _ in getattr(statement, "_ordered_values", None) or ()]
     parameters = orm.parameters
