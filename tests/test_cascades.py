@@ -515,6 +515,120 @@ def test_bulk_update_by_primary_key_records_on_update_cascade(
     assert dict(versions[-1].changes) == {"parent_code": ("c1", "c8")}
 
 
+# --- inheritance and composite keys ---------------------------------------------------------
+
+
+class ShapeBase(DeclarativeBase):
+    pass
+
+
+class Person(Versioned, ShapeBase):
+    __tablename__ = "cas_persons"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(sa.String(20))
+    __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "person"}
+
+
+class Member(Person):
+    __tablename__ = "cas_members"
+
+    id: Mapped[int] = mapped_column(
+        sa.ForeignKey("cas_persons.id", ondelete="CASCADE"), primary_key=True
+    )
+    level: Mapped[int] = mapped_column(default=1)
+    __mapper_args__ = {"polymorphic_identity": "member"}
+
+
+class Card(Versioned, ShapeBase):
+    """References the joined subclass's own table."""
+
+    __tablename__ = "cas_cards"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    member_id: Mapped[int] = mapped_column(sa.ForeignKey("cas_members.id", ondelete="CASCADE"))
+
+
+class Vehicle(Versioned, ShapeBase):
+    __tablename__ = "cas_vehicles"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(sa.String(20))
+    __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "vehicle"}
+
+
+class Car(Vehicle):
+    """Single-table inheritance: the foreign key is the subclass's column of the base table."""
+
+    driver_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("cas_persons.id", ondelete="SET NULL"), nullable=True
+    )
+    __mapper_args__ = {"polymorphic_identity": "car"}
+
+
+class Shelf(Versioned, ShapeBase):
+    __tablename__ = "cas_shelves"
+
+    room: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    n: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+
+
+class Book(Versioned, ShapeBase):
+    __tablename__ = "cas_books"
+    __table_args__ = (
+        sa.ForeignKeyConstraint(
+            ["room", "n"], ["cas_shelves.room", "cas_shelves.n"], ondelete="CASCADE"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    room: Mapped[int | None]
+    n: Mapped[int | None]
+
+
+@pytest.mark.parametrize("how", ["unit of work", "statement"])
+def test_inheritance_and_composite_foreign_keys(
+    create_tables: CreateTables, sessions: Sessions, how: str
+) -> None:
+    create_tables(ShapeBase.metadata)
+    with sessions() as session:
+        session.add_all([Member(id=1), Member(id=2), Shelf(room=1, n=1), Shelf(room=1, n=2)])
+        session.flush()
+        session.add_all(
+            [
+                Card(id=1, member_id=1),
+                Card(id=2, member_id=2),
+                Car(id=1, driver_id=1),
+                Car(id=2, driver_id=2),
+                Book(id=1, room=1, n=1),
+                Book(id=2, room=1, n=2),
+                Book(id=3),
+            ]
+        )
+        session.commit()
+    with sessions() as session:
+        if how == "statement":
+            session.execute(delete(Person).where(Person.id == 1))
+            session.execute(delete(Shelf).where(Shelf.n == 1))
+        else:
+            session.delete(session.get(Person, 1))
+            session.delete(session.get(Shelf, (1, 1)))
+        session.commit()
+    card = read(sessions, Card, 1)
+    assert ops(card) == [INSERT, DELETE]
+    assert dict(card[-1].state) == {"id": 1, "member_id": 1}
+    assert card[-1].transaction_id == read(sessions, Person, 1)[-1].transaction_id
+    car = read(sessions, Vehicle, 1)
+    assert ops(car) == [INSERT, UPDATE]
+    assert car[-1].model is Car
+    assert dict(car[-1].changes) == {"driver_id": (1, None)}
+    book = read(sessions, Book, 1)
+    assert ops(book) == [INSERT, DELETE]
+    assert dict(book[-1].state) == {"id": 1, "room": 1, "n": 1}
+    for model, pk in ((Card, 2), (Vehicle, 2), (Book, 2), (Book, 3), (Person, 2)):
+        assert ops(read(sessions, model, pk)) == [INSERT], (model, pk)
+
+
 # --- SET DEFAULT -----------------------------------------------------------------------------
 
 

@@ -409,13 +409,22 @@ def _check_cascades(mapper: Mapper[Any], cls: type[Any]) -> None:
     action from a versioned table is recorded (see :mod:`versioning.cascades`); one from a table
     that is not versioned would change rows behind the library's back, and is refused.
     """
-    spec = spec_of(mapper)
     table = mapper.local_table
+    owner = mapper  # the mapper of the table (single-table inheritance: the hierarchy's base)
+    while owner.inherits is not None and owner.inherits.local_table is table:
+        owner = owner.inherits
+    spec = spec_of(owner)
     if spec is None or not isinstance(table, sa.Table):
         return
-    if mapper.inherits is not None and mapper.inherits.local_table is table:
-        return  # single-table inheritance: the base's table, checked with the base
-    key_of = {column: key for key, column in spec.live_columns.items()}
+    # Every versioned column of the table, single-table subclasses' included.
+    key_of: dict[sa.Column[Any], str] = {}
+    model_of: dict[sa.Column[Any], str] = {}
+    for sub in owner.self_and_descendants:
+        sub_spec = spec_of(sub)
+        if sub.local_table is table and sub_spec is not None:
+            for key, column in sub_spec.live_columns.items():
+                key_of.setdefault(column, key)
+                model_of.setdefault(column, sub.class_.__name__)
     found: list[tuple[sa.Table, CascadeEdge]] = []
     for constraint in sorted(table.foreign_key_constraints, key=lambda c: tuple(c.column_keys)):
         ondelete = _action(cls, constraint, "ondelete")
@@ -423,7 +432,9 @@ def _check_cascades(mapper: Mapper[Any], cls: type[Any]) -> None:
         if ondelete is None and onupdate is None:
             continue
         columns = tuple(constraint.columns)
-        names = ", ".join(f"{cls.__name__}.{key_of.get(c, c.key)}" for c in columns)
+        names = ", ".join(
+            f"{model_of.get(c, cls.__name__)}.{key_of.get(c, c.key)}" for c in columns
+        )
         try:
             parent = constraint.referred_table
             parent_columns = tuple(element.column for element in constraint.elements)
@@ -477,7 +488,7 @@ def _check_cascades(mapper: Mapper[Any], cls: type[Any]) -> None:
     # stays unusable) at each attempt to configure it.
     for parent, edge in found:
         edges: list[CascadeEdge] = parent.info.setdefault(CASCADES_INFO, [])
-        if not any(e.child is spec and e.child_columns == edge.child_columns for e in edges):
+        if not any(e.child_columns == edge.child_columns for e in edges):
             edges.append(edge)
 
 
