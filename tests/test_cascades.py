@@ -12,6 +12,7 @@ MariaDB.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import delete, event, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from versioning import ConfigurationError, Operation, Versioned, history
@@ -627,6 +629,36 @@ def test_inheritance_and_composite_foreign_keys(
     assert dict(book[-1].state) == {"id": 1, "room": 1, "n": 1}
     for model, pk in ((Card, 2), (Vehicle, 2), (Book, 2), (Book, 3), (Person, 2)):
         assert ops(read(sessions, model, pk)) == [INSERT], (model, pk)
+
+
+def test_asyncio_session_records_cascades(create_tables: CreateTables, sessions: Sessions) -> None:
+    """An AsyncSession runs the same hooks (asyncpg, aiomysql, aiosqlite)."""
+    engine = create_tables(Base.metadata)
+    with sessions() as session:
+        _family(session)
+    driver = {"sqlite": "aiosqlite", "postgresql": "asyncpg", "mariadb": "aiomysql"}
+    name = engine.dialect.name
+    url = engine.url.set(drivername=f"{name}+{driver[name]}")
+
+    async def main() -> None:
+        async_engine = create_async_engine(url)
+        if name == "sqlite":
+
+            @event.listens_for(async_engine.sync_engine, "connect")
+            def _connect(dbapi_connection: Any, record: Any) -> None:
+                cursor = dbapi_connection.cursor()
+                cursor.execute("PRAGMA foreign_keys=ON")
+                cursor.close()
+
+        try:
+            async with AsyncSession(async_engine) as session:
+                await session.delete(await session.get(Parent, 1))
+                await session.commit()
+        finally:
+            await async_engine.dispose()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    _assert_parent_1_deleted(engine, sessions)
 
 
 # --- SET DEFAULT -----------------------------------------------------------------------------
