@@ -380,6 +380,30 @@ def test_deleting_a_tree_node_records_the_whole_subtree(
         assert ops(read(sessions, Node, pk)) == [INSERT]
 
 
+@pytest.mark.parametrize("how", ["unit of work", "statement"])
+def test_deleting_a_node_and_its_child_together_records_each_once(
+    create_tables: CreateTables, sessions: Sessions, how: str
+) -> None:
+    engine = create_tables(Base.metadata)
+    with sessions() as session:
+        for pk, parent in ((1, None), (2, 1), (3, 2), (4, 3)):
+            session.add(Node(id=pk, parent_id=parent, name=f"n{pk}"))
+            session.flush()
+        session.commit()
+    with sessions() as session:
+        if how == "statement":
+            session.execute(delete(Node).where(Node.id.in_([2, 3])))
+        else:
+            for pk in (3, 2):
+                session.delete(session.get(Node, pk))
+        session.commit()
+    assert [r[0] for r in _live(engine, Node)] == [1]
+    for pk in (2, 3, 4):
+        versions = read(sessions, Node, pk)
+        assert ops(versions) == [INSERT, DELETE], pk
+    assert ops(read(sessions, Node, 1)) == [INSERT]
+
+
 def test_tree_with_a_relationship_partly_loaded(
     create_tables: CreateTables, sessions: Sessions
 ) -> None:

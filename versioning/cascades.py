@@ -183,6 +183,8 @@ def plan(
     frontier = [(spec, keys, changed) for spec, keys, changed in parents if keys]
     if not frontier:
         return None
+    # The statement's own rows are recorded by the statement, even where one references another.
+    own = {(spec.history, key) for spec, keys, _ in frontier for key in keys}
     result = Plan()
     while frontier:
         deleted: dict[ModelSpec, list[Key]] = {}
@@ -199,7 +201,9 @@ def plan(
                     continue
                 for key, (row_spec, values) in _children(connection, spec, keys, edge).items():
                     ident = (row_spec.history, key)
-                    if ident in result.deleted or (skip is not None and skip(row_spec, key)):
+                    if ident in own or ident in result.deleted:
+                        continue
+                    if skip is not None and skip(row_spec, key):
                         continue
                     if action == _CASCADE and changed is None:
                         result.updated.pop(ident, None)
