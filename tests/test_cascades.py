@@ -358,6 +358,27 @@ def test_unique_key_change_records_on_update_cascade(
         assert ops(read(sessions, model, pk)) == [INSERT]
 
 
+def test_row_switch_that_changes_a_referenced_key_records_on_update_cascade(
+    create_tables: CreateTables, sessions: Sessions
+) -> None:
+    """Deleting a record and adding one with the same key in one flush is an UPDATE of the row:
+    no ON DELETE action, but the referenced code changes, and ON UPDATE CASCADE follows it."""
+    engine = create_tables(Base.metadata)
+    with sessions() as session:
+        _family(session)
+    with sessions() as session:
+        session.delete(session.get(Parent, 1))
+        session.add(Parent(id=1, name="new", code="c5"))
+        session.commit()
+    assert _live(engine, Badge) == [(30, "c5", 3)]
+    assert [r[0] for r in _live(engine, Child)] == [10, 11, 12]
+    versions = read(sessions, Badge, 30)
+    assert ops(versions) == [INSERT, UPDATE]
+    assert dict(versions[-1].changes) == {"parent_code": ("c1", "c5")}
+    for model, pk in ((Child, 10), (Toy, 100), (Pet, 20)):
+        assert ops(read(sessions, model, pk)) == [INSERT], (model, pk)
+
+
 def test_deleting_a_tree_node_records_the_whole_subtree(
     create_tables: CreateTables, sessions: Sessions
 ) -> None:

@@ -288,7 +288,7 @@ class _Flush:
     def __init__(self, context: UOWTransaction) -> None:
         self.context = context
         self.planned: set[InstanceState[Any]] = set()
-        self.pending: list[Plan] = []
+        self.pending: list[tuple[Plan, Connection]] = []
         self.changes: list[Change] = []
 
 
@@ -314,16 +314,35 @@ def _changed_columns(state: InstanceState[Any]) -> frozenset[sa.Column[Any]]:
     )
 
 
+def _row_switch(state: InstanceState[Any], context: UOWTransaction) -> bool:
+    """Whether a new object takes the key of a row this flush deletes: the unit of work then
+    UPDATEs that row ("row switch") instead of a DELETE and an INSERT."""
+    obj = state.obj()
+    session = state.session
+    if obj is None or session is None:
+        return False
+    key = state.mapper.primary_key_from_instance(obj)
+    if any(value is None for value in key):
+        return False
+    existing = session.identity_map.get(state.mapper.identity_key_from_primary_key(tuple(key)))
+    if existing is None:
+        return False
+    entry = context.states.get(sa.inspect(existing))
+    return entry is not None and entry[0]
+
+
 def _before_write(connection: Connection, state: InstanceState[Any], deleting: bool) -> None:
     found = edges(state.mapper)
     if not any((e.ondelete if deleting else e.onupdate) is not None for e in found):
         return
     session = state.session
     flush: _Flush | None = session.info.get(_FLUSH) if session is not None else None
-    if flush is None or state in flush.planned or state.key is None:
+    if flush is None or state in flush.planned:
         return
     context = flush.context
-    if _per_state(context):
+    if state.key is None and not _row_switch(state, context):
+        return
+    if _per_state(context) or state.key is None:
         batch = [state]
     else:  # every row of the mapper's batch, before the first of its statements runs
         batch = [
@@ -335,13 +354,17 @@ def _before_write(connection: Connection, state: InstanceState[Any], deleting: b
     parents: dict[tuple[ModelSpec, _Changed], list[Key]] = {}
     for s in batch:
         spec = spec_of(s.mapper)
-        assert s.key is not None
         if spec is None:  # pragma: no cover - only versioned mappers are listened to
             continue
-        changed = None if deleting else _changed_columns(s)
+        if s.key is not None:
+            key = tuple(s.key[1])
+            changed = None if deleting else _changed_columns(s)
+        else:  # a row switch may set any column of the row
+            key = tuple(s.mapper.primary_key_from_instance(s.obj()))
+            changed = frozenset(c for c in s.mapper.columns if isinstance(c, sa.Column))
         if changed is not None and not changed:
             continue
-        parents.setdefault((spec, changed), []).append(tuple(s.key[1]))
+        parents.setdefault((spec, changed), []).append(key)
     if not parents:
         return
     if connection.dialect.name != "sqlite":
@@ -365,18 +388,22 @@ def _before_write(connection: Connection, state: InstanceState[Any], deleting: b
         connection, [(spec, keys, changed) for (spec, changed), keys in parents.items()], skip
     )
     if found_plan is not None:
-        flush.pending.append(found_plan)
+        flush.pending.append((found_plan, connection))
 
 
-def _after_write(connection: Connection, state: InstanceState[Any]) -> None:
+def _finish(flush: _Flush) -> None:
+    for pending, connection in flush.pending:
+        flush.changes.extend(pending.finish(connection))
+    flush.pending.clear()
+
+
+def _after_write(state: InstanceState[Any]) -> None:
     session = state.session
     flush: _Flush | None = session.info.get(_FLUSH) if session is not None else None
     if flush is None or not flush.pending:
         return
     # The after_* hooks run once every statement of the batch has: what was planned happened.
-    for pending in flush.pending:
-        flush.changes.extend(pending.finish(connection))
-    flush.pending.clear()
+    _finish(flush)
 
 
 def _before_delete(mapper: Mapper[Any], connection: Connection, state: InstanceState[Any]) -> None:
@@ -388,13 +415,16 @@ def _before_update(mapper: Mapper[Any], connection: Connection, state: InstanceS
 
 
 def _after(mapper: Mapper[Any], connection: Connection, state: InstanceState[Any]) -> None:
-    _after_write(connection, state)
+    _after_write(state)
 
 
 @event.listens_for(Session, "after_flush")
 def _end_flush(session: Session, flush_context: UOWTransaction) -> None:
     flush: _Flush | None = session.info.pop(_FLUSH, None)
-    if flush is not None and flush.changes:
+    if flush is None:
+        return
+    _finish(flush)  # normally done by an after_* hook already; by now every statement has run
+    if flush.changes:
         write_changes(session, flush.changes)
 
 
@@ -406,8 +436,10 @@ def _flush_failed(session: Session, previous_transaction: object) -> None:
 def listen() -> None:
     """Install the unit-of-work hooks (after the capture's own, which read the parents first)."""
     for name, fn in (
+        ("before_insert", _before_update),  # a row switch (see _row_switch) is an UPDATE
         ("before_delete", _before_delete),
         ("before_update", _before_update),
+        ("after_insert", _after),
         ("after_delete", _after),
         ("after_update", _after),
     ):
