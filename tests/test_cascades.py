@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import delete, event, select, update
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
@@ -704,6 +705,55 @@ def test_asyncio_session_records_cascades(create_tables: CreateTables, sessions:
 
     asyncio.run(asyncio.wait_for(main(), 60))
     _assert_parent_1_deleted(engine, sessions)
+
+
+def _upsert(backend: str, **values: Any) -> Any:
+    if backend == "mariadb":
+        return mysql.insert(Parent).values(**values).on_duplicate_key_update(code=values["code"])
+    dialect = postgresql if backend == "postgresql" else sqlite
+    statement = dialect.insert(Parent).values(**values)
+    return statement.on_conflict_do_update(
+        index_elements=[Parent.id], set_={"code": values["code"]}
+    )
+
+
+def test_upsert_that_changes_a_referenced_key_records_on_update_cascade(
+    create_tables: CreateTables, sessions: Sessions, backend: str
+) -> None:
+    engine = create_tables(Base.metadata)
+    with sessions() as session:
+        _family(session)
+    with sessions() as session:
+        session.execute(_upsert(backend, id=1, name="p1", code="c6"))
+        session.execute(_upsert(backend, id=3, name="p3", code="c3"))  # a plain insert
+        session.commit()
+    assert _live(engine, Badge) == [(30, "c6", 3)]
+    versions = read(sessions, Badge, 30)
+    assert ops(versions) == [INSERT, UPDATE]
+    assert dict(versions[-1].changes) == {"parent_code": ("c1", "c6")}
+    assert versions[-1].transaction_id == read(sessions, Parent, 1)[-1].transaction_id
+    for model, pk in ((Child, 10), (Pet, 20), (Toy, 100)):
+        assert ops(read(sessions, model, pk)) == [INSERT]
+
+
+@pytest.mark.backends("sqlite")
+def test_sqlite_insert_or_replace_records_what_its_delete_cascaded(
+    create_tables: CreateTables, sessions: Sessions
+) -> None:
+    """REPLACE deletes the conflicting row, and SQLite performs its ON DELETE actions."""
+    engine = create_tables(Base.metadata)
+    with sessions() as session:
+        _family(session)
+    with sessions() as session:
+        session.execute(
+            sa.insert(Parent).prefix_with("OR REPLACE").values(id=1, name="again", code="c1")
+        )
+        session.commit()
+    assert [r[0] for r in _live(engine, Child)] == [12]
+    assert _live(engine, Pet) == [(20, None, "rex"), (21, 2, "tom")]
+    for model, pk in ((Child, 10), (Child, 11), (Toy, 100), (Badge, 30)):
+        assert ops(read(sessions, model, pk)) == [INSERT, DELETE], (model, pk)
+    assert dict(read(sessions, Pet, 20)[-1].changes) == {"parent_id": (1, None)}
 
 
 # --- SET DEFAULT -----------------------------------------------------------------------------

@@ -264,17 +264,42 @@ def _set_columns(spec: ModelSpec, orm: ORMExecuteState) -> frozenset[sa.Column[A
 
 
 def before_statement(orm: ORMExecuteState, connection: Connection, rows: Rows) -> Plan | None:
-    """The cascade plan of a bulk ``delete()``/``update()`` about to change ``rows``."""
+    """The cascade plan of a ``delete()``/``update()``/upsert about to change ``rows``."""
     by_spec: dict[ModelSpec, list[Key]] = {}
     for key, (spec, _) in rows.items():
         if edges(spec.mapper):
             by_spec.setdefault(spec, []).append(key)
     if not by_spec:
         return None
+    if orm.is_insert:
+        effect = _insert_effect(orm.statement)
+        if effect is False:
+            return None
+        parents = [
+            (spec, keys, None if effect is None else _all_columns(spec))
+            for spec, keys in by_spec.items()
+        ]
+        return plan(connection, parents)
     if orm.is_delete:
         return plan(connection, [(spec, keys, None) for spec, keys in by_spec.items()])
     parents = [(spec, keys, _set_columns(spec, orm)) for spec, keys in by_spec.items()]
     return plan(connection, [p for p in parents if p[2]])
+
+
+def _all_columns(spec: ModelSpec) -> frozenset[sa.Column[Any]]:
+    return frozenset(c for c in spec.mapper.columns if isinstance(c, sa.Column))
+
+
+def _insert_effect(statement: Any) -> bool | None:
+    """What an INSERT does to an existing row it meets: ``None`` deletes it (SQLite
+    ``INSERT OR REPLACE``, which performs ON DELETE actions), ``True`` may update it (an upsert:
+    its SET clause may change a referenced key; children are read back, so a guess costs only a
+    read), ``False`` nothing."""
+    # Private attributes: no public API tells a statement's prefixes or upsert clause.
+    for prefix, _ in getattr(statement, "_prefixes", ()) or ():
+        if "REPLACE" in str(prefix).upper():
+            return None
+    return getattr(statement, "_post_values_clause", None) is not None
 
 
 # --- the unit of work ------------------------------------------------------------------------

@@ -201,11 +201,13 @@ def _insert(orm: ORMExecuteState, spec: ModelSpec) -> Result[Any]:
         wanted = [(keys, [tuple(row[k] for k in keys) for row in rows]) for keys in lookups]
         for keys, values in wanted:
             before.update(live_rows.by_columns(connection, spec, keys, values, lock=True))
+        cascade = cascades.before_statement(orm, connection, before)  # issue 8 class 3: FK actions
         result = orm.invoke_statement()
         after: Rows = {}
         for keys, values in wanted:
             after.update(live_rows.by_columns(connection, spec, keys, values, lock=False))
     else:
+        cascade = None
         result, generated = _insert_returning_keys(orm, spec, statement)
         after = live_rows.by_keys(connection, spec, generated, lock=False)
     changes = []
@@ -215,6 +217,8 @@ def _insert(orm: ORMExecuteState, spec: ModelSpec) -> Result[Any]:
             changes.append(Change(row_spec, None, Operation.INSERT, None, new))
         else:  # an existing row the statement met: an update if it changed anything
             changes.append(Change(row_spec, None, Operation.UPDATE, old[1], new))
+    if cascade is not None:  # issue 8 class 3: what an upsert or REPLACE did to children
+        changes += cascade.finish(connection)
     write_changes(orm.session, changes)
     return result
 
