@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import InstanceState, Mapper, Session, UOWTransaction
 from sqlalchemy.orm.base import NO_VALUE
 
-from versioning import cascades, live_rows, uncaptured
+from versioning import live_rows, uncaptured
 from versioning.declaration import ModelSpec, Versioned, spec_of
 from versioning.errors import VersioningError
 from versioning.operation import Operation
@@ -347,9 +347,3 @@ def _end_flush_mark(session: Session) -> None:
 @event.listens_for(Session, "after_soft_rollback")
 def _flush_failed(session: Session, previous_transaction: object) -> None:
     _end_flush_mark(session)
-
-
-# --- foreign-key actions the database performs (issue 8, class 3) ----------------------------
-# Registered after the hooks above, so that a parent's own row is read (and locked) before the
-# children its DELETE or key UPDATE will reach; see versioning/cascades.py.
-cascades.listen()

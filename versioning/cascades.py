@@ -42,7 +42,7 @@ from versioning.live_rows import Key, Rows
 from versioning.operation import Operation
 from versioning.recording import Change, write_changes
 
-__all__ = ["Plan", "before_statement", "edges", "plan"]
+__all__ = ["Plan", "before_statement", "edges", "install", "plan"]
 
 _CHUNK = 500
 _CASCADE = "CASCADE"
@@ -317,7 +317,6 @@ class _Flush:
         self.changes: list[Change] = []
 
 
-@event.listens_for(Session, "before_flush")
 def _start_flush(session: Session, flush_context: UOWTransaction, instances: object) -> None:
     session.info[_FLUSH] = _Flush(flush_context)
 
@@ -443,7 +442,6 @@ def _after(mapper: Mapper[Any], connection: Connection, state: InstanceState[Any
     _after_write(state)
 
 
-@event.listens_for(Session, "after_flush")
 def _end_flush(session: Session, flush_context: UOWTransaction) -> None:
     flush: _Flush | None = session.info.pop(_FLUSH, None)
     if flush is None:
@@ -453,13 +451,24 @@ def _end_flush(session: Session, flush_context: UOWTransaction) -> None:
         write_changes(session, flush.changes)
 
 
-@event.listens_for(Session, "after_soft_rollback")
 def _flush_failed(session: Session, previous_transaction: object) -> None:
     session.info.pop(_FLUSH, None)
 
 
-def listen() -> None:
-    """Install the unit-of-work hooks (after the capture's own, which read the parents first)."""
+_installed = False
+
+
+def install() -> None:
+    """Install the unit-of-work hooks, once: when the first foreign key with an action between
+    versioned tables is configured (so an application without one pays nothing per flush), and
+    so after the capture's own hooks, which read and lock a parent's row before these run."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    event.listen(Session, "before_flush", _start_flush)
+    event.listen(Session, "after_flush", _end_flush)
+    event.listen(Session, "after_soft_rollback", _flush_failed)
     for name, fn in (
         ("before_insert", _before_update),  # a row switch (see _row_switch) is an UPDATE
         ("before_delete", _before_delete),

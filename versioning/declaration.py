@@ -490,6 +490,11 @@ def _check_cascades(mapper: Mapper[Any], cls: type[Any]) -> None:
         edges: list[CascadeEdge] = parent.info.setdefault(CASCADES_INFO, [])
         if not any(e.child_columns == edge.child_columns for e in edges):
             edges.append(edge)
+    if found:
+        # Imported here: versioning.cascades builds on this module.
+        from versioning import cascades
+
+        cascades.install()
 
 
 def _listen(fn: Callable[[Mapper[Any], type[Any]], None], name: str) -> None:
