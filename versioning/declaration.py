@@ -30,7 +30,16 @@ from versioning.schema import (
 )
 from versioning.uncaptured import LIVE_TABLE_INFO
 
-__all__ = ["ModelSpec", "Versioned", "VersionedOptions", "history_table", "spec_for", "spec_of"]
+__all__ = [
+    "CASCADES_INFO",
+    "CascadeEdge",
+    "ModelSpec",
+    "Versioned",
+    "VersionedOptions",
+    "history_table",
+    "spec_for",
+    "spec_of",
+]
 
 _SPEC_ATTR = "__versioning_spec__"
 _OPTION_KEYS = frozenset({"exclude", "mask", "table_name"})
@@ -357,9 +366,146 @@ def _check_primary_key(mapper: Mapper[Any], cls: type[Any]) -> None:
         )
 
 
+#: ``Table.info`` key of a versioned table: the :class:`CascadeEdge` list of versioned tables whose
+#: foreign keys to it carry a database-side action.
+CASCADES_INFO = "versioning_cascades"
+_ACTIONS = frozenset({"CASCADE", "SET NULL", "SET DEFAULT"})
+_NO_ACTIONS = frozenset({"NO ACTION", "RESTRICT"})
+
+
+@dataclass(frozen=True, eq=False)
+class CascadeEdge:
+    """A foreign key of a versioned table whose referential action the database performs.
+
+    Stored on the referenced (parent) table, so that a write of a parent finds what it cascades
+    to with a dict lookup. An action is ``None`` when nothing versioned changes through it (none,
+    ``RESTRICT``/``NO ACTION``, or ``SET NULL``/``SET DEFAULT``/``ON UPDATE`` of excluded columns).
+    """
+
+    child: ModelSpec
+    child_columns: tuple[sa.Column[Any], ...]
+    parent_columns: tuple[sa.Column[Any], ...]
+    ondelete: str | None
+    onupdate: str | None
+
+
+def _action(cls: type[Any], constraint: sa.ForeignKeyConstraint, which: str) -> str | None:
+    raw = getattr(constraint, which)
+    if raw is None:
+        return None
+    action = " ".join(str(raw).upper().split())
+    if action in _NO_ACTIONS:
+        return None
+    if action not in _ACTIONS:
+        columns = ", ".join(c.name for c in constraint.columns)
+        raise ConfigurationError(
+            f"{cls.__name__}: the foreign key ({columns}) has {which}={raw!r}, a referential "
+            f"action versioning cannot follow; use CASCADE, SET NULL, SET DEFAULT, RESTRICT or "
+            f"NO ACTION"
+        )
+    return action
+
+
+def _check_cascades(mapper: Mapper[Any], cls: type[Any]) -> None:
+    """Know every write the database makes to this model's table through a foreign key action.
+
+    Runs before the mapper is configured (at its first use), when every table a foreign key names
+    is known; an error here leaves the mapper unconfigured, so that every later use fails too. An
+    action from a versioned table is recorded (see :mod:`versioning.cascades`); one from a table
+    that is not versioned would change rows behind the library's back, and is refused.
+    """
+    table = mapper.local_table
+    owner = mapper  # the mapper of the table (single-table inheritance: the hierarchy's base)
+    while owner.inherits is not None and owner.inherits.local_table is table:
+        owner = owner.inherits
+    spec = spec_of(owner)
+    if spec is None or not isinstance(table, sa.Table):
+        return
+    # Every versioned column of the table, single-table subclasses' included.
+    key_of: dict[sa.Column[Any], str] = {}
+    model_of: dict[sa.Column[Any], str] = {}
+    for sub in owner.self_and_descendants:
+        sub_spec = spec_of(sub)
+        if sub.local_table is table and sub_spec is not None:
+            for key, column in sub_spec.live_columns.items():
+                key_of.setdefault(column, key)
+                model_of.setdefault(column, sub.class_.__name__)
+    found: list[tuple[sa.Table, CascadeEdge]] = []
+    for constraint in sorted(table.foreign_key_constraints, key=lambda c: tuple(c.column_keys)):
+        ondelete = _action(cls, constraint, "ondelete")
+        onupdate = _action(cls, constraint, "onupdate")
+        if ondelete is None and onupdate is None:
+            continue
+        columns = tuple(constraint.columns)
+        names = ", ".join(
+            f"{model_of.get(c, cls.__name__)}.{key_of.get(c, c.key)}" for c in columns
+        )
+        try:
+            parent = constraint.referred_table
+            parent_columns = tuple(element.column for element in constraint.elements)
+        except sa.exc.NoReferencedTableError as error:
+            raise ConfigurationError(
+                f"{names} has a foreign key with a referential action to a table that is not "
+                f"declared ({error}); versioning must know that table to record what the "
+                f"database does to {cls.__name__} through it: declare it in the same MetaData"
+            ) from error
+        if parent in mapper.tables and set(columns) <= set(table.primary_key.columns):
+            continue  # joined inheritance: the row of the same record in its base table
+        versioned = any(c in key_of for c in columns)
+        if ondelete != "CASCADE" and not versioned:
+            ondelete = None  # SET NULL / SET DEFAULT of excluded columns: nothing recorded changes
+        if not versioned:
+            onupdate = None
+        if ondelete is None and onupdate is None:
+            continue
+        what = " and ".join(
+            f"{which}={action!r}"
+            for which, action in (("ondelete", ondelete), ("onupdate", onupdate))
+            if action is not None
+        )
+        if LIVE_TABLE_INFO not in parent.info:
+            raise ConfigurationError(
+                f"{names} references {parent.fullname!r} with {what}, but {parent.fullname!r} "
+                f"is not versioned: the database would delete or change {cls.__name__} rows when "
+                f"{parent.fullname!r} changes, and no history can be recorded for that. Make the "
+                f"model of {parent.fullname!r} Versioned, or remove {what} from the foreign key "
+                f"(let the ORM do it: relationship(cascade='all, delete-orphan') without "
+                f"passive_deletes)"
+            )
+        base_table = mapper.base_mapper.local_table
+        if ondelete == "CASCADE" and table is not base_table:
+            raise ConfigurationError(
+                f"{names} has ondelete='CASCADE' on the table of the joined-inheritance "
+                f"subclass {cls.__name__}: the database would delete only the {table.name!r} "
+                f"part of the record and leave its row in "
+                f"{getattr(base_table, 'name', str(base_table))!r}. Remove ondelete (let the ORM "
+                f"delete the record), or put the foreign key on the base class's table"
+            )
+        if onupdate is not None and set(columns) & set(table.primary_key.columns):
+            raise ConfigurationError(
+                f"{names} is part of the primary key of {cls.__name__} and has "
+                f"onupdate={onupdate!r}: the database would move {cls.__name__} records to "
+                f"another key, which versioning cannot follow. Remove onupdate (and change "
+                f"keys through the unit of work), or never change the referenced key"
+            )
+        found.append((parent, CascadeEdge(spec, columns, parent_columns, ondelete, onupdate)))
+    # Registered only once every foreign key passed: a refused mapper is refused again (and
+    # stays unusable) at each attempt to configure it.
+    for parent, edge in found:
+        edges: list[CascadeEdge] = parent.info.setdefault(CASCADES_INFO, [])
+        if not any(e.child_columns == edge.child_columns for e in edges):
+            edges.append(edge)
+    if found:
+        # Imported here: versioning.cascades builds on this module.
+        from versioning import cascades
+
+        cascades.install()
+
+
 def _listen(fn: Callable[[Mapper[Any], type[Any]], None], name: str) -> None:
     event.listen(Versioned, name, fn, propagate=True)
 
 
 _listen(_check_primary_key, "instrument_class")
 _listen(_declare, "after_mapper_constructed")
+_listen(_check_cascades, "before_mapper_configured")

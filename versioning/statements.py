@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection, Result
 from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.sql.dml import Insert
 
-from versioning import live_rows, uncaptured
+from versioning import cascades, live_rows, uncaptured
 from versioning.declaration import ModelSpec, spec_of
 from versioning.errors import VersioningError
 from versioning.live_rows import Key, Rows
@@ -68,8 +68,11 @@ def _connection(orm: ORMExecuteState, spec: ModelSpec) -> Connection:
 def _delete(orm: ORMExecuteState, spec: ModelSpec) -> Result[Any]:
     connection = _connection(orm, spec)
     before = live_rows.by_where(connection, spec, orm.statement.whereclause, lock=True)  # type: ignore[attr-defined]
+    cascade = cascades.before_statement(orm, connection, before)  # issue 8 class 3: FK actions
     result = orm.invoke_statement()
     changes = [Change(s, None, Operation.DELETE, values, None) for s, values in before.values()]
+    if cascade is not None:  # issue 8 class 3: what ON DELETE did to versioned children
+        changes += cascade.finish(connection)
     write_changes(orm.session, changes)
     return result
 
@@ -102,6 +105,7 @@ def _update(orm: ORMExecuteState, spec: ModelSpec) -> Result[Any]:
         before = live_rows.by_keys(connection, spec, [k for k in keys if k is not None], lock=True)
     else:
         before = live_rows.by_where(connection, spec, statement.whereclause, lock=True)
+    cascade = cascades.before_statement(orm, connection, before)  # issue 8 class 3: FK actions
     result = orm.invoke_statement()
     after = live_rows.by_keys(connection, spec, list(before), lock=False)
     changes = []
@@ -114,6 +118,8 @@ def _update(orm: ORMExecuteState, spec: ModelSpec) -> Result[Any]:
                 f"(obj.id = ...; session.flush())"
             )
         changes.append(Change(found[0], None, Operation.UPDATE, old, found[1]))
+    if cascade is not None:  # issue 8 class 3: what ON UPDATE did to versioned children
+        changes += cascade.finish(connection)
     write_changes(orm.session, changes)
     return result
 
@@ -195,11 +201,13 @@ def _insert(orm: ORMExecuteState, spec: ModelSpec) -> Result[Any]:
         wanted = [(keys, [tuple(row[k] for k in keys) for row in rows]) for keys in lookups]
         for keys, values in wanted:
             before.update(live_rows.by_columns(connection, spec, keys, values, lock=True))
+        cascade = cascades.before_statement(orm, connection, before)  # issue 8 class 3: FK actions
         result = orm.invoke_statement()
         after: Rows = {}
         for keys, values in wanted:
             after.update(live_rows.by_columns(connection, spec, keys, values, lock=False))
     else:
+        cascade = None
         result, generated = _insert_returning_keys(orm, spec, statement)
         after = live_rows.by_keys(connection, spec, generated, lock=False)
     changes = []
@@ -209,6 +217,8 @@ def _insert(orm: ORMExecuteState, spec: ModelSpec) -> Result[Any]:
             changes.append(Change(row_spec, None, Operation.INSERT, None, new))
         else:  # an existing row the statement met: an update if it changed anything
             changes.append(Change(row_spec, None, Operation.UPDATE, old[1], new))
+    if cascade is not None:  # issue 8 class 3: what an upsert or REPLACE did to children
+        changes += cascade.finish(connection)
     write_changes(orm.session, changes)
     return result
 
