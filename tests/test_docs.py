@@ -82,6 +82,9 @@ def _run_document(path: Path) -> None:
         for value in namespace.values():
             if isinstance(value, sa.Engine):
                 value.dispose()
+        for value in namespace.values():
+            if isinstance(value, tempfile.TemporaryDirectory):
+                value.cleanup()  # a no-op if the example removed it
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
 """``python -m versioning demo``: the library at work on a small SQLite database.
 
 Declares a versioned ``Invoice``, changes it under two actors, then prints its history with the
-per-field diffs, reads it back as it was at an earlier moment, deletes it, restores it and prints
-the history again. Everything it writes stays in the database file for inspection afterwards.
+per-field diffs, reads it back as it was at an earlier moment, deletes it, undeletes it and
+prints the history again. Everything it writes stays in the database file for inspection afterwards.
 """
 
 from __future__ import annotations
@@ -96,8 +96,8 @@ def _stamp(moment: dt.datetime) -> str:
 
 
 def _label(key: tuple[Any, ...]) -> str:
-    """``Invoice 1``: how the demo names a record, in headings and reasons alike."""
-    return "Invoice " + ", ".join(str(value) for value in key)
+    """``Invoice 1``: a record named as restore() names it, in headings and reasons alike."""
+    return f"Invoice {key[0] if len(key) == 1 else key!r}"
 
 
 def _fields(values: Mapping[str, Any]) -> str:
