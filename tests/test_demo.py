@@ -40,6 +40,7 @@ def test_demo_writes_the_database_and_prints_the_story(tmp_path: Path) -> None:
     assert result.stderr == ""
     lines = _lines(result.stdout)
     out = result.stdout
+    arrow = "→"
 
     # The history with per-field diffs, under both actors, with the context recorded.
     assert any(
@@ -54,7 +55,7 @@ def test_demo_writes_the_database_and_prints_the_story(tmp_path: Path) -> None:
     assert "amount       120.00 → 99.50" in lines
     assert "status       draft → sent" in lines
     assert "card_number  '************1111' → '************0004'" in lines
-    assert "4111111111111111" not in out.split("== history of invoice 1")[1]
+    assert "4111111111111111" not in out.split("== history of Invoice 1")[1]
     assert "view_count=3; versions recorded so far: 1" in lines
 
     # as_of an earlier moment, then delete, undelete and the history afterwards.
@@ -65,10 +66,23 @@ def test_demo_writes_the_database_and_prints_the_story(tmp_path: Path) -> None:
     assert "live: no such record" in lines
     assert "as_of now: no such record" in lines
     assert "reason: sent to the wrong customer" in lines
-    assert "reason: restore Invoice 1 to transaction 3" in lines
-    after = _lines(out.split("== history of invoice 1, afterwards")[1])
+    # The undelete says what it did: back to the version before the deletion (transaction 2),
+    # not "to transaction 3", the deletion itself.
+    undelete = "reason: undelete Invoice 1 as of transaction 2, the version before its deletion"
+    assert undelete in lines
+    after = _lines(out.split("== history of Invoice 1, afterwards")[1])
     operations = [line.split()[0] for line in after if re.match(r"^\w+ +transaction \d+ ", line)]
     assert operations == ["insert", "update", "delete", "insert"]
+    # An insert and a delete print the state they created or deleted; only an update has diffs.
+    assert after[after.index("reason: sent to the wrong customer") + 1] == (
+        "deleted: customer='ACME Corp', amount=99.50, status=sent, card_number='************0004'"
+    )
+    assert "created: customer='ACME Corp', amount=120.00, status=draft, " in out
+    assert "card_number='************1111'" in out
+    assert f"{arrow} None" not in out and f"None {arrow}" not in out
+    # A record is named one way everywhere: "Invoice 1", never "invoice 1", "(1,)" or "id=1".
+    assert "(1,)" not in out and "id=1" not in out
+    assert "Invoice 1" in out and not re.search(r"\binvoice \d", out)
 
     # What was printed is what the file holds.
     assert path.is_file()

@@ -1,17 +1,28 @@
 """The documentation is executable: every ```python block of README.md and docs/*.md runs.
 
-Blocks run per file, in order, in one namespace (so a file reads like one script), in a temporary
-working directory. Blocks that are not meant to run are fenced as ```text, ```pycon or ```sh.
+Blocks run per file, in order, in one namespace (so a file reads like one script). Blocks that are
+not meant to run are fenced as ```text, ```pycon or ```sh.
+
+A reader runs the examples where they are, again and in any order: so each file runs twice in a
+row, and all of them in reversed and shuffled order, in a temporary working directory that must
+stay empty (no example leaves a file behind, so none can collide with another's) and with a
+private temporary directory that must be empty again after each file.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import random
 import re
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
 import versioning
 
@@ -54,13 +65,11 @@ def test_the_documents_exist() -> None:
     } <= names
 
 
-@pytest.mark.parametrize(
-    "path",
-    [path for path in DOC_FILES if _blocks(path, "python")],
-    ids=_name,
-)
-def test_python_blocks_run(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
+EXAMPLES = [path for path in DOC_FILES if _blocks(path, "python")]
+
+
+def _run_document(path: Path) -> None:
+    """Run the ``python`` blocks of ``path`` in order, in one fresh namespace."""
     namespace: dict[str, Any] = {"__name__": f"docs_{path.stem.replace('-', '_')}"}
     try:
         for line, code in _blocks(path, "python"):
@@ -69,9 +78,85 @@ def test_python_blocks_run(path: Path, tmp_path: Path, monkeypatch: pytest.Monke
             source = "\n" * (line - 1) + code
             exec(compile(source, str(path), "exec", dont_inherit=True), namespace)
     finally:
+        # Only after a failure is there anything left to close: the examples close their own.
         for value in namespace.values():
             if isinstance(value, sa.Engine):
                 value.dispose()
+        for value in namespace.values():
+            if isinstance(value, tempfile.TemporaryDirectory):
+                value.cleanup()  # a no-op if the example removed it
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """An empty working directory, and an empty private directory for ``tempfile``."""
+    cwd = tmp_path / "cwd"
+    temp = tmp_path / "temp"
+    cwd.mkdir()
+    temp.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    return cwd, temp
+
+
+def _run_and_check(path: Path, workdir: tuple[Path, Path], when: str) -> None:
+    _run_document(path)
+    for folder, what in zip(workdir, ["working directory", "temporary directory"], strict=True):
+        left = sorted(str(item.relative_to(folder)) for item in folder.iterdir())
+        assert not left, f"{_name(path)} ({when}) left {left} in the {what}"
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=_name)
+def test_python_blocks_run_twice_in_a_row(path: Path, workdir: tuple[Path, Path]) -> None:
+    _run_and_check(path, workdir, "first run")
+    _run_and_check(path, workdir, "second run")
+
+
+@pytest.mark.parametrize("order", ["reversed", "shuffled"])
+def test_the_examples_run_in_any_order(order: str, workdir: tuple[Path, Path]) -> None:
+    paths = list(reversed(EXAMPLES))
+    # A new order each run; DOCS_ORDER_SEED=<seed from the message> repeats a failing one.
+    seed = int(os.environ.get("DOCS_ORDER_SEED") or random.randrange(2**32))
+    if order == "shuffled":
+        random.Random(seed).shuffle(paths)
+    when = f"shuffled order, DOCS_ORDER_SEED={seed}" if order == "shuffled" else order + " order"
+    for path in paths:
+        _run_and_check(path, workdir, when)
+
+
+def test_the_fastapi_example_is_the_module_uvicorn_serves(
+    workdir: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The docs say: save the app block as billing.py and run ``uvicorn billing:app``."""
+    from fastapi.testclient import TestClient
+
+    integrations = DOCS / "integrations.md"
+    assert "uvicorn billing:app --no-proxy-headers" in integrations.read_text(encoding="utf-8")
+    [(_, code)] = [block for block in _blocks(integrations, "python") if "FastAPI(" in block[1]]
+    cwd, temp = workdir
+    module_dir = temp.parent / "app"
+    module_dir.mkdir()
+    (module_dir / "billing.py").write_text(code, encoding="utf-8")
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    spec = importlib.util.spec_from_file_location("billing", module_dir / "billing.py")
+    assert spec is not None and spec.loader is not None
+    billing = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(billing)  # complete on its own: no name from the other blocks
+
+    # uvicorn starts the app (the lifespan seeds invoice 1), serves it, and stops it.
+    with TestClient(billing.app, client=("127.0.0.1", 5000)) as client:
+        response = client.post(
+            "/invoices/1/pay",
+            headers={"Authorization": "Bearer token-bob", "X-Forwarded-For": "198.51.100.66"},
+        )
+        assert response.json() == {"status": "paid", "paid_by": "bob"}
+        with Session(billing.engine) as session:
+            paid = versioning.history(session, billing.Invoice, 1)[1].transaction
+        # The peer as `uvicorn --no-proxy-headers` passes it on: not a proxy, header ignored.
+        assert (paid.actor, paid.source_ip) == ("bob", "127.0.0.1")
+        assert list(temp.iterdir())  # the database lives while the app runs...
+    assert not list(temp.iterdir())  # ...and the lifespan removes it when the app stops
+    assert not list(cwd.iterdir())
 
 
 @pytest.mark.parametrize("name", ["README.md", "docs/getting-started.md", "docs/concepts.md"])

@@ -1,8 +1,8 @@
 """``python -m versioning demo``: the library at work on a small SQLite database.
 
 Declares a versioned ``Invoice``, changes it under two actors, then prints its history with the
-per-field diffs, reads it back as it was at an earlier moment, deletes it, restores it and prints
-the history again. Everything it writes stays in the database file for inspection afterwards.
+per-field diffs, reads it back as it was at an earlier moment, deletes it, undeletes it and
+prints the history again. Everything it writes stays in the database file for inspection afterwards.
 """
 
 from __future__ import annotations
@@ -95,6 +95,15 @@ def _stamp(moment: dt.datetime) -> str:
     return moment.isoformat(sep=" ", timespec="milliseconds")
 
 
+def _label(key: tuple[Any, ...]) -> str:
+    """``Invoice 1``: a record named as restore() names it, in headings and reasons alike."""
+    return f"Invoice {key[0] if len(key) == 1 else key!r}"
+
+
+def _fields(values: Mapping[str, Any]) -> str:
+    return ", ".join(f"{key}={_show(values[key])}" for key in _FIELDS if key in values)
+
+
 def _print_history(p: _Printer, versions: list[Version]) -> None:
     for version in versions:
         tx = version.transaction
@@ -104,16 +113,20 @@ def _print_history(p: _Printer, versions: list[Version]) -> None:
             f"{_stamp(tx.issued_at)}  by {tx.actor or '-'} from {tx.source_ip or '-'}"
         )
         p.line(f"          reason: {tx.reason or '-'}")
-        for field, (old, new) in version.changes.items():
-            p.line(f"          {field:<12} {_show(old)} {p.arrow} {_show(new)}")
+        if version.operation is Operation.UPDATE:
+            for field, (old, new) in version.changes.items():
+                p.line(f"          {field:<12} {_show(old)} {p.arrow} {_show(new)}")
+        elif version.operation is Operation.INSERT:
+            p.line(f"          created: {_fields(version.state)}")
+        else:  # a delete version holds the state that was deleted
+            p.line(f"          deleted: {_fields(version.state)}")
 
 
 def _print_record(p: _Printer, label: str, values: Mapping[str, Any] | None) -> None:
     if values is None:
         p.line(f"  {label}: no such record")
         return
-    shown = ", ".join(f"{key}={_show(values[key])}" for key in _FIELDS if key in values)
-    p.line(f"  {label}: {shown}")
+    p.line(f"  {label}: {_fields(values)}")
 
 
 def _values(invoice: Invoice | None) -> dict[str, Any] | None:
@@ -140,8 +153,9 @@ def _story(p: _Printer, session: Session, path: Path) -> None:
     p.line("model: Invoice  (amount is a Decimal, status an Enum, card_number masked with")
     p.line("       versioning.masks.last4, view_count excluded from history)")
     p.line("tables: " + ", ".join(sorted(_Base.metadata.tables)))
+    name = _label((1,))
 
-    p.heading("alice creates invoice 1")
+    p.heading(f"alice creates {name}")
     with audit_context(actor="alice", source_ip="203.0.113.7", reason="new order #1001"):
         session.add(
             Invoice(
@@ -175,34 +189,42 @@ def _story(p: _Printer, session: Session, path: Path) -> None:
         session.commit()
     _print_record(p, "live", _values(invoice))
 
-    p.heading("history of invoice 1")
+    p.heading(f"history of {name}")
     versions = history(session, Invoice, 1)
     _print_history(p, versions)
 
     p.heading(f"as_of {_stamp(before_bob)} (after alice's change, before bob's)")
     old = as_of(session, Invoice, 1, before_bob)
     _print_record(p, "as of then", _values(old))
-    p.line("  (a transient Invoice: card_number holds the mask's output, view_count is not")
-    p.line("   recorded, so it is unset)")
+    p.line("  (a transient Invoice: card_number holds the mask's output, and view_count is")
+    p.line("   not recorded, so it is None)")
 
-    p.heading("bob deletes invoice 1")
+    p.heading(f"bob deletes {name}")
     with audit_context(actor="bob", source_ip="2001:db8::5", reason="sent to the wrong customer"):
         session.delete(invoice)
         session.commit()
     _print_record(p, "live", _values(session.get(Invoice, 1)))
     _print_record(p, "as_of now", _values(as_of(session, Invoice, 1, dt.datetime.now(dt.UTC))))
 
-    p.heading("alice restores it (undelete) from the version recorded by the deletion")
-    deleted = history(session, Invoice, 1)[-1]
+    # A delete version holds the state just before the deletion, that is the state of the
+    # version before it: restoring it re-creates the record as it was then.
+    *_, before, deleted = history(session, Invoice, 1)
     assert deleted.operation is Operation.DELETE
-    with audit_context(actor="alice", source_ip="203.0.113.7"):
+    p.heading(f"alice undeletes {name} as of transaction {before.transaction_id}")
+    # restore() would give "restore Invoice 1 to transaction 3", the deletion's transaction:
+    # say what this is instead.
+    reason = (
+        f"undelete {_label(deleted.primary_key)} as of transaction {before.transaction_id}, "
+        "the version before its deletion"
+    )
+    with audit_context(actor="alice", source_ip="203.0.113.7", reason=reason):
         restored: Invoice = restore(session, deleted)
         session.commit()
     _print_record(p, "live", _values(restored))
     p.line("  (card_number is masked in history, so it cannot be given back: it gets its")
     p.line("   default, None; view_count gets its default, 0)")
 
-    p.heading("history of invoice 1, afterwards")
+    p.heading(f"history of {name}, afterwards")
     _print_history(p, history(session, Invoice, 1))
     p.line()
     p.line(f"done: inspect {path} with any SQLite client (tables invoices_history and")
