@@ -24,6 +24,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import InstanceState, Mapper, Session, SessionTransaction
 
+from versioning import uncaptured
 from versioning.context import AuditContext, current_context
 from versioning.schema import TRANSACTION_ID
 
@@ -105,11 +106,12 @@ def record(
     if group.tx_id is not None:
         if state.notes and not group.has_reason:
             # A restore after the row was written early (see write_pending): say so.
-            connection.execute(
-                transactions.update()
-                .where(transactions.c.id == group.tx_id, transactions.c.reason.is_(None))
-                .values(reason="; ".join(state.notes))
-            )
+            with uncaptured.writing():  # the library's own write: guard_writes() lets it pass
+                connection.execute(
+                    transactions.update()
+                    .where(transactions.c.id == group.tx_id, transactions.c.reason.is_(None))
+                    .values(reason="; ".join(state.notes))
+                )
             group.has_reason = True
         _insert_history(connection, history, rows, group.tx_id)
         return
