@@ -4,8 +4,9 @@ These statements bypass the unit of work, so the flush hooks never see them. A `
 hook on every ``Session`` records them with the same history rows, changes and transaction row:
 
 * ``update(Model).where(...)`` and ``delete(Model).where(...)`` (any ``synchronize_session``): the
-  rows the WHERE clause selects are read first, locked where the backend can (``FOR UPDATE``), the
-  statement runs unchanged, and updated rows are read back by key;
+  rows the statement may change are read first with its full ORM criteria, locked where the
+  backend can (``FOR UPDATE``), the statement runs restricted to their keys, and they are read
+  back by key: exactly the rows it changed are recorded (see ``_candidates`` below);
 * bulk ``update(Model)`` with a list of dicts (by primary key): the same, by those keys;
 * ``insert(Model)`` with a list of dicts or ``.values(...)``, and upserts — PostgreSQL/SQLite
   ``on_conflict_do_update()`` / ``on_conflict_do_nothing()``, MariaDB
