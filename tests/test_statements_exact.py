@@ -566,6 +566,147 @@ def test_read_committed_delete_ignores_rows_committed_meanwhile(
     assert ops(read(lambda: Session(engine), Row, 9)) == [INSERT]
 
 
+@pytest.mark.backends("postgresql", "mariadb")
+def test_repeatable_read_records_what_the_statement_did_to_rows_committed_meanwhile(
+    backend: str, create_tables: CreateTables, engine: sa.Engine
+) -> None:
+    """After the transaction's snapshot, another transaction commits a new matching row.
+
+    PostgreSQL's REPEATABLE READ does not see it, so the UPDATE leaves it alone; MariaDB's
+    writes act on the latest committed rows, so the UPDATE changes it. Either way the history
+    says exactly what happened, with the true old values.
+    """
+    create_tables(Base.metadata)
+    with Session(engine) as session:
+        session.execute(insert(Row), [{"id": i, "n": i, "tag": "go"} for i in range(1, 4)])
+        session.commit()
+    repeatable = engine.execution_options(isolation_level="REPEATABLE READ")
+    with Session(repeatable) as session:
+        assert len(session.scalars(select(Row)).all()) == 3  # the snapshot starts here
+        with Session(engine) as other:
+            other.add(Row(id=9, n=9, tag="go"))
+            other.commit()
+        before = {k: (k, "go") for k in (1, 2, 3, 9)}, _last_history_id(engine)
+        session.execute(update(Row).where(Row.tag == "go").values(n=Row.n + 100))
+        session.commit()
+    reached = {1, 2, 3} if backend == "postgresql" else {1, 2, 3, 9}
+    assert assert_history_matches(engine, before, UPDATE) == reached
+
+
+def _last_history_id(engine: sa.Engine) -> int:
+    return snapshot(engine)[1]
+
+
+@pytest.mark.parametrize("setting", ["auto", "fetch", False])
+def test_criteria_naming_another_table(
+    setting: Any, create_tables: CreateTables, sessions: Sessions
+) -> None:
+    """UPDATE ... FROM another table and a subquery: the rows reached are the rows recorded."""
+    engine = create_tables(Base.metadata)
+    seed_rows(sessions, 6)
+    seed_staff(sessions)  # staff ids 1-4; engineers 1 and 3
+    before = snapshot(engine)
+    with sessions() as session:
+        session.execute(
+            update(Row).where(Row.id == Staff.id, Staff.level >= 3).values(tag="from"),
+            execution_options=sync(setting),
+        )
+        session.commit()
+    assert assert_history_matches(engine, before, UPDATE) == {1, 2, 4}
+    before = snapshot(engine)
+    with sessions() as session:
+        session.execute(
+            delete(Row).where(Row.id.in_(select(Engineer.id).scalar_subquery())),
+            execution_options=sync(setting),
+        )
+        session.commit()
+    assert assert_history_matches(engine, before, DELETE) == {1, 3}
+
+
+def test_statement_parameters_reach_the_read_of_the_rows(
+    create_tables: CreateTables, sessions: Sessions
+) -> None:
+    engine = create_tables(Base.metadata)
+    seed_rows(sessions, 3)
+    before = snapshot(engine)
+    with sessions() as session:
+        session.execute(
+            update(Row).where(Row.id >= sa.bindparam("low")).values(tag="p"), {"low": 2}
+        )
+        session.execute(delete(Row).where(Row.id == sa.bindparam("gone")), {"gone": 1})
+        session.commit()
+    assert live_rows(engine) == {2: (2, "p"), 3: (3, "p")}
+    versions = [r for r in history_rows(engine, Row) if r["versioning_id"] > before[1]]
+    assert [(r["id"], r["versioning_operation"]) for r in versions] == [
+        (2, UPDATE),
+        (3, UPDATE),
+        (1, DELETE),
+    ]
+
+
+def test_a_parameter_dict_setting_the_primary_key_is_refused(
+    create_tables: CreateTables, sessions: Sessions
+) -> None:
+    """A dict given with an UPDATE sets the columns it names, the primary key included."""
+    engine = create_tables(Base.metadata)
+    seed_rows(sessions, 2)
+    with sessions() as session:
+        with pytest.raises(versioning.VersioningError, match=r"primary key of Row.*nothing was"):
+            session.execute(update(Row).where(Row.id == 1), {"id": 10})
+        session.commit()
+    assert set(live_rows(engine)) == {1, 2}
+    assert count(engine, history_table(Row)) == 2
+
+
+def test_returning_rows_are_the_rows_recorded(
+    backend: str, create_tables: CreateTables, sessions: Sessions
+) -> None:
+    engine = create_tables(Base.metadata)
+    seed_rows(sessions, 40)
+    before = snapshot(engine)
+    with sessions() as session:
+        returned = session.execute(delete(Row).where(_coin(backend)).returning(Row.id)).all()
+        session.commit()
+    assert {row.id for row in returned} == assert_history_matches(engine, before, DELETE)
+    if backend == "mariadb":
+        return  # no UPDATE ... RETURNING
+    before = snapshot(engine)
+    with sessions() as session:
+        returned = session.execute(
+            update(Row).where(_coin(backend)).values(n=Row.n + 1).returning(Row.id, Row.n)
+        ).all()
+        session.commit()
+    changed = assert_history_matches(engine, before, UPDATE)
+    assert {row.id for row in returned} == changed
+    assert all(row.n == row.id + 1 for row in returned)
+
+
+def test_loader_criteria_from_a_hook_on_one_session(
+    create_tables: CreateTables, sessions: Sessions
+) -> None:
+    engine = create_tables(Base.metadata)
+    seed_rows(sessions, 4)
+    with sessions() as session:
+        session.execute(update(Row).where(Row.id > 2).values(active=False))
+        session.commit()
+    before = snapshot(engine)
+
+    def hook(orm: ORMExecuteState) -> None:
+        orm.statement = orm.statement.options(with_loader_criteria(Row, Row.active.is_(True)))
+
+    with sessions() as session:
+        event.listen(session, "do_orm_execute", hook)
+        session.execute(update(Row).values(tag="seen"))
+        session.commit()
+    assert assert_history_matches(engine, before, UPDATE) == {1, 2}
+    before = snapshot(engine)
+    with sessions() as session:
+        event.listen(session, "do_orm_execute", hook)
+        session.execute(delete(Row).where(Row.id >= 2))
+        session.commit()
+    assert assert_history_matches(engine, before, DELETE) == {2}
+
+
 # --- key sets: size, quoting, composite keys -------------------------------------------------
 
 
