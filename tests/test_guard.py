@@ -514,3 +514,32 @@ def test_a_plain_table_of_another_name_is_not_flagged(
         connection.commit()
     with engine.connect() as connection:
         assert connection.execute(select(Plain.name)).scalar_one() == "q"
+
+
+@pytest.mark.backends("mariadb")
+@pytest.mark.parametrize("action", ["raise", "warn"])
+def test_mariadb_multi_table_update_of_a_versioned_table_is_flagged(
+    action: str, guarded: Guarded, create_tables: CreateTables
+) -> None:
+    """``UPDATE gd_plain, gd_items SET gd_items.name = ...``: the target is not versioned, a
+    table it writes is."""
+    engine = create_tables(Base.metadata)
+    seed(engine)
+    plain = Plain.__table__
+    with engine.begin() as connection:
+        connection.execute(insert(plain).values(id=1, name="p"))
+    statements = [
+        update(plain).where(plain.c.id == ITEMS.c.id).values({ITEMS.c.name: "sneaky"}),
+        update(plain.join(ITEMS, plain.c.id == ITEMS.c.id)).values({ITEMS.c.name: "sneaky"}),
+    ]
+    checked = guarded(action)
+    for statement in statements:
+        with checked.connect() as connection:
+            if action == "raise":
+                with pytest.raises(UncapturedWriteError, match="gd_items"):
+                    connection.execute(statement)
+            else:
+                with pytest.warns(UncapturedWriteWarning, match="gd_items"):
+                    connection.execute(statement)
+            connection.rollback()
+    assert names(engine) == [(1, "a")]

@@ -104,6 +104,25 @@ def _is_unit_of_work(execution_options: Any) -> bool:
     return _flushing.get() and "compiled_cache" in (execution_options or {})
 
 
+def _written_tables(statement: UpdateBase) -> list[Any]:
+    """The tables a statement may write: its target (each side of a joined target) and, for
+    MariaDB's multi-table UPDATE, the tables of the columns it sets."""
+    found: list[Any] = []
+    pending = [getattr(statement, "table", None)]
+    values = dict(getattr(statement, "_values", None) or {})
+    values.update(dict(getattr(statement, "_ordered_values", None) or ()))  # SQLAlchemy 2.0
+    pending += [getattr(column, "table", None) for column in values]
+    while pending:
+        table = pending.pop()
+        if isinstance(table, sa.Join):
+            pending += [table.left, table.right]
+        elif isinstance(table, sa.Alias):
+            pending.append(table.element)
+        elif table is not None and table not in found:
+            found.append(table)
+    return found
+
+
 def _target(
     statement: UpdateBase, connection: Connection, execution_options: Any
 ) -> tuple[str, str] | None:
@@ -111,25 +130,26 @@ def _target(
     table = getattr(statement, "table", None)
     if isinstance(table, sa.Table) and LIVE_TABLE_INFO in table.info:
         return "live", table.fullname  # the common case: a mapped versioned table
-    while isinstance(table, sa.Alias):
-        table = table.element
-    name = getattr(table, "name", None)
-    if not isinstance(name, str) or not _TABLES:
+    if not _TABLES:
         return None
-    schema = getattr(table, "schema", None)
     translate = (execution_options or {}).get("schema_translate_map") or {}
-    schema = translate.get(schema, schema)
     default = connection.dialect.default_schema_name
-    # A table without a schema and one naming the default schema are the same table.
-    schemas = {schema}
-    if schema is None:
-        schemas.add(default)
-    elif default is not None and schema.casefold() == default.casefold():
-        schemas.add(None)
-    for candidate in schemas:
-        kind = _TABLES.get(_key(candidate, name))
-        if kind is not None:
-            return kind, f"{schema}.{name}" if schema else name
+    for table in _written_tables(statement):
+        name = getattr(table, "name", None)
+        if not isinstance(name, str):
+            continue
+        schema = getattr(table, "schema", None)
+        schema = translate.get(schema, schema)
+        # A table without a schema and one naming the default schema are the same table.
+        schemas = {schema}
+        if schema is None:
+            schemas.add(default)
+        elif default is not None and schema.casefold() == default.casefold():
+            schemas.add(None)
+        for candidate in schemas:
+            kind = _TABLES.get(_key(candidate, name))
+            if kind is not None:
+                return kind, f"{schema}.{name}" if schema else name
     return None
 
 
