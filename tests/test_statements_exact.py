@@ -271,6 +271,27 @@ def test_sti_update_of_a_subclass_leaves_the_sibling_untouched_and_unrecorded(
         assert ops(read(sessions, Staff, other)) == [INSERT]
 
 
+def test_sti_bulk_update_by_primary_key_records_what_the_database_did(
+    create_tables: CreateTables, sessions: Sessions
+) -> None:
+    """Keys of a sibling given to ``update(Engineer)``: the history follows the live rows."""
+    engine = create_tables(Base.metadata)
+    seed_staff(sessions)
+    with sessions() as session:
+        session.execute(update(Engineer), [{"id": 1, "level": 7}, {"id": 2, "level": 7}])
+        session.commit()
+    now = staff(engine)
+    for key in (1, 2):
+        versions = read(sessions, Staff, key)
+        if now[key][1] == 7:
+            assert ops(versions) == [INSERT, UPDATE]
+            assert dict(versions[1].changes) == {"level": (3, 7)}
+            assert versions[1].model is (Engineer if key == 1 else Manager)
+        else:
+            assert ops(versions) == [INSERT]
+    assert now[1] == ("ada", 7)
+
+
 # --- with_loader_criteria --------------------------------------------------------------------
 
 
