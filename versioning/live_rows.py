@@ -88,7 +88,7 @@ def keys_in(
     no driver's limit on bound parameters applies (SQLite 32,766, psycopg 65,535): a statement
     restricted to 100,000 keys stays one statement. The expression is still an ordinary ``IN``
     of an expanding parameter, which SQLAlchemy's ``synchronize_session="evaluate"`` can
-    evaluate in Python. Key types that cannot render literals (e.g. ``LargeBinary``) are bound
+    evaluate in Python. Key types that cannot render literals (a custom type without one) are bound
     as parameters, up to a limit every driver accepts; beyond it ``what`` is refused (nothing has
     been executed by then).
     """
