@@ -365,3 +365,181 @@ def test_invalid_action_is_an_argument_error(engine: sa.Engine) -> None:
             guard_writes(other, action="RAISE")  # type: ignore[arg-type]
     finally:
         other.dispose()
+
+
+# --- tables recognised by schema and name, not by object --------------------------------------
+
+
+def default_schema(engine: sa.Engine) -> str:
+    with engine.connect() as connection:
+        schema = connection.dialect.default_schema_name
+    assert schema
+    return schema
+
+
+def items_as(form: str, engine: sa.Engine) -> Any:
+    """The versioned table ``gd_items`` as another object than the mapped one."""
+    if form == "reflected":
+        return sa.Table("gd_items", sa.MetaData(), autoload_with=engine)
+    columns = [sa.column("id"), sa.column("name"), sa.column("uses")]
+    if form == "lightweight":
+        return sa.table("gd_items", *columns)
+    assert form == "default-schema"
+    return sa.table("gd_items", *columns, schema=default_schema(engine))
+
+
+FORMS = ["reflected", "lightweight", "default-schema"]
+
+
+def writes_to(table: Any) -> dict[str, Any]:
+    return {
+        "insert": insert(table).values(id=2, name="b", uses=0),
+        "update": update(table).where(table.c.id == 1).values(name="changed"),
+        "delete": delete(table).where(table.c.id == 1),
+    }
+
+
+@pytest.mark.parametrize("verb", ["insert", "update", "delete"])
+@pytest.mark.parametrize("form", FORMS)
+def test_raise_recognises_the_table_by_name_whatever_the_object(
+    form: str, verb: str, guarded: Guarded, create_tables: CreateTables
+) -> None:
+    engine = create_tables(Base.metadata)
+    seed(engine)
+    statement = writes_to(items_as(form, engine))[verb]
+    strict = guarded("raise")
+    with strict.connect() as connection:
+        with pytest.raises(UncapturedWriteError, match=r"versioned table .*gd_items.*no history"):
+            connection.execute(statement)
+        connection.rollback()
+    with Session(strict) as session:
+        with pytest.raises(UncapturedWriteError, match="gd_items"):
+            session.connection().execute(statement)
+        session.rollback()
+    assert names(engine) == [(1, "a")]
+    assert count(engine, history_table(Item)) == 1
+
+
+@pytest.mark.parametrize("verb", ["insert", "update", "delete"])
+@pytest.mark.parametrize("form", FORMS)
+def test_warn_recognises_the_table_by_name_whatever_the_object(
+    form: str, verb: str, guarded: Guarded, create_tables: CreateTables
+) -> None:
+    engine = create_tables(Base.metadata)
+    seed(engine)
+    statement = writes_to(items_as(form, engine))[verb]
+    lenient = guarded("warn")
+    with lenient.connect() as connection:
+        with pytest.warns(UncapturedWriteWarning, match="gd_items"):
+            connection.execute(statement)
+        connection.commit()
+    expected = {"insert": [(1, "a"), (2, "b")], "update": [(1, "changed")], "delete": []}[verb]
+    assert sorted(names(engine)) == expected
+    assert count(engine, history_table(Item)) == 1
+
+
+def history_as(form: str, engine: sa.Engine, name: str) -> Any:
+    if form == "mapped":
+        return Base.metadata.tables[name]
+    if form == "reflected":
+        return sa.Table(name, sa.MetaData(), autoload_with=engine)
+    return sa.table(name, sa.column("id"), sa.column("reason"), sa.column("name"))
+
+
+@pytest.mark.parametrize("verb", ["update", "delete"])
+@pytest.mark.parametrize("form", ["mapped", "reflected", "lightweight"])
+@pytest.mark.parametrize("which", ["history", "transaction"])
+def test_history_and_transaction_tables_are_append_only(
+    which: str, form: str, verb: str, guarded: Guarded, create_tables: CreateTables
+) -> None:
+    engine = create_tables(Base.metadata)
+    seed(engine)
+    name = history_table(Item).name if which == "history" else versioning.TRANSACTION_TABLE
+    table = history_as(form, engine, name)
+    column = "name" if which == "history" else "reason"
+    statement = update(table).values({column: "forged"}) if verb == "update" else delete(table)
+    strict = guarded("raise")
+    with strict.connect() as connection:
+        with pytest.raises(UncapturedWriteError, match=rf"{which} table .*{name}.*append-only"):
+            connection.execute(statement)
+        connection.rollback()
+    lenient = guarded("warn")
+    with lenient.connect() as connection:
+        with pytest.warns(UncapturedWriteWarning, match="append-only"):
+            # Matching no row: a DELETE of transaction rows would fail on their foreign keys.
+            connection.execute(statement.where(sa.false()))
+        connection.rollback()
+    assert count(engine, history_table(Item)) == 1
+    assert count(engine, TX) == 1
+    with Session(engine) as session:
+        (version,) = history(session, Item, 1)
+        assert version.state["name"] == "a"
+        assert version.transaction is not None and version.transaction.reason is None
+
+
+@pytest.mark.parametrize("action", ["raise", "warn"])
+def test_the_librarys_own_writes_to_its_tables_are_not_flagged(
+    action: str, guarded: Guarded, create_tables: CreateTables
+) -> None:
+    """A restore after history was read in the same transaction updates the transaction row's
+    reason: the library's own write, never flagged."""
+    engine = create_tables(Base.metadata)
+    seed(engine)
+    checked = guarded(action)
+    with Session(checked) as session:
+        item = session.get(Item, 1)
+        assert item is not None
+        item.name = "b"
+        session.flush()
+        versions = history(session, Item, 1)  # writes this transaction's row now
+        restore(session, versions[0])  # then notes a reason on it
+        session.commit()
+    assert names(engine) == [(1, "a")]
+    with Session(engine) as session:
+        versions = history(session, Item, 1)
+    assert [v.operation for v in versions] == [INSERT, UPDATE, UPDATE]
+    last = versions[-1].transaction
+    assert last is not None and last.reason is not None and "restore" in last.reason
+
+
+def test_a_plain_table_of_another_name_is_not_flagged(
+    guarded: Guarded, create_tables: CreateTables
+) -> None:
+    engine = create_tables(Base.metadata)
+    strict = guarded("raise")
+    plain = sa.table("gd_plain", sa.column("id"), sa.column("name"))
+    with strict.connect() as connection:
+        connection.execute(insert(plain).values(id=1, name="p"))
+        connection.execute(update(plain).values(name="q"))
+        connection.commit()
+    with engine.connect() as connection:
+        assert connection.execute(select(Plain.name)).scalar_one() == "q"
+
+
+@pytest.mark.backends("mariadb")
+@pytest.mark.parametrize("action", ["raise", "warn"])
+def test_mariadb_multi_table_update_of_a_versioned_table_is_flagged(
+    action: str, guarded: Guarded, create_tables: CreateTables
+) -> None:
+    """``UPDATE gd_plain, gd_items SET gd_items.name = ...``: the target is not versioned, a
+    table it writes is."""
+    engine = create_tables(Base.metadata)
+    seed(engine)
+    plain = Plain.__table__
+    with engine.begin() as connection:
+        connection.execute(insert(plain).values(id=1, name="p"))
+    statements = [
+        update(plain).where(plain.c.id == ITEMS.c.id).values({ITEMS.c.name: "sneaky"}),
+        update(plain.join(ITEMS, plain.c.id == ITEMS.c.id)).values({ITEMS.c.name: "sneaky"}),
+    ]
+    checked = guarded(action)
+    for statement in statements:
+        with checked.connect() as connection:
+            if action == "raise":
+                with pytest.raises(UncapturedWriteError, match="gd_items"):
+                    connection.execute(statement)
+            else:
+                with pytest.warns(UncapturedWriteWarning, match="gd_items"):
+                    connection.execute(statement)
+            connection.rollback()
+    assert names(engine) == [(1, "a")]

@@ -100,22 +100,34 @@ class Plan:
     def __bool__(self) -> bool:
         return bool(self.deleted or self.updated)
 
-    def finish(self, connection: Connection) -> list[Change]:
-        """The history of what the statement did to the child rows (it has run by now)."""
+    def finish(self, connection: Connection, partial: bool = False) -> list[Change]:
+        """The history of what the statement did to the child rows (it has run by now).
+
+        ``partial``: the statement may have left some of the parents it was planned for
+        untouched (a LIMIT, volatile criteria), so every child is read back: one still there was
+        not deleted, one left as it was records nothing (``write_changes`` drops it).
+        """
+        if partial and self.deleted:
+            by_spec: dict[ModelSpec, list[Key]] = {}
+            for (_, key), (spec, _) in self.deleted.items():
+                by_spec.setdefault(spec, []).append(key)
+            for spec, keys in by_spec.items():
+                for key in live_rows.by_keys(connection, spec, keys, lock=False):
+                    del self.deleted[(spec.history, key)]
         changes = [
             Change(spec, None, Operation.DELETE, values, None)
             for spec, values in self.deleted.values()
         ]
         wanted: dict[ModelSpec, list[Key]] = {}
         for spec, key, _, known in self.updated.values():
-            if known is None:
+            if known is None or partial:
                 wanted.setdefault(spec, []).append(key)
         after: dict[tuple[sa.Table, Key], tuple[ModelSpec, dict[str, Any]]] = {}
         for spec, keys in wanted.items():
             for key, found in live_rows.by_keys(connection, spec, keys, lock=False).items():
                 after[(spec.history, key)] = found
         for ident, (spec, key, before, known) in self.updated.items():
-            if known is not None:
+            if known is not None and not partial:
                 changes.append(Change(spec, None, Operation.UPDATE, before, known))
                 continue
             now = after.get(ident)

@@ -28,7 +28,7 @@ from versioning.schema import (
     snapshot_column,
     transaction_table_for,
 )
-from versioning.uncaptured import LIVE_TABLE_INFO
+from versioning.uncaptured import LIVE_TABLE_INFO, register_tables
 
 __all__ = [
     "CASCADES_INFO",
@@ -327,6 +327,7 @@ def _declare(mapper: Mapper[Any], cls: type[Any]) -> None:
     type.__setattr__(cls, _SPEC_ATTR, spec)
     if isinstance(mapper.local_table, sa.Table):
         mapper.local_table.info[LIVE_TABLE_INFO] = history.name
+        register_tables(mapper.local_table, history, transactions)
 
 
 def _extend_history(

@@ -1,8 +1,10 @@
 """Reading the current values of live rows, batched: the only reads the write path makes.
 
 Used before a change (old values the session does not hold, locked where the backend can) and
-after it (values the database produced). Rows are read by key in chunks, or by a statement's own
-WHERE clause; for a polymorphic hierarchy each row is completed with its subclass's columns.
+after it (values the database produced). Rows are read by key in chunks, by a key set in one
+statement, by a statement's own WHERE clause, or from the rows of an ORM ``SELECT`` the caller ran
+(:func:`orm_select`, :func:`from_rows`); for a polymorphic hierarchy each row is completed with its
+subclass's columns.
 """
 
 from __future__ import annotations
@@ -11,11 +13,21 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 
 from versioning.declaration import ModelSpec, spec_of
+from versioning.errors import VersioningError
 
-__all__ = ["Key", "Rows", "by_keys", "by_where"]
+__all__ = [
+    "Key",
+    "Rows",
+    "by_key_set",
+    "by_keys",
+    "by_where",
+    "from_rows",
+    "keys_in",
+    "orm_select",
+]
 
 #: A primary key as a tuple, in the mapper's key order.
 Key = tuple[Any, ...]
@@ -23,6 +35,9 @@ Key = tuple[Any, ...]
 Rows = dict[Key, tuple[ModelSpec, dict[str, Any]]]
 
 _CHUNK = 500
+#: Bound parameters a statement may carry on any supported driver (SQLite's limit is 32,766,
+#: psycopg's 65,535), with room left for the statement's own parameters.
+_MAX_BINDS = 30_000
 
 
 def _columns(spec: ModelSpec) -> tuple[str, ...]:
@@ -51,6 +66,50 @@ def _in(spec: ModelSpec, names: tuple[str, ...], values: Sequence[Key]) -> sa.Co
     if len(columns) == 1:
         return columns[0].in_([value[0] for value in values])
     return sa.tuple_(*columns).in_(values)
+
+
+def _renders_literals(columns: Sequence[Any], dialect: Dialect) -> bool:
+    """Whether every column's type can render its values as SQL literals on ``dialect``."""
+    for column in columns:
+        try:
+            if column.type.dialect_impl(dialect).literal_processor(dialect) is None:
+                return False
+        except NotImplementedError:
+            return False
+    return True
+
+
+def keys_in(
+    columns: Sequence[Any], values: Sequence[Key], dialect: Dialect, what: str
+) -> sa.ColumnElement[bool]:
+    """``columns IN (values)`` as one expression, whatever the number of values.
+
+    The values are rendered as SQL literals when the statement runs (``literal_execute``), so
+    no driver's limit on bound parameters applies (SQLite 32,766, psycopg 65,535): a statement
+    restricted to 100,000 keys stays one statement. The expression is still an ordinary ``IN``
+    of an expanding parameter, which SQLAlchemy's ``synchronize_session="evaluate"`` can
+    evaluate in Python. Key types that cannot render literals (a custom type without one) are bound
+    as parameters, up to a limit every driver accepts; beyond it ``what`` is refused (nothing has
+    been executed by then).
+    """
+    unique = list(dict.fromkeys(values))
+    literal = _renders_literals(columns, dialect)
+    if not literal and len(unique) * len(columns) > _MAX_BINDS:
+        raise VersioningError(
+            f"{what} would touch {len(unique)} rows whose key type cannot be written as SQL "
+            f"literals, which needs more bound parameters than the database driver accepts; "
+            f"nothing was executed: split the statement into batches of at most "
+            f"{_MAX_BINDS // len(columns)} rows"
+        )
+    if len(columns) == 1:
+        bound: sa.BindParameter[Any] = sa.bindparam(
+            None, [v[0] for v in unique], expanding=True, literal_execute=literal
+        )
+        return columns[0].in_(bound)  # type: ignore[no-any-return]
+    tuples: sa.BindParameter[Any] = sa.bindparam(
+        None, unique, expanding=True, literal_execute=literal
+    )
+    return sa.tuple_(*columns).in_(tuples)
 
 
 def _collect(
@@ -87,6 +146,43 @@ def by_columns(
 def by_keys(connection: Connection, spec: ModelSpec, keys: Sequence[Key], lock: bool) -> Rows:
     """The rows of ``spec``'s table(s) with these primary keys (missing ones are absent)."""
     return by_columns(connection, spec, spec.pk_keys, keys, lock)
+
+
+def by_key_set(connection: Connection, spec: ModelSpec, keys: Sequence[Key], lock: bool) -> Rows:
+    """Like :func:`by_keys`, in one statement whatever the number of keys (see :func:`keys_in`)."""
+    columns = [spec.live_columns[k] for k in spec.pk_keys]
+    if not keys:
+        return {}
+    if len(keys) <= _CHUNK or not _renders_literals(columns, connection.dialect):
+        return by_keys(connection, spec, keys, lock)
+    names, statement = _select(spec, lock, connection.dialect.name)
+    where = keys_in(columns, keys, connection.dialect, "reading rows")
+    return _complete(
+        connection, spec, _collect(connection, spec, [statement.where(where)], names), lock
+    )
+
+
+def orm_select(spec: ModelSpec, lock: bool, dialect_name: str) -> sa.Select[Any]:
+    """An ORM ``SELECT`` of ``spec``'s versioned columns, through its mapped class.
+
+    Selecting the class's attributes (not its table's columns) makes SQLAlchemy add what it adds
+    to an ORM statement on that class: single-table-inheritance criteria, and the
+    ``with_loader_criteria`` options the caller copies onto it. Run it through the session and
+    pass the rows to :func:`from_rows`.
+    """
+    model = spec.model
+    statement = sa.select(*[getattr(model, k) for k in _columns(spec)])
+    if lock and dialect_name != "sqlite":
+        statement = statement.with_for_update().order_by(*[getattr(model, k) for k in spec.pk_keys])
+    return statement
+
+
+def from_rows(connection: Connection, spec: ModelSpec, rows: Iterable[Any], lock: bool) -> Rows:
+    """The rows of an :func:`orm_select` as :data:`Rows`, completed with subclass columns."""
+    names = _columns(spec)
+    npk = len(spec.pk_keys)
+    out: Rows = {tuple(row[:npk]): (spec, dict(zip(names, row, strict=True))) for row in rows}
+    return _complete(connection, spec, out, lock)
 
 
 def by_where(

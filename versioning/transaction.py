@@ -25,6 +25,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import InstanceState, Mapper, Session, SessionTransaction
 
+from versioning import uncaptured
 from versioning.context import AuditContext, current_context
 from versioning.schema import TRANSACTION_ID
 
@@ -140,11 +141,12 @@ def record(
             # reason is then ours to keep in step with the notes (the context gave none).
             reason = "; ".join(state.notes)
             if reason != group.noted_reason:
-                connection.execute(
-                    transactions.update()
-                    .where(transactions.c.id == group.tx_id)
-                    .values(reason=reason)
-                )
+                with uncaptured.writing():  # the library's own write: guard_writes() lets it pass
+                    connection.execute(
+                        transactions.update()
+                        .where(transactions.c.id == group.tx_id)
+                        .values(reason=reason)
+                    )
                 group.noted_reason = reason
                 group.noted_reason_in = noted_in
                 group.has_reason = True

@@ -9,6 +9,13 @@ session's own ``session.connection().execute(...)`` — goes around both and lea
 ``action="raise"`` refuses them with :class:`UncapturedWriteError` before they run, ``"warn"``
 emits an :class:`UncapturedWriteWarning` and lets them run. Raw SQL (``text()``,
 ``exec_driver_sql``) cannot be inspected and is not checked.
+
+Tables are recognised by schema and name, not by object: a ``Table`` reflected with
+``autoload_with``, a lightweight ``sa.table("items", ...)`` or a table of another ``MetaData``
+naming a versioned table is one. Names compare case-insensitively (SQLite, and MariaDB on some
+systems, ignore case), and a table without a schema is the same as one naming the connection's
+default schema. History and transaction tables are recognised too: history is append-only, so an
+``UPDATE`` or ``DELETE`` on them outside the library is flagged.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ __all__ = [
     "enter_flush",
     "guard_writes",
     "leave_flush",
+    "register_tables",
     "writing",
 ]
 
@@ -44,6 +52,23 @@ _writing: ContextVar[int] = ContextVar("versioning_writing", default=0)
 _flushing: ContextVar[bool] = ContextVar("versioning_flushing", default=False)
 
 LIVE_TABLE_INFO = "versioning_history"
+
+#: (schema or None, casefolded name) -> what the table is: "live", "history" or "transaction".
+_TABLES: dict[tuple[str | None, str], str] = {}
+_KINDS = {"live": "versioned table", "history": "history table", "transaction": "transaction table"}
+
+
+def register_tables(live: sa.Table, history: sa.Table, transactions: sa.Table) -> None:
+    """Remember a versioned table and its history and transaction tables, by schema and name.
+
+    Called when a versioned class is declared.
+    """
+    for table, kind in ((live, "live"), (history, "history"), (transactions, "transaction")):
+        _TABLES.setdefault(_key(table.schema, table.name), kind)
+
+
+def _key(schema: str | None, name: str) -> tuple[str | None, str]:
+    return (schema.casefold() if schema else None, name.casefold())
 
 
 class UncapturedWriteError(VersioningError):
@@ -79,10 +104,52 @@ def _is_unit_of_work(execution_options: Any) -> bool:
     return _flushing.get() and "compiled_cache" in (execution_options or {})
 
 
-def _versioned_table(statement: UpdateBase) -> sa.Table | None:
+def _written_tables(statement: UpdateBase) -> list[Any]:
+    """The tables a statement may write: its target (each side of a joined target) and, for
+    MariaDB's multi-table UPDATE, the tables of the columns it sets."""
+    found: list[Any] = []
+    pending = [getattr(statement, "table", None)]
+    values = dict(getattr(statement, "_values", None) or {})
+    values.update(dict(getattr(statement, "_ordered_values", None) or ()))  # SQLAlchemy 2.0
+    pending += [getattr(column, "table", None) for column in values]
+    while pending:
+        table = pending.pop()
+        if isinstance(table, sa.Join):
+            pending += [table.left, table.right]
+        elif isinstance(table, sa.Alias):
+            pending.append(table.element)
+        elif table is not None and table not in found:
+            found.append(table)
+    return found
+
+
+def _target(
+    statement: UpdateBase, connection: Connection, execution_options: Any
+) -> tuple[str, str] | None:
+    """What the statement writes to, if the library knows it: (kind, name as written)."""
     table = getattr(statement, "table", None)
     if isinstance(table, sa.Table) and LIVE_TABLE_INFO in table.info:
-        return table
+        return "live", table.fullname  # the common case: a mapped versioned table
+    if not _TABLES:
+        return None
+    translate = (execution_options or {}).get("schema_translate_map") or {}
+    default = connection.dialect.default_schema_name
+    for table in _written_tables(statement):
+        name = getattr(table, "name", None)
+        if not isinstance(name, str):
+            continue
+        schema = getattr(table, "schema", None)
+        schema = translate.get(schema, schema)
+        # A table without a schema and one naming the default schema are the same table.
+        schemas = {schema}
+        if schema is None:
+            schemas.add(default)
+        elif default is not None and schema.casefold() == default.casefold():
+            schemas.add(None)
+        for candidate in schemas:
+            kind = _TABLES.get(_key(candidate, name))
+            if kind is not None:
+                return kind, f"{schema}.{name}" if schema else name
     return None
 
 
@@ -113,15 +180,25 @@ def guard_writes(
             return
         if _is_unit_of_work(execution_options):
             return
-        table = _versioned_table(clauseelement)
-        if table is None:
+        target = _target(clauseelement, connection, execution_options)
+        if target is None:
             return
+        kind, name = target
         verb = type(clauseelement).__name__.upper()
-        message = (
-            f"a Core {verb} on versioned table {table.fullname!r} runs outside the ORM, so no "
-            f"history is recorded for it; use session.execute({verb.lower()}(Model)...) or the "
-            f"unit of work instead"
-        )
+        if kind == "live":
+            message = (
+                f"a Core {verb} on versioned table {name!r} runs outside the ORM, so no history "
+                f"is recorded for it; use session.execute({verb.lower()}(Model)...) or the unit "
+                f"of work instead"
+            )
+        elif verb == "INSERT":
+            return  # history is appended to; only the library knows what to append
+        else:
+            message = (
+                f"a Core {verb} on {_KINDS[kind]} {name!r}: history is append-only and is "
+                f"written only by versioning; change the live records through the ORM instead, "
+                f"or run maintenance on a connection without guard_writes()"
+            )
         if action == "raise":
             raise UncapturedWriteError(message)
         warnings.warn(message, UncapturedWriteWarning, stacklevel=2)
