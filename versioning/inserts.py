@@ -75,7 +75,11 @@ def _value_rows(orm: ORMExecuteState, spec: ModelSpec) -> list[dict[str, Any]]:
             label = getattr(name, "key", name)
             key = by_name.get(label, label) if isinstance(label, str) else label
             if isinstance(value, sa.BindParameter):
-                value = value.value
+                if isinstance(parameters, dict) and value.key in parameters:
+                    value = parameters[value.key]
+                elif not value.required:
+                    value = value.effective_value
+                # else: a value only known at execution: left as an expression
             values[key] = value
         rows.append(values)
     return rows
@@ -306,6 +310,13 @@ def capture(orm: ORMExecuteState, spec: ModelSpec, connection: Connection) -> Re
     rows = _value_rows(orm, spec)
     if shape.kind == "plain":
         return _plain(orm, spec, connection, rows)
+    if not rows:
+        raise _refuse(
+            spec,
+            "it is an INSERT ... FROM SELECT (or has no values) that may meet existing rows, "
+            "which cannot be read before it runs",
+            "insert the rows with their values, or use a plain insert().from_select()",
+        )
     found_by = _lookups(spec, shape, rows)
     if shape.kind == "replace" and _duplicates(found_by):
         raise _refuse(
@@ -341,8 +352,10 @@ def capture(orm: ORMExecuteState, spec: ModelSpec, connection: Connection) -> Re
         after = live_rows.by_keys(connection, spec, [*before, *returned], lock=False)
     else:
         after = live_rows.by_keys(connection, spec, list(before), lock=False)
+        # Rows that met none are read by their own keys; after a REPLACE every row is, since the
+        # row it met was deleted and the new one may have another primary key.
         again: dict[tuple[str, ...], list[Key]] = {}
-        for i in unmatched:
+        for i in range(len(rows)) if shape.kind == "replace" else unmatched:
             for keys, values in found_by[i]:
                 again.setdefault(keys, []).append(values)
         for keys, group in again.items():
@@ -486,16 +499,16 @@ _ISOLATION = "versioning_isolation"
 
 
 def _run_returning(
-    orm: ORMExecuteState, spec: ModelSpec, extra: list[Any], statement: Any = None
+    orm: ORMExecuteState, spec: ModelSpec, extra: list[Any]
 ) -> tuple[Result[Any], list[tuple[Key, tuple[Any, ...]]]]:
     """Run the statement with the primary key (and ``extra``) added to its RETURNING clause.
 
     Returns the caller's result — its own RETURNING columns, or the primary key when it had none
     — and, per row, the key and the ``extra`` values.
     """
-    statement = orm.statement if statement is None else statement
+    statement: Any = orm.statement
     own = bool(statement._returning)
-    ours = [spec.live_columns[k] for k in spec.pk_keys] + extra
+    ours = [getattr(spec.model, k) for k in spec.pk_keys] + extra
     frozen = orm.invoke_statement(statement=statement.returning(*ours)).freeze()
     npk = len(spec.pk_keys)
     found = [
