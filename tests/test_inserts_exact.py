@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import event, func, insert, select
 from sqlalchemy.dialects import mysql, postgresql, sqlite
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import versioning
@@ -597,3 +597,27 @@ def test_mariadb_read_committed_refuses_a_statement_that_may_insert(
     with Session(engine) as session:
         assert ops(versioning.history(session, Note, 1)) == expected
     assert count(engine, history_table(Note)) == len(expected)
+
+
+@pytest.mark.backends("postgresql")
+def test_postgresql_repeatable_read_refuses_the_row_committed_meanwhile_itself(
+    create_tables: CreateTables, sessions: Sessions, engine: sa.Engine, other_engine: sa.Engine
+) -> None:
+    """At REPEATABLE READ PostgreSQL raises a serialization failure: nothing is written."""
+    tables(create_tables, "postgresql")
+    seed(sessions)
+    repeatable = engine.execution_options(isolation_level="REPEATABLE READ")
+    statement = upsert("postgresql", Note, ["id"], {"body": "@body"})
+    with Session(repeatable) as session, audit_context(actor="a"):
+        assert session.get(Note, 1) is not None  # the snapshot starts
+        with other_writer_commits_first(
+            engine, "ON CONFLICT", lambda: _other_inserts(other_engine, "theirs")
+        ) as errors:
+            with pytest.raises(DBAPIError, match="could not serialize"):
+                session.execute(statement, [{"id": 3, "body": "mine"}])
+            assert not errors
+        session.rollback()
+    assert live(engine, Note, "id", "body") == [(1, "a"), (2, "b"), (3, "theirs")]
+    three = read(sessions, Note, 3)
+    assert ops(three) == [INSERT]
+    assert three[0].transaction is not None and three[0].transaction.actor == "other"

@@ -318,6 +318,7 @@ def capture(orm: ORMExecuteState, spec: ModelSpec, connection: Connection) -> Re
             "insert the rows with their values, or use a plain insert().from_select()",
         )
     found_by = _lookups(spec, shape, rows)
+    _check_assignments(spec, shape)
     if shape.kind == "replace" and _duplicates(found_by):
         raise _refuse(
             spec,
@@ -334,7 +335,6 @@ def capture(orm: ORMExecuteState, spec: ModelSpec, connection: Connection) -> Re
         before.update(live_rows.by_columns(connection, spec, keys, group, lock=True))
     seen = _index(before, wanted)
     unmatched = [i for i, carried in enumerate(found_by) if not any(c in seen for c in carried)]
-    _check_assignments(spec, shape, dialect)
     if unmatched and dialect in ("mariadb", "mysql") and not _locks_gaps(connection):
         raise _refuse(
             spec,
@@ -434,7 +434,7 @@ def _duplicates(found_by: list[list[tuple[tuple[str, ...], Key]]]) -> bool:
     return False
 
 
-def _check_assignments(spec: ModelSpec, shape: _Shape, dialect: str) -> None:
+def _check_assignments(spec: ModelSpec, shape: _Shape) -> None:
     """Refuse an upsert that may move a record to another primary key, before it runs.
 
     ``SET id = excluded.id`` (every column, the common "replace all values" form) keeps the key
