@@ -25,7 +25,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import versioning
 from versioning import Operation, Versioned, audit_context, history_table
-from versioning.inserts import ConcurrentInsertError
+from versioning.declaration import spec_for
+from versioning.inserts import ConcurrentInsertError, _check_assignments, _shape
 
 from helpers import count, ops, read
 
@@ -621,3 +622,39 @@ def test_postgresql_repeatable_read_refuses_the_row_committed_meanwhile_itself(
     three = read(sessions, Note, 3)
     assert ops(three) == [INSERT]
     assert three[0].transaction is not None and three[0].transaction.actor == "other"
+
+
+# --- pure logic: what a statement may do, read from its construct ---------------------------
+
+
+def test_shape_reads_prefixes_for_the_backend_that_renders_them() -> None:
+    spec = spec_for(Note)
+    assert _shape(spec, insert(Note), "sqlite").kind == "plain"
+    assert _shape(spec, insert(Note).prefix_with("OR IGNORE"), "sqlite").kind == "ignore"
+    assert _shape(spec, insert(Note).prefix_with("or  replace"), "sqlite").kind == "replace"
+    mariadb_only = insert(Note).prefix_with("IGNORE", dialect="mysql")
+    assert _shape(spec, mariadb_only, "sqlite").kind == "plain"
+    assert _shape(spec, mariadb_only, "mariadb").kind == "ignore"
+    assert _shape(spec, insert(Note).prefix_with("LOW_PRIORITY"), "mariadb").kind == "plain"
+    with pytest.raises(versioning.VersioningError, match="OR FAIL"):
+        _shape(spec, insert(Note).prefix_with("OR FAIL"), "sqlite")
+
+
+def test_shape_reads_the_conflict_target_and_the_assignments() -> None:
+    spec = spec_for(Note)
+    base = postgresql.insert(Note)
+    by_code = base.on_conflict_do_update(
+        index_elements=[Note.code], set_={"body": base.excluded.body}
+    )
+    shape = _shape(spec, by_code, "postgresql")
+    assert (shape.kind, shape.targets, list(shape.sets)) == ("update", [("code",)], ["body"])
+    _check_assignments(spec, shape)  # no key assigned
+    anything = _shape(spec, sqlite.insert(Note).on_conflict_do_nothing(), "sqlite")
+    assert (anything.kind, anything.targets) == ("nothing", None)
+    mine = mysql.insert(Plain)
+    every = _shape(spec_for(Plain), mine.on_duplicate_key_update(id=mine.inserted.id), "mariadb")
+    _check_assignments(spec_for(Plain), every)  # integer key, no other unique key: kept
+    other = mysql.insert(Note)
+    moves = _shape(spec, other.on_duplicate_key_update(id=other.inserted.id), "mariadb")
+    with pytest.raises(versioning.VersioningError, match="primary key"):
+        _check_assignments(spec, moves)  # Note may conflict on code: the key may change

@@ -396,12 +396,14 @@ def _plain(
         result, returned = _run_returning(orm, spec, [])
         wanted = [row[0] for row in returned]
     after = live_rows.by_keys(connection, spec, wanted, lock=False)
-    missing = [key for key in dict.fromkeys(wanted) if key not in after]
-    if missing:
+    # Counted, not compared: the database may return a key in another form than it was given
+    # (CHAR padding, a case-insensitive collation) and that is still the row inserted.
+    if len(after) < len(set(wanted)):
         raise VersioningError(
-            f"cannot read back the rows of {spec.model.__name__} {missing!r} that an INSERT "
-            f"created, to record their history: the keys the database stored differ from the "
-            f"values given (a type that changes them?); insert them through the unit of work"
+            f"cannot read back {len(set(wanted)) - len(after)} row(s) of "
+            f"{spec.model.__name__} that an INSERT created, to record their history: the keys "
+            f"the database stored differ from the values given (a type that changes them?); "
+            f"roll back, and insert them through the unit of work"
         )
     changes = [Change(s, None, Operation.INSERT, None, new) for s, new in after.values()]
     write_changes(orm.session, changes)
