@@ -570,20 +570,17 @@ def test_mariadb_repeatable_read_makes_the_other_transaction_wait(
 
 
 @pytest.mark.backends("mariadb")
-@pytest.mark.parametrize("shape", ["upsert", "ignore"])
-def test_mariadb_read_committed_refuses_a_statement_that_may_insert(
-    shape: str, create_tables: CreateTables, engine: sa.Engine
+def test_mariadb_read_committed_refuses_an_upsert_that_may_insert(
+    create_tables: CreateTables, engine: sa.Engine
 ) -> None:
-    """READ COMMITTED takes no gap locks: a row committed meanwhile could not be told apart."""
+    """READ COMMITTED takes no gap locks, and ON DUPLICATE KEY UPDATE reports a row it inserted
+    and an unchanged row committed meanwhile alike: refused before it runs."""
     tables(create_tables, "mariadb")
     committed = engine.execution_options(isolation_level="READ COMMITTED")
     with Session(engine) as session:
         session.add(Note(id=1, body="a", code="A"))
         session.commit()
-    if shape == "upsert":
-        statement = upsert("mariadb", Note, ["id"], {"body": "@body"})
-    else:
-        statement = insert(Note).prefix_with("IGNORE")
+    statement = upsert("mariadb", Note, ["id"], {"body": "@body"})
     with Session(committed) as session:
         with pytest.raises(versioning.VersioningError) as caught:
             session.execute(statement, [{"id": 1, "body": "a2"}, {"id": 3, "body": "c"}])
@@ -593,11 +590,39 @@ def test_mariadb_read_committed_refuses_a_statement_that_may_insert(
         # Rows that all exist are locked by the read: such a statement is recorded exactly.
         session.execute(statement, [{"id": 1, "body": "a3"}])
         session.commit()
-    assert live(engine, Note, "id", "body") == [(1, "a3" if shape == "upsert" else "a")]
-    expected = [INSERT, UPDATE] if shape == "upsert" else [INSERT]
+    assert live(engine, Note, "id", "body") == [(1, "a3")]
     with Session(engine) as session:
-        assert ops(versioning.history(session, Note, 1)) == expected
-    assert count(engine, history_table(Note)) == len(expected)
+        assert ops(versioning.history(session, Note, 1)) == [INSERT, UPDATE]
+    assert count(engine, history_table(Note)) == 2
+
+
+@pytest.mark.backends("mariadb")
+def test_mariadb_read_committed_insert_ignore_records_exactly_what_it_inserted(
+    create_tables: CreateTables, sessions: Sessions, engine: sa.Engine, other_engine: sa.Engine
+) -> None:
+    """Another transaction commits row 3 after the read; INSERT IGNORE skips it, inserts 5."""
+    tables(create_tables, "mariadb")
+    seed(sessions)
+    committed = engine.execution_options(isolation_level="READ COMMITTED")
+    with Session(committed) as session, audit_context(actor="a"):
+        with other_writer_commits_first(
+            engine, "INSERT IGNORE", lambda: _other_inserts(other_engine, "theirs")
+        ) as errors:
+            result = session.execute(
+                insert(Note).prefix_with("IGNORE"),
+                [{"id": 3, "body": "mine"}, {"id": 5, "body": "e"}, {"id": 1, "body": "no"}],
+            )
+            assert not errors
+        assert [tuple(r) for r in result] == [(5,)]  # the key of the row it inserted
+        session.commit()
+    assert live(engine, Note, "id", "body") == [(1, "a"), (2, "b"), (3, "theirs"), (5, "e")]
+    three = read(sessions, Note, 3)
+    assert ops(three) == [INSERT] and three[0].transaction is not None
+    assert three[0].transaction.actor == "other"
+    five = read(sessions, Note, 5)
+    assert ops(five) == [INSERT] and five[0].transaction is not None
+    assert five[0].transaction.actor == "a"
+    assert ops(read(sessions, Note, 1)) == [INSERT]
 
 
 @pytest.mark.backends("postgresql")

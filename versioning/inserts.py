@@ -20,10 +20,12 @@ is refused before it runs (:class:`~versioning.errors.VersioningError`):
 * **a row committed by another transaction after the read** (READ COMMITTED) cannot be locked by
   that read. SQLite has one writer at a time, so it cannot happen there. On MariaDB at REPEATABLE
   READ and SERIALIZABLE the locking read also locks the gaps, so the other transaction waits; at
-  READ COMMITTED nothing can tell such a row from a new one, and a statement that may meet one is
-  refused before it runs. On PostgreSQL the statement gets ``RETURNING`` of the key and of
-  ``xmax = 0`` (true for a row the statement inserted); an upsert that updated a row the read did
-  not see runs in a SAVEPOINT that is rolled back, and the error says to retry.
+  READ COMMITTED ``INSERT IGNORE`` gets ``RETURNING`` of the key (it returns exactly the rows it
+  inserted), while ``ON DUPLICATE KEY UPDATE`` reports an inserted row and one committed meanwhile
+  alike: with a row not in the table yet, it is refused before it runs. On PostgreSQL the
+  statement gets ``RETURNING`` of the key and of ``xmax = 0`` (true for a row the statement
+  inserted); an upsert that updated a row the read did not see runs in a SAVEPOINT that is rolled
+  back, and the error says to retry.
 """
 
 from __future__ import annotations
@@ -335,17 +337,21 @@ def capture(orm: ORMExecuteState, spec: ModelSpec, connection: Connection) -> Re
         before.update(live_rows.by_columns(connection, spec, keys, group, lock=True))
     seen = _index(before, wanted)
     unmatched = [i for i, carried in enumerate(found_by) if not any(c in seen for c in carried)]
-    if unmatched and dialect in ("mariadb", "mysql") and not _locks_gaps(connection):
-        raise _refuse(
-            spec,
-            f"at isolation level {_isolation(connection)} the rows it may insert are not locked "
-            f"by the read before it, so a row another transaction commits meanwhile could not "
-            f"be told from a new one",
-            "run it at REPEATABLE READ (MariaDB's default) or SERIALIZABLE",
-        )
     returned: dict[Key, bool] | None = None
     if unmatched and dialect == "postgresql" and shape.kind in ("update", "nothing"):
         result, returned = _run_returning_inserted(orm, spec, shape, before)
+    elif unmatched and dialect in ("mariadb", "mysql") and not _locks_gaps(connection):
+        if shape.kind != "ignore":
+            raise _refuse(
+                spec,
+                f"at isolation level {_isolation(connection)} the rows it may insert are not "
+                f"locked by the read before it, and ON DUPLICATE KEY UPDATE reports a row it "
+                f"inserted and a row another transaction committed meanwhile alike",
+                "run it at REPEATABLE READ (MariaDB's default) or SERIALIZABLE",
+            )
+        # INSERT IGNORE ... RETURNING returns exactly the rows it inserted.
+        result, found = _run_returning(orm, spec, [])
+        returned = {key: True for key, _ in found}
     else:
         result = orm.invoke_statement()
     if returned is not None:
