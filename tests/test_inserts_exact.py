@@ -12,6 +12,7 @@ COMMITTED). Every refusal is checked for its message and for leaving no data and
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -21,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy import event, func, insert, select
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import versioning
@@ -683,3 +685,37 @@ def test_shape_reads_the_conflict_target_and_the_assignments() -> None:
     moves = _shape(spec, other.on_duplicate_key_update(id=other.inserted.id), "mariadb")
     with pytest.raises(versioning.VersioningError, match="primary key"):
         _check_assignments(spec, moves)  # Note may conflict on code: the key may change
+
+
+@pytest.mark.backends("postgresql", "mariadb")
+def test_upsert_through_an_async_session(
+    create_tables: CreateTables, sessions: Sessions, engine: sa.Engine, backend: str
+) -> None:
+    """The SAVEPOINT, RETURNING and isolation-level paths run under asyncpg and aiomysql."""
+    tables(create_tables, backend)
+    seed(sessions)
+    driver = {"postgresql": "postgresql+asyncpg", "mariadb": "mariadb+aiomysql"}[backend]
+    async_engine = create_async_engine(engine.url.set(drivername=driver))
+    statement = upsert(backend, Note, ["id"], {"body": "@body"})
+
+    async def main() -> None:
+        try:
+            async with AsyncSession(async_engine) as session, audit_context(actor="async"):
+                await session.execute(statement, [{"id": 1, "body": "a2"}, {"id": 3, "body": "c"}])
+                await session.execute(
+                    insert(Note).values(
+                        id=select(func.max(Note.id) + 1).scalar_subquery(), body="d"
+                    )
+                )
+                await session.commit()
+        finally:
+            await async_engine.dispose()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    assert live(engine, Note, "id", "body") == [(1, "a2"), (2, "b"), (3, "c"), (4, "d")]
+    one = read(sessions, Note, 1)
+    assert ops(one) == [INSERT, UPDATE] and dict(one[1].changes) == {"body": ("a", "a2")}
+    assert ops(read(sessions, Note, 3)) == [INSERT]
+    four = read(sessions, Note, 4)
+    assert ops(four) == [INSERT] and four[0].transaction is not None
+    assert four[0].transaction.actor == "async"
