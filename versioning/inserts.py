@@ -144,6 +144,8 @@ def _shape(spec: ModelSpec, statement: Any, dialect: str) -> _Shape:
                 "use a plain insert, OR IGNORE / IGNORE, OR REPLACE or the dialect's upsert",
             )
     post = getattr(statement, "_post_values_clause", None)
+    if dialect == "sqlite" and not statement._prefixes:
+        kind = _sqlite_declared(spec, kind, upsert=post is not None)
     if post is None:
         return _Shape(kind, None, {})
     # The dialects' ON CONFLICT / ON DUPLICATE KEY clauses, told apart by class name so that no
@@ -158,6 +160,53 @@ def _shape(spec: ModelSpec, statement: Any, dialect: str) -> _Shape:
     pairs = post.update_values_to_set
     items = pairs.items() if isinstance(pairs, Mapping) else pairs  # a list in SQLAlchemy 2.0
     return _Shape("update", targets, _assigned(spec, items, by_name))
+
+
+def _sqlite_declared(spec: ModelSpec, kind: str, upsert: bool) -> str:
+    """Apply the conflict resolutions a SQLite table declares (``sqlite_on_conflict*``).
+
+    Without an ``OR ...`` prefix, a constraint declared ``ON CONFLICT REPLACE`` or ``IGNORE``
+    makes a plain INSERT replace or skip rows; ``FAIL`` keeps the rows a failing statement wrote
+    before the failure, with no history. Only what the table's SQLAlchemy metadata declares is
+    known here.
+    """
+    table = spec.mapper.local_table
+    if not isinstance(table, sa.Table):
+        return kind
+    unique: set[str] = set()
+    other: set[str] = set()
+    for constraint in table.constraints:
+        if isinstance(constraint, sa.UniqueConstraint | sa.PrimaryKeyConstraint):
+            unique.add(str(constraint.dialect_options["sqlite"].get("on_conflict") or ""))
+    for column in table.columns:
+        options = column.dialect_options["sqlite"]
+        unique.add(str(options.get("on_conflict_unique") or ""))
+        unique.add(str(options.get("on_conflict_primary_key") or ""))
+        other.add(str(options.get("on_conflict_not_null") or ""))
+    unique = {u.upper() for u in unique} - {"", "ABORT", "ROLLBACK"}
+    other = {o.upper() for o in other} - {"", "ABORT", "ROLLBACK"}
+    name = f"table {table.name!r}"
+    if "FAIL" in unique | other:
+        raise _refuse(
+            spec,
+            f"{name} declares ON CONFLICT FAIL, which keeps the rows a failing statement wrote "
+            f"before the failure",
+            "add prefix_with('OR ABORT') to the insert, or declare the constraint without FAIL",
+        )
+    if "REPLACE" in unique and (upsert or "IGNORE" in unique):
+        raise _refuse(
+            spec,
+            f"{name} declares ON CONFLICT REPLACE on a unique key, so this statement may delete "
+            f"rows on keys it does not say",
+            "add prefix_with('OR ABORT') (or 'OR REPLACE') to a plain insert instead",
+        )
+    if upsert:
+        return kind
+    if "REPLACE" in unique:
+        return "replace"
+    if "IGNORE" in unique | other:  # a skipped row: recorded as nothing, like OR IGNORE
+        return "ignore"
+    return kind
 
 
 def _attribute_names(spec: ModelSpec) -> dict[str, str]:
