@@ -204,6 +204,43 @@ def test_key_from_a_sequence_is_recorded_and_the_sequence_advances_once(
         assert connection.scalar(NOTE_SEQ.next_value()) == 3
 
 
+@pytest.mark.backends("postgresql", "mariadb")
+def test_upsert_with_a_key_from_a_sequence(
+    create_tables: CreateTables, sessions: Sessions, backend: str
+) -> None:
+    """PostgreSQL (conflict on ``code`` only): recorded, nextval never run by versioning.
+    MariaDB (may conflict on the key too): refused, the key's value being unknown before."""
+    engine = tables(create_tables, backend)
+    seed(sessions)
+    sequence = "'ix_seq_notes_id'" if backend == "postgresql" else "ix_seq_notes_id"
+    with engine.begin() as connection:  # keep the sequence clear of the seeded keys
+        connection.execute(sa.text(f"SELECT setval({sequence}, 10)"))
+    rows = [{"code": "A", "body": "a2"}, {"code": "N", "body": "new"}]
+    statements = [
+        upsert(backend, Note, ["code"], {"body": "@body"}).values(id=NOTE_SEQ.next_value(), **row)
+        for row in rows
+    ]
+    with sessions() as session:
+        if backend == "mariadb":
+            with pytest.raises(versioning.VersioningError, match="SQL expression") as caught:
+                session.execute(statements[0])
+            assert "['id']" in str(caught.value)
+            session.commit()
+            nothing_written(engine, [(1, "a", "A"), (2, "b", "B")], 2)
+            return
+        for statement in statements:
+            session.execute(statement)
+        session.commit()
+    rows_now = live(engine, Note, "id", "body", "code")
+    assert rows_now[:2] == [(1, "a2", "A"), (2, "b", "B")]
+    [(new_id, _, _)] = rows_now[2:]
+    assert ops(read(sessions, Note, 1)) == [INSERT, UPDATE]
+    [inserted] = read(sessions, Note, new_id)
+    assert dict(inserted.state) == {"id": new_id, "body": "new", "code": "N"}
+    with engine.begin() as connection:  # one nextval per statement, by PostgreSQL alone
+        assert connection.scalar(NOTE_SEQ.next_value()) == 13
+
+
 def test_plain_insert_with_client_keys_reads_nothing_before(
     create_tables: CreateTables, sessions: Sessions, backend: str
 ) -> None:
