@@ -7,7 +7,7 @@ WHERE clause; for a polymorphic hierarchy each row is completed with its subclas
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 
 from versioning.declaration import ModelSpec, spec_of
 
-__all__ = ["Key", "Rows", "by_columns", "by_keys", "by_where", "key_of"]
+__all__ = ["Key", "Rows", "by_columns", "by_keys", "by_where"]
 
 #: A primary key as a tuple, in the mapper's key order.
 Key = tuple[Any, ...]
@@ -116,11 +116,3 @@ def _complete(connection: Connection, spec: ModelSpec, rows: Rows, lock: bool) -
     for concrete, keys in wanted.items():
         rows.update(by_keys(connection, concrete, keys, lock))
     return rows
-
-
-def key_of(spec: ModelSpec, row: Mapping[Any, Any]) -> Key | None:
-    """The primary key a mapping of attribute keys carries, or ``None`` if it lacks a column."""
-    try:
-        return tuple(row[k] for k in spec.pk_keys)
-    except KeyError:
-        return None
