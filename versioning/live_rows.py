@@ -21,6 +21,7 @@ from versioning.errors import VersioningError
 __all__ = [
     "Key",
     "Rows",
+    "by_columns",
     "by_key_set",
     "by_keys",
     "by_where",
