@@ -1,0 +1,227 @@
+"""History that is never wrong (issue 8): time order, commits that commit nothing, rows deleted
+underneath the session, and the library's own reads in the engine's debug log.
+
+* Class 8: a transaction's ``issued_at`` comes from the database's clock, in the INSERT that
+  allocates its id at commit, so time and id order agree for every record's history whatever the
+  application servers' clocks say, and ``as_of(datetime)`` agrees with ``as_of(id)``.
+* Class 21: a ``session.commit()`` after the database aborted or rolled back the transaction
+  raises instead of returning normally with nothing committed.
+* Class 14: a row deleted by another connection behaves as in plain SQLAlchemy (``StaleDataError``
+  for an UPDATE, a warning for a DELETE) and nothing is recorded for it.
+* Class 18 (logging): with ``echo="debug"`` no masked value the application did not load itself
+  appears in the log through the library's own queries.
+
+Every test runs on SQLite, PostgreSQL and MariaDB unless marked otherwise.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+import versioning
+import versioning.transaction
+from versioning import Operation, Versioned, as_of, audit_context, history
+from versioning.schema import transaction_table_for
+
+from helpers import read
+
+Tables = Callable[[sa.MetaData], sa.Engine]
+Sessions = Callable[[], Session]
+
+DELETE = Operation.DELETE
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Note(Versioned, Base):
+    __tablename__ = "nwt_notes"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    text: Mapped[str] = mapped_column(sa.String(50))
+
+
+TRANSACTIONS = transaction_table_for(Base.metadata)
+
+
+def _times(versions: list[versioning.Version]) -> list[tuple[int, dt.datetime]]:
+    out = []
+    for version in versions:
+        assert version.transaction is not None
+        out.append((version.transaction_id, version.transaction.issued_at))
+    return out
+
+
+def _assert_time_follows_ids(pairs: list[tuple[int, dt.datetime]]) -> None:
+    ordered = sorted(pairs)
+    times = [at for _, at in ordered]
+    assert all(at.tzinfo is not None and at.utcoffset() == dt.timedelta(0) for at in times)
+    assert all(a < b for a, b in itertools.pairwise(times)), ordered
+
+
+# -- class 8: time order ------------------------------------------------------------------------
+
+
+def test_issued_at_increases_with_the_transaction_id(
+    create_tables: Tables, sessions: Sessions
+) -> None:
+    """Back-to-back commits (no pause: several per millisecond) get strictly later times."""
+    create_tables(Base.metadata)
+    with sessions() as session:
+        session.add_all([Note(id=1, text="a0"), Note(id=2, text="b0")])
+        session.commit()
+        for n in range(1, 30):
+            note = session.get(Note, 1 if n % 3 else 2)
+            assert note is not None
+            note.text = f"t{n}"
+            session.commit()
+    pairs = _times(read(sessions, Note, 1)) + _times(read(sessions, Note, 2))
+    _assert_time_follows_ids(list(set(pairs)))
+    with sessions() as session:
+        rows = session.execute(sa.select(TRANSACTIONS.c.id, TRANSACTIONS.c.issued_at)).all()
+    _assert_time_follows_ids([tuple(row) for row in rows])  # type: ignore[misc]
+
+
+class _SkewedClock:
+    """A stand-in for the ``datetime`` module whose clock is an hour behind every other call,
+    as two application servers whose clocks disagree."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        clock = self
+
+        class _Datetime(dt.datetime):
+            @classmethod
+            def now(cls, tz: dt.tzinfo | None = None) -> Any:  # type: ignore[override]
+                clock.calls += 1
+                skew = dt.timedelta(hours=1) if clock.calls % 2 else dt.timedelta(0)
+                return dt.datetime.now(tz) - skew
+
+        self.datetime = _Datetime
+        self.UTC = dt.UTC
+        self.timedelta = dt.timedelta
+
+
+def test_a_skewed_application_clock_does_not_reorder_history(
+    create_tables: Tables, sessions: Sessions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    create_tables(Base.metadata)
+    monkeypatch.setattr(versioning.transaction, "dt", _SkewedClock())
+    with sessions() as session:
+        session.add(Note(id=1, text="v0"))
+        session.commit()
+        for n in range(1, 8):
+            note = session.get(Note, 1)
+            assert note is not None
+            note.text = f"v{n}"
+            session.commit()
+    versions = read(sessions, Note, 1)
+    _assert_time_follows_ids(_times(versions))
+    now = dt.datetime.now(dt.UTC)
+    assert all(abs(at - now) < dt.timedelta(minutes=5) for _, at in _times(versions))
+
+
+@pytest.mark.backends("sqlite", "postgresql")
+def test_a_database_clock_stepping_back_keeps_the_order(
+    create_tables: Tables, sessions: Sessions
+) -> None:
+    """A transaction row from a moment the database clock has since stepped back from: the
+    next transaction is still issued after it (MariaDB: see docs/concepts.md)."""
+    engine = create_tables(Base.metadata)
+    ahead = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    with engine.begin() as connection:
+        connection.execute(TRANSACTIONS.insert().values(issued_at=ahead))
+    with sessions() as session:
+        session.add(Note(id=1, text="v0"))
+        session.commit()
+        session.get(Note, 1).text = "v1"  # type: ignore[union-attr]
+        session.commit()
+    versions = read(sessions, Note, 1)
+    times = [at for _, at in _times(versions)]
+    assert ahead < times[0] < times[1]
+    with sessions() as session:
+        assert as_of(session, Note, 1, times[0]).text == "v0"  # type: ignore[union-attr]
+        assert as_of(session, Note, 1, ahead) is None
+
+
+def test_as_of_a_time_agrees_with_as_of_the_transaction_id(
+    create_tables: Tables, sessions: Sessions
+) -> None:
+    create_tables(Base.metadata)
+    with sessions() as session:
+        session.add(Note(id=1, text="v0"))
+        session.commit()
+        for n in range(1, 12):
+            note = session.get(Note, 1)
+            if n == 6:
+                session.delete(note)
+            elif n == 7:
+                session.add(Note(id=1, text="again"))
+            else:
+                assert note is not None
+                note.text = f"v{n}"
+            session.commit()
+    versions = read(sessions, Note, 1)
+    assert len(versions) == 12
+    with sessions() as session:
+        for version in versions:
+            assert version.transaction is not None
+            by_id = as_of(session, Note, 1, version.transaction_id)
+            by_time = as_of(session, Note, 1, version.transaction.issued_at)
+            before = as_of(
+                session, Note, 1, version.transaction.issued_at - dt.timedelta.resolution
+            )
+            if version.operation is DELETE:
+                assert by_id is None and by_time is None
+            else:
+                assert by_id is not None and by_time is not None
+                assert by_id.text == by_time.text == version.state["text"]
+            earlier = [v for v in versions if v.transaction_id < version.transaction_id]
+            if not earlier or earlier[-1].operation is DELETE:
+                assert before is None
+            else:
+                assert before is not None and before.text == earlier[-1].state["text"]
+
+
+@pytest.mark.backends("postgresql", "mariadb")
+def test_concurrent_writers_of_one_record_get_ordered_times(
+    engine: sa.Engine, create_tables: Tables
+) -> None:
+    """Writers serialized by the record's row lock: later id, later time."""
+    create_tables(Base.metadata)
+    with Session(engine) as session:
+        session.add(Note(id=1, text="0"))
+        session.commit()
+    pool = sa.create_engine(engine.url, pool_size=6, max_overflow=0)
+    errors: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        try:
+            for n in range(8):
+                with Session(pool) as session, audit_context(actor=f"w{worker}"):
+                    note = session.get(Note, 1, with_for_update=True)
+                    assert note is not None
+                    note.text = f"{worker}-{n}"
+                    session.commit()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    pool.dispose()
+    assert not errors, errors
+    with Session(engine) as session:
+        versions = history(session, Note, 1)
+    assert len(versions) == 33
+    _assert_time_follows_ids(_times(versions))
