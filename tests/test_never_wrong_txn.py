@@ -28,15 +28,15 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import versioning
 import versioning.transaction
-from versioning import Operation, Versioned, as_of, audit_context, history
+from versioning import Operation, Versioned, VersioningError, as_of, audit_context, history
 from versioning.schema import transaction_table_for
 
-from helpers import read
+from helpers import count, ops, read
 
 Tables = Callable[[sa.MetaData], sa.Engine]
 Sessions = Callable[[], Session]
 
-DELETE = Operation.DELETE
+INSERT, UPDATE, DELETE = Operation.INSERT, Operation.UPDATE, Operation.DELETE
 
 
 class Base(DeclarativeBase):
@@ -225,3 +225,132 @@ def test_concurrent_writers_of_one_record_get_ordered_times(
         versions = history(session, Note, 1)
     assert len(versions) == 33
     _assert_time_follows_ids(_times(versions))
+
+
+# -- class 21: a commit that commits nothing raises ---------------------------------------------
+
+
+def _committed(sessions: Sessions) -> tuple[list[str], list[Operation]]:
+    with sessions() as session:
+        texts = list(session.scalars(sa.select(Note.text).order_by(Note.id)))
+    return texts, ops(read(sessions, Note, 1))
+
+
+def test_commit_after_a_failed_history_read_never_returns_with_nothing_committed(
+    create_tables: Tables, sessions: Sessions, backend: str
+) -> None:
+    """History written early by a read, then a lookup the database rejects (PostgreSQL aborts
+    the transaction): the commit raises; elsewhere it commits everything."""
+    create_tables(Base.metadata)
+    session = sessions()
+    session.add(Note(id=1, text="v0"))
+    session.flush()
+    assert ops(history(session, Note, 1)) == [INSERT]  # writes the pending history now
+    try:
+        history(session, Note, "not a number")
+    except sa.exc.DBAPIError:
+        assert backend == "postgresql"
+    if backend == "postgresql":
+        with pytest.raises(VersioningError, match=r"aborted or rolled back.*session\.rollback"):
+            session.commit()
+        session.rollback()
+        assert _committed(sessions) == ([], [])
+        assert count(session.get_bind(), TRANSACTIONS) == 0
+    else:
+        session.commit()
+        assert _committed(sessions) == (["v0"], [INSERT])
+
+
+def test_commit_after_a_failed_statement_raises_before_writing_history(
+    create_tables: Tables, sessions: Sessions, backend: str
+) -> None:
+    create_tables(Base.metadata)
+    with sessions() as session:
+        session.add(Note(id=1, text="v0"))
+        session.commit()
+    session = sessions()
+    session.get(Note, 1).text = "v1"  # type: ignore[union-attr]
+    session.flush()
+    with pytest.raises(sa.exc.DBAPIError):
+        session.execute(sa.text("SELECT * FROM nwt_no_such_table"))
+    if backend == "postgresql":
+        with pytest.raises(VersioningError, match="aborted or rolled back"):
+            session.commit()
+        session.rollback()
+        assert _committed(sessions) == (["v0"], [INSERT])
+    else:  # the failed statement alone was undone: the rest commits, with its history
+        session.commit()
+        assert _committed(sessions) == (["v1"], [INSERT, UPDATE])
+
+
+def test_commit_after_a_failure_inside_a_rolled_back_savepoint_commits(
+    create_tables: Tables, sessions: Sessions
+) -> None:
+    """The savepoint undid the failure: the transaction is whole and commits normally."""
+    create_tables(Base.metadata)
+    session = sessions()
+    session.add(Note(id=1, text="v0"))
+    session.flush()
+    history(session, Note, 1)
+    with pytest.raises(sa.exc.DBAPIError), session.begin_nested():
+        session.execute(sa.text("SELECT * FROM nwt_no_such_table"))
+    session.add(Note(id=2, text="w0"))
+    session.commit()
+    assert _committed(sessions) == (["v0", "w0"], [INSERT])
+    assert ops(read(sessions, Note, 2)) == [INSERT]
+
+
+@pytest.mark.backends("postgresql", "mariadb")
+def test_the_victim_of_a_deadlock_cannot_commit(engine: sa.Engine, create_tables: Tables) -> None:
+    """MariaDB rolls back a deadlocked transaction and runs later statements in a new one;
+    PostgreSQL aborts it. Either way the victim's commit raises and records nothing."""
+    create_tables(Base.metadata)
+    with Session(engine) as session:
+        session.add_all([Note(id=1, text="a"), Note(id=2, text="b")])
+        session.commit()
+    first, second = Session(engine), Session(engine)
+    try:
+        first.get(Note, 1).text = "first"  # type: ignore[union-attr]
+        first.flush()
+        second.get(Note, 2).text = "second"  # type: ignore[union-attr]
+        second.flush()
+        failures: dict[str, BaseException] = {}
+
+        def lock(session: Session, name: str, key: int) -> None:
+            try:
+                session.execute(sa.select(Note.id).where(Note.id == key).with_for_update())
+            except sa.exc.DBAPIError as exc:
+                failures[name] = exc
+
+        thread = threading.Thread(target=lock, args=(first, "first", 2))
+        thread.start()
+        while not _waiting(engine):
+            threading.Event().wait(0.05)
+        lock(second, "second", 1)
+        thread.join(60)
+        assert len(failures) == 1, failures
+        [victim_name] = failures
+        victim, winner = (first, second) if victim_name == "first" else (second, first)
+        with pytest.raises(VersioningError, match="aborted or rolled back"):
+            victim.commit()
+        victim.rollback()
+        winner.commit()
+    finally:
+        first.close()
+        second.close()
+    won = 2 if victim_name == "first" else 1
+    with Session(engine) as session:
+        texts = {row.id: row.text for row in session.execute(sa.select(Note.id, Note.text))}
+        assert texts == {1: "a", 2: "b", won: "second" if won == 2 else "first"}
+        assert ops(history(session, Note, won)) == [INSERT, UPDATE]
+        assert ops(history(session, Note, 3 - won)) == [INSERT]
+
+
+def _waiting(engine: sa.Engine) -> bool:
+    """Whether some connection of the test database waits for a row lock."""
+    with engine.connect() as connection:
+        if engine.dialect.name == "postgresql":
+            query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        else:
+            query = "SELECT count(*) FROM information_schema.innodb_lock_waits"
+        return bool(connection.exec_driver_sql(query).scalar())
