@@ -49,6 +49,32 @@ class Note(Versioned, Base):
     text: Mapped[str] = mapped_column(sa.String(50))
 
 
+class Counted(Versioned, Base):
+    """Optimistic locking: the library trusts the session's values."""
+
+    __tablename__ = "nwt_counted"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    text: Mapped[str] = mapped_column(sa.String(50))
+    version: Mapped[int] = mapped_column(default=1)
+    __mapper_args__ = {"version_id_col": version}
+
+
+class PlainNote(Base):
+    """The same as Note without versioning: what plain SQLAlchemy does."""
+
+    __tablename__ = "nwt_plain_notes"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    text: Mapped[str] = mapped_column(sa.String(50))
+
+
+class PlainCounted(Base):
+    __tablename__ = "nwt_plain_counted"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    text: Mapped[str] = mapped_column(sa.String(50))
+    version: Mapped[int] = mapped_column(default=1)
+    __mapper_args__ = {"version_id_col": version}
+
+
 TRANSACTIONS = transaction_table_for(Base.metadata)
 
 
@@ -354,3 +380,146 @@ def _waiting(engine: sa.Engine) -> bool:
         else:
             query = "SELECT count(*) FROM information_schema.innodb_lock_waits"
         return bool(connection.exec_driver_sql(query).scalar())
+
+
+# -- class 14: rows deleted underneath the session ----------------------------------------------
+
+TWINS = {Note: PlainNote, Counted: PlainCounted}
+
+
+def _seed(sessions: Sessions, model: type[Any], keys: range) -> tuple[Session, dict[int, Any]]:
+    """Rows ``keys`` of ``model``, held by a session that does not expire them on commit."""
+    session = sessions(expire_on_commit=False)  # type: ignore[call-arg]
+    held = {k: model(id=k, text=f"t{k}") for k in keys}
+    session.add_all(held.values())
+    session.commit()
+    return session, held
+
+
+def _delete_underneath(sessions: Sessions, model: type[Any], *keys: int) -> None:
+    with sessions() as other:
+        for key in keys:
+            other.delete(other.get(model, key))
+        other.commit()
+
+
+def _outcome(action: Callable[[], None]) -> tuple[type[BaseException] | None, list[str]]:
+    """What ``action`` raised (its type) and the warnings it gave, as plain SQLAlchemy sees."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            action()
+        except Exception as exc:
+            raised: type[BaseException] | None = type(exc)
+        else:
+            raised = None
+    messages = [str(w.message).split(";")[0].replace("nwt_plain_", "nwt_") for w in caught]
+    return raised, messages
+
+
+@pytest.mark.parametrize("model", [Note, Counted], ids=["plain", "version_id_col"])
+def test_updating_a_row_deleted_underneath_raises_stale_data_error(
+    create_tables: Tables, sessions: Sessions, model: type[Any]
+) -> None:
+    engine = create_tables(Base.metadata)
+    outcomes = []
+    for kind in (TWINS[model], model):
+        session, held = _seed(sessions, kind, range(1, 3))
+        _delete_underneath(sessions, kind, 1)
+        held[1].text = "changed"
+        held[2].text = "also changed"
+
+        def flush(session: Session = session) -> None:
+            session.flush()
+
+        outcomes.append(_outcome(flush))
+        session.rollback()
+    plain, versioned = outcomes
+    assert versioned == plain == (sa.orm.exc.StaleDataError, [])
+    assert ops(read(sessions, model, 1)) == [INSERT, DELETE]  # the other session's delete only
+    assert ops(read(sessions, model, 2)) == [INSERT]
+    assert count(engine, TRANSACTIONS) == 2
+
+
+def test_deleting_a_row_deleted_underneath_warns_and_records_the_rest(
+    create_tables: Tables, sessions: Sessions
+) -> None:
+    """As in SQLAlchemy, a DELETE that matched no row only warns; it records no DELETE, and the
+    other changes of the flush are recorded as usual."""
+    engine = create_tables(Base.metadata)
+    outcomes = []
+    for kind in (PlainNote, Note):
+        session, held = _seed(sessions, kind, range(1, 5))
+        _delete_underneath(sessions, kind, 1)
+        session.delete(held[1])  # gone already
+        session.delete(held[2])
+        held[3].text = "changed"
+
+        def commit(session: Session = session) -> None:
+            session.commit()
+
+        outcomes.append(_outcome(commit))
+    plain, versioned = outcomes
+    assert versioned == plain
+    assert versioned[0] is None and any("expected to delete" in w for w in versioned[1])
+    with sessions() as session:
+        assert set(session.scalars(sa.select(Note.id))) == {3, 4}
+    assert ops(read(sessions, Note, 1)) == [INSERT, DELETE]  # one DELETE: the other session's
+    assert ops(read(sessions, Note, 2)) == [INSERT, DELETE]
+    [*_, changed] = read(sessions, Note, 3)
+    assert changed.operation is UPDATE and changed.changes == {"text": ("t3", "changed")}
+    assert ops(read(sessions, Note, 4)) == [INSERT]
+    assert count(engine, TRANSACTIONS) == 3
+
+
+def test_deleting_a_versioned_row_deleted_underneath_raises_stale_data_error(
+    create_tables: Tables, sessions: Sessions
+) -> None:
+    """With a version_id_col SQLAlchemy raises for a DELETE too: nothing is recorded."""
+    engine = create_tables(Base.metadata)
+    outcomes = []
+    for kind in (PlainCounted, Counted):
+        session, held = _seed(sessions, kind, range(1, 3))
+        _delete_underneath(sessions, kind, 1)
+        session.delete(held[1])
+        held[2].text = "changed"
+
+        def flush(session: Session = session) -> None:
+            session.flush()
+
+        outcomes.append(_outcome(flush))
+        session.rollback()
+    plain, versioned = outcomes
+    assert versioned == plain == (sa.orm.exc.StaleDataError, [])
+    assert ops(read(sessions, Counted, 1)) == [INSERT, DELETE]
+    assert ops(read(sessions, Counted, 2)) == [INSERT]
+    assert count(engine, TRANSACTIONS) == 2
+
+
+@pytest.mark.backends("postgresql")
+def test_a_row_re_created_during_the_flush_is_refused(
+    engine: sa.Engine, create_tables: Tables, sessions: Sessions
+) -> None:
+    """PostgreSQL locks no missing row: another transaction can re-create it between the read
+    and the UPDATE, which then matches it. Its old values are unknown: refused, nothing kept."""
+    create_tables(Base.metadata)
+    session, held = _seed(sessions, Note, range(1, 2))
+    _delete_underneath(sessions, Note, 1)
+
+    def re_create(mapper: Any, connection: sa.Connection, target: Any) -> None:
+        with engine.begin() as other:
+            other.execute(sa.insert(Note.__table__).values(id=1, text="re-created"))
+
+    sa.event.listen(Note, "before_update", re_create)
+    try:
+        held[1].text = "changed"
+        with pytest.raises(VersioningError, match="re-created by another transaction"):
+            session.flush()
+    finally:
+        sa.event.remove(Note, "before_update", re_create)
+    session.rollback()
+    with sessions() as check:
+        assert check.scalar(sa.select(Note.text)) == "re-created"
+    assert ops(read(sessions, Note, 1)) == [INSERT, DELETE]

@@ -125,7 +125,10 @@ def _before_flush(session: Session, flush_context: UOWTransaction, instances: ob
         spec = spec_of(mapper)
         assert spec is not None
         connection = session.connection(bind_arguments={"mapper": mapper})
-        tracker.pre_images.update(_load_rows(connection, spec, states, lock=True))
+        found = _load_rows(connection, spec, states, lock=True)
+        tracker.pre_images.update(found)
+        if len(found) < len(states):  # deleted underneath the session: see _note_before
+            tracker.missing.update(state for _, state in states if state not in found)
 
 
 def _write_order(mappers: Iterable[Mapper[Any]]) -> Callable[[tuple[Mapper[Any], Any]], int]:
@@ -180,13 +183,21 @@ def _note_before(state: InstanceState[Any], connection: Connection, deleting: bo
     session = state.session
     assert session is not None
     tracker = session_state(session)
+    if state in tracker.missing:
+        # Another transaction deleted the row: as without versioning, the UPDATE matches no row
+        # and SQLAlchemy raises StaleDataError (for a DELETE it warns); nothing is recorded.
+        return
     before = _before_values(state, spec, tracker.pre_images.get(state))
     if before is None:
         # Changed by code that ran after before_flush (e.g. a foreign key set by the flush
         # itself) and not fully loaded: read this one row now.
         rows = _load_rows(connection, spec, [(_identity(state, spec), state)], lock=True)
-        before = _before_values(state, spec, rows.get(state))
-        if before is None:
+        row = rows.get(state)
+        if row is None:
+            tracker.missing.add(state)
+            return
+        before = _before_values(state, spec, row)
+        if before is None:  # pragma: no cover - a row read holds every versioned column
             raise VersioningError(
                 f"cannot read the current row of {spec.model.__name__} "
                 f"{_identity(state, spec)!r} to record its history"
@@ -270,6 +281,8 @@ def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
         if spec is None:
             continue
         if deleting:
+            if tracker is not None and state in tracker.missing:
+                continue  # its DELETE matched no row (SQLAlchemy warned): nothing was deleted
             before = before_map.get(state)
             if before is None:
                 pre = tracker.pre_images.get(state) if tracker is not None else None
@@ -288,6 +301,14 @@ def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
         else:
             before = before_map.get(state)
             if before is None:
+                if tracker is not None and state in tracker.missing:
+                    # Its row was not there when read, yet its UPDATE matched one (no
+                    # StaleDataError): another transaction re-created it in between.
+                    raise VersioningError(
+                        f"{spec.model.__name__} {_identity(state, spec)!r} was re-created by "
+                        f"another transaction while this flush updated it, so its old values "
+                        f"are unknown; the flush was rolled back: roll back and retry"
+                    )
                 continue  # no versioned column changed
             target = updates
             operation = Operation.UPDATE

@@ -68,12 +68,15 @@ class SessionState:
     before: dict[InstanceState[Any], dict[str, Any]] = field(default_factory=dict)
     #: Versioned attributes each of those records had changed when its UPDATE was prepared.
     changed: dict[InstanceState[Any], frozenset[str]] = field(default_factory=dict)
+    #: Records this flush updates or deletes whose row was not in the database when read.
+    missing: set[InstanceState[Any]] = field(default_factory=set)
 
     def start_flush(self) -> None:
         """Forget what the previous flush noted about records."""
         self.pre_images.clear()
         self.before.clear()
         self.changed.clear()
+        self.missing.clear()
 
 
 def existing_state(session: Session) -> SessionState | None:
