@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -73,6 +74,15 @@ class PlainCounted(Base):
     text: Mapped[str] = mapped_column(sa.String(50))
     version: Mapped[int] = mapped_column(default=1)
     __mapper_args__ = {"version_id_col": version}
+
+
+class Secretive(Versioned, Base):
+    __tablename__ = "nwt_secretive"
+    __versioned__ = {"mask": {"email": versioning.masks.last4, "token": versioning.masks.redact}}
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(sa.String(50))
+    email: Mapped[str] = mapped_column(sa.String(100))
+    token: Mapped[str | None] = mapped_column(sa.Text)
 
 
 TRANSACTIONS = transaction_table_for(Base.metadata)
@@ -523,3 +533,111 @@ def test_a_row_re_created_during_the_flush_is_refused(
     with sessions() as check:
         assert check.scalar(sa.select(Note.text)) == "re-created"
     assert ops(read(sessions, Note, 1)) == [INSERT, DELETE]
+
+
+# -- class 18 (logging): masked values stay out of the engine's debug log -----------------------
+
+EMAIL = "alice.secret@example.org"
+TOKEN = "tok-7f3a9c-very-secret"
+
+
+@pytest.fixture
+def debug_engine(engine: sa.Engine, create_tables: Tables) -> Iterator[sa.Engine]:
+    """The test database, two Secretive rows written without logging, and an engine on it with
+    ``echo="debug"`` (every statement, its parameters and every row it returns are logged)."""
+    create_tables(Base.metadata)
+    with Session(engine) as session:
+        session.add_all(
+            [
+                Secretive(id=1, name="ann", email=EMAIL, token=TOKEN),
+                Secretive(id=2, name="bob", email="b." + EMAIL, token=TOKEN + "2"),
+            ]
+        )
+        session.commit()
+    engine.dispose()  # SQLite: no idle connection holds the file
+    echoing = sa.create_engine(engine.url, echo="debug")
+    yield echoing
+    echoing.dispose()
+
+
+def _run_logged(caplog: pytest.LogCaptureFixture, action: Callable[[], None]) -> list[str]:
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="sqlalchemy.engine"):
+        action()
+    return [record.getMessage() for record in caplog.records]
+
+
+def _assert_no_masked_value(messages: list[str], *still_logged: str) -> None:
+    assert messages, "nothing was logged"
+    leaks = [m for m in messages if EMAIL in m or TOKEN in m or "example.org" in m]
+    assert not leaks, leaks
+    rows = [m for m in messages if m.startswith("Row ")]
+    for value in still_logged:  # the rows the library read are still logged, but for the mask
+        assert any(value in m and "masked by versioning" in m for m in rows), rows
+
+
+def _masked_history_is_intact(sessions: Sessions, pk: int) -> versioning.Version:
+    [*_, last] = read(sessions, Secretive, pk)
+    assert last.state["email"].endswith(".org") and EMAIL not in last.state["email"]
+    assert last.state["token"] == versioning.masks.REDACTED
+    return last
+
+
+def test_updates_and_deletes_keep_masked_values_out_of_the_log(
+    debug_engine: sa.Engine, sessions: Sessions, caplog: pytest.LogCaptureFixture
+) -> None:
+    def work() -> None:
+        with Session(debug_engine) as session:
+            ann = session.scalars(sa.select(Secretive).options(sa.orm.load_only(Secretive.name)))
+            for obj in ann:
+                if obj.id == 1:
+                    obj.name = "ann2"  # the email and token were never loaded
+                else:
+                    session.delete(obj)
+            session.commit()
+
+    messages = _run_logged(caplog, work)
+    _assert_no_masked_value(messages, "'ann'", "'bob'")
+    assert ops(read(sessions, Secretive, 1)) == [INSERT, UPDATE]
+    assert ops(read(sessions, Secretive, 2)) == [INSERT, DELETE]
+    assert _masked_history_is_intact(sessions, 1).changes == {"name": ("ann", "ann2")}
+    _masked_history_is_intact(sessions, 2)
+
+
+def test_bulk_statements_keep_masked_values_out_of_the_log(
+    debug_engine: sa.Engine, sessions: Sessions, caplog: pytest.LogCaptureFixture
+) -> None:
+    def work() -> None:
+        with Session(debug_engine) as session:
+            session.execute(sa.update(Secretive).where(Secretive.id == 1).values(name="ann2"))
+            session.execute(sa.delete(Secretive).where(Secretive.id == 2))
+            session.commit()
+
+    messages = _run_logged(caplog, work)
+    _assert_no_masked_value(messages, "'ann'", "'bob'")
+    assert ops(read(sessions, Secretive, 1)) == [INSERT, UPDATE]
+    assert ops(read(sessions, Secretive, 2)) == [INSERT, DELETE]
+    _masked_history_is_intact(sessions, 1)
+
+
+def test_restore_keeps_masked_values_out_of_the_log(
+    debug_engine: sa.Engine, sessions: Sessions, caplog: pytest.LogCaptureFixture
+) -> None:
+    with sessions() as session:
+        session.get(Secretive, 1).name = "ann2"  # type: ignore[union-attr]
+        session.commit()
+    first = read(sessions, Secretive, 1)[0]
+
+    def work() -> None:
+        with Session(debug_engine) as session:
+            versioning.restore(session, Secretive, 1, at=first.transaction_id)
+            session.commit()
+
+    messages = _run_logged(caplog, work)
+    _assert_no_masked_value(messages, "'ann2'")
+    with sessions() as session:
+        restored = session.get(Secretive, 1)
+        assert restored is not None
+        assert (restored.name, restored.email, restored.token) == ("ann", EMAIL, TOKEN)
+    last = _masked_history_is_intact(sessions, 1)
+    assert last.changes == {"name": ("ann2", "ann")}

@@ -13,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from versioning.concealed import conceal, reveal
 from versioning.declaration import ModelSpec, spec_of
 
 __all__ = ["Key", "Rows", "by_keys", "by_where"]
@@ -33,7 +34,7 @@ def _select(
     spec: ModelSpec, lock: bool, dialect_name: str
 ) -> tuple[tuple[str, ...], sa.Select[Any]]:
     keys = _columns(spec)
-    statement = sa.select(*[spec.live_columns[k] for k in keys]).select_from(
+    statement = sa.select(*[_column(spec, k) for k in keys]).select_from(
         spec.mapper.persist_selectable
     )
     if lock and dialect_name != "sqlite":
@@ -43,6 +44,12 @@ def _select(
             *[spec.live_columns[k] for k in spec.pk_keys]
         )
     return keys, statement
+
+
+def _column(spec: ModelSpec, key: str) -> Any:
+    """A column to select; a masked one is kept out of SQLAlchemy's debug log (see concealed)."""
+    column = spec.live_columns[key]
+    return conceal(column) if key in spec.masks else column
 
 
 def _in(spec: ModelSpec, names: tuple[str, ...], values: Sequence[Key]) -> sa.ColumnElement[bool]:
@@ -63,7 +70,10 @@ def _collect(
     out: Rows = {}
     for statement in statements:
         for row in connection.execute(statement):
-            out[tuple(row[:npk])] = (spec, dict(zip(names, row, strict=True)))
+            values = dict(zip(names, row, strict=True))
+            for key in spec.masks.keys() & values.keys():
+                values[key] = reveal(values[key])
+            out[tuple(row[:npk])] = (spec, values)
     return out
 
 

@@ -14,6 +14,7 @@ from typing import Any, overload
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from versioning.concealed import masked_unloaded
 from versioning.declaration import ModelSpec, spec_for
 from versioning.errors import RestoreConflictError, RestoreError
 from versioning.operation import Operation
@@ -89,7 +90,9 @@ def _apply(session: Session, version: Version) -> Any:
     spec = spec_for(version.model)
     key = version.primary_key
     root_model = spec.root.model
-    live = session.get(root_model, key if len(key) > 1 else key[0])
+    live = session.get(
+        root_model, key if len(key) > 1 else key[0], options=masked_unloaded(spec.masks, root_model)
+    )
     writable = [k for k in spec.keys if k not in spec.masks and k not in spec.pk_keys]
     if live is None:
         _check_creatable(spec, version)
