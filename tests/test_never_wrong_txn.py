@@ -641,3 +641,24 @@ def test_restore_keeps_masked_values_out_of_the_log(
         assert (restored.name, restored.email, restored.token) == ("ann", EMAIL, TOKEN)
     last = _masked_history_is_intact(sessions, 1)
     assert last.changes == {"name": ("ann2", "ann")}
+
+
+@pytest.mark.backends("sqlite")
+def test_commit_after_sqlite_rolled_back_the_transaction_raises(
+    create_tables: Tables, sessions: Sessions
+) -> None:
+    """``INSERT OR ROLLBACK`` that fails rolls back the whole SQLite transaction; the history
+    noted for the changes it undid must not be written on its own."""
+    create_tables(Base.metadata)
+    with sessions() as session:
+        session.add_all([Note(id=1, text="v0"), PlainNote(id=1, text="p")])
+        session.commit()
+    session = sessions()
+    session.get(Note, 1).text = "v1"  # type: ignore[union-attr]
+    session.flush()
+    with pytest.raises(sa.exc.IntegrityError):
+        session.execute(sa.text("INSERT OR ROLLBACK INTO nwt_plain_notes VALUES (1, 'dup')"))
+    with pytest.raises(VersioningError, match="aborted or rolled back"):
+        session.commit()
+    session.rollback()
+    assert _committed(sessions) == (["v0"], [INSERT])

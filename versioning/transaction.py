@@ -5,8 +5,11 @@ History rows of a database transaction are kept in memory until it commits; then
 history rows follow in one multi-row ``INSERT`` per history table — still inside the database
 transaction, so data and history commit or roll back together. Allocating the transaction id at
 commit, after every row lock of the transaction is held, makes the ids of one record's history
-follow commit order even under concurrency. The audit context is taken at the first versioned
-flush. Flushes after that point (from other ``before_commit`` hooks) are written at once.
+follow commit order even under concurrency; its time is read from the database's clock in the
+same INSERT, so time and id order agree (see _issued_at). The audit context is taken at the first
+versioned flush. Flushes after that point (from other ``before_commit`` hooks) are written at once.
+A transaction in which a statement failed is checked at commit: one the database has aborted or
+rolled back is refused, never committed as if whole (see _check_not_lost).
 
 Everything lives with the session (``session.info``), never in module globals. Rows noted inside a
 savepoint are dropped when that savepoint rolls back; all is dropped when the transaction ends.
