@@ -662,3 +662,33 @@ def test_commit_after_sqlite_rolled_back_the_transaction_raises(
         session.commit()
     session.rollback()
     assert _committed(sessions) == (["v0"], [INSERT])
+
+
+@pytest.mark.backends("postgresql")
+def test_asyncpg_commit_after_a_failed_history_read_raises(
+    engine: sa.Engine, create_tables: Tables, sessions: Sessions
+) -> None:
+    """The same on asyncpg, whose driver reports nothing either."""
+    import asyncio
+
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    create_tables(Base.metadata)
+    async_engine = create_async_engine(engine.url.set(drivername="postgresql+asyncpg"))
+
+    async def main() -> None:
+        try:
+            async with AsyncSession(async_engine) as session:
+                session.add(Note(id=1, text="v0"))
+                await session.flush()
+                await session.run_sync(history, Note, 1)
+                with pytest.raises(sa.exc.DBAPIError):
+                    await session.run_sync(history, Note, "not a number")
+                with pytest.raises(VersioningError, match="aborted or rolled back"):
+                    await session.commit()
+                await session.rollback()
+        finally:
+            await async_engine.dispose()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    assert _committed(sessions) == ([], [])
