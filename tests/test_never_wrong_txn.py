@@ -692,3 +692,39 @@ def test_asyncpg_commit_after_a_failed_history_read_raises(
 
     asyncio.run(asyncio.wait_for(main(), 60))
     assert _committed(sessions) == ([], [])
+
+
+@pytest.mark.backends("postgresql")
+def test_a_row_re_created_before_its_delete_is_refused(
+    engine: sa.Engine, create_tables: Tables, sessions: Sessions
+) -> None:
+    """The DELETE of a row found missing matches a row another transaction re-created in
+    between: it would be deleted unrecorded. Refused, nothing kept."""
+    create_tables(Base.metadata)
+    session, held = _seed(sessions, Note, range(1, 4))
+    _delete_underneath(sessions, Note, 1)
+
+    def re_create(mapper: Any, connection: sa.Connection, target: Any) -> None:
+        if target.id == 1:
+            with engine.begin() as other:
+                other.execute(sa.insert(Note.__table__).values(id=1, text="re-created"))
+
+    sa.event.listen(Note, "before_delete", re_create)
+    try:
+        session.delete(held[1])
+        session.delete(held[2])
+        held[3].text = "changed"
+        with pytest.raises(VersioningError, match="re-created by another transaction"):
+            session.flush()
+    finally:
+        sa.event.remove(Note, "before_delete", re_create)
+    session.rollback()
+    with sessions() as check:
+        assert dict(check.execute(sa.select(Note.id, Note.text)).all()) == {  # type: ignore[arg-type]
+            1: "re-created",
+            2: "t2",
+            3: "t3",
+        }
+    assert ops(read(sessions, Note, 1)) == [INSERT, DELETE]
+    assert ops(read(sessions, Note, 2)) == [INSERT]
+    assert ops(read(sessions, Note, 3)) == [INSERT]

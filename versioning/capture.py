@@ -186,6 +186,8 @@ def _note_before(state: InstanceState[Any], connection: Connection, deleting: bo
     if state in tracker.missing:
         # Another transaction deleted the row: as without versioning, the UPDATE matches no row
         # and SQLAlchemy raises StaleDataError (for a DELETE it warns); nothing is recorded.
+        if deleting:
+            _watch_deletes(session, connection)
         return
     before = _before_values(state, spec, tracker.pre_images.get(state))
     if before is None:
@@ -195,6 +197,8 @@ def _note_before(state: InstanceState[Any], connection: Connection, deleting: bo
         row = rows.get(state)
         if row is None:
             tracker.missing.add(state)
+            if deleting:
+                _watch_deletes(session, connection)
             return
         before = _before_values(state, spec, row)
         if before is None:  # pragma: no cover - a row read holds every versioned column
@@ -204,6 +208,83 @@ def _note_before(state: InstanceState[Any], connection: Connection, deleting: bo
             )
     tracker.before[state] = before
     tracker.changed[state] = changed
+
+
+_WATCH = "_versioning_delete_watch"
+
+
+class _DeleteWatch:
+    """Counts the rows this flush's DELETE statements match, table by table, on one connection.
+
+    Only while the flush deletes a record whose row was not there when read (see _note_before):
+    its DELETE should match nothing. Should it match a row after all (re-created by another
+    transaction in between, which PostgreSQL's missing-row lock cannot prevent), that row would
+    be deleted unrecorded; the count tells (_check_deletes).
+    """
+
+    __slots__ = ("connection", "matched")
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.matched: dict[Any, int] = {}
+        event.listen(connection, "after_cursor_execute", self.count)
+
+    def count(
+        self,
+        conn: Connection,
+        cursor: Any,
+        statement: str,
+        parameters: Any,
+        context: Any,
+        executemany: bool,
+    ) -> None:
+        if context is None or not context.isdelete or context.compiled is None:
+            return
+        table = getattr(context.compiled.statement, "table", None)
+        if table is None:
+            return
+        rowcount = cursor.rowcount
+        known = self.matched.get(table, 0)
+        self.matched[table] = -1 if rowcount < 0 or known < 0 else known + rowcount
+
+    def stop(self) -> None:
+        event.remove(self.connection, "after_cursor_execute", self.count)
+
+
+def _watch_deletes(session: Session, connection: Connection) -> None:
+    watches: dict[Connection, _DeleteWatch] = session.info.setdefault(_WATCH, {})
+    if connection not in watches:
+        watches[connection] = _DeleteWatch(connection)
+
+
+def _stop_watching(session: Session) -> dict[Any, int]:
+    """Stop counting; the rows matched by table (-1: the driver did not say)."""
+    watches: dict[Connection, _DeleteWatch] | None = session.info.pop(_WATCH, None)
+    matched: dict[Any, int] = {}
+    for watch in (watches or {}).values():
+        watch.stop()
+        matched.update(watch.matched)
+    return matched
+
+
+def _check_deletes(
+    flush_context: UOWTransaction, missing: set[InstanceState[Any]], matched: dict[Any, int]
+) -> None:
+    """Refuse a flush whose DELETE removed a row the library found missing (see _DeleteWatch)."""
+    for table, count in matched.items():
+        if count < 0:
+            continue
+        expected = gone = 0
+        for state, (deleting, listonly) in flush_context.states.items():
+            if deleting and not listonly and table in state.mapper.tables:
+                expected += 1
+                gone += state in missing
+        if gone and count > expected - gone:
+            raise VersioningError(
+                f"a row of {table.name!r} that was not in the database when this flush read it "
+                f"was re-created by another transaction and then deleted by this flush, so its "
+                f"values are unknown; the flush was rolled back: roll back and retry"
+            )
 
 
 def _mark_flush(state: InstanceState[Any]) -> None:
@@ -261,6 +342,10 @@ def _after_values(
 def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
     _end_flush_mark(session)
     tracker = existing_state(session)
+    if _WATCH in session.info:
+        _check_deletes(
+            flush_context, tracker.missing if tracker else set(), _stop_watching(session)
+        )
     before_map = tracker.before if tracker is not None else {}
     deletes: list[Change] = []
     updates: list[Change] = []
@@ -368,3 +453,4 @@ def _end_flush_mark(session: Session) -> None:
 @event.listens_for(Session, "after_soft_rollback")
 def _flush_failed(session: Session, previous_transaction: object) -> None:
     _end_flush_mark(session)
+    _stop_watching(session)
