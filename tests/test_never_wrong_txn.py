@@ -436,10 +436,11 @@ def test_updating_a_row_deleted_underneath_raises_stale_data_error(
     engine = create_tables(Base.metadata)
     outcomes = []
     for kind in (TWINS[model], model):
-        session, held = _seed(sessions, kind, range(1, 3))
-        _delete_underneath(sessions, kind, 1)
+        session, held = _seed(sessions, kind, range(1, 4))
+        _delete_underneath(sessions, kind, 1, 3)
         held[1].text = "changed"
         held[2].text = "also changed"
+        session.delete(held[3])  # gone too: the flush both updates and deletes missing rows
 
         def flush(session: Session = session) -> None:
             session.flush()
@@ -450,7 +451,10 @@ def test_updating_a_row_deleted_underneath_raises_stale_data_error(
     assert versioned == plain == (sa.orm.exc.StaleDataError, [])
     assert ops(read(sessions, model, 1)) == [INSERT, DELETE]  # the other session's delete only
     assert ops(read(sessions, model, 2)) == [INSERT]
+    assert ops(read(sessions, model, 3)) == [INSERT, DELETE]
     assert count(engine, TRANSACTIONS) == 2
+    with sessions() as check:
+        assert list(check.scalars(sa.select(model.text))) == ["t2"]
 
 
 def test_deleting_a_row_deleted_underneath_warns_and_records_the_rest(
