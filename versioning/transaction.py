@@ -273,7 +273,11 @@ def _note_failure(context: ExceptionContext) -> None:
         return
     transaction = connection.get_transaction()
     if transaction is not None:
-        connection.info[_FAILED] = (weakref.ref(transaction), context.original_exception)
+        # The error's type and code only: the exception itself would keep its traceback's
+        # frames (sessions, objects) alive as long as the pooled connection.
+        error = context.original_exception
+        code = error.args[0] if error.args and isinstance(error.args[0], int) else None
+        connection.info[_FAILED] = (weakref.ref(transaction), type(error), code)
 
 
 def _check_not_lost(session: Session, group: _Group) -> None:
@@ -289,9 +293,9 @@ def _check_not_lost(session: Session, group: _Group) -> None:
     failed = connection.info.get(_FAILED)
     if failed is None or failed[0]() is not connection.get_transaction():
         return
-    error: BaseException = failed[1]
+    kind: type[BaseException] = failed[1]
+    code: int | None = failed[2]
     dialect = connection.dialect.name
-    code = error.args[0] if error.args and isinstance(error.args[0], int) else None
     try:
         if dialect in ("mysql", "mariadb"):
             lost = code == _MARIADB_DEADLOCK or (
@@ -312,14 +316,13 @@ def _check_not_lost(session: Session, group: _Group) -> None:
         elif not lost and dialect == "postgresql":
             connection.exec_driver_sql("SELECT 1")  # fails if the transaction is aborted
     except sa.exc.DBAPIError as exc:
-        raise _lost(error) from exc
+        raise _lost(kind) from exc
     if lost:
-        raise _lost(error)
+        raise _lost(kind)
 
 
-def _lost(error: BaseException) -> VersioningError:
+def _lost(kind: type[BaseException]) -> VersioningError:
     # The error's type only: a database's message may quote a value of the failed statement.
-    kind = type(error)
     return VersioningError(
         f"cannot commit: the database aborted or rolled back this transaction after an earlier "
         f"error ({kind.__module__}.{kind.__qualname__}), so nothing of it (data or history) "
