@@ -732,3 +732,28 @@ def test_a_row_re_created_before_its_delete_is_refused(
     assert ops(read(sessions, Note, 1)) == [INSERT, DELETE]
     assert ops(read(sessions, Note, 2)) == [INSERT]
     assert ops(read(sessions, Note, 3)) == [INSERT]
+
+
+@pytest.mark.backends("postgresql")
+def test_serializable_writers_of_different_tables_do_not_conflict(
+    engine: sa.Engine, create_tables: Tables, sessions: Sessions
+) -> None:
+    """Taking the time must not make unrelated SERIALIZABLE transactions conflict: reading the
+    latest transaction row would (a predicate lock on the index page the other one inserts
+    into). Both commit, in order."""
+    create_tables(Base.metadata)
+    with sessions() as session:
+        session.add_all([Note(id=1, text="a"), Secretive(id=1, name="s", email="e")])
+        session.commit()
+    serializable = engine.execution_options(isolation_level="SERIALIZABLE")
+    with Session(serializable) as first, Session(serializable) as second:
+        first.get(Note, 1).text = "first"  # type: ignore[union-attr]
+        second.get(Secretive, 1).name = "second"  # type: ignore[union-attr]
+        first.flush()
+        second.flush()
+        first.commit()
+        second.commit()
+    assert ops(read(sessions, Note, 1)) == [INSERT, UPDATE]
+    assert ops(read(sessions, Secretive, 1)) == [INSERT, UPDATE]
+    later = _times(read(sessions, Note, 1))[1:] + _times(read(sessions, Secretive, 1))[1:]
+    _assert_time_follows_ids(later)

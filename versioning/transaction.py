@@ -152,13 +152,19 @@ def _issued_at(transactions: sa.Table, dialect: str) -> Any:
     whatever the clocks of the application servers say. On PostgreSQL and SQLite the time is also
     kept strictly after the latest committed transaction's (an index probe of ``(issued_at, id)``
     inside the same statement), so even a database clock stepping back keeps the order. MariaDB
-    would take a shared lock on that index for a subquery of an INSERT, serializing every writer:
-    there it is the database clock alone (see docs/concepts.md).
+    would take a shared lock on that index for a subquery of an INSERT, serializing every writer,
+    and PostgreSQL at SERIALIZABLE a predicate lock that makes concurrent writers fail: there it
+    is the database clock alone (see docs/concepts.md).
     """
     if dialect == "postgresql":
         # clock_timestamp(): the time now, not now() (the start of the transaction).
+        now = sa.func.clock_timestamp()
         latest = sa.select(sa.func.max(transactions.c.issued_at) + _MICROSECOND)
-        return sa.func.greatest(sa.func.clock_timestamp(), latest.scalar_subquery())
+        # Under SERIALIZABLE, reading the latest row would make every two concurrent writers
+        # conflict (a predicate lock on the index tail that the other one inserts into): there
+        # the database clock alone. PostgreSQL runs the subquery only if its branch is taken.
+        serializable = sa.func.current_setting("transaction_isolation") == "serializable"
+        return sa.case((serializable, now), else_=sa.func.greatest(now, latest.scalar_subquery()))
     if dialect in ("mysql", "mariadb"):
         # The time the INSERT statement started, in UTC, with microseconds.
         return sa.literal_column("UTC_TIMESTAMP(6)", UTCDateTime())
