@@ -358,9 +358,10 @@ def test_the_victim_of_a_deadlock_cannot_commit(engine: sa.Engine, create_tables
             except sa.exc.DBAPIError as exc:
                 failures[name] = exc
 
+        waiter = _backend_id(first)
         thread = threading.Thread(target=lock, args=(first, "first", 2))
         thread.start()
-        while not _waiting(engine):
+        while not _waiting(engine, waiter):
             threading.Event().wait(0.05)
         lock(second, "second", 1)
         thread.join(60)
@@ -382,13 +383,26 @@ def test_the_victim_of_a_deadlock_cannot_commit(engine: sa.Engine, create_tables
         assert ops(history(session, Note, 3 - won)) == [INSERT]
 
 
-def _waiting(engine: sa.Engine) -> bool:
-    """Whether some connection of the test database waits for a row lock."""
+def _backend_id(session: Session) -> int:
+    """The server's id of the session's connection (its backend pid, its thread id)."""
+    dialect = session.get_bind().dialect.name
+    query = "SELECT pg_backend_pid()" if dialect == "postgresql" else "SELECT CONNECTION_ID()"
+    return int(session.execute(sa.text(query)).scalar_one())
+
+
+def _waiting(engine: sa.Engine, backend: int) -> bool:
+    """Whether that connection waits for a row lock (the server is shared: only that one)."""
     with engine.connect() as connection:
         if engine.dialect.name == "postgresql":
-            query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            query = (
+                "SELECT count(*) FROM pg_stat_activity "
+                f"WHERE pid = {backend} AND wait_event_type = 'Lock'"
+            )
         else:
-            query = "SELECT count(*) FROM information_schema.innodb_lock_waits"
+            query = (
+                "SELECT count(*) FROM information_schema.innodb_trx "
+                f"WHERE trx_mysql_thread_id = {backend} AND trx_state = 'LOCK WAIT'"
+            )
         return bool(connection.exec_driver_sql(query).scalar())
 
 
