@@ -127,7 +127,10 @@ def _before_flush(session: Session, flush_context: UOWTransaction, instances: ob
         spec = spec_of(mapper)
         assert spec is not None
         connection = session.connection(bind_arguments={"mapper": mapper})
-        tracker.pre_images.update(_load_rows(connection, spec, states, lock=True))
+        found = _load_rows(connection, spec, states, lock=True)
+        tracker.pre_images.update(found)
+        if len(found) < len(states):  # deleted underneath the session: see _note_before
+            tracker.missing.update(state for _, state in states if state not in found)
 
 
 def _write_order(mappers: Iterable[Mapper[Any]]) -> Callable[[tuple[Mapper[Any], Any]], int]:
@@ -182,19 +185,108 @@ def _note_before(state: InstanceState[Any], connection: Connection, deleting: bo
     session = state.session
     assert session is not None
     tracker = session_state(session)
+    if state in tracker.missing:
+        # Another transaction deleted the row: as without versioning, the UPDATE matches no row
+        # and SQLAlchemy raises StaleDataError (for a DELETE it warns); nothing is recorded.
+        if deleting:
+            _watch_deletes(session, connection)
+        return
     before = _before_values(state, spec, tracker.pre_images.get(state))
     if before is None:
         # Changed by code that ran after before_flush (e.g. a foreign key set by the flush
         # itself) and not fully loaded: read this one row now.
         rows = _load_rows(connection, spec, [(_identity(state, spec), state)], lock=True)
-        before = _before_values(state, spec, rows.get(state))
-        if before is None:
+        row = rows.get(state)
+        if row is None:
+            tracker.missing.add(state)
+            if deleting:
+                _watch_deletes(session, connection)
+            return
+        before = _before_values(state, spec, row)
+        if before is None:  # pragma: no cover - a row read holds every versioned column
             raise VersioningError(
                 f"cannot read the current row of {spec.model.__name__} "
                 f"{_identity(state, spec)!r} to record its history"
             )
     tracker.before[state] = before
     tracker.changed[state] = changed
+
+
+_WATCH = "_versioning_delete_watch"
+
+
+class _DeleteWatch:
+    """Counts the rows this flush's DELETE statements match, table by table, on one connection.
+
+    Only while the flush deletes a record whose row was not there when read (see _note_before):
+    its DELETE should match nothing. Should it match a row after all (re-created by another
+    transaction in between, which PostgreSQL's missing-row lock cannot prevent), that row would
+    be deleted unrecorded; the count tells (_check_deletes).
+    """
+
+    __slots__ = ("connection", "matched")
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.matched: dict[Any, int] = {}
+        event.listen(connection, "after_cursor_execute", self.count)
+
+    def count(
+        self,
+        conn: Connection,
+        cursor: Any,
+        statement: str,
+        parameters: Any,
+        context: Any,
+        executemany: bool,
+    ) -> None:
+        if context is None or not context.isdelete or context.compiled is None:
+            return
+        table = getattr(context.compiled.statement, "table", None)
+        if table is None:
+            return
+        rowcount = cursor.rowcount
+        known = self.matched.get(table, 0)
+        self.matched[table] = -1 if rowcount < 0 or known < 0 else known + rowcount
+
+    def stop(self) -> None:
+        event.remove(self.connection, "after_cursor_execute", self.count)
+
+
+def _watch_deletes(session: Session, connection: Connection) -> None:
+    watches: dict[Connection, _DeleteWatch] = session.info.setdefault(_WATCH, {})
+    if connection not in watches:
+        watches[connection] = _DeleteWatch(connection)
+
+
+def _stop_watching(session: Session) -> dict[Any, int]:
+    """Stop counting; the rows matched by table (-1: the driver did not say)."""
+    watches: dict[Connection, _DeleteWatch] | None = session.info.pop(_WATCH, None)
+    matched: dict[Any, int] = {}
+    for watch in (watches or {}).values():
+        watch.stop()
+        matched.update(watch.matched)
+    return matched
+
+
+def _check_deletes(
+    flush_context: UOWTransaction, missing: set[InstanceState[Any]], matched: dict[Any, int]
+) -> None:
+    """Refuse a flush whose DELETE removed a row the library found missing (see _DeleteWatch)."""
+    for table, count in matched.items():
+        if count < 0:
+            continue
+        expected = gone = 0
+        for state, (deleting, listonly) in flush_context.states.items():
+            if deleting and not listonly and table in state.mapper.tables:
+                expected += 1
+                gone += state in missing
+        if gone and count > expected - gone:
+            raise VersioningError(
+                f"a row of {table.name!r} that was not in the database when this flush read it "
+                f"was re-created by another transaction and then deleted by this flush, so its "
+                f"values are unknown; the flush was rolled back: roll back and retry"
+            )
 
 
 def _mark_flush(state: InstanceState[Any]) -> None:
@@ -283,6 +375,10 @@ _stored_values: weakref.WeakKeyDictionary[InstanceState[Any], dict[str, tuple[An
 def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
     _end_flush_mark(session)
     tracker = existing_state(session)
+    if _WATCH in session.info:
+        _check_deletes(
+            flush_context, tracker.missing if tracker else set(), _stop_watching(session)
+        )
     before_map = tracker.before if tracker is not None else {}
     deletes: list[Change] = []
     updates: list[Change] = []
@@ -304,6 +400,8 @@ def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
         if spec is None:
             continue
         if deleting:
+            if tracker is not None and state in tracker.missing:
+                continue  # its DELETE matched no row (SQLAlchemy warned): nothing was deleted
             before = before_map.get(state)
             if before is None:
                 pre = tracker.pre_images.get(state) if tracker is not None else None
@@ -322,6 +420,14 @@ def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
         else:
             before = before_map.get(state)
             if before is None:
+                if tracker is not None and state in tracker.missing:
+                    # Its row was not there when read, yet its UPDATE matched one (no
+                    # StaleDataError): another transaction re-created it in between.
+                    raise VersioningError(
+                        f"{spec.model.__name__} {_identity(state, spec)!r} was re-created by "
+                        f"another transaction while this flush updated it, so its old values "
+                        f"are unknown; the flush was rolled back: roll back and retry"
+                    )
                 continue  # no versioned column changed
             target = updates
             operation = Operation.UPDATE
@@ -413,3 +519,4 @@ def _end_flush_mark(session: Session) -> None:
 @event.listens_for(Session, "after_soft_rollback")
 def _flush_failed(session: Session, previous_transaction: object) -> None:
     _end_flush_mark(session)
+    _stop_watching(session)

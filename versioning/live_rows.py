@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect
 
+from versioning.concealed import conceal, reveal
 from versioning.declaration import ModelSpec, spec_of
 from versioning.errors import VersioningError
 
@@ -49,7 +50,7 @@ def _select(
     spec: ModelSpec, lock: bool, dialect_name: str
 ) -> tuple[tuple[str, ...], sa.Select[Any]]:
     keys = _columns(spec)
-    statement = sa.select(*[spec.live_columns[k] for k in keys]).select_from(
+    statement = sa.select(*[_column(spec, k) for k in keys]).select_from(
         spec.mapper.persist_selectable
     )
     if lock and dialect_name != "sqlite":
@@ -59,6 +60,12 @@ def _select(
             *[spec.live_columns[k] for k in spec.pk_keys]
         )
     return keys, statement
+
+
+def _column(spec: ModelSpec, key: str) -> Any:
+    """A column to select; a masked one is kept out of SQLAlchemy's debug log (see concealed)."""
+    column = spec.live_columns[key]
+    return conceal(column) if key in spec.masks else column
 
 
 def _in(spec: ModelSpec, names: tuple[str, ...], values: Sequence[Key]) -> sa.ColumnElement[bool]:
@@ -119,11 +126,21 @@ def _collect(
     statements: Iterable[sa.Select[Any]],
     names: tuple[str, ...],
 ) -> Rows:
-    npk = len(spec.pk_keys)
     out: Rows = {}
     for statement in statements:
-        for row in connection.execute(statement):
-            out[tuple(row[:npk])] = (spec, dict(zip(names, row, strict=True)))
+        out.update(_rows(spec, names, connection.execute(statement)))
+    return out
+
+
+def _rows(spec: ModelSpec, names: tuple[str, ...], rows: Iterable[Any]) -> Rows:
+    """Result rows of versioned columns ``names`` as :data:`Rows`, masked values unwrapped."""
+    npk = len(spec.pk_keys)
+    out: Rows = {}
+    for row in rows:
+        values = dict(zip(names, row, strict=True))
+        for key in spec.masks.keys() & values.keys():
+            values[key] = reveal(values[key])
+        out[tuple(row[:npk])] = (spec, values)
     return out
 
 
@@ -172,7 +189,12 @@ def orm_select(spec: ModelSpec, lock: bool, dialect_name: str) -> sa.Select[Any]
     pass the rows to :func:`from_rows`.
     """
     model = spec.model
-    statement = sa.select(*[getattr(model, k) for k in _columns(spec)])
+    statement = sa.select(
+        *[
+            conceal(getattr(model, k)) if k in spec.masks else getattr(model, k)
+            for k in _columns(spec)
+        ]
+    )
     if lock and dialect_name != "sqlite":
         statement = statement.with_for_update().order_by(*[getattr(model, k) for k in spec.pk_keys])
     return statement
@@ -180,10 +202,7 @@ def orm_select(spec: ModelSpec, lock: bool, dialect_name: str) -> sa.Select[Any]
 
 def from_rows(connection: Connection, spec: ModelSpec, rows: Iterable[Any], lock: bool) -> Rows:
     """The rows of an :func:`orm_select` as :data:`Rows`, completed with subclass columns."""
-    names = _columns(spec)
-    npk = len(spec.pk_keys)
-    out: Rows = {tuple(row[:npk]): (spec, dict(zip(names, row, strict=True))) for row in rows}
-    return _complete(connection, spec, out, lock)
+    return _complete(connection, spec, _rows(spec, _columns(spec), rows), lock)
 
 
 def by_where(

@@ -32,6 +32,7 @@ from sqlalchemy.orm import InstanceState, Session, UOWTransaction
 from sqlalchemy.orm.attributes import set_committed_value
 
 from versioning import uncaptured
+from versioning.concealed import masked_unloaded
 from versioning.declaration import ModelSpec, spec_for
 from versioning.errors import RestoreConflictError, RestoreError
 from versioning.operation import Operation
@@ -169,6 +170,9 @@ def _live(session: Session, spec: ModelSpec, key: tuple[Any, ...]) -> Any:
     # lock it raises StaleDataError for a held instance whose version counter is behind.)
     statement = (
         sa.select(root.model)
+        # Masked columns stay unloaded: the restore never writes them and the engine's debug
+        # log would show them.
+        .options(*masked_unloaded(spec.masks, root.model))
         .where(*[root.live_columns[k] == v for k, v in zip(spec.pk_keys, key, strict=True)])
         .with_for_update(of=root.mapper.local_table)
         .execution_options(populate_existing=True)

@@ -5,8 +5,11 @@ History rows of a database transaction are kept in memory until it commits; then
 history rows follow in one multi-row ``INSERT`` per history table — still inside the database
 transaction, so data and history commit or roll back together. Allocating the transaction id at
 commit, after every row lock of the transaction is held, makes the ids of one record's history
-follow commit order even under concurrency. The audit context is taken at the first versioned
-flush. Flushes after that point (from other ``before_commit`` hooks) are written at once.
+follow commit order even under concurrency; its time is read from the database's clock in the
+same INSERT, so time and id order agree (see _issued_at). The audit context is taken at the first
+versioned flush. Flushes after that point (from other ``before_commit`` hooks) are written at once.
+A transaction in which a statement failed is checked at commit: one the database has aborted or
+rolled back is refused, never committed as if whole (see _check_not_lost).
 
 Everything lives with the session (``session.info``), never in module globals. Rows and restore
 reasons noted inside a savepoint are dropped when that savepoint rolls back; all is dropped when
@@ -17,17 +20,19 @@ Reading history inside a transaction writes what was noted so far first (see wri
 from __future__ import annotations
 
 import datetime as dt
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from sqlalchemy.orm import InstanceState, Mapper, Session, SessionTransaction
 
 from versioning import uncaptured
 from versioning.context import AuditContext, current_context
-from versioning.schema import TRANSACTION_ID
+from versioning.errors import VersioningError
+from versioning.schema import TRANSACTION_ID, UTCDateTime
 
 __all__ = ["SessionState", "existing_state", "record", "session_state", "write_pending"]
 
@@ -79,6 +84,8 @@ class SessionState:
     before: dict[InstanceState[Any], dict[str, Any]] = field(default_factory=dict)
     #: Versioned attributes each of those records had changed when its UPDATE was prepared.
     changed: dict[InstanceState[Any], frozenset[str]] = field(default_factory=dict)
+    #: Records this flush updates or deletes whose row was not in the database when read.
+    missing: set[InstanceState[Any]] = field(default_factory=set)
 
     @property
     def notes(self) -> list[str]:
@@ -103,6 +110,7 @@ class SessionState:
         self.pre_images.clear()
         self.before.clear()
         self.changed.clear()
+        self.missing.clear()
 
 
 def existing_state(session: Session) -> SessionState | None:
@@ -169,6 +177,63 @@ def _insert_history(
     connection.execute(history.insert(), batch)
 
 
+_MICROSECOND = sa.literal_column("INTERVAL '1 microsecond'", sa.Interval())
+
+
+def _issued_at(transactions: sa.Table, dialect: str) -> Any:
+    """The moment a transaction row is written, from the database's clock, in the same INSERT.
+
+    The id comes from the database; so does the time, read when the row is written (at commit,
+    after every row lock of the transaction is held). A record's changes are serialized by its row
+    lock, so the transaction that changes it later gets both the larger id and the later time,
+    whatever the clocks of the application servers say. On PostgreSQL and SQLite the time is also
+    kept strictly after the latest committed transaction's (an index probe of ``(issued_at, id)``
+    inside the same statement), so even a database clock stepping back keeps the order. MariaDB
+    would take a shared lock on that index for a subquery of an INSERT, serializing every writer,
+    and PostgreSQL at SERIALIZABLE a predicate lock that makes concurrent writers fail: there it
+    is the database clock alone (see docs/concepts.md).
+    """
+    if dialect == "postgresql":
+        # clock_timestamp(): the time now, not now() (the start of the transaction).
+        now = sa.func.clock_timestamp()
+        latest = sa.select(sa.func.max(transactions.c.issued_at) + _MICROSECOND)
+        # Under SERIALIZABLE, reading the latest row would make every two concurrent writers
+        # conflict (a predicate lock on the index tail that the other one inserts into): there
+        # the database clock alone. PostgreSQL runs the subquery only if its branch is taken.
+        serializable = sa.func.current_setting("transaction_isolation") == "serializable"
+        return sa.case((serializable, now), else_=sa.func.greatest(now, latest.scalar_subquery()))
+    if dialect in ("mysql", "mariadb"):
+        # The time the INSERT statement started, in UTC, with microseconds.
+        return sa.literal_column("UTC_TIMESTAMP(6)", UTCDateTime())
+    if dialect == "sqlite":
+        return _sqlite_issued_at(transactions)
+    return dt.datetime.now(dt.UTC)  # pragma: no cover - the three backends above are supported
+
+
+def _sqlite_issued_at(transactions: sa.Table) -> Any:
+    """SQLite: ``max(now, latest + 1 µs)`` on the stored text ``YYYY-MM-DD HH:MM:SS.ffffff``.
+
+    SQLite's clock has millisecond resolution, so the microsecond step also keeps transactions
+    of the same millisecond apart. SQLite lets one connection write at a time, so the latest row
+    read here is the latest there is.
+    """
+    now = sa.func.strftime("%Y-%m-%d %H:%M:%f", "now").concat("000")
+    latest = sa.func.max(transactions.c.issued_at).label("latest")
+    last = sa.select(latest).subquery()
+    micro = sa.cast(sa.func.substr(last.c.latest, 21, 6), sa.Integer)
+    following = sa.case(
+        (
+            micro == 999999,
+            sa.func.strftime(
+                "%Y-%m-%d %H:%M:%S", sa.func.substr(last.c.latest, 1, 19), "+1 second"
+            ).concat(".000000"),
+        ),
+        else_=sa.func.substr(last.c.latest, 1, 20).concat(sa.func.printf("%06d", micro + 1)),
+    )
+    step = sa.select(following).scalar_subquery()
+    return sa.func.max(now, sa.func.coalesce(step, now))
+
+
 def _write_group(session: Session, state: SessionState, group: _Group) -> None:
     connection = session.connection(bind_arguments={"mapper": group.mapper})
     context = group.context
@@ -177,7 +242,7 @@ def _write_group(session: Session, state: SessionState, group: _Group) -> None:
         reason = "; ".join(state.notes)
     result = connection.execute(
         group.table.insert().values(
-            issued_at=dt.datetime.now(dt.UTC),
+            issued_at=_issued_at(group.table, connection.dialect.name),
             actor=context.actor,
             source_ip=context.source_ip,
             request_id=context.request_id,
@@ -225,8 +290,87 @@ def _write_at_commit(session: Session) -> None:
     if state is None:
         return
     for group in state.groups.values():
+        _check_not_lost(session, group)
+    for group in state.groups.values():
         if group.tx_id is None and group.pending:
             _write_group(session, state, group)
+
+
+_FAILED = "versioning_failed_transaction"
+
+#: MariaDB errors after which the server has rolled back the whole transaction (1205, a lock wait
+#: timeout, only with innodb_rollback_on_timeout). Later statements run in a new transaction.
+_MARIADB_DEADLOCK = 1213
+_MARIADB_LOCK_WAIT_TIMEOUT = 1205
+
+
+@event.listens_for(Engine, "handle_error")
+def _note_failure(context: ExceptionContext) -> None:
+    """Remember that the connection's current transaction saw a database error.
+
+    Costs nothing until a statement fails. At commit, such a transaction is checked before its
+    history is written (see _check_not_lost).
+    """
+    connection = context.connection
+    if connection is None or context.is_disconnect:
+        return
+    transaction = connection.get_transaction()
+    if transaction is not None:
+        # The error's type and code only: the exception itself would keep its traceback's
+        # frames (sessions, objects) alive as long as the pooled connection.
+        error = context.original_exception
+        code = error.args[0] if error.args and isinstance(error.args[0], int) else None
+        connection.info[_FAILED] = (weakref.ref(transaction), type(error), code)
+
+
+def _check_not_lost(session: Session, group: _Group) -> None:
+    """Refuse to commit a transaction that the database has already aborted or rolled back.
+
+    PostgreSQL turns the COMMIT of a transaction aborted by an error into a ROLLBACK without an
+    error, and MariaDB rolls back a whole transaction on a deadlock and runs later statements in a
+    new one: ``session.commit()`` would return normally with nothing (or only a part) committed,
+    history written early by a reader (see write_pending) included. Only a transaction in which
+    a statement failed is checked, so the extra statement runs on that rare path alone.
+    """
+    connection = session.connection(bind_arguments={"mapper": group.mapper})
+    failed = connection.info.get(_FAILED)
+    if failed is None or failed[0]() is not connection.get_transaction():
+        return
+    kind: type[BaseException] = failed[1]
+    code: int | None = failed[2]
+    dialect = connection.dialect.name
+    try:
+        if dialect in ("mysql", "mariadb"):
+            lost = code == _MARIADB_DEADLOCK or (
+                code == _MARIADB_LOCK_WAIT_TIMEOUT
+                and bool(connection.exec_driver_sql("SELECT @@innodb_rollback_on_timeout").scalar())
+            )
+        elif dialect == "sqlite":
+            driver = connection.connection.driver_connection
+            lost = not getattr(driver, "in_transaction", True)
+        else:
+            lost = False
+        if not lost and group.tx_id is not None:
+            # The transaction row written early must still be there (on PostgreSQL, this
+            # statement fails if the transaction is aborted).
+            table = group.table
+            row = connection.execute(sa.select(table.c.id).where(table.c.id == group.tx_id))
+            lost = row.first() is None
+        elif not lost and dialect == "postgresql":
+            connection.exec_driver_sql("SELECT 1")  # fails if the transaction is aborted
+    except sa.exc.DBAPIError as exc:
+        raise _lost(kind) from exc
+    if lost:
+        raise _lost(kind)
+
+
+def _lost(kind: type[BaseException]) -> VersioningError:
+    # The error's type only: a database's message may quote a value of the failed statement.
+    return VersioningError(
+        f"cannot commit: the database aborted or rolled back this transaction after an earlier "
+        f"error ({kind.__module__}.{kind.__qualname__}), so nothing of it (data or history) "
+        f"would be committed. Call session.rollback() and redo the transaction's work"
+    )
 
 
 @event.listens_for(Session, "after_soft_rollback")
