@@ -20,6 +20,7 @@ import datetime as dt
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -361,7 +362,9 @@ def test_the_victim_of_a_deadlock_cannot_commit(engine: sa.Engine, create_tables
         waiter = _backend_id(first)
         thread = threading.Thread(target=lock, args=(first, "first", 2))
         thread.start()
+        deadline = time.monotonic() + 30
         while not _waiting(engine, waiter):
+            assert time.monotonic() < deadline, "the first session never waited for the lock"
             threading.Event().wait(0.05)
         lock(second, "second", 1)
         thread.join(60)
