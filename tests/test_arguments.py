@@ -17,8 +17,20 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.ext.asyncio import (
+    AsyncSession,
+    async_scoped_session,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    scoped_session,
+    sessionmaker,
+)
 
 import versioning
 import versioning.asyncio
@@ -330,6 +342,20 @@ def test_the_sync_functions_take_a_session(function: str, given: Any, advice: st
     message = str(raised.value)
     assert message.startswith(f"versioning.{function}() takes a sqlalchemy.orm.Session, ")
     assert advice.format(f=function) in message
+
+
+def test_a_scoped_session_reads_with_its_current_session() -> None:
+    """``scoped_session`` (Flask-SQLAlchemy's ``db.session``) and ``async_scoped_session`` are
+    resolved to their current session: the call gets past the checks to the (unbound) query."""
+    scoped = scoped_session(sessionmaker())
+    for call in SYNC.values():
+        with pytest.raises(sa.exc.UnboundExecutionError):
+            call(scoped)
+    scoped.remove()
+    async_scoped = async_scoped_session(async_sessionmaker(), scopefunc=lambda: "one")
+    for call in ASYNC.values():
+        with pytest.raises(sa.exc.UnboundExecutionError):
+            call(async_scoped)
 
 
 def test_a_connection_is_not_a_session() -> None:
