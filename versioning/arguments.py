@@ -204,7 +204,8 @@ def _string(value: Any, refuse: Callable[..., ArgumentError]) -> str:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise refuse("a str without lone surrogates", "; it cannot be encoded as UTF-8") from None
-    return value
+    # A subclass (a StrEnum member, say) as the plain str it compares as: drivers adapt by type.
+    return value if type(value) is str else str.__str__(value)
 
 
 def _uuid(column_type: sa.Uuid[Any], value: Any, refuse: Callable[..., ArgumentError]) -> Any:
