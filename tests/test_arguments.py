@@ -136,7 +136,7 @@ BAD_KEYS: list[tuple[type[Any], Any, str]] = [
     (
         Order,
         {"ident": 1},
-        "Order has the primary key (id): a dict key must name exactly these attributes, got "
+        "Order has the primary key (id): the dict must have exactly these keys, got "
         "['ident']; pass one id value (or a tuple or list holding it)",
     ),
     (
@@ -210,8 +210,8 @@ BAD_KEYS: list[tuple[type[Any], Any, str]] = [
     (
         Line,
         {"order_id": 1},
-        "Line has the primary key (order_id, code): a dict key must name exactly these "
-        "attributes, got ['order_id']; pass a tuple or list of 2 values in the order "
+        "Line has the primary key (order_id, code): the dict must have exactly these keys, "
+        "got ['order_id']; pass a tuple or list of 2 values in the order "
         "(order_id, code), or a dict by attribute name {'order_id': ..., 'code': ...}",
     ),
     (

@@ -115,8 +115,8 @@ def primary_key(spec: ModelSpec, pk: Any) -> tuple[Any, ...]:
     if isinstance(pk, Mapping):
         if set(pk) != set(keys):
             raise ArgumentError(
-                f"{name} has the primary key ({', '.join(keys)}): a dict key must name exactly "
-                f"these attributes, got {sorted(map(str, pk))}; pass {_shape(spec)}"
+                f"{name} has the primary key ({', '.join(keys)}): the dict must have exactly "
+                f"these keys, got {sorted(map(str, pk))}; pass {_shape(spec)}"
             )
         values = tuple(pk[k] for k in keys)
     elif isinstance(pk, tuple | list):
