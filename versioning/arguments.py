@@ -33,12 +33,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session, scoped_session, sessionmaker
+from sqlalchemy.orm import InstanceState, Session, scoped_session, sessionmaker
 
 from versioning.declaration import ModelSpec, spec_for
 from versioning.errors import ArgumentError
 
-__all__ = ["model", "moment", "primary_key", "session", "value_of"]
+__all__ = ["model", "moment", "primary_key", "session", "shown", "value_of"]
 
 #: The integers every backend's widest signed integer column holds.
 INT64 = (-(2**63), 2**63 - 1)
@@ -47,6 +47,14 @@ _UINT64 = (0, 2**64 - 1)
 
 def _a(name: str) -> str:
     return f"an {name}" if name[:1].lower() in "aeiou" else f"a {name}"
+
+
+def shown(value: object) -> str:
+    """``value`` for an error message: its ``repr``, except a model instance, whose ``repr``
+    (the application's) may show values a mask keeps out of history."""
+    if isinstance(sa.inspect(value, raiseerr=False), InstanceState):
+        return f"{_a(type(value).__name__)} instance"
+    return repr(value)
 
 
 def _session_advice(got: object, function: str) -> str:
@@ -88,7 +96,7 @@ def model(got: object, function: str) -> ModelSpec:
             if sa.inspect(got, raiseerr=False) is not None
             else ""
         )
-        raise ArgumentError(f"versioning.{function}() takes a model class, got {got!r}{hint}")
+        raise ArgumentError(f"versioning.{function}() takes a model class, got {shown(got)}{hint}")
     return spec_for(got)
 
 
@@ -146,7 +154,7 @@ def value_of(spec: ModelSpec, key: str, value: Any) -> Any:
     def refuse(expected: str, why: str = "") -> ArgumentError:
         return ArgumentError(
             f"{spec.model.__name__}.{key} is a key column of type {column_type!r}: pass "
-            f"{expected}, got {value!r} ({type(value).__name__}){why}"
+            f"{expected}, got {shown(value)} ({type(value).__name__}){why}"
         )
 
     if value is None:

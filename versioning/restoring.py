@@ -152,7 +152,7 @@ def restore(
             raise ArgumentError(
                 f"versioning.restore() takes a Version, or a model class, a primary key and "
                 f"at=: call restore(session, version) or restore(session, Model, pk, at=...), "
-                f"got restore(session, {target!r}"
+                f"got restore(session, {arguments.shown(target)}"
                 + ("" if pk is _MISSING else f", {pk!r}")
                 + ("" if at is None else f", at={at!r}")
                 + ")"
