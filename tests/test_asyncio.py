@@ -512,7 +512,7 @@ def test_restore_errors_from_the_async_form(
 
             with pytest.raises(versioning.RestoreError, match="did not exist"):
                 await versioning.asyncio.restore(session, Order, 1, at=created.transaction_id - 1)
-            with pytest.raises(versioning.RestoreError):
+            with pytest.raises(versioning.ArgumentError, match=r"at=\.\.\."):
                 await versioning.asyncio.restore(session, Order, 1)  # type: ignore[call-overload]
             await session.rollback()
 

@@ -28,8 +28,14 @@ from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_scoped_session,
+    async_sessionmaker,
+)
+from sqlalchemy.orm import Session, scoped_session
 
 from versioning import reading, restoring
 from versioning.errors import ArgumentError
@@ -46,12 +52,27 @@ _restore: Callable[..., Any] = restoring.restore
 
 
 def _check(session: object, name: str) -> AsyncSession:
-    if not isinstance(session, AsyncSession):
-        raise ArgumentError(
-            f"versioning.asyncio.{name}() takes an AsyncSession, got {session!r}; "
-            f"with a sync Session, call versioning.{name}()"
-        )
-    return session
+    """The ``AsyncSession`` to use: ``session``, or the current one of an
+    ``async_scoped_session``; anything else is refused with what to pass instead."""
+    if isinstance(session, AsyncSession):
+        return session
+    if isinstance(session, async_scoped_session):
+        current: AsyncSession = session()
+        return current
+    kind = type(session).__name__
+    if isinstance(session, Session | scoped_session):
+        advice = f"with a sync {kind}, call versioning.{name}(session, ...)"
+    elif isinstance(session, AsyncEngine | AsyncConnection):
+        bind = "async_engine" if isinstance(session, AsyncEngine) else "connection"
+        advice = f"open one: async with AsyncSession({bind}) as session"
+    elif isinstance(session, async_sessionmaker):
+        advice = "call the factory: async with factory() as session"
+    else:
+        advice = "e.g. async with AsyncSession(async_engine) as session"
+    raise ArgumentError(
+        f"versioning.asyncio.{name}() takes an AsyncSession, got "
+        f"{'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind}: {advice}"
+    )
 
 
 async def history(session: AsyncSession, target: Any, pk: Any = _MISSING) -> list[Version]:

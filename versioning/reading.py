@@ -13,11 +13,12 @@ from typing import Any, TypeVar, overload
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect, RowMapping
-from sqlalchemy.orm import Mapper, Session
+from sqlalchemy.orm import InstanceState, Mapper, Session
 
+from versioning import arguments
 from versioning.declaration import ModelSpec, spec_for, spec_of
 from versioning.encoding import decode
-from versioning.errors import ArgumentError, VersioningError
+from versioning.errors import ArgumentError
 from versioning.operation import Operation
 from versioning.schema import CHANGES, META_COLUMNS, OPERATION, TRANSACTION_ID, VERSION_ID
 from versioning.transaction import write_pending
@@ -79,14 +80,8 @@ def _instance(model: type[T], state: Mapping[str, Any]) -> T:
 
 
 def _key(spec: ModelSpec, pk: Any) -> tuple[Any, ...]:
-    values = pk if isinstance(pk, tuple) else (pk,)
-    if len(values) != len(spec.pk_keys):
-        raise VersioningError(
-            f"{spec.model.__name__} has the primary key {spec.pk_keys!r}: pass "
-            + ("a scalar" if len(spec.pk_keys) == 1 else f"a tuple of {len(spec.pk_keys)} values")
-            + f", got {pk!r}"
-        )
-    return values
+    """``pk`` checked against the key columns' types (see :mod:`versioning.arguments`)."""
+    return arguments.primary_key(spec, pk)
 
 
 def _filters(spec: ModelSpec, key: tuple[Any, ...]) -> list[sa.ColumnElement[bool]]:
@@ -212,25 +207,33 @@ _TX_FIELDS = ("id", "issued_at", "actor", "source_ip", "request_id", "reason", "
 def _resolve_target(target: Any, pk: Any) -> tuple[ModelSpec, tuple[Any, ...]]:
     if isinstance(target, type):
         if pk is _MISSING:
-            raise VersioningError(
-                f"history({target.__name__}, pk): pass the primary key of the record"
+            raise ArgumentError(
+                f"versioning.history(session, {target.__name__}) needs the record's primary key: "
+                f"history(session, {target.__name__}, pk), or pass an instance alone"
             )
         spec = spec_for(target)
         return spec, _key(spec, pk)
-    if pk is not _MISSING:
-        raise VersioningError("pass either a model instance, or a model class and a primary key")
     state = sa.inspect(target, raiseerr=False)
-    if state is None or not hasattr(state, "mapper"):
-        raise VersioningError(f"{target!r} is not an instance of a mapped class")
+    if not isinstance(state, InstanceState):
+        raise ArgumentError(
+            f"versioning.history() takes a model instance, or a model class and a primary key, got "
+            f"{target!r}"
+        )
+    if pk is not _MISSING:
+        raise ArgumentError(
+            f"versioning.history(session, obj) takes no primary key: the "
+            f"{type(target).__name__} instance names the record; for another record, pass the "
+            f"class: history(session, {type(target).__name__}, pk)"
+        )
     spec = spec_for(type(target))
     if state.key is not None:
         return spec, tuple(state.key[1])
     key = tuple(state.dict.get(k) for k in spec.pk_keys)
     if any(value is None for value in key):
-        raise VersioningError(
+        raise ArgumentError(
             f"{type(target).__name__} instance has no primary key yet (flush it first)"
         )
-    return spec, key
+    return spec, _key(spec, key)
 
 
 class _Missing:
@@ -245,6 +248,7 @@ def history(session: Session, target: Any, pk: Any = _MISSING) -> list[Version]:
 
     Call as ``history(session, obj)`` or ``history(session, Model, pk)``.
     """
+    session = arguments.session(session, "history")
     spec, key = _resolve_target(target, pk)
     history_table = spec.history
     transactions = spec.transactions
@@ -271,15 +275,8 @@ def history(session: Session, target: Any, pk: Any = _MISSING) -> list[Version]:
 
 
 def _bound(spec: ModelSpec, at: dt.datetime | int) -> Any:
-    if isinstance(at, bool) or not isinstance(at, dt.datetime | int):
-        raise ArgumentError(f"at must be a timezone-aware datetime or a transaction id, got {at!r}")
     if isinstance(at, int):
         return at
-    if at.tzinfo is None or at.utcoffset() is None:
-        raise ArgumentError(
-            f"as_of needs a timezone-aware datetime, got the naive {at!r}; "
-            f"e.g. datetime.now(timezone.utc)"
-        )
     transactions = spec.transactions
     return (
         sa.select(transactions.c.id)
@@ -294,12 +291,13 @@ def version_at(
     session: Session, model: type[Any], pk: Any, at: dt.datetime | int
 ) -> Version | None:
     """The latest version of a record at ``at`` (a delete included), or ``None``."""
-    spec = spec_for(model)
+    session = arguments.session(session, "version_at")
+    spec = arguments.model(model, "version_at")
     key = _key(spec, pk)
+    bound = _bound(spec, arguments.moment(at, "version_at"))
     history_table = spec.history
     filters = _filters(spec, key)
     transaction_id = history_table.c[TRANSACTION_ID]
-    bound = _bound(spec, at)
     write_pending(session)
     connection = session.connection(bind_arguments={"mapper": spec.mapper})
     if isinstance(bound, sa.ScalarSelect) and connection.dialect.name in ("mysql", "mariadb"):
@@ -341,6 +339,9 @@ def as_of(session: Session, model: Any, pk: Any, at: dt.datetime | int) -> Any:
     ``at`` is a timezone-aware ``datetime`` (the state after the last transaction issued at or
     before it) or a transaction id (the state after that transaction). One indexed query.
     """
+    session = arguments.session(session, "as_of")
+    arguments.model(model, "as_of")
+    at = arguments.moment(at, "as_of")
     version = version_at(session, model, pk, at)
     if version is None or version.operation is Operation.DELETE:
         return None

@@ -31,10 +31,10 @@ from sqlalchemy import event
 from sqlalchemy.orm import InstanceState, Session, UOWTransaction
 from sqlalchemy.orm.attributes import set_committed_value
 
-from versioning import uncaptured
+from versioning import arguments, uncaptured
 from versioning.concealed import masked_unloaded
 from versioning.declaration import ModelSpec, spec_for
-from versioning.errors import RestoreConflictError, RestoreError
+from versioning.errors import ArgumentError, RestoreConflictError, RestoreError
 from versioning.operation import Operation
 from versioning.reading import _MISSING, Version, _filters, _instance, _key, version_at
 from versioning.schema import TRANSACTION_ID, VERSION_ID
@@ -140,16 +140,26 @@ def restore(
     version. The restore is flushed at once, so a constraint it would violate raises
     :class:`RestoreConflictError` here, with data and history left unchanged.
     """
+    session = arguments.session(session, "restore")
     if isinstance(target, Version):
         if pk is not _MISSING or at is not None:
-            raise RestoreError("restore(session, version) takes no primary key and no `at`")
+            raise ArgumentError(
+                "versioning.restore(session, version) takes no primary key and no `at`: the "
+                "version names both"
+            )
         version = target
     else:
         if not isinstance(target, type) or pk is _MISSING or at is None:
-            raise RestoreError(
-                "call restore(session, version) or restore(session, Model, pk, at=...)"
+            raise ArgumentError(
+                f"versioning.restore() takes a Version, or a model class, a primary key and "
+                f"at=: call restore(session, version) or restore(session, Model, pk, at=...), "
+                f"got restore(session, {arguments.shown(target)}"
+                + ("" if pk is _MISSING else f", {pk!r}")
+                + ("" if at is None else f", at={at!r}")
+                + ")"
             )
-        spec = spec_for(target)
+        spec = arguments.model(target, "restore")
+        at = arguments.moment(at, "restore")
         found = version_at(session, target, pk, at)
         if found is None or found.operation is Operation.DELETE:
             raise RestoreError(
