@@ -2,6 +2,8 @@
 
 Every function here takes the session to read with and issues one query. Records are identified by
 model and primary key (a scalar, or a tuple for composite keys), so deleted records are found too.
+Like a query, each one first autoflushes the session (unless ``session.autoflush`` is off or in a
+``no_autoflush`` block), so that history includes the changes the session holds.
 """
 
 from __future__ import annotations
@@ -233,6 +235,17 @@ def _resolve_target(target: Any, pk: Any) -> tuple[ModelSpec, tuple[Any, ...]]:
     return spec, key
 
 
+def _autoflush(session: Session) -> None:
+    """Flush pending changes first, as a query does, so that they are part of what is read.
+
+    ``Session._autoflush`` is what ``Query`` and ``Session.execute`` call: it honours
+    ``session.autoflush`` and ``no_autoflush``, does nothing during a flush, and names autoflush
+    in the error of a failing flush. There is no public equivalent.
+    """
+    if isinstance(session, Session):
+        session._autoflush()
+
+
 class _Missing:
     pass
 
@@ -245,6 +258,7 @@ def history(session: Session, target: Any, pk: Any = _MISSING) -> list[Version]:
 
     Call as ``history(session, obj)`` or ``history(session, Model, pk)``.
     """
+    _autoflush(session)
     spec, key = _resolve_target(target, pk)
     history_table = spec.history
     transactions = spec.transactions
@@ -294,6 +308,7 @@ def version_at(
     session: Session, model: type[Any], pk: Any, at: dt.datetime | int
 ) -> Version | None:
     """The latest version of a record at ``at`` (a delete included), or ``None``."""
+    _autoflush(session)
     spec = spec_for(model)
     key = _key(spec, pk)
     history_table = spec.history
