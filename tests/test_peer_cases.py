@@ -135,6 +135,12 @@ class Phone(Asset):
     __mapper_args__ = {"polymorphic_identity": "phone", "concrete": True}
 
 
+# Maps Asset now. An AbstractConcreteBase left unmapped until first use breaks any later
+# event.listen(Versioned, ..., propagate=True) in the process (SQLAlchemy raises UnmappedClassError
+# for it), such as the one versioning.cascades makes when another registry is configured.
+Base.registry.configure()
+
+
 # --- a plain model: autoflush, keys -------------------------------------------------------------
 
 
@@ -178,7 +184,6 @@ def test_each_concrete_table_has_its_own_history_table() -> None:
 
 
 def test_an_abstract_concrete_base_has_no_history_and_says_where_it_is() -> None:
-    sa.orm.configure_mappers()
     with pytest.raises(ConfigurationError) as raised:
         history_table(Asset)
     message = str(raised.value)
@@ -617,6 +622,82 @@ def test_nothing_is_written_through_a_refused_mapper(engine: sa.Engine) -> None:
                 session.execute(sa.select(user))
             for table in LocalBase.metadata.sorted_tables:
                 assert count(engine, table) == 0, table.name
+        finally:
+            LocalBase.metadata.drop_all(engine)
+    finally:
+        LocalBase.registry.dispose()
+
+
+def _tagging(
+    base: type[DeclarativeBase], secondary: str, viewonly: bool = False
+) -> tuple[type[Any], type[Any], type[Any]]:
+    """Post, Tag and Link: Post.tags through Link's versioned table, given as ``secondary``."""
+
+    class Tag(Versioned, base):  # type: ignore[misc, valid-type]
+        __tablename__ = "peer_tags"
+        id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+
+    class Post(Versioned, base):  # type: ignore[misc, valid-type]
+        __tablename__ = "peer_posts"
+        id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+
+    class Link(Versioned, base):  # type: ignore[misc, valid-type]
+        __tablename__ = "peer_links"
+        post_id: Mapped[int] = mapped_column(sa.ForeignKey("peer_posts.id"), primary_key=True)
+        tag_id: Mapped[int] = mapped_column(sa.ForeignKey("peer_tags.id"), primary_key=True)
+
+    argument: Any = {
+        "name": "peer_links",
+        "table": Link.__table__,
+        "lambda": lambda: Link.__table__,
+    }[secondary]
+    Post.tags = sa.orm.relationship(Tag, secondary=argument, viewonly=viewonly)
+    return Post, Tag, Link
+
+
+@pytest.mark.parametrize("secondary", ["name", "table", "lambda"])
+def test_a_relationship_writing_a_versioned_secondary_table_is_refused(secondary: str) -> None:
+    message = _refused(lambda base: _tagging(base, secondary))
+    assert "Post.tags uses the versioned table 'peer_links' (mapped by Link)" in message
+    assert "as its secondary table" in message and "without recording any history" in message
+    assert "viewonly=True" in message
+
+
+def test_nothing_is_written_through_a_refused_secondary(engine: sa.Engine) -> None:
+    class LocalBase(DeclarativeBase):
+        pass
+
+    post, _, _ = _tagging(LocalBase, "name")
+    try:
+        LocalBase.metadata.create_all(engine)
+        try:
+            with pytest.raises(ConfigurationError, match=r"Post\.tags uses the versioned table"):
+                post(id=1)
+            for table in LocalBase.metadata.sorted_tables:
+                assert count(engine, table) == 0, table.name
+        finally:
+            LocalBase.metadata.drop_all(engine)
+    finally:
+        LocalBase.registry.dispose()
+
+
+def test_a_viewonly_relationship_over_a_versioned_secondary_is_accepted(
+    engine: sa.Engine,
+) -> None:
+    class LocalBase(DeclarativeBase):
+        pass
+
+    post, tag, link = _tagging(LocalBase, "name", viewonly=True)
+    try:
+        LocalBase.metadata.create_all(engine)
+        try:
+            with Session(engine) as session:
+                session.add_all([post(id=1), tag(id=7)])
+                session.flush()
+                session.add(link(post_id=1, tag_id=7))  # written through its own model
+                session.commit()
+                assert [t.id for t in session.get(post, 1).tags] == [7]
+                assert ops(history(session, link, (1, 7))) == [INSERT]
         finally:
             LocalBase.metadata.drop_all(engine)
     finally:

@@ -25,7 +25,7 @@ from typing import Any, ClassVar, TypedDict
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.declarative import AbstractConcreteBase
-from sqlalchemy.orm import Mapper
+from sqlalchemy.orm import Mapper, RelationshipProperty
 
 from versioning.errors import ConfigurationError
 from versioning.masks import Mask
@@ -576,14 +576,44 @@ def _written_tables(selectable: Any) -> list[sa.Table]:
     return []  # a subquery or select: the ORM cannot write through it
 
 
-def _check_unversioned_mapper(mapper: Mapper[Any], cls: type[Any]) -> None:
-    """Refuse a mapper of a class that is not versioned over a versioned table.
+def _secondary_table(prop: RelationshipProperty[Any], mapper: Mapper[Any]) -> sa.Table | None:
+    """The ``secondary`` table of a relationship, before its mapper is configured.
 
-    Writes through it (a second class mapped to the table, or a class mapped to a ``join()`` of
-    versioned tables) would change versioned rows with no history. Checked when the mapper is
-    configured (at its first use), whichever class was declared first; an error leaves the
-    mapper unconfigured, so that every use of it (and of its registry) fails the same way.
+    ``RelationshipProperty.secondary`` is only set while the mapper is configured, after the last
+    moment a refusal keeps the mapper unusable; so the argument as given is read from the private
+    ``_init_args`` and resolved as SQLAlchemy does: a table, a table's name, or a callable.
     """
+    argument: Any = prop._init_args.secondary.argument
+    if callable(argument) and not isinstance(argument, sa.FromClause):
+        argument = argument()
+    if isinstance(argument, str):
+        argument = mapper.registry.metadata.tables.get(argument)
+    return argument if isinstance(argument, sa.Table) else None
+
+
+def _check_writes_around_history(mapper: Mapper[Any], cls: type[Any]) -> None:
+    """Refuse a mapper whose flushes would write to versioned tables without history.
+
+    That is a mapper of a class that is not versioned over a versioned table (a second class
+    mapped to it, or a class mapped to a ``join()`` including it), and a relationship that writes
+    the rows of a versioned table as its ``secondary``. Checked when the mapper is configured (at
+    its first use), whichever class was declared first; an error leaves the mapper unconfigured,
+    so that every use of it (and of its registry) fails the same way.
+    """
+    for prop in mapper.relationships:
+        if prop.parent is not mapper or prop.viewonly:
+            continue
+        secondary = _secondary_table(prop, mapper)
+        if secondary is None or LIVE_TABLE_INFO not in secondary.info:
+            continue
+        owners = _owners(mapper, [secondary])
+        raise ConfigurationError(
+            f"{cls.__name__}.{prop.key} uses the versioned table {secondary.fullname!r}"
+            f"{owners} as its secondary table: the ORM would insert and delete its rows without "
+            f"recording any history. Write them through the versioned model (a relationship to "
+            f"it, and sqlalchemy.ext.associationproxy for the direct collection), or declare "
+            f"{cls.__name__}.{prop.key} with viewonly=True"
+        )
     if issubclass(cls, Versioned):
         return
     versioned = [
@@ -594,21 +624,25 @@ def _check_unversioned_mapper(mapper: Mapper[Any], cls: type[Any]) -> None:
     if not versioned:
         return
     names = ", ".join(repr(table.fullname) for table in versioned)
+    what = "a join of " if isinstance(mapper.persist_selectable, sa.Join) else ""
+    raise ConfigurationError(
+        f"{cls.__name__} is mapped to {what}versioned table(s) {names}{_owners(mapper, versioned)} "
+        f"but is not Versioned: writes through it would change versioned rows without recording "
+        f"any history. Write through the versioned model(s) instead, and give them the combined "
+        f"view with relationship() or column_property()"
+    )
+
+
+def _owners(mapper: Mapper[Any], tables: list[sa.Table]) -> str:
+    """`` (mapped by A, B)``: the versioned classes mapped to ``tables``."""
     owners = sorted(
         {
             other.class_.__name__
             for other in mapper.registry.mappers
-            if other is not mapper and other.local_table in versioned
+            if other is not mapper and other.local_table in tables and spec_of(other) is not None
         }
     )
-    owned_by = f" (mapped by {', '.join(owners)})" if owners else ""
-    what = "a join of " if isinstance(mapper.persist_selectable, sa.Join) else ""
-    raise ConfigurationError(
-        f"{cls.__name__} is mapped to {what}versioned table(s) {names}{owned_by} but is not "
-        f"Versioned: writes through it would change versioned rows without recording any "
-        f"history. Write through the versioned model(s) instead, and give them the combined "
-        f"view with relationship() or column_property()"
-    )
+    return f" (mapped by {', '.join(owners)})" if owners else ""
 
 
 def _listen(fn: Callable[[Mapper[Any], type[Any]], None], name: str) -> None:
@@ -618,4 +652,4 @@ def _listen(fn: Callable[[Mapper[Any], type[Any]], None], name: str) -> None:
 _listen(_check_primary_key, "instrument_class")
 _listen(_declare, "after_mapper_constructed")
 _listen(_check_cascades, "before_mapper_configured")
-event.listen(Mapper, "before_mapper_configured", _check_unversioned_mapper)
+event.listen(Mapper, "before_mapper_configured", _check_writes_around_history)
