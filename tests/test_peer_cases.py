@@ -232,6 +232,37 @@ def test_concrete_records_with_the_same_key_keep_separate_histories(
         assert type(old) is models[1] and old.title == f"{models[1].__name__} v1"
 
 
+def test_statements_and_restore_on_a_concrete_class_touch_its_records_only(
+    create_tables: Tables, sessions: Sessions
+) -> None:
+    create_tables(Base.metadata)
+    with sessions() as session:
+        _write_three_lives(session, [TextItem, Article, BlogPost])
+        _write_three_lives(session, [Document, Memo])
+        # ORM-enabled statements (SQLAlchemy refuses them on ConcreteBase classes themselves).
+        session.execute(sa.update(Memo).where(Memo.id == 1).values(recipient="bo"))
+        session.execute(sa.insert(Memo).values(id=2, title="m2"))
+        session.execute(sa.delete(Document).where(Document.id == 1))
+        session.commit()
+        first = read(sessions, Memo, 1)[0]
+        versioning.restore(session, first)
+        session.commit()
+        memo = session.get(Memo, 1)
+        assert memo is not None and memo.title == "Memo v1" and memo.recipient is None
+    assert ops(read(sessions, TextItem, 1)) == [INSERT, UPDATE]
+    assert ops(read(sessions, Article, 1)) == [INSERT, UPDATE]
+    assert ops(read(sessions, BlogPost, 1)) == [INSERT, UPDATE]
+    memo_versions = read(sessions, Memo, 1)
+    assert ops(memo_versions) == [INSERT, UPDATE, UPDATE, UPDATE]
+    assert dict(memo_versions[2].changes) == {"recipient": (None, "bo")}
+    assert dict(memo_versions[3].changes) == {
+        "title": ("Memo v2", "Memo v1"),
+        "recipient": ("bo", None),
+    }
+    assert ops(read(sessions, Memo, 2)) == [INSERT]
+    assert ops(read(sessions, Document, 1)) == [INSERT, UPDATE, DELETE]
+
+
 def test_a_joined_subclass_of_a_concrete_class_is_recorded_in_its_history(
     create_tables: Tables, sessions: Sessions
 ) -> None:
