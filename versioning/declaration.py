@@ -585,8 +585,12 @@ def _secondary_table(prop: RelationshipProperty[Any], mapper: Mapper[Any]) -> sa
     """
     argument: Any = prop._init_args.secondary.argument
     if callable(argument) and not isinstance(argument, sa.FromClause):
-        argument = argument()
+        try:
+            argument = argument()
+        except Exception:  # SQLAlchemy reports it, in its own words, when it configures
+            return None
     if isinstance(argument, str):
+        # A table's name ("schema.name" too): the only strings SQLAlchemy takes for secondary.
         argument = mapper.registry.metadata.tables.get(argument)
     return argument if isinstance(argument, sa.Table) else None
 
@@ -601,19 +605,8 @@ def _check_writes_around_history(mapper: Mapper[Any], cls: type[Any]) -> None:
     so that every use of it (and of its registry) fails the same way.
     """
     for prop in mapper.relationships:
-        if prop.parent is not mapper or prop.viewonly:
-            continue
-        secondary = _secondary_table(prop, mapper)
-        if secondary is None or LIVE_TABLE_INFO not in secondary.info:
-            continue
-        owners = _owners(mapper, [secondary])
-        raise ConfigurationError(
-            f"{cls.__name__}.{prop.key} uses the versioned table {secondary.fullname!r}"
-            f"{owners} as its secondary table: the ORM would insert and delete its rows without "
-            f"recording any history. Write them through the versioned model (a relationship to "
-            f"it, and sqlalchemy.ext.associationproxy for the direct collection), or declare "
-            f"{cls.__name__}.{prop.key} with viewonly=True"
-        )
+        if prop.parent is mapper and not prop.viewonly:
+            _refuse_secondary(mapper, cls, prop, _secondary_table(prop, mapper))
     if issubclass(cls, Versioned):
         return
     versioned = [
@@ -630,6 +623,20 @@ def _check_writes_around_history(mapper: Mapper[Any], cls: type[Any]) -> None:
         f"but is not Versioned: writes through it would change versioned rows without recording "
         f"any history. Write through the versioned model(s) instead, and give them the combined "
         f"view with relationship() or column_property()"
+    )
+
+
+def _refuse_secondary(
+    mapper: Mapper[Any], cls: type[Any], prop: RelationshipProperty[Any], secondary: Any
+) -> None:
+    if not isinstance(secondary, sa.Table) or LIVE_TABLE_INFO not in secondary.info:
+        return
+    raise ConfigurationError(
+        f"{cls.__name__}.{prop.key} uses the versioned table {secondary.fullname!r}"
+        f"{_owners(mapper, [secondary])} as its secondary table: the ORM would insert and delete "
+        f"its rows without recording any history. Write them through the versioned model (a "
+        f"relationship to it, and sqlalchemy.ext.associationproxy for the direct collection), "
+        f"or declare {cls.__name__}.{prop.key} with viewonly=True"
     )
 
 
