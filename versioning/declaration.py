@@ -7,7 +7,13 @@ see the history tables as soon as the models are imported.
 
 An inheritance hierarchy (single-table or joined-table) keeps its history in one table, named after
 the base table, holding the columns of every class in it: a record's history is then one query
-whichever class it is read through, and each flush writes one statement per hierarchy.
+whichever class it is read through, and each flush writes one statement per hierarchy. A class of
+concrete-table inheritance has a table, and so a history, of its own: its records' keys are
+independent of its base's, so sharing a history would mix different records.
+
+A mapper of a class that is not versioned over a versioned table (a second class mapped to it, or
+a class mapped to a ``join()`` including it) is refused when it is configured: writes through it
+would change versioned rows without any history.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from typing import Any, ClassVar, TypedDict
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.orm import Mapper
+from sqlalchemy.ext.declarative import AbstractConcreteBase
+from sqlalchemy.orm import Mapper, RelationshipProperty
 
 from versioning.errors import ConfigurationError
 from versioning.masks import Mask
@@ -117,9 +124,16 @@ def spec_for(model: type[Any]) -> ModelSpec:
         raise ConfigurationError(f"{model!r} is not a mapped class")
     spec = spec_of(mapper)
     if spec is None:
-        raise ConfigurationError(
-            f"{mapper.class_.__name__} is not versioned: mix versioning.Versioned into it"
-        )
+        name = mapper.class_.__name__
+        if issubclass(mapper.class_, Versioned):
+            concrete = sorted(
+                m.class_.__name__ for m in mapper.self_and_descendants if spec_of(m) is not None
+            )
+            raise ConfigurationError(
+                f"{name} is an abstract concrete base with no table of its own, so it has no "
+                f"history; read the history of its concrete classes ({', '.join(concrete)})"
+            )
+        raise ConfigurationError(f"{name} is not versioned: mix versioning.Versioned into it")
     return spec
 
 
@@ -200,15 +214,22 @@ def _resolve(
 def _declare(mapper: Mapper[Any], cls: type[Any]) -> None:
     if _SPEC_ATTR in cls.__dict__:  # pragma: no cover - a mapper is constructed once per class
         return
+    if _is_abstract_concrete_base(mapper, cls):
+        return  # mapped over the union of its subclasses' tables: no table, no history, no spec
     options = _own_options(cls)
     props = _column_props(mapper)
     base_spec: ModelSpec | None = None
-    if mapper.inherits is not None:
-        base_spec = spec_of(mapper.base_mapper)
+    # Concrete-table inheritance: the class has its own table, so its own history (a shared one
+    # would mix records of different tables that have the same key); the base's options carry over
+    # to the columns the class has too.
+    concrete_base = _concrete_base_spec(mapper) if mapper.concrete else None
+    if mapper.inherits is not None and not mapper.concrete:
+        hierarchy_base = _hierarchy_base(mapper)
+        base_spec = spec_of(hierarchy_base)
         if base_spec is None:
             raise ConfigurationError(
                 f"{cls.__name__} is Versioned but its base class "
-                f"{mapper.base_mapper.class_.__name__} is not: mix versioning.Versioned into "
+                f"{hierarchy_base.class_.__name__} is not: mix versioning.Versioned into "
                 f"the base class of the hierarchy"
             )
         if options.get("table_name") and options["table_name"] != base_spec.history.name:
@@ -230,6 +251,18 @@ def _declare(mapper: Mapper[Any], cls: type[Any]) -> None:
     if base_spec is not None:
         excluded |= base_spec.excluded
         masks = {**base_spec.masks, **masks}
+    elif concrete_base is not None:
+        excluded |= {key for key in concrete_base.excluded if key in props}
+        masks = {**{k: m for k, m in concrete_base.masks.items() if k in props}, **masks}
+    elif mapper.concrete:  # an AbstractConcreteBase subclass: its base is not mapped yet
+        inherited = _inherited_options(cls)
+        by_column = {column.name: key for key, column in props.items()}
+        for name in inherited.get("exclude", ()):
+            if name in props or name in by_column:
+                excluded.add(by_column.get(name, name))
+        for name, fn in inherited.get("mask", {}).items():
+            if (name in props or name in by_column) and by_column.get(name, name) not in masks:
+                masks[by_column.get(name, name)] = fn
 
     pk_keys = tuple(mapper.get_property_by_column(col).key for col in mapper.primary_key)
     for key in excluded & set(pk_keys):
@@ -330,6 +363,38 @@ def _declare(mapper: Mapper[Any], cls: type[Any]) -> None:
         register_tables(mapper.local_table, history, transactions)
 
 
+def _hierarchy_base(mapper: Mapper[Any]) -> Mapper[Any]:
+    """The mapper whose table holds the base row of ``mapper``'s records: the base mapper of its
+    single- or joined-table hierarchy, which a concrete class starts anew."""
+    while mapper.inherits is not None and not mapper.concrete:
+        mapper = mapper.inherits
+    return mapper
+
+
+def _is_abstract_concrete_base(mapper: Mapper[Any], cls: type[Any]) -> bool:
+    """Whether ``mapper`` maps an ``AbstractConcreteBase`` over its subclasses' tables."""
+    return issubclass(cls, AbstractConcreteBase) and not isinstance(mapper.local_table, sa.Table)
+
+
+def _inherited_options(cls: type[Any]) -> dict[str, Any]:
+    """The ``__versioned__`` options of the nearest base class of ``cls`` that sets them."""
+    for base in cls.__mro__[1:]:
+        if base is not Versioned and "__versioned__" in base.__dict__:
+            return _own_options(base)
+    return {}
+
+
+def _concrete_base_spec(mapper: Mapper[Any]) -> ModelSpec | None:
+    """The spec of the nearest versioned class ``mapper`` inherits from (concrete inheritance)."""
+    base = mapper.inherits
+    while base is not None:
+        spec = spec_of(base)
+        if spec is not None:
+            return spec
+        base = base.inherits
+    return None
+
+
 def _extend_history(
     cls: type[Any],
     history: sa.Table,
@@ -356,7 +421,7 @@ def _extend_history(
 def _check_primary_key(mapper: Mapper[Any], cls: type[Any]) -> None:
     table = mapper.local_table
     if (
-        mapper.inherits is None
+        (mapper.inherits is None or mapper.concrete)
         and isinstance(table, sa.Table)
         and not table.primary_key.columns
         and not getattr(mapper, "_primary_key_argument", None)
@@ -473,7 +538,7 @@ def _check_cascades(mapper: Mapper[Any], cls: type[Any]) -> None:
                 f"(let the ORM do it: relationship(cascade='all, delete-orphan') without "
                 f"passive_deletes)"
             )
-        base_table = mapper.base_mapper.local_table
+        base_table = _hierarchy_base(mapper).local_table
         if ondelete == "CASCADE" and table is not base_table:
             raise ConfigurationError(
                 f"{names} has ondelete='CASCADE' on the table of the joined-inheritance "
@@ -503,6 +568,91 @@ def _check_cascades(mapper: Mapper[Any], cls: type[Any]) -> None:
         cascades.install()
 
 
+def _written_tables(selectable: Any) -> list[sa.Table]:
+    """The tables a mapper over ``selectable`` writes to: a table, or the tables of a join."""
+    if isinstance(selectable, sa.Table):
+        return [selectable]
+    if isinstance(selectable, sa.Join):
+        return _written_tables(selectable.left) + _written_tables(selectable.right)
+    return []  # a subquery or select: the ORM cannot write through it
+
+
+def _secondary_table(prop: RelationshipProperty[Any], mapper: Mapper[Any]) -> sa.Table | None:
+    """The ``secondary`` table of a relationship, before its mapper is configured.
+
+    ``RelationshipProperty.secondary`` is only set while the mapper is configured, after the last
+    moment a refusal keeps the mapper unusable; so the argument as given is read from the private
+    ``_init_args`` and resolved as SQLAlchemy does: a table, a table's name, or a callable.
+    """
+    argument: Any = prop._init_args.secondary.argument
+    if callable(argument) and not isinstance(argument, sa.FromClause):
+        try:
+            argument = argument()
+        except Exception:  # SQLAlchemy reports it, in its own words, when it configures
+            return None
+    if isinstance(argument, str):
+        # A table's name ("schema.name" too): the only strings SQLAlchemy takes for secondary.
+        argument = mapper.registry.metadata.tables.get(argument)
+    return argument if isinstance(argument, sa.Table) else None
+
+
+def _check_writes_around_history(mapper: Mapper[Any], cls: type[Any]) -> None:
+    """Refuse a mapper whose flushes would write to versioned tables without history.
+
+    That is a mapper of a class that is not versioned over a versioned table (a second class
+    mapped to it, or a class mapped to a ``join()`` including it), and a relationship that writes
+    the rows of a versioned table as its ``secondary``. Checked when the mapper is configured (at
+    its first use), whichever class was declared first; an error leaves the mapper unconfigured,
+    so that every use of it (and of its registry) fails the same way.
+    """
+    for prop in mapper.relationships:
+        if prop.parent is mapper and not prop.viewonly:
+            _refuse_secondary(mapper, cls, prop, _secondary_table(prop, mapper))
+    if issubclass(cls, Versioned):
+        return
+    versioned = [
+        table
+        for table in _written_tables(mapper.persist_selectable)
+        if LIVE_TABLE_INFO in table.info
+    ]
+    if not versioned:
+        return
+    names = ", ".join(repr(table.fullname) for table in versioned)
+    what = "a join of " if isinstance(mapper.persist_selectable, sa.Join) else ""
+    raise ConfigurationError(
+        f"{cls.__name__} is mapped to {what}versioned table(s) {names}{_owners(mapper, versioned)} "
+        f"but is not Versioned: writes through it would change versioned rows without recording "
+        f"any history. Write through the versioned model(s) instead, and give them the combined "
+        f"view with relationship() or column_property()"
+    )
+
+
+def _refuse_secondary(
+    mapper: Mapper[Any], cls: type[Any], prop: RelationshipProperty[Any], secondary: Any
+) -> None:
+    if not isinstance(secondary, sa.Table) or LIVE_TABLE_INFO not in secondary.info:
+        return
+    raise ConfigurationError(
+        f"{cls.__name__}.{prop.key} uses the versioned table {secondary.fullname!r}"
+        f"{_owners(mapper, [secondary])} as its secondary table: the ORM would insert and delete "
+        f"its rows without recording any history. Write them through the versioned model (a "
+        f"relationship to it, and sqlalchemy.ext.associationproxy for the direct collection), "
+        f"or declare {cls.__name__}.{prop.key} with viewonly=True"
+    )
+
+
+def _owners(mapper: Mapper[Any], tables: list[sa.Table]) -> str:
+    """`` (mapped by A, B)``: the versioned classes mapped to ``tables``."""
+    owners = sorted(
+        {
+            other.class_.__name__
+            for other in mapper.registry.mappers
+            if other is not mapper and other.local_table in tables and spec_of(other) is not None
+        }
+    )
+    return f" (mapped by {', '.join(owners)})" if owners else ""
+
+
 def _listen(fn: Callable[[Mapper[Any], type[Any]], None], name: str) -> None:
     event.listen(Versioned, name, fn, propagate=True)
 
@@ -510,3 +660,4 @@ def _listen(fn: Callable[[Mapper[Any], type[Any]], None], name: str) -> None:
 _listen(_check_primary_key, "instrument_class")
 _listen(_declare, "after_mapper_constructed")
 _listen(_check_cascades, "before_mapper_configured")
+event.listen(Mapper, "before_mapper_configured", _check_writes_around_history)

@@ -2,6 +2,8 @@
 
 Every function here takes the session to read with and issues one query. Records are identified by
 model and primary key (a scalar, or a tuple for composite keys), so deleted records are found too.
+Like a query, each one first autoflushes the session (unless ``session.autoflush`` is off or in a
+``no_autoflush`` block), so that history includes the changes the session holds.
 """
 
 from __future__ import annotations
@@ -236,6 +238,17 @@ def _resolve_target(target: Any, pk: Any) -> tuple[ModelSpec, tuple[Any, ...]]:
     return spec, _key(spec, key)
 
 
+def _autoflush(session: Session) -> None:
+    """Flush pending changes first, as a query does, so that they are part of what is read.
+
+    ``Session._autoflush`` is what ``Query`` and ``Session.execute`` call: it honours
+    ``session.autoflush`` and ``no_autoflush``, does nothing during a flush, and names autoflush
+    in the error of a failing flush. There is no public equivalent.
+    """
+    if isinstance(session, Session):
+        session._autoflush()
+
+
 class _Missing:
     pass
 
@@ -249,7 +262,12 @@ def history(session: Session, target: Any, pk: Any = _MISSING) -> list[Version]:
     Call as ``history(session, obj)`` or ``history(session, Model, pk)``.
     """
     session = arguments.session(session, "history")
-    spec, key = _resolve_target(target, pk)
+    if pk is _MISSING:
+        _autoflush(session)  # an instance: its pending changes (and a new one's key) first
+        spec, key = _resolve_target(target, pk)
+    else:
+        spec, key = _resolve_target(target, pk)  # a bad key is refused before anything is written
+        _autoflush(session)
     history_table = spec.history
     transactions = spec.transactions
     labels = [transactions.c[name].label(f"versioning_tx_{name}") for name in _TX_FIELDS]
@@ -295,6 +313,7 @@ def version_at(
     spec = arguments.model(model, "version_at")
     key = _key(spec, pk)
     bound = _bound(spec, arguments.moment(at, "version_at"))
+    _autoflush(session)  # after the checks: a refused call writes nothing
     history_table = spec.history
     filters = _filters(spec, key)
     transaction_id = history_table.c[TRANSACTION_ID]

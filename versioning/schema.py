@@ -6,7 +6,9 @@
   holding a typed snapshot of the versioned columns, the operation and the changed fields.
 
 History tables carry no unique constraints and no foreign keys to live tables, so records can be
-deleted and re-created freely; their only foreign key points at the transaction table.
+deleted and re-created freely; their only foreign key points at the transaction table. A history
+table lives in its live table's schema, the transaction table in the ``MetaData``'s: when they
+differ, that foreign key names the transaction table's schema (see :class:`TransactionKey`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import DDLCompiler
 
 from versioning.errors import ArgumentError, ConfigurationError
 from versioning.operation import Operation
@@ -158,6 +162,37 @@ def _resolve_types(column: sa.Column[Any], table: sa.Table) -> None:
             pending.remove(entry)
 
 
+class TransactionKey(sa.ForeignKeyConstraint):
+    """The foreign key of a history table to its transaction table.
+
+    The transaction table has the ``MetaData``'s schema; ``None`` means the connection's default
+    schema, which an unqualified name only reaches from a table in that schema. A history table in
+    another schema (``__table_args__ = {"schema": ...}``) would then name a table that does not
+    exist there (MariaDB: errno 150), so the DDL names the default schema, known once connected.
+    """
+
+    inherit_cache = True
+
+
+@compiles(TransactionKey)
+def _compile_transaction_key(
+    constraint: TransactionKey, compiler: DDLCompiler, **kw: Any
+) -> str | None:
+    sql: str | None = compiler.visit_foreign_key_constraint(constraint, **kw)
+    if sql is None:  # SQLite: no foreign key across attached databases
+        return None
+    local = constraint.table
+    remote = constraint.elements[0].column.table
+    default = compiler.dialect.default_schema_name
+    if local.schema is None or remote.schema is not None or not default or local.schema == default:
+        return sql
+    preparer = compiler.preparer
+    unqualified = f"REFERENCES {preparer.format_table(remote)} "
+    qualified = f"REFERENCES {preparer.quote_schema(default)}.{preparer.format_table(remote)} "
+    assert unqualified in sql, sql
+    return sql.replace(unqualified, qualified, 1)
+
+
 def history_table_for(
     model_name: str,
     name: str,
@@ -191,19 +226,16 @@ def history_table_for(
         name,
         metadata,
         sa.Column(VERSION_ID, _ID_TYPE, primary_key=True, autoincrement=True),
-        sa.Column(
-            TRANSACTION_ID,
-            _ID_TYPE,
-            sa.ForeignKey(transactions.c.id, name=f"fk_{name}_transaction"[:60]),
-            nullable=False,
-        ),
+        sa.Column(TRANSACTION_ID, _ID_TYPE, nullable=False),
         sa.Column(OPERATION, operation, nullable=False),
         *key_columns,
         *data_columns,
         sa.Column(CHANGES, sa.JSON(none_as_null=True), nullable=True),
+        TransactionKey([TRANSACTION_ID], [transactions.c.id], name=f"fk_{name}_transaction"[:60]),
         sa.Index(_index_name(name, "record"), *[c.name for c in key_columns], TRANSACTION_ID),
         sa.Index(_index_name(name, "transaction"), TRANSACTION_ID),
-        schema=live.schema,
+        # Beside the live table: in the default schema too when the MetaData has another one.
+        schema=live.schema if live.schema is not None else sa.BLANK_SCHEMA,
         info={_INFO_KEY: "history", "live_table": live.fullname},
         comment=f"versioning: history of {live.fullname}",
     )
