@@ -11,7 +11,16 @@ foreign key constraint") — the history table's index on its transaction id is 
     context.configure(..., process_revision_directives=process_revision_directives)
 
 leaves out the ``op.drop_index`` of a table the same migration drops (``DROP TABLE`` drops its
-indexes itself), on every backend. See docs/migrations.md.
+indexes itself), on every backend.
+
+A model in another schema (``__table_args__ = {"schema": ...}``) has its history table there, and
+its foreign key to the transaction table, in the default schema, must name that schema when the
+DDL runs (:class:`versioning.schema.TransactionKey`; MariaDB otherwise fails with errno 150).
+Alembic writes it as a plain ``sa.ForeignKeyConstraint`` to ``versioning_transaction.id``, which
+MariaDB resolves in the history table's own database. ``render_item=render_item`` in
+``context.configure`` writes that one constraint as ``TransactionKey(...)`` (imported from
+``versioning.schema``), which names the default schema of the database the migration runs on.
+See docs/migrations.md.
 """
 
 from __future__ import annotations
@@ -19,9 +28,31 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import sqlalchemy as sa
+from alembic.autogenerate.api import AutogenContext
 from alembic.operations import ops
 
-__all__ = ["process_revision_directives"]
+from versioning.schema import TRANSACTION_ID, TRANSACTION_TABLE
+
+__all__ = ["process_revision_directives", "render_item"]
+
+
+def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | bool:
+    """Alembic's ``render_item`` hook: a history table's foreign key to the transaction table
+    from another schema is written as ``TransactionKey``; everything else as Alembic does."""
+    # Alembic renders a copy of the table, whose constraints are plain ForeignKeyConstraints:
+    # the transaction key is known by its column and target.
+    if type_ != "foreign_key" or not isinstance(obj, sa.ForeignKeyConstraint):
+        return False
+    if len(obj.elements) != 1 or obj.table.schema is None:
+        return False  # the history table is in the default schema: the plain constraint is right
+    (element,) = obj.elements
+    target = f"{TRANSACTION_TABLE}.id"
+    if element.parent.name != TRANSACTION_ID or element.target_fullname != target:
+        return False
+    if autogen_context.imports is not None:
+        autogen_context.imports.add("from versioning.schema import TransactionKey")
+    return f"TransactionKey([{element.parent.name!r}], [{target!r}], name={obj.name!r})"
 
 
 def process_revision_directives(context: Any, revision: Any, directives: list[Any]) -> None:
