@@ -31,7 +31,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 import versioning
 import versioning.transaction
 from versioning import Operation, Versioned, VersioningError, as_of, audit_context, history
-from versioning.schema import transaction_table_for
+from versioning.schema import issued_at_utc, transaction_table_for
 
 from helpers import count, ops, read
 
@@ -123,7 +123,8 @@ def test_issued_at_increases_with_the_transaction_id(
     pairs = _times(read(sessions, Note, 1)) + _times(read(sessions, Note, 2))
     _assert_time_follows_ids(list(set(pairs)))
     with sessions() as session:
-        rows = session.execute(sa.select(TRANSACTIONS.c.id, TRANSACTIONS.c.issued_at)).all()
+        # The column is a plain DateTime (naive UTC on SQLite and MariaDB); read it as history does.
+        rows = session.execute(sa.select(TRANSACTIONS.c.id, issued_at_utc(TRANSACTIONS))).all()
     _assert_time_follows_ids([tuple(row) for row in rows])  # type: ignore[misc]
 
 

@@ -22,7 +22,14 @@ from versioning.declaration import ModelSpec, spec_for, spec_of
 from versioning.encoding import decode
 from versioning.errors import ArgumentError
 from versioning.operation import Operation
-from versioning.schema import CHANGES, META_COLUMNS, OPERATION, TRANSACTION_ID, VERSION_ID
+from versioning.schema import (
+    CHANGES,
+    META_COLUMNS,
+    OPERATION,
+    TRANSACTION_ID,
+    VERSION_ID,
+    issued_at_utc,
+)
 from versioning.transaction import write_pending
 
 __all__ = ["Transaction", "Version", "as_of", "history"]
@@ -270,7 +277,12 @@ def history(session: Session, target: Any, pk: Any = _MISSING) -> list[Version]:
         _autoflush(session)
     history_table = spec.history
     transactions = spec.transactions
-    labels = [transactions.c[name].label(f"versioning_tx_{name}") for name in _TX_FIELDS]
+    labels = [
+        (issued_at_utc(transactions) if name == "issued_at" else transactions.c[name]).label(
+            f"versioning_tx_{name}"
+        )
+        for name in _TX_FIELDS
+    ]
     filters = _filters(spec, key)
 
     def statement(tolerant: bool) -> sa.Select[Any]:
@@ -298,7 +310,7 @@ def _bound(spec: ModelSpec, at: dt.datetime | int) -> Any:
     transactions = spec.transactions
     return (
         sa.select(transactions.c.id)
-        .where(transactions.c.issued_at <= at)
+        .where(issued_at_utc(transactions) <= at)  # ``at`` bound as UTC, as the column holds it
         .order_by(transactions.c.issued_at.desc(), transactions.c.id.desc())
         .limit(1)
         .scalar_subquery()

@@ -11,7 +11,11 @@ A restore is an ordinary change of the live row, so it is recorded like any othe
   does; a re-created record gets the value that follows the last one history recorded for it, so a
   writer still holding an older version fails with ``StaleDataError``;
 * on an update, never a column with ``onupdate`` / ``server_onupdate``: the restore is a change
-  made now, and those columns take the value any update gives them.
+  made now, and those columns take the value any update gives them;
+* never a column the version does not hold: one that is NULL in history but NOT NULL now (added
+  by a migration after the version was recorded). It keeps its live value, or, when re-creating
+  the record, takes its default; with no default, the restore is refused before anything is
+  written (see docs/migrations.md).
 
 The restore compares against the row as the database holds it, read (and locked where the backend
 can) at once, never against values the session may hold from before another transaction changed
@@ -122,6 +126,34 @@ def _check_creatable(spec: ModelSpec, version: Version) -> None:
                     f"{key!r} is {why}, so history cannot give it back, and it is NOT NULL "
                     f"without a default; give the column a default or restore it by hand"
                 )
+
+
+def _absent(spec: ModelSpec, version: Version, writable: list[str]) -> set[str]:
+    """The columns ``version`` does not hold: NULL in history, NOT NULL in the live table.
+
+    A column added (by a migration) after the version was recorded is NULL in its history row;
+    so is one made NOT NULL since. Neither can be written back as NULL.
+    """
+    return {
+        k
+        for k in writable
+        if version.state.get(k) is None and spec.live_columns[k].nullable is False
+    }
+
+
+def _check_absent_creatable(spec: ModelSpec, version: Version, absent: set[str]) -> None:
+    """A re-created record gives an absent column its default; refuse if it has none."""
+    for k in sorted(absent):
+        column = spec.live_columns[k]
+        if column.default is None and column.server_default is None and not _generated(column):
+            raise RestoreError(
+                f"cannot re-create {spec.model.__name__} {version.primary_key!r} as of "
+                f"transaction {version.transaction_id}: that version holds no value for column "
+                f"{k!r} (NULL in history: added or made NOT NULL after it was recorded), which "
+                f"is NOT NULL without a default; give the column a default, or fill the history "
+                f"column for old versions in the migration that added it, or re-create the "
+                f"record by hand"
+            )
 
 
 @overload
@@ -270,14 +302,16 @@ def _apply(session: Session, version: Version) -> Any:
     writable = [
         k for k in spec.keys if k not in spec.masks and k not in spec.pk_keys and k != version_key
     ]
+    absent = _absent(spec, version, writable)
     fresh: Any = _MISSING
     if live is None:
         _check_creatable(spec, version)
+        _check_absent_creatable(spec, version, absent)
         fresh = _next_version(session, spec, key)
         live = _instance(version.model, {k: version.state[k] for k in spec.pk_keys})
         for k in writable:
-            if not _generated(spec.live_columns[k]):
-                setattr(live, k, version.state[k])
+            if not _generated(spec.live_columns[k]) and k not in absent:
+                setattr(live, k, version.state[k])  # an absent column takes its default
         session.add(live)
     else:
         if type(live) is not version.model:
@@ -287,7 +321,8 @@ def _apply(session: Session, version: Version) -> Any:
         differs = [
             k
             for k in writable
-            if not _set_on_update(spec.live_columns[k])
+            if k not in absent  # keeps its live value
+            and not _set_on_update(spec.live_columns[k])
             and not spec.type_of(k).compare_values(getattr(live, k), version.state[k])
         ]
         if not differs:

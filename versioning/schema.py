@@ -36,6 +36,7 @@ __all__ = [
     "VERSION_ID",
     "UTCDateTime",
     "history_table_for",
+    "issued_at_utc",
     "transaction_table_for",
 ]
 
@@ -52,12 +53,22 @@ _INFO_KEY = "versioning"
 #: Integer ids that autoincrement on every backend (SQLite only does so for INTEGER PRIMARY KEY).
 _ID_TYPE = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
+#: The stored type of ``issued_at``: PostgreSQL ``timestamptz``, MariaDB ``DATETIME(6)``, SQLite
+#: ``DATETIME``. Built from SQLAlchemy's own types so that Alembic renders it in a migration that
+#: runs as generated; the library reads and binds it through :class:`UTCDateTime`
+#: (:func:`issued_at_utc`).
+_ISSUED_AT_TYPE = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+
 
 class UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
     """A timestamp stored in UTC and always returned timezone-aware, on every backend.
 
     PostgreSQL keeps ``timestamp with time zone``; SQLite and MariaDB, which have no time zones,
     keep the UTC wall-clock time (with microseconds) and get ``tzinfo=UTC`` back on reading.
+
+    The transaction table's column itself has a plain SQLAlchemy type (a migration must render it
+    without importing this module); the library applies this one where it reads or compares the
+    column, with :func:`issued_at_utc`.
     """
 
     impl = sa.DateTime(timezone=True)
@@ -89,6 +100,11 @@ class UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
         return dt.datetime
 
 
+def issued_at_utc(transactions: sa.Table) -> sa.ColumnElement[dt.datetime]:
+    """``transactions.c.issued_at`` read and compared as a timezone-aware UTC datetime."""
+    return sa.type_coerce(transactions.c.issued_at, UTCDateTime())
+
+
 def _index_name(table_name: str, suffix: str) -> str:
     """An index name within the 63/64-character limits of PostgreSQL and MariaDB."""
     name = f"ix_{table_name}_{suffix}"
@@ -113,7 +129,7 @@ def transaction_table_for(metadata: sa.MetaData) -> sa.Table:
         TRANSACTION_TABLE,
         metadata,
         sa.Column("id", _ID_TYPE, primary_key=True, autoincrement=True),
-        sa.Column("issued_at", UTCDateTime(), nullable=False),
+        sa.Column("issued_at", _ISSUED_AT_TYPE, nullable=False),
         sa.Column("actor", sa.String(255), nullable=True),
         sa.Column("source_ip", sa.String(45), nullable=True),
         sa.Column("request_id", sa.String(128), nullable=True),
