@@ -117,6 +117,10 @@ def ran(orm: ORMExecuteState, reset: bool = False) -> bool:
     return bool(orm.session.info.pop(_RAN, False)) if reset else bool(orm.session.info.get(_RAN))
 
 
+def mark_ran(orm: ORMExecuteState) -> None:
+    orm.session.info[_RAN] = True
+
+
 def _not_run(orm: ORMExecuteState) -> None:
     """The statement's writes were rolled back with its savepoint: nothing of it remains."""
     orm.session.info.pop(_RAN, None)

@@ -54,7 +54,7 @@ def _capture(orm: ORMExecuteState) -> Result[Any] | None:
         # SQLAlchemy autoflushes only inside invoke_statement(); the rows read before the
         # statement must already include pending changes, recorded by their own flush.
         session.flush()
-    inserts.ran(orm, reset=True)
+    outer = inserts.ran(orm, reset=True)  # a statement run from another's hook: its own flag
     try:
         with uncaptured.writing():
             if orm.is_delete:
@@ -71,6 +71,8 @@ def _capture(orm: ORMExecuteState) -> Result[Any] | None:
         raise
     finally:
         inserts.ran(orm, reset=True)
+        if outer:
+            inserts.mark_ran(orm)
 
 
 def _connection(orm: ORMExecuteState, spec: ModelSpec) -> Connection:
