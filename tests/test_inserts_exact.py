@@ -71,17 +71,6 @@ class Tag(Versioned, Base):
     label: Mapped[str] = mapped_column(sa.String(50))
 
 
-class Replacing(Versioned, Base):
-    """SQLite: a unique column declared ON CONFLICT REPLACE."""
-
-    __tablename__ = "ix_replacing"
-
-    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
-    code: Mapped[str] = mapped_column(
-        sa.String(20), unique=True, sqlite_on_conflict_unique="REPLACE"
-    )
-
-
 class Failing(Versioned, Base):
     """SQLite: NOT NULL declared ON CONFLICT FAIL."""
 
@@ -89,17 +78,6 @@ class Failing(Versioned, Base):
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     body: Mapped[str] = mapped_column(sa.String(20), sqlite_on_conflict_not_null="FAIL")
-
-
-class Skipping(Versioned, Base):
-    """SQLite: the unique column declared ON CONFLICT IGNORE."""
-
-    __tablename__ = "ix_skipping"
-
-    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
-    code: Mapped[str] = mapped_column(
-        sa.String(20), unique=True, sqlite_on_conflict_unique="IGNORE"
-    )
 
 
 NOTE_SEQ = sa.Sequence("ix_seq_notes_id")
@@ -474,48 +452,6 @@ def test_insert_or_fail_is_refused(create_tables: CreateTables, sessions: Sessio
 
 
 @pytest.mark.backends("sqlite")
-def test_sqlite_table_declaring_on_conflict_ignore_records_only_rows_inserted(
-    create_tables: CreateTables, sessions: Sessions
-) -> None:
-    """A plain INSERT on a table whose unique column says ON CONFLICT IGNORE skips rows."""
-    engine = tables(create_tables, "sqlite")
-    with sessions() as session:
-        session.add(Skipping(id=1, code="A"))
-        session.commit()
-    with sessions() as session:
-        session.execute(insert(Skipping), [{"id": 2, "code": "A"}, {"id": 3, "code": "C"}])
-        session.commit()
-    assert live(engine, Skipping, "id", "code") == [(1, "A"), (3, "C")]
-    assert read(sessions, Skipping, 2) == []
-    assert ops(read(sessions, Skipping, 3)) == [INSERT]
-
-
-@pytest.mark.backends("sqlite")
-def test_sqlite_table_declaring_on_conflict_replace_records_the_deleted_row(
-    create_tables: CreateTables, sessions: Sessions
-) -> None:
-    """A plain INSERT on a table whose unique column says ON CONFLICT REPLACE deletes rows."""
-    engine = tables(create_tables, "sqlite")
-    with sessions() as session:
-        session.add(Replacing(id=1, code="A"))
-        session.commit()
-    with sessions() as session:
-        session.execute(insert(Replacing).values(id=2, code="A"))
-        session.commit()
-    assert live(engine, Replacing, "id", "code") == [(2, "A")]
-    assert ops(read(sessions, Replacing, 1)) == [INSERT, DELETE]
-    assert ops(read(sessions, Replacing, 2)) == [INSERT]
-    with sessions() as session:
-        with pytest.raises(versioning.VersioningError, match="ON CONFLICT REPLACE"):
-            session.execute(
-                sqlite.insert(Replacing).values(id=5, code="Z").on_conflict_do_nothing()
-            )
-        session.commit()
-    assert live(engine, Replacing, "id", "code") == [(2, "A")]
-    assert count(engine, history_table(Replacing)) == 3
-
-
-@pytest.mark.backends("sqlite")
 def test_sqlite_table_declaring_on_conflict_fail_is_refused(
     create_tables: CreateTables, sessions: Sessions
 ) -> None:
@@ -848,24 +784,3 @@ def test_upsert_through_an_async_session(
     four = read(sessions, Note, 4)
     assert ops(four) == [INSERT] and four[0].transaction is not None
     assert four[0].transaction.actor == "async"
-
-
-def test_sqlite_declared_resolutions_that_mix_replace_and_ignore_are_refused() -> None:
-    class Own(DeclarativeBase):
-        pass
-
-    class Mixed(Versioned, Own):
-        __tablename__ = "ix_mixed"
-
-        id: Mapped[int] = mapped_column(
-            primary_key=True, autoincrement=False, sqlite_on_conflict_primary_key="IGNORE"
-        )
-        code: Mapped[str] = mapped_column(
-            sa.String(20), unique=True, sqlite_on_conflict_unique="REPLACE"
-        )
-
-    spec = spec_for(Mixed)
-    with pytest.raises(versioning.VersioningError, match="ON CONFLICT REPLACE"):
-        _shape(spec, insert(Mixed), "sqlite")
-    assert _shape(spec, insert(Mixed), "postgresql").kind == "plain"  # SQLite's own DDL
-    assert _shape(spec, insert(Mixed).prefix_with("OR ABORT"), "sqlite").kind == "plain"

@@ -262,7 +262,9 @@ def test_undelete_by_the_delete_version(create_tables: Tables, sessions: Session
         Operation.INSERT,
     ]
     assert versions[-1].state == dict(delete.state) | {"card": None}  # masked: not written back
-    assert names_restore(reason_of(versions[-1]), "Order", "7", delete.transaction_id)
+    # An undelete names the version it brings back: the one before the deletion.
+    assert names_restore(reason_of(versions[-1]), "Order", "7", versions[1].transaction_id)
+    assert reason_of(versions[-1]).startswith("undelete Order 7 as of transaction ")
 
 
 def test_undelete_by_key_at(create_tables: Tables, sessions: Sessions) -> None:

@@ -731,12 +731,17 @@ def test_loader_criteria_from_a_hook_on_one_session(
 # --- key sets: size, quoting, composite keys -------------------------------------------------
 
 
-def test_hundred_thousand_rows_in_one_statement(
+@pytest.mark.backends("sqlite", "postgresql")
+def test_more_keys_than_the_bound_parameter_limit_in_one_statement(
     create_tables: CreateTables, sessions: Sessions
 ) -> None:
-    """Beyond SQLite's 32,766 and psycopg's 65,535 bound parameters: still exact."""
+    """Beyond SQLite's 32,766 and psycopg's 65,535 bound parameters: still exact.
+
+    Only where such a limit exists (MariaDB's driver sends no bound parameters), and just above
+    it, to keep the test quick.
+    """
     engine = create_tables(Base.metadata)
-    total = 100_000
+    total = {"sqlite": 33_000, "postgresql": 66_000}[engine.dialect.name]
     with engine.begin() as connection:  # seeded without history, to keep the test quick
         connection.execute(
             insert(Row.__table__),

@@ -20,7 +20,8 @@ def _parser() -> argparse.ArgumentParser:
         help="record, read and restore the history of a model in a SQLite database file",
         description=(
             "Create a SQLite database, change a versioned Invoice under two actors and print "
-            "its history, an as_of lookup, a delete and a restore."
+            "its history, an as_of lookup, its deletion, its undeletion (restore) and its "
+            "history afterwards."
         ),
     )
     demo.add_argument(

@@ -217,6 +217,8 @@ def _declare(mapper: Mapper[Any], cls: type[Any]) -> None:
     if _is_abstract_concrete_base(mapper, cls):
         return  # mapped over the union of its subclasses' tables: no table, no history, no spec
     options = _own_options(cls)
+    if isinstance(mapper.local_table, sa.Table):
+        _check_sqlite_conflicts(cls, mapper.local_table)
     props = _column_props(mapper)
     base_spec: ModelSpec | None = None
     # Concrete-table inheritance: the class has its own table, so its own history (a shared one
@@ -361,6 +363,48 @@ def _declare(mapper: Mapper[Any], cls: type[Any]) -> None:
     if isinstance(mapper.local_table, sa.Table):
         mapper.local_table.info[LIVE_TABLE_INFO] = history.name
         register_tables(mapper.local_table, history, transactions)
+
+
+#: SQLite conflict resolutions that make a plain INSERT or UPDATE delete or skip rows silently.
+_SQLITE_SILENT = frozenset({"REPLACE", "IGNORE"})
+
+
+def _check_sqlite_conflicts(cls: type[Any], table: sa.Table) -> None:
+    """Refuse a table declaring SQLite's ``ON CONFLICT REPLACE`` or ``IGNORE`` on a constraint.
+
+    A unit-of-work flush into it would delete a conflicting row (``REPLACE``), store the column
+    default instead of the NULL sent (``REPLACE`` on NOT NULL), or skip the row while the session
+    believes it written (``IGNORE``): changes the flush cannot see, so history could not hold them.
+    An explicit ``insert().prefix_with("OR REPLACE")`` statement is still recorded exactly.
+    """
+    found: list[str] = []
+    for constraint in table.constraints:
+        if isinstance(constraint, sa.UniqueConstraint | sa.PrimaryKeyConstraint):
+            action = constraint.dialect_options["sqlite"].get("on_conflict")
+            if action and str(action).upper() in _SQLITE_SILENT:
+                primary = isinstance(constraint, sa.PrimaryKeyConstraint)
+                kind = "primary key" if primary else "unique"
+                columns = ", ".join(c.name for c in constraint.columns)
+                found.append(f"the {kind} constraint ({columns}) declares ON CONFLICT {action}")
+    for column in table.columns:
+        options = column.dialect_options["sqlite"]
+        for option, what in (
+            ("on_conflict_primary_key", "primary key"),
+            ("on_conflict_unique", "unique"),
+            ("on_conflict_not_null", "NOT NULL"),
+        ):
+            action = options.get(option)
+            if action and str(action).upper() in _SQLITE_SILENT:
+                found.append(f"column {column.name!r} declares its {what} ON CONFLICT {action}")
+    if found:
+        raise ConfigurationError(
+            f"{cls.__name__}: {'; '.join(found)} (sqlite_on_conflict...). SQLite would then "
+            f"delete a conflicting row, store another value than the one sent, or skip the row "
+            f"during a flush, where no history can record it. Remove the option (the default, "
+            f"ABORT, raises instead), and write such rows with an explicit "
+            f"insert(...).prefix_with('OR REPLACE') or 'OR IGNORE' statement, which versioning "
+            f"records exactly"
+        )
 
 
 def _hierarchy_base(mapper: Mapper[Any]) -> Mapper[Any]:

@@ -36,6 +36,7 @@ from versioning.errors import VersioningError
 from versioning.live_rows import Key, Rows
 from versioning.operation import Operation
 from versioning.recording import Change, write_changes
+from versioning.transaction import mark_failed
 
 __all__: list[str] = []
 
@@ -53,12 +54,25 @@ def _capture(orm: ORMExecuteState) -> Result[Any] | None:
         # SQLAlchemy autoflushes only inside invoke_statement(); the rows read before the
         # statement must already include pending changes, recorded by their own flush.
         session.flush()
-    with uncaptured.writing():
-        if orm.is_delete:
-            return _delete(orm, spec)
-        if orm.is_update:
-            return _update(orm, spec)
-        return inserts.capture(orm, spec, _connection(orm, spec))
+    outer = inserts.ran(orm, reset=True)  # a statement run from another's hook: its own flag
+    try:
+        with uncaptured.writing():
+            if orm.is_delete:
+                return _delete(orm, spec)
+            if orm.is_update:
+                return _update(orm, spec)
+            return inserts.capture(orm, spec, _connection(orm, spec))
+    except BaseException:
+        if inserts.ran(orm):
+            # The statement ran and then failed, or something failed after it ran (a batch of
+            # insertmanyvalues, a row of an executemany): rows it wrote may have no history.
+            # Committing them is refused unless a savepoint around the statement rolls back.
+            mark_failed(session, spec.model.__name__)
+        raise
+    finally:
+        inserts.ran(orm, reset=True)
+        if outer:
+            inserts.mark_ran(orm)
 
 
 def _connection(orm: ORMExecuteState, spec: ModelSpec) -> Connection:
@@ -121,8 +135,8 @@ def _delete(orm: ORMExecuteState, spec: ModelSpec) -> Result[Any]:
     connection = _connection(orm, spec)
     candidates = _candidates(orm, spec, connection)
     cascade = cascades.before_statement(orm, connection, candidates)  # foreign-key actions
-    result = orm.invoke_statement(
-        statement=_restricted(orm.statement, spec, list(candidates), connection.dialect)
+    result = inserts.invoke(
+        orm, _restricted(orm.statement, spec, list(candidates), connection.dialect)
     )
     # The rows deleted, with their values as they were when deleted:
     deleted = _deleted(connection, spec, candidates, result)
@@ -248,13 +262,13 @@ def _update(orm: ORMExecuteState, spec: ModelSpec) -> Result[Any]:
             connection, spec, [k for k in keys if k is not None], lock=True
         )
         cascade = cascades.before_statement(orm, connection, candidates)  # foreign-key actions
-        result = orm.invoke_statement()
+        result = inserts.invoke(orm)
     else:
         statement = _bump_version(orm, spec, statement)
         candidates = _candidates(orm, spec, connection)
         cascade = cascades.before_statement(orm, connection, candidates)  # foreign-key actions
         restricted = _restricted(statement, spec, list(candidates), connection.dialect)
-        result = orm.invoke_statement(statement=restricted)
+        result = inserts.invoke(orm, restricted)
     # Locked: MariaDB then reads the rows as they are, not as an older snapshot had them.
     after = live_rows.by_key_set(connection, spec, list(candidates), lock=True)
     # The rows updated, with old and new values (a candidate left as it was records nothing):

@@ -34,7 +34,14 @@ from versioning.context import AuditContext, current_context
 from versioning.errors import VersioningError
 from versioning.schema import TRANSACTION_ID, UTCDateTime
 
-__all__ = ["SessionState", "existing_state", "record", "session_state", "write_pending"]
+__all__ = [
+    "SessionState",
+    "existing_state",
+    "mark_failed",
+    "record",
+    "session_state",
+    "write_pending",
+]
 
 _KEY = "_versioning"
 
@@ -46,6 +53,12 @@ class _Pending:
     noted_in: SessionTransaction
     history: sa.Table
     rows: list[dict[str, Any]]
+
+
+#: At most this many restores are listed in a transaction's reason, in at most this many bytes
+#: (far within MariaDB's 65,535-byte TEXT); the others are counted.
+_NOTES_MAX = 100
+_NOTES_BYTES = 16_000
 
 
 @dataclass(eq=False)
@@ -86,11 +99,29 @@ class SessionState:
     changed: dict[InstanceState[Any], frozenset[str]] = field(default_factory=dict)
     #: Records this flush updates or deletes whose row was not in the database when read.
     missing: set[InstanceState[Any]] = field(default_factory=set)
+    #: Captured statements that failed after they ran (rows may be written without history):
+    #: the model's name, and the transaction or savepoint it ran in (see ``mark_failed``).
+    failed: list[tuple[SessionTransaction, str]] = field(default_factory=list)
 
     @property
     def notes(self) -> list[str]:
-        """The reason lines of the restores still in this transaction, in order."""
-        return [note.text for note in self.noted]
+        """The reason lines of the restores still in this transaction, in order, bounded.
+
+        The reason column is a ``TEXT`` (65,535 bytes on MariaDB): past :data:`_NOTES_MAX`
+        lines or :data:`_NOTES_BYTES` bytes, the rest is counted (``and 9000 more restores``);
+        each restore's own history says what it did.
+        """
+        lines: list[str] = []
+        size = 0
+        for note in self.noted:
+            size += len(note.text.encode()) + 2
+            if len(lines) == _NOTES_MAX or size > _NOTES_BYTES:
+                break
+            lines.append(note.text)
+        left = len(self.noted) - len(lines)
+        if left:
+            lines.append(f"and {left} more restore{'s' if left > 1 else ''}")
+        return lines
 
     def note(self, session: Session, text: str) -> _Note:
         """Add a reason line; it goes if the savepoint (or transaction) it was noted in does."""
@@ -277,11 +308,35 @@ def write_pending(session: Session) -> None:
             _write_group(session, state, group)
 
 
+def mark_failed(session: Session, model: str) -> None:
+    """Note that a captured statement on ``model`` failed after it ran (see ``_write_at_commit``).
+
+    A statement may fail partway (a later batch of a multi-row INSERT, a row of an executemany
+    UPDATE) with the rows of its earlier batches written and no history noted for them. Unless
+    the savepoint it ran in is rolled back, the transaction cannot be committed.
+    """
+    noted_in = session.get_nested_transaction() or session.get_transaction()
+    if noted_in is not None:
+        session_state(session).failed.append((noted_in, model))
+
+
+def _partly_failed(state: SessionState) -> VersioningError:
+    models = ", ".join(dict.fromkeys(model for _, model in state.failed))
+    return VersioningError(
+        f"cannot commit: a versioned statement on {models} failed partway, so rows it wrote "
+        f"before the failure would be committed without history. Call session.rollback() and "
+        f"redo the transaction's work (or run such a statement in session.begin_nested() and "
+        f"roll that savepoint back when it fails)"
+    )
+
+
 @event.listens_for(Session, "before_commit")
 def _write_at_commit(session: Session) -> None:
     if session.in_nested_transaction():
         return  # a savepoint is released: the database transaction goes on
     state = existing_state(session)
+    if state is not None and state.failed:
+        raise _partly_failed(state)
     if state is None and not session.dirty and not session.new and not session.deleted:
         return
     # Take every row lock of the transaction before its id is allocated.
@@ -379,6 +434,7 @@ def _forget_rolled_back(session: Session, previous_transaction: SessionTransacti
     if state is None:
         return
     state.noted = [n for n in state.noted if not _within(n.noted_in, previous_transaction)]
+    state.failed = [f for f in state.failed if not _within(f[0], previous_transaction)]
     for key, group in list(state.groups.items()):
         group.pending = [p for p in group.pending if not _within(p.noted_in, previous_transaction)]
         if group.noted_reason_in is not None and _within(
