@@ -211,13 +211,9 @@ def _story(p: _Printer, session: Session, path: Path) -> None:
     *_, before, deleted = history(session, Invoice, 1)
     assert deleted.operation is Operation.DELETE
     p.heading(f"alice undeletes {name} as of transaction {before.transaction_id}")
-    # restore() would give "restore Invoice 1 to transaction 3", the deletion's transaction:
-    # say what this is instead.
-    reason = (
-        f"undelete {_label(deleted.primary_key)} as of transaction {before.transaction_id}, "
-        "the version before its deletion"
-    )
-    with audit_context(actor="alice", source_ip="203.0.113.7", reason=reason):
+    # restore() records why by itself: "undelete Invoice 1 as of transaction N, the version before
+    # its deletion".
+    with audit_context(actor="alice", source_ip="203.0.113.7"):
         restored: Invoice = restore(session, deleted)
         session.commit()
     _print_record(p, "live", _values(restored))
