@@ -5,6 +5,9 @@ PostgreSQL comes from pytest-postgresql's ``postgresql_noproc`` (a running serve
 reached at ``VERSIONING_MARIADB_URL`` (default ``mariadb+pymysql://root@127.0.0.1:3306``) and gets a
 fresh database too. A server that is not reachable is left out, with one line saying so — unless
 ``CI=true``, where every backend is required.
+
+``create_tables`` creates a ``MetaData``'s tables once per run and backend and empties them (rows
+deleted, id counters reset) after each test; a test that leaves an audit context open fails.
 """
 
 from __future__ import annotations
