@@ -5,11 +5,15 @@ PostgreSQL comes from pytest-postgresql's ``postgresql_noproc`` (a running serve
 reached at ``VERSIONING_MARIADB_URL`` (default ``mariadb+pymysql://root@127.0.0.1:3306``) and gets a
 fresh database too. A server that is not reachable is left out, with one line saying so — unless
 ``CI=true``, where every backend is required.
+
+``create_tables`` creates a ``MetaData``'s tables once per run and backend and empties them (rows
+deleted, id counters reset) after each test; a test that leaves an audit context open fails.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 from collections.abc import Callable, Iterator
@@ -22,6 +26,8 @@ import sqlalchemy as sa
 from pytest_postgresql import factories
 from sqlalchemy import event
 from sqlalchemy.orm import Session
+
+from versioning import context as versioning_context
 
 # The web glue is installed as ``versioning.integrations``; the repository folder of the same name
 # must never be importable as a top-level package here, or a stale ``import integrations`` would
@@ -162,23 +168,158 @@ def engine(
             },
         )
     yield engine
+    _kept.pop(engine, None)
     engine.dispose()
+
+
+# --- tables: created once, emptied after each test -----------------------------------------------
+#
+# Creating and dropping a schema is most of what a database test costs (MariaDB above all), so
+# a ``MetaData`` passed to ``create_tables`` stays created on its engine after the test, and the
+# test's rows are deleted and id counters reset instead. The next test asking for the same
+# ``MetaData`` finds empty tables whose ids start at 1 again, as if they had just been created.
+# The old way comes back whenever sharing would be unsafe: a test that runs DDL of its own
+# (``ALTER TABLE``, a ``create_all`` of its own, ...) has its tables dropped afterwards, and a
+# test that takes ``engine`` without ``create_tables`` starts on a database with none of the kept
+# tables (see ``_kept_tables_dropped``).
+
+_kept: dict[sa.Engine, list[sa.MetaData]] = {}
+_DDL = re.compile(r"\s*(CREATE|ALTER|DROP|RENAME)\b(?!\s+SEQUENCE\b)", re.IGNORECASE)
+
+
+class _DDLSeen:
+    """Notes any DDL (other than a sequence's) run on any engine while it is switched on."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.seen = False
+
+    def __call__(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if self.on and _DDL.match(statement):
+            self.seen = True
+
+
+_ddl_seen = _DDLSeen()
+event.listen(sa.Engine, "before_cursor_execute", _ddl_seen)
+
+
+def _drop_kept(engine: sa.Engine, keep: list[sa.MetaData] | None = None) -> None:
+    kept = _kept.setdefault(engine, [])
+    for metadata in reversed(list(kept)):
+        if keep is None or metadata not in keep:
+            metadata.drop_all(engine)
+            kept.remove(metadata)
+
+
+def _empty(engine: sa.Engine, metadatas: list[sa.MetaData]) -> None:
+    """Delete every row of ``metadatas``' tables and reset their id counters, in one transaction.
+
+    TRUNCATE re-creates a table's files on PostgreSQL and InnoDB (tens of milliseconds a table), so
+    one round trip first finds the tables that hold rows, and only those are emptied."""
+    tables = [t for m in metadatas for t in reversed(m.sorted_tables)]
+    if not tables:
+        return
+    preparer = engine.dialect.identifier_preparer
+    names = [preparer.format_table(t) for t in tables]
+    dialect = engine.dialect.name
+    probe = " UNION ALL ".join(
+        f"SELECT {i} {'FROM DUAL ' if dialect == 'mariadb' else ''}"
+        f"WHERE EXISTS (SELECT 1 FROM {name})"
+        for i, name in enumerate(names)
+    )
+    with engine.begin() as connection:
+        with_rows = [names[row[0]] for row in connection.exec_driver_sql(probe)]
+        # In dependency order (children first), so deletes are valid with foreign keys checked.
+        with_rows.sort(key=names.index)
+        if dialect == "mariadb":
+            connection.exec_driver_sql("SET FOREIGN_KEY_CHECKS = 0")
+        try:
+            for name in with_rows:
+                connection.exec_driver_sql(f"DELETE FROM {name}")
+        finally:
+            if dialect == "mariadb":
+                connection.exec_driver_sql("SET FOREIGN_KEY_CHECKS = 1")
+        if dialect == "postgresql":
+            connection.exec_driver_sql(
+                "SELECT setval(quote_ident(schemaname) || '.' || quote_ident(sequencename), "
+                "start_value, false) FROM pg_sequences "
+                "WHERE last_value IS NOT NULL AND schemaname = ANY(current_schemas(false))"
+            )
+        elif dialect == "sqlite":
+            has_counters = connection.exec_driver_sql(
+                "SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'"
+            ).first()
+            if has_counters:
+                connection.exec_driver_sql("DELETE FROM sqlite_sequence")
+        else:
+            moved = connection.exec_driver_sql(
+                "SELECT TABLE_NAME FROM information_schema.TABLES "
+                "WHERE TABLE_SCHEMA = DATABASE() AND AUTO_INCREMENT > 1"
+            ).scalars()
+            for table in moved:
+                connection.exec_driver_sql(
+                    f"ALTER TABLE {preparer.quote(table)} AUTO_INCREMENT = 1"
+                )
 
 
 @pytest.fixture
 def create_tables(engine: sa.Engine) -> Iterator[Callable[[sa.MetaData], sa.Engine]]:
-    """Call with a ``MetaData``: its tables (history included) exist until the test ends."""
-    created: list[sa.MetaData] = []
+    """Call with a ``MetaData``: its tables (history included) exist, empty, until the test ends."""
+    used: list[sa.MetaData] = []
+    kept = _kept.setdefault(engine, [])
 
     def create(metadata: sa.MetaData) -> sa.Engine:
-        metadata.drop_all(engine)
-        metadata.create_all(engine)
-        created.append(metadata)
+        _ddl_seen.on = False
+        try:
+            if metadata not in kept:
+                # Kept tables this test does not use could share names with the new ones.
+                _drop_kept(engine, keep=used)
+                metadata.drop_all(engine)
+                metadata.create_all(engine)
+                kept.append(metadata)
+            used.append(metadata)
+        finally:
+            _ddl_seen.on = True
         return engine
 
+    _ddl_seen.seen = False
     yield create
-    for metadata in reversed(created):
-        metadata.drop_all(engine)
+    _ddl_seen.on = False
+    if _ddl_seen.seen:
+        # The test changed a schema itself: drop what it used, as if nothing were kept.
+        for metadata in reversed(used):
+            metadata.drop_all(engine)
+            if metadata in kept:
+                kept.remove(metadata)
+    else:
+        try:
+            _empty(engine, used)
+        except BaseException:
+            # Loud (the cleanup must be fixed), but the next test still gets fresh tables.
+            for metadata in reversed(used):
+                metadata.drop_all(engine)
+                kept.remove(metadata)
+            raise
+
+
+@pytest.fixture(autouse=True)
+def _kept_tables_dropped(request: pytest.FixtureRequest) -> None:
+    """A test on ``engine`` that does not use ``create_tables`` starts with none of the kept tables
+    (it may create tables of the same names, or inspect the database)."""
+    if "engine" in request.fixturenames and "create_tables" not in request.fixturenames:
+        _drop_kept(request.getfixturevalue("engine"))
+
+
+@pytest.fixture(autouse=True)
+def _no_audit_context_left_behind() -> Iterator[None]:
+    """Fail a test that leaves an audit context open on its thread (a request, an ``__enter__``
+    that raised after pushing its frame, ...) — and clean up, so that the leak cannot spill into
+    the following tests (it would: frames nest)."""
+    token = versioning_context._current.set(None)
+    yield
+    leaked = versioning_context._current.get()
+    versioning_context._current.reset(token)
+    assert leaked is None, "the test left an audit context open on its thread"
 
 
 @pytest.fixture

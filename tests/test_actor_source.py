@@ -9,41 +9,22 @@ falls through to the enclosing frames; what it returns is validated like a plain
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from models import Base
+from models import Note as Page
+from sqlalchemy.orm import Session
 
 import versioning
 from versioning import (
     ContextError,
-    Versioned,
     audit_context,
     current_context,
     history,
     set_actor,
 )
-from versioning.context import _current
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Page(Versioned, Base):
-    __tablename__ = "actor_source_pages"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    title: Mapped[str] = mapped_column(sa.String(100))
-
-
-@pytest.fixture(autouse=True)
-def _no_frame_survives_a_test() -> Iterator[None]:
-    # Isolation guard: a frame left behind (e.g. by an ``__enter__`` that raised after pushing
-    # its frame) would otherwise leak into every later test run in this thread.
-    yield
-    if _current.get() is not None:
-        _current.set(None)
 
 
 class Source:

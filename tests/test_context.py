@@ -17,29 +17,20 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from models import Base
+from models import Note as Ticket
+from sqlalchemy.orm import Session
 
 import versioning
 from versioning import (
     AuditContext,
     ContextError,
-    Versioned,
     VersioningError,
     audit_context,
     current_context,
     history,
     set_actor,
 )
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Ticket(Versioned, Base):
-    __tablename__ = "context_tickets"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    title: Mapped[str] = mapped_column(sa.String(100))
 
 
 def fields(ctx: AuditContext) -> tuple[object, ...]:

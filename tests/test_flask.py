@@ -31,7 +31,6 @@ from versioning import (
     history,
     set_actor,
 )
-from versioning import context as versioning_context
 from versioning.integrations.flask import VersioningAudit
 
 Sessions = Callable[[], Session]
@@ -106,15 +105,18 @@ def make_app(sessions: Sessions, **audit_options: Any) -> tuple[Flask, Versionin
     return app, audit
 
 
-@pytest.fixture(autouse=True)
-def no_context_left_behind() -> Iterator[None]:
-    """Fail a test whose requests leave an audit context open on its thread — and clean up, so
-    that the leak cannot spill into the following tests (it would: frames nest)."""
-    token = versioning_context._current.set(None)
-    yield
-    leaked = versioning_context._current.get()
-    versioning_context._current.reset(token)
-    assert leaked is None, "a request left its audit context open on the test's thread"
+def context_app(**audit_options: Any) -> Flask:
+    """The extension alone, before a view that answers the audit context it sees."""
+    app = Flask(__name__)
+    app.testing = True
+    audit_options.setdefault("trust_request_id", "always")
+    VersioningAudit(app, **audit_options)
+
+    @app.post("/context")
+    def context() -> dict[str, Any]:
+        return context_fields()
+
+    return app
 
 
 @pytest.fixture
@@ -351,11 +353,11 @@ def test_actor_callable_answering_zero_false_or_true(db: Sessions) -> None:
 @pytest.mark.parametrize(
     "inbound", ["abc", "req-42", "a1b2.c3_d4:e5+f6/g7=h8", "0" * 64, "550e8400-e29b-41d4-a716"]
 )
-def test_valid_inbound_request_id_is_kept_and_echoed(db: Sessions, inbound: str) -> None:
-    app, _ = make_app(db)
-    response = app.test_client().post("/items/1", headers={"X-Request-ID": inbound})
+def test_valid_inbound_request_id_is_kept_and_echoed(inbound: str) -> None:
+    """Through the extension alone; recorded on every backend by the end-to-end test below."""
+    response = context_app().test_client().post("/context", headers={"X-Request-ID": inbound})
     assert response.headers["X-Request-ID"] == inbound
-    assert transaction_of(db, 1).request_id == inbound
+    assert response.json is not None and response.json["request_id"] == inbound
 
 
 @pytest.mark.parametrize(
@@ -373,12 +375,22 @@ def test_valid_inbound_request_id_is_kept_and_echoed(db: Sessions, inbound: str)
         "'; DROP TABLE x; --",
     ],
 )
-def test_invalid_inbound_request_id_is_replaced_and_echoed(db: Sessions, inbound: str) -> None:
-    app, _ = make_app(db)
-    response = app.test_client().post("/items/1", headers={"X-Request-ID": inbound})
+def test_invalid_inbound_request_id_is_replaced_and_echoed(inbound: str) -> None:
+    """Through the extension alone; recorded on every backend by the end-to-end test below."""
+    response = context_app().test_client().post("/context", headers={"X-Request-ID": inbound})
     rid = response.headers["X-Request-ID"]
     assert rid != inbound
     assert GENERATED_ID.fullmatch(rid)
+    assert response.json is not None and response.json["request_id"] == rid
+
+
+@pytest.mark.parametrize(("inbound", "kept"), [("req-42", True), ("<script>", False)])
+def test_inbound_request_id_end_to_end(db: Sessions, inbound: str, kept: bool) -> None:
+    app, _ = make_app(db)
+    response = app.test_client().post("/items/1", headers={"X-Request-ID": inbound})
+    rid = response.headers["X-Request-ID"]
+    assert (rid == inbound) is kept
+    assert kept or GENERATED_ID.fullmatch(rid)
     assert transaction_of(db, 1).request_id == rid
 
 
@@ -849,6 +861,7 @@ def test_init_app_twice_on_one_app_is_refused() -> None:
 XFF, FWD = "X-Forwarded-For", "Forwarded"
 CLIENT = "198.51.100.7"
 Headers = dict[str, str] | list[tuple[str, str]]
+PROXIES = ["10.0.0.0/8", "::1", "fd00::/8"]
 
 
 def post_from(app: Flask, item_id: int, peer: str, headers: Headers | None = None) -> TestResponse:
@@ -859,13 +872,54 @@ def post_from(app: Flask, item_id: int, peer: str, headers: Headers | None = Non
     return response
 
 
-def source_ip_of(db: Sessions, peer: str, headers: Headers, **options: Any) -> str | None:
+def source_ip_of(peer: str, headers: Headers, **options: Any) -> str | None:
+    """One request from ``peer`` with ``headers`` through the extension, without a database
+    (``test_proxy_headers_end_to_end`` records the same on every backend): the source IP of the
+    audit context the view saw."""
+    response = (
+        context_app(**options)
+        .test_client()
+        .post("/context", headers=headers, environ_base={"REMOTE_ADDR": peer})
+    )
+    assert response.status_code == 200 and response.json is not None
+    ip: str | None = response.json["source_ip"]
+    return ip
+
+
+def recorded_source_ip_of(db: Sessions, peer: str, headers: Headers, **options: Any) -> str | None:
     """One write from ``peer`` with ``headers``; the source IP its transaction recorded."""
     app, _ = make_app(db, **options)
     response = post_from(app, 1, peer, headers)
     ip = transaction_of(db, 1).source_ip
     assert response.json is not None and response.json["source_ip"] == ip
     return ip
+
+
+@pytest.mark.parametrize(
+    ("peer", "headers", "options", "client"),
+    [
+        ("203.0.113.5", {XFF: "1.2.3.4"}, {"trusted_proxies": ["10.0.0.0/8"]}, "203.0.113.5"),
+        (
+            "10.0.0.2",
+            {XFF: "6.6.6.6, 198.51.100.7, 10.0.0.1"},
+            {"trusted_proxies": PROXIES},
+            CLIENT,
+        ),
+        (
+            "10.0.0.2",
+            {FWD: 'for=6.6.6.6, for="[2001:db8:cafe::17]:4711", for=10.0.0.1'},
+            {"trusted_proxies": PROXIES, "forwarded_header": FWD},
+            "2001:db8:cafe::17",
+        ),
+        ("10.0.0.2", {XFF: "garbage"}, {"trusted_proxies": PROXIES}, "10.0.0.2"),
+    ],
+    ids=["untrusted-peer", "x-forwarded-for-chain", "forwarded-chain", "garbage"],
+)
+def test_proxy_headers_end_to_end(
+    db: Sessions, peer: str, headers: Headers, options: dict[str, Any], client: str
+) -> None:
+    """One case per feature recorded on every backend; the tables below run without a database."""
+    assert recorded_source_ip_of(db, peer, headers, **options) == client
 
 
 @pytest.mark.parametrize("forwarded_header", [XFF, FWD])
@@ -879,10 +933,10 @@ def source_ip_of(db: Sessions, peer: str, headers: Headers, **options: Any) -> s
     ],
 )
 def test_spoofed_forwarded_headers_from_an_untrusted_peer_are_ignored(
-    db: Sessions, headers: dict[str, str], forwarded_header: str
+    headers: dict[str, str], forwarded_header: str
 ) -> None:
     options = {"trusted_proxies": ["10.0.0.0/8"], "forwarded_header": forwarded_header}
-    assert source_ip_of(db, "203.0.113.5", headers, **options) == "203.0.113.5"
+    assert source_ip_of("203.0.113.5", headers, **options) == "203.0.113.5"
 
 
 @pytest.mark.parametrize("forwarded_header", [XFF, FWD])
@@ -894,9 +948,6 @@ def test_forwarded_headers_are_ignored_by_default_even_from_private_peers(
     post_from(app, 2, "127.0.0.1", {"Forwarded": "for=198.51.100.7"})
     assert transaction_of(db, 1).source_ip == "10.0.0.1"
     assert transaction_of(db, 2).source_ip == "127.0.0.1"
-
-
-PROXIES = ["10.0.0.0/8", "::1", "fd00::/8"]
 
 
 @pytest.mark.parametrize(
@@ -926,10 +977,10 @@ PROXIES = ["10.0.0.0/8", "::1", "fd00::/8"]
     ],
 )
 def test_a_chain_through_trusted_proxies_yields_the_client(
-    db: Sessions, peer: str, forwarded_header: str, headers: Headers, client: str
+    peer: str, forwarded_header: str, headers: Headers, client: str
 ) -> None:
     options = {"trusted_proxies": PROXIES, "forwarded_header": forwarded_header}
-    assert source_ip_of(db, peer, headers, **options) == client
+    assert source_ip_of(peer, headers, **options) == client
 
 
 @pytest.mark.parametrize("options", [{}, {"forwarded_header": XFF}], ids=["default", "explicit"])
@@ -944,10 +995,10 @@ def test_a_chain_through_trusted_proxies_yields_the_client(
     ],
 )
 def test_default_setting_ignores_a_forwarded_header_sent_by_the_client(
-    db: Sessions, options: dict[str, str], headers: Headers, recorded: str
+    options: dict[str, str], headers: Headers, recorded: str
 ) -> None:
     """Our proxies maintain X-Forwarded-For; a Forwarded header can only come from the client."""
-    assert source_ip_of(db, "10.0.0.2", headers, trusted_proxies=["10.0.0.0/8"], **options) == (
+    assert source_ip_of("10.0.0.2", headers, trusted_proxies=["10.0.0.0/8"], **options) == (
         recorded
     )
 
@@ -962,11 +1013,9 @@ def test_default_setting_ignores_a_forwarded_header_sent_by_the_client(
         ({XFF: "6.6.6.6", FWD: "for=_hidden"}, "10.0.0.2"),
     ],
 )
-def test_forwarded_setting_ignores_x_forwarded_for(
-    db: Sessions, headers: Headers, recorded: str
-) -> None:
+def test_forwarded_setting_ignores_x_forwarded_for(headers: Headers, recorded: str) -> None:
     options = {"trusted_proxies": ["10.0.0.0/8"], "forwarded_header": "Forwarded"}
-    assert source_ip_of(db, "10.0.0.2", headers, **options) == recorded
+    assert source_ip_of("10.0.0.2", headers, **options) == recorded
 
 
 @pytest.mark.parametrize(
@@ -978,12 +1027,10 @@ def test_forwarded_setting_ignores_x_forwarded_for(
         ("X-FORWARDED-FOR", "203.0.113.9"),
     ],
 )
-def test_forwarded_header_option_is_case_insensitive(
-    db: Sessions, value: str, recorded: str
-) -> None:
+def test_forwarded_header_option_is_case_insensitive(value: str, recorded: str) -> None:
     headers = {FWD: "for=198.51.100.7", XFF: "203.0.113.9"}
     options = {"trusted_proxies": ["10.0.0.0/8"], "forwarded_header": value}
-    assert source_ip_of(db, "10.0.0.2", headers, **options) == recorded
+    assert source_ip_of("10.0.0.2", headers, **options) == recorded
 
 
 @pytest.mark.parametrize(
@@ -996,10 +1043,10 @@ def test_forwarded_header_option_is_case_insensitive(
     ],
 )
 def test_trusted_proxies_written_as_ipv4_mapped_ipv6_are_trusted(
-    db: Sessions, peer: str, trusted: list[str], recorded: str
+    peer: str, trusted: list[str], recorded: str
 ) -> None:
     headers = {XFF: "6.6.6.6, 198.51.100.7"}
-    assert source_ip_of(db, peer, headers, trusted_proxies=trusted) == recorded
+    assert source_ip_of(peer, headers, trusted_proxies=trusted) == recorded
 
 
 @pytest.mark.parametrize("peer", ["10.0.0.2", "203.0.113.5"], ids=["trusted", "untrusted"])
@@ -1015,13 +1062,13 @@ def test_trusted_proxies_written_as_ipv4_mapped_ipv6_are_trusted(
     ids=["xff-10kb", "xff-1000-hops", "xff-10kb-line", "forwarded-10kb", "forwarded-12kb-params"],
 )
 def test_huge_client_padding_left_of_the_proxy_hop_does_not_hide_the_client(
-    db: Sessions, peer: str, forwarded_header: str, headers: Headers
+    peer: str, forwarded_header: str, headers: Headers
 ) -> None:
     """Only the tail is read: the hop our proxy appended on the right is still found, and an
     untrusted peer is still the peer."""
     options = {"trusted_proxies": ["10.0.0.0/8"], "forwarded_header": forwarded_header}
     expected = CLIENT if peer == "10.0.0.2" else peer
-    assert source_ip_of(db, peer, headers, **options) == expected
+    assert source_ip_of(peer, headers, **options) == expected
 
 
 @pytest.mark.parametrize(
@@ -1053,12 +1100,12 @@ def test_huge_client_padding_left_of_the_proxy_hop_does_not_hide_the_client(
     ],
 )
 def test_garbage_and_oversized_forwarded_headers_never_produce_a_bogus_ip(
-    db: Sessions, headers: dict[str, str], recorded: str
+    headers: dict[str, str], recorded: str
 ) -> None:
     """Each case runs with ``forwarded_header`` set to the header it sends."""
     (header,) = headers
     options = {"trusted_proxies": ["10.0.0.0/8"], "forwarded_header": header}
-    assert source_ip_of(db, "10.0.0.2", headers, **options) == recorded
+    assert source_ip_of("10.0.0.2", headers, **options) == recorded
 
 
 @pytest.mark.parametrize(
@@ -1072,13 +1119,13 @@ def test_garbage_and_oversized_forwarded_headers_never_produce_a_bogus_ip(
     ids=["xff-one-line", "xff-three-lines", "forwarded-one-line", "forwarded-three-lines"],
 )
 def test_an_entry_cut_by_the_length_limit_stops_the_walk(
-    db: Sessions, forwarded_header: str, headers: Headers
+    forwarded_header: str, headers: Headers
 ) -> None:
     """An entry only partly read is unverifiable, like garbage: the walk stops at the last
     verified hop, whether the proxies joined the header into one line or sent several (the same
     header either way), and never reaches what lies further left."""
     options = {"trusted_proxies": ["10.0.0.0/8"], "forwarded_header": forwarded_header}
-    assert source_ip_of(db, "10.0.0.2", headers, **options) == "10.0.0.1"
+    assert source_ip_of("10.0.0.2", headers, **options) == "10.0.0.1"
 
 
 @pytest.mark.parametrize("peer", ["", "unix:/run/app.sock", "not-an-ip"])

@@ -272,6 +272,19 @@ def make_app(
     )
 
 
+def context_app(**options: Any) -> Starlette:
+    """The middleware alone, before an endpoint that answers the audit context it sees."""
+
+    async def context(request: Request) -> Response:
+        return JSONResponse(seen(current_context()))
+
+    options.setdefault("trust_request_id", "always")
+    return Starlette(
+        routes=[Route("/context", context, methods=["POST"])],
+        middleware=[Middleware(AuditContextMiddleware, **options)],
+    )
+
+
 class ResponseSpy:
     """Outermost ASGI wrapper noting in ``events`` when the response has been fully sent."""
 
@@ -447,16 +460,14 @@ def test_sync_endpoint_in_threadpool_set_actor_then_write(
     "inbound",
     ["a", "abc-123", "A0._:+/=-z", "0" * 32, "x" * 64, "f81d4fae-7dec-11d0-a765-00a0c91e6bf6"],
 )
-def test_valid_inbound_request_id_is_kept_and_echoed(
-    inbound: str, engine: sa.Engine, create_tables: Tables
-) -> None:
-    create_tables(Base.metadata)
-    seed(engine, 1)
-    client = TestClient(make_app(engine), client=(PEER, 1234))
-    response = client.post("/async/deposit/1", headers={"X-Request-ID": inbound})
+def test_valid_inbound_request_id_is_kept_and_echoed(inbound: str) -> None:
+    """Through the middleware alone; recorded on every backend by
+    ``test_async_endpoint_records_actor_ip_and_request_id``."""
+    client = TestClient(context_app(), client=(PEER, 1234))
+    response = client.post("/context", headers={"X-Request-ID": inbound})
     assert response.status_code == 200, response.text
     assert request_ids(response) == [inbound]
-    assert request_transaction(engine, 1).request_id == inbound
+    assert response.json()["request_id"] == inbound
 
 
 @pytest.mark.parametrize(
@@ -480,13 +491,23 @@ def test_valid_inbound_request_id_is_kept_and_echoed(
     ],
     ids=lambda v: repr(v)[:20],
 )
-def test_invalid_inbound_request_id_is_replaced_by_a_fresh_one(
-    inbound: str | bytes, engine: sa.Engine, create_tables: Tables
+def test_invalid_inbound_request_id_is_replaced_by_a_fresh_one(inbound: str | bytes) -> None:
+    """Through the middleware alone; recorded on every backend by the test below."""
+    client = TestClient(context_app(), client=(PEER, 1234))
+    response = client.post("/context", headers={"X-Request-ID": inbound})
+    assert response.status_code == 200, response.text
+    (rid,) = request_ids(response)
+    assert FRESH_ID.fullmatch(rid)
+    assert response.json()["request_id"] == rid
+
+
+def test_invalid_inbound_request_id_is_replaced_and_the_fresh_one_recorded(
+    engine: sa.Engine, create_tables: Tables
 ) -> None:
     create_tables(Base.metadata)
     seed(engine, 1)
     client = TestClient(make_app(engine), client=(PEER, 1234))
-    response = client.post("/async/deposit/1", headers={"X-Request-ID": inbound})
+    response = client.post("/async/deposit/1", headers={"X-Request-ID": "../etc/passwd"})
     assert response.status_code == 200, response.text
     (rid,) = request_ids(response)
     assert FRESH_ID.fullmatch(rid)
@@ -797,6 +818,19 @@ HeaderList = Sequence[tuple[str, str | bytes]]
 
 
 def source_ip_of(
+    peer: str, headers: HeaderList | Mapping[str, str | bytes], **options: Any
+) -> str | None:
+    """Send one request from ``peer`` with ``headers`` through the middleware, without a database
+    (``test_proxy_headers_end_to_end`` records the same on every backend): the source IP of the
+    audit context the endpoint saw."""
+    client = TestClient(context_app(**options), client=(peer, 1234))
+    response = client.post("/context", headers=headers)  # type: ignore[arg-type]
+    assert response.status_code == 200, response.text
+    ip: str | None = response.json()["source_ip"]
+    return ip
+
+
+def recorded_source_ip_of(
     engine: sa.Engine, peer: str, headers: HeaderList | Mapping[str, str | bytes], **options: Any
 ) -> str | None:
     """Send one request from ``peer`` with ``headers``; the source IP its transaction recorded."""
@@ -807,6 +841,39 @@ def source_ip_of(
     ip = request_transaction(engine, 1).source_ip
     assert response.json()["after"]["source_ip"] == ip
     return ip
+
+
+@pytest.mark.parametrize(
+    ("peer", "headers", "options", "client"),
+    [
+        (PEER, {XFF: CLIENT}, {"trusted_proxies": TRUSTED}, PEER),
+        (
+            "10.0.0.1",
+            [(XFF, "6.6.6.6, 198.51.100.7, 10.0.0.2")],
+            {"trusted_proxies": TRUSTED},
+            CLIENT,
+        ),
+        (
+            "10.0.0.1",
+            [(FWD, 'for=6.6.6.6, for="[2001:db9::17]:4711";proto=https, for=10.0.0.3')],
+            {"trusted_proxies": TRUSTED, "forwarded_header": "Forwarded"},
+            "2001:db9::17",
+        ),
+        ("10.0.0.1", [(XFF, "garbage")], {"trusted_proxies": TRUSTED}, "10.0.0.1"),
+    ],
+    ids=["untrusted-peer", "x-forwarded-for-chain", "forwarded-chain", "garbage"],
+)
+def test_proxy_headers_end_to_end(
+    peer: str,
+    headers: HeaderList | Mapping[str, str],
+    options: dict[str, Any],
+    client: str,
+    engine: sa.Engine,
+    create_tables: Tables,
+) -> None:
+    """One case per feature recorded on every backend; the tables below run without a database."""
+    create_tables(Base.metadata)
+    assert recorded_source_ip_of(engine, peer, headers, **options) == client
 
 
 @pytest.mark.parametrize("forwarded_header", [XFF, FWD])
@@ -825,12 +892,9 @@ def test_untrusted_peer_cannot_spoof_its_address(
     trusted: list[str],
     headers: dict[str, str],
     forwarded_header: str,
-    engine: sa.Engine,
-    create_tables: Tables,
 ) -> None:
-    create_tables(Base.metadata)
     options = {"trusted_proxies": trusted, "forwarded_header": forwarded_header}
-    assert source_ip_of(engine, PEER, headers, **options) == PEER
+    assert source_ip_of(PEER, headers, **options) == PEER
 
 
 @pytest.mark.parametrize(
@@ -862,12 +926,9 @@ def test_untrusted_peer_cannot_spoof_its_address(
         "all-trusted",
     ],
 )
-def test_trusted_proxy_chain_yields_the_client(
-    peer: str, headers: HeaderList, client: str, engine: sa.Engine, create_tables: Tables
-) -> None:
+def test_trusted_proxy_chain_yields_the_client(peer: str, headers: HeaderList, client: str) -> None:
     """The default ``forwarded_header`` is X-Forwarded-For."""
-    create_tables(Base.metadata)
-    assert source_ip_of(engine, peer, headers, trusted_proxies=TRUSTED) == client
+    assert source_ip_of(peer, headers, trusted_proxies=TRUSTED) == client
 
 
 @pytest.mark.parametrize(
@@ -905,11 +966,10 @@ def test_trusted_proxy_chain_yields_the_client(
     ],
 )
 def test_forwarded_setting_walks_the_rfc7239_chain(
-    peer: str, headers: HeaderList, client: str, engine: sa.Engine, create_tables: Tables
+    peer: str, headers: HeaderList, client: str
 ) -> None:
-    create_tables(Base.metadata)
     options = {"trusted_proxies": TRUSTED, "forwarded_header": "Forwarded"}
-    assert source_ip_of(engine, peer, headers, **options) == client
+    assert source_ip_of(peer, headers, **options) == client
 
 
 @pytest.mark.parametrize("options", [{}, {"forwarded_header": XFF}], ids=["default", "explicit"])
@@ -929,12 +989,9 @@ def test_default_setting_ignores_a_forwarded_header_sent_by_the_client(
     options: dict[str, str],
     headers: HeaderList,
     client: str,
-    engine: sa.Engine,
-    create_tables: Tables,
 ) -> None:
     """Our proxies maintain X-Forwarded-For; a Forwarded header can only come from the client."""
-    create_tables(Base.metadata)
-    assert source_ip_of(engine, "10.0.0.1", headers, trusted_proxies=TRUSTED, **options) == client
+    assert source_ip_of("10.0.0.1", headers, trusted_proxies=TRUSTED, **options) == client
 
 
 @pytest.mark.parametrize(
@@ -951,12 +1008,9 @@ def test_default_setting_ignores_a_forwarded_header_sent_by_the_client(
     ],
     ids=["xff-then-forwarded", "chains", "no-forwarded", "unknown-forwarded"],
 )
-def test_forwarded_setting_ignores_x_forwarded_for(
-    headers: HeaderList, client: str, engine: sa.Engine, create_tables: Tables
-) -> None:
-    create_tables(Base.metadata)
+def test_forwarded_setting_ignores_x_forwarded_for(headers: HeaderList, client: str) -> None:
     options = {"trusted_proxies": TRUSTED, "forwarded_header": "Forwarded"}
-    assert source_ip_of(engine, "10.0.0.1", headers, **options) == client
+    assert source_ip_of("10.0.0.1", headers, **options) == client
 
 
 @pytest.mark.parametrize(
@@ -968,13 +1022,10 @@ def test_forwarded_setting_ignores_x_forwarded_for(
         ("X-FORWARDED-FOR", "203.0.113.9"),
     ],
 )
-def test_forwarded_header_option_is_case_insensitive(
-    value: str, client: str, engine: sa.Engine, create_tables: Tables
-) -> None:
-    create_tables(Base.metadata)
+def test_forwarded_header_option_is_case_insensitive(value: str, client: str) -> None:
     headers = [(FWD, "for=198.51.100.7"), (XFF, "203.0.113.9")]
     options = {"trusted_proxies": TRUSTED, "forwarded_header": value}
-    assert source_ip_of(engine, "10.0.0.1", headers, **options) == client
+    assert source_ip_of("10.0.0.1", headers, **options) == client
 
 
 @pytest.mark.parametrize(
@@ -988,11 +1039,10 @@ def test_forwarded_header_option_is_case_insensitive(
     ],
 )
 def test_trusted_proxies_written_as_ipv4_mapped_ipv6_are_trusted(
-    peer: str, trusted: list[str], client: str, engine: sa.Engine, create_tables: Tables
+    peer: str, trusted: list[str], client: str
 ) -> None:
-    create_tables(Base.metadata)
     headers = {XFF: "6.6.6.6, 198.51.100.7"}
-    assert source_ip_of(engine, peer, headers, trusted_proxies=trusted) == client
+    assert source_ip_of(peer, headers, trusted_proxies=trusted) == client
 
 
 PADDED: list[tuple[str, HeaderList]] = [
@@ -1027,14 +1077,11 @@ def test_huge_client_padding_left_of_the_proxy_hop_does_not_hide_the_client(
     peer: str,
     forwarded_header: str,
     headers: HeaderList,
-    engine: sa.Engine,
-    create_tables: Tables,
 ) -> None:
     """Only the tail is read: the hop our proxy appended on the right is still found."""
-    create_tables(Base.metadata)
     options = {"trusted_proxies": TRUSTED, "forwarded_header": forwarded_header}
     expected = CLIENT if peer == "10.0.0.1" else PEER
-    assert source_ip_of(engine, peer, headers, **options) == expected
+    assert source_ip_of(peer, headers, **options) == expected
 
 
 GARBAGE: list[HeaderList] = [
@@ -1071,13 +1118,10 @@ GARBAGE: list[HeaderList] = [
 
 
 @pytest.mark.parametrize("headers", GARBAGE, ids=lambda h: repr(h)[:40])
-def test_garbage_forwarded_headers_record_the_peer(
-    headers: HeaderList, engine: sa.Engine, create_tables: Tables
-) -> None:
+def test_garbage_forwarded_headers_record_the_peer(headers: HeaderList) -> None:
     """Garbage in the header that is read (the first one of each case): the proxy is recorded."""
-    create_tables(Base.metadata)
     options = {"trusted_proxies": TRUSTED, "forwarded_header": headers[0][0]}
-    assert source_ip_of(engine, "10.0.0.1", headers, **options) == "10.0.0.1"
+    assert source_ip_of("10.0.0.1", headers, **options) == "10.0.0.1"
 
 
 @pytest.mark.parametrize("peer", ["10.0.0.1", PEER], ids=["trusted-peer", "untrusted-peer"])
@@ -1112,14 +1156,11 @@ def test_oversized_forwarded_headers_are_read_from_the_tail(
     forwarded_header: str,
     headers: HeaderList,
     client: str,
-    engine: sa.Engine,
-    create_tables: Tables,
 ) -> None:
     """A trusted chain yields what its right end says; an untrusted peer is always the peer."""
-    create_tables(Base.metadata)
     options = {"trusted_proxies": TRUSTED, "forwarded_header": forwarded_header}
     expected = client if peer == "10.0.0.1" else PEER
-    assert source_ip_of(engine, peer, headers, **options) == expected
+    assert source_ip_of(peer, headers, **options) == expected
 
 
 @pytest.mark.parametrize(
@@ -1133,14 +1174,13 @@ def test_oversized_forwarded_headers_are_read_from_the_tail(
     ids=["xff-one-line", "xff-three-lines", "forwarded-one-line", "forwarded-three-lines"],
 )
 def test_an_entry_cut_by_the_length_limit_stops_the_walk(
-    forwarded_header: str, headers: HeaderList, engine: sa.Engine, create_tables: Tables
+    forwarded_header: str, headers: HeaderList
 ) -> None:
     """An entry only partly read is unverifiable, like garbage: the walk stops at the last
     verified hop, whether the proxies joined the header into one line or sent several (the same
     header either way), and never reaches what lies further left."""
-    create_tables(Base.metadata)
     options = {"trusted_proxies": TRUSTED, "forwarded_header": forwarded_header}
-    assert source_ip_of(engine, "10.0.0.1", headers, **options) == "10.0.0.2"
+    assert source_ip_of("10.0.0.1", headers, **options) == "10.0.0.2"
 
 
 def test_peer_without_an_ip_address_records_no_source_ip(
