@@ -26,9 +26,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import versioning
-from versioning import Operation, Versioned, audit_context, history_table
+from versioning import ConcurrentInsertError, Operation, Versioned, audit_context, history_table
 from versioning.declaration import spec_for
-from versioning.inserts import ConcurrentInsertError, _check_assignments, _shape
+from versioning.inserts import _check_assignments, _shape
 
 from helpers import count, ops, read
 

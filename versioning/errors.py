@@ -38,3 +38,11 @@ class RestoreConflictError(RestoreError):
 
     The flush that attempted it was rolled back: neither data nor history changed.
     """
+
+
+class ConcurrentInsertError(VersioningError):
+    """An upsert met a row another transaction committed after versioning read the table.
+
+    Its old values cannot be known, so the statement was rolled back (to a SAVEPOINT): nothing
+    was written. Retry the statement (or the transaction).
+    """

@@ -39,20 +39,12 @@ from sqlalchemy.orm import ORMExecuteState
 
 from versioning import cascades, live_rows
 from versioning.declaration import ModelSpec
-from versioning.errors import VersioningError
+from versioning.errors import ConcurrentInsertError, VersioningError
 from versioning.live_rows import Key, Rows
 from versioning.operation import Operation
 from versioning.recording import Change, write_changes
 
 __all__ = ["ConcurrentInsertError", "capture"]
-
-
-class ConcurrentInsertError(VersioningError):
-    """An upsert met a row another transaction committed after versioning read the table.
-
-    Its old values cannot be known, so the statement was rolled back (to a SAVEPOINT): nothing
-    was written. Retry the statement (or the transaction).
-    """
 
 
 def _value_rows(orm: ORMExecuteState, spec: ModelSpec) -> list[dict[str, Any]]:

@@ -8,12 +8,10 @@ hook on every ``Session`` records them with the same history rows, changes and t
   backend can (``FOR UPDATE``), the statement runs restricted to their keys, and they are read
   back by key: exactly the rows it changed are recorded (see ``_candidates`` below);
 * bulk ``update(Model)`` with a list of dicts (by primary key): the same, by those keys;
-* ``insert(Model)`` with a list of dicts or ``.values(...)``, and upserts — PostgreSQL/SQLite
-  ``on_conflict_do_update()`` / ``on_conflict_do_nothing()``, MariaDB
-  ``on_duplicate_key_update()``: rows are found by primary key, or else by the conflict target or
-  a unique key the values carry, before (locked) and after the statement; each becomes an INSERT or
-  an UPDATE as actually happened. An insert whose keys the database generates gets ``RETURNING``
-  of the key added, so the caller's result then carries those rows.
+* ``insert(Model)`` with a list of dicts or ``.values(...)``, the prefixes ``OR IGNORE`` /
+  ``IGNORE`` / ``OR REPLACE`` and the dialect upserts are handed to :mod:`versioning.inserts`,
+  which records each row as what the database did to it (an INSERT, an UPDATE, nothing, or for
+  ``REPLACE`` a DELETE and an INSERT) or refuses the statement before it runs (see its docstring).
 
 Statements on models that are not versioned are left alone at the cost of one dict lookup.
 Statements on a bare ``Connection`` (Core, or ``session.connection().execute(...)``) are not seen:
