@@ -27,6 +27,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.declarative import AbstractConcreteBase
 from sqlalchemy.orm import Mapper, RelationshipProperty
 
+from versioning import _compat
 from versioning.errors import ConfigurationError
 from versioning.masks import Mask
 from versioning.schema import (
@@ -454,7 +455,7 @@ def _extend_history(
         wanted = snapshot_column(name, live_columns[key], key in masks)
         if existing is None:
             history.append_column(wanted)
-        elif existing.type._type_affinity is not wanted.type._type_affinity:
+        elif _compat.type_affinity(existing.type) is not _compat.type_affinity(wanted.type):
             raise ConfigurationError(
                 f"{cls.__name__}.{key} ({wanted.type!r}) and another class of its hierarchy "
                 f"both map a column named {name!r} with a different type ({existing.type!r}); "
@@ -468,7 +469,7 @@ def _check_primary_key(mapper: Mapper[Any], cls: type[Any]) -> None:
         (mapper.inherits is None or mapper.concrete)
         and isinstance(table, sa.Table)
         and not table.primary_key.columns
-        and not getattr(mapper, "_primary_key_argument", None)
+        and not _compat.mapper_primary_key_argument(mapper)
     ):
         raise ConfigurationError(
             f"{cls.__name__} has no primary key; a versioned model needs one to identify its "
@@ -628,7 +629,7 @@ def _secondary_table(prop: RelationshipProperty[Any], mapper: Mapper[Any]) -> sa
     moment a refusal keeps the mapper unusable; so the argument as given is read from the private
     ``_init_args`` and resolved as SQLAlchemy does: a table, a table's name, or a callable.
     """
-    argument: Any = prop._init_args.secondary.argument
+    argument: Any = _compat.relationship_secondary_argument(prop)
     if callable(argument) and not isinstance(argument, sa.FromClause):
         try:
             argument = argument()

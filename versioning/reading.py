@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect, RowMapping
 from sqlalchemy.orm import InstanceState, Mapper, Session
 
-from versioning import arguments
+from versioning import _compat, arguments
 from versioning.declaration import ModelSpec, spec_for, spec_of
 from versioning.encoding import decode
 from versioning.errors import ArgumentError
@@ -248,12 +248,10 @@ def _resolve_target(target: Any, pk: Any) -> tuple[ModelSpec, tuple[Any, ...]]:
 def _autoflush(session: Session) -> None:
     """Flush pending changes first, as a query does, so that they are part of what is read.
 
-    ``Session._autoflush`` is what ``Query`` and ``Session.execute`` call: it honours
-    ``session.autoflush`` and ``no_autoflush``, does nothing during a flush, and names autoflush
-    in the error of a failing flush. There is no public equivalent.
+    See :func:`versioning._compat.autoflush`.
     """
     if isinstance(session, Session):
-        session._autoflush()
+        _compat.autoflush(session)
 
 
 class _Missing:

@@ -35,7 +35,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import InstanceState, Mapper, Session, UOWTransaction
 from sqlalchemy.orm.attributes import set_committed_value
 
-from versioning import arguments, uncaptured
+from versioning import _compat, arguments, uncaptured
 from versioning.concealed import masked_unloaded
 from versioning.declaration import ModelSpec, spec_for
 from versioning.errors import ArgumentError, RestoreConflictError, RestoreError
@@ -532,5 +532,4 @@ def _replace_rollback_cause(session: Session, error: RestoreConflictError) -> No
     the session before ``rollback()``; its text has the database's detail. Ours takes its place.
     """
     transaction = session.get_nested_transaction() or session.get_transaction()
-    if transaction is not None and getattr(transaction, "_rollback_exception", None) is not None:
-        transaction._rollback_exception = error
+    _compat.replace_rollback_exception(transaction, error)

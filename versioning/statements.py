@@ -28,7 +28,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, CursorResult, Result
 from sqlalchemy.orm import ORMExecuteState, Session
 
-from versioning import cascades, inserts, live_rows, uncaptured
+from versioning import _compat, cascades, inserts, live_rows, uncaptured
 from versioning.declaration import ModelSpec, spec_of
 from versioning.errors import VersioningError
 from versioning.live_rows import Key, Rows
@@ -98,9 +98,7 @@ def _connection(orm: ORMExecuteState, spec: ModelSpec) -> Connection:
 
 
 def _options_of(statement: Any) -> tuple[Any, ...]:
-    # The statement's ORM options (with_loader_criteria): no public accessor; SQLAlchemy's own
-    # synchronize_session="fetch" SELECT copies this same attribute.
-    return tuple(getattr(statement, "_with_options", ()))
+    return _compat.orm_options(statement)
 
 
 def _candidates(orm: ORMExecuteState, spec: ModelSpec, connection: Connection) -> Rows:
@@ -171,8 +169,7 @@ def _set_keys(spec: ModelSpec, statement: Any, parameters: Any) -> set[str]:
         by_name[column.key] = key
         by_name[column.name] = key
     by_column = {column: key for key, column in spec.mapper.columns.items()}
-    targets = list(dict(getattr(statement, "_values", None) or {}))
-    targets += [t for t, _ in getattr(statement, "_ordered_values", None) or ()]  # SQLAlchemy 2.0
+    targets = [target for target, _ in _compat.set_clause(statement)]
     if isinstance(parameters, Mapping):
         targets += list(parameters)
     found = set()

@@ -31,6 +31,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.dml import UpdateBase
 
+from versioning import _compat
 from versioning.errors import ArgumentError, VersioningError
 
 if TYPE_CHECKING:
@@ -109,9 +110,7 @@ def _written_tables(statement: UpdateBase) -> list[Any]:
     MariaDB's multi-table UPDATE, the tables of the columns it sets."""
     found: list[Any] = []
     pending = [getattr(statement, "table", None)]
-    values = dict(getattr(statement, "_values", None) or {})
-    values.update(dict(getattr(statement, "_ordered_values", None) or ()))  # SQLAlchemy 2.0
-    pending += [getattr(column, "table", None) for column in values]
+    pending += [getattr(column, "table", None) for column, _ in _compat.set_clause(statement)]
     while pending:
         table = pending.pop()
         if isinstance(table, sa.Join):
