@@ -22,13 +22,15 @@ from versioning.errors import (
     EncodingError,
     RestoreConflictError,
     RestoreError,
+    UncapturedWriteError,
+    UncapturedWriteWarning,
     VersioningError,
 )
+from versioning.guard import guard_writes
 from versioning.operation import Operation
 from versioning.reading import Transaction, Version, as_of, history, version_at
 from versioning.restoring import restore
 from versioning.schema import TRANSACTION_TABLE, transaction_table_for
-from versioning.uncaptured import UncapturedWriteError, UncapturedWriteWarning, guard_writes
 
 __all__ = [
     "TRANSACTION_TABLE",

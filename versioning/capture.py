@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import InstanceState, Mapper, Session, UOWTransaction
 from sqlalchemy.orm.base import NO_VALUE
 
-from versioning import live_rows, stored, uncaptured
+from versioning import guard, live_rows, stored
 from versioning.declaration import ModelSpec, Versioned, spec_of
 from versioning.errors import VersioningError
 from versioning.operation import Operation
@@ -39,7 +39,6 @@ from versioning.transaction import existing_state, session_state
 __all__: list[str] = []
 
 _NOTHING: frozenset[str] = frozenset()
-_WRITING = "_versioning_writing"
 
 
 def _needs_pre_image(state: InstanceState[Any], spec: ModelSpec, deleting: bool) -> bool:
@@ -291,9 +290,7 @@ def _check_deletes(
 
 def _mark_flush(state: InstanceState[Any]) -> None:
     """Let :func:`versioning.guard_writes` recognise this flush's own statements."""
-    session = state.session
-    if session is not None and _WRITING not in session.info:
-        session.info[_WRITING] = uncaptured.enter_flush()
+    guard.mark_flush(state.session)
 
 
 def _before_insert(mapper: Mapper[Any], connection: Connection, state: InstanceState[Any]) -> None:
@@ -373,7 +370,7 @@ _stored_values: weakref.WeakKeyDictionary[InstanceState[Any], dict[str, tuple[An
 
 @event.listens_for(Session, "after_flush")
 def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
-    _end_flush_mark(session)
+    guard.end_flush(session)
     tracker = existing_state(session)
     if _WATCH in session.info:
         _check_deletes(
@@ -510,13 +507,7 @@ def _remember_stored(
         _stored_values.pop(state, None)
 
 
-def _end_flush_mark(session: Session) -> None:
-    token = session.info.pop(_WRITING, None)
-    if token is not None:
-        uncaptured.leave_flush(token)
-
-
 @event.listens_for(Session, "after_soft_rollback")
 def _flush_failed(session: Session, previous_transaction: object) -> None:
-    _end_flush_mark(session)
+    guard.end_flush(session)
     _stop_watching(session)

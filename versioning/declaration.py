@@ -29,14 +29,15 @@ from sqlalchemy.orm import Mapper, RelationshipProperty
 
 from versioning import _compat
 from versioning.errors import ConfigurationError
+from versioning.guard import register_tables
 from versioning.masks import Mask
 from versioning.schema import (
+    LIVE_TABLE_INFO,
     META_COLUMNS,
     history_table_for,
     snapshot_column,
     transaction_table_for,
 )
-from versioning.uncaptured import LIVE_TABLE_INFO, register_tables
 
 __all__ = [
     "CASCADES_INFO",

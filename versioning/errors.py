@@ -40,6 +40,20 @@ class RestoreConflictError(RestoreError):
     """
 
 
+class UncapturedWriteError(VersioningError):
+    """A Core statement would change a versioned table without being recorded.
+
+    Raised by a :func:`versioning.guard_writes` guard before the statement runs.
+    """
+
+
+class UncapturedWriteWarning(UserWarning):
+    """A Core statement changed a versioned table without being recorded.
+
+    Emitted by a :func:`versioning.guard_writes` guard with ``action="warn"``.
+    """
+
+
 class ConcurrentInsertError(VersioningError):
     """An upsert met a row another transaction committed after versioning read the table.
 

@@ -35,7 +35,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import InstanceState, Mapper, Session, UOWTransaction
 from sqlalchemy.orm.attributes import set_committed_value
 
-from versioning import _compat, arguments, uncaptured
+from versioning import _compat, arguments, guard
 from versioning.concealed import masked_unloaded
 from versioning.declaration import ModelSpec, spec_for
 from versioning.errors import ArgumentError, RestoreConflictError, RestoreError
@@ -306,7 +306,7 @@ def _set_fresh_version(session: Session, flush_context: UOWTransaction) -> None:
     table = column.table
     where = [c == state.dict[mapper.get_property_by_column(c).key] for c in table.primary_key]
     connection = session.connection(bind_arguments={"mapper": mapper})
-    with uncaptured.writing():
+    with guard.writing():
         connection.execute(sa.update(table).where(*where).values({column: value}))
     set_committed_value(obj, key, value)
 

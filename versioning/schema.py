@@ -49,7 +49,11 @@ OPERATION = "versioning_operation"
 CHANGES = "versioning_changes"
 META_COLUMNS = frozenset({VERSION_ID, TRANSACTION_ID, OPERATION, CHANGES})
 
+#: ``Table.info`` key of the library's own tables: ``"transaction"`` or ``"history"``.
 _INFO_KEY = "versioning"
+#: ``Table.info`` key of a versioned (live) table: the name of its history table. The write
+#: guard (:mod:`versioning.guard`) and the declaration of relationships read it.
+LIVE_TABLE_INFO = "versioning_history"
 
 #: Integer ids that autoincrement on every backend (SQLite only does so for INTEGER PRIMARY KEY).
 _ID_TYPE = sa.BigInteger().with_variant(sa.Integer(), "sqlite")

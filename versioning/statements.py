@@ -28,7 +28,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, CursorResult, Result
 from sqlalchemy.orm import ORMExecuteState, Session
 
-from versioning import _compat, cascades, inserts, live_rows, uncaptured
+from versioning import _compat, cascades, guard, inserts, live_rows
 from versioning.declaration import ModelSpec, spec_of
 from versioning.errors import VersioningError
 from versioning.live_rows import Key, Rows
@@ -54,7 +54,7 @@ def _capture(orm: ORMExecuteState) -> Result[Any] | None:
         session.flush()
     outer = inserts.ran(orm, reset=True)  # a statement run from another's hook: its own flag
     try:
-        with uncaptured.writing():
+        with guard.writing():
             if orm.is_delete:
                 return _delete(orm, spec)
             if orm.is_update:

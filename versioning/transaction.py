@@ -29,7 +29,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from sqlalchemy.orm import InstanceState, Mapper, Session, SessionTransaction
 
-from versioning import uncaptured
+from versioning import guard
 from versioning.context import AuditContext, current_context
 from versioning.errors import VersioningError
 from versioning.schema import TRANSACTION_ID, UTCDateTime
@@ -180,7 +180,7 @@ def record(
             # reason is then ours to keep in step with the notes (the context gave none).
             reason = "; ".join(state.notes)
             if reason != group.noted_reason:
-                with uncaptured.writing():  # the library's own write: guard_writes() lets it pass
+                with guard.writing():  # the library's own write: guard_writes() lets it pass
                     connection.execute(
                         transactions.update()
                         .where(transactions.c.id == group.tx_id)
