@@ -8,9 +8,9 @@ changes, never to how many objects the session holds:
   ``SELECT`` per mapper, locking the rows where the backend can;
 * ``before_update`` / ``before_delete`` (per record, no I/O in the common case) note each record's
   values as they were before the flush;
-* ``after_flush`` compares before and after and hands the history rows to
-  :mod:`versioning.transaction`, which writes them with the transaction row when the database
-  transaction commits. Rows written with a value the database may store differently (see
+* ``after_flush`` compares before and after and hands the changes to
+  :mod:`versioning.recording`, which writes their history rows with the transaction row when the
+  database transaction commits. Rows written with a value the database may store differently (see
   :mod:`versioning.stored`) or left unloaded are read back first, in one ``SELECT`` per mapper.
 
 Everything runs on the flush's own connection, inside its transaction: history and data commit or
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -32,13 +33,37 @@ from sqlalchemy.orm.base import NO_VALUE
 from versioning import guard, live_rows, stored
 from versioning.declaration import ModelSpec, Versioned, spec_of
 from versioning.errors import VersioningError
+from versioning.history_rows import Change
 from versioning.operation import Operation
-from versioning.recording import Change, write_changes
-from versioning.transaction import existing_state, session_state
+from versioning.recording import write_changes
 
 __all__: list[str] = []
 
 _NOTHING: frozenset[str] = frozenset()
+
+#: ``Session.info`` key: the running flush's :class:`_FlushState`.
+_FLUSH_STATE = "_versioning_flush_state"
+
+
+@dataclass(eq=False)
+class _FlushState:
+    """What capture learns about records during one flush. Dropped when the flush ends."""
+
+    #: Values of versioned records loaded before the flush (batched), by state.
+    pre_images: dict[InstanceState[Any], dict[str, Any]] = field(default_factory=dict)
+    #: Values before the flush of each record being updated or deleted.
+    before: dict[InstanceState[Any], dict[str, Any]] = field(default_factory=dict)
+    #: Versioned attributes each of those records had changed when its UPDATE was prepared.
+    changed: dict[InstanceState[Any], frozenset[str]] = field(default_factory=dict)
+    #: Records this flush updates or deletes whose row was not in the database when read.
+    missing: set[InstanceState[Any]] = field(default_factory=set)
+
+
+def _flush_state(session: Session) -> _FlushState:
+    state: _FlushState | None = session.info.get(_FLUSH_STATE)
+    if state is None:
+        state = session.info[_FLUSH_STATE] = _FlushState()
+    return state
 
 
 def _needs_pre_image(state: InstanceState[Any], spec: ModelSpec, deleting: bool) -> bool:
@@ -112,12 +137,10 @@ def _before_flush(session: Session, flush_context: UOWTransaction, instances: ob
                 and _needs_pre_image(state, spec, deleting)
             ):
                 wanted.setdefault(state.mapper, []).append((_identity(state, spec), state))
-    tracker = existing_state(session)
-    if tracker is not None:
-        tracker.start_flush()
+    session.info.pop(_FLUSH_STATE, None)  # what a previous (failed) flush left
     if not wanted:
         return
-    tracker = session_state(session)
+    tracker = _flush_state(session)
     # Lock rows table by table in the order the unit of work writes them (dependencies first).
     ordered = (
         sorted(wanted.items(), key=_write_order(wanted)) if len(wanted) > 1 else wanted.items()
@@ -183,7 +206,7 @@ def _note_before(state: InstanceState[Any], connection: Connection, deleting: bo
         return  # nothing versioned changes: only excluded columns or relationships
     session = state.session
     assert session is not None
-    tracker = session_state(session)
+    tracker = _flush_state(session)
     if state in tracker.missing:
         # Another transaction deleted the row: as without versioning, the UPDATE matches no row
         # and SQLAlchemy raises StaleDataError (for a DELETE it warns); nothing is recorded.
@@ -371,7 +394,7 @@ _stored_values: weakref.WeakKeyDictionary[InstanceState[Any], dict[str, tuple[An
 @event.listens_for(Session, "after_flush")
 def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
     guard.end_flush(session)
-    tracker = existing_state(session)
+    tracker: _FlushState | None = session.info.get(_FLUSH_STATE)
     if _WATCH in session.info:
         _check_deletes(
             flush_context, tracker.missing if tracker else set(), _stop_watching(session)
@@ -439,8 +462,7 @@ def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
         if missing:
             reload.setdefault(state.mapper, []).append((_new_identity(state, spec), state))
         target.append(Change(spec, state, operation, before, after))
-    if tracker is not None:
-        tracker.start_flush()
+    session.info.pop(_FLUSH_STATE, None)
     if not (deletes or updates or inserts):
         return
     if reload:
@@ -510,4 +532,5 @@ def _remember_stored(
 @event.listens_for(Session, "after_soft_rollback")
 def _flush_failed(session: Session, previous_transaction: object) -> None:
     guard.end_flush(session)
+    session.info.pop(_FLUSH_STATE, None)
     _stop_watching(session)

@@ -38,9 +38,10 @@ from sqlalchemy.orm import InstanceState, Mapper, ORMExecuteState, Session, UOWT
 from versioning import _compat, live_rows
 from versioning.declaration import CASCADES_INFO, CascadeEdge, ModelSpec, Versioned, spec_of
 from versioning.errors import VersioningError
+from versioning.history_rows import Change
 from versioning.live_rows import Key, Rows
 from versioning.operation import Operation
-from versioning.recording import Change, write_changes
+from versioning.recording import write_changes
 
 __all__ = ["Plan", "before_statement", "edges", "install", "plan"]
 

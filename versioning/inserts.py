@@ -40,9 +40,10 @@ from sqlalchemy.orm import ORMExecuteState
 from versioning import _compat, cascades, live_rows
 from versioning.declaration import ModelSpec
 from versioning.errors import ConcurrentInsertError, VersioningError
+from versioning.history_rows import Change
 from versioning.live_rows import Key, Rows
 from versioning.operation import Operation
-from versioning.recording import Change, write_changes
+from versioning.recording import write_changes
 
 __all__ = ["ConcurrentInsertError", "capture"]
 

@@ -22,6 +22,7 @@ from versioning.declaration import ModelSpec, spec_for, spec_of
 from versioning.encoding import decode
 from versioning.errors import ArgumentError
 from versioning.operation import Operation
+from versioning.recording import write_pending
 from versioning.schema import (
     CHANGES,
     META_COLUMNS,
@@ -30,7 +31,6 @@ from versioning.schema import (
     VERSION_ID,
     issued_at_utc,
 )
-from versioning.transaction import write_pending
 
 __all__ = ["Transaction", "Version", "as_of", "history"]
 

@@ -35,14 +35,13 @@ from sqlalchemy import event
 from sqlalchemy.orm import InstanceState, Mapper, Session, UOWTransaction
 from sqlalchemy.orm.attributes import set_committed_value
 
-from versioning import _compat, arguments, guard
+from versioning import _compat, arguments, guard, recording
 from versioning.concealed import masked_unloaded
 from versioning.declaration import ModelSpec, spec_for
 from versioning.errors import ArgumentError, RestoreConflictError, RestoreError
 from versioning.operation import Operation
 from versioning.reading import _MISSING, Version, _filters, _instance, _key, version_at
 from versioning.schema import TRANSACTION_ID, VERSION_ID
-from versioning.transaction import session_state
 
 __all__ = ["restore"]
 
@@ -435,19 +434,18 @@ def _apply(session: Session, version: Version) -> Any:
             return live  # already in that state: nothing to write, nothing to record
         for k in differs:
             setattr(live, k, version.state[k])
-    state = session_state(session)
     what = _describe(session, spec, version, undelete=created)
-    note = state.note(session, what)
+    note = recording.note_reason(session, what)
     try:
         with _fresh_version(session, live, spec, fresh):
             session.flush()
     except sa.exc.IntegrityError as exc:
-        state.forget(note)
+        recording.forget_reason(session, note)
         conflict = _conflict(session, spec, what, exc)
         if not spec.masks:
             raise conflict from exc
     except BaseException:
-        state.forget(note)
+        recording.forget_reason(session, note)
         raise
     else:
         return live

@@ -31,10 +31,10 @@ from sqlalchemy.orm import ORMExecuteState, Session
 from versioning import _compat, cascades, guard, inserts, live_rows
 from versioning.declaration import ModelSpec, spec_of
 from versioning.errors import VersioningError
+from versioning.history_rows import Change
 from versioning.live_rows import Key, Rows
 from versioning.operation import Operation
-from versioning.recording import Change, write_changes
-from versioning.transaction import mark_failed
+from versioning.recording import mark_failed, write_changes
 
 __all__: list[str] = []
 
