@@ -3,11 +3,15 @@
 Listens on every ``Session`` (no per-session setup). The work is proportional to what a flush
 changes, never to how many objects the session holds:
 
-* ``before_flush`` finds versioned records being updated or deleted whose old values the session
-  does not hold (expired after a commit, deferred, or mutated in place) and loads them in one
-  ``SELECT`` per mapper, locking the rows where the backend can;
+* ``before_flush`` reads the current row of every versioned record the flush updates (a versioned
+  column changed) or deletes, in one ``SELECT`` per mapper, table by table in the order the unit
+  of work writes them, locking the rows where the backend can: values the session loaded earlier
+  may be stale. Only a mapper with a ``version_id_col`` trusts its session (a stale row fails its
+  UPDATE); its records are read only when the session lacks some of their values;
 * ``before_update`` / ``before_delete`` (per record, no I/O in the common case) note each record's
-  values as they were before the flush;
+  values as they were before the flush; a record the flush itself changed after ``before_flush``
+  is read then. This per-flush state is capture's own (:class:`_FlushState`), dropped when the
+  flush ends;
 * ``after_flush`` compares before and after and hands the changes to
   :mod:`versioning.recording`, which writes their history rows with the transaction row when the
   database transaction commits. Rows written with a value the database may store differently (see
@@ -31,7 +35,7 @@ from sqlalchemy.orm import InstanceState, Mapper, Session, UOWTransaction
 from sqlalchemy.orm.base import NO_VALUE
 
 from versioning import guard, live_rows, stored
-from versioning.declaration import ModelSpec, Versioned, spec_of
+from versioning.declaration import ModelSpec, Versioned, versioned_spec
 from versioning.errors import VersioningError
 from versioning.history_rows import Change
 from versioning.operation import Operation
@@ -78,10 +82,10 @@ def _needs_pre_image(state: InstanceState[Any], spec: ModelSpec, deleting: bool)
     if deleting:
         if not spec.trusts_session:
             return True
-        return any(committed.get(key, loaded.get(key, NO_VALUE)) is NO_VALUE for key in spec.keys)
+        return any(committed.get(key, loaded.get(key, NO_VALUE)) is NO_VALUE for key in spec.attrs)
     changed = False
     for key, original in committed.items():
-        if key in spec.keyset:
+        if key in spec.attr_set:
             if original is NO_VALUE:
                 return True
             changed = True
@@ -89,7 +93,7 @@ def _needs_pre_image(state: InstanceState[Any], spec: ModelSpec, deleting: bool)
         return False
     if not spec.trusts_session:
         return True
-    return any(key not in loaded and key not in committed for key in spec.keys)
+    return any(key not in loaded and key not in committed for key in spec.attrs)
 
 
 def _load_rows(
@@ -130,7 +134,7 @@ def _before_flush(session: Session, flush_context: UOWTransaction, instances: ob
     for objects, deleting in ((session.dirty, False), (session.deleted, True)):
         for obj in objects:
             state: InstanceState[Any] = state_of(obj)
-            spec = spec_of(state.mapper)
+            spec = versioned_spec(state.mapper)
             if (
                 spec is not None
                 and state.key is not None
@@ -146,7 +150,7 @@ def _before_flush(session: Session, flush_context: UOWTransaction, instances: ob
         sorted(wanted.items(), key=_write_order(wanted)) if len(wanted) > 1 else wanted.items()
     )
     for mapper, states in ordered:
-        spec = spec_of(mapper)
+        spec = versioned_spec(mapper)
         assert spec is not None
         connection = session.connection(bind_arguments={"mapper": mapper})
         found = _load_rows(connection, spec, states, lock=True)
@@ -180,17 +184,13 @@ def _before_values(
     committed = state.committed_state
     loaded = state.dict
     out: dict[str, Any] = {}
-    for key in spec.keys:
+    for key in spec.attrs:
         if key in committed:
             value = committed[key]
             if value is NO_VALUE:
-                if pre_image is None:
-                    return None
-                value = pre_image[key]
+                return None
         elif key in loaded:
             value = loaded[key]
-        elif pre_image is not None:
-            value = pre_image[key]
         else:
             return None
         out[key] = value
@@ -198,10 +198,10 @@ def _before_values(
 
 
 def _note_before(state: InstanceState[Any], connection: Connection, deleting: bool) -> None:
-    spec = spec_of(state.mapper)
+    spec = versioned_spec(state.mapper)
     if spec is None:  # pragma: no cover - listeners are only on versioned classes
         return
-    changed = frozenset(key for key in state.committed_state if key in spec.keyset)
+    changed = frozenset(key for key in state.committed_state if key in spec.attr_set)
     if not deleting and not changed:
         return  # nothing versioned changes: only excluded columns or relationships
     session = state.session
@@ -352,7 +352,7 @@ def _after_values(
     loaded = state.dict
     out: dict[str, Any] = {}
     missing = False
-    for key in spec.keys:
+    for key in spec.attrs:
         if before is not None and key not in changed and key not in spec.refresh_on_update:
             out[key] = before[key]
         elif key in loaded:
@@ -416,7 +416,7 @@ def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
                 deleted = {sa.inspect(obj) for obj in session.deleted}
             if state not in deleted:
                 continue
-        spec = spec_of(state.mapper)
+        spec = versioned_spec(state.mapper)
         if spec is None:
             continue
         if deleting:
@@ -466,7 +466,7 @@ def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
     if not (deletes or updates or inserts):
         return
     if reload:
-        _complete(session, reload, updates + inserts)
+        _read_back(session, reload, updates + inserts)
     for change in updates:
         assert change.before is not None and change.after is not None
         if any(change.before[k] != change.after[k] for k in change.spec.pk_keys):
@@ -475,7 +475,7 @@ def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
     write_changes(session, deletes + updates + inserts)
 
 
-def _complete(
+def _read_back(
     session: Session,
     reload: dict[Mapper[Any], list[tuple[tuple[Any, ...], InstanceState[Any]]]],
     changes: list[Change],
@@ -488,7 +488,7 @@ def _complete(
     fresh: dict[InstanceState[Any], dict[str, Any]] = {}
     dialects: dict[ModelSpec, Any] = {}
     for mapper, states in reload.items():
-        spec = spec_of(mapper)
+        spec = versioned_spec(mapper)
         assert spec is not None
         connection = session.connection(bind_arguments={"mapper": mapper})
         dialects[spec] = connection.dialect
@@ -509,7 +509,7 @@ def _complete(
             )
         if spec.trusts_session:
             _remember_stored(change.state, stored.checks(spec, dialects[spec]), values)
-        for key in spec.keys:
+        for key in spec.attrs:
             after[key] = values[key]
 
 

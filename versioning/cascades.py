@@ -36,7 +36,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import InstanceState, Mapper, ORMExecuteState, Session, UOWTransaction
 
 from versioning import _compat, live_rows
-from versioning.declaration import CASCADES_INFO, CascadeEdge, ModelSpec, Versioned, spec_of
+from versioning.declaration import CASCADES_INFO, CascadeEdge, ModelSpec, Versioned, versioned_spec
 from versioning.errors import VersioningError
 from versioning.history_rows import Change
 from versioning.live_rows import Key, Rows
@@ -386,7 +386,7 @@ def _before_write(connection: Connection, state: InstanceState[Any], deleting: b
     flush.planned.update(batch)
     parents: dict[tuple[ModelSpec, _Changed], list[Key]] = {}
     for s in batch:
-        spec = spec_of(s.mapper)
+        spec = versioned_spec(s.mapper)
         if spec is None:  # pragma: no cover - only versioned mappers are listened to
             continue
         if s.key is not None:

@@ -51,7 +51,7 @@ def history_row(change: Change, connection: Connection) -> dict[str, Any] | None
         before, after = change.before, change.after
         diff: dict[str, list[Any]] = {}
         dialect = connection.dialect
-        for key in spec.keys:
+        for key in spec.attrs:
             old, new = before[key], after[key]
             type_ = spec.type_of(key)
             if old is new or type_.compare_values(old, new):
@@ -77,7 +77,7 @@ def history_row(change: Change, connection: Connection) -> dict[str, Any] | None
         changes = None
     assert values is not None
     row: dict[str, Any] = {OPERATION: change.operation, CHANGES: changes}
-    for key in spec.keys:
+    for key in spec.attrs:
         value = values[key]
         if key in masks and value is not None:
             value = masks[key](value)

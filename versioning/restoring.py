@@ -37,7 +37,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from versioning import _compat, arguments, guard, recording
 from versioning.concealed import masked_unloaded
-from versioning.declaration import ModelSpec, spec_for
+from versioning.declaration import ModelSpec, require_spec
 from versioning.errors import ArgumentError, RestoreConflictError, RestoreError
 from versioning.operation import Operation
 from versioning.reading import _MISSING, Version, _filters, _instance, _key, version_at
@@ -111,7 +111,7 @@ def _check_creatable(spec: ModelSpec, version: Version) -> None:
             )
     for prop in mapper.column_attrs:
         key = prop.key
-        if key in spec.keyset and key not in spec.masks:
+        if key in spec.attr_set and key not in spec.masks:
             continue
         why = "masked" if key in spec.masks else "excluded from history"
         if key == version_key:
@@ -393,11 +393,11 @@ def _describe(session: Session, spec: ModelSpec, version: Version, undelete: boo
 
 
 def _apply(session: Session, version: Version) -> Any:
-    spec = spec_for(version.model)
+    spec = require_spec(version.model)
     key = version.primary_key
     version_key = _version_key(spec)
     writable = [
-        k for k in spec.keys if k not in spec.masks and k not in spec.pk_keys and k != version_key
+        k for k in spec.attrs if k not in spec.masks and k not in spec.pk_keys and k != version_key
     ]
     # Before anything is flushed: a value the model's type no longer accepts is refused.
     _check_loadable(session, spec, version, [*spec.pk_keys, *writable])

@@ -226,7 +226,7 @@ def checks(spec: ModelSpec, dialect: Dialect) -> dict[str, Check]:
     found = spec.stored_checks.get(dialect.name)
     if found is None:
         found = {}
-        for key in spec.keys:
+        for key in spec.attrs:
             check = exactness(spec.type_of(key), dialect)
             if check is not None:
                 found[key] = check
