@@ -283,7 +283,7 @@ def test_a_valid_key_gets_to_the_query(
 
 
 def test_keys_are_normalised_to_what_the_column_stores() -> None:
-    spec = versioning.declaration.spec_for
+    spec = versioning.declaration.require_spec
 
     class Number:
         def __index__(self) -> int:

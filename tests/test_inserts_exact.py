@@ -26,9 +26,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import versioning
-from versioning import Operation, Versioned, audit_context, history_table
-from versioning.declaration import spec_for
-from versioning.inserts import ConcurrentInsertError, _check_assignments, _shape
+from versioning import ConcurrentInsertError, Operation, Versioned, audit_context, history_table
+from versioning.declaration import require_spec
+from versioning.inserts import _check_assignments, _shape
 
 from helpers import count, ops, read
 
@@ -720,7 +720,7 @@ def test_postgresql_repeatable_read_refuses_the_row_committed_meanwhile_itself(
 
 
 def test_shape_reads_prefixes_for_the_backend_that_renders_them() -> None:
-    spec = spec_for(Note)
+    spec = require_spec(Note)
     assert _shape(spec, insert(Note), "sqlite").kind == "plain"
     assert _shape(spec, insert(Note).prefix_with("OR IGNORE"), "sqlite").kind == "ignore"
     assert _shape(spec, insert(Note).prefix_with("or  replace"), "sqlite").kind == "replace"
@@ -733,7 +733,7 @@ def test_shape_reads_prefixes_for_the_backend_that_renders_them() -> None:
 
 
 def test_shape_reads_the_conflict_target_and_the_assignments() -> None:
-    spec = spec_for(Note)
+    spec = require_spec(Note)
     base = postgresql.insert(Note)
     by_code = base.on_conflict_do_update(
         index_elements=[Note.code], set_={"body": base.excluded.body}
@@ -744,8 +744,10 @@ def test_shape_reads_the_conflict_target_and_the_assignments() -> None:
     anything = _shape(spec, sqlite.insert(Note).on_conflict_do_nothing(), "sqlite")
     assert (anything.kind, anything.targets) == ("nothing", None)
     mine = mysql.insert(Plain)
-    every = _shape(spec_for(Plain), mine.on_duplicate_key_update(id=mine.inserted.id), "mariadb")
-    _check_assignments(spec_for(Plain), every)  # integer key, no other unique key: kept
+    every = _shape(
+        require_spec(Plain), mine.on_duplicate_key_update(id=mine.inserted.id), "mariadb"
+    )
+    _check_assignments(require_spec(Plain), every)  # integer key, no other unique key: kept
     other = mysql.insert(Note)
     moves = _shape(spec, other.on_duplicate_key_update(id=other.inserted.id), "mariadb")
     with pytest.raises(versioning.VersioningError, match="primary key"):

@@ -32,7 +32,7 @@ from versioning import (
     history,
     history_table,
 )
-from versioning.transaction import SessionState
+from versioning.recording import Recording
 
 from helpers import count, ops, read
 
@@ -315,7 +315,7 @@ def test_a_conflicting_undelete_says_what_it_tried(
 
 
 def test_the_reason_lists_the_first_restores_and_counts_the_others() -> None:
-    state = SessionState()
+    state = Recording()
     session = Session()
     with session.begin():
         for i in range(250):

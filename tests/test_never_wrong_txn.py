@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import versioning
-import versioning.transaction
+import versioning.recording
 from versioning import Operation, Versioned, VersioningError, as_of, audit_context, history
 from versioning.schema import issued_at_utc, transaction_table_for
 
@@ -152,7 +152,7 @@ def test_a_skewed_application_clock_does_not_reorder_history(
     create_tables: Tables, sessions: Sessions, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     create_tables(Base.metadata)
-    monkeypatch.setattr(versioning.transaction, "dt", _SkewedClock())
+    monkeypatch.setattr(versioning.recording, "dt", _SkewedClock())
     with sessions() as session:
         session.add(Note(id=1, text="v0"))
         session.commit()

@@ -3,7 +3,8 @@
 Mix :class:`Versioned` into a mapped class and every insert, update and delete of it is recorded —
 who, when, from where, each field's old and new value and a full snapshot — in a history table
 beside it, committed atomically with the data. Read it back with :func:`history`, reconstruct a
-record at any moment with :func:`as_of`, and put it back with :func:`restore`.
+record at any moment with :func:`as_of` (its :class:`Version` with :func:`version_at`), and put it
+back with :func:`restore`.
 """
 
 import sqlalchemy as _sa
@@ -15,23 +16,27 @@ from versioning.context import AuditContext, audit_context, current_context, set
 from versioning.declaration import Versioned, VersionedOptions, history_table
 from versioning.errors import (
     ArgumentError,
+    ConcurrentInsertError,
     ConfigurationError,
     ContextError,
     EncodingError,
     RestoreConflictError,
     RestoreError,
+    UncapturedWriteError,
+    UncapturedWriteWarning,
     VersioningError,
 )
+from versioning.guard import guard_writes
 from versioning.operation import Operation
-from versioning.reading import Transaction, Version, as_of, history
+from versioning.reading import Transaction, Version, as_of, history, version_at
 from versioning.restoring import restore
 from versioning.schema import TRANSACTION_TABLE, transaction_table_for
-from versioning.uncaptured import UncapturedWriteError, UncapturedWriteWarning, guard_writes
 
 __all__ = [
     "TRANSACTION_TABLE",
     "ArgumentError",
     "AuditContext",
+    "ConcurrentInsertError",
     "ConfigurationError",
     "ContextError",
     "EncodingError",
@@ -55,6 +60,7 @@ __all__ = [
     "restore",
     "set_actor",
     "transaction_table",
+    "version_at",
 ]
 
 __version__ = "0.1.0.dev0"

@@ -35,7 +35,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import InstanceState, Session, scoped_session, sessionmaker
 
-from versioning.declaration import ModelSpec, spec_for
+from versioning.declaration import ModelSpec, require_spec
 from versioning.errors import ArgumentError
 
 __all__ = ["model", "moment", "primary_key", "session", "shown", "value_of"]
@@ -97,7 +97,7 @@ def model(got: object, function: str) -> ModelSpec:
             else ""
         )
         raise ArgumentError(f"versioning.{function}() takes a model class, got {shown(got)}{hint}")
-    return spec_for(got)
+    return require_spec(got)
 
 
 def _shape(spec: ModelSpec) -> str:

@@ -3,14 +3,18 @@
 Listens on every ``Session`` (no per-session setup). The work is proportional to what a flush
 changes, never to how many objects the session holds:
 
-* ``before_flush`` finds versioned records being updated or deleted whose old values the session
-  does not hold (expired after a commit, deferred, or mutated in place) and loads them in one
-  ``SELECT`` per mapper, locking the rows where the backend can;
+* ``before_flush`` reads the current row of every versioned record the flush updates (a versioned
+  column changed) or deletes, in one ``SELECT`` per mapper, table by table in the order the unit
+  of work writes them, locking the rows where the backend can: values the session loaded earlier
+  may be stale. Only a mapper with a ``version_id_col`` trusts its session (a stale row fails its
+  UPDATE); its records are read only when the session lacks some of their values;
 * ``before_update`` / ``before_delete`` (per record, no I/O in the common case) note each record's
-  values as they were before the flush;
-* ``after_flush`` compares before and after and hands the history rows to
-  :mod:`versioning.transaction`, which writes them with the transaction row when the database
-  transaction commits. Rows written with a value the database may store differently (see
+  values as they were before the flush; a record the flush itself changed after ``before_flush``
+  is read then. This per-flush state is capture's own (:class:`_FlushState`), dropped when the
+  flush ends;
+* ``after_flush`` compares before and after and hands the changes to
+  :mod:`versioning.recording`, which writes their history rows with the transaction row when the
+  database transaction commits. Rows written with a value the database may store differently (see
   :mod:`versioning.stored`) or left unloaded are read back first, in one ``SELECT`` per mapper.
 
 Everything runs on the flush's own connection, inside its transaction: history and data commit or
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -29,17 +34,40 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import InstanceState, Mapper, Session, UOWTransaction
 from sqlalchemy.orm.base import NO_VALUE
 
-from versioning import live_rows, stored, uncaptured
-from versioning.declaration import ModelSpec, Versioned, spec_of
+from versioning import guard, live_rows, stored
+from versioning.declaration import ModelSpec, Versioned, versioned_spec
 from versioning.errors import VersioningError
+from versioning.history_rows import Change
 from versioning.operation import Operation
-from versioning.recording import Change, write_changes
-from versioning.transaction import existing_state, session_state
+from versioning.recording import write_changes
 
 __all__: list[str] = []
 
 _NOTHING: frozenset[str] = frozenset()
-_WRITING = "_versioning_writing"
+
+#: ``Session.info`` key: the running flush's :class:`_FlushState`.
+_FLUSH_STATE = "_versioning_flush_state"
+
+
+@dataclass(eq=False)
+class _FlushState:
+    """What capture learns about records during one flush. Dropped when the flush ends."""
+
+    #: Values of versioned records loaded before the flush (batched), by state.
+    pre_images: dict[InstanceState[Any], dict[str, Any]] = field(default_factory=dict)
+    #: Values before the flush of each record being updated or deleted.
+    before: dict[InstanceState[Any], dict[str, Any]] = field(default_factory=dict)
+    #: Versioned attributes each of those records had changed when its UPDATE was prepared.
+    changed: dict[InstanceState[Any], frozenset[str]] = field(default_factory=dict)
+    #: Records this flush updates or deletes whose row was not in the database when read.
+    missing: set[InstanceState[Any]] = field(default_factory=set)
+
+
+def _flush_state(session: Session) -> _FlushState:
+    state: _FlushState | None = session.info.get(_FLUSH_STATE)
+    if state is None:
+        state = session.info[_FLUSH_STATE] = _FlushState()
+    return state
 
 
 def _needs_pre_image(state: InstanceState[Any], spec: ModelSpec, deleting: bool) -> bool:
@@ -54,10 +82,10 @@ def _needs_pre_image(state: InstanceState[Any], spec: ModelSpec, deleting: bool)
     if deleting:
         if not spec.trusts_session:
             return True
-        return any(committed.get(key, loaded.get(key, NO_VALUE)) is NO_VALUE for key in spec.keys)
+        return any(committed.get(key, loaded.get(key, NO_VALUE)) is NO_VALUE for key in spec.attrs)
     changed = False
     for key, original in committed.items():
-        if key in spec.keyset:
+        if key in spec.attr_set:
             if original is NO_VALUE:
                 return True
             changed = True
@@ -65,7 +93,7 @@ def _needs_pre_image(state: InstanceState[Any], spec: ModelSpec, deleting: bool)
         return False
     if not spec.trusts_session:
         return True
-    return any(key not in loaded and key not in committed for key in spec.keys)
+    return any(key not in loaded and key not in committed for key in spec.attrs)
 
 
 def _load_rows(
@@ -106,25 +134,23 @@ def _before_flush(session: Session, flush_context: UOWTransaction, instances: ob
     for objects, deleting in ((session.dirty, False), (session.deleted, True)):
         for obj in objects:
             state: InstanceState[Any] = state_of(obj)
-            spec = spec_of(state.mapper)
+            spec = versioned_spec(state.mapper)
             if (
                 spec is not None
                 and state.key is not None
                 and _needs_pre_image(state, spec, deleting)
             ):
                 wanted.setdefault(state.mapper, []).append((_identity(state, spec), state))
-    tracker = existing_state(session)
-    if tracker is not None:
-        tracker.start_flush()
+    session.info.pop(_FLUSH_STATE, None)  # what a previous (failed) flush left
     if not wanted:
         return
-    tracker = session_state(session)
+    tracker = _flush_state(session)
     # Lock rows table by table in the order the unit of work writes them (dependencies first).
     ordered = (
         sorted(wanted.items(), key=_write_order(wanted)) if len(wanted) > 1 else wanted.items()
     )
     for mapper, states in ordered:
-        spec = spec_of(mapper)
+        spec = versioned_spec(mapper)
         assert spec is not None
         connection = session.connection(bind_arguments={"mapper": mapper})
         found = _load_rows(connection, spec, states, lock=True)
@@ -158,17 +184,13 @@ def _before_values(
     committed = state.committed_state
     loaded = state.dict
     out: dict[str, Any] = {}
-    for key in spec.keys:
+    for key in spec.attrs:
         if key in committed:
             value = committed[key]
             if value is NO_VALUE:
-                if pre_image is None:
-                    return None
-                value = pre_image[key]
+                return None
         elif key in loaded:
             value = loaded[key]
-        elif pre_image is not None:
-            value = pre_image[key]
         else:
             return None
         out[key] = value
@@ -176,15 +198,15 @@ def _before_values(
 
 
 def _note_before(state: InstanceState[Any], connection: Connection, deleting: bool) -> None:
-    spec = spec_of(state.mapper)
+    spec = versioned_spec(state.mapper)
     if spec is None:  # pragma: no cover - listeners are only on versioned classes
         return
-    changed = frozenset(key for key in state.committed_state if key in spec.keyset)
+    changed = frozenset(key for key in state.committed_state if key in spec.attr_set)
     if not deleting and not changed:
         return  # nothing versioned changes: only excluded columns or relationships
     session = state.session
     assert session is not None
-    tracker = session_state(session)
+    tracker = _flush_state(session)
     if state in tracker.missing:
         # Another transaction deleted the row: as without versioning, the UPDATE matches no row
         # and SQLAlchemy raises StaleDataError (for a DELETE it warns); nothing is recorded.
@@ -291,9 +313,7 @@ def _check_deletes(
 
 def _mark_flush(state: InstanceState[Any]) -> None:
     """Let :func:`versioning.guard_writes` recognise this flush's own statements."""
-    session = state.session
-    if session is not None and _WRITING not in session.info:
-        session.info[_WRITING] = uncaptured.enter_flush()
+    guard.mark_flush(state.session)
 
 
 def _before_insert(mapper: Mapper[Any], connection: Connection, state: InstanceState[Any]) -> None:
@@ -332,7 +352,7 @@ def _after_values(
     loaded = state.dict
     out: dict[str, Any] = {}
     missing = False
-    for key in spec.keys:
+    for key in spec.attrs:
         if before is not None and key not in changed and key not in spec.refresh_on_update:
             out[key] = before[key]
         elif key in loaded:
@@ -373,8 +393,8 @@ _stored_values: weakref.WeakKeyDictionary[InstanceState[Any], dict[str, tuple[An
 
 @event.listens_for(Session, "after_flush")
 def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
-    _end_flush_mark(session)
-    tracker = existing_state(session)
+    guard.end_flush(session)
+    tracker: _FlushState | None = session.info.get(_FLUSH_STATE)
     if _WATCH in session.info:
         _check_deletes(
             flush_context, tracker.missing if tracker else set(), _stop_watching(session)
@@ -396,7 +416,7 @@ def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
                 deleted = {sa.inspect(obj) for obj in session.deleted}
             if state not in deleted:
                 continue
-        spec = spec_of(state.mapper)
+        spec = versioned_spec(state.mapper)
         if spec is None:
             continue
         if deleting:
@@ -442,12 +462,11 @@ def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
         if missing:
             reload.setdefault(state.mapper, []).append((_new_identity(state, spec), state))
         target.append(Change(spec, state, operation, before, after))
-    if tracker is not None:
-        tracker.start_flush()
+    session.info.pop(_FLUSH_STATE, None)
     if not (deletes or updates or inserts):
         return
     if reload:
-        _complete(session, reload, updates + inserts)
+        _read_back(session, reload, updates + inserts)
     for change in updates:
         assert change.before is not None and change.after is not None
         if any(change.before[k] != change.after[k] for k in change.spec.pk_keys):
@@ -456,7 +475,7 @@ def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
     write_changes(session, deletes + updates + inserts)
 
 
-def _complete(
+def _read_back(
     session: Session,
     reload: dict[Mapper[Any], list[tuple[tuple[Any, ...], InstanceState[Any]]]],
     changes: list[Change],
@@ -469,7 +488,7 @@ def _complete(
     fresh: dict[InstanceState[Any], dict[str, Any]] = {}
     dialects: dict[ModelSpec, Any] = {}
     for mapper, states in reload.items():
-        spec = spec_of(mapper)
+        spec = versioned_spec(mapper)
         assert spec is not None
         connection = session.connection(bind_arguments={"mapper": mapper})
         dialects[spec] = connection.dialect
@@ -490,7 +509,7 @@ def _complete(
             )
         if spec.trusts_session:
             _remember_stored(change.state, stored.checks(spec, dialects[spec]), values)
-        for key in spec.keys:
+        for key in spec.attrs:
             after[key] = values[key]
 
 
@@ -510,13 +529,8 @@ def _remember_stored(
         _stored_values.pop(state, None)
 
 
-def _end_flush_mark(session: Session) -> None:
-    token = session.info.pop(_WRITING, None)
-    if token is not None:
-        uncaptured.leave_flush(token)
-
-
 @event.listens_for(Session, "after_soft_rollback")
 def _flush_failed(session: Session, previous_transaction: object) -> None:
-    _end_flush_mark(session)
+    guard.end_flush(session)
+    session.info.pop(_FLUSH_STATE, None)
     _stop_watching(session)

@@ -35,12 +35,13 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import InstanceState, Mapper, ORMExecuteState, Session, UOWTransaction
 
-from versioning import live_rows
-from versioning.declaration import CASCADES_INFO, CascadeEdge, ModelSpec, Versioned, spec_of
+from versioning import _compat, live_rows
+from versioning.declaration import CASCADES_INFO, CascadeEdge, ModelSpec, Versioned, versioned_spec
 from versioning.errors import VersioningError
+from versioning.history_rows import Change
 from versioning.live_rows import Key, Rows
 from versioning.operation import Operation
-from versioning.recording import Change, write_changes
+from versioning.recording import write_changes
 
 __all__ = ["Plan", "before_statement", "edges", "install", "plan"]
 
@@ -249,10 +250,7 @@ def plan(
 def _set_columns(spec: ModelSpec, orm: ORMExecuteState) -> frozenset[sa.Column[Any]]:
     """The columns an UPDATE statement sets (by attribute key, column name or column)."""
     statement: Any = orm.statement
-    # No public API lists what an UPDATE sets: ``_values`` (``_ordered_values`` on SQLAlchemy
-    # 2.0 with ordered_values()), as versioning.statements reads them too.
-    targets: list[Any] = list(dict(getattr(statement, "_values", None) or {}))
-    targets += [target for target, _ in getattr(statement, "_ordered_values", None) or ()]
+    targets: list[Any] = [target for target, _ in _compat.set_clause(statement)]
     parameters = orm.parameters
     rows = parameters if isinstance(parameters, list) else [parameters] if parameters else []
     for row in rows:
@@ -307,11 +305,10 @@ def _insert_effect(statement: Any) -> bool | None:
     ``INSERT OR REPLACE``, which performs ON DELETE actions), ``True`` may update it (an upsert:
     its SET clause may change a referenced key; children are read back, so a guess costs only a
     read), ``False`` nothing."""
-    # Private attributes: no public API tells a statement's prefixes or upsert clause.
-    for prefix, _ in getattr(statement, "_prefixes", ()) or ():
+    for prefix, _ in _compat.prefixes(statement):
         if "REPLACE" in str(prefix).upper():
             return None
-    return getattr(statement, "_post_values_clause", None) is not None
+    return _compat.post_values_clause(statement) is not None
 
 
 # --- the unit of work ------------------------------------------------------------------------
@@ -334,9 +331,9 @@ def _start_flush(session: Session, flush_context: UOWTransaction, instances: obj
 
 
 def _per_state(context: UOWTransaction) -> bool:
-    # With a dependency cycle the unit of work writes state by state (UOWTransaction.cycles is
-    # set then): a row is read just before its own statement rather than with its mapper's batch.
-    return bool(getattr(context, "cycles", None))
+    # With a dependency cycle the unit of work writes state by state: a row is read just before
+    # its own statement rather than with its mapper's batch.
+    return _compat.has_cycles(context)
 
 
 def _changed_columns(state: InstanceState[Any]) -> frozenset[sa.Column[Any]]:
@@ -389,7 +386,7 @@ def _before_write(connection: Connection, state: InstanceState[Any], deleting: b
     flush.planned.update(batch)
     parents: dict[tuple[ModelSpec, _Changed], list[Key]] = {}
     for s in batch:
-        spec = spec_of(s.mapper)
+        spec = versioned_spec(s.mapper)
         if spec is None:  # pragma: no cover - only versioned mappers are listened to
             continue
         if s.key is not None:

@@ -27,15 +27,17 @@ from sqlalchemy import event
 from sqlalchemy.ext.declarative import AbstractConcreteBase
 from sqlalchemy.orm import Mapper, RelationshipProperty
 
+from versioning import _compat
 from versioning.errors import ConfigurationError
+from versioning.guard import register_tables
 from versioning.masks import Mask
 from versioning.schema import (
+    LIVE_TABLE_INFO,
     META_COLUMNS,
     history_table_for,
     snapshot_column,
     transaction_table_for,
 )
-from versioning.uncaptured import LIVE_TABLE_INFO, register_tables
 
 __all__ = [
     "CASCADES_INFO",
@@ -44,8 +46,8 @@ __all__ = [
     "Versioned",
     "VersionedOptions",
     "history_table",
-    "spec_for",
-    "spec_of",
+    "require_spec",
+    "versioned_spec",
 ]
 
 _SPEC_ATTR = "__versioning_spec__"
@@ -79,7 +81,9 @@ class ModelSpec:
     base: ModelSpec | None
     history: sa.Table
     transactions: sa.Table
-    keys: tuple[str, ...]
+    #: Attribute keys of the versioned columns (all mapped columns but the excluded ones).
+    attrs: tuple[str, ...]
+    #: Attribute keys of the primary key columns (a record's :data:`~versioning.live_rows.Key`).
     pk_keys: tuple[str, ...]
     live_columns: dict[str, sa.Column[Any]]
     history_names: dict[str, str]
@@ -89,7 +93,8 @@ class ModelSpec:
     discriminator: str | None
     #: With a ``version_id_col`` a stale session row fails its UPDATE, so its values are current.
     trusts_session: bool
-    keyset: frozenset[str] = field(init=False)
+    #: :attr:`attrs` as a set.
+    attr_set: frozenset[str] = field(init=False)
     #: Per dialect name: the columns whose stored value may differ from the one sent (see
     #: :func:`versioning.stored.checks`), filled on first use.
     stored_checks: dict[str, dict[str, Callable[[Any], bool] | type]] = field(
@@ -97,7 +102,7 @@ class ModelSpec:
     )
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "keyset", frozenset(self.keys))
+        object.__setattr__(self, "attr_set", frozenset(self.attrs))
 
     @property
     def model(self) -> type[Any]:
@@ -111,23 +116,28 @@ class ModelSpec:
         return self.live_columns[key].type
 
 
-def spec_of(mapper: Mapper[Any]) -> ModelSpec | None:
-    """The spec of ``mapper`` if its class is versioned, else ``None`` (fast; used per flush)."""
+def versioned_spec(mapper: Mapper[Any]) -> ModelSpec | None:
+    """The spec of ``mapper`` if its class is versioned, else ``None`` (fast; used per flush).
+
+    :func:`require_spec` is the form for a model given by a caller: it raises instead.
+    """
     spec: ModelSpec | None = mapper.class_.__dict__.get(_SPEC_ATTR)
     return spec
 
 
-def spec_for(model: type[Any]) -> ModelSpec:
+def require_spec(model: type[Any]) -> ModelSpec:
     """The spec of a versioned model class, or a clear error if it is not one."""
     mapper = sa.inspect(model, raiseerr=False)
     if not isinstance(mapper, Mapper):
         raise ConfigurationError(f"{model!r} is not a mapped class")
-    spec = spec_of(mapper)
+    spec = versioned_spec(mapper)
     if spec is None:
         name = mapper.class_.__name__
         if issubclass(mapper.class_, Versioned):
             concrete = sorted(
-                m.class_.__name__ for m in mapper.self_and_descendants if spec_of(m) is not None
+                m.class_.__name__
+                for m in mapper.self_and_descendants
+                if versioned_spec(m) is not None
             )
             raise ConfigurationError(
                 f"{name} is an abstract concrete base with no table of its own, so it has no "
@@ -139,7 +149,7 @@ def spec_for(model: type[Any]) -> ModelSpec:
 
 def history_table(model: type[Any]) -> sa.Table:
     """The history ``Table`` of a versioned model."""
-    return spec_for(model).history
+    return require_spec(model).history
 
 
 def _own_options(cls: type[Any]) -> dict[str, Any]:
@@ -227,7 +237,7 @@ def _declare(mapper: Mapper[Any], cls: type[Any]) -> None:
     concrete_base = _concrete_base_spec(mapper) if mapper.concrete else None
     if mapper.inherits is not None and not mapper.concrete:
         hierarchy_base = _hierarchy_base(mapper)
-        base_spec = spec_of(hierarchy_base)
+        base_spec = versioned_spec(hierarchy_base)
         if base_spec is None:
             raise ConfigurationError(
                 f"{cls.__name__} is Versioned but its base class "
@@ -349,7 +359,7 @@ def _declare(mapper: Mapper[Any], cls: type[Any]) -> None:
         base=base_spec.root if base_spec is not None else None,
         history=history,
         transactions=transactions,
-        keys=keys,
+        attrs=keys,
         pk_keys=pk_keys,
         live_columns=live_columns,
         history_names=history_names,
@@ -432,7 +442,7 @@ def _concrete_base_spec(mapper: Mapper[Any]) -> ModelSpec | None:
     """The spec of the nearest versioned class ``mapper`` inherits from (concrete inheritance)."""
     base = mapper.inherits
     while base is not None:
-        spec = spec_of(base)
+        spec = versioned_spec(base)
         if spec is not None:
             return spec
         base = base.inherits
@@ -454,7 +464,7 @@ def _extend_history(
         wanted = snapshot_column(name, live_columns[key], key in masks)
         if existing is None:
             history.append_column(wanted)
-        elif existing.type._type_affinity is not wanted.type._type_affinity:
+        elif _compat.type_affinity(existing.type) is not _compat.type_affinity(wanted.type):
             raise ConfigurationError(
                 f"{cls.__name__}.{key} ({wanted.type!r}) and another class of its hierarchy "
                 f"both map a column named {name!r} with a different type ({existing.type!r}); "
@@ -468,7 +478,7 @@ def _check_primary_key(mapper: Mapper[Any], cls: type[Any]) -> None:
         (mapper.inherits is None or mapper.concrete)
         and isinstance(table, sa.Table)
         and not table.primary_key.columns
-        and not getattr(mapper, "_primary_key_argument", None)
+        and not _compat.mapper_primary_key_argument(mapper)
     ):
         raise ConfigurationError(
             f"{cls.__name__} has no primary key; a versioned model needs one to identify its "
@@ -528,14 +538,14 @@ def _check_cascades(mapper: Mapper[Any], cls: type[Any]) -> None:
     owner = mapper  # the mapper of the table (single-table inheritance: the hierarchy's base)
     while owner.inherits is not None and owner.inherits.local_table is table:
         owner = owner.inherits
-    spec = spec_of(owner)
+    spec = versioned_spec(owner)
     if spec is None or not isinstance(table, sa.Table):
         return
     # Every versioned column of the table, single-table subclasses' included.
     key_of: dict[sa.Column[Any], str] = {}
     model_of: dict[sa.Column[Any], str] = {}
     for sub in owner.self_and_descendants:
-        sub_spec = spec_of(sub)
+        sub_spec = versioned_spec(sub)
         if sub.local_table is table and sub_spec is not None:
             for key, column in sub_spec.live_columns.items():
                 key_of.setdefault(column, key)
@@ -628,7 +638,7 @@ def _secondary_table(prop: RelationshipProperty[Any], mapper: Mapper[Any]) -> sa
     moment a refusal keeps the mapper unusable; so the argument as given is read from the private
     ``_init_args`` and resolved as SQLAlchemy does: a table, a table's name, or a callable.
     """
-    argument: Any = prop._init_args.secondary.argument
+    argument: Any = _compat.relationship_secondary_argument(prop)
     if callable(argument) and not isinstance(argument, sa.FromClause):
         try:
             argument = argument()
@@ -691,7 +701,9 @@ def _owners(mapper: Mapper[Any], tables: list[sa.Table]) -> str:
         {
             other.class_.__name__
             for other in mapper.registry.mappers
-            if other is not mapper and other.local_table in tables and spec_of(other) is not None
+            if other is not mapper
+            and other.local_table in tables
+            and versioned_spec(other) is not None
         }
     )
     return f" (mapped by {', '.join(owners)})" if owners else ""

@@ -38,3 +38,25 @@ class RestoreConflictError(RestoreError):
 
     The flush that attempted it was rolled back: neither data nor history changed.
     """
+
+
+class UncapturedWriteError(VersioningError):
+    """A Core statement would change a versioned table without being recorded.
+
+    Raised by a :func:`versioning.guard_writes` guard before the statement runs.
+    """
+
+
+class UncapturedWriteWarning(UserWarning):
+    """A Core statement changed a versioned table without being recorded.
+
+    Emitted by a :func:`versioning.guard_writes` guard with ``action="warn"``.
+    """
+
+
+class ConcurrentInsertError(VersioningError):
+    """An upsert met a row another transaction committed after versioning read the table.
+
+    Its old values cannot be known, so the statement was rolled back (to a SAVEPOINT): nothing
+    was written. Retry the statement (or the transaction).
+    """

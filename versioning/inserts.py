@@ -37,22 +37,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Result
 from sqlalchemy.orm import ORMExecuteState
 
-from versioning import cascades, live_rows
+from versioning import _compat, cascades, live_rows
 from versioning.declaration import ModelSpec
-from versioning.errors import VersioningError
+from versioning.errors import ConcurrentInsertError, VersioningError
+from versioning.history_rows import Change
 from versioning.live_rows import Key, Rows
 from versioning.operation import Operation
-from versioning.recording import Change, write_changes
+from versioning.recording import write_changes
 
 __all__ = ["ConcurrentInsertError", "capture"]
-
-
-class ConcurrentInsertError(VersioningError):
-    """An upsert met a row another transaction committed after versioning read the table.
-
-    Its old values cannot be known, so the statement was rolled back (to a SAVEPOINT): nothing
-    was written. Retry the statement (or the transaction).
-    """
 
 
 def _value_rows(orm: ORMExecuteState, spec: ModelSpec) -> list[dict[str, Any]]:
@@ -64,15 +57,17 @@ def _value_rows(orm: ORMExecuteState, spec: ModelSpec) -> list[dict[str, Any]]:
     by_name = {column.key: key for key, column in spec.live_columns.items()}
     by_name.update({column.name: key for key, column in spec.live_columns.items()})
     raw: list[Mapping[Any, Any]] = []
-    if statement._multi_values:
+    multi_values = _compat.insert_multi_values(statement)
+    single = _compat.insert_values(statement)
+    if multi_values:
         # A row given as a tuple holds the table's columns in order, as SQLAlchemy maps it.
         raw = [
             _by_position(statement.table, row) if isinstance(row, Sequence) else row
-            for group in statement._multi_values
+            for group in multi_values
             for row in group
         ]
-    elif statement._values:
-        raw = [statement._values]
+    elif single:
+        raw = [single]
     if isinstance(parameters, dict) and parameters:
         raw = [{**row, **parameters} for row in raw] if raw else [parameters]
     rows = []
@@ -164,7 +159,7 @@ def _refuse(spec: ModelSpec, why: str, what_to_do: str) -> VersioningError:
 
 def _shape(spec: ModelSpec, statement: Any, dialect: str) -> _Shape:
     kind = "plain"
-    for clause, only_for in statement._prefixes:
+    for clause, only_for in _compat.prefixes(statement):
         if only_for not in (None, "*", dialect) and {only_for, dialect} != {"mysql", "mariadb"}:
             continue  # rendered on another backend only
         text = " ".join(str(clause).upper().split())
@@ -182,8 +177,8 @@ def _shape(spec: ModelSpec, statement: Any, dialect: str) -> _Shape:
                 f"not know",
                 "use a plain insert, OR IGNORE / IGNORE, OR REPLACE or the dialect's upsert",
             )
-    post = getattr(statement, "_post_values_clause", None)
-    if dialect == "sqlite" and not statement._prefixes:
+    post = _compat.post_values_clause(statement)
+    if dialect == "sqlite" and not _compat.prefixes(statement):
         kind = _sqlite_declared(spec, kind, upsert=post is not None)
     if post is None:
         return _Shape(kind, None, {})
@@ -607,7 +602,7 @@ def _run_returning(
     — and, per row, the key and the ``extra`` values.
     """
     statement: Any = orm.statement
-    own = bool(statement._returning)
+    own = bool(_compat.returning(statement))
     ours = [getattr(spec.model, k) for k in spec.pk_keys] + extra
     frozen = invoke(orm, statement.returning(*ours)).freeze()
     npk = len(spec.pk_keys)

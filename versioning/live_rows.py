@@ -1,7 +1,7 @@
 """Reading the current values of live rows, batched: the only reads the write path makes.
 
-Used before a change (old values the session does not hold, locked where the backend can) and
-after it (values the database produced). Rows are read by key in chunks, by a key set in one
+Used before a change (the rows it will change, locked where the backend can) and after it (the
+values the database produced). Rows are read by key in chunks, by a key set in one
 statement, by a statement's own WHERE clause, or from the rows of an ORM ``SELECT`` the caller ran
 (:func:`orm_select`, :func:`from_rows`); for a polymorphic hierarchy each row is completed with its
 subclass's columns.
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect
 
 from versioning.concealed import conceal, reveal
-from versioning.declaration import ModelSpec, spec_of
+from versioning.declaration import ModelSpec, versioned_spec
 from versioning.errors import VersioningError
 
 __all__ = [
@@ -43,7 +43,7 @@ _MAX_BINDS = 30_000
 
 
 def _columns(spec: ModelSpec) -> tuple[str, ...]:
-    return spec.pk_keys + tuple(k for k in spec.keys if k not in spec.pk_keys)
+    return spec.pk_keys + tuple(k for k in spec.attrs if k not in spec.pk_keys)
 
 
 def _select(
@@ -158,7 +158,7 @@ def by_columns(
         base.where(_in(spec, columns, unique[i : i + _CHUNK]))
         for i in range(0, len(unique), _CHUNK)
     )
-    return _complete(connection, spec, _collect(connection, spec, chunks, names), lock)
+    return _with_subclass_columns(connection, spec, _collect(connection, spec, chunks, names), lock)
 
 
 def by_keys(connection: Connection, spec: ModelSpec, keys: Sequence[Key], lock: bool) -> Rows:
@@ -175,7 +175,7 @@ def by_key_set(connection: Connection, spec: ModelSpec, keys: Sequence[Key], loc
         return by_keys(connection, spec, keys, lock)
     names, statement = _select(spec, lock, connection.dialect.name)
     where = keys_in(columns, keys, connection.dialect, "reading rows")
-    return _complete(
+    return _with_subclass_columns(
         connection, spec, _collect(connection, spec, [statement.where(where)], names), lock
     )
 
@@ -202,7 +202,7 @@ def orm_select(spec: ModelSpec, lock: bool, dialect_name: str) -> sa.Select[Any]
 
 def from_rows(connection: Connection, spec: ModelSpec, rows: Iterable[Any], lock: bool) -> Rows:
     """The rows of an :func:`orm_select` as :data:`Rows`, completed with subclass columns."""
-    return _complete(connection, spec, _rows(spec, _columns(spec), rows), lock)
+    return _with_subclass_columns(connection, spec, _rows(spec, _columns(spec), rows), lock)
 
 
 def by_where(
@@ -212,20 +212,22 @@ def by_where(
     names, statement = _select(spec, lock, connection.dialect.name)
     if where is not None:
         statement = statement.where(where)
-    return _complete(connection, spec, _collect(connection, spec, [statement], names), lock)
+    return _with_subclass_columns(
+        connection, spec, _collect(connection, spec, [statement], names), lock
+    )
 
 
-def _complete(connection: Connection, spec: ModelSpec, rows: Rows, lock: bool) -> Rows:
+def _with_subclass_columns(connection: Connection, spec: ModelSpec, rows: Rows, lock: bool) -> Rows:
     """Give rows of subclasses with columns of their own (joined inheritance) those columns."""
     if spec.discriminator is None or not rows:
         return rows
     wanted: dict[ModelSpec, list[Key]] = {}
     for key, (_, values) in rows.items():
         mapper = spec.mapper.polymorphic_map.get(values[spec.discriminator])
-        concrete = spec_of(mapper) if mapper is not None else None
+        concrete = versioned_spec(mapper) if mapper is not None else None
         if concrete is None or concrete is spec:
             continue
-        if concrete.keyset <= spec.keyset:
+        if concrete.attr_set <= spec.attr_set:
             rows[key] = (concrete, values)
         else:
             wanted.setdefault(concrete, []).append(key)

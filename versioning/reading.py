@@ -1,9 +1,12 @@
 """Reading history back: a record's versions, and the record as it was at any moment.
 
-Every function here takes the session to read with and issues one query. Records are identified by
+Every function here takes the session to read with and issues one query (on MariaDB, a moment
+given as a ``datetime`` is first turned into a transaction id: two). Records are identified by
 model and primary key (a scalar, or a tuple for composite keys), so deleted records are found too.
 Like a query, each one first autoflushes the session (unless ``session.autoflush`` is off or in a
-``no_autoflush`` block), so that history includes the changes the session holds.
+``no_autoflush`` block), and writes the history noted so far in the transaction
+(:func:`versioning.recording.write_pending`), so that history includes the changes the session
+holds.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect, RowMapping
 from sqlalchemy.orm import InstanceState, Mapper, Session
 
-from versioning import arguments
-from versioning.declaration import ModelSpec, spec_for, spec_of
+from versioning import _compat, arguments
+from versioning.declaration import ModelSpec, require_spec, versioned_spec
 from versioning.encoding import decode
 from versioning.errors import ArgumentError
 from versioning.operation import Operation
+from versioning.recording import write_pending
 from versioning.schema import (
     CHANGES,
     META_COLUMNS,
@@ -30,7 +34,6 @@ from versioning.schema import (
     VERSION_ID,
     issued_at_utc,
 )
-from versioning.transaction import write_pending
 
 __all__ = ["Transaction", "Version", "as_of", "history"]
 
@@ -70,7 +73,7 @@ class Version:
     @property
     def primary_key(self) -> tuple[Any, ...]:
         """The record's primary key, as a tuple in the mapper's key order."""
-        return tuple(self.state[key] for key in spec_for(self.model).pk_keys)
+        return tuple(self.state[key] for key in require_spec(self.model).pk_keys)
 
     def to_instance(self) -> Any:
         """A new transient instance of the model holding this version's ``state``."""
@@ -179,10 +182,10 @@ def _row_version(
     if spec.discriminator is not None:
         identity = row[spec.history_names[spec.discriminator]]
         mapper = spec.mapper.polymorphic_map.get(identity)
-        found = spec_of(mapper) if mapper is not None else None
+        found = versioned_spec(mapper) if mapper is not None else None
         if found is not None:
             vspec = found
-    state = {key: row[vspec.history_names[key]] for key in vspec.keys}
+    state = {key: row[vspec.history_names[key]] for key in vspec.attrs}
     operation = Operation(row[OPERATION])
     changes: dict[str, tuple[Any, Any]]
     if operation is Operation.UPDATE:
@@ -193,7 +196,7 @@ def _row_version(
                 decode(vspec.type_of(key), new, dialect),
             )
             for key, (old, new) in stored.items()
-            if key in vspec.keyset
+            if key in vspec.attr_set
         }
     elif operation is Operation.INSERT:
         changes = {key: (None, value) for key, value in state.items() if value is not None}
@@ -220,7 +223,7 @@ def _resolve_target(target: Any, pk: Any) -> tuple[ModelSpec, tuple[Any, ...]]:
                 f"versioning.history(session, {target.__name__}) needs the record's primary key: "
                 f"history(session, {target.__name__}, pk), or pass an instance alone"
             )
-        spec = spec_for(target)
+        spec = require_spec(target)
         return spec, _key(spec, pk)
     state = sa.inspect(target, raiseerr=False)
     if not isinstance(state, InstanceState):
@@ -234,7 +237,7 @@ def _resolve_target(target: Any, pk: Any) -> tuple[ModelSpec, tuple[Any, ...]]:
             f"{type(target).__name__} instance names the record; for another record, pass the "
             f"class: history(session, {type(target).__name__}, pk)"
         )
-    spec = spec_for(type(target))
+    spec = require_spec(type(target))
     if state.key is not None:
         return spec, tuple(state.key[1])
     key = tuple(state.dict.get(k) for k in spec.pk_keys)
@@ -248,12 +251,10 @@ def _resolve_target(target: Any, pk: Any) -> tuple[ModelSpec, tuple[Any, ...]]:
 def _autoflush(session: Session) -> None:
     """Flush pending changes first, as a query does, so that they are part of what is read.
 
-    ``Session._autoflush`` is what ``Query`` and ``Session.execute`` call: it honours
-    ``session.autoflush`` and ``no_autoflush``, does nothing during a flush, and names autoflush
-    in the error of a failing flush. There is no public equivalent.
+    See :func:`versioning._compat.autoflush`.
     """
     if isinstance(session, Session):
-        session._autoflush()
+        _compat.autoflush(session)
 
 
 class _Missing:

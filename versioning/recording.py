@@ -1,43 +1,165 @@
-"""Recording changes: turning before/after values into history rows and writing them.
+"""Recording: the pending history rows, the transaction row and the INSERTs at commit.
 
-Shared by the unit-of-work capture (:mod:`versioning.capture`) and the capture of ORM-enabled
-statements (:mod:`versioning.statements`). One transaction row per database transaction, one
-multi-row ``INSERT`` per history table per call.
+Capture hands its changes to :func:`write_changes`: one transaction row per database transaction
+that changes versioned records, one multi-row ``INSERT`` per history table. History rows of a
+database transaction are kept in memory until it commits; then, in
+``before_commit``, the session is flushed one last time, the transaction row is written and all
+history rows follow in one multi-row ``INSERT`` per history table — still inside the database
+transaction, so data and history commit or roll back together. Allocating the transaction id at
+commit, after every row lock of the transaction is held, makes the ids of one record's history
+follow commit order even under concurrency; its time is read from the database's clock in the
+same INSERT, so time and id order agree (see _issued_at). The audit context is taken at the first
+versioned flush. Flushes after that point (from other ``before_commit`` hooks) are written at once.
+A transaction in which a statement failed is checked at commit: one the database has aborted or
+rolled back is refused, never committed as if whole (see _check_not_lost).
+
+Everything lives with the session (``session.info``), never in module globals. Rows and restore
+reasons noted inside a savepoint are dropped when that savepoint rolls back; all is dropped when
+the transaction ends. A restore gives its reason with :func:`note_reason` (and takes it back with
+:func:`forget_reason` when it fails); the transaction row's reason lists them.
+Reading history inside a transaction writes what was noted so far first (see write_pending).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import weakref
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
-from sqlalchemy.orm import Session
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine, ExceptionContext
+from sqlalchemy.orm import Mapper, Session, SessionTransaction
 
+from versioning import guard
+from versioning.context import AuditContext, current_context
 from versioning.declaration import ModelSpec
-from versioning.encoding import encode
-from versioning.operation import Operation
-from versioning.schema import CHANGES, OPERATION
-from versioning.transaction import record
+from versioning.errors import VersioningError
+from versioning.history_rows import Change, history_row
+from versioning.schema import TRANSACTION_ID, UTCDateTime
 
-__all__ = ["Change", "write_changes"]
+__all__ = [
+    "Change",
+    "Recording",
+    "forget_reason",
+    "mark_failed",
+    "note_reason",
+    "write_changes",
+    "write_pending",
+]
+
+_KEY = "_versioning"
 
 
-class Change:
-    __slots__ = ("after", "before", "operation", "spec", "state")
+@dataclass(eq=False)
+class _Pending:
+    """History rows waiting for their transaction row, and where they were noted."""
 
-    def __init__(
-        self,
-        spec: ModelSpec,
-        state: Any,
-        operation: Operation,
-        before: dict[str, Any] | None,
-        after: dict[str, Any] | None,
-    ) -> None:
-        self.spec = spec
-        self.state = state
-        self.operation = operation
-        self.before = before
-        self.after = after
+    noted_in: SessionTransaction
+    history: sa.Table
+    rows: list[dict[str, Any]]
+
+
+#: At most this many restores are listed in a transaction's reason, in at most this many bytes
+#: (far within MariaDB's 65,535-byte TEXT); the others are counted.
+_NOTES_MAX = 100
+_NOTES_BYTES = 16_000
+
+
+@dataclass(eq=False)
+class _Note:
+    """A line a restore asked to be written as the transaction's reason, and where it was noted."""
+
+    noted_in: SessionTransaction
+    text: str
+
+
+@dataclass(eq=False)
+class _Group:
+    """One database (engine) and transaction table within the current database transaction."""
+
+    table: sa.Table
+    mapper: Mapper[Any]
+    context: AuditContext
+    pending: list[_Pending] = field(default_factory=list)
+    tx_id: int | None = None
+    has_reason: bool = False
+    #: The reason ``record`` last wrote from the notes to a row written early, and where.
+    noted_reason: str | None = None
+    noted_reason_in: SessionTransaction | None = None
+
+
+@dataclass(eq=False)
+class Recording:
+    """What a session has to record in its database transaction. Reset when it ends."""
+
+    groups: dict[tuple[Any, str], _Group] = field(default_factory=dict)
+    #: What restores in this transaction asked to be written as its reason (see ``notes``).
+    noted: list[_Note] = field(default_factory=list)
+    #: Captured statements that failed after they ran (rows may be written without history):
+    #: the model's name, and the transaction or savepoint it ran in (see ``mark_failed``).
+    failed: list[tuple[SessionTransaction, str]] = field(default_factory=list)
+
+    @property
+    def notes(self) -> list[str]:
+        """The reason lines of the restores still in this transaction, in order, bounded.
+
+        The reason column is a ``TEXT`` (65,535 bytes on MariaDB): past :data:`_NOTES_MAX`
+        lines or :data:`_NOTES_BYTES` bytes, the rest is counted (``and 9000 more restores``);
+        each restore's own history says what it did.
+        """
+        lines: list[str] = []
+        size = 0
+        for note in self.noted:
+            size += len(note.text.encode()) + 2
+            if len(lines) == _NOTES_MAX or size > _NOTES_BYTES:
+                break
+            lines.append(note.text)
+        left = len(self.noted) - len(lines)
+        if left:
+            lines.append(f"and {left} more restore{'s' if left > 1 else ''}")
+        return lines
+
+    def note(self, session: Session, text: str) -> _Note:
+        """Add a reason line; it goes if the savepoint (or transaction) it was noted in does."""
+        noted_in = session.get_nested_transaction() or session.get_transaction()
+        assert noted_in is not None
+        note = _Note(noted_in, text)
+        self.noted.append(note)
+        return note
+
+    def forget(self, note: _Note) -> None:
+        """Take back a reason line (its restore failed)."""
+        if note in self.noted:
+            self.noted.remove(note)
+
+
+def _existing(session: Session) -> Recording | None:
+    """The session's recording if it has one, without creating it (cheap)."""
+    state: Recording | None = session.info.get(_KEY)
+    return state
+
+
+def _recording(session: Session) -> Recording:
+    state: Recording | None = session.info.get(_KEY)
+    if state is None:
+        state = session.info[_KEY] = Recording()
+    return state
+
+
+def note_reason(session: Session, text: str) -> _Note:
+    """Add ``text`` (what a restore did) to the reason of the current transaction's row.
+
+    Returns a handle for :func:`forget_reason`. The line goes with the savepoint (or transaction)
+    it was noted in, if that rolls back.
+    """
+    return _recording(session).note(session, text)
+
+
+def forget_reason(session: Session, note: _Note) -> None:
+    """Take back a reason line of :func:`note_reason` (its restore failed)."""
+    _recording(session).forget(note)
 
 
 def write_changes(session: Session, changes: list[Change]) -> None:
@@ -49,52 +171,312 @@ def write_changes(session: Session, changes: list[Change]) -> None:
         if entry is None:
             connection = session.connection(bind_arguments={"mapper": spec.mapper})
             entry = grouped[spec.history] = (connection, spec, [])
-        row = _history_row(change, entry[0])
+        row = history_row(change, entry[0])
         if row is not None:
             entry[2].append(row)
     for history, (connection, spec, rows) in grouped.items():
         if rows:
-            record(session, connection, spec.transactions, spec.root.mapper, history, rows)
+            _note_rows(session, connection, spec.transactions, spec.root.mapper, history, rows)
 
 
-def _history_row(change: Change, connection: Connection) -> dict[str, Any] | None:
-    spec = change.spec
-    masks = spec.masks
-    names = spec.history_names
-    if change.operation is Operation.UPDATE:
-        assert change.before is not None and change.after is not None
-        before, after = change.before, change.after
-        diff: dict[str, list[Any]] = {}
-        dialect = connection.dialect
-        for key in spec.keys:
-            old, new = before[key], after[key]
-            type_ = spec.type_of(key)
-            if old is new or type_.compare_values(old, new):
-                continue
-            where = f"{spec.model.__name__}.{key}"
-            if key in masks:
-                if encode(type_, old, dialect, where) == encode(type_, new, dialect, where):
-                    continue
-                old = None if old is None else masks[key](old)
-                new = None if new is None else masks[key](new)
-            pair = [encode(type_, old, dialect, where), encode(type_, new, dialect, where)]
-            if key not in masks and pair[0] == pair[1]:
-                # Different in Python, the same once stored (a TypeDecorator normalising on the
-                # way in, a dict with int keys in a JSON column): nothing changed.
-                continue
-            diff[key] = pair
-        if not diff:
-            return None
-        values: dict[str, Any] | None = after
-        changes: dict[str, list[Any]] | None = diff
-    else:
-        values = change.after if change.operation is Operation.INSERT else change.before
-        changes = None
-    assert values is not None
-    row: dict[str, Any] = {OPERATION: change.operation, CHANGES: changes}
-    for key in spec.keys:
-        value = values[key]
-        if key in masks and value is not None:
-            value = masks[key](value)
-        row[names[key]] = value
-    return row
+def _note_rows(
+    session: Session,
+    connection: Connection,
+    transactions: sa.Table,
+    mapper: Mapper[Any],
+    history: sa.Table,
+    rows: list[dict[str, Any]],
+) -> None:
+    """Note history rows of the current database transaction (written at commit)."""
+    state = _recording(session)
+    key = (connection.engine, transactions.fullname)
+    group = state.groups.get(key)
+    if group is None:
+        # The context in force at the first versioned flush is the transaction's.
+        group = state.groups[key] = _Group(transactions, mapper, current_context())
+    noted_in = session.get_nested_transaction() or session.get_transaction()
+    assert noted_in is not None
+    if group.tx_id is not None:
+        if state.noted and group.context.reason is None:
+            # A restore after the row was written early (see write_pending): say so. The row's
+            # reason is then ours to keep in step with the notes (the context gave none).
+            reason = "; ".join(state.notes)
+            if reason != group.noted_reason:
+                with guard.writing():  # the library's own write: guard_writes() lets it pass
+                    connection.execute(
+                        transactions.update()
+                        .where(transactions.c.id == group.tx_id)
+                        .values(reason=reason)
+                    )
+                group.noted_reason = reason
+                group.noted_reason_in = noted_in
+                group.has_reason = True
+        _insert_history(connection, history, rows, group.tx_id)
+        return
+    group.pending.append(_Pending(noted_in, history, rows))
+
+
+def _insert_history(
+    connection: Connection, history: sa.Table, rows: list[dict[str, Any]], tx_id: int
+) -> None:
+    template = dict.fromkeys(history.c.keys())
+    del template[history.primary_key.columns.keys()[0]]
+    batch = []
+    for row in rows:
+        full = template.copy()
+        full.update(row)
+        full[TRANSACTION_ID] = tx_id
+        batch.append(full)
+    connection.execute(history.insert(), batch)
+
+
+_MICROSECOND = sa.literal_column("INTERVAL '1 microsecond'", sa.Interval())
+
+
+def _issued_at(transactions: sa.Table, dialect: str) -> Any:
+    """The moment a transaction row is written, from the database's clock, in the same INSERT.
+
+    The id comes from the database; so does the time, read when the row is written (at commit,
+    after every row lock of the transaction is held). A record's changes are serialized by its row
+    lock, so the transaction that changes it later gets both the larger id and the later time,
+    whatever the clocks of the application servers say. On PostgreSQL and SQLite the time is also
+    kept strictly after the latest committed transaction's (an index probe of ``(issued_at, id)``
+    inside the same statement), so even a database clock stepping back keeps the order. MariaDB
+    would take a shared lock on that index for a subquery of an INSERT, serializing every writer,
+    and PostgreSQL at SERIALIZABLE a predicate lock that makes concurrent writers fail: there it
+    is the database clock alone (see docs/concepts.md).
+    """
+    if dialect == "postgresql":
+        # clock_timestamp(): the time now, not now() (the start of the transaction).
+        now = sa.func.clock_timestamp()
+        latest = sa.select(sa.func.max(transactions.c.issued_at) + _MICROSECOND)
+        # Under SERIALIZABLE, reading the latest row would make every two concurrent writers
+        # conflict (a predicate lock on the index tail that the other one inserts into): there
+        # the database clock alone. PostgreSQL runs the subquery only if its branch is taken.
+        serializable = sa.func.current_setting("transaction_isolation") == "serializable"
+        return sa.case((serializable, now), else_=sa.func.greatest(now, latest.scalar_subquery()))
+    if dialect in ("mysql", "mariadb"):
+        # The time the INSERT statement started, in UTC, with microseconds.
+        return sa.literal_column("UTC_TIMESTAMP(6)", UTCDateTime())
+    if dialect == "sqlite":
+        return _sqlite_issued_at(transactions)
+    return dt.datetime.now(dt.UTC)  # pragma: no cover - the three backends above are supported
+
+
+def _sqlite_issued_at(transactions: sa.Table) -> Any:
+    """SQLite: ``max(now, latest + 1 µs)`` on the stored text ``YYYY-MM-DD HH:MM:SS.ffffff``.
+
+    SQLite's clock has millisecond resolution, so the microsecond step also keeps transactions
+    of the same millisecond apart. SQLite lets one connection write at a time, so the latest row
+    read here is the latest there is.
+    """
+    now = sa.func.strftime("%Y-%m-%d %H:%M:%f", "now").concat("000")
+    latest = sa.func.max(transactions.c.issued_at).label("latest")
+    last = sa.select(latest).subquery()
+    micro = sa.cast(sa.func.substr(last.c.latest, 21, 6), sa.Integer)
+    following = sa.case(
+        (
+            micro == 999999,
+            sa.func.strftime(
+                "%Y-%m-%d %H:%M:%S", sa.func.substr(last.c.latest, 1, 19), "+1 second"
+            ).concat(".000000"),
+        ),
+        else_=sa.func.substr(last.c.latest, 1, 20).concat(sa.func.printf("%06d", micro + 1)),
+    )
+    step = sa.select(following).scalar_subquery()
+    return sa.func.max(now, sa.func.coalesce(step, now))
+
+
+def _write_group(session: Session, state: Recording, group: _Group) -> None:
+    connection = session.connection(bind_arguments={"mapper": group.mapper})
+    context = group.context
+    reason = context.reason
+    if reason is None and state.notes:
+        reason = "; ".join(state.notes)
+    result = connection.execute(
+        group.table.insert().values(
+            issued_at=_issued_at(group.table, connection.dialect.name),
+            actor=context.actor,
+            source_ip=context.source_ip,
+            request_id=context.request_id,
+            reason=reason,
+            extra=dict(context.extra) or None,
+        )
+    )
+    pk = result.inserted_primary_key
+    assert pk is not None
+    group.tx_id = int(pk[0])
+    group.has_reason = reason is not None
+    by_table: dict[sa.Table, list[dict[str, Any]]] = {}
+    for pending in group.pending:
+        by_table.setdefault(pending.history, []).extend(pending.rows)
+    group.pending.clear()
+    for history, rows in by_table.items():
+        _insert_history(connection, history, rows, group.tx_id)
+
+
+def write_pending(session: Session) -> None:
+    """Write the history noted so far in this transaction, so that reading it shows it.
+
+    Called by the readers. The transaction id is then allocated now rather than at commit.
+    Inside a savepoint nothing is written (it could be rolled back with the savepoint while the
+    changes it records stay): the reads then show the history committed before.
+    """
+    state = _existing(session)
+    if state is None or session.in_nested_transaction():
+        return
+    for group in state.groups.values():
+        if group.tx_id is None and group.pending:
+            _write_group(session, state, group)
+
+
+def mark_failed(session: Session, model: str) -> None:
+    """Note that a captured statement on ``model`` failed after it ran (see ``_write_at_commit``).
+
+    A statement may fail partway (a later batch of a multi-row INSERT, a row of an executemany
+    UPDATE) with the rows of its earlier batches written and no history noted for them. Unless
+    the savepoint it ran in is rolled back, the transaction cannot be committed.
+    """
+    noted_in = session.get_nested_transaction() or session.get_transaction()
+    if noted_in is not None:
+        _recording(session).failed.append((noted_in, model))
+
+
+def _partly_failed(state: Recording) -> VersioningError:
+    models = ", ".join(dict.fromkeys(model for _, model in state.failed))
+    return VersioningError(
+        f"cannot commit: a versioned statement on {models} failed partway, so rows it wrote "
+        f"before the failure would be committed without history. Call session.rollback() and "
+        f"redo the transaction's work (or run such a statement in session.begin_nested() and "
+        f"roll that savepoint back when it fails)"
+    )
+
+
+@event.listens_for(Session, "before_commit")
+def _write_at_commit(session: Session) -> None:
+    if session.in_nested_transaction():
+        return  # a savepoint is released: the database transaction goes on
+    state = _existing(session)
+    if state is not None and state.failed:
+        raise _partly_failed(state)
+    if state is None and not session.dirty and not session.new and not session.deleted:
+        return
+    # Take every row lock of the transaction before its id is allocated.
+    session.flush()
+    state = _existing(session)
+    if state is None:
+        return
+    for group in state.groups.values():
+        _check_not_lost(session, group)
+    for group in state.groups.values():
+        if group.tx_id is None and group.pending:
+            _write_group(session, state, group)
+
+
+_FAILED = "versioning_failed_transaction"
+
+#: MariaDB errors after which the server has rolled back the whole transaction (1205, a lock wait
+#: timeout, only with innodb_rollback_on_timeout). Later statements run in a new transaction.
+_MARIADB_DEADLOCK = 1213
+_MARIADB_LOCK_WAIT_TIMEOUT = 1205
+
+
+@event.listens_for(Engine, "handle_error")
+def _note_failure(context: ExceptionContext) -> None:
+    """Remember that the connection's current transaction saw a database error.
+
+    Costs nothing until a statement fails. At commit, such a transaction is checked before its
+    history is written (see _check_not_lost).
+    """
+    connection = context.connection
+    if connection is None or context.is_disconnect:
+        return
+    transaction = connection.get_transaction()
+    if transaction is not None:
+        # The error's type and code only: the exception itself would keep its traceback's
+        # frames (sessions, objects) alive as long as the pooled connection.
+        error = context.original_exception
+        code = error.args[0] if error.args and isinstance(error.args[0], int) else None
+        connection.info[_FAILED] = (weakref.ref(transaction), type(error), code)
+
+
+def _check_not_lost(session: Session, group: _Group) -> None:
+    """Refuse to commit a transaction that the database has already aborted or rolled back.
+
+    PostgreSQL turns the COMMIT of a transaction aborted by an error into a ROLLBACK without an
+    error, and MariaDB rolls back a whole transaction on a deadlock and runs later statements in a
+    new one: ``session.commit()`` would return normally with nothing (or only a part) committed,
+    history written early by a reader (see write_pending) included. Only a transaction in which
+    a statement failed is checked, so the extra statement runs on that rare path alone.
+    """
+    connection = session.connection(bind_arguments={"mapper": group.mapper})
+    failed = connection.info.get(_FAILED)
+    if failed is None or failed[0]() is not connection.get_transaction():
+        return
+    kind: type[BaseException] = failed[1]
+    code: int | None = failed[2]
+    dialect = connection.dialect.name
+    try:
+        if dialect in ("mysql", "mariadb"):
+            lost = code == _MARIADB_DEADLOCK or (
+                code == _MARIADB_LOCK_WAIT_TIMEOUT
+                and bool(connection.exec_driver_sql("SELECT @@innodb_rollback_on_timeout").scalar())
+            )
+        elif dialect == "sqlite":
+            driver = connection.connection.driver_connection
+            lost = not getattr(driver, "in_transaction", True)
+        else:
+            lost = False
+        if not lost and group.tx_id is not None:
+            # The transaction row written early must still be there (on PostgreSQL, this
+            # statement fails if the transaction is aborted).
+            table = group.table
+            row = connection.execute(sa.select(table.c.id).where(table.c.id == group.tx_id))
+            lost = row.first() is None
+        elif not lost and dialect == "postgresql":
+            connection.exec_driver_sql("SELECT 1")  # fails if the transaction is aborted
+    except sa.exc.DBAPIError as exc:
+        raise _lost(kind) from exc
+    if lost:
+        raise _lost(kind)
+
+
+def _lost(kind: type[BaseException]) -> VersioningError:
+    # The error's type only: a database's message may quote a value of the failed statement.
+    return VersioningError(
+        f"cannot commit: the database aborted or rolled back this transaction after an earlier "
+        f"error ({kind.__module__}.{kind.__qualname__}), so nothing of it (data or history) "
+        f"would be committed. Call session.rollback() and redo the transaction's work"
+    )
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_rolled_back(session: Session, previous_transaction: SessionTransaction) -> None:
+    state = _existing(session)
+    if state is None:
+        return
+    state.noted = [n for n in state.noted if not _within(n.noted_in, previous_transaction)]
+    state.failed = [f for f in state.failed if not _within(f[0], previous_transaction)]
+    for key, group in list(state.groups.items()):
+        group.pending = [p for p in group.pending if not _within(p.noted_in, previous_transaction)]
+        if group.noted_reason_in is not None and _within(
+            group.noted_reason_in, previous_transaction
+        ):
+            # The database took back that reason with the savepoint: write it again if needed.
+            group.noted_reason = group.noted_reason_in = None
+        if group.tx_id is None and not group.pending:
+            del state.groups[key]
+
+
+def _within(transaction: SessionTransaction | None, ancestor: SessionTransaction) -> bool:
+    while transaction is not None:
+        if transaction is ancestor:
+            return True
+        transaction = transaction.parent
+    return False
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _reset(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None and _KEY in session.info:
+        del session.info[_KEY]

@@ -35,14 +35,13 @@ from sqlalchemy import event
 from sqlalchemy.orm import InstanceState, Mapper, Session, UOWTransaction
 from sqlalchemy.orm.attributes import set_committed_value
 
-from versioning import arguments, uncaptured
+from versioning import _compat, arguments, guard, recording
 from versioning.concealed import masked_unloaded
-from versioning.declaration import ModelSpec, spec_for
+from versioning.declaration import ModelSpec, require_spec
 from versioning.errors import ArgumentError, RestoreConflictError, RestoreError
 from versioning.operation import Operation
 from versioning.reading import _MISSING, Version, _filters, _instance, _key, version_at
 from versioning.schema import TRANSACTION_ID, VERSION_ID
-from versioning.transaction import session_state
 
 __all__ = ["restore"]
 
@@ -112,7 +111,7 @@ def _check_creatable(spec: ModelSpec, version: Version) -> None:
             )
     for prop in mapper.column_attrs:
         key = prop.key
-        if key in spec.keyset and key not in spec.masks:
+        if key in spec.attr_set and key not in spec.masks:
             continue
         why = "masked" if key in spec.masks else "excluded from history"
         if key == version_key:
@@ -306,7 +305,7 @@ def _set_fresh_version(session: Session, flush_context: UOWTransaction) -> None:
     table = column.table
     where = [c == state.dict[mapper.get_property_by_column(c).key] for c in table.primary_key]
     connection = session.connection(bind_arguments={"mapper": mapper})
-    with uncaptured.writing():
+    with guard.writing():
         connection.execute(sa.update(table).where(*where).values({column: value}))
     set_committed_value(obj, key, value)
 
@@ -394,11 +393,11 @@ def _describe(session: Session, spec: ModelSpec, version: Version, undelete: boo
 
 
 def _apply(session: Session, version: Version) -> Any:
-    spec = spec_for(version.model)
+    spec = require_spec(version.model)
     key = version.primary_key
     version_key = _version_key(spec)
     writable = [
-        k for k in spec.keys if k not in spec.masks and k not in spec.pk_keys and k != version_key
+        k for k in spec.attrs if k not in spec.masks and k not in spec.pk_keys and k != version_key
     ]
     # Before anything is flushed: a value the model's type no longer accepts is refused.
     _check_loadable(session, spec, version, [*spec.pk_keys, *writable])
@@ -435,19 +434,18 @@ def _apply(session: Session, version: Version) -> Any:
             return live  # already in that state: nothing to write, nothing to record
         for k in differs:
             setattr(live, k, version.state[k])
-    state = session_state(session)
     what = _describe(session, spec, version, undelete=created)
-    note = state.note(session, what)
+    note = recording.note_reason(session, what)
     try:
         with _fresh_version(session, live, spec, fresh):
             session.flush()
     except sa.exc.IntegrityError as exc:
-        state.forget(note)
+        recording.forget_reason(session, note)
         conflict = _conflict(session, spec, what, exc)
         if not spec.masks:
             raise conflict from exc
     except BaseException:
-        state.forget(note)
+        recording.forget_reason(session, note)
         raise
     else:
         return live
@@ -532,5 +530,4 @@ def _replace_rollback_cause(session: Session, error: RestoreConflictError) -> No
     the session before ``rollback()``; its text has the database's detail. Ours takes its place.
     """
     transaction = session.get_nested_transaction() or session.get_transaction()
-    if transaction is not None and getattr(transaction, "_rollback_exception", None) is not None:
-        transaction._rollback_exception = error
+    _compat.replace_rollback_exception(transaction, error)

@@ -24,6 +24,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import DDLCompiler
 
+from versioning import _compat
 from versioning.errors import ArgumentError, ConfigurationError
 from versioning.operation import Operation
 
@@ -48,7 +49,11 @@ OPERATION = "versioning_operation"
 CHANGES = "versioning_changes"
 META_COLUMNS = frozenset({VERSION_ID, TRANSACTION_ID, OPERATION, CHANGES})
 
+#: ``Table.info`` key of the library's own tables: ``"transaction"`` or ``"history"``.
 _INFO_KEY = "versioning"
+#: ``Table.info`` key of a versioned (live) table: the name of its history table. The write
+#: guard (:mod:`versioning.guard`) and the declaration of relationships read it.
+LIVE_TABLE_INFO = "versioning_history"
 
 #: Integer ids that autoincrement on every backend (SQLite only does so for INTEGER PRIMARY KEY).
 _ID_TYPE = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -158,7 +163,7 @@ def snapshot_column(name: str, source: sa.Column[Any], masked: bool) -> sa.Colum
     """
     type_: sa.types.TypeEngine[Any] = _masked_type() if masked else source.type
     column = sa.Column(name, type_, nullable=True, autoincrement=False)
-    if type_._isnull and isinstance(source.table, sa.Table):
+    if _compat.type_is_null(type_) and isinstance(source.table, sa.Table):
         pending = source.table.metadata.info.setdefault(_UNRESOLVED, [])
         pending.append((column, source))
     return column
@@ -173,7 +178,7 @@ def _resolve_types(column: sa.Column[Any], table: sa.Table) -> None:
         return
     for entry in list(pending):
         copy, source = entry
-        if not source.type._isnull:
+        if not _compat.type_is_null(source.type):
             copy.type = source.type
             pending.remove(entry)
 

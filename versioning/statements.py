@@ -8,12 +8,10 @@ hook on every ``Session`` records them with the same history rows, changes and t
   backend can (``FOR UPDATE``), the statement runs restricted to their keys, and they are read
   back by key: exactly the rows it changed are recorded (see ``_candidates`` below);
 * bulk ``update(Model)`` with a list of dicts (by primary key): the same, by those keys;
-* ``insert(Model)`` with a list of dicts or ``.values(...)``, and upserts — PostgreSQL/SQLite
-  ``on_conflict_do_update()`` / ``on_conflict_do_nothing()``, MariaDB
-  ``on_duplicate_key_update()``: rows are found by primary key, or else by the conflict target or
-  a unique key the values carry, before (locked) and after the statement; each becomes an INSERT or
-  an UPDATE as actually happened. An insert whose keys the database generates gets ``RETURNING``
-  of the key added, so the caller's result then carries those rows.
+* ``insert(Model)`` with a list of dicts or ``.values(...)``, the prefixes ``OR IGNORE`` /
+  ``IGNORE`` / ``OR REPLACE`` and the dialect upserts are handed to :mod:`versioning.inserts`,
+  which records each row as what the database did to it (an INSERT, an UPDATE, nothing, or for
+  ``REPLACE`` a DELETE and an INSERT) or refuses the statement before it runs (see its docstring).
 
 Statements on models that are not versioned are left alone at the cost of one dict lookup.
 Statements on a bare ``Connection`` (Core, or ``session.connection().execute(...)``) are not seen:
@@ -30,13 +28,13 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, CursorResult, Result
 from sqlalchemy.orm import ORMExecuteState, Session
 
-from versioning import cascades, inserts, live_rows, uncaptured
-from versioning.declaration import ModelSpec, spec_of
+from versioning import _compat, cascades, guard, inserts, live_rows
+from versioning.declaration import ModelSpec, versioned_spec
 from versioning.errors import VersioningError
+from versioning.history_rows import Change
 from versioning.live_rows import Key, Rows
 from versioning.operation import Operation
-from versioning.recording import Change, write_changes
-from versioning.transaction import mark_failed
+from versioning.recording import mark_failed, write_changes
 
 __all__: list[str] = []
 
@@ -46,7 +44,7 @@ def _capture(orm: ORMExecuteState) -> Result[Any] | None:
     if not (orm.is_update or orm.is_delete or orm.is_insert):
         return None
     mapper = orm.bind_mapper
-    spec = spec_of(mapper) if mapper is not None else None
+    spec = versioned_spec(mapper) if mapper is not None else None
     if spec is None:
         return None
     session = orm.session
@@ -56,7 +54,7 @@ def _capture(orm: ORMExecuteState) -> Result[Any] | None:
         session.flush()
     outer = inserts.ran(orm, reset=True)  # a statement run from another's hook: its own flag
     try:
-        with uncaptured.writing():
+        with guard.writing():
             if orm.is_delete:
                 return _delete(orm, spec)
             if orm.is_update:
@@ -100,9 +98,7 @@ def _connection(orm: ORMExecuteState, spec: ModelSpec) -> Connection:
 
 
 def _options_of(statement: Any) -> tuple[Any, ...]:
-    # The statement's ORM options (with_loader_criteria): no public accessor; SQLAlchemy's own
-    # synchronize_session="fetch" SELECT copies this same attribute.
-    return tuple(getattr(statement, "_with_options", ()))
+    return _compat.orm_options(statement)
 
 
 def _candidates(orm: ORMExecuteState, spec: ModelSpec, connection: Connection) -> Rows:
@@ -173,8 +169,7 @@ def _set_keys(spec: ModelSpec, statement: Any, parameters: Any) -> set[str]:
         by_name[column.key] = key
         by_name[column.name] = key
     by_column = {column: key for key, column in spec.mapper.columns.items()}
-    targets = list(dict(getattr(statement, "_values", None) or {}))
-    targets += [t for t, _ in getattr(statement, "_ordered_values", None) or ()]  # SQLAlchemy 2.0
+    targets = [target for target, _ in _compat.set_clause(statement)]
     if isinstance(parameters, Mapping):
         targets += list(parameters)
     found = set()

@@ -24,6 +24,7 @@ from sqlalchemy import types as sqltypes
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Dialect
 
+from versioning import _compat
 from versioning.declaration import ModelSpec
 
 __all__ = ["Check", "checks", "exactness", "is_stored_as_sent"]
@@ -58,10 +59,7 @@ def _never(value: Any) -> bool:
 
 def _declared(type_: sqltypes.TypeEngine[Any], dialect: Dialect) -> sqltypes.TypeEngine[Any]:
     """The type a column has on ``dialect``: its ``with_variant()`` one, if it has one."""
-    # with_variant() keeps the per-dialect types in this private mapping; dialect_impl() would
-    # resolve it too, but drops what matters here (PostgreSQL's CHAR becomes a plain string).
-    variants: dict[str, sqltypes.TypeEngine[Any]] = getattr(type_, "_variant_mapping", None) or {}
-    return variants.get(dialect.name, type_)
+    return _compat.variant_mapping(type_).get(dialect.name, type_)
 
 
 def _is_mariadb(dialect: Dialect) -> bool:
@@ -228,7 +226,7 @@ def checks(spec: ModelSpec, dialect: Dialect) -> dict[str, Check]:
     found = spec.stored_checks.get(dialect.name)
     if found is None:
         found = {}
-        for key in spec.keys:
+        for key in spec.attrs:
             check = exactness(spec.type_of(key), dialect)
             if check is not None:
                 found[key] = check

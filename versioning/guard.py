@@ -1,4 +1,4 @@
-"""Finding writes that history cannot see.
+"""The write guard: finding writes that history cannot see.
 
 History is captured from the ORM: the unit of work (``session.add``/``flush``/``commit``) and
 ORM-enabled statements executed by ``session.execute(...)``. A Core ``insert``/``update``/
@@ -16,6 +16,11 @@ naming a versioned table is one. Names compare case-insensitively (SQLite, and M
 systems, ignore case), and a table without a schema is the same as one naming the connection's
 default schema. History and transaction tables are recognised too: history is append-only, so an
 ``UPDATE`` or ``DELETE`` on them outside the library is flagged.
+
+The library's own writes are let through: statements it runs inside :func:`writing`, and the
+statements of a flush of versioned rows (marked by :func:`mark_flush` / :func:`end_flush`, which
+:mod:`versioning.capture` calls). Tables carry :data:`versioning.schema.LIVE_TABLE_INFO`; the
+errors are in :mod:`versioning.errors`.
 """
 
 from __future__ import annotations
@@ -29,9 +34,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import UpdateBase
 
-from versioning.errors import ArgumentError, VersioningError
+from versioning import _compat
+from versioning.errors import ArgumentError, UncapturedWriteError, UncapturedWriteWarning
+from versioning.schema import LIVE_TABLE_INFO
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -39,9 +47,9 @@ if TYPE_CHECKING:
 __all__ = [
     "UncapturedWriteError",
     "UncapturedWriteWarning",
-    "enter_flush",
+    "end_flush",
     "guard_writes",
-    "leave_flush",
+    "mark_flush",
     "register_tables",
     "writing",
 ]
@@ -50,8 +58,6 @@ __all__ = [
 _writing: ContextVar[int] = ContextVar("versioning_writing", default=0)
 #: Whether a flush that writes versioned rows is running in this context.
 _flushing: ContextVar[bool] = ContextVar("versioning_flushing", default=False)
-
-LIVE_TABLE_INFO = "versioning_history"
 
 #: (schema or None, casefolded name) -> what the table is: "live", "history" or "transaction".
 _TABLES: dict[tuple[str | None, str], str] = {}
@@ -71,14 +77,6 @@ def _key(schema: str | None, name: str) -> tuple[str | None, str]:
     return (schema.casefold() if schema else None, name.casefold())
 
 
-class UncapturedWriteError(VersioningError):
-    """A Core statement would change a versioned table without being recorded."""
-
-
-class UncapturedWriteWarning(UserWarning):
-    """A Core statement changed a versioned table without being recorded."""
-
-
 @contextmanager
 def writing() -> Iterator[None]:
     """Mark the statements run inside as captured (used by the library's own hooks)."""
@@ -89,13 +87,22 @@ def writing() -> Iterator[None]:
         _writing.reset(token)
 
 
-def enter_flush() -> Any:
-    """Mark a flush of versioned rows as running; its own statements are then recognised."""
-    return _flushing.set(True)
+#: ``Session.info`` key: the token of :data:`_flushing` set by the session's running flush.
+_FLUSH_MARK = "_versioning_writing"
 
 
-def leave_flush(token: Any) -> None:
-    _flushing.reset(token)
+def mark_flush(session: Session | None) -> None:
+    """Mark a flush of versioned rows as running (once per flush): its own statements are then
+    recognised. Called before each versioned row is written."""
+    if session is not None and _FLUSH_MARK not in session.info:
+        session.info[_FLUSH_MARK] = _flushing.set(True)
+
+
+def end_flush(session: Session) -> None:
+    """End the mark of :func:`mark_flush`, after the flush or when it failed."""
+    token = session.info.pop(_FLUSH_MARK, None)
+    if token is not None:
+        _flushing.reset(token)
 
 
 def _is_unit_of_work(execution_options: Any) -> bool:
@@ -109,9 +116,7 @@ def _written_tables(statement: UpdateBase) -> list[Any]:
     MariaDB's multi-table UPDATE, the tables of the columns it sets."""
     found: list[Any] = []
     pending = [getattr(statement, "table", None)]
-    values = dict(getattr(statement, "_values", None) or {})
-    values.update(dict(getattr(statement, "_ordered_values", None) or ()))  # SQLAlchemy 2.0
-    pending += [getattr(column, "table", None) for column in values]
+    pending += [getattr(column, "table", None) for column, _ in _compat.set_clause(statement)]
     while pending:
         table = pending.pop()
         if isinstance(table, sa.Join):

@@ -1,0 +1,152 @@
+"""Every read (and the one write) of a SQLAlchemy private attribute, in one place.
+
+SQLAlchemy offers no public API for these. Each helper says what it reads and in which versions
+it exists (the project supports SQLAlchemy 2.0.30 to 2.1), so that an upgrade that moves one of
+them breaks here, in one file, and nowhere else. Nothing else in :mod:`versioning` may touch a
+SQLAlchemy attribute whose name starts with an underscore.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Mapper, RelationshipProperty, Session, SessionTransaction
+from sqlalchemy.orm.unitofwork import UOWTransaction
+from sqlalchemy.types import TypeEngine
+
+__all__ = [
+    "autoflush",
+    "has_cycles",
+    "insert_multi_values",
+    "insert_values",
+    "mapper_primary_key_argument",
+    "orm_options",
+    "post_values_clause",
+    "prefixes",
+    "relationship_secondary_argument",
+    "replace_rollback_exception",
+    "returning",
+    "set_clause",
+    "type_affinity",
+    "type_is_null",
+    "variant_mapping",
+]
+
+
+# --- statements --------------------------------------------------------------------------------
+
+
+def set_clause(statement: Any) -> list[tuple[Any, Any]]:
+    """The ``(target, value)`` pairs an ``UPDATE`` (or an ``INSERT``'s ``.values()``) sets.
+
+    Reads ``_values`` (2.0 and 2.1) and ``_ordered_values`` (2.0 only, filled by
+    ``ordered_values()``; 2.1 keeps those in ``_values``). No public API lists them.
+    """
+    pairs = list((getattr(statement, "_values", None) or {}).items())
+    pairs += list(getattr(statement, "_ordered_values", None) or ())
+    return pairs
+
+
+def insert_values(statement: Any) -> Any:
+    """The single-row ``.values(...)`` of an ``INSERT``: ``_values`` (2.0 and 2.1), or ``None``."""
+    return getattr(statement, "_values", None) or None
+
+
+def insert_multi_values(statement: Any) -> Any:
+    """The multi-row ``.values([...])`` groups of an ``INSERT``: ``_multi_values`` (2.0, 2.1).
+
+    A tuple of groups, each a list of rows (dicts, or tuples in the table's column order).
+    """
+    return getattr(statement, "_multi_values", None) or ()
+
+
+def prefixes(statement: Any) -> tuple[tuple[Any, str | None], ...]:
+    """A statement's ``prefix_with()`` entries as ``(clause, dialect)``: ``_prefixes``
+    (2.0, 2.1)."""
+    return tuple(getattr(statement, "_prefixes", None) or ())
+
+
+def post_values_clause(statement: Any) -> Any:
+    """A dialect ``INSERT``'s upsert clause (``ON CONFLICT`` / ``ON DUPLICATE KEY UPDATE``), or
+    ``None``: ``_post_values_clause`` (2.0, 2.1)."""
+    return getattr(statement, "_post_values_clause", None)
+
+
+def returning(statement: Any) -> tuple[Any, ...]:
+    """The columns of a statement's own ``returning()``: ``_returning`` (2.0, 2.1)."""
+    return tuple(getattr(statement, "_returning", None) or ())
+
+
+def orm_options(statement: Any) -> tuple[Any, ...]:
+    """A statement's ORM options (``with_loader_criteria`` ...): ``_with_options`` (2.0, 2.1).
+
+    SQLAlchemy's own ``synchronize_session="fetch"`` SELECT copies this same attribute.
+    """
+    return tuple(getattr(statement, "_with_options", ()))
+
+
+# --- session and unit of work ------------------------------------------------------------------
+
+
+def autoflush(session: Session) -> None:
+    """Flush as a query would: ``Session._autoflush()`` (2.0, 2.1).
+
+    It is what ``Query`` and ``Session.execute`` call: it honours ``session.autoflush`` and
+    ``no_autoflush``, does nothing during a flush, and names autoflush in the error of a failing
+    flush. There is no public equivalent.
+    """
+    session._autoflush()
+
+
+def replace_rollback_exception(
+    transaction: SessionTransaction | None, error: BaseException
+) -> None:
+    """Make ``error`` the exception a later ``PendingRollbackError`` quotes, if there is one.
+
+    Writes ``SessionTransaction._rollback_exception`` (2.0, 2.1), which SQLAlchemy sets to the
+    exception that failed a flush and quotes in the ``PendingRollbackError`` of any later use.
+    """
+    if transaction is not None and getattr(transaction, "_rollback_exception", None) is not None:
+        transaction._rollback_exception = error
+
+
+def has_cycles(context: UOWTransaction) -> bool:
+    """Whether the flush has a dependency cycle, so that it writes state by state.
+
+    Reads ``UOWTransaction.cycles`` (undocumented; 2.0, 2.1), set while the flush is planned.
+    """
+    return bool(getattr(context, "cycles", None))
+
+
+# --- mapping and types ---------------------------------------------------------------------------
+
+
+def relationship_secondary_argument(prop: RelationshipProperty[Any]) -> Any:
+    """A relationship's ``secondary=`` as given (a table, a name or a callable), before the mapper
+    is configured: ``RelationshipProperty._init_args.secondary.argument`` (2.0, 2.1)."""
+    return prop._init_args.secondary.argument
+
+
+def mapper_primary_key_argument(mapper: Mapper[Any]) -> Any:
+    """The ``primary_key=`` mapper argument, or ``None``: ``Mapper._primary_key_argument``
+    (2.0, 2.1)."""
+    return getattr(mapper, "_primary_key_argument", None)
+
+
+def type_is_null(type_: TypeEngine[Any]) -> bool:
+    """Whether a type is still ``NullType`` (a foreign key whose target is not declared yet):
+    ``TypeEngine._isnull`` (2.0, 2.1)."""
+    return bool(type_._isnull)
+
+
+def type_affinity(type_: TypeEngine[Any]) -> Any:
+    """The generic type class a type stores as (``Integer`` for ``BigInteger`` ...):
+    ``TypeEngine._type_affinity`` (2.0, 2.1)."""
+    return type_._type_affinity
+
+
+def variant_mapping(type_: TypeEngine[Any]) -> dict[str, TypeEngine[Any]]:
+    """A type's ``with_variant()`` types by dialect name: ``TypeEngine._variant_mapping`` (2.0,
+    2.1). ``dialect_impl()`` would resolve it too, but drops what matters (PostgreSQL's ``CHAR``
+    becomes a plain string)."""
+    return dict(getattr(type_, "_variant_mapping", None) or {})
