@@ -444,6 +444,16 @@ def test_volatile_value_in_set_records_what_was_stored(
     assert assert_history_matches(engine, before, UPDATE) == set(before[0])
 
 
+def _delete_takes_a_limit() -> bool:
+    """Whether this SQLAlchemy's MariaDB dialect accepts ``mariadb_limit`` on a DELETE."""
+    from sqlalchemy.dialects.mysql.base import MySQLDialect
+
+    return any(
+        isinstance(target, type) and issubclass(target, sa.sql.dml.Delete)
+        for target, _ in MySQLDialect.construct_arguments or ()
+    )
+
+
 @pytest.mark.backends("mariadb")
 @pytest.mark.parametrize("setting", ["auto", "fetch", False])
 def test_mariadb_limit_records_only_the_rows_it_reached(
@@ -463,6 +473,8 @@ def test_mariadb_limit_records_only_the_rows_it_reached(
         assert result.rowcount == 3
         session.commit()
     assert len(assert_history_matches(engine, before, UPDATE)) == 3
+    if not _delete_takes_a_limit():
+        return  # SQLAlchemy before 2.0.37 has no DELETE ... LIMIT for MariaDB
     before = snapshot(engine)
     with sessions() as session:
         result = session.execute(
