@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,3 +29,37 @@ def read(sessions: Sessions, model: type[Any], pk: Any) -> list[Version]:
 
 def ops(versions: list[Version]) -> list[Operation]:
     return [v.operation for v in versions]
+
+
+def backend_id(session: Session) -> int:
+    """The server's id of the session's connection (its backend pid, its thread id)."""
+    dialect = session.get_bind().dialect.name
+    query = "SELECT pg_backend_pid()" if dialect == "postgresql" else "SELECT CONNECTION_ID()"
+    return int(session.execute(sa.text(query)).scalar_one())
+
+
+def waits_for_lock(engine: sa.Engine, backend: int) -> bool:
+    """Whether that connection waits for a row lock (the server is shared: only that one)."""
+    with engine.connect() as connection:
+        if engine.dialect.name == "postgresql":
+            query = (
+                "SELECT count(*) FROM pg_stat_activity "
+                f"WHERE pid = {backend} AND wait_event_type = 'Lock'"
+            )
+        else:
+            query = (
+                "SELECT count(*) FROM information_schema.innodb_trx "
+                f"WHERE trx_mysql_thread_id = {backend} AND trx_state = 'LOCK WAIT'"
+            )
+        return bool(connection.exec_driver_sql(query).scalar())
+
+
+def waited_for_lock(engine: sa.Engine, backend: int, thread: threading.Thread) -> bool:
+    """Wait until the server shows connection ``backend`` waiting for a row lock (``True``), or
+    until ``thread``, which runs on it, ends without having waited (``False``); 30 s at most."""
+    deadline = time.monotonic() + 30
+    while thread.is_alive() and time.monotonic() < deadline:
+        if waits_for_lock(engine, backend):
+            return True
+        time.sleep(0.01)
+    return False

@@ -847,7 +847,7 @@ def test_child_added_by_another_transaction_meanwhile_cannot_escape(
     fast = sa.create_engine(
         engine.url,
         connect_args=(
-            {"options": "-c lock_timeout=1500"}
+            {"options": "-c lock_timeout=300"}
             if engine.dialect.name == "postgresql"
             else {"init_command": "SET SESSION innodb_lock_wait_timeout=1"}
         ),

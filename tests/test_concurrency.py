@@ -36,6 +36,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from versioning import Operation, Version, Versioned, audit_context, history, history_table
 from versioning.schema import TRANSACTION_ID, VERSION_ID
 
+from helpers import backend_id, waited_for_lock
+
 pytestmark = pytest.mark.backends("postgresql", "mariadb")
 
 Tables = Callable[[sa.MetaData], sa.Engine]
@@ -574,10 +576,10 @@ def test_transaction_ids_follow_commit_order_when_waiting_for_a_lock(
             except BaseException as error:
                 errors.append(error)
 
+        waiter = backend_id(a)
         thread = threading.Thread(target=finish_a, daemon=True)
         thread.start()
-        thread.join(1.0)
-        waited = thread.is_alive()
+        waited = waited_for_lock(pool, waiter, thread)
         b.commit()
         thread.join(LOCK_TIMEOUT * 2)
         assert not thread.is_alive(), "A is still waiting after B committed"

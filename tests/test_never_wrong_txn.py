@@ -33,7 +33,7 @@ import versioning.recording
 from versioning import Operation, Versioned, VersioningError, as_of, audit_context, history
 from versioning.schema import issued_at_utc, transaction_table_for
 
-from helpers import count, ops, read
+from helpers import backend_id, count, ops, read, waits_for_lock
 
 Tables = Callable[[sa.MetaData], sa.Engine]
 Sessions = Callable[[], Session]
@@ -367,11 +367,11 @@ def test_the_victim_of_a_deadlock_cannot_commit(engine: sa.Engine, create_tables
             except sa.exc.DBAPIError as exc:
                 failures[name] = exc
 
-        waiter = _backend_id(first)
+        waiter = backend_id(first)
         thread = threading.Thread(target=lock, args=(first, "first", 2))
         thread.start()
         deadline = time.monotonic() + 30
-        while not _waiting(engine, waiter):
+        while not waits_for_lock(engine, waiter):
             assert time.monotonic() < deadline, "the first session never waited for the lock"
             threading.Event().wait(0.05)
         lock(second, "second", 1)
@@ -392,29 +392,6 @@ def test_the_victim_of_a_deadlock_cannot_commit(engine: sa.Engine, create_tables
         assert texts == {1: "a", 2: "b", won: "second" if won == 2 else "first"}
         assert ops(history(session, Note, won)) == [INSERT, UPDATE]
         assert ops(history(session, Note, 3 - won)) == [INSERT]
-
-
-def _backend_id(session: Session) -> int:
-    """The server's id of the session's connection (its backend pid, its thread id)."""
-    dialect = session.get_bind().dialect.name
-    query = "SELECT pg_backend_pid()" if dialect == "postgresql" else "SELECT CONNECTION_ID()"
-    return int(session.execute(sa.text(query)).scalar_one())
-
-
-def _waiting(engine: sa.Engine, backend: int) -> bool:
-    """Whether that connection waits for a row lock (the server is shared: only that one)."""
-    with engine.connect() as connection:
-        if engine.dialect.name == "postgresql":
-            query = (
-                "SELECT count(*) FROM pg_stat_activity "
-                f"WHERE pid = {backend} AND wait_event_type = 'Lock'"
-            )
-        else:
-            query = (
-                "SELECT count(*) FROM information_schema.innodb_trx "
-                f"WHERE trx_mysql_thread_id = {backend} AND trx_state = 'LOCK WAIT'"
-            )
-        return bool(connection.exec_driver_sql(query).scalar())
 
 
 # -- class 14: rows deleted underneath the session ----------------------------------------------
