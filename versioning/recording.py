@@ -44,6 +44,7 @@ __all__ = [
     "Recording",
     "forget_reason",
     "mark_failed",
+    "note_event",
     "note_reason",
     "write_changes",
     "write_pending",
@@ -162,6 +163,32 @@ def forget_reason(session: Session, note: _Note) -> None:
     _recording(session).forget(note)
 
 
+def note_event(session: Session, spec: ModelSpec, *, reason: str, extra: dict[str, Any]) -> None:
+    """Record a transaction row for a library event that writes no history rows (an erasure).
+
+    The event must be the transaction's first versioned work, so that the row says what it was:
+    ``reason`` becomes its reason and ``extra`` is merged over the audit context's.
+    """
+    state = _recording(session)
+    connection = session.connection(bind_arguments={"mapper": spec.mapper})
+    key = (connection.engine, spec.transactions.fullname)
+    if key in state.groups:
+        raise VersioningError(
+            f"{reason!r} must run in a transaction of its own, and this one already changed "
+            f"versioned records: commit (or roll back) first"
+        )
+    context = current_context()
+    merged = {**context.extra, **extra}
+    group = state.groups[key] = _Group(
+        spec.transactions,
+        spec.root.mapper,
+        AuditContext(context.actor, context.source_ip, context.request_id, reason, merged),
+    )
+    noted_in = session.get_nested_transaction() or session.get_transaction()
+    assert noted_in is not None
+    group.pending.append(_Pending(noted_in, spec.history, []))
+
+
 def write_changes(session: Session, changes: list[Change]) -> None:
     """Record the history rows of ``changes`` (updates that change nothing are dropped)."""
     grouped: dict[sa.Table, tuple[Connection, ModelSpec, list[dict[str, Any]]]] = {}
@@ -219,6 +246,8 @@ def _note_rows(
 def _insert_history(
     connection: Connection, history: sa.Table, rows: list[dict[str, Any]], tx_id: int
 ) -> None:
+    if not rows:
+        return  # an event without history rows (see note_event)
     template = dict.fromkeys(history.c.keys())
     del template[history.primary_key.columns.keys()[0]]
     batch = []
