@@ -4,7 +4,7 @@ Mix :class:`Versioned` into a mapped class and every insert, update and delete o
 who, when, from where, each field's old and new value and a full snapshot — in a history table
 beside it, committed atomically with the data. Read it back with :func:`history`, reconstruct a
 record at any moment with :func:`as_of` (its :class:`Version` with :func:`version_at`), and put it
-back with :func:`restore`.
+back with :func:`restore`. Erase a person's values from history with :func:`erase`.
 """
 
 import sqlalchemy as _sa
@@ -14,12 +14,14 @@ from versioning import masks
 from versioning import statements as _statements  # noqa: F401 - installs the statement hook
 from versioning.context import AuditContext, audit_context, current_context, set_actor
 from versioning.declaration import Versioned, VersionedOptions, history_table
+from versioning.erasing import erase
 from versioning.errors import (
     ArgumentError,
     ConcurrentInsertError,
     ConfigurationError,
     ContextError,
     EncodingError,
+    ErasureError,
     RestoreConflictError,
     RestoreError,
     UncapturedWriteError,
@@ -40,6 +42,7 @@ __all__ = [
     "ConfigurationError",
     "ContextError",
     "EncodingError",
+    "ErasureError",
     "Operation",
     "RestoreConflictError",
     "RestoreError",
@@ -53,6 +56,7 @@ __all__ = [
     "as_of",
     "audit_context",
     "current_context",
+    "erase",
     "guard_writes",
     "history",
     "history_table",

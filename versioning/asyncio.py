@@ -12,6 +12,8 @@ async forms, with the same arguments, results and errors::
     old = await versioning.asyncio.as_of(async_session, Order, 1, transaction_id)
     live = await versioning.asyncio.restore(async_session, Order, 1, at=moment)
     await async_session.commit()
+    await versioning.asyncio.erase(async_session, Customer, 7, columns=["email"], reason="...")
+    await async_session.commit()
 
 Each one runs its sync form through ``AsyncSession.run_sync``, so it uses the session's
 connection and transaction. What they return is safe to use in async code without further I/O:
@@ -37,11 +39,11 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import Session, scoped_session
 
-from versioning import reading, restoring
+from versioning import erasing, reading, restoring
 from versioning.errors import ArgumentError
 from versioning.reading import _MISSING, Version
 
-__all__ = ["as_of", "history", "restore", "version_at"]
+__all__ = ["as_of", "erase", "history", "restore", "version_at"]
 
 T = TypeVar("T")
 
@@ -144,3 +146,15 @@ async def restore(
     history unchanged: call ``await session.rollback()`` before going on.
     """
     return await _check(session, "restore").run_sync(_restore_loaded, target, pk, at)
+
+
+def _erase(session: Session, model: type[Any], pk: Any, columns: list[str], reason: str) -> int:
+    return erasing.erase(session, model, pk, columns=columns, reason=reason)
+
+
+async def erase(
+    session: AsyncSession, model: type[Any], pk: Any, *, columns: Any, reason: str
+) -> int:
+    """Erase personal values from a record's history: the async form of
+    :func:`versioning.erase`, with the same arguments, result and errors; the caller commits."""
+    return await _check(session, "erase").run_sync(_erase, model, pk, columns, reason)

@@ -34,7 +34,9 @@ from versioning.masks import Mask
 from versioning.schema import (
     LIVE_TABLE_INFO,
     META_COLUMNS,
+    PERSONAL,
     history_table_for,
+    personal_column,
     snapshot_column,
     transaction_table_for,
 )
@@ -51,7 +53,7 @@ __all__ = [
 ]
 
 _SPEC_ATTR = "__versioning_spec__"
-_OPTION_KEYS = frozenset({"exclude", "mask", "table_name"})
+_OPTION_KEYS = frozenset({"exclude", "mask", "personal", "table_name"})
 
 
 class VersionedOptions(TypedDict, total=False):
@@ -59,6 +61,7 @@ class VersionedOptions(TypedDict, total=False):
 
     exclude: Iterable[str]
     mask: Mapping[str, Mask]
+    personal: Iterable[str]
     table_name: str
 
 
@@ -66,7 +69,8 @@ class Versioned:
     """Mix into a mapped class to record every change to it.
 
     Options go in a ``__versioned__`` dict on the class: ``exclude`` (columns not tracked),
-    ``mask`` (column -> callable applied to the stored values) and ``table_name`` (of the history
+    ``mask`` (column -> callable applied to the stored values), ``personal`` (columns whose
+    recorded values :func:`versioning.erase` may remove) and ``table_name`` (of the history
     table; default ``<tablename>_history``).
     """
 
@@ -93,6 +97,9 @@ class ModelSpec:
     discriminator: str | None
     #: With a ``version_id_col`` a stale session row fails its UPDATE, so its values are current.
     trusts_session: bool
+    #: Attribute keys of the personal columns: their recorded values may be erased
+    #: (see :mod:`versioning.personal`).
+    personal: frozenset[str]
     #: :attr:`attrs` as a set.
     attr_set: frozenset[str] = field(init=False)
     #: Per dialect name: the columns whose stored value may differ from the one sent (see
@@ -189,7 +196,17 @@ def _own_options(cls: type[Any]) -> dict[str, Any]:
         raise ConfigurationError(
             f"{name}.__versioned__['table_name'] must be a non-empty str, got {table_name!r}"
         )
-    return {"exclude": list(exclude), "mask": dict(mask), "table_name": table_name}
+    personal = raw.get("personal", ())
+    if isinstance(personal, str) or not isinstance(personal, Iterable):
+        raise ConfigurationError(
+            f"{name}.__versioned__['personal'] must be a list of column names, got {personal!r}"
+        )
+    return {
+        "exclude": list(exclude),
+        "mask": dict(mask),
+        "personal": list(personal),
+        "table_name": table_name,
+    }
 
 
 def _column_props(mapper: Mapper[Any]) -> dict[str, sa.Column[Any]]:
@@ -260,18 +277,24 @@ def _declare(mapper: Mapper[Any], cls: type[Any]) -> None:
             strict=True,
         )
     }
+    personal = set(_resolve(cls, "personal", options.get("personal", ()), props))
     if base_spec is not None:
         excluded |= base_spec.excluded
         masks = {**base_spec.masks, **masks}
+        personal |= base_spec.personal
     elif concrete_base is not None:
         excluded |= {key for key in concrete_base.excluded if key in props}
         masks = {**{k: m for k, m in concrete_base.masks.items() if k in props}, **masks}
+        personal |= {key for key in concrete_base.personal if key in props}
     elif mapper.concrete:  # an AbstractConcreteBase subclass: its base is not mapped yet
         inherited = _inherited_options(cls)
         by_column = {column.name: key for key, column in props.items()}
         for name in inherited.get("exclude", ()):
             if name in props or name in by_column:
                 excluded.add(by_column.get(name, name))
+        for name in inherited.get("personal", ()):
+            if name in props or name in by_column:
+                personal.add(by_column.get(name, name))
         for name, fn in inherited.get("mask", {}).items():
             if (name in props or name in by_column) and by_column.get(name, name) not in masks:
                 masks[by_column.get(name, name)] = fn
@@ -313,6 +336,7 @@ def _declare(mapper: Mapper[Any], cls: type[Any]) -> None:
             f"{cls.__name__}.__versioned__ both excludes and masks {sorted(overlap)}; "
             f"choose one: excluded columns are not recorded at all"
         )
+    _check_personal(cls, personal, excluded, pk_keys, discriminator)
 
     keys = tuple(key for key in props if key not in excluded)
     live_columns = {key: props[key] for key in keys}
@@ -338,11 +362,17 @@ def _declare(mapper: Mapper[Any], cls: type[Any]) -> None:
             for k in keys
             if k not in pk_keys
         ]
-        history = history_table_for(cls.__name__, name, table, transactions, key_cols, data_cols)
+        extra_cols = (personal_column(),) if personal else ()
+        history = history_table_for(
+            cls.__name__, name, table, transactions, key_cols, data_cols, extra_cols
+        )
     else:
         history = base_spec.history
         transactions = base_spec.transactions
         _extend_history(cls, history, keys, history_names, live_columns, masks)
+        if personal and PERSONAL not in history.c:
+            history.append_column(personal_column())
+    _register_personal(cls, history, {key: history_names[key] for key in personal})
 
     # Columns a flush may change without the user setting them.
     version_column = mapper.version_id_col
@@ -368,11 +398,57 @@ def _declare(mapper: Mapper[Any], cls: type[Any]) -> None:
         refresh_on_update=refresh,
         discriminator=discriminator,
         trusts_session=mapper.version_id_col is not None,
+        personal=frozenset(personal),
     )
     type.__setattr__(cls, _SPEC_ATTR, spec)
     if isinstance(mapper.local_table, sa.Table):
         mapper.local_table.info[LIVE_TABLE_INFO] = history.name
         register_tables(mapper.local_table, history, transactions)
+
+
+def _check_personal(
+    cls: type[Any],
+    personal: set[str],
+    excluded: set[str],
+    pk_keys: tuple[str, ...],
+    discriminator: str | None,
+) -> None:
+    """Personal columns are recorded (not excluded) and are not what finds a record's history."""
+    name = cls.__name__
+    for key in sorted(personal & excluded):
+        raise ConfigurationError(
+            f"{name}.__versioned__['personal'] names {key!r}, which is excluded: history holds "
+            f"nothing of it to erase; remove it from 'personal' (or from 'exclude' to record it)"
+        )
+    for key in sorted(personal & set(pk_keys)):
+        raise ConfigurationError(
+            f"{name}.__versioned__['personal'] names the primary key {key!r}; a record's "
+            f"history is found by its key, so the key cannot be erased: remove it from "
+            f"'personal' (give the record a surrogate key if the key itself is personal data)"
+        )
+    if discriminator is not None and discriminator in personal:
+        raise ConfigurationError(
+            f"{name}.__versioned__['personal'] names the discriminator {discriminator!r}, which "
+            f"history needs to rebuild the right class: remove it from 'personal'"
+        )
+
+
+def _register_personal(cls: type[Any], history: sa.Table, names: dict[str, str]) -> None:
+    """Note on the history table which column holds each personal attribute's snapshot.
+
+    The ``changes`` document is keyed by attribute, the snapshot by column name: the commitments
+    of :mod:`versioning.personal` need both, from the table alone.
+    """
+    if not names:
+        return
+    known: dict[str, str] = history.info.setdefault(PERSONAL, {})
+    for key, column in names.items():
+        if known.setdefault(key, column) != column:
+            raise ConfigurationError(
+                f"{cls.__name__}.{key} is personal and recorded in column {column!r}, but another "
+                f"class of its hierarchy records a personal {key!r} in column {known[key]!r}; "
+                f"their history shares table {history.name!r}: rename one of the attributes"
+            )
 
 
 #: SQLite conflict resolutions that make a plain INSERT or UPDATE delete or skip rows silently.

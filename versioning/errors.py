@@ -60,3 +60,10 @@ class ConcurrentInsertError(VersioningError):
     Its old values cannot be known, so the statement was rolled back (to a SAVEPOINT): nothing
     was written. Retry the statement (or the transaction).
     """
+
+
+class ErasureError(VersioningError):
+    """Recorded values cannot be erased without breaking the history's proof.
+
+    Raised by :func:`versioning.erase` before anything is written.
+    """

@@ -3,8 +3,9 @@
 A :class:`Change` is what capture found (the unit of work in :mod:`versioning.capture`, statements
 in :mod:`versioning.statements`, :mod:`versioning.inserts` and :mod:`versioning.cascades`);
 :func:`history_row` makes it the row of its history table: the snapshot (masked), the operation
-and, for an update, the changed columns' old and new values as stored. An update that changes
-nothing once stored has no row. :mod:`versioning.recording` writes the rows.
+and, for an update, the changed columns' old and new values as stored (and, for a model with
+personal columns, their salts: see :mod:`versioning.personal`). An update that changes nothing
+once stored has no row. :mod:`versioning.recording` writes the rows.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from sqlalchemy.engine import Connection
 from versioning.declaration import ModelSpec
 from versioning.encoding import encode
 from versioning.operation import Operation
-from versioning.schema import CHANGES, OPERATION
+from versioning.personal import salts
+from versioning.schema import CHANGES, OPERATION, PERSONAL
 
 __all__ = ["Change", "history_row"]
 
@@ -82,4 +84,6 @@ def history_row(change: Change, connection: Connection) -> dict[str, Any] | None
         if key in masks and value is not None:
             value = masks[key](value)
         row[names[key]] = value
+    if spec.personal:
+        row[PERSONAL] = salts(spec.personal)
     return row

@@ -25,11 +25,13 @@ from versioning.declaration import ModelSpec, require_spec, versioned_spec
 from versioning.encoding import decode
 from versioning.errors import ArgumentError
 from versioning.operation import Operation
+from versioning.personal import erased_keys
 from versioning.recording import write_pending
 from versioning.schema import (
     CHANGES,
     META_COLUMNS,
     OPERATION,
+    PERSONAL,
     TRANSACTION_ID,
     VERSION_ID,
     issued_at_utc,
@@ -59,7 +61,9 @@ class Version:
 
     ``state`` holds every versioned column after the change (before it, for a delete);
     ``changes`` maps each field that changed to ``(old, new)``. Masked columns hold the mask's
-    output in both.
+    output in both. ``erased`` names the personal columns whose values :func:`versioning.erase`
+    removed from this version: ``None`` in ``state``, ``(None, None)`` in ``changes`` if they
+    changed in it.
     """
 
     model: type[Any]
@@ -69,6 +73,7 @@ class Version:
     transaction_id: int
     transaction: Transaction | None
     version_id: int
+    erased: frozenset[str] = frozenset()
 
     @property
     def primary_key(self) -> tuple[Any, ...]:
@@ -191,11 +196,13 @@ def _row_version(
     if operation is Operation.UPDATE:
         stored = row[CHANGES] or {}
         changes = {
-            key: (
-                decode(vspec.type_of(key), old, dialect),
-                decode(vspec.type_of(key), new, dialect),
+            key: (None, None)
+            if pair is None  # erased
+            else (
+                decode(vspec.type_of(key), pair[0], dialect),
+                decode(vspec.type_of(key), pair[1], dialect),
             )
-            for key, (old, new) in stored.items()
+            for key, pair in stored.items()
             if key in vspec.attr_set
         }
     elif operation is Operation.INSERT:
@@ -210,6 +217,7 @@ def _row_version(
         transaction_id=row[TRANSACTION_ID],
         transaction=transaction,
         version_id=row[VERSION_ID],
+        erased=erased_keys(row.get(PERSONAL)) & vspec.attr_set if vspec.personal else frozenset(),
     )
 
 

@@ -89,6 +89,8 @@ class _Group:
     #: The reason ``record`` last wrote from the notes to a row written early, and where.
     noted_reason: str | None = None
     noted_reason_in: SessionTransaction | None = None
+    #: The reason of an event (see note_event): the transaction is its own, nothing else joins.
+    event: str | None = None
 
 
 @dataclass(eq=False)
@@ -184,6 +186,7 @@ def note_event(session: Session, spec: ModelSpec, *, reason: str, extra: dict[st
         spec.root.mapper,
         AuditContext(context.actor, context.source_ip, context.request_id, reason, merged),
     )
+    group.event = reason
     noted_in = session.get_nested_transaction() or session.get_transaction()
     assert noted_in is not None
     group.pending.append(_Pending(noted_in, spec.history, []))
@@ -221,6 +224,14 @@ def _note_rows(
     if group is None:
         # The context in force at the first versioned flush is the transaction's.
         group = state.groups[key] = _Group(transactions, mapper, current_context())
+    elif group.event is not None:
+        # A statement has run already: the transaction can no longer be committed.
+        mark_failed(session, mapper.class_.__name__)
+        raise VersioningError(
+            f"this transaction records {group.event!r}, which must be a transaction of its own, "
+            f"so it cannot also change versioned records: call session.rollback(), then redo "
+            f"{group.event!r} and commit it before making other changes"
+        )
     noted_in = session.get_nested_transaction() or session.get_transaction()
     assert noted_in is not None
     if group.tx_id is not None:

@@ -15,7 +15,11 @@ A restore is an ordinary change of the live row, so it is recorded like any othe
 * never a column the version does not hold: one that is NULL in history but NOT NULL now (added
   by a migration after the version was recorded). It keeps its live value, or, when re-creating
   the record, takes its default; with no default, the restore is refused before anything is
-  written (see docs/migrations.md).
+  written (see docs/migrations.md);
+* never a column whose value was erased from the version (:attr:`Version.erased`, see
+  :func:`versioning.erase`): the same as a column the version does not hold — it keeps its live
+  value, or, when re-creating the record, takes its default (NULL for a nullable column); a NOT
+  NULL column without a default makes the re-creation refused before anything is written.
 
 The restore compares against the row as the database holds it, read (and locked where the backend
 can) at once, never against values the session may hold from before another transaction changed
@@ -143,6 +147,19 @@ def _absent(spec: ModelSpec, version: Version, writable: list[str]) -> set[str]:
         for k in writable
         if version.state.get(k) is None and spec.live_columns[k].nullable is False
     }
+
+
+def _check_erased_creatable(spec: ModelSpec, version: Version, erased: set[str]) -> None:
+    """A re-created record gives an erased column its default (or NULL); refuse if it has none."""
+    for k in sorted(erased):
+        column = spec.live_columns[k]
+        if column.nullable is False and not _has_default(column):
+            raise RestoreError(
+                f"cannot re-create {_label(spec, version.primary_key)} as of "
+                f"transaction {version.transaction_id}: the value of column {k!r} was erased from "
+                f"that version, and the column is NOT NULL without a default; give the column a "
+                f"default, or re-create the record by hand with a value for {k!r}"
+            )
 
 
 def _check_absent_creatable(spec: ModelSpec, version: Version, absent: set[str]) -> None:
@@ -405,12 +422,14 @@ def _apply(session: Session, version: Version) -> Any:
     # the row as the database holds it, and its flush holds nothing but the restore.
     session.flush()
     live = _live(session, spec, key)
-    absent = _absent(spec, version, writable)
+    erased = set(writable) & version.erased
+    absent = _absent(spec, version, writable) | erased  # an erased value is not held either
     fresh: Any = _MISSING
     created = live is None
     if live is None:
         _check_creatable(spec, version)
-        _check_absent_creatable(spec, version, absent)
+        _check_erased_creatable(spec, version, erased)
+        _check_absent_creatable(spec, version, absent - erased)
         fresh = _next_version(session, spec, key)
         live = _instance(version.model, {k: version.state[k] for k in spec.pk_keys})
         for k in writable:

@@ -32,12 +32,14 @@ __all__ = [
     "CHANGES",
     "META_COLUMNS",
     "OPERATION",
+    "PERSONAL",
     "TRANSACTION_ID",
     "TRANSACTION_TABLE",
     "VERSION_ID",
     "UTCDateTime",
     "history_table_for",
     "issued_at_utc",
+    "personal_column",
     "transaction_table_for",
 ]
 
@@ -47,7 +49,9 @@ VERSION_ID = "versioning_id"
 TRANSACTION_ID = "versioning_transaction_id"
 OPERATION = "versioning_operation"
 CHANGES = "versioning_changes"
-META_COLUMNS = frozenset({VERSION_ID, TRANSACTION_ID, OPERATION, CHANGES})
+#: Only in the history table of a model with personal columns (see :mod:`versioning.personal`).
+PERSONAL = "versioning_personal"
+META_COLUMNS = frozenset({VERSION_ID, TRANSACTION_ID, OPERATION, CHANGES, PERSONAL})
 
 #: ``Table.info`` key of the library's own tables: ``"transaction"`` or ``"history"``.
 _INFO_KEY = "versioning"
@@ -214,6 +218,11 @@ def _compile_transaction_key(
     return sql.replace(unqualified, qualified, 1)
 
 
+def personal_column() -> sa.Column[Any]:
+    """The :data:`PERSONAL` column: per personal column of the row, its salt or commitments."""
+    return sa.Column(PERSONAL, sa.JSON(none_as_null=True), nullable=True)
+
+
 def history_table_for(
     model_name: str,
     name: str,
@@ -221,11 +230,13 @@ def history_table_for(
     transactions: sa.Table,
     key_columns: list[sa.Column[Any]],
     data_columns: list[sa.Column[Any]],
+    extra_columns: tuple[sa.Column[Any], ...] = (),
 ) -> sa.Table:
     """Create the history table ``name`` beside ``live`` in the same ``MetaData`` and schema.
 
     ``key_columns`` are snapshot columns of the primary key (already built with
-    :func:`snapshot_column`), ``data_columns`` the other snapshot columns.
+    :func:`snapshot_column`), ``data_columns`` the other snapshot columns, ``extra_columns``
+    the library's own columns a model's options add (:func:`personal_column`).
     """
     metadata = live.metadata
     key = name if live.schema is None else f"{live.schema}.{name}"
@@ -252,6 +263,7 @@ def history_table_for(
         *key_columns,
         *data_columns,
         sa.Column(CHANGES, sa.JSON(none_as_null=True), nullable=True),
+        *extra_columns,
         TransactionKey([TRANSACTION_ID], [transactions.c.id], name=f"fk_{name}_transaction"[:60]),
         sa.Index(_index_name(name, "record"), *[c.name for c in key_columns], TRANSACTION_ID),
         sa.Index(_index_name(name, "transaction"), TRANSACTION_ID),
