@@ -279,9 +279,12 @@ def _declare(mapper: Mapper[Any], cls: type[Any]) -> None:
     }
     personal = set(_resolve(cls, "personal", options.get("personal", ()), props))
     if base_spec is not None:
-        excluded |= base_spec.excluded
-        masks = {**base_spec.masks, **masks}
-        personal |= base_spec.personal
+        # The nearest versioned class above: its spec holds what every class above it declared
+        # (base_spec is the hierarchy's root, which misses an intermediate class's options).
+        parent = (versioned_spec(mapper.inherits) if mapper.inherits else None) or base_spec
+        excluded |= parent.excluded
+        masks = {**parent.masks, **masks}
+        personal |= parent.personal
     elif concrete_base is not None:
         excluded |= {key for key in concrete_base.excluded if key in props}
         masks = {**{k: m for k, m in concrete_base.masks.items() if k in props}, **masks}
