@@ -21,7 +21,16 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.schema import CreateTable
 
-from versioning import Operation, RestoreError, Versioned, history, history_table, restore
+from versioning import (
+    ErasureError,
+    Operation,
+    RestoreError,
+    Versioned,
+    erase,
+    history,
+    history_table,
+    restore,
+)
 from versioning.schema import TRANSACTION_TABLE, transaction_table_for
 
 alembic_command = pytest.importorskip("alembic.command")
@@ -394,3 +403,55 @@ def test_the_transaction_time_keeps_its_column_type(dialect: Any, ddl: str) -> N
     table = transaction_table_for(sa.MetaData())
     assert ddl in str(CreateTable(table).compile(dialect=dialect))
     assert type(table.c.issued_at.type).__module__.startswith("sqlalchemy.")
+
+
+# -- personal columns declared on a model that already has history ------------------------------
+
+
+def declare_personal(personal: bool) -> tuple[sa.MetaData, type[Any]]:
+    """The model before and after ``email`` is declared personal."""
+
+    class Base(DeclarativeBase):
+        pass
+
+    columns: dict[str, Any] = {
+        "__tablename__": TABLE,
+        "__versioned__": {"personal": ["email"]} if personal else {},
+        "__annotations__": {"id": Mapped[int], "email": Mapped[str | None]},
+        "id": mapped_column(sa.Integer, primary_key=True, autoincrement=False),
+        "email": mapped_column(sa.String(100), nullable=True),
+    }
+    return Base.metadata, type("Item", (Versioned, Base), columns)
+
+
+def test_declaring_a_personal_column_adds_its_history_column(
+    engine: sa.Engine, alembic_dir: tuple[Config, Path]
+) -> None:
+    """Autogenerate adds ``versioning_personal``; versions recorded before hold no salt, so
+    erasing them is refused; nothing is left to migrate afterwards."""
+    config, _ = alembic_dir
+    metadata, item = declare_personal(False)
+    generate(config, metadata, "create items")
+    alembic_command.upgrade(config, "head")
+    with Session(engine) as session:
+        session.add(item(id=1, email="ann@example.com"))
+        session.commit()
+    metadata, item = declare_personal(True)
+    added = upgrade_body(generate(config, metadata, "email is personal"))
+    assert re.search(
+        rf"op\.add_column\('{TABLE}_history', sa\.Column\('versioning_personal', sa\.JSON\(",
+        added,
+    ), added
+    alembic_command.upgrade(config, "head")
+    with Session(engine) as session:
+        session.get(item, 1).email = None
+        session.commit()
+        with pytest.raises(ErasureError, match=r"'email' in version\(s\) \[1\]"):
+            erase(session, item, 1, columns=["email"], reason="GDPR")
+        session.rollback()
+        session.add(item(id=2, email="bob@example.com"))
+        session.commit()
+        assert erase(session, item, 2, columns=["email"], reason="GDPR") == 1
+        session.commit()
+        assert history(session, item, 2)[0].erased == {"email"}
+    assert "op." not in upgrade_body(generate(config, metadata, "nothing more"))
