@@ -3,6 +3,7 @@ what remains keeps each history row's digest (its committed view) as it was."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Callable
 from typing import Any
@@ -37,11 +38,12 @@ class Base(DeclarativeBase):
 
 class Customer(Versioned, Base):
     __tablename__ = "erase_customers"
-    __versioned__ = {"personal": ["email", "phone"], "mask": {"phone": masks.last4}}
+    __versioned__ = {"personal": ["email", "phone", "born"], "mask": {"phone": masks.last4}}
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     name: Mapped[str] = mapped_column(sa.String(50))
     email: Mapped[str | None] = mapped_column(sa.String(100))
     phone: Mapped[str | None] = mapped_column(sa.String(30))
+    born: Mapped[dt.date | None] = mapped_column(sa.Date)
 
 
 class Patient(Versioned, Base):
@@ -79,13 +81,14 @@ class Member(Party):
 
 EMAILS = ("ann@example.com", "ann@new.example")
 PHONE = "+44 20 7946 0321"
-SECRETS = (*EMAILS, PHONE, masks.last4(PHONE), "7946")
+BORN = dt.date(1990, 4, 1)
+SECRETS = (*EMAILS, PHONE, masks.last4(PHONE), "7946", BORN.isoformat())
 
 
 def ann_lifecycle(session: Session) -> None:
     """Customer 7: inserted, email changed, name changed, phone changed, deleted. Customer 8
     (another record, same email) stays."""
-    session.add(Customer(id=7, name="Ann", email=EMAILS[0], phone=None))
+    session.add(Customer(id=7, name="Ann", email=EMAILS[0], phone=None, born=BORN))
     session.add(Customer(id=8, name="Bob", email=EMAILS[0], phone=PHONE))
     session.commit()
     ann = session.get(Customer, 7)
@@ -131,7 +134,11 @@ def test_erase_removes_the_values_from_every_version(
         before = views(engine, table)
         with audit_context(actor="dpo@example.com", request_id="r-113", channel="gdpr"):
             erased = versioning.erase(
-                session, Customer, 7, columns=["email", "phone"], reason="GDPR request 2026-113"
+                session,
+                Customer,
+                7,
+                columns=["email", "phone", "born"],
+                reason="GDPR request 2026-113",
             )
             session.commit()
     assert erased == 5
@@ -143,8 +150,8 @@ def test_erase_removes_the_values_from_every_version(
         text = row_text(row)
         for value in SECRETS:
             assert value not in text, (value, text)
-        assert row["email"] is None and row["phone"] is None
-        assert set(row[PERSONAL]) == {"email", "phone"}
+        assert row["email"] is None and row["phone"] is None and row["born"] is None
+        assert set(row[PERSONAL]) == {"email", "phone", "born"}
         assert all(entry["erased"] is True for entry in row[PERSONAL].values())
     # Another record's values stay.
     assert bob[0]["email"] == EMAILS[0] and bob[0]["phone"] == masks.last4(PHONE)
@@ -164,7 +171,7 @@ def test_erase_removes_the_values_from_every_version(
         "table": table.fullname,
         "model": "Customer",
         "key": [7],
-        "columns": ["email", "phone"],
+        "columns": ["email", "phone", "born"],
         "versions": 5,
     }
     for value in SECRETS:
@@ -348,6 +355,14 @@ def test_erasure_is_a_transaction_of_its_own(create_tables: Tables, sessions: Se
         with pytest.raises(VersioningError, match="transaction of its own"):
             session.flush()
         session.rollback()
+        # A bulk statement has run when it is refused: the transaction cannot commit.
+        versioning.erase(session, Customer, 7, columns=["email"], reason="GDPR")
+        statement = sa.update(Customer).where(Customer.id == 8).values(name="Robert")
+        with pytest.raises(VersioningError, match="transaction of its own"):
+            session.execute(statement)
+        with pytest.raises(VersioningError, match="cannot commit"):
+            session.commit()
+        session.rollback()
     assert raw_rows(engine, table) == rows
 
 
@@ -404,3 +419,35 @@ def test_async_erase(create_tables: Tables, async_engine: Any) -> None:  # noqa:
                 )
 
     run(async_engine, main)
+
+
+def test_the_view_of_a_row_as_written_is_the_view_as_read_back(
+    create_tables: Tables, sessions: Sessions
+) -> None:
+    """The digest is computed at commit from the rows in memory, and verified from the rows
+    read back: their committed views must agree, salts included, on every backend."""
+    engine = create_tables(Base.metadata)
+    table = versioning.history_table(Customer)
+    written: list[dict[str, Any]] = []
+
+    def capture(conn: Any, clauseelement: Any, multiparams: Any, params: Any, options: Any) -> None:
+        if isinstance(clauseelement, sa.Insert) and clauseelement.table is table:
+            for row in multiparams or [params]:
+                written.append(dict(row))
+
+    sa.event.listen(engine, "before_execute", capture)
+    try:
+        with sessions() as session:
+            ann_lifecycle(session)
+    finally:
+        sa.event.remove(engine, "before_execute", capture)
+    ids = [r["versioning_id"] for r in raw_rows(engine, table)]
+    read = raw_rows(engine, table)
+    assert len(written) == len(read) == 6
+    for id_, as_written, as_read in zip(ids, written, read, strict=True):
+        as_written["versioning_id"] = id_
+        assert as_written[PERSONAL] == as_read[PERSONAL]
+        assert len(set(as_written[PERSONAL].values())) == 3  # a salt per column
+        view_written = json.dumps(committed_view(table, as_written), sort_keys=True, default=str)
+        view_read = json.dumps(committed_view(table, as_read), sort_keys=True, default=str)
+        assert view_written == view_read
