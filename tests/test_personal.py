@@ -294,3 +294,29 @@ def test_options_of_an_intermediate_class_apply_to_its_subclasses() -> None:
     spec = require_spec(Premium)
     assert spec.masks == {"card": masks.redact}
     assert spec.excluded == {"note"}
+
+
+def test_one_personal_attribute_in_two_columns_of_a_hierarchy_is_refused() -> None:
+    """The commitments find a personal attribute's snapshot column from the table alone."""
+    FreshBase = fresh_base()
+
+    class Contact(Versioned, FreshBase):
+        __tablename__ = "contacts"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        kind: Mapped[str] = mapped_column(sa.String(20))
+        __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "contact"}
+
+    class Mail(Contact):
+        __versioned__ = {"personal": ["address"]}
+        address: Mapped[str | None] = mapped_column("mail_address", sa.String(100))
+        __mapper_args__ = {"polymorphic_identity": "mail"}
+
+    with pytest.raises(ConfigurationError) as error:
+
+        class Post(Contact):
+            __versioned__ = {"personal": ["address"]}
+            address: Mapped[str | None] = mapped_column("post_address", sa.String(100))
+            __mapper_args__ = {"polymorphic_identity": "post"}
+
+    message = str(error.value)
+    assert "Post.address" in message and "'mail_address'" in message and "rename" in message
