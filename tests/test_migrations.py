@@ -27,7 +27,7 @@ from versioning.schema import TRANSACTION_TABLE, transaction_table_for
 alembic_command = pytest.importorskip("alembic.command")
 from alembic.config import Config  # noqa: E402
 
-from helpers import count  # noqa: E402
+from helpers import count, tamper  # noqa: E402
 
 ENV_PY = """
 from alembic import context
@@ -253,7 +253,7 @@ class Part(Versioned, RestoreBase):
 
 def _forget_new_columns(engine: sa.Engine) -> None:
     """History as a migration adding ``code`` and ``grade`` leaves it: NULL in older versions."""
-    with engine.begin() as connection:
+    with engine.begin() as connection, tamper(connection):
         connection.execute(sa.update(history_table(Part)).values(code=None, grade=None))
 
 
@@ -285,7 +285,7 @@ def test_re_creating_a_version_without_a_not_null_column(create_tables: Any, ses
         session.commit()
         session.delete(session.get(Part, 1))
         session.commit()
-        with engine.begin() as connection:
+        with engine.begin() as connection, tamper(connection):
             connection.execute(sa.update(parts_history).values(grade=None))
         deleted = history(session, Part, 1)[-1]
         back = restore(session, deleted)

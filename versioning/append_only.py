@@ -7,8 +7,10 @@ PostgreSQL), with a message naming the table:
 
 * PostgreSQL: one shared PL/pgSQL function ``versioning_append_only()`` per schema and a
   statement-level ``BEFORE UPDATE OR DELETE OR TRUNCATE`` trigger on each table;
-* MariaDB / MySQL: ``BEFORE UPDATE`` and ``BEFORE DELETE`` row triggers (``SIGNAL SQLSTATE '45000'``);
+* MariaDB / MySQL: ``BEFORE UPDATE`` and ``BEFORE DELETE`` row triggers (``SIGNAL SQLSTATE``);
 * SQLite: ``BEFORE UPDATE`` and ``BEFORE DELETE`` triggers (``RAISE(ABORT, ...)``).
+
+A trigger's message starts ``versioning append-only: table <name> refuses <operation>``.
 
 Through SQLAlchemy the refusal surfaces as :class:`versioning.AppendOnlyError` on every backend.
 
@@ -21,6 +23,7 @@ the ``DROP`` privilege (which ``TRUNCATE`` needs) to the roles that use the data
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from collections.abc import Iterable, Iterator
@@ -36,7 +39,6 @@ from versioning.errors import AppendOnlyError, ArgumentError
 
 __all__ = [
     "APPEND_ONLY_KINDS",
-    "MAINTENANCE_TABLE",
     "drop_triggers",
     "install_triggers",
     "is_append_only",
@@ -46,15 +48,13 @@ __all__ = [
 #: The values of ``Table.info["versioning"]`` whose tables are append-only.
 APPEND_ONLY_KINDS = frozenset({"transaction", "history", "digest", "seal", "seal_entry"})
 
-#: SQLite only: the table whose row (in the current transaction) lets the triggers pass; one in
-#: each database (``main`` or an attached one) that holds append-only tables.
-MAINTENANCE_TABLE = "versioning_maintenance"
-
 _INFO_KEY = "versioning"
 _FUNCTION = "versioning_append_only"
 _PG_TRIGGER = "versioning_append_only"
 _PG_SETTING = "versioning.maintenance"
 _MARIADB_VARIABLE = "@versioning_maintenance"
+#: The end of the name of SQLite's triggers, less the operation (how maintenance finds them).
+_SQLITE_SUFFIX = "append_only_"
 
 #: The start of every refusal's message, on every backend (how :func:`_translate` knows it).
 _MARKER = "versioning append-only:"
@@ -136,14 +136,13 @@ def _install_statements(table: sa.Table, dialect: sa.Dialect) -> list[str]:
             ]
         return statements
     if dialect.name == "sqlite":
-        statements = [f"CREATE TABLE IF NOT EXISTS {schema}{MAINTENANCE_TABLE} (enabled INTEGER)"]
+        statements = []
         for operation in ("UPDATE", "DELETE"):
-            trigger = schema + preparer.quote(f"{table.name}_append_only_{operation.lower()}")
+            trigger = schema + preparer.quote(_sqlite_trigger(table.name, operation))
             statements += [
                 f"DROP TRIGGER IF EXISTS {trigger}",
                 f"CREATE TRIGGER {trigger} BEFORE {operation} ON {preparer.quote(table.name)} "
-                f"WHEN NOT EXISTS (SELECT 1 FROM {MAINTENANCE_TABLE}) BEGIN "
-                f"SELECT RAISE(ABORT, {_sql_string(_message(table.name, operation))}); END",
+                f"BEGIN SELECT RAISE(ABORT, {_sql_string(_message(table.name, operation))}); END",
             ]
         return statements
     raise ArgumentError(
@@ -164,10 +163,13 @@ def _drop_statements(table: sa.Table, dialect: sa.Dialect) -> list[str]:
             for operation in ("update", "delete")
         ]
     return [
-        f"DROP TRIGGER IF EXISTS {schema}"
-        f"{preparer.quote(f'{table.name}_append_only_{operation}')}"
-        for operation in ("update", "delete")
+        f"DROP TRIGGER IF EXISTS {schema}{preparer.quote(_sqlite_trigger(table.name, operation))}"
+        for operation in ("UPDATE", "DELETE")
     ]
+
+
+def _sqlite_trigger(table: str, operation: str) -> str:
+    return f"{table}_{_SQLITE_SUFFIX}{operation.lower()}"
 
 
 def install_triggers(connection: Connection, tables: Iterable[sa.Table]) -> None:
@@ -195,6 +197,14 @@ def _installed_with_the_table(table: sa.Table, connection: Connection, **kw: Any
 
 
 # --- the maintenance switch ----------------------------------------------------------------------
+#
+# PostgreSQL: a transaction-local setting the function reads (set_config(..., true)).
+# MariaDB: a session variable the triggers read, reset when the block or the transaction ends and,
+#   should that reset fail, when the connection goes back to the pool.
+# SQLite: the block drops the triggers inside its transaction and creates them again before the
+#   transaction commits (or at the block's end): SQLite's DDL is transactional and it has one
+#   writer at a time, so no other connection ever sees them missing, and a rollback (or a crash)
+#   brings them back by itself.
 
 #: ``Connection.info`` key (kept with the pooled DBAPI connection): the open maintenance block.
 _STATE = "versioning_maintenance"
@@ -206,34 +216,29 @@ class _Block:
     """An open :func:`maintenance` block of one connection."""
 
     def __init__(self) -> None:
-        self.depth = 1
         #: Whether the switch is on in the database (until the block or the transaction ends).
         self.on = False
-        #: SQLite: the databases whose maintenance table holds the block's row.
-        self.databases: list[str] = []
+        #: SQLite: the triggers dropped for the block, as ``(database, CREATE TRIGGER ...)``.
+        self.dropped: list[tuple[str, str]] = []
 
 
 @contextmanager
 def maintenance(connection: Connection) -> Iterator[None]:
     """Within this block, this connection's current transaction may UPDATE/DELETE history rows.
 
-    The switch covers the transaction in progress (one is begun if none is) until the block ends
-    or that transaction ends, whichever comes first: a commit or a rollback inside the block
-    turns it off, and no other connection or transaction ever sees it on. Blocks may nest.
+    The switch covers the transaction in progress (begun if none is) until the block ends or
+    that transaction ends, whichever comes first: a commit or a rollback inside the block turns
+    it off, and no other connection or transaction ever sees it on. Blocks may nest.
     """
     if not isinstance(connection, Connection):
         raise ArgumentError(
-            f"maintenance() takes a Connection (session.connection()), got {connection!r}"
+            f"maintenance() takes a Connection (e.g. session.connection()), got {connection!r}"
         )
     block: _Block | None = connection.info.get(_STATE)
-    if block is not None:
-        block.depth += 1
-        try:
-            if not block.on:  # the transaction it was on for has ended: on for this one
-                _switch_on(connection, block)
-            yield
-        finally:
-            block.depth -= 1
+    if block is not None:  # nested: the outer block turns the switch off
+        if not block.on:  # the transaction it was on for has ended: on for this one
+            _switch_on(connection, block)
+        yield
         return
     block = connection.info[_STATE] = _Block()
     try:
@@ -255,55 +260,73 @@ def _switch_on(connection: Connection, block: _Block) -> None:
         connection.info[_SET] = True
         connection.exec_driver_sql(f"SET {_MARIADB_VARIABLE} = 1")
     elif dialect == "sqlite":
-        databases = [str(row[1]) for row in connection.exec_driver_sql("PRAGMA database_list")]
         quote = connection.dialect.identifier_preparer.quote
-        for database in databases:
-            found = connection.exec_driver_sql(
-                f"SELECT 1 FROM {quote(database)}.sqlite_master "
-                f"WHERE type = 'table' AND name = '{MAINTENANCE_TABLE}'"
-            ).first()
-            if found:
-                connection.exec_driver_sql(
-                    f"INSERT INTO {quote(database)}.{MAINTENANCE_TABLE} (enabled) VALUES (1)"
-                )
-                block.databases.append(database)
+        databases = connection.exec_driver_sql("SELECT name FROM pragma_database_list").scalars()
+        triggers = [
+            (str(database), str(name), str(sql))
+            for database in list(databases)
+            for name, sql in connection.exec_driver_sql(
+                f"SELECT name, sql FROM {quote(database)}.sqlite_master WHERE type = 'trigger' "
+                f"AND name LIKE '%{_SQLITE_SUFFIX}%' AND sql LIKE '%{_MARKER}%'"
+            )
+        ]
+        dbapi_connection = connection.connection.dbapi_connection
+        assert dbapi_connection is not None
+        if getattr(dbapi_connection, "in_transaction", True) is False:
+            # pysqlite begins a transaction before DML only: the DROPs must not autocommit.
+            _run(dbapi_connection, ["BEGIN"])
+        _run(
+            dbapi_connection,
+            [f"DROP TRIGGER {quote(database)}.{quote(name)}" for database, name, _ in triggers],
+        )
+        block.dropped = [(database, sql) for database, _, sql in triggers]
     block.on = True
 
 
 def _switch_off(connection: Connection, block: _Block) -> None:
     """Turn the switch off in the transaction, which goes on."""
-    dialect = connection.dialect.name
-    if dialect == "postgresql":
-        if _pg_transaction_failed(connection):
-            return  # only a rollback can follow, and it ends the setting with the transaction
-        connection.exec_driver_sql(f"SELECT set_config('{_PG_SETTING}', '', true)")
+    if connection.dialect.name == "postgresql":
+        if not _pg_transaction_failed(connection):  # else only a rollback, which ends it, follows
+            connection.exec_driver_sql(f"SELECT set_config('{_PG_SETTING}', '', true)")
+        block.on = False
     else:
-        _switch_off_in_driver(connection.connection.dbapi_connection, connection.info, block)
+        _switch_off_in_driver(connection, block)
+
+
+def _switch_off_in_driver(connection: Connection, block: _Block) -> None:
+    """MariaDB and SQLite, on the DBAPI connection (also from the commit event)."""
+    dbapi_connection = connection.connection.dbapi_connection
+    if block.dropped:
+        quote = connection.dialect.identifier_preparer.quote
+        _run(
+            dbapi_connection,
+            [
+                sql.replace("CREATE TRIGGER ", f"CREATE TRIGGER IF NOT EXISTS {quote(db)}.", 1)
+                for db, sql in block.dropped
+            ],
+        )
+        block.dropped = []
+    elif connection.info.get(_SET):
+        _run(dbapi_connection, [f"SET {_MARIADB_VARIABLE} = NULL"])
+        connection.info.pop(_SET, None)
     block.on = False
 
 
-def _switch_off_in_driver(dbapi_connection: Any, info: dict[Any, Any], block: _Block) -> None:
-    """MariaDB and SQLite: the switch off, on the DBAPI connection (also from commit events)."""
-    if dbapi_connection is None:
+def _run(dbapi_connection: Any, statements: list[str]) -> None:
+    """Statements on the DBAPI connection: no SQLAlchemy event sees the library's switch."""
+    if not statements:
         return
     cursor = dbapi_connection.cursor()
     try:
-        if block.databases:
-            for database in block.databases:
-                quoted = '"' + database.replace('"', '""') + '"'
-                cursor.execute(f"DELETE FROM {quoted}.{MAINTENANCE_TABLE}")
-        elif info.get(_SET):
-            cursor.execute(f"SET {_MARIADB_VARIABLE} = NULL")
-            info.pop(_SET, None)
+        for statement in statements:
+            cursor.execute(statement)
     finally:
         cursor.close()
-    block.on = False
 
 
 def _pg_transaction_failed(connection: Connection) -> bool:
     driver = connection.connection.driver_connection
-    info = getattr(driver, "info", None)
-    status = getattr(info, "transaction_status", None)
+    status = getattr(getattr(driver, "info", None), "transaction_status", None)
     if status is not None:  # psycopg 3
         return int(status) == 3  # TransactionStatus.INERROR
     get_status = getattr(driver, "get_transaction_status", None)
@@ -319,20 +342,20 @@ def _off_before_commit(connection: Connection) -> None:
         if connection.dialect.name == "postgresql":
             block.on = False  # set_config(..., true) ends with the transaction
         else:
-            _switch_off_in_driver(connection.connection.dbapi_connection, connection.info, block)
+            _switch_off_in_driver(connection, block)  # SQLite: the triggers are committed
 
 
 @event.listens_for(Engine, "rollback")
 def _off_at_rollback(connection: Connection) -> None:
     block: _Block | None = connection.info.get(_STATE)
-    if block is not None and block.on:
-        block.databases = []  # SQLite: the rollback takes the row back
-        if connection.dialect.name in ("mysql", "mariadb"):
-            try:
-                _switch_off_in_driver(connection.connection.dbapi_connection, connection.info, block)
-            except Exception:  # noqa: BLE001 - the check-in reset or invalidation follows
-                pass
-        block.on = False
+    if block is None or not block.on:
+        return
+    block.dropped = []  # SQLite: the rollback brings the triggers back
+    block.on = False
+    if connection.info.get(_SET):
+        # Should the reset fail, it is done at check-in (or the connection is discarded).
+        with contextlib.suppress(Exception):
+            _switch_off_in_driver(connection, block)
 
 
 @event.listens_for(Pool, "checkin")
@@ -341,13 +364,9 @@ def _reset_at_checkin(dbapi_connection: Any, record: Any) -> None:
     if dbapi_connection is None or not record.info.get(_SET):
         return
     try:
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(f"SET {_MARIADB_VARIABLE} = NULL")
-        finally:
-            cursor.close()
+        _run(dbapi_connection, [f"SET {_MARIADB_VARIABLE} = NULL"])
         record.info.pop(_SET, None)
-    except Exception:  # noqa: BLE001 - a connection that cannot be reset is not used again
+    except Exception:  # a connection that cannot be reset is not used again
         record.invalidate()
 
 
