@@ -9,6 +9,7 @@ later transaction or to the next user of a pooled connection.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -228,9 +229,52 @@ def test_create_all_and_drop_all_repeat(engine: sa.Engine) -> None:
                 connection.execute(sa.delete(history_table(Page)))
             Own.metadata.drop_all(engine)
             assert not {"ao_pages", "ao_pages_history"} & set(sa.inspect(engine).get_table_names())
+        if engine.dialect.name == "postgresql":  # the shared function went with the last table
+            with engine.connect() as connection:
+                function = "SELECT to_regprocedure('versioning_append_only()')"
+                assert connection.exec_driver_sql(function).scalar() is None
     finally:
         Own.metadata.drop_all(engine)
         Own.registry.dispose()
+
+
+@pytest.mark.backends("sqlite")
+def test_sqlite_triggers_are_only_ever_missing_inside_the_blocks_transaction(
+    tmp_path: Path,
+) -> None:
+    """SQLite's maintenance drops the triggers in its transaction: another connection sees them
+    throughout, and the block's end, a commit or a rollback puts them back — also with pysqlite's
+    default transaction handling (no BEGIN before DDL)."""
+    path = tmp_path / "plain.sqlite"
+    engine = sa.create_engine(f"sqlite:///{path}")
+    Base.metadata.create_all(engine)
+    _two_notes(engine)
+
+    def triggers() -> int:
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(path)) as other:
+            query = "SELECT count(*) FROM sqlite_master WHERE type = 'trigger'"
+            return int(other.execute(query).fetchone()[0])
+
+    assert triggers() == 4
+    change = sa.update(NOTES).where(NOTES.c.id == 1).values(text="changed")
+    try:
+        for end in ("block", "commit", "rollback"):
+            with engine.connect() as connection:
+                with maintenance(connection):
+                    connection.execute(change)
+                    assert triggers() == 4
+                    if end != "block":
+                        getattr(connection, end)()
+                        assert triggers() == 4
+                if end == "block":
+                    with pytest.raises(AppendOnlyError):
+                        connection.execute(change)
+                connection.rollback()
+            assert triggers() == 4
+    finally:
+        engine.dispose()
 
 
 def test_messages_fit_mariadb_signal_limit() -> None:
@@ -309,3 +353,72 @@ def test_tables_in_another_schema_are_append_only_too(other_schema: sa.Engine) -
         with other_schema.begin() as connection:
             connection.execute(sa.text(f"DROP TABLE IF EXISTS {TRANSACTION_TABLE}"))
         Own.registry.dispose()
+
+
+# --- least privilege ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def restricted(create_tables: Tables) -> Iterator[sa.Engine]:
+    """An engine whose role may only INSERT and SELECT the history and transaction tables (and
+    use the live table as an application does)."""
+    engine = create_tables(Base.metadata)
+    role = f"versioning_ro_{os.getpid()}"
+    live, own = Note.__tablename__, f"{NOTES.name}, {TRANSACTION_TABLE}"
+    if engine.dialect.name == "postgresql":
+        setup = [
+            f"CREATE ROLE {role} LOGIN",
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON {live} TO {role}",
+            f"GRANT SELECT, INSERT ON {own} TO {role}",
+            f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}",
+        ]
+        teardown = [f"DROP OWNED BY {role}", f"DROP ROLE {role}"]
+        url = engine.url.set(username=role)
+    else:
+        database = engine.url.database
+        user = f"'{role}'@'%%'"  # pymysql formats even a statement without parameters
+        setup = [
+            f"CREATE USER {user}",
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON {database}.{live} TO {user}",
+            *(f"GRANT SELECT, INSERT ON {database}.{t} TO {user}" for t in own.split(", ")),
+        ]
+        teardown = [f"DROP USER {user}"]
+        url = engine.url.set(username=role)
+    with engine.begin() as connection:
+        for statement in setup:
+            connection.exec_driver_sql(statement)
+    limited = sa.create_engine(url)
+    try:
+        yield limited
+    finally:
+        limited.dispose()
+        with engine.begin() as connection:
+            for statement in teardown:
+                connection.exec_driver_sql(statement)
+
+
+@pytest.mark.backends("postgresql", "mariadb")
+def test_the_write_path_needs_only_insert_and_select_on_history(restricted: sa.Engine) -> None:
+    with Session(restricted) as session:
+        session.add_all([Note(id=1, text="one"), Note(id=2, text="two")])
+        session.commit()
+        session.get(Note, 1).text = "changed"
+        session.commit()
+        session.execute(sa.update(Note).values(text="bulk"))
+        session.commit()
+        first = history(session, Note, 1)[0]
+        session.rollback()
+        restore(session, first)
+        session.commit()
+        session.delete(session.get(Note, 2))
+        session.commit()
+        assert [v.value for v in ops(history(session, Note, 1))] == [
+            "insert",
+            "update",
+            "update",
+            "update",
+        ]
+        assert [v.value for v in ops(history(session, Note, 2))] == ["insert", "update", "delete"]
+    # The role cannot change history at all: the database refuses before any trigger runs.
+    with pytest.raises(sa.exc.DBAPIError), restricted.begin() as connection:
+        connection.execute(sa.delete(NOTES))

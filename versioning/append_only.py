@@ -184,16 +184,42 @@ def install_triggers(connection: Connection, tables: Iterable[sa.Table]) -> None
 
 
 def drop_triggers(connection: Connection, tables: Iterable[sa.Table]) -> None:
-    """Drop the append-only triggers of ``tables`` (those that are not there are skipped)."""
+    """Drop the append-only triggers of ``tables`` (those that are not there are skipped).
+
+    On PostgreSQL, a schema's shared function goes too once no trigger uses it."""
+    tables = list(tables)
     for table in tables:
         for statement in _drop_statements(table, connection.dialect):
             connection.exec_driver_sql(statement)
+    _drop_unused_functions(connection, tables)
+
+
+def _drop_unused_functions(connection: Connection, tables: list[sa.Table]) -> None:
+    if connection.dialect.name != "postgresql":
+        return
+    preparer = connection.dialect.identifier_preparer
+    for schema in sorted({t.schema or "" for t in tables if is_append_only(t)}):
+        function = f"{preparer.quote_schema(schema)}.{_FUNCTION}" if schema else _FUNCTION
+        name = _sql_string(f"{function}()")
+        connection.exec_driver_sql(
+            f"DO $body$ BEGIN IF to_regprocedure({name}) IS NOT NULL AND NOT EXISTS "
+            f"(SELECT 1 FROM pg_trigger WHERE tgfoid = to_regprocedure({name})) "
+            f"THEN DROP FUNCTION {function}(); END IF; END $body$"
+        )
 
 
 @event.listens_for(sa.Table, "after_create")
 def _installed_with_the_table(table: sa.Table, connection: Connection, **kw: Any) -> None:
     if is_append_only(table):
         install_triggers(connection, [table])
+
+
+@event.listens_for(sa.MetaData, "after_drop")
+def _function_dropped_with_the_last_table(
+    metadata: sa.MetaData, connection: Connection, **kw: Any
+) -> None:
+    """``drop_all`` leaves nothing behind: PostgreSQL's function goes with its last trigger."""
+    _drop_unused_functions(connection, list(kw.get("tables") or metadata.tables.values()))
 
 
 # --- the maintenance switch ----------------------------------------------------------------------
