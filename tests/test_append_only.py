@@ -187,29 +187,6 @@ def test_a_pooled_connection_is_never_handed_on_with_the_switch_on(engine: sa.En
         pooled.dispose()
 
 
-def test_the_orm_write_path_runs_with_the_triggers(create_tables: Tables) -> None:
-    engine = create_tables(Base.metadata)
-    with Session(engine) as session:
-        session.add(Note(id=1, text="one"))
-        session.commit()
-        session.get(Note, 1).text = "two"
-        session.commit()
-        session.execute(sa.update(Note).where(Note.id == 1).values(text="three"))
-        session.commit()
-        first = history(session, Note, 1)[0]
-        restore(session, first)
-        session.commit()
-        session.delete(session.get(Note, 1))
-        session.commit()
-        assert [op.value for op in ops(history(session, Note, 1))] == [
-            "insert",
-            "update",
-            "update",
-            "update",
-            "delete",
-        ]
-
-
 def test_create_all_and_drop_all_repeat(engine: sa.Engine) -> None:
     class Own(DeclarativeBase):
         pass

@@ -266,16 +266,17 @@ def maintenance(connection: Connection) -> Iterator[None]:
             _switch_on(connection, block)
         yield
         return
-    block = connection.info[_STATE] = _Block()
+    info = connection.info  # kept: an invalidated connection has none to give
+    block = info[_STATE] = _Block()
     try:
         _switch_on(connection, block)
         yield
     finally:
         try:
-            if block.on and connection.in_transaction() and not connection.invalidated:
+            if block.on and not connection.invalidated and connection.in_transaction():
                 _switch_off(connection, block)
         finally:
-            del connection.info[_STATE]
+            info.pop(_STATE, None)
 
 
 def _switch_on(connection: Connection, block: _Block) -> None:
