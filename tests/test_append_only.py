@@ -22,7 +22,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import versioning
 from versioning import AppendOnlyError, Versioned, history, history_table, restore
-from versioning.append_only import _message, maintenance
+from versioning.append_only import _message, is_append_only, maintenance
 from versioning.schema import TRANSACTION_TABLE
 
 from helpers import count, ops
@@ -337,30 +337,26 @@ def test_tables_in_another_schema_are_append_only_too(other_schema: sa.Engine) -
 
 @pytest.fixture
 def restricted(create_tables: Tables) -> Iterator[sa.Engine]:
-    """An engine whose role may only INSERT and SELECT the history and transaction tables (and
-    use the live table as an application does)."""
+    """An engine whose role may only INSERT and SELECT the append-only tables (history,
+    transaction, integrity) and use the live table as an application does."""
     engine = create_tables(Base.metadata)
     role = f"versioning_ro_{os.getpid()}"
-    live, own = Note.__tablename__, f"{NOTES.name}, {TRANSACTION_TABLE}"
+    tables = Base.metadata.sorted_tables
     if engine.dialect.name == "postgresql":
-        setup = [
-            f"CREATE ROLE {role} LOGIN",
-            f"GRANT SELECT, INSERT, UPDATE, DELETE ON {live} TO {role}",
-            f"GRANT SELECT, INSERT ON {own} TO {role}",
-            f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}",
-        ]
+        user, qualify = role, ""
+        setup = [f"CREATE ROLE {role} LOGIN"]
         teardown = [f"DROP OWNED BY {role}", f"DROP ROLE {role}"]
-        url = engine.url.set(username=role)
     else:
-        database = engine.url.database
         user = f"'{role}'@'%%'"  # pymysql formats even a statement without parameters
-        setup = [
-            f"CREATE USER {user}",
-            f"GRANT SELECT, INSERT, UPDATE, DELETE ON {database}.{live} TO {user}",
-            *(f"GRANT SELECT, INSERT ON {database}.{t} TO {user}" for t in own.split(", ")),
-        ]
+        qualify = f"{engine.url.database}."
+        setup = [f"CREATE USER {user}"]
         teardown = [f"DROP USER {user}"]
-        url = engine.url.set(username=role)
+    for table in tables:
+        rights = "SELECT, INSERT" if is_append_only(table) else "SELECT, INSERT, UPDATE, DELETE"
+        setup.append(f"GRANT {rights} ON {qualify}{table.name} TO {user}")
+    if engine.dialect.name == "postgresql":
+        setup.append(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}")
+    url = engine.url.set(username=role)
     with engine.begin() as connection:
         for statement in setup:
             connection.exec_driver_sql(statement)
@@ -399,3 +395,9 @@ def test_the_write_path_needs_only_insert_and_select_on_history(restricted: sa.E
     # The role cannot change history at all: the database refuses before any trigger runs.
     with pytest.raises(sa.exc.DBAPIError), restricted.begin() as connection:
         connection.execute(sa.delete(NOTES))
+
+
+def test_maintenance_takes_a_connection() -> None:
+    refused = pytest.raises(versioning.ArgumentError, match=r"session\.connection\(\)")
+    with refused, maintenance(Session()):  # type: ignore[arg-type]
+        pass
