@@ -23,6 +23,7 @@ from sqlalchemy.schema import CreateTable
 
 from versioning import (
     AppendOnlyError,
+    ArgumentError,
     Operation,
     RestoreError,
     Versioned,
@@ -465,3 +466,17 @@ def test_the_transaction_time_keeps_its_column_type(dialect: Any, ddl: str) -> N
     table = transaction_table_for(sa.MetaData())
     assert ddl in str(CreateTable(table).compile(dialect=dialect))
     assert type(table.c.issued_at.type).__module__.startswith("sqlalchemy.")
+
+
+def test_the_append_only_helpers_need_a_connection_and_a_metadata() -> None:
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+
+    from versioning.migrations import drop_append_only, install_append_only
+
+    offline = Operations(MigrationContext.configure(dialect_name="sqlite", opts={"as_sql": True}))
+    with pytest.raises(ArgumentError, match=r"install_append_only\(\) needs a database connection"):
+        install_append_only(offline, RestoreBase.metadata)
+    online = Operations(MigrationContext.configure(dialect_name="sqlite"))
+    with pytest.raises(ArgumentError, match=r"drop_append_only\(\) takes the MetaData"):
+        drop_append_only(online)  # no target_metadata in env.py and none given
