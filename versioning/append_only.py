@@ -204,7 +204,9 @@ def _drop_unused_functions(connection: Connection, tables: list[sa.Table]) -> No
         connection.exec_driver_sql(
             f"DO $body$ BEGIN IF to_regprocedure({name}) IS NOT NULL AND NOT EXISTS "
             f"(SELECT 1 FROM pg_trigger WHERE tgfoid = to_regprocedure({name})) "
-            f"THEN DROP FUNCTION {function}(); END IF; END $body$"
+            f"THEN DROP FUNCTION {function}(); END IF; "
+            # A function another role owns stays: it does no harm.
+            f"EXCEPTION WHEN insufficient_privilege THEN NULL; END $body$"
         )
 
 
