@@ -254,6 +254,29 @@ def test_sqlite_triggers_are_only_ever_missing_inside_the_blocks_transaction(
         engine.dispose()
 
 
+class LongBase(DeclarativeBase):
+    pass
+
+
+class Long(Versioned, LongBase):
+    """A history table name near the databases' limits (PostgreSQL 63, MariaDB 64 characters):
+    its trigger names are shortened, and its refusal still names it."""
+
+    __tablename__ = "ao_" + "x" * 47
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+
+
+def test_a_table_with_a_long_name_is_append_only_too(create_tables: Tables) -> None:
+    engine = create_tables(LongBase.metadata)
+    with Session(engine) as session:
+        session.add(Long(id=1))
+        session.commit()
+        name = history_table(Long).name
+        with pytest.raises(AppendOnlyError) as raised:
+            session.execute(sa.delete(history_table(Long)))
+        assert raised.value.table == name and len(name) == 58
+
+
 def test_messages_fit_mariadb_signal_limit() -> None:
     assert len(_message("t" * 64, "UPDATE", 128)) <= 128
     assert _message("t" * 64, "UPDATE", 128).startswith("versioning append-only: table ttt")
