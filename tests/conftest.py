@@ -28,6 +28,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from versioning import context as versioning_context
+from versioning.append_only import maintenance
 
 # The web glue is installed as ``versioning.integrations``; the repository folder of the same name
 # must never be importable as a top-level package here, or a stale ``import integrations`` would
@@ -234,8 +235,11 @@ def _empty(engine: sa.Engine, metadatas: list[sa.MetaData]) -> None:
         if dialect == "mariadb":
             connection.exec_driver_sql("SET FOREIGN_KEY_CHECKS = 0")
         try:
-            for name in with_rows:
-                connection.exec_driver_sql(f"DELETE FROM {name}")
+            # History and transaction tables are append-only: their triggers let only the
+            # library's maintenance switch through.
+            with maintenance(connection):
+                for name in with_rows:
+                    connection.exec_driver_sql(f"DELETE FROM {name}")
         finally:
             if dialect == "mariadb":
                 connection.exec_driver_sql("SET FOREIGN_KEY_CHECKS = 1")

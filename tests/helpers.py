@@ -5,14 +5,23 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from versioning import Operation, Version, history
+from versioning.append_only import maintenance
 
 Sessions = Callable[[], Session]
+
+
+def tamper(connection: sa.Connection) -> AbstractContextManager[None]:
+    """A block in which the connection's transaction may UPDATE/DELETE history and transaction
+    rows, which are append-only (their triggers refuse it otherwise): a test's raw fixture or
+    tampering, as the library's own maintenance does it."""
+    return maintenance(connection)
 
 
 def count(engine: sa.Engine, table: sa.Table) -> int:

@@ -9,6 +9,7 @@ back with :func:`restore`. Erase a person's values from history with :func:`eras
 
 import sqlalchemy as _sa
 
+from versioning import append_only as _append_only  # noqa: F401 - installs the triggers' hooks
 from versioning import capture as _capture  # noqa: F401 - installs the session hooks
 from versioning import masks
 from versioning import statements as _statements  # noqa: F401 - installs the statement hook
@@ -16,6 +17,7 @@ from versioning.context import AuditContext, audit_context, current_context, set
 from versioning.declaration import Versioned, VersionedOptions, history_table
 from versioning.erasing import erase
 from versioning.errors import (
+    AppendOnlyError,
     ArgumentError,
     ConcurrentInsertError,
     ConfigurationError,
@@ -36,6 +38,7 @@ from versioning.schema import TRANSACTION_TABLE, transaction_table_for
 
 __all__ = [
     "TRANSACTION_TABLE",
+    "AppendOnlyError",
     "ArgumentError",
     "AuditContext",
     "ConcurrentInsertError",

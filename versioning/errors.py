@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class VersioningError(Exception):
     """Base class of every error raised by :mod:`versioning`."""
@@ -67,3 +69,26 @@ class ErasureError(VersioningError):
 
     Raised by :func:`versioning.erase` before anything is written.
     """
+
+
+class AppendOnlyError(VersioningError):
+    """The database refused to UPDATE, DELETE or TRUNCATE rows of an append-only table.
+
+    History, transaction and integrity tables are append-only: their triggers refuse to change
+    rows outside the library's own maintenance (:func:`versioning.append_only.maintenance`).
+    ``table`` is the refused table's name, ``operation`` ``"UPDATE"``, ``"DELETE"`` or
+    ``"TRUNCATE"``.
+    """
+
+    def __init__(self, table: str, operation: str) -> None:
+        self.table = table
+        self.operation = operation
+        super().__init__(
+            f"cannot {operation} rows of {table!r}: versioning keeps history append-only, and "
+            f"the database's triggers refused the statement. Record a change of the live record "
+            f"instead; the library's own maintenance (erasure) runs inside "
+            f"versioning.append_only.maintenance(connection)"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.table, self.operation))

@@ -32,7 +32,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from sqlalchemy.orm import Mapper, Session, SessionTransaction
 
-from versioning import guard
+from versioning import append_only, guard
 from versioning.context import AuditContext, current_context
 from versioning.declaration import ModelSpec
 from versioning.errors import VersioningError
@@ -240,7 +240,8 @@ def _note_rows(
             # reason is then ours to keep in step with the notes (the context gave none).
             reason = "; ".join(state.notes)
             if reason != group.noted_reason:
-                with guard.writing():  # the library's own write: guard_writes() lets it pass
+                # TEMPORARY (append-only branch): the integrity work removes this UPDATE.
+                with guard.writing(), append_only.maintenance(connection):
                     connection.execute(
                         transactions.update()
                         .where(transactions.c.id == group.tx_id)
