@@ -28,6 +28,8 @@ from versioning import (
 )
 from versioning.personal import PERSONAL, committed_view
 
+from helpers import tamper
+
 Tables = Callable[[sa.MetaData], sa.Engine]
 Sessions = Callable[[], Session]
 
@@ -373,7 +375,7 @@ def test_versions_without_salt_are_refused(create_tables: Tables, sessions: Sess
     table = versioning.history_table(Customer)
     with sessions() as session:
         ann_lifecycle(session)
-    with engine.begin() as connection:  # as if written before "personal" was declared
+    with engine.begin() as connection, tamper(connection):  # as if written before "personal"
         connection.execute(
             table.update()
             .where(table.c.id == 7, table.c.versioning_transaction_id <= 2)
