@@ -12,6 +12,7 @@ async forms, with the same arguments, results and errors::
     old = await versioning.asyncio.as_of(async_session, Order, 1, transaction_id)
     live = await versioning.asyncio.restore(async_session, Order, 1, at=moment)
     await async_session.commit()
+    report = await versioning.asyncio.verify(async_session)
 
 Each one runs its sync form through ``AsyncSession.run_sync``, so it uses the session's
 connection and transaction. What they return is safe to use in async code without further I/O:
@@ -37,11 +38,12 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import Session, scoped_session
 
-from versioning import reading, restoring
+from versioning import integrity, reading, restoring
 from versioning.errors import ArgumentError
+from versioning.integrity import Digest, Report, Seal
 from versioning.reading import _MISSING, Version
 
-__all__ = ["as_of", "history", "restore", "version_at"]
+__all__ = ["as_of", "digest", "history", "restore", "seal", "verify", "version_at"]
 
 T = TypeVar("T")
 
@@ -144,3 +146,30 @@ async def restore(
     history unchanged: call ``await session.rollback()`` before going on.
     """
     return await _check(session, "restore").run_sync(_restore_loaded, target, pk, at)
+
+
+async def seal(session: AsyncSession, *, metadata: sa.MetaData | None = None) -> Seal | None:
+    """Seal every digest not sealed yet: the async form of :func:`versioning.seal`. The
+    caller commits."""
+    return await _check(session, "seal").run_sync(
+        lambda sync: integrity.seal(sync, metadata=metadata)
+    )
+
+
+async def verify(
+    session: AsyncSession,
+    digests: list[Digest] | tuple[Digest, ...] = (),
+    *,
+    metadata: sa.MetaData | None = None,
+) -> Report:
+    """Check every row, digest and seal: the async form of :func:`versioning.verify`."""
+    return await _check(session, "verify").run_sync(
+        lambda sync: integrity.verify(sync, digests, metadata=metadata)
+    )
+
+
+async def digest(session: AsyncSession, *, metadata: sa.MetaData | None = None) -> Digest | None:
+    """The newest seal's digest: the async form of :func:`versioning.digest`."""
+    return await _check(session, "digest").run_sync(
+        lambda sync: integrity.digest(sync, metadata=metadata)
+    )

@@ -60,3 +60,10 @@ class ConcurrentInsertError(VersioningError):
     Its old values cannot be known, so the statement was rolled back (to a SAVEPOINT): nothing
     was written. Retry the statement (or the transaction).
     """
+
+
+class SealConflictError(VersioningError):
+    """Another sealer sealed at the same moment and this transaction cannot see its seal.
+
+    Nothing was sealed by this call: roll back and call :func:`versioning.seal` again.
+    """
