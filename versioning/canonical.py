@@ -121,9 +121,12 @@ def converter(type_: sqltypes.TypeEngine[Any]) -> Callable[[Any], Any]:
             return inner
 
         def decorated(value: Any) -> Any:
-            if isinstance(value, str | int | float | Decimal | uuid.UUID | dt.date | dt.time):
-                return inner(value)
-            return inner(type_.process_bind_param(value, _DIALECT))
+            # What the decorator stores (a normalised e-mail address, a Choice's code).
+            try:
+                stored = type_.process_bind_param(value, _DIALECT)
+            except Exception:  # a value it no longer takes (history outlives the model)
+                return _plain(value)
+            return None if stored is None else inner(stored)
 
         return decorated
     if isinstance(type_, sqltypes.ARRAY):

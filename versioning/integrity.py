@@ -307,10 +307,11 @@ def seal(session: Session, *, metadata: sa.MetaData | None = None) -> Seal | Non
     target = _single(session, metadata, "seal")
     if target is None:
         return None
-    connection = session.connection(bind_arguments={"mapper": target.mapper})
     for _ in range(_ATTEMPTS):
         try:
             with session.begin_nested():
+                # Asked for within the savepoint: the SAVEPOINT is emitted now.
+                connection = session.connection(bind_arguments={"mapper": target.mapper})
                 return _seal_once(connection, target)
         except sa.exc.IntegrityError:
             continue  # another sealer took this id (or these digests): look again
