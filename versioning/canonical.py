@@ -38,6 +38,7 @@ import sqlalchemy as sa
 from sqlalchemy import types as sqltypes
 from sqlalchemy.engine import default
 
+from versioning import _compat
 from versioning.schema import CHANGES, OPERATION, TRANSACTION_ID, VERSION_ID
 
 __all__ = [
@@ -54,6 +55,8 @@ __all__ = [
 #: A ``TypeDecorator``'s bind processing is dialect-independent for the plain values it is asked
 #: about here (a ``Choice`` gives its code on every dialect).
 _DIALECT = default.DefaultDialect()
+
+_ABSENT = object()
 
 #: Columns of a history row that are never hashed (unknown when the row is written).
 _UNHASHED = frozenset({VERSION_ID, TRANSACTION_ID})
@@ -141,7 +144,7 @@ def converter(type_: sqltypes.TypeEngine[Any]) -> Callable[[Any], Any]:
     if isinstance(type_, sqltypes.JSON):
         return _json
     if isinstance(type_, sqltypes.Enum):
-        lookup = getattr(type_, "_valid_lookup", {})
+        lookup = _compat.enum_stored_values(type_)
 
         def member(value: Any) -> Any:
             stored = lookup.get(value) if isinstance(value, str | enum.Enum) else None
@@ -187,9 +190,12 @@ def canonical_value(column: sa.Column[Any], value: Any) -> Any:
     return converter(column.type)(value)
 
 
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def dumps(value: Any) -> bytes:
     """The canonical bytes of a canonical JSON value (sorted keys, no spaces, UTF-8)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODER.encode(value).encode()
 
 
 #: Per history table: ``(name, converter)`` of each hashed snapshot column, in table order.
@@ -221,9 +227,10 @@ def row_bytes(history: sa.Table, row: Mapping[str, Any]) -> bytes:
     if isinstance(operation, enum.Enum):
         operation = operation.value
     values = []
+    get = row.get
     for name, convert in _plan(history):
-        if name in row:
-            value = row[name]
+        value = get(name, _ABSENT)
+        if value is not _ABSENT:
             values.append([name, None if value is None else convert(value)])
     changes = row.get(CHANGES)
     return dumps([operation, values, None if changes is None else _json(changes)])

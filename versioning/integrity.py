@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, RowMapping
@@ -37,7 +37,7 @@ from versioning import arguments, personal
 from versioning.canonical import row_hash, segment_digest, transaction_bytes
 from versioning.declaration import ModelSpec, all_specs
 from versioning.errors import ArgumentError, SealConflictError
-from versioning.reading import _fetch, _select
+from versioning.reading import _REFUSED, _select
 from versioning.schema import (
     TRANSACTION_ID,
     VERSION_ID,
@@ -446,6 +446,21 @@ def verify(
     return report
 
 
+def _read(connection: Connection, build: Callable[[bool], sa.Select[Any]]) -> list[dict[str, Any]]:
+    """The rows of ``build(tolerant)`` as dicts: typed, or, if some value no longer fits its
+    column's type, read again with those values as stored (see ``versioning.reading``)."""
+    for tolerant in (False, True):
+        result = connection.execute(build(tolerant))
+        keys = list(result.keys())
+        try:
+            return [dict(zip(keys, row, strict=True)) for row in result]
+        except _REFUSED:
+            if tolerant:
+                raise
+            result.close()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 class _Verifier:
     """Checks one target's transactions, ``batch`` transaction ids at a time."""
 
@@ -517,7 +532,7 @@ class _Verifier:
             ).where(t.entries.c.transaction_id.between(low, high))
         ):
             sealed.setdefault(int(entry[0]), {})[int(entry[1])] = (str(entry[2]), int(entry[3]))
-        rows: dict[int, dict[str, list[RowMapping]]] = {}
+        rows: dict[int, dict[str, list[dict[str, Any]]]] = {}
         for name, history in sorted(t.histories.items()):
             column = history.c[TRANSACTION_ID]
 
@@ -528,8 +543,8 @@ class _Verifier:
                     .order_by(column, history.c[VERSION_ID])
                 )
 
-            for row in _fetch(c, build):
-                rows.setdefault(int(row[TRANSACTION_ID]), {}).setdefault(name, []).append(row)
+            for record in _read(c, build):
+                rows.setdefault(record[TRANSACTION_ID], {}).setdefault(name, []).append(record)
         ids = sorted(set(txs) | set(segments) | set(rows) | set(sealed))
         late = self._committed_meanwhile(
             [i for i in ids if i not in segments and (i in txs or i in rows)]
@@ -561,7 +576,7 @@ class _Verifier:
         tx_id: int,
         tx: RowMapping | None,
         segments: list[RowMapping],
-        rows: dict[str, list[RowMapping]],
+        rows: dict[str, list[dict[str, Any]]],
         seal_of: dict[int, tuple[str, int]],
     ) -> None:
         report = self.report
@@ -662,9 +677,9 @@ class _Verifier:
             out.extend(document.get(name, []))
         return out
 
-    def _hash(self, name: str, row: RowMapping) -> bytes:
+    def _hash(self, name: str, row: dict[str, Any]) -> bytes:
         history = self.target.histories[name]
-        return row_hash(history, personal.committed_view(history, cast("Mapping[str, Any]", row)))
+        return row_hash(history, personal.committed_view(history, row))
 
     def _chain_matches(
         self,
@@ -672,7 +687,7 @@ class _Verifier:
         segments: list[RowMapping],
         listed: list[dict[str, list[str]]],
         truth: list[bytes],
-        actual: dict[str, list[tuple[RowMapping, bytes]]],
+        actual: dict[str, list[tuple[dict[str, Any], bytes]]],
     ) -> bool:
         """Whether the rows read, split into segments by the listed counts, give the digests."""
         if int(segments[0]["segment"]) != 1:
@@ -698,7 +713,7 @@ class _Verifier:
         self,
         tx_id: int,
         name: str,
-        actual: list[tuple[RowMapping, bytes]],
+        actual: list[tuple[dict[str, Any], bytes]],
         expected: list[str],
     ) -> None:
         """Name each history row that was changed, deleted or added, by the listed prefixes."""
@@ -741,7 +756,7 @@ class _Verifier:
                 i += 1
                 j += 1
 
-    def _altered(self, tx_id: int, name: str, row: RowMapping) -> None:
+    def _altered(self, tx_id: int, name: str, row: dict[str, Any]) -> None:
         version = int(row[VERSION_ID])
         self.problem(
             "altered",
@@ -752,7 +767,7 @@ class _Verifier:
             f"written",
         )
 
-    def _added(self, tx_id: int, name: str, row: RowMapping) -> None:
+    def _added(self, tx_id: int, name: str, row: dict[str, Any]) -> None:
         version = int(row[VERSION_ID])
         self.problem(
             "added",
@@ -776,7 +791,7 @@ class _Verifier:
         self,
         tx_id: int,
         tx: RowMapping | None,
-        rows: dict[str, list[RowMapping]],
+        rows: dict[str, list[dict[str, Any]]],
         seal_of: Mapping[int, tuple[str, int]],
     ) -> None:
         if seal_of:
