@@ -361,6 +361,31 @@ def test_a_flush_after_the_digest_gets_a_segment_of_its_own(
     assert _found(_verify(sessions)) == {("added", ORDERS, 1, 2)}
 
 
+def test_a_late_segment_rolled_back_with_its_savepoint_is_taken_back(
+    create_tables: Tables, sessions: Sessions
+) -> None:
+    engine = create_tables(Base.metadata)
+    session = sessions()
+    session.add(Order(id=1, status="new"))
+
+    @event.listens_for(session, "before_commit")
+    def _late(session: Session) -> None:
+        order = session.get_one(Order, 1)
+        if order.status != "new":
+            return
+        savepoint = session.begin_nested()
+        order.status = "undone"
+        session.flush()  # segment 2, in the savepoint ...
+        savepoint.rollback()  # ... taken back with it
+        session.get_one(Order, 1).status = "stamped"
+        session.flush()  # segment 2 again
+
+    session.commit()
+    session.close()
+    assert _segments(engine, 1) == [1, 2]
+    assert _verify(sessions).ok
+
+
 def test_rolled_back_savepoint_rows_leave_the_digest(
     create_tables: Tables, sessions: Sessions
 ) -> None:

@@ -102,6 +102,8 @@ class _Group:
     #: The history rows written since the last segment: where they were written (a savepoint
     #: rolled back takes them back), their history table's name and their hash.
     hashes: list[tuple[SessionTransaction, str, bytes]] = field(default_factory=list)
+    #: Segments written after segment 1: where, and the segment count and digest before each.
+    segment_log: list[tuple[SessionTransaction, int, bytes]] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -244,13 +246,13 @@ def _note_rows(
         # row's note at commit (the transaction row is never updated).
         _insert_history(connection, group, history, rows, noted_in)
         if state.digested:
-            _write_digest(connection, group, None)
+            _write_digest(connection, group, None, noted_in)
         return
     group.pending.append(_Pending(noted_in, history, rows))
     if state.digested:
         # A new group after commit's writing (another before_commit hook's flush): now.
         _write_group(session, state, group)
-        _write_digest(connection, group, None)
+        _write_digest(connection, group, None, noted_in)
 
 
 def _insert_history(
@@ -294,9 +296,20 @@ def _note(state: Recording, group: _Group) -> str | None:
     return full
 
 
-def _write_digest(connection: Connection, group: _Group, note: str | None) -> None:
-    """Write the group's next digest segment: the rows written since the last one."""
+def _write_digest(
+    connection: Connection,
+    group: _Group,
+    note: str | None,
+    written_in: SessionTransaction | None,
+) -> None:
+    """Write the group's next digest segment: the rows written since the last one.
+
+    ``written_in``: the savepoint (or transaction) a later segment is written in; if that rolls
+    back, so does the segment (see ``_forget_rolled_back``).
+    """
     assert group.tx_id is not None
+    if written_in is not None:
+        group.segment_log.append((written_in, group.segments, group.previous))
     by_table: dict[str, list[bytes]] = {}
     for _, name, digest in group.hashes:
         by_table.setdefault(name, []).append(digest)
@@ -484,7 +497,7 @@ def _write_at_commit(session: Session) -> None:
     for group in state.groups.values():
         if group.tx_id is not None and group.segments == 0:
             connection = session.connection(bind_arguments={"mapper": group.mapper})
-            _write_digest(connection, group, _note(state, group))
+            _write_digest(connection, group, _note(state, group), None)
     state.digested = True
 
 
@@ -576,6 +589,12 @@ def _forget_rolled_back(session: Session, previous_transaction: SessionTransacti
         group.pending = [p for p in group.pending if not _within(p.noted_in, previous_transaction)]
         # The database took back the rows written in that savepoint: so does the digest.
         group.hashes = [h for h in group.hashes if not _within(h[0], previous_transaction)]
+        for index, (written_in, segments, previous) in enumerate(group.segment_log):
+            if _within(written_in, previous_transaction):
+                # The database took back that segment and the ones after it.
+                group.segments, group.previous = segments, previous
+                del group.segment_log[index:]
+                break
         if group.tx_id is None and not group.pending:
             del state.groups[key]
 
