@@ -247,7 +247,12 @@ def test_each_tampering_is_named_and_nothing_else(
     report = _verify(sessions)
     assert not report.ok
     assert _found(report) == expected, report.problems
-    assert all(p.detail.endswith((".", ")")) or p.detail for p in report.problems)
+    for problem in report.problems:  # the sentence names what the fields say, and what to do
+        assert f"transaction {problem.transaction_id}" in problem.detail or (
+            problem.transaction_id is None and "seal" in problem.detail
+        ), problem
+        assert problem.version_id is None or f"row {problem.version_id} " in problem.detail
+        assert "backup" in problem.detail or "logs" in problem.detail, problem
 
 
 @pytest.mark.parametrize("case", ["history row changed", "history row deleted", "two rows swapped"])
@@ -649,8 +654,18 @@ def test_sealing_while_many_threads_commit(create_tables: Tables, sessions: Sess
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    # Two sealers at once, besides the writers: the chain must not fork.
+    def verify_repeatedly() -> None:
+        try:
+            while not writers_done.is_set():
+                with factory() as session:
+                    report = versioning.verify(session, metadata=Base.metadata, batch=7)
+                assert report.ok, report.problems  # nothing half-committed is reported
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    # Two sealers at once, besides the writers: the chain must not fork. A verifier too.
     sealers = [threading.Thread(target=seal_repeatedly) for _ in range(2)]
+    sealers.append(threading.Thread(target=verify_repeatedly))
     for sealer in sealers:
         sealer.start()
     writers = [threading.Thread(target=write, args=(w,)) for w in range(6)]

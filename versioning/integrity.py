@@ -509,12 +509,8 @@ class _Verifier:
             t.transactions.c.reason,
             t.transactions.c.extra,
         ]
-        txs = {
-            int(row["id"]): row
-            for row in c.execute(
-                sa.select(*tx_columns).where(t.transactions.c.id.between(low, high))
-            ).mappings()
-        }
+        # The digest rows first: a transaction committing while this batch is read then shows
+        # up in the later reads only, without a digest (see _committed_meanwhile).
         segments: dict[int, list[RowMapping]] = {}
         for row in c.execute(
             sa.select(t.digests)
@@ -522,6 +518,12 @@ class _Verifier:
             .order_by(t.digests.c.transaction_id, t.digests.c.segment)
         ).mappings():
             segments.setdefault(int(row["transaction_id"]), []).append(row)
+        txs = {
+            int(row["id"]): row
+            for row in c.execute(
+                sa.select(*tx_columns).where(t.transactions.c.id.between(low, high))
+            ).mappings()
+        }
         sealed: dict[int, dict[int, tuple[str, int]]] = {}
         for entry in c.execute(
             sa.select(
@@ -546,9 +548,7 @@ class _Verifier:
             for record in _read(c, build):
                 rows.setdefault(record[TRANSACTION_ID], {}).setdefault(name, []).append(record)
         ids = sorted(set(txs) | set(segments) | set(rows) | set(sealed))
-        late = self._committed_meanwhile(
-            [i for i in ids if i not in segments and (i in txs or i in rows)]
-        )
+        late = self._committed_meanwhile([i for i in ids if i not in segments])
         for tx_id in ids:
             if tx_id in late:
                 continue
@@ -601,7 +601,8 @@ class _Verifier:
                     tx_id,
                     None,
                     f"the digest of transaction {tx_id} (segment {number}) differs from the "
-                    f"copy in seal {seal_of[number][1]}: the digest row was changed",
+                    f"copy in seal {seal_of[number][1]}: the digest row was changed; restore it "
+                    f"from a backup",
                 )
                 stored = seal_of[number][0]
             truth.append(bytes.fromhex(stored))
@@ -613,7 +614,7 @@ class _Verifier:
                     tx_id,
                     None,
                     f"the digest row of transaction {tx_id} (segment {number}), sealed in seal "
-                    f"{seal_id}, was deleted",
+                    f"{seal_id}, was deleted; restore it from a backup",
                 )
         if tx is None:
             self.problem(
@@ -621,7 +622,8 @@ class _Verifier:
                 self.tx_name,
                 tx_id,
                 None,
-                f"the transaction row of transaction {tx_id} was deleted (its digest remains)",
+                f"the transaction row of transaction {tx_id} was deleted (its digest "
+                f"remains); restore it from a backup",
             )
             return
         tx_hash = hashlib.sha256(transaction_bytes(dict(tx))).digest()
@@ -646,7 +648,7 @@ class _Verifier:
                     tx_id,
                     None,
                     f"the row hashes listed in the digest row of transaction {tx_id} were "
-                    f"changed (its rows and digest match)",
+                    f"changed (its rows and digest match); restore the digest row from a backup",
                 )
             return
         if tx_listed != [tx_hash[:8].hex()]:
@@ -655,7 +657,8 @@ class _Verifier:
                 self.tx_name,
                 tx_id,
                 None,
-                f"the transaction row of transaction {tx_id} was changed after it was written",
+                f"the transaction row of transaction {tx_id} (who, when, why) was changed "
+                f"after it was written; compare it with a backup",
             )
         for name in sorted(set(actual) | {n for doc in listed for n in doc}):
             self._locate(tx_id, name, actual.get(name, []), self._expected(listed, name))
@@ -667,7 +670,7 @@ class _Verifier:
                 None,
                 f"the digest row of transaction {tx_id} does not match its rows: the digest row "
                 f"(its note or digest) was changed, or history rows were changed together with "
-                f"the hashes it lists",
+                f"the hashes it lists; compare the transaction with a backup",
             )
 
     @staticmethod
@@ -764,7 +767,7 @@ class _Verifier:
             tx_id,
             version,
             f"history row {version} of {name} (transaction {tx_id}) was changed after it was "
-            f"written",
+            f"written; compare it with a backup",
         )
 
     def _added(self, tx_id: int, name: str, row: dict[str, Any]) -> None:
@@ -775,7 +778,8 @@ class _Verifier:
             tx_id,
             version,
             f"history row {version} of {name} was added to transaction {tx_id} after it "
-            f"committed (versioning did not write it)",
+            f"committed (versioning did not write it); find who wrote it in the database's "
+            f"logs",
         )
 
     def _missing(self, tx_id: int, name: str) -> None:
@@ -784,7 +788,8 @@ class _Verifier:
             name,
             tx_id,
             None,
-            f"a history row of {name} written by transaction {tx_id} was deleted",
+            f"a history row of {name} written by transaction {tx_id} was deleted; restore it "
+            f"from a backup",
         )
 
     def _without_digest(
@@ -803,7 +808,8 @@ class _Verifier:
                     tx_id,
                     None,
                     f"transaction {tx_id}, sealed in seal {seal_ids[0]}, was deleted: its "
-                    f"transaction row, digest row and history rows are gone",
+                    f"transaction row, digest row and history rows are gone; restore them from a "
+                    f"backup",
                 )
                 return
             self.problem(
@@ -811,7 +817,8 @@ class _Verifier:
                 self.digest_name,
                 tx_id,
                 None,
-                f"the digest row of transaction {tx_id}, sealed in seal {seal_ids[0]}, was deleted",
+                f"the digest row of transaction {tx_id}, sealed in seal {seal_ids[0]}, was "
+                f"deleted; restore it from a backup",
             )
             return
         if tx is not None:
@@ -820,7 +827,8 @@ class _Verifier:
                 self.tx_name,
                 tx_id,
                 None,
-                f"transaction {tx_id} has no digest: its row was added outside versioning",
+                f"transaction {tx_id} has no digest: its row was added outside versioning; "
+                f"find who wrote it in the database's logs",
             )
         for name, table_rows in sorted(rows.items()):
             for row in table_rows:
@@ -846,7 +854,8 @@ def _check_chain(
                     name,
                     None,
                     None,
-                    f"seal(s) {expected_id}..{seal_id - 1} are missing before seal {seal_id}",
+                    f"seal(s) {expected_id}..{seal_id - 1} are missing before seal {seal_id}; "
+                    f"restore them from a backup",
                 )
             )
         elif row["previous_hash"] != previous:
@@ -857,7 +866,7 @@ def _check_chain(
                     None,
                     None,
                     f"seal {seal_id} does not link to seal {seal_id - 1}: its previous hash "
-                    f"differs from that seal's hash",
+                    f"differs from that seal's hash; restore the seals from a backup",
                 )
             )
         links = connection.execute(
@@ -876,7 +885,7 @@ def _check_chain(
                     None,
                     None,
                     f"seal {seal_id} does not match the digests it links: the seal or its "
-                    f"entries in {entries.fullname} were changed",
+                    f"entries in {entries.fullname} were changed; restore them from a backup",
                 )
             )
         hashes[seal_id] = str(row["hash"])
@@ -892,7 +901,8 @@ def _check_chain(
                     None,
                     None,
                     f"seal {item.seal_id} of a saved digest is not in the database (the chain "
-                    f"ends at seal {expected_id - 1}): the chain was cut",
+                    f"ends at seal {expected_id - 1}): the chain was cut; restore the newest "
+                    f"transactions and seals from a backup",
                 )
             )
         elif hashes[item.seal_id] != item.hash or last_transaction[item.seal_id] != (
@@ -904,7 +914,8 @@ def _check_chain(
                     name,
                     None,
                     None,
-                    f"seal {item.seal_id} differs from the saved digest: the chain was rewritten",
+                    f"seal {item.seal_id} differs from the saved digest: the chain was "
+                    f"rewritten; compare the history with a backup taken before that seal",
                 )
             )
 
