@@ -755,3 +755,24 @@ def test_canonical_values_are_the_same_as_written_and_as_read_back() -> None:
     swapped = row | {"versioning_id": 99, "versioning_transaction_id": 7}
     assert row_hash(history, row) == row_hash(history, swapped)  # ids are not covered
     assert row_hash(history, row) != row_hash(history, row | {"title": "b"})
+
+
+def test_a_history_column_added_later_keeps_older_rows_verifying() -> None:
+    """A migration adding a column leaves it NULL in older rows: their hashes do not change."""
+
+    def table(*extra: sa.Column[Any]) -> sa.Table:
+        return sa.Table(
+            "h",
+            sa.MetaData(),
+            sa.Column("versioning_id", sa.Integer, primary_key=True),
+            sa.Column("versioning_transaction_id", sa.Integer),
+            sa.Column("versioning_operation", sa.String(6)),
+            sa.Column("id", sa.Integer),
+            *extra,
+            sa.Column("versioning_changes", sa.JSON),
+        )
+
+    row = {"versioning_operation": "insert", "id": 1, "versioning_changes": None}
+    before, after = table(), table(sa.Column("added", sa.Numeric(10, 2)))
+    assert row_hash(before, row) == row_hash(after, row | {"added": None})
+    assert row_hash(before, row) != row_hash(after, row | {"added": Decimal("0")})

@@ -56,8 +56,6 @@ __all__ = [
 #: about here (a ``Choice`` gives its code on every dialect).
 _DIALECT = default.DefaultDialect()
 
-_ABSENT = object()
-
 #: Columns of a history row that are never hashed (unknown when the row is written).
 _UNHASHED = frozenset({VERSION_ID, TRANSACTION_ID})
 
@@ -218,22 +216,26 @@ def _plan(history: sa.Table) -> _Plan:
 def row_bytes(history: sa.Table, row: Mapping[str, Any]) -> bytes:
     """The canonical bytes of a history row (``row`` keyed by history column name).
 
-    ``[operation, [[column, value], ...], changes]``: the operation's stored value, each column
-    of ``row`` that the history table has (in table order, version and transaction ids left
-    out), and the ``changes`` document. ``row`` is what :func:`versioning.personal.committed_view`
+    ``[operation, column, value, column, value, ..., changes]``: the operation's stored value,
+    each column of ``row`` that the history table has and that is not ``NULL`` (in table order,
+    version and transaction ids left out), and the ``changes`` document. ``NULL`` columns are
+    left out, so a column added to the history table later (``NULL`` in older rows) leaves
+    their hashes as they were. ``row`` is what :func:`versioning.personal.committed_view`
     returned: a column it leaves out is not covered.
     """
     operation = row.get(OPERATION)
     if isinstance(operation, enum.Enum):
         operation = operation.value
-    values = []
+    parts: list[Any] = [operation]
     get = row.get
     for name, convert in _plan(history):
-        value = get(name, _ABSENT)
-        if value is not _ABSENT:
-            values.append([name, None if value is None else convert(value)])
+        value = get(name)
+        if value is not None:
+            parts.append(name)
+            parts.append(convert(value))
     changes = row.get(CHANGES)
-    return dumps([operation, values, None if changes is None else _json(changes)])
+    parts.append(None if changes is None else _json(changes))
+    return dumps(parts)
 
 
 def row_hash(history: sa.Table, row: Mapping[str, Any]) -> bytes:
