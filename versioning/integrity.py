@@ -207,10 +207,18 @@ def _targets(session: Session, metadata: sa.MetaData | None, name: str) -> list[
 
 
 def _existing_tables(connection: Connection, specs: list[ModelSpec]) -> set[str]:
+    """The names (``schema.name``) of the tables of ``specs`` that exist on ``connection``.
+
+    Only schemas the database has are looked into (a process may hold models of schemas that
+    this database does not have).
+    """
     inspector = sa.inspect(connection)
-    schemas = {spec.history.schema for spec in specs} | {spec.transactions.schema for spec in specs}
+    wanted = {spec.history.schema for spec in specs} | {spec.transactions.schema for spec in specs}
+    present = set(inspector.get_schema_names()) if wanted - {None} else set()
     names: set[str] = set()
-    for schema in schemas:
+    for schema in wanted:
+        if schema is not None and schema not in present:
+            continue
         prefix = "" if schema is None else f"{schema}."
         names.update(prefix + table for table in inspector.get_table_names(schema=schema))
     return names

@@ -405,7 +405,7 @@ class Undigested(Library):
         from versioning import recording
 
         recording.row_hash = lambda history, row: bytes(32)  # type: ignore[assignment]
-        recording._write_digest = lambda connection, group, note: None  # type: ignore[assignment]
+        recording._write_digest = lambda *arguments: None  # type: ignore[assignment]
         self.name = "undigested"
 
 
