@@ -154,7 +154,9 @@ def converter(type_: sqltypes.TypeEngine[Any]) -> Callable[[Any], Any]:
     if isinstance(type_, sqltypes.Boolean):
         return lambda value: bool(value) if isinstance(value, int) else _plain(value)
     if isinstance(type_, sqltypes.Integer):
-        return lambda value: int(value) if isinstance(value, int | Decimal) else _plain(value)
+        return _as_int
+    if isinstance(type_, sqltypes.String):  # Text, Unicode, CHAR... (Enum was matched above)
+        return _as_str
     if isinstance(type_, sqltypes.Numeric):
         if type_.asdecimal:
             return _as_decimal
@@ -162,6 +164,16 @@ def converter(type_: sqltypes.TypeEngine[Any]) -> Callable[[Any], Any]:
     if isinstance(type_, sqltypes.DateTime):
         return lambda value: _datetime(value) if isinstance(value, dt.datetime) else _plain(value)
     return _plain
+
+
+def _as_int(value: Any) -> Any:
+    if type(value) is int:
+        return value
+    return int(value) if isinstance(value, int | Decimal) else _plain(value)
+
+
+def _as_str(value: Any) -> Any:
+    return value if type(value) is str else _plain(value)
 
 
 def _as_decimal(value: Any) -> Any:
@@ -188,7 +200,9 @@ def canonical_value(column: sa.Column[Any], value: Any) -> Any:
     return converter(column.type)(value)
 
 
-_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
 
 
 def dumps(value: Any) -> bytes:
@@ -233,9 +247,14 @@ def row_bytes(history: sa.Table, row: Mapping[str, Any]) -> bytes:
         if value is not None:
             parts.append(name)
             parts.append(convert(value))
-    changes = row.get(CHANGES)
-    parts.append(None if changes is None else _json(changes))
-    return dumps(parts)
+    # The changes document is plain JSON already (see versioning.encoding), as written and as
+    # read back; _json only if it is not.
+    parts.append(row.get(CHANGES))
+    try:
+        return dumps(parts)
+    except (TypeError, ValueError):
+        parts[-1] = _json(parts[-1])
+        return dumps(parts)
 
 
 def row_hash(history: sa.Table, row: Mapping[str, Any]) -> bytes:
