@@ -728,6 +728,9 @@ def test_digest_json_round_trip_and_refusals() -> None:
     assert Digest.from_json(saved.to_json()) == saved
     with pytest.raises(versioning.ArgumentError, match=r"Digest\.to_json"):
         Digest.from_json('{"seal_id": 1}')
+    forged = saved.to_json().replace("ab" * 32, "not hex")
+    with pytest.raises(versioning.ArgumentError, match="not a versioning digest"):
+        Digest.from_json(forged)
     problem = Problem("altered", ORDERS, 2, 5, "changed")
     assert (problem.kind, problem.table, problem.transaction_id, problem.version_id) == (
         "altered",

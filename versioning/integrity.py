@@ -147,11 +147,12 @@ class Digest:
                 str(data["hash"]),
                 sealed_at,
             )
+            if len(bytes.fromhex(made.hash)) != 32:
+                raise ValueError("the hash is not a SHA-256")
         except (ValueError, KeyError, TypeError) as exc:
             raise ArgumentError(
                 f"not a versioning digest ({exc}): pass the text Digest.to_json() returned"
             ) from None
-        bytes.fromhex(made.hash)
         return made
 
 
