@@ -212,6 +212,10 @@ def _cases(engine: sa.Engine) -> dict[str, tuple[list[str], set[Any]]]:
             [f"UPDATE {SEAL_ENTRY_TABLE} SET position = 5 WHERE transaction_id = 1"],
             {("chain", SEAL_TABLE, None, None)},
         ),
+        "sealed digest row deleted": (
+            [f"DELETE FROM {DIGEST_TABLE} WHERE transaction_id = 1"],
+            {("missing", DIGEST_TABLE, 1, None)},
+        ),
         "transaction added": (
             [
                 f"INSERT INTO {TRANSACTION_TABLE} (id, issued_at, actor) "
@@ -233,6 +237,7 @@ TAMPERINGS = [
     "sealed transaction deleted",
     "seal changed",
     "seal entry changed",
+    "sealed digest row deleted",
     "transaction added",
 ]
 
@@ -307,6 +312,60 @@ def test_saved_digests_catch_a_cut_tail_and_a_consistent_rewrite(
     report = _verify(sessions, [first])
     assert _found(report) == {("digest", SEAL_TABLE, None, None)}, report.problems
     assert "rewritten" in report.problems[0].detail
+
+
+def test_seals_missing_or_unlinked_break_the_chain(seeded: sa.Engine, sessions: Sessions) -> None:
+    first = _seal(sessions)
+    with sessions() as session:
+        session.add(Order(id=3, status="new"))
+        session.commit()
+    _seal(sessions)
+    assert first is not None
+    _tamper(seeded, f"UPDATE {SEAL_TABLE} SET previous_hash = '{'f' * 64}' WHERE id = 2")
+    report = _verify(sessions)
+    assert _found(report) == {("chain", SEAL_TABLE, None, None)}, report.problems
+    assert any("does not link to seal 1" in p.detail for p in report.problems)
+    _tamper(
+        seeded,
+        f"UPDATE {SEAL_TABLE} SET previous_hash = '{first.hash}' WHERE id = 2",
+        f"DELETE FROM {SEAL_ENTRY_TABLE} WHERE seal_id = 1",
+        f"DELETE FROM {SEAL_TABLE} WHERE id = 1",
+    )
+    report = _verify(sessions)
+    assert _found(report) == {("chain", SEAL_TABLE, None, None)}, report.problems
+    assert "seal(s) 1..1 are missing before seal 2" in report.problems[0].detail
+    assert report.unsealed == 3  # the digests seal 1 linked are unsealed now
+
+
+def test_wrong_arguments_are_refused(seeded: sa.Engine, sessions: Sessions) -> None:
+    with sessions() as session:
+        with pytest.raises(versioning.ArgumentError, match=r"Digest\.from_json"):
+            versioning.verify(session, ["not a digest"])  # type: ignore[list-item]
+        with pytest.raises(versioning.ArgumentError, match="batch"):
+            versioning.verify(session, batch=0)
+        with pytest.raises(versioning.ArgumentError, match="metadata"):
+            versioning.seal(session, metadata="orders")  # type: ignore[arg-type]
+    with pytest.raises(versioning.ArgumentError, match="Session"):
+        versioning.verify(seeded)  # type: ignore[arg-type]
+    assert _verify(sessions, []).ok  # and a small batch reads the same
+    with sessions() as session:
+        assert versioning.verify(session, metadata=Base.metadata, batch=1).versions_checked == 6
+
+
+def test_the_auto_sealer_keeps_going_after_a_failure() -> None:
+    failed = threading.Event()
+
+    def broken() -> Session:
+        failed.set()
+        raise RuntimeError("no database today")
+
+    sealer = versioning.AutoSealer(broken, interval=0.01).start()
+    with pytest.raises(versioning.ArgumentError, match="already started"):
+        sealer.start()
+    assert failed.wait(10)
+    sealer.stop(final=False)
+    assert isinstance(sealer.error, RuntimeError) and sealer.last is None
+    sealer.stop()  # stopped already: nothing to do
 
 
 # --- what is written, and in which order ----------------------------------------------------------
