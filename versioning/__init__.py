@@ -4,7 +4,9 @@ Mix :class:`Versioned` into a mapped class and every insert, update and delete o
 who, when, from where, each field's old and new value and a full snapshot — in a history table
 beside it, committed atomically with the data. Read it back with :func:`history`, reconstruct a
 record at any moment with :func:`as_of` (its :class:`Version` with :func:`version_at`), and put it
-back with :func:`restore`. Erase a person's values from history with :func:`erase`.
+back with :func:`restore`. Prove it untouched with :func:`seal`, :func:`verify` and
+:func:`digest`, and erase a person's values without breaking that proof with :func:`erase`
+(docs/integrity.md).
 """
 
 import sqlalchemy as _sa
@@ -26,11 +28,13 @@ from versioning.errors import (
     ErasureError,
     RestoreConflictError,
     RestoreError,
+    SealConflictError,
     UncapturedWriteError,
     UncapturedWriteWarning,
     VersioningError,
 )
 from versioning.guard import guard_writes
+from versioning.integrity import AutoSealer, Digest, Problem, Report, Seal, digest, seal, verify
 from versioning.operation import Operation
 from versioning.reading import Transaction, Version, as_of, history, version_at
 from versioning.restoring import restore
@@ -41,14 +45,20 @@ __all__ = [
     "AppendOnlyError",
     "ArgumentError",
     "AuditContext",
+    "AutoSealer",
     "ConcurrentInsertError",
     "ConfigurationError",
     "ContextError",
+    "Digest",
     "EncodingError",
     "ErasureError",
     "Operation",
+    "Problem",
+    "Report",
     "RestoreConflictError",
     "RestoreError",
+    "Seal",
+    "SealConflictError",
     "Transaction",
     "UncapturedWriteError",
     "UncapturedWriteWarning",
@@ -59,14 +69,17 @@ __all__ = [
     "as_of",
     "audit_context",
     "current_context",
+    "digest",
     "erase",
     "guard_writes",
     "history",
     "history_table",
     "masks",
     "restore",
+    "seal",
     "set_actor",
     "transaction_table",
+    "verify",
     "version_at",
 ]
 

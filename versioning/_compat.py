@@ -16,6 +16,7 @@ from sqlalchemy.types import TypeEngine
 
 __all__ = [
     "autoflush",
+    "enum_stored_values",
     "has_cycles",
     "insert_multi_values",
     "insert_values",
@@ -150,3 +151,10 @@ def variant_mapping(type_: TypeEngine[Any]) -> dict[str, TypeEngine[Any]]:
     2.1). ``dialect_impl()`` would resolve it too, but drops what matters (PostgreSQL's ``CHAR``
     becomes a plain string)."""
     return dict(getattr(type_, "_variant_mapping", None) or {})
+
+
+def enum_stored_values(type_: TypeEngine[Any]) -> dict[Any, Any]:
+    """An ``Enum`` type's map of each member, and each stored string, to the string stored
+    (``Enum._valid_lookup``, 2.0.30 to 2.1); empty if the type has none."""
+    lookup = getattr(type_, "_valid_lookup", None)
+    return dict(lookup) if isinstance(lookup, dict) else {}

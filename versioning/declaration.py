@@ -18,6 +18,7 @@ would change versioned rows without any history.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypedDict
@@ -47,6 +48,7 @@ __all__ = [
     "ModelSpec",
     "Versioned",
     "VersionedOptions",
+    "all_specs",
     "history_table",
     "require_spec",
     "versioned_spec",
@@ -152,6 +154,15 @@ def require_spec(model: type[Any]) -> ModelSpec:
             )
         raise ConfigurationError(f"{name} is not versioned: mix versioning.Versioned into it")
     return spec
+
+
+#: Every versioned mapper's spec declared in this process (weakly: a class may go away).
+_SPECS: weakref.WeakSet[ModelSpec] = weakref.WeakSet()
+
+
+def all_specs() -> list[ModelSpec]:
+    """The spec of every versioned model declared so far (for :mod:`versioning.integrity`)."""
+    return list(_SPECS)
 
 
 def history_table(model: type[Any]) -> sa.Table:
@@ -404,6 +415,7 @@ def _declare(mapper: Mapper[Any], cls: type[Any]) -> None:
         personal=frozenset(personal),
     )
     type.__setattr__(cls, _SPEC_ATTR, spec)
+    _SPECS.add(spec)
     if isinstance(mapper.local_table, sa.Table):
         mapper.local_table.info[LIVE_TABLE_INFO] = history.name
         register_tables(mapper.local_table, history, transactions)

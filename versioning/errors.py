@@ -92,3 +92,10 @@ class AppendOnlyError(VersioningError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.table, self.operation))
+
+
+class SealConflictError(VersioningError):
+    """Another sealer sealed at the same moment and this transaction cannot see its seal.
+
+    Nothing was sealed by this call: roll back and call :func:`versioning.seal` again.
+    """
