@@ -417,6 +417,18 @@ def test_the_write_path_needs_only_insert_and_select_on_history(restricted: sa.E
             "update",
         ]
         assert [v.value for v in ops(history(session, Note, 2))] == ["insert", "update", "delete"]
+        # A restore after a history read in the same transaction (the transaction row is
+        # written early, and the restore's reason goes to its digest row: no UPDATE).
+        session.get(Note, 1).text = "again"
+        versions = history(session, Note, 1)
+        restore(session, versions[0])
+        session.commit()
+        assert history(session, Note, 1)[-1].transaction.reason.startswith("restore Note 1")
+        # Sealing and verifying need no more than that either.
+        assert versioning.seal(session, metadata=Base.metadata) is not None
+        session.commit()
+        report = versioning.verify(session, metadata=Base.metadata)
+        assert report.ok and report.unsealed == 0, report.problems
     # The role cannot change history at all: the database refuses before any trigger runs.
     with pytest.raises(sa.exc.DBAPIError), restricted.begin() as connection:
         connection.execute(sa.delete(NOTES))

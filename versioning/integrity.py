@@ -336,18 +336,22 @@ def _conflict(target: _Target) -> str:
     )
 
 
+def _lock_key(seals: sa.Table) -> int:
+    """The PostgreSQL advisory lock key of a seal table: a signed 64-bit number of its name."""
+    name = f"versioning seal {seals.fullname}".encode()
+    return int.from_bytes(hashlib.sha256(name).digest()[:8], "big", signed=True)
+
+
 def _seal_once(connection: Connection, target: _Target) -> Seal | None:
     seals, entries, digests = target.seals, target.entries, target.digests
-    latest = (
-        connection.execute(
-            sa.select(seals.c.id, seals.c.hash)
-            .order_by(seals.c.id.desc())
-            .limit(1)
-            .with_for_update()
-        )
-        .mappings()
-        .first()
-    )
+    latest_seal = sa.select(seals.c.id, seals.c.hash).order_by(seals.c.id.desc()).limit(1)
+    if connection.dialect.name == "postgresql":
+        # One sealer at a time, without UPDATE rights: a row lock (FOR UPDATE) needs them on
+        # PostgreSQL, a transaction-level advisory lock does not. Writers never take it.
+        connection.execute(sa.select(sa.func.pg_advisory_xact_lock(_lock_key(seals))))
+    else:
+        latest_seal = latest_seal.with_for_update()
+    latest = connection.execute(latest_seal).mappings().first()
     unsealed = connection.execute(
         sa.select(digests.c.transaction_id, digests.c.segment, digests.c.digest)
         .outerjoin(
