@@ -50,6 +50,7 @@ __all__ = [
     "end_flush",
     "guard_writes",
     "mark_flush",
+    "register_link_table",
     "register_tables",
     "writing",
 ]
@@ -59,7 +60,8 @@ _writing: ContextVar[int] = ContextVar("versioning_writing", default=0)
 #: Whether a flush that writes versioned rows is running in this context.
 _flushing: ContextVar[bool] = ContextVar("versioning_flushing", default=False)
 
-#: (schema or None, casefolded name) -> what the table is: "live", "history" or "transaction".
+#: (schema or None, casefolded name) -> what the table is: "live", "link", "history" or
+#: "transaction".
 _TABLES: dict[tuple[str | None, str], str] = {}
 _KINDS = {"live": "versioned table", "history": "history table", "transaction": "transaction table"}
 
@@ -70,6 +72,12 @@ def register_tables(live: sa.Table, history: sa.Table, transactions: sa.Table) -
     Called when a versioned class is declared.
     """
     for table, kind in ((live, "live"), (history, "history"), (transactions, "transaction")):
+        _TABLES.setdefault(_key(table.schema, table.name), kind)
+
+
+def register_link_table(link: sa.Table, history: sa.Table) -> None:
+    """Remember an association table with link history (see :mod:`versioning.link_tables`)."""
+    for table, kind in ((link, "link"), (history, "history")):
         _TABLES.setdefault(_key(table.schema, table.name), kind)
 
 
@@ -190,7 +198,15 @@ def guard_writes(
             return
         kind, name = target
         verb = type(clauseelement).__name__.upper()
-        if kind == "live":
+        if kind == "link":
+            if _flushing.get():
+                return  # the flush's own links: their statements carry no compiled cache
+            message = (
+                f"a Core {verb} on link table {name!r} (the secondary of a relationship between "
+                f"versioned models) runs outside the ORM, so no link history is recorded for "
+                f"it; change the relationship's collection and flush instead"
+            )
+        elif kind == "live":
             message = (
                 f"a Core {verb} on versioned table {name!r} runs outside the ORM, so no history "
                 f"is recorded for it; use session.execute({verb.lower()}(Model)...) or the unit "

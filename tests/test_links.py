@@ -1,0 +1,531 @@
+"""Many-to-many link history: the rows of an association table between versioned models.
+
+A ``secondary`` table linking two versioned models gets ``<name>_history``; the links the unit of
+work inserts and deletes (appending, removing, assigning a list, deleting a parent) are recorded
+there in the flush's transaction, with every column of the link as the database stored it.
+``links_as_of`` reads them back at any moment, from either side. Core writes to a link table are
+flagged by ``guard_writes``. Database tests run on SQLite, PostgreSQL and MariaDB.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+from sqlalchemy.orm.exc import StaleDataError
+
+import versioning
+from versioning import (
+    ArgumentError,
+    ConfigurationError,
+    Operation,
+    UncapturedWriteError,
+    Versioned,
+    guard_writes,
+    link_history_table,
+    links_as_of,
+)
+from versioning.schema import TRANSACTION_TABLE
+
+CreateTables = Callable[[sa.MetaData], sa.Engine]
+Sessions = Callable[[], Session]
+
+INSERT, DELETE = Operation.INSERT, Operation.DELETE
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+post_tags = sa.Table(
+    "lk_post_tags",
+    Base.metadata,
+    sa.Column("post_id", sa.ForeignKey("lk_posts.id"), primary_key=True),
+    sa.Column("tag_id", sa.ForeignKey("lk_tags.id"), primary_key=True),
+    sa.Column("weight", sa.Integer, default=1),  # a Python-side default: sent
+    sa.Column("note", sa.String(20), server_default="auto"),  # the database's: read back
+)
+
+
+class Post(Versioned, Base):
+    __tablename__ = "lk_posts"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    title: Mapped[str] = mapped_column(sa.String(50))
+    tags: Mapped[list[Tag]] = relationship(
+        secondary=post_tags, back_populates="posts", order_by="Tag.id"
+    )
+
+
+class Tag(Versioned, Base):
+    __tablename__ = "lk_tags"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(sa.String(50))
+    posts: Mapped[list[Post]] = relationship(secondary=post_tags, back_populates="tags")
+
+
+shelf_books = sa.Table(
+    "lk_shelf_books",
+    Base.metadata,
+    sa.Column("site", sa.String(10), primary_key=True),
+    sa.Column("number", sa.Integer, primary_key=True),
+    sa.Column("book_id", sa.ForeignKey("lk_books.id"), primary_key=True),
+    sa.ForeignKeyConstraint(["site", "number"], ["lk_shelves.site", "lk_shelves.number"]),
+)
+
+
+class Shelf(Versioned, Base):
+    """A composite primary key on one side of the link."""
+
+    __tablename__ = "lk_shelves"
+
+    site: Mapped[str] = mapped_column(sa.String(10), primary_key=True)
+    number: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    books: Mapped[list[Book]] = relationship(secondary=shelf_books, order_by="Book.id")
+
+
+class Book(Versioned, Base):
+    __tablename__ = "lk_books"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+
+
+class Reader(Base):
+    """Not versioned: its links to books have no history."""
+
+    __tablename__ = "lk_readers"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    books: Mapped[list[Book]] = relationship(
+        secondary=sa.Table(
+            "lk_reader_books",
+            Base.metadata,
+            sa.Column("reader_id", sa.ForeignKey("lk_readers.id"), primary_key=True),
+            sa.Column("book_id", sa.ForeignKey("lk_books.id"), primary_key=True),
+        )
+    )
+
+
+def links(engine: sa.Engine, table: sa.Table) -> list[tuple[Any, ...]]:
+    """The link history rows of ``table``: (transaction id, operation, link columns...)."""
+    history = link_history_table_of(table)
+    columns = [history.c[c.name] for c in table.columns]
+    with engine.connect() as connection:
+        query = sa.select(
+            history.c.versioning_transaction_id, history.c.versioning_operation, *columns
+        ).order_by(history.c.versioning_id)
+        return [tuple(row) for row in connection.execute(query)]
+
+
+def link_history_table_of(table: sa.Table) -> sa.Table:
+    return table.metadata.tables[f"{table.name}_history"]
+
+
+def transaction_ids(engine: sa.Engine) -> list[int]:
+    with engine.connect() as connection:
+        table = Base.metadata.tables[TRANSACTION_TABLE]
+        return list(connection.scalars(sa.select(table.c.id).order_by(table.c.id)))
+
+
+# --- declaration -------------------------------------------------------------------------------
+
+
+def test_a_link_table_between_versioned_models_gets_a_history_table() -> None:
+    history = link_history_table(Post.tags)
+    assert history is link_history_table(Tag.posts) is Base.metadata.tables["lk_post_tags_history"]
+    assert history.info["versioning"] == "history"  # append-only like every history table
+    assert history.c.keys() == [
+        "versioning_id",
+        "versioning_transaction_id",
+        "versioning_operation",
+        "post_id",
+        "tag_id",
+        "weight",
+        "note",
+        "versioning_changes",
+    ]
+    assert all(c.nullable and not c.foreign_keys for c in list(history.c)[3:])
+    assert {tuple(c.name for c in index.columns) for index in history.indexes} == {
+        ("post_id", "tag_id", "versioning_transaction_id"),  # the link, and the post side
+        ("tag_id", "versioning_transaction_id"),  # the tag side
+        ("versioning_transaction_id",),
+    }
+    assert "lk_shelf_books_history" in Base.metadata.tables
+
+
+def test_no_link_history_when_one_side_is_not_versioned() -> None:
+    assert "lk_reader_books_history" not in Base.metadata.tables
+    with pytest.raises(ArgumentError, match=r"Reader\.books has no link history"):
+        link_history_table(Reader.books)
+    with pytest.raises(ArgumentError, match="takes a relationship attribute"):
+        link_history_table(Post.title)
+
+
+def test_the_history_exists_before_the_mappers_are_configured() -> None:
+    class LocalBase(DeclarativeBase):
+        pass
+
+    link = sa.Table(
+        "lk_early_links",
+        LocalBase.metadata,
+        sa.Column("a_id", sa.ForeignKey("lk_early_a.id"), primary_key=True),
+        sa.Column("b_id", sa.ForeignKey("lk_early_b.id"), primary_key=True),
+    )
+
+    try:
+
+        class A(Versioned, LocalBase):
+            __tablename__ = "lk_early_a"
+            id: Mapped[int] = mapped_column(primary_key=True)
+            bs: Mapped[list[B]] = relationship(secondary="lk_early_links")
+
+        assert "lk_early_links_history" not in LocalBase.metadata.tables  # B is not declared yet
+
+        class B(Versioned, LocalBase):
+            __tablename__ = "lk_early_b"
+            id: Mapped[int] = mapped_column(primary_key=True)
+
+        assert "lk_early_links_history" in LocalBase.metadata.tables  # create_all sees it
+        assert link.info["versioning_links"].history.name == "lk_early_links_history"
+    finally:
+        LocalBase.registry.dispose()
+
+
+def test_a_secondary_given_as_a_lambda_gets_its_history_when_configured() -> None:
+    class LocalBase(DeclarativeBase):
+        pass
+
+    try:
+
+        class A(Versioned, LocalBase):
+            __tablename__ = "lk_late_a"
+            id: Mapped[int] = mapped_column(primary_key=True)
+            bs: Mapped[list[B]] = relationship(secondary=lambda: late)
+
+        class B(Versioned, LocalBase):
+            __tablename__ = "lk_late_b"
+            id: Mapped[int] = mapped_column(primary_key=True)
+
+        late = sa.Table(
+            "lk_late_links",
+            LocalBase.metadata,
+            sa.Column("a_id", sa.ForeignKey("lk_late_a.id"), primary_key=True),
+            sa.Column("b_id", sa.ForeignKey("lk_late_b.id"), primary_key=True),
+        )
+        LocalBase.registry.configure()
+        assert link_history_table(A.bs).name == "lk_late_links_history"
+    finally:
+        LocalBase.registry.dispose()
+
+
+@pytest.mark.parametrize("action", [{"ondelete": "CASCADE"}, {"onupdate": "CASCADE"}])
+def test_a_link_foreign_key_the_database_acts_on_is_refused(action: dict[str, str]) -> None:
+    class LocalBase(DeclarativeBase):
+        pass
+
+    sa.Table(
+        "lk_cascading",
+        LocalBase.metadata,
+        sa.Column("a_id", sa.ForeignKey("lk_casc_a.id", **action), primary_key=True),
+        sa.Column("b_id", sa.ForeignKey("lk_casc_b.id"), primary_key=True),
+    )
+    try:
+
+        class A(Versioned, LocalBase):
+            __tablename__ = "lk_casc_a"
+            id: Mapped[int] = mapped_column(primary_key=True)
+            bs: Mapped[list[B]] = relationship(secondary="lk_cascading", passive_deletes=True)
+
+        class B(Versioned, LocalBase):
+            __tablename__ = "lk_casc_b"
+            id: Mapped[int] = mapped_column(primary_key=True)
+
+        assert "lk_cascading_history" not in LocalBase.metadata.tables
+        for _ in range(2):  # refused again at every use
+            with pytest.raises(ConfigurationError) as raised:
+                LocalBase.registry.configure()
+            message = str(raised.value)
+            assert message.startswith("A.bs: the foreign key (a_id) of link table 'lk_cascading'")
+            assert f"has {next(iter(action))}='CASCADE'" in message
+            assert "let the ORM delete the links" in message
+    finally:
+        LocalBase.registry.dispose()
+
+
+def test_a_link_history_name_taken_is_refused() -> None:
+    class LocalBase(DeclarativeBase):
+        pass
+
+    sa.Table("lk_taken_history", LocalBase.metadata, sa.Column("x", sa.Integer))
+    sa.Table(
+        "lk_taken",
+        LocalBase.metadata,
+        sa.Column("a_id", sa.ForeignKey("lk_taken_a.id"), primary_key=True),
+        sa.Column("b_id", sa.ForeignKey("lk_taken_a.id"), primary_key=True),
+    )
+    try:
+        with pytest.raises(ConfigurationError, match="'lk_taken_history' of association table"):
+
+            class A(Versioned, LocalBase):
+                __tablename__ = "lk_taken_a"
+                id: Mapped[int] = mapped_column(primary_key=True)
+                others: Mapped[list[A]] = relationship(
+                    secondary="lk_taken",
+                    primaryjoin="A.id == lk_taken.c.a_id",
+                    secondaryjoin="A.id == lk_taken.c.b_id",
+                )
+    finally:
+        LocalBase.registry.dispose()
+
+
+# --- capture -----------------------------------------------------------------------------------
+
+
+def test_links_added_and_removed_are_recorded_exactly(
+    create_tables: CreateTables, sessions: Sessions
+) -> None:
+    engine = create_tables(Base.metadata)
+    with sessions() as session:
+        t10, t11, t12 = Tag(id=10, name="a"), Tag(id=11, name="b"), Tag(id=12, name="c")
+        post1, post2 = Post(id=1, title="one", tags=[t10, t11]), Post(id=2, title="two")
+        session.add_all([post1, post2, t12])
+        session.commit()  # 1: two links with their new posts
+        post1.tags.remove(t10)
+        post2.tags.append(t10)
+        session.commit()  # 2: one removed, one added
+        post1.tags = [t11, t12]
+        session.commit()  # 3: a list assigned: only the new link
+        post1.tags = [t12]
+        post1.title = "one!"
+        session.commit()  # 4: a link removed with a change of the post
+        session.delete(post1)
+        session.commit()  # 5: the post deleted: its link with it
+        session.delete(t10)
+        session.commit()  # 6: the tag deleted: its link (other side) with it
+    assert links(engine, post_tags) == [
+        (1, INSERT, 1, 10, 1, "auto"),
+        (1, INSERT, 1, 11, 1, "auto"),
+        (2, DELETE, 1, 10, 1, "auto"),
+        (2, INSERT, 2, 10, 1, "auto"),
+        (3, INSERT, 1, 12, 1, "auto"),
+        (4, DELETE, 1, 11, 1, "auto"),
+        (5, DELETE, 1, 12, 1, "auto"),
+        (6, DELETE, 2, 10, 1, "auto"),
+    ]
+    # One transaction row per commit, shared with the records' own history.
+    assert transaction_ids(engine) == [1, 2, 3, 4, 5, 6]
+    with sessions() as session:
+        assert [v.transaction_id for v in versioning.history(session, Post, 1)] == [1, 4, 5]
+
+
+def test_links_keep_the_values_the_database_stored(
+    create_tables: CreateTables, sessions: Sessions
+) -> None:
+    engine = create_tables(Base.metadata)
+    with sessions() as session:
+        session.add_all([Post(id=1, title="one"), Tag(id=10, name="a")])
+        session.commit()
+        session.execute(post_tags.insert().values(post_id=1, tag_id=10, weight=5, note="hand"))
+        session.commit()  # a Core INSERT: not captured (guard_writes flags it)
+        post = session.get(Post, 1)
+        assert post is not None
+        post.tags.clear()
+        session.commit()
+    # The delete holds the row as it was, its extra columns read before the DELETE.
+    assert links(engine, post_tags) == [(2, DELETE, 1, 10, 5, "hand")]
+
+
+def test_links_with_a_composite_key(create_tables: CreateTables, sessions: Sessions) -> None:
+    engine = create_tables(Base.metadata)
+    with sessions() as session:
+        shelf = Shelf(site="north", number=3, books=[Book(id=1), Book(id=2)])
+        session.add(shelf)
+        session.commit()
+        shelf.books.pop(0)
+        session.commit()
+        assert links_as_of(session, Shelf.books, [("north", 3), ("south", 3)], 1) == {
+            ("north", 3): [(1,), (2,)],
+            ("south", 3): [],
+        }
+        assert links_as_of(session, Shelf.books, [("north", 3)], 2) == {("north", 3): [(2,)]}
+        with pytest.raises(ArgumentError, match=r"a key of 2 value\(s\) was expected, got 7"):
+            links_as_of(session, Shelf.books, [7], 2)
+    assert links(engine, shelf_books) == [
+        (1, INSERT, "north", 3, 1),
+        (1, INSERT, "north", 3, 2),
+        (2, DELETE, "north", 3, 1),
+    ]
+
+
+def test_links_of_a_rolled_back_savepoint_are_not_recorded(
+    create_tables: CreateTables, sessions: Sessions
+) -> None:
+    engine = create_tables(Base.metadata)
+    with sessions() as session:
+        post, tag = Post(id=1, title="one"), Tag(id=10, name="a")
+        session.add_all([post, tag])
+        session.flush()
+        with session.begin_nested() as savepoint:
+            post.tags.append(tag)
+            session.flush()
+            savepoint.rollback()
+        session.commit()
+    assert links(engine, post_tags) == []
+
+
+def test_a_link_removed_meanwhile_is_refused_and_nothing_recorded(
+    create_tables: CreateTables, sessions: Sessions
+) -> None:
+    engine = create_tables(Base.metadata)
+    with sessions() as session:
+        session.add(Post(id=1, title="one", tags=[Tag(id=10, name="a")]))
+        session.commit()
+    # Objects kept loaded past their transaction (SQLite lets one writer in at a time).
+    with sessions(expire_on_commit=False) as first, sessions() as second:
+        post = first.get(Post, 1)
+        assert post is not None and [t.id for t in post.tags] == [10]
+        first.commit()
+        other = second.get(Post, 1)
+        assert other is not None
+        other.tags.clear()
+        second.commit()
+        post.tags.clear()
+        with pytest.raises(StaleDataError, match="expected to delete 1 row"):
+            first.commit()
+    assert [row[:2] for row in links(engine, post_tags)] == [(1, INSERT), (2, DELETE)]
+
+
+def test_a_link_added_twice_is_refused_by_the_database(
+    create_tables: CreateTables, sessions: Sessions
+) -> None:
+    engine = create_tables(Base.metadata)
+    with sessions() as session:
+        session.add_all([Post(id=1, title="one"), Tag(id=10, name="a")])
+        session.commit()
+    with sessions(expire_on_commit=False) as first, sessions(expire_on_commit=False) as second:
+        for session in (first, second):
+            post, tag = session.get(Post, 1), session.get(Tag, 10)
+            assert post is not None and tag is not None and post.tags == []
+            session.commit()
+            post.tags.append(tag)
+        first.commit()
+        with pytest.raises(sa.exc.IntegrityError):
+            second.commit()
+    assert [row[:2] for row in links(engine, post_tags)] == [(2, INSERT)]
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+def test_links_as_of_each_moment_from_either_side(
+    create_tables: CreateTables, sessions: Sessions
+) -> None:
+    create_tables(Base.metadata)
+    with sessions() as session:
+        t10, t11 = Tag(id=10, name="a"), Tag(id=11, name="b")
+        post1, post2 = Post(id=1, title="one", tags=[t10, t11]), Post(id=2, title="two")
+        session.add_all([post1, post2])
+        session.commit()  # 1
+        post1.tags.remove(t10)
+        post2.tags.append(t10)
+        session.commit()  # 2
+        session.delete(post1)
+        session.commit()  # 3
+        assert links_as_of(session, Post.tags, [1, 2], 1) == {(1,): [(10,), (11,)], (2,): []}
+        assert links_as_of(session, Post.tags, [1, 2], 2) == {(1,): [(11,)], (2,): [(10,)]}
+        assert links_as_of(session, Post.tags, [1, 2], 3) == {(1,): [], (2,): [(10,)]}
+        assert links_as_of(session, Tag.posts, [10, 11], 1) == {(10,): [(1,)], (11,): [(1,)]}
+        assert links_as_of(session, Tag.posts, [10, 11], 2) == {(10,): [(2,)], (11,): [(1,)]}
+        assert links_as_of(session, Tag.posts, [(10,), (11,)], 3) == {(10,): [(2,)], (11,): []}
+        # Moments as datetimes: after a transaction, and before the first.
+        issued = {
+            v.transaction_id: v.transaction.issued_at for v in versioning.history(session, Post, 1)
+        }
+        assert links_as_of(session, Post.tags, [1], issued[1]) == {(1,): [(10,), (11,)]}
+        assert links_as_of(session, Post.tags, [1], issued[3]) == {(1,): []}
+        long_ago = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+        assert links_as_of(session, Post.tags, [1], long_ago) == {(1,): []}
+        assert links_as_of(session, Post.tags, [], 3) == {}
+
+
+def test_links_as_of_sees_the_links_of_the_open_transaction(
+    create_tables: CreateTables, sessions: Sessions
+) -> None:
+    create_tables(Base.metadata)
+    with sessions() as session:
+        session.add(Post(id=1, title="one", tags=[Tag(id=10, name="a")]))
+        session.commit()
+        post = session.get(Post, 1)
+        assert post is not None
+        post.tags.append(Tag(id=11, name="b"))
+        # Not committed: the pending links are flushed and written with their transaction row.
+        found = links_as_of(session, Post.tags, [1], 10**9)
+        assert found == {(1,): [(10,), (11,)]}
+        session.rollback()
+        assert links_as_of(session, Post.tags, [1], 10**9) == {(1,): [(10,)]}
+
+
+def test_links_as_of_refuses_what_has_no_link_history(sessions: Sessions) -> None:
+    with sessions() as session:
+        with pytest.raises(ArgumentError, match=r"Reader\.books has no link history"):
+            links_as_of(session, Reader.books, [1], 1)
+        with pytest.raises(ArgumentError, match="timezone-aware"):
+            links_as_of(session, Post.tags, [1], dt.datetime(2020, 1, 1))
+
+
+# --- the write guard ---------------------------------------------------------------------------
+
+
+def test_core_writes_to_a_link_table_are_flagged_by_the_guard(
+    create_tables: CreateTables, engine: sa.Engine
+) -> None:
+    create_tables(Base.metadata)
+    guarded = sa.create_engine(engine.url)
+    try:
+        guard_writes(guarded)
+        with Session(guarded) as session:
+            post, tag = Post(id=1, title="one"), Tag(id=10, name="a")
+            post.tags.append(tag)
+            session.add(post)
+            session.commit()  # the flush's own link writes pass
+            post.tags.clear()
+            session.commit()
+            for statement in (
+                post_tags.insert().values(post_id=1, tag_id=10),
+                post_tags.delete(),
+                post_tags.update().values(weight=2),
+            ):
+                with pytest.raises(UncapturedWriteError, match="link table 'lk_post_tags'"):
+                    session.execute(statement)
+                session.rollback()
+        assert [row[:2] for row in links(engine, post_tags)] == [(1, INSERT), (2, DELETE)]
+    finally:
+        guarded.dispose()
+
+
+def test_a_core_statement_on_a_link_table_during_a_flush_is_refused(
+    create_tables: CreateTables, sessions: Sessions
+) -> None:
+    engine = create_tables(Base.metadata)
+
+    def unlink(mapper: Any, connection: sa.Connection, target: Post) -> None:
+        connection.execute(post_tags.delete().where(post_tags.c.post_id == target.id))
+
+    sa.event.listen(Post, "after_update", unlink)
+    try:
+        with sessions() as session:
+            session.add(Post(id=1, title="one", tags=[Tag(id=10, name="a")]))
+            session.commit()
+            post = session.get(Post, 1)
+            assert post is not None
+            post.title = "one!"
+            with pytest.raises(versioning.VersioningError, match="ran during a flush"):
+                session.commit()
+    finally:
+        sa.event.remove(Post, "after_update", unlink)
+    assert [row[:2] for row in links(engine, post_tags)] == [(1, INSERT)]

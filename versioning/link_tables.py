@@ -1,0 +1,245 @@
+"""Declaring link history: the history table of an association table between versioned models.
+
+A relationship with ``secondary=`` between two versioned models writes the rows of that
+association table (its *links*) itself, outside any mapped class. The table gets a history of its
+own, ``<name>_history``, laid out like a model's (see :func:`versioning.schema.history_table_for`):
+version id, transaction id, operation (``insert`` or ``delete``: the ORM never updates a link),
+a snapshot of every column of the link (its foreign keys and any extra column) and ``changes``
+always NULL. Besides the index by link and transaction, each side of the link has an index of its
+own (its columns, then the transaction), so that the links of a set of records at a moment are
+one indexed query from either side (see :mod:`versioning.links`).
+
+The table is added as soon as both tables the association table references are versioned
+(whichever class is declared last), so that ``metadata.create_all()`` and Alembic autogenerate see
+it without configuring the mappers; a ``secondary`` SQLAlchemy only resolves when configuring (a
+lambda, or a table without foreign keys joined by ``primaryjoin``/``secondaryjoin``) gets it when
+the mappers are configured.
+
+Not link history:
+
+* a secondary between a versioned and a non-versioned model: links to records without history;
+  its rows are written as before, unrecorded;
+* a table mapped by a versioned class (the association object pattern): that class is an
+  ordinary versioned model; a relationship writing it as its ``secondary`` is refused (see
+  :mod:`versioning.declaration`).
+
+A foreign key of a link table with a database-side action (``ondelete``/``onupdate``) is refused
+when the mappers are configured: the database would delete or change links without the ORM seeing
+it (links deleted with their parent are recorded when the ORM deletes them, the default without
+``passive_deletes``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.orm import Mapper, RelationshipProperty
+
+from versioning import _compat
+from versioning.declaration import Versioned, versioned_spec
+from versioning.errors import ConfigurationError
+from versioning.guard import register_link_table
+from versioning.schema import (
+    LIVE_TABLE_INFO,
+    META_COLUMNS,
+    _index_name,
+    history_table_for,
+    snapshot_column,
+    transaction_table_for,
+)
+
+__all__ = ["LINKS_INFO", "LinkSpec", "link_spec"]
+
+#: ``Table.info`` key of an association table with link history: its :class:`LinkSpec`.
+LINKS_INFO = "versioning_links"
+#: ``MetaData.info`` key: association tables named by versioned relationships, not yet decided.
+_CANDIDATES = "versioning_link_candidates"
+
+
+@dataclass(frozen=True, eq=False)
+class LinkSpec:
+    """An association table with link history."""
+
+    table: sa.Table
+    history: sa.Table
+    transactions: sa.Table
+    #: The columns of a link (all of the table's), snapshot in history under the same names.
+    columns: tuple[sa.Column[Any], ...]
+
+
+def link_spec(table: Any) -> LinkSpec | None:
+    """The link history of ``table``, if it has one (fast: a dict lookup)."""
+    info = getattr(table, "info", None)
+    found: LinkSpec | None = info.get(LINKS_INFO) if info is not None else None
+    return found
+
+
+def _versioned_table(table: sa.Table) -> bool:
+    return LIVE_TABLE_INFO in table.info
+
+
+def _referenced(table: sa.Table) -> list[sa.Table] | None:
+    """The tables ``table``'s foreign keys reference, ``None`` while one is not declared."""
+    found: list[sa.Table] = []
+    for constraint in table.foreign_key_constraints:
+        try:
+            found.append(constraint.referred_table)
+        except sa.exc.NoReferencedTableError:
+            return None
+    return found
+
+
+def _refusal(table: sa.Table) -> str | None:
+    """Why a link table cannot have exact history (a foreign key the database acts on)."""
+    for constraint in table.foreign_key_constraints:
+        for which in ("ondelete", "onupdate"):
+            raw = getattr(constraint, which)
+            if raw is None or " ".join(str(raw).upper().split()) in ("NO ACTION", "RESTRICT"):
+                continue
+            columns = ", ".join(c.name for c in constraint.columns)
+            return (
+                f"the foreign key ({columns}) of link table {table.fullname!r} has {which}="
+                f"{raw!r}: the database would delete or change links behind the ORM, and "
+                f"versioning does not record that for link tables yet. Remove {which} from the "
+                f"foreign key and let the ORM delete the links (the default, without "
+                f"passive_deletes=True)"
+            )
+    return None
+
+
+def _declare_links(table: sa.Table) -> LinkSpec:
+    """Give ``table`` its link history (once)."""
+    existing = link_spec(table)
+    if existing is not None:
+        return existing
+    name = f"{table.name}_history"
+    key = name if table.schema is None else f"{table.schema}.{name}"
+    if key in table.metadata.tables:
+        raise ConfigurationError(
+            f"cannot create the link history {key!r} of association table {table.fullname!r}: "
+            f"the MetaData already has a table of that name; rename one of them"
+        )
+    clashes = sorted(set(table.c.keys()) & META_COLUMNS)
+    if clashes:
+        raise ConfigurationError(
+            f"association table {table.fullname!r} has column(s) {clashes}, names versioning "
+            f"reserves for its own history columns; rename the column(s)"
+        )
+    fk_columns = [c for c in table.columns if c.foreign_keys]
+    others = [c for c in table.columns if not c.foreign_keys]
+    history = history_table_for(
+        f"association table {table.fullname!r}",
+        name,
+        table,
+        transaction_table_for(table.metadata),
+        [snapshot_column(c.name, c, False) for c in fk_columns],
+        [snapshot_column(c.name, c, False) for c in others],
+    )
+    # One index per side: the links of given records are found from either end.
+    for position, constraint in enumerate(
+        sorted(table.foreign_key_constraints, key=lambda c: tuple(c.column_keys))
+    ):
+        names = [c.name for c in constraint.columns]
+        if names == [c.name for c in fk_columns[: len(names)]]:
+            continue  # a prefix of the (link, transaction) index already
+        sa.Index(_index_name(name, f"side{position}"), *names, history.c.versioning_transaction_id)
+    history.info["link_table"] = table.fullname
+    spec = LinkSpec(table, history, transaction_table_for(table.metadata), tuple(table.columns))
+    table.info[LINKS_INFO] = spec
+    register_link_table(table, history)
+    from versioning import link_capture  # the capture of link writes builds on this module
+
+    link_capture.install()
+    return spec
+
+
+def _eligible(table: sa.Table) -> bool:
+    """Whether the table links versioned tables only, by its foreign keys, and is itself not one."""
+    if _versioned_table(table) or link_spec(table) is not None:
+        return False
+    referenced = _referenced(table)
+    return (
+        bool(referenced)
+        and all(_versioned_table(t) for t in referenced or ())
+        and _refusal(table) is None
+    )
+
+
+def _after_constructed(mapper: Mapper[Any], cls: type[Any]) -> None:
+    """Note the secondaries of a new versioned class; declare those now linking versioned tables."""
+    if versioned_spec(mapper) is None:
+        return
+    candidates: list[sa.Table] = mapper.registry.metadata.info.setdefault(_CANDIDATES, [])
+    for prop in list(mapper._props.values()):
+        if isinstance(prop, RelationshipProperty) and not prop.viewonly:
+            table = _resolved_secondary(prop, mapper)
+            if table is not None and table not in candidates:
+                candidates.append(table)
+    for table in list(candidates):
+        if _eligible(table):
+            _declare_links(table)
+            candidates.remove(table)
+
+
+def _resolved_secondary(prop: RelationshipProperty[Any], mapper: Mapper[Any]) -> sa.Table | None:
+    """``secondary=`` as given, resolved as SQLAlchemy will: a table, a table's name, a callable."""
+    argument: Any = _compat.relationship_secondary_argument(prop)
+    if callable(argument) and not isinstance(argument, sa.FromClause):
+        try:
+            argument = argument()
+        except Exception:  # SQLAlchemy reports it, in its own words, when it configures
+            return None
+    if isinstance(argument, str):
+        argument = mapper.registry.metadata.tables.get(argument)
+    return argument if isinstance(argument, sa.Table) else None
+
+
+def _before_configured(mapper: Mapper[Any], cls: type[Any]) -> None:
+    """Before the mapper is usable: a secondary linking versioned tables gets its link history,
+    or is refused (an error here leaves the mapper unconfigured, so every use fails the same way).
+    """
+    if versioned_spec(mapper) is None:
+        return
+    for prop in mapper._props.values():
+        if not isinstance(prop, RelationshipProperty) or prop.viewonly or prop.parent is not mapper:
+            continue
+        table = _resolved_secondary(prop, mapper)
+        if table is None or _versioned_table(table) or link_spec(table) is not None:
+            continue
+        referenced = _referenced(table)
+        if not referenced or not all(_versioned_table(t) for t in referenced):
+            continue
+        refusal = _refusal(table)
+        if refusal is not None:
+            raise ConfigurationError(f"{cls.__name__}.{prop.key}: {refusal}")
+        _declare_links(table)
+
+
+def _configured(mapper: Mapper[Any], cls: type[Any]) -> None:
+    """A secondary without foreign keys (joined by ``primaryjoin``/``secondaryjoin``) between two
+    versioned models: its link history, now that SQLAlchemy has resolved both ends."""
+    if versioned_spec(mapper) is None:
+        return
+    for prop in mapper.relationships:
+        table = prop.secondary
+        if (
+            prop.parent is not mapper
+            or prop.viewonly
+            or not isinstance(table, sa.Table)
+            or _versioned_table(table)
+            or link_spec(table) is not None
+            or versioned_spec(prop.mapper) is None
+        ):
+            continue
+        refusal = _refusal(table)
+        if refusal is not None:  # pragma: no cover - a foreign key makes it known before
+            raise ConfigurationError(f"{cls.__name__}.{prop.key}: {refusal}")
+        _declare_links(table)
+
+
+event.listen(Versioned, "after_mapper_constructed", _after_constructed, propagate=True)
+event.listen(Versioned, "before_mapper_configured", _before_configured, propagate=True)
+event.listen(Versioned, "mapper_configured", _configured, propagate=True)
