@@ -106,6 +106,9 @@ def test_mapping_and_type_readers_find_what_sqlalchemy_holds() -> None:
             secondary="compat_link", primaryjoin=lambda: A.id == link.c.a, viewonly=True
         )
 
+    declared = _compat.mapper_properties(A.__mapper__)
+    assert not A.__mapper__.configured  # read without configuring
+    assert sorted(p.key for p in declared) == ["id", "others"]
     prop: Any = A.__mapper__.relationships["others"]
     assert _compat.relationship_secondary_argument(prop) == "compat_link"
     assert _compat.mapper_primary_key_argument(A.__mapper__) is None

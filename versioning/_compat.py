@@ -20,6 +20,7 @@ __all__ = [
     "insert_multi_values",
     "insert_values",
     "mapper_primary_key_argument",
+    "mapper_properties",
     "orm_options",
     "post_values_clause",
     "prefixes",
@@ -125,6 +126,12 @@ def relationship_secondary_argument(prop: RelationshipProperty[Any]) -> Any:
     """A relationship's ``secondary=`` as given (a table, a name or a callable), before the mapper
     is configured: ``RelationshipProperty._init_args.secondary.argument`` (2.0, 2.1)."""
     return prop._init_args.secondary.argument
+
+
+def mapper_properties(mapper: Mapper[Any]) -> list[Any]:
+    """A mapper's properties as declared so far, without configuring any mapper (which
+    ``Mapper.relationships`` does): ``Mapper._props`` (2.0, 2.1)."""
+    return list(mapper._props.values())
 
 
 def mapper_primary_key_argument(mapper: Mapper[Any]) -> Any:

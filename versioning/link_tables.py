@@ -173,7 +173,7 @@ def _after_constructed(mapper: Mapper[Any], cls: type[Any]) -> None:
     if versioned_spec(mapper) is None:
         return
     candidates: list[sa.Table] = mapper.registry.metadata.info.setdefault(_CANDIDATES, [])
-    for prop in list(mapper._props.values()):
+    for prop in _compat.mapper_properties(mapper):
         if isinstance(prop, RelationshipProperty) and not prop.viewonly:
             table = _resolved_secondary(prop, mapper)
             if table is not None and table not in candidates:
@@ -203,7 +203,7 @@ def _before_configured(mapper: Mapper[Any], cls: type[Any]) -> None:
     """
     if versioned_spec(mapper) is None:
         return
-    for prop in mapper._props.values():
+    for prop in _compat.mapper_properties(mapper):
         if not isinstance(prop, RelationshipProperty) or prop.viewonly or prop.parent is not mapper:
             continue
         table = _resolved_secondary(prop, mapper)
