@@ -191,7 +191,7 @@ def test_the_history_exists_before_the_mappers_are_configured() -> None:
             id: Mapped[int] = mapped_column(primary_key=True)
 
         assert "lk_early_links_history" in LocalBase.metadata.tables  # create_all sees it
-        assert link.info["versioning_links"].history.name == "lk_early_links_history"
+        assert link.info["versioning_links"] == "lk_early_links_history"
     finally:
         LocalBase.registry.dispose()
 
@@ -529,3 +529,67 @@ def test_a_core_statement_on_a_link_table_during_a_flush_is_refused(
     finally:
         sa.event.remove(Post, "after_update", unlink)
     assert [row[:2] for row in links(engine, post_tags)] == [(1, INSERT)]
+
+
+def test_autogenerate_renders_the_link_history_and_the_migration_runs(engine: sa.Engine) -> None:
+    pytest.importorskip("alembic")
+    from alembic.autogenerate import produce_migrations, render_python_code
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+
+    from versioning.migrations import render_item
+
+    class LocalBase(DeclarativeBase):
+        pass
+
+    link = sa.Table(
+        "lkm_links",
+        LocalBase.metadata,
+        sa.Column("a_id", sa.ForeignKey("lkm_a.id"), primary_key=True),
+        sa.Column("b_id", sa.ForeignKey("lkm_b.id"), primary_key=True),
+    )
+
+    class A(Versioned, LocalBase):
+        __tablename__ = "lkm_a"
+        id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+        bs: Mapped[list[B]] = relationship(secondary=link)
+
+    class B(Versioned, LocalBase):
+        __tablename__ = "lkm_b"
+        id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+
+    names = set(LocalBase.metadata.tables)
+    assert "lkm_links_history" in names
+    try:
+        with engine.begin() as connection:
+            context = MigrationContext.configure(
+                connection,
+                opts={
+                    "target_metadata": LocalBase.metadata,
+                    "render_item": render_item,
+                    "include_name": lambda name, type_, parents: type_ != "table" or name in names,
+                },
+            )
+            upgrade = produce_migrations(context, LocalBase.metadata).upgrade_ops
+            assert upgrade is not None
+            code = render_python_code(upgrade, render_item=render_item, migration_context=context)
+            assert "op.create_table('lkm_links_history'" in code
+            assert "info={'versioning': 'history'" in code  # append-only triggers with it
+            assert "op.create_index('ix_lkm_links_history_side1', 'lkm_links_history'" in code
+            namespace: dict[str, Any] = {"sa": sa, "op": Operations(context)}
+            exec("from sqlalchemy.dialects import mysql", namespace)
+            exec(code.replace("\n    ", "\n"), namespace)
+        with Session(engine) as session:
+            a = A(id=1, bs=[B(id=2)])
+            session.add(a)
+            session.commit()
+            a.bs.clear()
+            session.commit()
+            assert links_as_of(session, A.bs, [1], 1) == {(1,): [(2,)]}
+            assert links_as_of(session, A.bs, [1], 2) == {(1,): []}
+        assert [row[:2] for row in links(engine, link)] == [(1, INSERT), (2, DELETE)]
+        with pytest.raises(versioning.AppendOnlyError), engine.begin() as connection:
+            connection.execute(link_history_table(A.bs).delete())
+    finally:
+        LocalBase.metadata.drop_all(engine)
+        LocalBase.registry.dispose()

@@ -31,6 +31,7 @@ it (links deleted with their parent are recorded when the ORM deletes them, the 
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +54,7 @@ from versioning.schema import (
 
 __all__ = ["LINKS_INFO", "LinkSpec", "link_spec"]
 
-#: ``Table.info`` key of an association table with link history: its :class:`LinkSpec`.
+#: ``Table.info`` key of an association table with link history: the history table's name.
 LINKS_INFO = "versioning_links"
 #: ``MetaData.info`` key: association tables named by versioned relationships, not yet decided.
 _CANDIDATES = "versioning_link_candidates"
@@ -70,11 +71,17 @@ class LinkSpec:
     columns: tuple[sa.Column[Any], ...]
 
 
+#: The link history of each association table that has one. ``Table.info`` only names it (a
+#: string, as for versioned tables): Alembic writes a table's ``info`` into its migration.
+_SPECS: weakref.WeakKeyDictionary[sa.Table, LinkSpec] = weakref.WeakKeyDictionary()
+
+
 def link_spec(table: Any) -> LinkSpec | None:
     """The link history of ``table``, if it has one (fast: a dict lookup)."""
     info = getattr(table, "info", None)
-    found: LinkSpec | None = info.get(LINKS_INFO) if info is not None else None
-    return found
+    if info is None or LINKS_INFO not in info:
+        return None
+    return _SPECS.get(table)
 
 
 def _versioned_table(table: sa.Table) -> bool:
@@ -148,7 +155,8 @@ def _declare_links(table: sa.Table) -> LinkSpec:
         sa.Index(_index_name(name, f"side{position}"), *names, history.c.versioning_transaction_id)
     history.info["link_table"] = table.fullname
     spec = LinkSpec(table, history, transaction_table_for(table.metadata), tuple(table.columns))
-    table.info[LINKS_INFO] = spec
+    _SPECS[table] = spec
+    table.info[LINKS_INFO] = history.name
     register_link_table(table, history)
     from versioning import link_capture  # the capture of link writes builds on this module
 
