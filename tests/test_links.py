@@ -10,7 +10,9 @@ flagged by ``guard_writes``. Database tests run on SQLite, PostgreSQL and MariaD
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -111,6 +113,29 @@ class Reader(Base):
     )
 
 
+friendships = sa.Table(
+    "lk_friendships",
+    Base.metadata,
+    sa.Column("person_id", sa.ForeignKey("lk_people.id"), primary_key=True),
+    sa.Column("friend_id", sa.ForeignKey("lk_people.id"), primary_key=True),
+)
+
+
+class Person(Versioned, Base):
+    """Self-referential links; a changed key would update them (passive_updates=False)."""
+
+    __tablename__ = "lk_people"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    friends: Mapped[list[Person]] = relationship(
+        secondary=friendships,
+        primaryjoin=lambda: Person.id == friendships.c.person_id,
+        secondaryjoin=lambda: Person.id == friendships.c.friend_id,
+        order_by=lambda: Person.id,
+        passive_updates=False,
+    )
+
+
 def links(engine: sa.Engine, table: sa.Table) -> list[tuple[Any, ...]]:
     """The link history rows of ``table``: (transaction id, operation, link columns...)."""
     history = link_history_table_of(table)
@@ -123,7 +148,8 @@ def links(engine: sa.Engine, table: sa.Table) -> list[tuple[Any, ...]]:
 
 
 def link_history_table_of(table: sa.Table) -> sa.Table:
-    return table.metadata.tables[f"{table.name}_history"]
+    name = f"{table.name}_history"
+    return table.metadata.tables[name if table.schema is None else f"{table.schema}.{name}"]
 
 
 def transaction_ids(engine: sa.Engine) -> list[int]:
@@ -593,3 +619,144 @@ def test_autogenerate_renders_the_link_history_and_the_migration_runs(engine: sa
     finally:
         LocalBase.metadata.drop_all(engine)
         LocalBase.registry.dispose()
+
+
+# --- a link table in another schema -------------------------------------------------------------
+
+#: A schema (PostgreSQL) or database (MariaDB) of this test run only.
+OTHER = f"versioning_links_{os.getpid()}"
+
+
+@pytest.fixture
+def other_schema(engine: sa.Engine, tmp_path: Path) -> Iterator[sa.Engine]:
+    """An engine on the test database where the schema :data:`OTHER` exists (SQLite: attached)."""
+    if engine.dialect.name == "sqlite":
+        own = sa.create_engine(f"sqlite:///{tmp_path / 'main.sqlite'}")
+
+        @sa.event.listens_for(own, "connect")
+        def _connect(dbapi_connection: Any, record: Any) -> None:
+            dbapi_connection.execute(f"ATTACH DATABASE '{tmp_path / 'other.sqlite'}' AS {OTHER}")
+
+        yield own
+        own.dispose()
+        return
+    create, drop = (
+        ("CREATE SCHEMA", "DROP SCHEMA IF EXISTS {} CASCADE")
+        if engine.dialect.name == "postgresql"
+        else ("CREATE DATABASE", "DROP DATABASE IF EXISTS {}")
+    )
+    with engine.begin() as connection:
+        connection.exec_driver_sql(drop.format(OTHER))
+        connection.exec_driver_sql(f"{create} {OTHER}")
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with engine.begin() as connection:
+            connection.exec_driver_sql(drop.format(OTHER))
+
+
+def test_a_link_table_in_another_schema_keeps_its_history_there(other_schema: sa.Engine) -> None:
+    class LocalBase(DeclarativeBase):
+        pass
+
+    link = sa.Table(
+        "lks_links",
+        LocalBase.metadata,
+        sa.Column("a_id", sa.ForeignKey(f"{OTHER}.lks_a.id"), primary_key=True),
+        sa.Column("b_id", sa.ForeignKey(f"{OTHER}.lks_b.id"), primary_key=True),
+        schema=OTHER,
+    )
+
+    class A(Versioned, LocalBase):
+        __tablename__ = "lks_a"
+        __table_args__ = {"schema": OTHER}
+        id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+        bs: Mapped[list[B]] = relationship(secondary=link)
+
+    class B(Versioned, LocalBase):
+        __tablename__ = "lks_b"
+        __table_args__ = {"schema": OTHER}
+        id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+
+    history = link_history_table(A.bs)
+    assert (history.schema, history.name) == (OTHER, "lks_links_history")
+    try:
+        LocalBase.metadata.create_all(other_schema)
+        with Session(other_schema) as session:
+            a = A(id=1, bs=[B(id=2), B(id=3)])
+            session.add(a)
+            session.commit()
+            a.bs.pop()
+            session.commit()
+            assert links_as_of(session, A.bs, [1], 1) == {(1,): [(2,), (3,)]}
+            assert links_as_of(session, A.bs, [1], 2) == {(1,): [(2,)]}
+        assert links(other_schema, link) == [
+            (1, INSERT, 1, 2),
+            (1, INSERT, 1, 3),
+            (2, DELETE, 1, 3),
+        ]
+        guarded = sa.create_engine(other_schema.url)
+        try:
+            guard_writes(guarded)
+            with guarded.connect() as connection, pytest.raises(UncapturedWriteError):
+                connection.execute(link.delete())
+        finally:
+            guarded.dispose()
+    finally:
+        LocalBase.metadata.drop_all(other_schema)
+        LocalBase.registry.dispose()
+
+
+def test_self_referential_links(create_tables: CreateTables, sessions: Sessions) -> None:
+    engine = create_tables(Base.metadata)
+    with sessions() as session:
+        ann, bob, cid = Person(id=1), Person(id=2), Person(id=3)
+        ann.friends = [bob, cid]
+        bob.friends = [ann]
+        session.add_all([ann, bob, cid])
+        session.commit()
+        ann.friends.remove(bob)
+        session.commit()
+        assert links_as_of(session, Person.friends, [1, 2, 3], 1) == {
+            (1,): [(2,), (3,)],
+            (2,): [(1,)],
+            (3,): [],
+        }
+        assert links_as_of(session, Person.friends, [1, 2], 2) == {(1,): [(3,)], (2,): [(1,)]}
+    assert sorted(links(engine, friendships)) == [
+        (1, INSERT, 1, 2),
+        (1, INSERT, 1, 3),
+        (1, INSERT, 2, 1),
+        (2, DELETE, 1, 2),
+    ]
+
+
+def test_links_updated_in_place_are_refused(
+    create_tables: CreateTables, sessions: Sessions
+) -> None:
+    """A changed key with passive_updates=False makes the ORM update the links; with foreign
+    keys enforced the database refuses it first, so they are switched off here."""
+    engine = create_tables(Base.metadata)
+    with sessions() as session:
+        session.add(Person(id=1, friends=[Person(id=2)]))
+        session.commit()
+    unchecked = sa.create_engine(engine.url)  # SQLite: no PRAGMA foreign_keys on this one
+    try:
+        with Session(unchecked) as session:
+            if unchecked.dialect.name == "postgresql":
+                session.execute(sa.text("SET LOCAL session_replication_role = replica"))
+            elif unchecked.dialect.name == "mariadb":
+                session.execute(sa.text("SET foreign_key_checks = 0"))
+            person = session.get(Person, 1)
+            assert person is not None and [p.id for p in person.friends] == [2]
+            person.id = 5
+            with pytest.raises(versioning.VersioningError, match="would update links of"):
+                session.flush()
+            session.rollback()
+            if unchecked.dialect.name == "mariadb":
+                session.execute(sa.text("SET foreign_key_checks = 1"))
+                session.commit()
+    finally:
+        unchecked.dispose()
+    assert links(engine, friendships) == [(1, INSERT, 1, 2)]
