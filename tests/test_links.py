@@ -521,6 +521,10 @@ def test_core_writes_to_a_link_table_are_flagged_by_the_guard(
             session.commit()  # the flush's own link writes pass
             post.tags.clear()
             session.commit()
+            post.tags.append(tag)
+            session.commit()
+            session.delete(post)  # a flush that only deletes: its links go first
+            session.commit()
             for statement in (
                 post_tags.insert().values(post_id=1, tag_id=10),
                 post_tags.delete(),
@@ -529,9 +533,34 @@ def test_core_writes_to_a_link_table_are_flagged_by_the_guard(
                 with pytest.raises(UncapturedWriteError, match="link table 'lk_post_tags'"):
                     session.execute(statement)
                 session.rollback()
-        assert [row[:2] for row in links(engine, post_tags)] == [(1, INSERT), (2, DELETE)]
+        assert [row[:2] for row in links(engine, post_tags)] == [
+            (1, INSERT),
+            (2, DELETE),
+            (3, INSERT),
+            (4, DELETE),
+        ]
     finally:
         guarded.dispose()
+
+
+def test_a_core_statement_after_a_flush_with_nothing_to_write_is_not_taken_for_the_flush(
+    create_tables: CreateTables, sessions: Sessions
+) -> None:
+    engine = create_tables(Base.metadata)
+    with sessions() as session:
+        session.add(Post(id=1, title="one", tags=[Tag(id=10, name="a")]))
+        session.commit()
+
+        @sa.event.listens_for(session, "before_flush")
+        def _keep_out(session: Session, context: Any, instances: Any) -> None:
+            for new in list(session.new):
+                session.expunge(new)
+
+        session.add(Tag(id=11, name="b"))
+        session.flush()  # before_flush left nothing to write: the flush ends early, no after_flush
+        session.execute(post_tags.delete())  # Core, outside any flush: not recorded
+        session.commit()
+    assert links(engine, post_tags) == [(1, INSERT, 1, 10, 1, "auto")]
 
 
 def test_a_core_statement_on_a_link_table_during_a_flush_is_refused(

@@ -27,6 +27,7 @@ __all__ = [
     "relationship_secondary_argument",
     "replace_rollback_exception",
     "returning",
+    "session_flushing",
     "set_clause",
     "type_affinity",
     "type_is_null",
@@ -109,6 +110,12 @@ def replace_rollback_exception(
     """
     if transaction is not None and getattr(transaction, "_rollback_exception", None) is not None:
         transaction._rollback_exception = error
+
+
+def session_flushing(session: Session) -> bool:
+    """Whether ``session`` is inside ``flush()`` right now: ``Session._flushing`` (2.0, 2.1).
+    ``before_flush`` has no matching event when a flush finds nothing to write."""
+    return bool(session._flushing)
 
 
 def has_cycles(context: UOWTransaction) -> bool:

@@ -26,6 +26,7 @@ errors are in :mod:`versioning.errors`.
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -48,6 +49,7 @@ __all__ = [
     "UncapturedWriteError",
     "UncapturedWriteWarning",
     "end_flush",
+    "flushing_session",
     "guard_writes",
     "mark_flush",
     "register_link_table",
@@ -79,6 +81,27 @@ def register_link_table(link: sa.Table, history: sa.Table) -> None:
     """Remember an association table with link history (see :mod:`versioning.link_tables`)."""
     for table, kind in ((link, "link"), (history, "history")):
         _TABLES.setdefault(_key(table.schema, table.name), kind)
+    if not event.contains(Session, "before_flush", _flush_starts):
+        event.listen(Session, "before_flush", _flush_starts)
+
+
+#: The session whose flush started last in this context (see :func:`flushing_session`).
+_flush_session: ContextVar[weakref.ref[Session] | None] = ContextVar(
+    "versioning_flush_session", default=None
+)
+
+
+def _flush_starts(session: Session, flush_context: Any, instances: Any) -> None:
+    _flush_session.set(weakref.ref(session))
+
+
+def flushing_session() -> Session | None:
+    """The session whose flush is running in this context, if one is (known once a link table
+    is declared). The unit of work writes links before any mapper event of a flush that only
+    deletes, so the flush is noted from its start."""
+    ref = _flush_session.get()
+    session = ref() if ref is not None else None
+    return session if session is not None and _compat.session_flushing(session) else None
 
 
 def _key(schema: str | None, name: str) -> tuple[str | None, str]:
@@ -199,8 +222,8 @@ def guard_writes(
         kind, name = target
         verb = type(clauseelement).__name__.upper()
         if kind == "link":
-            if _flushing.get():
-                return  # the flush's own links: their statements carry no compiled cache
+            if flushing_session() is not None:
+                return  # the flush's own links (recorded by versioning.link_capture)
             message = (
                 f"a Core {verb} on link table {name!r} (the secondary of a relationship between "
                 f"versioned models) runs outside the ORM, so no link history is recorded for "

@@ -24,7 +24,6 @@ flags them.
 
 from __future__ import annotations
 
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +33,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, UOWTransaction
 from sqlalchemy.sql.dml import Delete, Insert, Update
 
+from versioning import guard
 from versioning.declaration import versioned_spec
 from versioning.errors import VersioningError
 from versioning.link_tables import LinkSpec, link_spec
@@ -50,27 +50,24 @@ _CHUNK = 500
 class _Flush:
     """The link rows one session's running flush wrote, table by table."""
 
-    session: Session
     rows: dict[LinkSpec, list[dict[str, Any]]] = field(default_factory=dict)
     #: The rows a DELETE about to run will match (read in before_execute).
     reading: dict[int, tuple[LinkSpec, list[dict[str, Any]]]] = field(default_factory=dict)
 
 
-_current: ContextVar[_Flush | None] = ContextVar("versioning_link_flush", default=None)
-_TOKEN = "_versioning_link_flush"
+#: ``Session.info`` key: the :class:`_Flush` of the session's running flush.
+_KEY = "_versioning_link_flush"
 
 
-def _start(session: Session, flush_context: UOWTransaction, instances: object) -> None:
-    session.info[_TOKEN] = _current.set(_Flush(session))
-
-
-def _stop(session: Session) -> _Flush | None:
-    token = session.info.pop(_TOKEN, None)
-    if token is None:
+def _flush() -> _Flush | None:
+    """The bookkeeping of the flush running in this context, if any."""
+    session = guard.flushing_session()
+    if session is None:
         return None
-    flush = _current.get()
-    _current.reset(token)
-    return flush
+    found: _Flush | None = session.info.get(_KEY)
+    if found is None:
+        found = session.info[_KEY] = _Flush()
+    return found
 
 
 def _in(spec: LinkSpec, names: list[str], values: list[tuple[Any, ...]]) -> Any:
@@ -118,7 +115,7 @@ def _before(
     if not isinstance(clauseelement, Insert | Delete | Update):
         return
     spec = link_spec(getattr(clauseelement, "table", None))
-    flush = _current.get() if spec is not None else None
+    flush = _flush() if spec is not None else None
     if spec is None or flush is None:
         return
     if isinstance(clauseelement, Update):
@@ -160,7 +157,7 @@ def _after(
     if not isinstance(clauseelement, Insert | Delete):
         return
     spec = link_spec(getattr(clauseelement, "table", None))
-    flush = _current.get() if spec is not None else None
+    flush = _flush() if spec is not None else None
     if spec is None or flush is None:
         return
     if isinstance(clauseelement, Delete):
@@ -216,7 +213,7 @@ def _note(flush: _Flush, spec: LinkSpec, operation: Operation, rows: list[dict[s
 
 
 def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
-    flush = _stop(session)
+    flush: _Flush | None = session.info.pop(_KEY, None)
     if flush is None or not any(flush.rows.values()):
         return
     mappers = [versioned_spec(state.mapper) for state in flush_context.states]
@@ -235,7 +232,7 @@ def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
 
 
 def _flush_failed(session: Session, previous_transaction: object) -> None:
-    _stop(session)
+    session.info.pop(_KEY, None)
 
 
 _installed = False
@@ -247,7 +244,6 @@ def install() -> None:
     if _installed:
         return
     _installed = True
-    event.listen(Session, "before_flush", _start)
     event.listen(Session, "after_flush", _after_flush)
     event.listen(Session, "after_soft_rollback", _flush_failed)
     event.listen(Engine, "before_execute", _before)
