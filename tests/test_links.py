@@ -789,3 +789,27 @@ def test_links_updated_in_place_are_refused(
     finally:
         unchecked.dispose()
     assert links(engine, friendships) == [(1, INSERT, 1, 2)]
+
+
+def test_restoring_a_record_leaves_its_links_as_they_are(
+    create_tables: CreateTables, sessions: Sessions
+) -> None:
+    engine = create_tables(Base.metadata)
+    with sessions() as session:
+        tag = Tag(id=10, name="a")
+        post = Post(id=1, title="one", tags=[tag])
+        session.add(post)
+        session.commit()  # 1
+        post.tags.clear()
+        post.title = "two"
+        session.commit()  # 2
+        versioning.restore(session, Post, 1, at=1)
+        session.commit()  # 3: the title only
+        assert [t.id for t in session.get(Post, 1).tags] == []  # type: ignore[union-attr]
+        session.delete(session.get(Post, 1))
+        session.commit()  # 4
+        versioning.restore(session, Post, 1, at=3)
+        session.commit()  # 5: re-created without links
+        assert links_as_of(session, Post.tags, [1], 5) == {(1,): []}
+        assert session.get(Post, 1).title == "one"  # type: ignore[union-attr]
+    assert [row[:2] for row in links(engine, post_tags)] == [(1, INSERT), (2, DELETE)]
