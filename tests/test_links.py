@@ -813,3 +813,42 @@ def test_restoring_a_record_leaves_its_links_as_they_are(
         assert links_as_of(session, Post.tags, [1], 5) == {(1,): []}
         assert session.get(Post, 1).title == "one"  # type: ignore[union-attr]
     assert [row[:2] for row in links(engine, post_tags)] == [(1, INSERT), (2, DELETE)]
+
+
+def test_a_secondary_without_foreign_keys_gets_its_history_when_configured() -> None:
+    class LocalBase(DeclarativeBase):
+        pass
+
+    loose = sa.Table(
+        "lk_loose",
+        LocalBase.metadata,
+        sa.Column("a_ref", sa.Integer, primary_key=True),
+        sa.Column("b_ref", sa.Integer, primary_key=True),
+        sa.Column("since", sa.Integer),
+    )
+    try:
+
+        class A(Versioned, LocalBase):
+            __tablename__ = "lk_loose_a"
+            id: Mapped[int] = mapped_column(primary_key=True)
+            bs: Mapped[list[B]] = relationship(
+                secondary=loose,
+                primaryjoin=lambda: A.id == sa.orm.foreign(loose.c.a_ref),
+                secondaryjoin=lambda: B.id == sa.orm.foreign(loose.c.b_ref),
+            )
+
+        class B(Versioned, LocalBase):
+            __tablename__ = "lk_loose_b"
+            id: Mapped[int] = mapped_column(primary_key=True)
+
+        assert "lk_loose_history" not in LocalBase.metadata.tables  # not known before
+        LocalBase.registry.configure()
+        history = link_history_table(A.bs)
+        assert [c.name for c in history.c][3:6] == ["a_ref", "b_ref", "since"]
+        assert {tuple(c.name for c in index.columns) for index in history.indexes} == {
+            ("a_ref", "b_ref", "versioning_transaction_id"),
+            ("b_ref", "versioning_transaction_id"),
+            ("versioning_transaction_id",),
+        }
+    finally:
+        LocalBase.registry.dispose()

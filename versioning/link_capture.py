@@ -193,9 +193,9 @@ def _read_back(
     connection: Connection, spec: LinkSpec, sent: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """The inserted rows as stored, when the database filled in some of their columns."""
-    names = [c.name for c in spec.columns if c.foreign_keys and all(c.name in r for r in sent)]
+    names = [c.name for c in spec.keys if all(c.name in row for row in sent)]
     values = [tuple(row[name] for name in names) for row in sent]
-    rows = _read(connection, spec, names, values, lock=False)
+    rows = _read(connection, spec, names, values, lock=False) if names else []
     if len(rows) != len(sent):
         raise VersioningError(
             f"cannot read back the links just inserted into {spec.table.fullname!r} to record "

@@ -69,6 +69,8 @@ class LinkSpec:
     transactions: sa.Table
     #: The columns of a link (all of the table's), snapshot in history under the same names.
     columns: tuple[sa.Column[Any], ...]
+    #: The columns that identify a link: its foreign keys (or the columns it is joined on).
+    keys: tuple[sa.Column[Any], ...]
 
 
 #: The link history of each association table that has one. ``Table.info`` only names it (a
@@ -117,8 +119,12 @@ def _refusal(table: sa.Table) -> str | None:
     return None
 
 
-def _declare_links(table: sa.Table) -> LinkSpec:
-    """Give ``table`` its link history (once)."""
+def _declare_links(table: sa.Table, joined: list[sa.Column[Any]] | None = None) -> LinkSpec:
+    """Give ``table`` its link history (once).
+
+    The columns of its foreign keys identify a link (and are indexed); a table without foreign
+    keys is identified by the ``joined`` columns the relationship joins it on.
+    """
     existing = link_spec(table)
     if existing is not None:
         return existing
@@ -129,14 +135,15 @@ def _declare_links(table: sa.Table) -> LinkSpec:
             f"cannot create the link history {key!r} of association table {table.fullname!r}: "
             f"the MetaData already has a table of that name; rename one of them"
         )
-    clashes = sorted(set(table.c.keys()) & META_COLUMNS)
+    clashes = sorted({c.name for c in table.columns} & META_COLUMNS)
     if clashes:
         raise ConfigurationError(
             f"association table {table.fullname!r} has column(s) {clashes}, names versioning "
             f"reserves for its own history columns; rename the column(s)"
         )
-    fk_columns = [c for c in table.columns if c.foreign_keys]
-    others = [c for c in table.columns if not c.foreign_keys]
+    keyed = {c for c in table.columns if c.foreign_keys} or set(joined or ())
+    fk_columns = [c for c in table.columns if c in keyed]
+    others = [c for c in table.columns if c not in keyed]
     history = history_table_for(
         f"association table {table.fullname!r}",
         name,
@@ -146,15 +153,20 @@ def _declare_links(table: sa.Table) -> LinkSpec:
         [snapshot_column(c.name, c, False) for c in others],
     )
     # One index per side: the links of given records are found from either end.
-    for position, constraint in enumerate(
-        sorted(table.foreign_key_constraints, key=lambda c: tuple(c.column_keys))
-    ):
-        names = [c.name for c in constraint.columns]
+    sides = [tuple(c.columns) for c in table.foreign_key_constraints] or [(c,) for c in fk_columns]
+    for position, side in enumerate(sorted(sides, key=lambda cs: tuple(c.key for c in cs))):
+        names = [c.name for c in side]
         if names == [c.name for c in fk_columns[: len(names)]]:
             continue  # a prefix of the (link, transaction) index already
         sa.Index(_index_name(name, f"side{position}"), *names, history.c.versioning_transaction_id)
     history.info["link_table"] = table.fullname
-    spec = LinkSpec(table, history, transaction_table_for(table.metadata), tuple(table.columns))
+    spec = LinkSpec(
+        table,
+        history,
+        transaction_table_for(table.metadata),
+        tuple(table.columns),
+        tuple(fk_columns),
+    )
     _SPECS[table] = spec
     table.info[LINKS_INFO] = history.name
     register_link_table(table, history)
@@ -245,7 +257,9 @@ def _configured(mapper: Mapper[Any], cls: type[Any]) -> None:
         refusal = _refusal(table)
         if refusal is not None:  # pragma: no cover - a foreign key makes it known before
             raise ConfigurationError(f"{cls.__name__}.{prop.key}: {refusal}")
-        _declare_links(table)
+        pairs = [*prop.synchronize_pairs, *(prop.secondary_synchronize_pairs or ())]
+        joined = [c for _, c in pairs if isinstance(c, sa.Column) and c.table is table]
+        _declare_links(table, joined)
 
 
 event.listen(Versioned, "after_mapper_constructed", _after_constructed, propagate=True)
