@@ -136,6 +136,25 @@ class Person(Versioned, Base):
     )
 
 
+watching = sa.Table(
+    "lk_watching",
+    Base.metadata,
+    sa.Column("post_id", sa.ForeignKey("lk_posts.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("user_id", sa.ForeignKey("lk_users.id", ondelete="CASCADE"), primary_key=True),
+)
+
+
+class User(Versioned, Base):
+    """Links the database deletes with their post or user (and not the ORM)."""
+
+    __tablename__ = "lk_users"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    watched: Mapped[list[Post]] = relationship(
+        secondary=watching, passive_deletes=True, order_by=lambda: Post.id
+    )
+
+
 def links(engine: sa.Engine, table: sa.Table) -> list[tuple[Any, ...]]:
     """The link history rows of ``table``: (transaction id, operation, link columns...)."""
     history = link_history_table_of(table)
@@ -249,8 +268,10 @@ def test_a_secondary_given_as_a_lambda_gets_its_history_when_configured() -> Non
         LocalBase.registry.dispose()
 
 
-@pytest.mark.parametrize("action", [{"ondelete": "CASCADE"}, {"onupdate": "CASCADE"}])
-def test_a_link_foreign_key_the_database_acts_on_is_refused(action: dict[str, str]) -> None:
+@pytest.mark.parametrize("action", [{"ondelete": "SET NULL"}, {"onupdate": "CASCADE"}])
+def test_a_link_foreign_key_the_database_changes_links_through_is_refused(
+    action: dict[str, str],
+) -> None:
     class LocalBase(DeclarativeBase):
         pass
 
@@ -277,8 +298,9 @@ def test_a_link_foreign_key_the_database_acts_on_is_refused(action: dict[str, st
                 LocalBase.registry.configure()
             message = str(raised.value)
             assert message.startswith("A.bs: the foreign key (a_id) of link table 'lk_cascading'")
-            assert f"has {next(iter(action))}='CASCADE'" in message
-            assert "let the ORM delete the links" in message
+            which, value = next(iter(action.items()))
+            assert f"has {which}={value!r}" in message
+            assert "ondelete='CASCADE' is recorded" in message
     finally:
         LocalBase.registry.dispose()
 
@@ -852,3 +874,114 @@ def test_a_secondary_without_foreign_keys_gets_its_history_when_configured() -> 
         }
     finally:
         LocalBase.registry.dispose()
+
+
+def test_a_cascade_to_a_table_the_database_deletes_from_is_refused() -> None:
+    class LocalBase(DeclarativeBase):
+        pass
+
+    sa.Table(
+        "lk_deep",
+        LocalBase.metadata,
+        sa.Column("a_id", sa.ForeignKey("lk_deep_a.id", ondelete="CASCADE"), primary_key=True),
+        sa.Column("b_id", sa.ForeignKey("lk_deep_b.id"), primary_key=True),
+    )
+    try:
+
+        class Owner(Versioned, LocalBase):
+            __tablename__ = "lk_deep_owner"
+            id: Mapped[int] = mapped_column(primary_key=True)
+
+        class A(Versioned, LocalBase):
+            __tablename__ = "lk_deep_a"
+            id: Mapped[int] = mapped_column(primary_key=True)
+            owner_id: Mapped[int] = mapped_column(
+                sa.ForeignKey("lk_deep_owner.id", ondelete="CASCADE")
+            )
+            bs: Mapped[list[B]] = relationship(secondary="lk_deep")
+
+        class B(Versioned, LocalBase):
+            __tablename__ = "lk_deep_b"
+            id: Mapped[int] = mapped_column(primary_key=True)
+
+        with pytest.raises(ConfigurationError, match="whose rows the database itself may delete"):
+            LocalBase.registry.configure()
+    finally:
+        LocalBase.registry.dispose()
+
+
+def test_links_the_database_deletes_with_their_record_are_recorded(
+    create_tables: CreateTables, sessions: Sessions
+) -> None:
+    engine = create_tables(Base.metadata)
+    with sessions() as session:
+        first, second, third = Post(id=1, title="a"), Post(id=2, title="b"), Post(id=3, title="c")
+        session.add_all([User(id=7, watched=[first, second]), User(id=8, watched=[second, third])])
+        session.commit()  # 1
+        session.delete(first)  # no relationship from Post: the database deletes its link
+        session.commit()  # 2
+        session.expire_all()
+        session.delete(session.get(User, 7))  # passive_deletes: its links are not even loaded
+        session.commit()  # 3
+        user = session.get(User, 8)
+        assert user is not None and [p.id for p in user.watched] == [2, 3]
+        session.delete(user)  # loaded: the ORM deletes the links itself, once
+        session.commit()  # 4
+        assert links_as_of(session, User.watched, [7, 8], 1) == {
+            (7,): [(1,), (2,)],
+            (8,): [(2,), (3,)],
+        }
+        assert links_as_of(session, User.watched, [7, 8], 3) == {(7,): [], (8,): [(2,), (3,)]}
+    assert links(engine, watching) == [
+        (1, INSERT, 1, 7),
+        (1, INSERT, 2, 7),
+        (1, INSERT, 2, 8),
+        (1, INSERT, 3, 8),
+        (2, DELETE, 1, 7),
+        (3, DELETE, 2, 7),
+        (4, DELETE, 2, 8),
+        (4, DELETE, 3, 8),
+    ]
+
+
+def test_links_a_connection_without_foreign_keys_leaves_are_not_recorded(
+    create_tables: CreateTables, sessions: Sessions
+) -> None:
+    engine = create_tables(Base.metadata)
+    with sessions() as session:
+        session.add(User(id=7, watched=[Post(id=1, title="a")]))
+        session.commit()
+    unchecked = sa.create_engine(engine.url)  # SQLite: no PRAGMA foreign_keys on this one
+    try:
+        with Session(unchecked) as session:
+            if unchecked.dialect.name == "postgresql":
+                session.execute(sa.text("SET LOCAL session_replication_role = replica"))
+            elif unchecked.dialect.name == "mariadb":
+                session.execute(sa.text("SET foreign_key_checks = 0"))
+            session.delete(session.get(Post, 1))
+            session.commit()
+            if unchecked.dialect.name == "mariadb":
+                session.execute(sa.text("SET foreign_key_checks = 1"))
+                session.commit()
+    finally:
+        unchecked.dispose()
+    with engine.connect() as connection:  # the link is still there, dangling
+        assert connection.execute(sa.select(watching)).all() == [(1, 7)]
+    assert links(engine, watching) == [(1, INSERT, 1, 7)]
+
+
+def test_a_delete_statement_whose_links_the_database_deletes_is_refused(
+    create_tables: CreateTables, sessions: Sessions
+) -> None:
+    engine = create_tables(Base.metadata)
+    with sessions() as session:
+        session.add(User(id=7, watched=[Post(id=1, title="a")]))
+        session.commit()
+        with pytest.raises(versioning.VersioningError, match=r"session\.delete\(obj\)"):
+            session.execute(sa.delete(Post).where(Post.id == 1))
+        session.rollback()
+        session.execute(sa.delete(Tag))  # no link of Tag cascades: recorded as usual
+        session.commit()
+    assert links(engine, watching) == [(1, INSERT, 1, 7)]
+    with engine.connect() as connection:
+        assert connection.execute(sa.select(Post.id)).scalars().all() == [1]

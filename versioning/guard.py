@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = [
     "UncapturedWriteError",
     "UncapturedWriteWarning",
+    "capturing",
     "end_flush",
     "flushing_session",
     "guard_writes",
@@ -116,6 +117,11 @@ def writing() -> Iterator[None]:
         yield
     finally:
         _writing.reset(token)
+
+
+def capturing() -> bool:
+    """Whether a statement the library captures (an ORM-enabled statement) is running here."""
+    return _writing.get() > 0
 
 
 #: ``Session.info`` key: the token of :data:`_flushing` set by the session's running flush.

@@ -30,10 +30,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.orm import Session, UOWTransaction
+from sqlalchemy.orm import InstanceState, Session, UOWTransaction
 from sqlalchemy.sql.dml import Delete, Insert, Update
 
 from versioning import guard
+from versioning.cascades import _enforced as enforces_foreign_keys
 from versioning.declaration import versioned_spec
 from versioning.errors import VersioningError
 from versioning.link_tables import LinkSpec, link_spec
@@ -41,32 +42,42 @@ from versioning.operation import Operation
 from versioning.recording import write_rows
 from versioning.schema import CHANGES, OPERATION
 
-__all__ = ["install"]
+__all__ = ["Flush", "current_flush", "install", "read_links"]
 
 _CHUNK = 500
 
 
 @dataclass(eq=False)
-class _Flush:
+class Flush:
     """The link rows one session's running flush wrote, table by table."""
 
+    #: The flush (``None`` if its start was not seen).
+    context: UOWTransaction | None = None
     rows: dict[LinkSpec, list[dict[str, Any]]] = field(default_factory=dict)
     #: The rows a DELETE about to run will match (read in before_execute).
     reading: dict[int, tuple[LinkSpec, list[dict[str, Any]]]] = field(default_factory=dict)
+    #: Records whose links the database deletes were read for (:mod:`versioning.link_cascades`).
+    planned: set[InstanceState[Any]] = field(default_factory=set)
+    #: Links the database deletes with their records, if it enforces foreign keys then.
+    cascaded: list[tuple[Connection, LinkSpec, list[dict[str, Any]]]] = field(default_factory=list)
 
 
-#: ``Session.info`` key: the :class:`_Flush` of the session's running flush.
+#: ``Session.info`` key: the :class:`Flush` of the session's running flush.
 _KEY = "_versioning_link_flush"
 
 
-def _flush() -> _Flush | None:
+def _start(session: Session, flush_context: UOWTransaction, instances: object) -> None:
+    session.info[_KEY] = Flush(flush_context)
+
+
+def current_flush() -> Flush | None:
     """The bookkeeping of the flush running in this context, if any."""
     session = guard.flushing_session()
     if session is None:
         return None
-    found: _Flush | None = session.info.get(_KEY)
+    found: Flush | None = session.info.get(_KEY)
     if found is None:
-        found = session.info[_KEY] = _Flush()
+        found = session.info[_KEY] = Flush()
     return found
 
 
@@ -77,7 +88,7 @@ def _in(spec: LinkSpec, names: list[str], values: list[tuple[Any, ...]]) -> Any:
     return sa.tuple_(*columns).in_(values)
 
 
-def _read(
+def read_links(
     connection: Connection,
     spec: LinkSpec,
     names: list[str],
@@ -115,7 +126,7 @@ def _before(
     if not isinstance(clauseelement, Insert | Delete | Update):
         return
     spec = link_spec(getattr(clauseelement, "table", None))
-    flush = _flush() if spec is not None else None
+    flush = current_flush() if spec is not None else None
     if spec is None or flush is None:
         return
     if isinstance(clauseelement, Update):
@@ -142,7 +153,7 @@ def _before(
     keys = list(sets[0])
     names = [spec.table.c[key].name for key in keys]
     values = [tuple(row[key] for key in keys) for row in sets]
-    rows = _read(connection, spec, names, values, lock=True)
+    rows = read_links(connection, spec, names, values, lock=True)
     flush.reading[id(clauseelement)] = (spec, rows)
 
 
@@ -157,7 +168,7 @@ def _after(
     if not isinstance(clauseelement, Insert | Delete):
         return
     spec = link_spec(getattr(clauseelement, "table", None))
-    flush = _flush() if spec is not None else None
+    flush = current_flush() if spec is not None else None
     if spec is None or flush is None:
         return
     if isinstance(clauseelement, Delete):
@@ -195,7 +206,7 @@ def _read_back(
     """The inserted rows as stored, when the database filled in some of their columns."""
     names = [c.name for c in spec.keys if all(c.name in row for row in sent)]
     values = [tuple(row[name] for name in names) for row in sent]
-    rows = _read(connection, spec, names, values, lock=False) if names else []
+    rows = read_links(connection, spec, names, values, lock=False) if names else []
     if len(rows) != len(sent):
         raise VersioningError(
             f"cannot read back the links just inserted into {spec.table.fullname!r} to record "
@@ -206,15 +217,23 @@ def _read_back(
     return rows
 
 
-def _note(flush: _Flush, spec: LinkSpec, operation: Operation, rows: list[dict[str, Any]]) -> None:
+def _note(flush: Flush, spec: LinkSpec, operation: Operation, rows: list[dict[str, Any]]) -> None:
     target = flush.rows.setdefault(spec, [])
     for row in rows:
         target.append({**row, OPERATION: operation, CHANGES: None})
 
 
 def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
-    flush: _Flush | None = session.info.pop(_KEY, None)
-    if flush is None or not any(flush.rows.values()):
+    flush: Flush | None = session.info.pop(_KEY, None)
+    if flush is None:
+        return
+    enforced: dict[Connection, bool] = {}
+    for connection, spec, rows in flush.cascaded:
+        if connection not in enforced:
+            enforced[connection] = enforces_foreign_keys(connection)
+        if enforced[connection]:
+            _note(flush, spec, Operation.DELETE, rows)
+    if not any(flush.rows.values()):
         return
     mappers = [versioned_spec(state.mapper) for state in flush_context.states]
     for spec, rows in flush.rows.items():
@@ -244,6 +263,7 @@ def install() -> None:
     if _installed:
         return
     _installed = True
+    event.listen(Session, "before_flush", _start)
     event.listen(Session, "after_flush", _after_flush)
     event.listen(Session, "after_soft_rollback", _flush_failed)
     event.listen(Engine, "before_execute", _before)

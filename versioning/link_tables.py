@@ -23,10 +23,10 @@ Not link history:
   ordinary versioned model; a relationship writing it as its ``secondary`` is refused (see
   :mod:`versioning.declaration`).
 
-A foreign key of a link table with a database-side action (``ondelete``/``onupdate``) is refused
-when the mappers are configured: the database would delete or change links without the ORM seeing
-it (links deleted with their parent are recorded when the ORM deletes them, the default without
-``passive_deletes``).
+A foreign key of a link table with ``ondelete="CASCADE"`` (to a primary key) is followed: the
+links the database deletes with their record are recorded (see :mod:`versioning.link_cascades`).
+Other database-side actions (``SET NULL``, ``onupdate``) would change links, which are only ever
+inserted or deleted, and are refused when the mappers are configured.
 """
 
 from __future__ import annotations
@@ -101,21 +101,51 @@ def _referenced(table: sa.Table) -> list[sa.Table] | None:
     return found
 
 
+def _action(raw: Any) -> str | None:
+    action = None if raw is None else " ".join(str(raw).upper().split())
+    return None if action in (None, "NO ACTION", "RESTRICT") else action
+
+
 def _refusal(table: sa.Table) -> str | None:
-    """Why a link table cannot have exact history (a foreign key the database acts on)."""
+    """Why a link table cannot have exact history: a foreign key the database acts on, other than
+    an ``ondelete="CASCADE"`` to the primary key of a table whose rows only the ORM deletes."""
     for constraint in table.foreign_key_constraints:
+        columns = ", ".join(c.name for c in constraint.columns)
+        what = f"the foreign key ({columns}) of link table {table.fullname!r}"
         for which in ("ondelete", "onupdate"):
             raw = getattr(constraint, which)
-            if raw is None or " ".join(str(raw).upper().split()) in ("NO ACTION", "RESTRICT"):
+            action = _action(raw)
+            if action is None or (which, action) == ("ondelete", "CASCADE"):
                 continue
-            columns = ", ".join(c.name for c in constraint.columns)
             return (
-                f"the foreign key ({columns}) of link table {table.fullname!r} has {which}="
-                f"{raw!r}: the database would delete or change links behind the ORM, and "
-                f"versioning does not record that for link tables yet. Remove {which} from the "
-                f"foreign key and let the ORM delete the links (the default, without "
-                f"passive_deletes=True)"
+                f"{what} has {which}={raw!r}: the database would change links behind the ORM, "
+                f"and a link is inserted or deleted, never changed. Remove {which} from the "
+                f"foreign key (ondelete='CASCADE' is recorded)"
             )
+        if _action(constraint.ondelete) is None:
+            continue
+        try:
+            referenced = constraint.referred_table
+        except sa.exc.NoReferencedTableError:
+            continue  # decided once it is declared
+        targets = {element.column for element in constraint.elements}
+        if targets != set(referenced.primary_key.columns):
+            return (
+                f"{what} has ondelete='CASCADE' to columns of {referenced.fullname!r} other than "
+                f"its primary key; versioning records links the database deletes by their "
+                f"record's key only. Point the foreign key at the primary key, or remove "
+                f"ondelete and let the ORM delete the links"
+            )
+        for other in referenced.foreign_key_constraints:
+            if _action(other.ondelete) is not None:
+                return (
+                    f"{what} has ondelete='CASCADE' to {referenced.fullname!r}, whose rows the "
+                    f"database itself may delete or change (its foreign key "
+                    f"({', '.join(c.name for c in other.columns)}) has ondelete="
+                    f"{other.ondelete!r}); the links it would delete with them cannot be "
+                    f"recorded. Remove ondelete from the link table's foreign key and let the "
+                    f"ORM delete the links"
+                )
     return None
 
 
@@ -170,9 +200,16 @@ def _declare_links(table: sa.Table, joined: list[sa.Column[Any]] | None = None) 
     _SPECS[table] = spec
     table.info[LINKS_INFO] = history.name
     register_link_table(table, history)
-    from versioning import link_capture  # the capture of link writes builds on this module
+    # The capture of link writes builds on this module.
+    from versioning import link_capture, link_cascades
 
     link_capture.install()
+    for constraint in table.foreign_key_constraints:
+        if _action(constraint.ondelete) == "CASCADE":
+            referenced = constraint.referred_table
+            by_target = {element.column: element.parent for element in constraint.elements}
+            columns = tuple(by_target[c].name for c in referenced.primary_key.columns)
+            link_cascades.add_edge(referenced, spec, columns)
     return spec
 
 
