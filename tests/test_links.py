@@ -932,7 +932,7 @@ def test_links_the_database_deletes_with_their_record_are_recorded(
             (8,): [(2,), (3,)],
         }
         assert links_as_of(session, User.watched, [7, 8], 3) == {(7,): [], (8,): [(2,), (3,)]}
-    assert links(engine, watching) == [
+    assert sorted(links(engine, watching)) == [  # the order within a statement may vary
         (1, INSERT, 1, 7),
         (1, INSERT, 2, 7),
         (1, INSERT, 2, 8),
