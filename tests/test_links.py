@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -91,10 +92,22 @@ class Shelf(Versioned, Base):
     books: Mapped[list[Book]] = relationship(secondary=shelf_books, order_by="Book.id")
 
 
+scores = sa.Table(
+    "lk_scores",
+    Base.metadata,
+    sa.Column("book_id", sa.ForeignKey("lk_books.id"), primary_key=True),
+    sa.Column("tag_id", sa.ForeignKey("lk_tags.id"), primary_key=True),
+    # Sent as these, stored rounded (PostgreSQL, MariaDB) and without microseconds (MariaDB).
+    sa.Column("score", sa.Numeric(5, 2), default=Decimal("1.005")),
+    sa.Column("at", sa.DateTime(), default=dt.datetime(2024, 1, 2, 3, 4, 5, 678901)),
+)
+
+
 class Book(Versioned, Base):
     __tablename__ = "lk_books"
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    tags: Mapped[list[Tag]] = relationship(secondary=scores)
 
 
 class Reader(Base):
@@ -985,3 +998,23 @@ def test_a_delete_statement_whose_links_the_database_deletes_is_refused(
     assert links(engine, watching) == [(1, INSERT, 1, 7)]
     with engine.connect() as connection:
         assert connection.execute(sa.select(Post.id)).scalars().all() == [1]
+
+
+def test_links_hold_the_values_the_database_stored(
+    create_tables: CreateTables, sessions: Sessions
+) -> None:
+    engine = create_tables(Base.metadata)
+    with sessions() as session:
+        session.add(Book(id=1, tags=[Tag(id=10, name="a")]))
+        session.commit()
+        with engine.connect() as connection:
+            stored = tuple(connection.execute(sa.select(scores)).one())
+        if engine.dialect.name != "sqlite":
+            assert stored[2] == Decimal("1.01")  # not what was sent
+        if engine.dialect.name == "mariadb":
+            assert stored[3].microsecond == 0  # truncated or rounded
+        book = session.get(Book, 1)
+        assert book is not None
+        book.tags.clear()
+        session.commit()
+    assert links(engine, scores) == [(1, INSERT, *stored), (2, DELETE, *stored)]

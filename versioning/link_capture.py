@@ -29,11 +29,11 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.orm import InstanceState, Session, UOWTransaction
 from sqlalchemy.sql.dml import Delete, Insert, Update
 
-from versioning import guard
+from versioning import guard, stored
 from versioning.cascades import _enforced as enforces_foreign_keys
 from versioning.declaration import versioned_spec
 from versioning.errors import VersioningError
@@ -195,9 +195,29 @@ def _after(
     rows = [
         {by_key[key].name: value for key, value in row.items() if key in by_key} for row in sent
     ]
-    if rows and any(len(row) < len(spec.columns) for row in rows):
+    if rows and _incomplete(spec, connection.dialect, rows):
         rows = _read_back(connection, spec, rows)
     _note(flush, spec, Operation.INSERT, rows)
+
+
+def _incomplete(spec: LinkSpec, dialect: Dialect, rows: list[dict[str, Any]]) -> bool:
+    """Whether the database filled in columns of these rows, or may store a value otherwise
+    than sent (see :mod:`versioning.stored`)."""
+    checks = spec.stored_checks.get(dialect.name)
+    if checks is None:
+        checks = spec.stored_checks[dialect.name] = {
+            column.name: check
+            for column in spec.columns
+            if (check := stored.exactness(column.type, dialect)) is not None
+        }
+    width = len(spec.columns)
+    for row in rows:
+        if len(row) < width:
+            return True
+        for name, check in checks.items():
+            if not stored.is_stored_as_sent(check, row[name]):
+                return True
+    return False
 
 
 def _read_back(

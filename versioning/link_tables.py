@@ -11,9 +11,11 @@ one indexed query from either side (see :mod:`versioning.links`).
 
 The table is added as soon as both tables the association table references are versioned
 (whichever class is declared last), so that ``metadata.create_all()`` and Alembic autogenerate see
-it without configuring the mappers; a ``secondary`` SQLAlchemy only resolves when configuring (a
-lambda, or a table without foreign keys joined by ``primaryjoin``/``secondaryjoin``) gets it when
-the mappers are configured.
+it without configuring the mappers. A ``secondary`` given by name or lambda is tried again at each
+versioned class declared after it; one known only when configuring (a lambda of a table declared
+after every model, or a table without foreign keys joined by ``primaryjoin``/``secondaryjoin``)
+gets its history when the mappers are configured (``configure_mappers()`` before ``create_all()``
+then).
 
 Not link history:
 
@@ -32,7 +34,7 @@ inserted or deleted, and are refused when the mappers are configured.
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -56,7 +58,7 @@ __all__ = ["LINKS_INFO", "LinkSpec", "link_spec"]
 
 #: ``Table.info`` key of an association table with link history: the history table's name.
 LINKS_INFO = "versioning_links"
-#: ``MetaData.info`` key: association tables named by versioned relationships, not yet decided.
+#: ``MetaData.info`` key: relationships of versioned classes whose secondary is not decided yet.
 _CANDIDATES = "versioning_link_candidates"
 
 
@@ -71,6 +73,9 @@ class LinkSpec:
     columns: tuple[sa.Column[Any], ...]
     #: The columns that identify a link: its foreign keys (or the columns it is joined on).
     keys: tuple[sa.Column[Any], ...]
+    #: Per dialect name: the columns whose stored value may differ from the one sent (see
+    #: :func:`versioning.stored.exactness`), filled on first use.
+    stored_checks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 #: The link history of each association table that has one. ``Table.info`` only names it (a
@@ -229,16 +234,24 @@ def _after_constructed(mapper: Mapper[Any], cls: type[Any]) -> None:
     """Note the secondaries of a new versioned class; declare those now linking versioned tables."""
     if versioned_spec(mapper) is None:
         return
-    candidates: list[sa.Table] = mapper.registry.metadata.info.setdefault(_CANDIDATES, [])
-    for prop in _compat.mapper_properties(mapper):
-        if isinstance(prop, RelationshipProperty) and not prop.viewonly:
-            table = _resolved_secondary(prop, mapper)
-            if table is not None and table not in candidates:
-                candidates.append(table)
-    for table in list(candidates):
+    # Relationships whose secondary is not known yet (a name or lambda of a table declared
+    # later) are tried again at each versioned class declared after them.
+    pending: list[tuple[RelationshipProperty[Any], Mapper[Any]]] = (
+        mapper.registry.metadata.info.setdefault(_CANDIDATES, [])
+    )
+    pending.extend(
+        (prop, mapper)
+        for prop in _compat.mapper_properties(mapper)
+        if isinstance(prop, RelationshipProperty) and not prop.viewonly
+    )
+    for entry in list(pending):
+        table = _resolved_secondary(*entry)
+        if table is None:
+            continue
         if _eligible(table):
             _declare_links(table)
-            candidates.remove(table)
+        if link_spec(table) is not None or _referenced(table) is not None:
+            pending.remove(entry)  # decided: it has link history, or never will before configure
 
 
 def _resolved_secondary(prop: RelationshipProperty[Any], mapper: Mapper[Any]) -> sa.Table | None:
