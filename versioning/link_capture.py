@@ -33,7 +33,7 @@ from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.orm import InstanceState, Session, UOWTransaction
 from sqlalchemy.sql.dml import Delete, Insert, Update
 
-from versioning import guard, stored
+from versioning import _compat, guard, stored
 from versioning.cascades import _enforced as enforces_foreign_keys
 from versioning.declaration import versioned_spec
 from versioning.errors import VersioningError
@@ -137,24 +137,35 @@ def _before(
         )
     sets = _parameter_sets(multiparams, params)
     if isinstance(clauseelement, Insert):
-        if clauseelement.select is None:
-            return  # its rows are its parameters, read after it (see _after)
+        if (
+            clauseelement.select is None
+            and not _compat.insert_multi_values(clauseelement)
+            and not _compat.prefixes(clauseelement)
+            and _compat.post_values_clause(clauseelement) is None
+        ):
+            return  # the unit of work's: its rows are its parameters, taken after it (_after)
     elif sets and all(
         isinstance(row, dict) and row and all(key in spec.table.c for key in row) for row in sets
     ):
-        pass  # the unit of work's DELETE: one set of link columns per link
-    else:
-        raise VersioningError(
-            f"a {type(clauseelement).__name__.upper()} statement on link table "
-            f"{spec.table.fullname!r} ran during a flush (from an event hook?): the rows it "
-            f"writes are not known, so no link history can record them. Change the "
-            f"relationship's collection instead"
-        )
+        _read_before_delete(connection, flush, spec, clauseelement, sets)
+        return  # the unit of work's DELETE: one set of link columns per link
+    raise VersioningError(
+        f"a {type(clauseelement).__name__.upper()} statement on link table "
+        f"{spec.table.fullname!r} ran during a flush (from an event hook?): the rows it writes "
+        f"are not known, so no link history can record them. Change the relationship's "
+        f"collection instead"
+    )
+
+
+def _read_before_delete(
+    connection: Connection, flush: Flush, spec: LinkSpec, statement: Any, sets: list[Any]
+) -> None:
+    """Read (and lock) the rows the DELETE will match, by the link columns of its parameters."""
     keys = list(sets[0])
     names = [spec.table.c[key].name for key in keys]
     values = [tuple(row[key] for key in keys) for row in sets]
     rows = read_links(connection, spec, names, values, lock=True)
-    flush.reading[id(clauseelement)] = (spec, rows)
+    flush.reading[id(statement)] = (spec, rows)
 
 
 def _after(
