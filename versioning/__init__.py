@@ -13,6 +13,7 @@ import sqlalchemy as _sa
 
 from versioning import append_only as _append_only  # noqa: F401 - installs the triggers' hooks
 from versioning import capture as _capture  # noqa: F401 - installs the session hooks
+from versioning import link_tables as _link_tables  # noqa: F401 - declares link history
 from versioning import masks
 from versioning import statements as _statements  # noqa: F401 - installs the statement hook
 from versioning.context import AuditContext, audit_context, current_context, set_actor
@@ -35,6 +36,7 @@ from versioning.errors import (
 )
 from versioning.guard import guard_writes
 from versioning.integrity import AutoSealer, Digest, Problem, Report, Seal, digest, seal, verify
+from versioning.links import link_history_table, links_as_of
 from versioning.operation import Operation
 from versioning.reading import Transaction, Version, as_of, history, version_at
 from versioning.restoring import restore
@@ -74,6 +76,8 @@ __all__ = [
     "guard_writes",
     "history",
     "history_table",
+    "link_history_table",
+    "links_as_of",
     "masks",
     "restore",
     "seal",

@@ -21,12 +21,14 @@ __all__ = [
     "insert_multi_values",
     "insert_values",
     "mapper_primary_key_argument",
+    "mapper_properties",
     "orm_options",
     "post_values_clause",
     "prefixes",
     "relationship_secondary_argument",
     "replace_rollback_exception",
     "returning",
+    "session_flushing",
     "set_clause",
     "type_affinity",
     "type_is_null",
@@ -111,6 +113,12 @@ def replace_rollback_exception(
         transaction._rollback_exception = error
 
 
+def session_flushing(session: Session) -> bool:
+    """Whether ``session`` is inside ``flush()`` right now: ``Session._flushing`` (2.0, 2.1).
+    ``before_flush`` has no matching event when a flush finds nothing to write."""
+    return bool(session._flushing)
+
+
 def has_cycles(context: UOWTransaction) -> bool:
     """Whether the flush has a dependency cycle, so that it writes state by state.
 
@@ -126,6 +134,12 @@ def relationship_secondary_argument(prop: RelationshipProperty[Any]) -> Any:
     """A relationship's ``secondary=`` as given (a table, a name or a callable), before the mapper
     is configured: ``RelationshipProperty._init_args.secondary.argument`` (2.0, 2.1)."""
     return prop._init_args.secondary.argument
+
+
+def mapper_properties(mapper: Mapper[Any]) -> list[Any]:
+    """A mapper's properties as declared so far, without configuring any mapper (which
+    ``Mapper.relationships`` does): ``Mapper._props`` (2.0, 2.1)."""
+    return list(mapper._props.values())
 
 
 def mapper_primary_key_argument(mapper: Mapper[Any]) -> Any:

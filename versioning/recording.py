@@ -56,6 +56,7 @@ __all__ = [
     "note_reason",
     "write_changes",
     "write_pending",
+    "write_rows",
 ]
 
 _KEY = "_versioning"
@@ -225,6 +226,19 @@ def write_changes(session: Session, changes: list[Change]) -> None:
     for history, (connection, spec, rows) in grouped.items():
         if rows:
             _note_rows(session, connection, spec.transactions, spec.root.mapper, history, rows)
+
+
+def write_rows(
+    session: Session,
+    mapper: Mapper[Any],
+    transactions: sa.Table,
+    history: sa.Table,
+    rows: list[dict[str, Any]],
+) -> None:
+    """Record history rows built elsewhere (link history: :mod:`versioning.link_capture`), in the
+    transaction of ``mapper``'s database, exactly as :func:`write_changes` records its rows."""
+    connection = session.connection(bind_arguments={"mapper": mapper})
+    _note_rows(session, connection, transactions, mapper, history, rows)
 
 
 def _note_rows(
