@@ -1028,3 +1028,34 @@ def test_links_hold_the_values_the_database_stored(
         book.tags.clear()
         session.commit()
     assert links(engine, scores) == [(1, INSERT, *stored), (2, DELETE, *stored)]
+
+
+def test_link_history_is_covered_by_digests_and_verify(
+    create_tables: CreateTables, sessions: Sessions
+) -> None:
+    """Link rows are hashed into their transaction's digest like any history row: a sealed
+    history with links verifies, and a link row changed afterwards is named."""
+    from helpers import tamper
+
+    engine = create_tables(Base.metadata)
+    with sessions() as session:
+        post = Post(id=1, title="p")
+        post.tags = [Tag(id=1, name="a"), Tag(id=2, name="b")]
+        session.add(post)
+        session.commit()
+        post.tags.pop(0)
+        session.commit()
+        assert versioning.seal(session, metadata=Base.metadata) is not None
+        session.commit()
+        report = versioning.verify(session, metadata=Base.metadata)
+    assert report.ok, report.problems
+    links = link_history_table(Post.tags)
+    assert report.versions_checked == 3 + 2 + 1  # a post and two tags; two links; one removed
+    with engine.begin() as connection, tamper(connection):
+        first = connection.execute(sa.select(sa.func.min(links.c.versioning_id))).scalar_one()
+        connection.execute(links.update().where(links.c.versioning_id == first).values(weight=99))
+    with sessions() as session:
+        report = versioning.verify(session, metadata=Base.metadata)
+    assert [(p.kind, p.table, p.version_id) for p in report.problems] == [
+        ("altered", links.fullname, first)
+    ]

@@ -245,10 +245,17 @@ def _pick(specs: list[ModelSpec], existing: set[str], given: bool) -> _Target | 
     if not chosen:
         return None
     histories: dict[str, sa.Table] = {}
-    for _, group in chosen:
-        for spec in group:
-            known = histories.setdefault(spec.history.fullname, spec.history)
-            if known is not spec.history and known.c.keys() != spec.history.c.keys():
+    for meta, group in chosen:
+        # The models' history tables, and the link history tables of their MetaData
+        # (versioning.link_tables) that exist.
+        tables = [spec.history for spec in group] + [
+            table
+            for table in meta.tables.values()
+            if table.info.get("versioning") == "history" and table.fullname in existing
+        ]
+        for table in tables:
+            known = histories.setdefault(table.fullname, table)
+            if known is not table and known.c.keys() != table.c.keys():
                 raise ArgumentError(
                     f"several MetaData describe the history table {known.fullname!r} "
                     f"differently: pass metadata= (your models' MetaData)"
