@@ -554,3 +554,37 @@ def test_the_append_only_helpers_need_a_connection_and_a_metadata() -> None:
     online = Operations(MigrationContext.configure(dialect_name="sqlite"))
     with pytest.raises(ArgumentError, match=r"drop_append_only\(\) takes the MetaData"):
         drop_append_only(online)  # no target_metadata in env.py and none given
+
+
+def test_a_cascading_child_leaves_nothing_unrenderable_in_the_parents_info() -> None:
+    """What the declaration learns of foreign-key actions stays out of ``Table.info``, which
+    Alembic writes into ``op.create_table``: the generated code must hold plain values only."""
+    from alembic.autogenerate import produce_migrations, render_python_code
+    from alembic.migration import MigrationContext
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Parent(Versioned, Base):
+        __tablename__ = "mig_cascade_parents"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class Child(Versioned, Base):
+        __tablename__ = "mig_cascade_children"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        parent_id: Mapped[int] = mapped_column(
+            sa.ForeignKey("mig_cascade_parents.id", ondelete="CASCADE")
+        )
+
+    try:
+        Base.registry.configure()
+        from versioning.declaration import cascade_edges
+
+        assert len(cascade_edges(Parent.__table__)) == 1  # the declaration did learn it
+        with sa.create_engine("sqlite://").connect() as connection:
+            context = MigrationContext.configure(connection)
+            code = render_python_code(produce_migrations(context, Base.metadata).upgrade_ops)
+        assert "op.create_table('mig_cascade_parents'" in code
+        assert "CascadeEdge" not in code and "versioning_cascades" not in code
+    finally:
+        Base.registry.dispose()
