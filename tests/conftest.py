@@ -100,9 +100,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("backend", wanted, scope="session")
 
 
-def _sqlite_engine(path: Path) -> sa.Engine:
+def _sqlite_engine(path: Path, **options: Any) -> sa.Engine:
     """SQLite with working SAVEPOINTs: pysqlite's own transaction handling is turned off."""
-    engine = sa.create_engine(f"sqlite:///{path}")
+    engine = sa.create_engine(f"sqlite:///{path}", **options)
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, record: Any) -> None:
@@ -302,6 +302,21 @@ def _no_audit_context_left_behind() -> Iterator[None]:
     leaked = versioning_context._current.get()
     versioning_context._current.reset(token)
     assert leaked is None, "the test left an audit context open on its thread"
+
+
+@pytest.fixture
+def queued_engine(engine: sa.Engine) -> Iterator[sa.Engine]:
+    """``engine`` for many concurrent writers: on SQLite, which lets one writer in at a time, an
+    engine on the same database whose one connection the writers queue for (woken as soon as it is
+    free, where a locked database file makes them poll it in sleeps of up to 100 ms); elsewhere
+    ``engine`` itself."""
+    if engine.dialect.name != "sqlite":
+        yield engine
+        return
+    assert engine.url.database is not None
+    queued = _sqlite_engine(Path(engine.url.database), pool_size=1, max_overflow=0, pool_timeout=60)
+    yield queued
+    queued.dispose()
 
 
 @pytest.fixture
