@@ -7,6 +7,7 @@ read back with ``versioning.history``: who (actor), from where (source_ip) and w
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -1188,8 +1189,12 @@ def test_bad_configuration_raises_at_construction(options: dict[str, Any], form:
 # --- concurrency --------------------------------------------------------------------------------
 
 
-def test_concurrent_requests_each_record_their_own_actor(db: Sessions) -> None:
+def test_concurrent_requests_each_record_their_own_actor(
+    db: Sessions, queued_engine: sa.Engine
+) -> None:
     threads, rounds = 20, 2
+    # The writes queue for SQLite's one writer (see queued_engine); the reads use ``db``.
+    writers: Sessions = functools.partial(Session, queued_engine)
     barrier = threading.Barrier(threads, timeout=30)
     app = Flask(__name__)
     app.testing = True
@@ -1203,7 +1208,7 @@ def test_concurrent_requests_each_record_their_own_actor(db: Sessions) -> None:
         # Every request of the round is inside its view, its context open, before any writes.
         barrier.wait()
         before_write = context_fields()
-        write_item(db, item_id, f"by {before_write['actor']}")
+        write_item(writers, item_id, f"by {before_write['actor']}")
         return before_write
 
     def worker(number: int) -> list[tuple[int, dict[str, Any], str]]:

@@ -625,7 +625,7 @@ def test_mariadb_repeatable_read_makes_the_other_transaction_wait(
     statement = upsert("mariadb", Note, ["id"], {"body": "@body"})
     with sessions() as session, audit_context(actor="a"):
         with other_writer_commits_first(
-            engine, "ON DUPLICATE", lambda: _other_inserts(other_engine, "theirs", 1)
+            engine, "ON DUPLICATE", lambda: _other_inserts(other_engine, "theirs", 0)
         ) as errors:
             session.execute(statement, [{"id": 3, "body": "mine", "code": "C"}])
         [error] = errors

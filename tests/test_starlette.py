@@ -1275,7 +1275,7 @@ def test_bad_configuration_fails_the_app_before_any_request_is_served(
 @pytest.mark.parametrize("how", ["callable", "set_actor", "authentication"])
 @pytest.mark.parametrize("kind", ["async", "sync"])
 def test_concurrent_requests_never_see_each_others_context(
-    kind: str, how: str, engine: sa.Engine, create_tables: Tables
+    kind: str, how: str, engine: sa.Engine, queued_engine: sa.Engine, create_tables: Tables
 ) -> None:
     """50 requests at once, each with its own actor, client IP and request id.
 
@@ -1286,7 +1286,7 @@ def test_concurrent_requests_never_see_each_others_context(
     create_tables(Base.metadata)
     rendezvous = Rendezvous(async_parties=N_CONCURRENT, sync_parties=10)
     app = make_app(
-        engine,
+        queued_engine,
         actor=header_actor if how == "callable" else None,
         auth="inside" if how == "authentication" else None,
         trusted_proxies=["10.0.0.0/8"],
