@@ -50,11 +50,15 @@ def _two_notes(engine: sa.Engine) -> None:
         session.commit()
 
 
-def _changes(table: sa.Table) -> list[tuple[str, sa.Executable]]:
+def _changes(engine: sa.Engine, table: sa.Table) -> list[tuple[str, sa.Executable]]:
+    """An UPDATE and a DELETE of the table's first row (ids carry on from earlier tests)."""
     key = table.c.versioning_id if table is NOTES else table.c.id
+    with engine.connect() as connection:
+        first = connection.scalar(sa.select(sa.func.min(key)))
+    assert first is not None
     return [
-        ("UPDATE", sa.update(table).where(key == 1).values({key: 10})),
-        ("DELETE", sa.delete(table).where(key == 1)),
+        ("UPDATE", sa.update(table).where(key == first).values({key: first + 1000})),
+        ("DELETE", sa.delete(table).where(key == first)),
     ]
 
 
@@ -64,7 +68,7 @@ def test_update_and_delete_are_refused_through_the_orm_and_core(
 ) -> None:
     engine = create_tables(Base.metadata)
     _two_notes(engine)
-    for operation, statement in _changes(table):
+    for operation, statement in _changes(engine, table):
         with Session(engine) as session, pytest.raises(AppendOnlyError) as raised:
             session.execute(statement)
         assert (raised.value.table, raised.value.operation) == (table.name, operation)
