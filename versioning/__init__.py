@@ -15,6 +15,7 @@ from versioning import masks
 from versioning import statements as _statements  # noqa: F401 - installs the statement hook
 from versioning.context import AuditContext, audit_context, current_context, set_actor
 from versioning.declaration import Versioned, VersionedOptions, history_table
+from versioning.diffing import ERASED, diff
 from versioning.erasing import erase
 from versioning.errors import (
     AppendOnlyError,
@@ -24,6 +25,7 @@ from versioning.errors import (
     ContextError,
     EncodingError,
     ErasureError,
+    RelationshipHistoryError,
     RestoreConflictError,
     RestoreError,
     UncapturedWriteError,
@@ -35,8 +37,10 @@ from versioning.operation import Operation
 from versioning.reading import Transaction, Version, as_of, history, version_at
 from versioning.restoring import restore
 from versioning.schema import TRANSACTION_TABLE, transaction_table_for
+from versioning.table_at import all_as_of
 
 __all__ = [
+    "ERASED",
     "TRANSACTION_TABLE",
     "AppendOnlyError",
     "ArgumentError",
@@ -47,6 +51,7 @@ __all__ = [
     "EncodingError",
     "ErasureError",
     "Operation",
+    "RelationshipHistoryError",
     "RestoreConflictError",
     "RestoreError",
     "Transaction",
@@ -56,9 +61,11 @@ __all__ = [
     "Versioned",
     "VersionedOptions",
     "VersioningError",
+    "all_as_of",
     "as_of",
     "audit_context",
     "current_context",
+    "diff",
     "erase",
     "guard_writes",
     "history",
