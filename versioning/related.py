@@ -226,9 +226,9 @@ class Moment:
         wanted = sorted(
             {v for v in values.values() if None not in v}, key=lambda v: tuple(map(str, v))
         )
-        found: dict[tuple[Any, ...], list[Any]] = {}
-        if wanted:
-            found = self._query(join, wanted)
+        found = self._known(join, wanted)
+        if found is None:
+            found = self._query(join, wanted) if wanted else {}
         result = None
         for obj in sources:
             related = found.get(values[id(obj)], []) if None not in values[id(obj)] else []
@@ -238,6 +238,23 @@ class Moment:
             else:
                 set_committed_value(obj, key, value)
         return result
+
+    def _known(
+        self, join: _Join, wanted: list[tuple[Any, ...]]
+    ) -> dict[tuple[Any, ...], list[Any]] | None:
+        """For a many-to-one whose every target is already an instance of this moment (a child's
+        parent, reached from the parent): those, without a query; else ``None``."""
+        if not join.by_key or join.extra or not wanted:
+            return None
+        spec = join.target
+        order = [join.remote.index(k) for k in spec.pk_keys]
+        found = {}
+        for remote in wanted:
+            obj = self.identity.get((spec.root.history, tuple(remote[i] for i in order)))
+            if obj is None or not isinstance(obj, spec.model):
+                return None
+            found[remote] = [obj]
+        return found
 
     def _query(
         self, join: _Join, wanted: list[tuple[Any, ...]]
@@ -339,7 +356,7 @@ def check_paths(model: type[Any], load: Any, name: str) -> tuple[str, ...]:
                 if key in m.relationships
             ]
             if not props:
-                names = sorted({r for base in mappers for r in base.relationships})
+                names = sorted({r.key for base in mappers for r in base.relationships})
                 raise ArgumentError(
                     f"versioning.{name}(load=[{path!r}]): "
                     f"{'/'.join(sorted({m.class_.__name__ for m in mappers}))} has no "

@@ -23,7 +23,7 @@ from versioning.recording import write_pending
 from versioning.related import Moment, check_paths
 from versioning.snapshots import bound_for, latest, on_history, rows
 
-__all__ = ["all_as_of"]
+__all__ = ["all_as_of", "read_all_as_of"]
 
 T = TypeVar("T")
 
@@ -51,6 +51,13 @@ def all_as_of(
     arguments are checked, and the query run, when it is called; iterate while the session's
     transaction is open. ``load`` names relationship paths to load for each batch at once.
     """
+    return read_all_as_of(session, model, at, criteria, load)[0]
+
+
+def read_all_as_of(
+    session: Session, model: Any, at: dt.datetime | int, criteria: tuple[Any, ...], load: Any
+) -> tuple[Iterator[Any], Moment]:
+    """:func:`all_as_of`, and the moment its instances belong to."""
     session = arguments.session(session, "all_as_of")
     spec = arguments.model(model, "all_as_of")
     at = arguments.moment(at, "all_as_of")
@@ -67,8 +74,9 @@ def all_as_of(
     write_pending(session)
     connection = session.connection(bind_arguments={"mapper": spec.mapper})
     bound = bound_for(connection, spec, at)
+    moment = Moment(session, at)
     if bound is None:
-        return iter(())
+        return iter(()), moment
     statement, inner = latest(
         spec,
         bound,
@@ -76,7 +84,7 @@ def all_as_of(
         translate=lambda inner: [on_history(spec, c, inner, what) for c in criteria],
     )
     statement = statement.order_by(*(inner.c[spec.history_names[k]] for k in spec.pk_keys))
-    return _stream(Moment(session, at), spec, connection, rows(connection, statement), paths)
+    return _stream(moment, spec, connection, rows(connection, statement), paths), moment
 
 
 def _stream(
