@@ -22,19 +22,19 @@ from __future__ import annotations
 
 import datetime as dt
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapper, RelationshipProperty, Session
-from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.attributes import instance_dict, instance_state, set_committed_value
 from sqlalchemy.orm.base import PASSIVE_NO_RESULT, PassiveFlag
 
 from versioning import _compat, arguments
 from versioning.declaration import ModelSpec, require_spec, versioned_spec
 from versioning.errors import ArgumentError, RelationshipHistoryError
 from versioning.operation import Operation
-from versioning.reading import Version, _autoflush, _fetch, _instance, _row_version, version_at
+from versioning.reading import Version, _autoflush, _fetch, version_at
 from versioning.recording import write_pending
 from versioning.snapshots import bound_for, latest, on_history
 
@@ -186,16 +186,34 @@ class Moment:
     def instance(self, version: Version, group: list[Any]) -> Any:
         """The instance of ``version``'s record in this moment: the one already made, or a new
         one (added to ``group``)."""
-        spec = require_spec(version.model)
-        key = (spec.root.history, version.primary_key)
+        return self._make(require_spec(version.model), version.state, group)
+
+    def instance_of_row(self, spec: ModelSpec, row: Any, group: list[Any]) -> Any:
+        """:meth:`instance` of a history row read by :func:`versioning.snapshots.latest` (of
+        ``spec``'s hierarchy), without decoding what an instance does not hold."""
+        if spec.discriminator is not None:
+            mapper = spec.mapper.polymorphic_map.get(row[spec.history_names[spec.discriminator]])
+            found = versioned_spec(mapper) if mapper is not None else None
+            if found is not None:
+                spec = found
+        names = spec.history_names
+        return self._make(spec, {key: row[names[key]] for key in spec.attrs}, group)
+
+    def _make(self, spec: ModelSpec, values: Mapping[str, Any], group: list[Any]) -> Any:
+        key = (spec.root.history, tuple(values[k] for k in spec.pk_keys))
         found = self.identity.get(key)
         if found is not None:
             return found
-        obj = _instance(version.model, version.state)
+        mapper = spec.mapper
+        if not mapper.configured:
+            sa.orm.configure_mappers()  # the first ORM use of a process may be reading history
+        obj = mapper.class_manager.new_instance()
+        # As loaded, not as set: no change events, no attribute history on the instance.
+        instance_dict(obj).update(values)
         self.identity[key] = obj
         group.append(obj)
-        state = sa.inspect(obj)
-        for prop in state.mapper.relationships:
+        state = instance_state(obj)
+        for prop in mapper.relationships:
             _compat.set_loader(state, prop.key, self._loader(group, prop.key))
         return obj
 
@@ -297,10 +315,9 @@ class Moment:
         group: list[Any] = []
         found: dict[tuple[Any, ...], list[Any]] = {}
         for row in _fetch(connection, build):
-            version = _row_version(spec, row, connection.dialect, None)
-            obj = self.instance(version, group)
-            remote = tuple(version.state[k] for k in join.remote)
-            found.setdefault(remote, []).append(obj)
+            obj = self.instance_of_row(spec, row, group)
+            values = instance_dict(obj)
+            found.setdefault(tuple(values[k] for k in join.remote), []).append(obj)
         return found
 
     def _bound(self, connection: sa.Connection, spec: ModelSpec) -> Any:

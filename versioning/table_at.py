@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from versioning import arguments
 from versioning.errors import ArgumentError
-from versioning.reading import _autoflush, _row_version
+from versioning.reading import _autoflush
 from versioning.recording import write_pending
 from versioning.related import Moment, check_paths
 from versioning.snapshots import bound_for, latest, on_history, rows
@@ -93,7 +93,7 @@ def _stream(
     group: list[Any] = []
     batch: list[Any] = []  # a record reached through a relationship already is in another group
     for row in found:
-        batch.append(moment.instance(_row_version(spec, row, connection.dialect, None), group))
+        batch.append(moment.instance_of_row(spec, row, group))
         if len(batch) == BATCH:
             moment.load_paths(batch, paths)
             yield from batch
