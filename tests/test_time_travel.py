@@ -63,6 +63,11 @@ class Customer(Versioned, Base):
     name: Mapped[str] = mapped_column(sa.String(20))
     orders: Mapped[list[Order]] = relationship(back_populates="customer", order_by="Order.id")
     card: Mapped[Card | None] = relationship(back_populates="customer")
+    # A condition on the instance's own side: not translatable onto the related history.
+    orders_if_ann: Mapped[list[Order]] = relationship(
+        primaryjoin="and_(Customer.id == foreign(Order.customer_id), Customer.name == 'Ann')",
+        viewonly=True,
+    )
 
 
 class Card(Versioned, Base):
@@ -335,6 +340,10 @@ def test_refused_relationships_say_why(moments: list[int], sessions: Sessions) -
             _ = order.labels
         with pytest.raises(RelationshipHistoryError, match=r"Order\.tag"):
             as_of(s, Order, 1, t2, load=["tag"])
+        customer = as_of(s, Customer, 1, t2)
+        with pytest.raises(RelationshipHistoryError, match=r"Customer\.orders_if_ann: its prim"):
+            _ = customer.orders_if_ann
+        assert [o.id for o in customer.orders] == [1]  # the others still load
         version = history(s, Order, 1)[0]
         detached = version.to_instance()
         assert detached.status == "open"
