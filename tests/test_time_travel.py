@@ -133,6 +133,12 @@ class Manager(Employee):
     __tablename__ = "tt_managers"
     id: Mapped[int] = mapped_column(sa.ForeignKey("tt_employees.id"), primary_key=True)
     level: Mapped[int] = mapped_column(default=1)
+    # Declared on the joined subclass: its local column is the subclass table's key.
+    team: Mapped[list[Employee]] = relationship(
+        primaryjoin="Manager.id == foreign(Employee.manager_id)",
+        viewonly=True,
+        order_by=Employee.id,
+    )
     __mapper_args__ = {"polymorphic_identity": "manager", "inherit_condition": id == Employee.id}
 
 
@@ -286,6 +292,8 @@ def test_self_referential_and_inheritance(moments: list[int], sessions: Sessions
         boss = as_of(s, Manager, 10, t3)
         assert [e.id for e in boss.reports] == [12, 20]
         assert [e.id for e in boss.reports[1].reports] == [11]
+        assert boss.team == boss.reports and boss.reports[1].team == [boss.reports[1].reports[0]]
+        assert [e.id for e in as_of(s, Manager, 10, moments[0]).team] == [11, 12]
         assert as_of(s, Contractor, 12, t4).manager.id == 10
 
 
