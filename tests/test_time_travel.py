@@ -147,6 +147,26 @@ class Contractor(Employee):
     __mapper_args__ = {"polymorphic_identity": "contractor"}
 
 
+class Shelf(Versioned, Base):
+    """A composite key, referenced by a composite foreign key."""
+
+    __tablename__ = "tt_shelves"
+    store: Mapped[str] = mapped_column(sa.String(10), primary_key=True)
+    code: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    books: Mapped[list[Book]] = relationship(back_populates="shelf", order_by="Book.id")
+
+
+class Book(Versioned, Base):
+    __tablename__ = "tt_books"
+    __table_args__ = (
+        sa.ForeignKeyConstraint(["store", "shelf_code"], ["tt_shelves.store", "tt_shelves.code"]),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    store: Mapped[str | None] = mapped_column(sa.String(10))
+    shelf_code: Mapped[int | None]
+    shelf: Mapped[Shelf | None] = relationship(back_populates="books")
+
+
 def _pause() -> None:
     time.sleep(0.003)  # consecutive transactions' issued_at well apart
 
@@ -453,3 +473,21 @@ def test_async_forms_load_what_load_names(moments: list[int], async_engine: Asyn
             assert await vasync.as_of(session, Order, 2, moments[0], load=["lines"]) is None
 
     run(async_engine, main)
+
+
+def test_composite_keys(create_tables: Tables, sessions: Sessions, engine: sa.Engine) -> None:
+    create_tables(Base.metadata)
+    with sessions() as s:
+        s.add_all([Shelf(store="n", code=1), Shelf(store="s", code=1)])
+        s.add_all([Book(id=1, store="n", shelf_code=1), Book(id=2, store="s", shelf_code=1)])
+        s.commit()
+        before = _last_transaction(s)
+        s.get_one(Book, 1).store = "s"  # moved to the other shelf of the same code
+        s.commit()
+        books = list(all_as_of(s, Book, before))
+        with counting(engine) as seen:
+            assert [(b.shelf.store, b.shelf.code) for b in books] == [("n", 1), ("s", 1)]
+        assert len(seen) == 1
+        assert [b.id for b in as_of(s, Shelf, ("n", 1), before).books] == [1]
+        assert as_of(s, Shelf, ("n", 1), _last_transaction(s)).books == []
+        assert [b.id for b in as_of(s, Shelf, ("s", 1), _last_transaction(s)).books] == [1, 2]
