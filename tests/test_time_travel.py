@@ -418,6 +418,7 @@ def test_all_as_of_refuses_criteria_it_cannot_evaluate_then(
             (Customer.name == "Ann", "is not a column of Order"),
             (sa.and_(Order.status == "open", Line.qty > 1), "is not a column of Order"),
             (True, "criteria are SQL conditions"),
+            (sa.column("status") == "open", "status is not a column of Order"),
         ]:
             with pytest.raises(versioning.ArgumentError, match=message):
                 all_as_of(s, Order, moments[0], criterion)

@@ -146,8 +146,8 @@ def on_history(spec: ModelSpec, clause: Any, columns: Any, what: str) -> Any:
             table = getattr(element, "table", None)
             key = by_column.get((table, element.name))
             if key is None:
-                if table is None and not isinstance(element, sa.Column):
-                    return None  # a literal column or a label's own name
+                if table is None and element.is_literal:
+                    return None  # literal SQL text, as written
                 raise ArgumentError(
                     f"{what}: {element} is not a column of {model}; criteria are evaluated on "
                     f"{model}'s recorded state and may use only its own columns (for related "
