@@ -356,6 +356,32 @@ def test_the_async_forms_take_an_async_session(
     run(async_engine, main)
 
 
+def test_seal_verify_and_digest_async_and_across_drivers(
+    create_tables: Tables, async_engine: AsyncEngine, engine: sa.Engine
+) -> None:
+    """Digests written through the async driver verify through it and through the sync one."""
+    create_tables(Base.metadata)
+
+    async def main() -> None:
+        async with AsyncSession(async_engine) as session:
+            async with audit_context(actor="alice", reason="async", extra={"n": 1}):
+                await add(session, new_order())
+            await change(session, 1, status="paid", total=Decimal("12.5"))
+            made = await versioning.asyncio.seal(session, metadata=Base.metadata)
+            await session.commit()
+            assert made is not None and made.count == 2
+            saved = await versioning.asyncio.digest(session, metadata=Base.metadata)
+            assert saved is not None and saved.seal_id == made.id
+            report = await versioning.asyncio.verify(session, [saved], metadata=Base.metadata)
+            assert report.ok and report.versions_checked == 2, report.problems
+            await session.rollback()
+
+    run(async_engine, main)
+    with Session(engine) as session:
+        report = versioning.verify(session, metadata=Base.metadata)
+    assert report.ok and report.unsealed == 0, report.problems
+
+
 def sync_read_error(session: AsyncSession) -> BaseException | None:
     """What the sync ``history()`` raises when called from a coroutine, or None."""
     try:

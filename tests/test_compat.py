@@ -106,6 +106,9 @@ def test_mapping_and_type_readers_find_what_sqlalchemy_holds() -> None:
             secondary="compat_link", primaryjoin=lambda: A.id == link.c.a, viewonly=True
         )
 
+    declared = _compat.mapper_properties(A.__mapper__)
+    assert not A.__mapper__.configured  # read without configuring
+    assert sorted(p.key for p in declared) == ["id", "others"]
     prop: Any = A.__mapper__.relationships["others"]
     assert _compat.relationship_secondary_argument(prop) == "compat_link"
     assert _compat.mapper_primary_key_argument(A.__mapper__) is None
@@ -119,6 +122,7 @@ def test_mapping_and_type_readers_find_what_sqlalchemy_holds() -> None:
 
     session = Session()
     _compat.autoflush(session)  # exists and does nothing without pending changes
+    assert _compat.session_flushing(session) is False
     with session.begin():
         transaction = session.get_transaction()
         error = RuntimeError("ours")
@@ -182,3 +186,24 @@ def test_loader_callables_and_remote_annotations_are_found() -> None:
     _compat.set_loader(state, "parent", load)
     assert tree.parent is not None and tree.parent.id == 1
     assert tree.parent.id == 1 and calls == [tree]  # loaded once, then held
+
+
+def test_a_flush_in_progress_is_seen() -> None:
+    class Base(DeclarativeBase):
+        pass
+
+    class Thing(Base):
+        __tablename__ = "compat_things"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    engine = sa.create_engine("sqlite://")
+    Base.metadata.create_all(engine)
+    seen: list[bool] = []
+    with Session(engine) as session:
+        sa.event.listen(
+            Thing, "before_insert", lambda *_: seen.append(_compat.session_flushing(session))
+        )
+        session.add(Thing(id=1))
+        session.flush()
+        assert seen == [True] and not _compat.session_flushing(session)
+    engine.dispose()

@@ -37,6 +37,7 @@ from versioning import (
     history_table,
     masks,
 )
+from versioning.schema import DIGEST_TABLE, SEAL_ENTRY_TABLE, SEAL_TABLE
 
 
 class Status(enum.Enum):
@@ -92,7 +93,9 @@ class Shipment(Versioned, Base):
 
 
 LIVE = {"decl_customers", "decl_orders", "decl_shipments"}
-GENERATED = {"decl_orders_history", "decl_shipment_audit", TRANSACTION_TABLE}
+#: Beside the transaction table: the digests and seals (docs/integrity.md).
+INTEGRITY = {DIGEST_TABLE, SEAL_TABLE, SEAL_ENTRY_TABLE}
+GENERATED = {"decl_orders_history", "decl_shipment_audit", TRANSACTION_TABLE} | INTEGRITY
 
 
 # --- tables added at declaration ---------------------------------------------------------------
@@ -118,7 +121,12 @@ def test_tables_exist_right_after_the_class_statement_without_configure() -> Non
 
     # Book is not declared yet: mappers cannot have been configured, history must already exist
     assert not sa.inspect(Author).configured
-    assert set(FreshBase.metadata.tables) == {"authors", "authors_history", TRANSACTION_TABLE}
+    assert set(FreshBase.metadata.tables) == {
+        "authors",
+        "authors_history",
+        TRANSACTION_TABLE,
+        *INTEGRITY,
+    }
 
     class Book(Versioned, FreshBase):
         __tablename__ = "books"
@@ -132,6 +140,7 @@ def test_tables_exist_right_after_the_class_statement_without_configure() -> Non
         "books",
         "books_history",
         TRANSACTION_TABLE,
+        *INTEGRITY,
     }
     # one transaction table per MetaData, referenced by every history table
     transactions = FreshBase.metadata.tables[TRANSACTION_TABLE]
@@ -364,6 +373,7 @@ def test_classic_declarative_base_declares_the_same_way() -> None:
         "decl_classic_items",
         "decl_classic_items_history",
         TRANSACTION_TABLE,
+        *INTEGRITY,
     }
     table = history_table(ClassicItem)
     assert table is ClassicBase.metadata.tables["decl_classic_items_history"]

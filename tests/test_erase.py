@@ -127,6 +127,16 @@ def views(engine: sa.Engine, table: sa.Table) -> list[str]:
     ]
 
 
+def assert_verifies(sessions: Sessions, *saved: versioning.Digest) -> None:
+    """Seal what is not sealed yet, then verify everything (against the saved digests too)."""
+    with sessions() as session:
+        versioning.seal(session, metadata=Base.metadata)
+        session.commit()
+        report = versioning.verify(session, list(saved), metadata=Base.metadata)
+    assert report.ok, report.problems
+    assert report.unsealed == 0 and report.versions_checked > 0
+
+
 def test_erase_removes_the_values_from_every_version(
     create_tables: Tables, sessions: Sessions
 ) -> None:
@@ -134,6 +144,10 @@ def test_erase_removes_the_values_from_every_version(
     table = versioning.history_table(Customer)
     with sessions() as session:
         ann_lifecycle(session)
+        versioning.seal(session, metadata=Base.metadata)  # the erased versions are sealed
+        session.commit()
+        saved = versioning.digest(session, metadata=Base.metadata)
+        assert saved is not None
         before = views(engine, table)
         with audit_context(actor="dpo@example.com", request_id="r-113", channel="gdpr"):
             erased = versioning.erase(
@@ -158,8 +172,9 @@ def test_erase_removes_the_values_from_every_version(
         assert all(entry["erased"] is True for entry in row[PERSONAL].values())
     # Another record's values stay.
     assert bob[0]["email"] == EMAILS[0] and bob[0]["phone"] == masks.last4(PHONE)
-    # Every row's digest covers the same as before.
+    # Every row's digest covers the same as before: history still verifies, sealed and not.
     assert views(engine, table) == before
+    assert_verifies(sessions, saved)
     # The erasure's transaction row: who, why, which columns; never a value.
     transactions = raw_rows(engine, Base.metadata.tables[versioning.TRANSACTION_TABLE])
     last = transactions[-1]
@@ -277,6 +292,7 @@ def test_erase_in_a_joined_hierarchy(create_tables: Tables, sessions: Sessions) 
         for value in EMAILS:
             assert value not in row_text(row)
     assert views(engine, table) == before
+    assert_verifies(sessions)
 
 
 def test_erasing_twice_changes_nothing_more(create_tables: Tables, sessions: Sessions) -> None:
@@ -295,6 +311,7 @@ def test_erasing_twice_changes_nothing_more(create_tables: Tables, sessions: Ses
         session.commit()
     transactions = raw_rows(engine, Base.metadata.tables[versioning.TRANSACTION_TABLE])
     assert [t["reason"] for t in transactions[-3:]] == ["first", "again", "none"]
+    assert_verifies(sessions)
 
 
 @pytest.mark.parametrize(

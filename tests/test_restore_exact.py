@@ -118,9 +118,22 @@ def row(engine: sa.Engine, model: type[Any], pk: Any) -> dict[str, Any] | None:
     return None if found is None else dict(found)
 
 
+DIGESTS = Base.metadata.tables[versioning.schema.DIGEST_TABLE]
+
+
 def reasons(engine: sa.Engine) -> list[str | None]:
+    """Each transaction's reason as the readers show it: the row's, then its digest's note (what
+    restores noted after the row was written early: the row itself is never updated)."""
+    query = (
+        sa.select(TX.c.reason, DIGESTS.c.note)
+        .outerjoin(DIGESTS, sa.and_(DIGESTS.c.transaction_id == TX.c.id, DIGESTS.c.segment == 1))
+        .order_by(TX.c.id)
+    )
     with engine.connect() as connection:
-        return list(connection.scalars(sa.select(TX.c.reason).order_by(TX.c.id)))
+        return [
+            "; ".join(part for part in (reason, note) if part is not None) or None
+            for reason, note in connection.execute(query)
+        ]
 
 
 def written(engine: sa.Engine) -> dict[str, int]:

@@ -4,13 +4,16 @@ Mix :class:`Versioned` into a mapped class and every insert, update and delete o
 who, when, from where, each field's old and new value and a full snapshot — in a history table
 beside it, committed atomically with the data. Read it back with :func:`history`, reconstruct a
 record at any moment with :func:`as_of` (its :class:`Version` with :func:`version_at`), and put it
-back with :func:`restore`. Erase a person's values from history with :func:`erase`.
+back with :func:`restore`. Prove it untouched with :func:`seal`, :func:`verify` and
+:func:`digest`, and erase a person's values without breaking that proof with :func:`erase`
+(docs/integrity.md).
 """
 
 import sqlalchemy as _sa
 
 from versioning import append_only as _append_only  # noqa: F401 - installs the triggers' hooks
 from versioning import capture as _capture  # noqa: F401 - installs the session hooks
+from versioning import link_tables as _link_tables  # noqa: F401 - declares link history
 from versioning import masks
 from versioning import statements as _statements  # noqa: F401 - installs the statement hook
 from versioning.context import AuditContext, audit_context, current_context, set_actor
@@ -28,11 +31,14 @@ from versioning.errors import (
     RelationshipHistoryError,
     RestoreConflictError,
     RestoreError,
+    SealConflictError,
     UncapturedWriteError,
     UncapturedWriteWarning,
     VersioningError,
 )
 from versioning.guard import guard_writes
+from versioning.integrity import AutoSealer, Digest, Problem, Report, Seal, digest, seal, verify
+from versioning.links import link_history_table, links_as_of
 from versioning.operation import Operation
 from versioning.reading import Transaction, Version, as_of, history, version_at
 from versioning.restoring import restore
@@ -45,15 +51,21 @@ __all__ = [
     "AppendOnlyError",
     "ArgumentError",
     "AuditContext",
+    "AutoSealer",
     "ConcurrentInsertError",
     "ConfigurationError",
     "ContextError",
+    "Digest",
     "EncodingError",
     "ErasureError",
     "Operation",
+    "Problem",
     "RelationshipHistoryError",
+    "Report",
     "RestoreConflictError",
     "RestoreError",
+    "Seal",
+    "SealConflictError",
     "Transaction",
     "UncapturedWriteError",
     "UncapturedWriteWarning",
@@ -66,14 +78,19 @@ __all__ = [
     "audit_context",
     "current_context",
     "diff",
+    "digest",
     "erase",
     "guard_writes",
     "history",
     "history_table",
+    "link_history_table",
+    "links_as_of",
     "masks",
     "restore",
+    "seal",
     "set_actor",
     "transaction_table",
+    "verify",
     "version_at",
 ]
 

@@ -16,17 +16,20 @@ from sqlalchemy.types import TypeEngine
 
 __all__ = [
     "autoflush",
+    "enum_stored_values",
     "has_cycles",
     "insert_multi_values",
     "insert_values",
     "is_remote",
     "mapper_primary_key_argument",
+    "mapper_properties",
     "orm_options",
     "post_values_clause",
     "prefixes",
     "relationship_secondary_argument",
     "replace_rollback_exception",
     "returning",
+    "session_flushing",
     "set_clause",
     "set_loader",
     "type_affinity",
@@ -112,6 +115,12 @@ def replace_rollback_exception(
         transaction._rollback_exception = error
 
 
+def session_flushing(session: Session) -> bool:
+    """Whether ``session`` is inside ``flush()`` right now: ``Session._flushing`` (2.0, 2.1).
+    ``before_flush`` has no matching event when a flush finds nothing to write."""
+    return bool(session._flushing)
+
+
 def has_cycles(context: UOWTransaction) -> bool:
     """Whether the flush has a dependency cycle, so that it writes state by state.
 
@@ -127,6 +136,12 @@ def relationship_secondary_argument(prop: RelationshipProperty[Any]) -> Any:
     """A relationship's ``secondary=`` as given (a table, a name or a callable), before the mapper
     is configured: ``RelationshipProperty._init_args.secondary.argument`` (2.0, 2.1)."""
     return prop._init_args.secondary.argument
+
+
+def mapper_properties(mapper: Mapper[Any]) -> list[Any]:
+    """A mapper's properties as declared so far, without configuring any mapper (which
+    ``Mapper.relationships`` does): ``Mapper._props`` (2.0, 2.1)."""
+    return list(mapper._props.values())
 
 
 def mapper_primary_key_argument(mapper: Mapper[Any]) -> Any:
@@ -174,3 +189,10 @@ def is_remote(column: Any) -> bool:
     objects' side, also in a self-referential one): the ``"remote"`` annotation SQLAlchemy puts
     on it, in ``_annotations`` (2.0, 2.1)."""
     return bool(getattr(column, "_annotations", {}).get("remote"))
+
+
+def enum_stored_values(type_: TypeEngine[Any]) -> dict[Any, Any]:
+    """An ``Enum`` type's map of each member, and each stored string, to the string stored
+    (``Enum._valid_lookup``, 2.0.30 to 2.1); empty if the type has none."""
+    lookup = getattr(type_, "_valid_lookup", None)
+    return dict(lookup) if isinstance(lookup, dict) else {}

@@ -14,6 +14,7 @@ async forms, with the same arguments, results and errors::
     await async_session.commit()
     await versioning.asyncio.erase(async_session, Customer, 7, columns=["email"], reason="...")
     await async_session.commit()
+    report = await versioning.asyncio.verify(async_session)
 
 Each one runs its sync form through ``AsyncSession.run_sync``, so it uses the session's
 connection and transaction. What they return is safe to use in async code without further I/O:
@@ -39,11 +40,22 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import Session, scoped_session
 
-from versioning import erasing, reading, related, restoring, table_at
+from versioning import erasing, integrity, reading, related, restoring, table_at
 from versioning.errors import ArgumentError
+from versioning.integrity import Digest, Report, Seal
 from versioning.reading import _MISSING, Version
 
-__all__ = ["all_as_of", "as_of", "erase", "history", "restore", "version_at"]
+__all__ = [
+    "all_as_of",
+    "as_of",
+    "digest",
+    "erase",
+    "history",
+    "restore",
+    "seal",
+    "verify",
+    "version_at",
+]
 
 T = TypeVar("T")
 
@@ -195,3 +207,30 @@ async def erase(
     """Erase personal values from a record's history: the async form of
     :func:`versioning.erase`, with the same arguments, result and errors; the caller commits."""
     return await _check(session, "erase").run_sync(_erase, model, pk, columns, reason)
+
+
+async def seal(session: AsyncSession, *, metadata: sa.MetaData | None = None) -> Seal | None:
+    """Seal every digest not sealed yet: the async form of :func:`versioning.seal`. The
+    caller commits."""
+    return await _check(session, "seal").run_sync(
+        lambda sync: integrity.seal(sync, metadata=metadata)
+    )
+
+
+async def verify(
+    session: AsyncSession,
+    digests: list[Digest] | tuple[Digest, ...] = (),
+    *,
+    metadata: sa.MetaData | None = None,
+) -> Report:
+    """Check every row, digest and seal: the async form of :func:`versioning.verify`."""
+    return await _check(session, "verify").run_sync(
+        lambda sync: integrity.verify(sync, digests, metadata=metadata)
+    )
+
+
+async def digest(session: AsyncSession, *, metadata: sa.MetaData | None = None) -> Digest | None:
+    """The newest seal's digest: the async form of :func:`versioning.digest`."""
+    return await _check(session, "digest").run_sync(
+        lambda sync: integrity.digest(sync, metadata=metadata)
+    )

@@ -1,7 +1,24 @@
-"""The canonical form of a column value: the same JSON-able value as written and as read back.
+"""Canonical bytes of history: the same for a value as written and as read back from any backend.
 
-Placeholder until the integrity work's module lands: only :func:`canonical_value`, which
-:mod:`versioning.personal` imports lazily.
+A digest (see :mod:`versioning.integrity`) is computed at commit from the rows in memory and
+recomputed later from the rows read back, so both must serialize to the same bytes. Each value is
+first turned into a canonical JSON value by its column's type (:func:`canonical_value`):
+
+* integers stay integers; ``Numeric`` with ``Decimal`` values is compared numerically
+  (``12.30``, ``12.3`` and a backend's ``12.300`` are the same ``"12.3"``); floats become their
+  ``repr`` (the shortest string that reads back as the same float);
+* ``datetime`` becomes ISO 8601 — aware ones in UTC (a backend may return another offset);
+  ``date`` and ``time`` ISO 8601; ``timedelta`` whole microseconds;
+* ``UUID`` its canonical string, bytes base64, an ``Enum`` the string the database stores
+  (the member's name unless the type says otherwise);
+* JSON documents keep their structure with ``str`` keys (serialized with sorted keys), ``ARRAY``
+  items are canonical by the item type, and a ``TypeDecorator`` value that is not plain is
+  canonical as what the decorator stores (a ``Choice`` as its code);
+* ``None`` (SQL ``NULL``, or JSON ``null``) is ``None``.
+
+A row is then one JSON array (:func:`row_bytes`) and its hash the SHA-256 of that
+(:func:`row_hash`). History values are already what the live database stored (see
+:mod:`versioning.stored`), and each history column has its live column's type (masked: text).
 """
 
 from __future__ import annotations
@@ -9,35 +26,279 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import enum
+import hashlib
+import json
+import math
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import types as sqltypes
+from sqlalchemy.engine import default
 
-__all__ = ["canonical_value"]
+from versioning import _compat
+from versioning.schema import CHANGES, OPERATION, TRANSACTION_ID, VERSION_ID
+
+__all__ = [
+    "canonical_value",
+    "converter",
+    "dumps",
+    "row_bytes",
+    "row_hash",
+    "segment_bytes",
+    "segment_digest",
+    "transaction_bytes",
+]
+
+#: A ``TypeDecorator``'s bind processing is dialect-independent for the plain values it is asked
+#: about here (a ``Choice`` gives its code on every dialect).
+_DIALECT = default.DefaultDialect()
+
+#: Columns of a history row that are never hashed (unknown when the row is written).
+_UNHASHED = frozenset({VERSION_ID, TRANSACTION_ID})
 
 
-def canonical_value(column: sa.Column[Any], value: Any) -> Any:
-    """``value`` of ``column`` as a JSON-able value that does not depend on the backend."""
-    if value is None or isinstance(value, str | bool | int | float):
+def _plain(value: Any) -> Any:
+    """The canonical JSON form of a value by its Python type alone."""
+    if value is None or isinstance(value, str | bool | int):
         return value
+    if isinstance(value, float):
+        return repr(value)
     if isinstance(value, Decimal):
-        return str(value.normalize()) if value else "0"
+        return _decimal(value)
     if isinstance(value, dt.datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(dt.UTC).replace(tzinfo=None)
-        return value.isoformat()
+        return _datetime(value)
     if isinstance(value, dt.date | dt.time):
         return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return (value.days * 86_400 + value.seconds) * 1_000_000 + value.microseconds
     if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, bytes | bytearray | memoryview):
         return base64.b64encode(bytes(value)).decode("ascii")
     if isinstance(value, enum.Enum):
         return value.name
-    if isinstance(value, dict):
-        return {str(k): canonical_value(column, v) for k, v in value.items()}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [canonical_value(column, v) for v in value]
+        return [_plain(v) for v in value]
     return str(value)
+
+
+def _decimal(value: Decimal) -> str:
+    if not value.is_finite():
+        return str(value)
+    if value == 0:
+        return "0"
+    return format(value.normalize(), "f")
+
+
+def _datetime(value: dt.datetime) -> str:
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC)
+    return value.isoformat()
+
+
+def _json(value: Any) -> Any:
+    """A JSON document: its structure with ``str`` keys; floats kept as floats (JSON's own)."""
+    if isinstance(value, Mapping):
+        return {str(k): _json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    return _plain(value)
+
+
+def converter(type_: sqltypes.TypeEngine[Any]) -> Callable[[Any], Any]:
+    """The function giving the canonical form of a (non-None) value of a column of ``type_``."""
+    if isinstance(type_, sqltypes.TypeDecorator):
+        inner = converter(type_.impl_instance)
+        if type(type_).process_bind_param is sqltypes.TypeDecorator.process_bind_param:
+            return inner
+
+        def decorated(value: Any) -> Any:
+            # What the decorator stores (a normalised e-mail address, a Choice's code).
+            try:
+                stored = type_.process_bind_param(value, _DIALECT)
+            except Exception:  # a value it no longer takes (history outlives the model)
+                return _plain(value)
+            return None if stored is None else inner(stored)
+
+        return decorated
+    if isinstance(type_, sqltypes.ARRAY):
+        item = converter(type_.item_type)
+
+        def array(value: Any) -> Any:
+            if isinstance(value, list | tuple):
+                return [None if v is None else array(v) for v in value]
+            return item(value)
+
+        return array
+    if isinstance(type_, sqltypes.JSON):
+        return _json
+    if isinstance(type_, sqltypes.Enum):
+        lookup = _compat.enum_stored_values(type_)
+
+        def member(value: Any) -> Any:
+            stored = lookup.get(value) if isinstance(value, str | enum.Enum) else None
+            if isinstance(stored, str):
+                return stored
+            return value.name if isinstance(value, enum.Enum) else _plain(value)
+
+        return member
+    if isinstance(type_, sqltypes.Boolean):
+        return lambda value: bool(value) if isinstance(value, int) else _plain(value)
+    if isinstance(type_, sqltypes.Integer):
+        return _as_int
+    if isinstance(type_, sqltypes.String):  # Text, Unicode, CHAR... (Enum was matched above)
+        return _as_str
+    if isinstance(type_, sqltypes.Numeric):
+        if type_.asdecimal:
+            return _as_decimal
+        return _as_float
+    if isinstance(type_, sqltypes.DateTime):
+        return lambda value: _datetime(value) if isinstance(value, dt.datetime) else _plain(value)
+    return _plain
+
+
+def _as_int(value: Any) -> Any:
+    if type(value) is int:
+        return value
+    return int(value) if isinstance(value, int | Decimal) else _plain(value)
+
+
+def _as_str(value: Any) -> Any:
+    return value if type(value) is str else _plain(value)
+
+
+def _as_decimal(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return _decimal(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return _decimal(Decimal(str(value)))
+    return _plain(value)
+
+
+def _as_float(value: Any) -> Any:
+    if isinstance(value, float | int | Decimal) and not isinstance(value, bool):
+        return repr(float(value))
+    return _plain(value)
+
+
+def canonical_value(column: sa.Column[Any], value: Any) -> Any:
+    """The canonical JSON form of one snapshot value of ``column`` (a history column).
+
+    The same for the value as written and as read back from any backend.
+    """
+    if value is None:
+        return None
+    return converter(column.type)(value)
+
+
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
+def dumps(value: Any) -> bytes:
+    """The canonical bytes of a canonical JSON value (sorted keys, no spaces, UTF-8)."""
+    return _ENCODER.encode(value).encode()
+
+
+#: Per history table: ``(name, converter)`` of each hashed snapshot column, in table order.
+_Plan = list[tuple[str, Callable[[Any], Any]]]
+_PLANS: dict[sa.Table, _Plan] = {}
+
+
+def _plan(history: sa.Table) -> _Plan:
+    plan = _PLANS.get(history)
+    if plan is None:
+        plan = [
+            (column.name, converter(column.type))
+            for column in history.columns
+            if column.name not in _UNHASHED and column.name not in (OPERATION, CHANGES)
+        ]
+        _PLANS[history] = plan
+    return plan
+
+
+def row_bytes(history: sa.Table, row: Mapping[str, Any]) -> bytes:
+    """The canonical bytes of a history row (``row`` keyed by history column name).
+
+    ``[operation, column, value, column, value, ..., changes]``: the operation's stored value,
+    each column of ``row`` that the history table has and that is not ``NULL`` (in table order,
+    version and transaction ids left out), and the ``changes`` document. ``NULL`` columns are
+    left out, so a column added to the history table later (``NULL`` in older rows) leaves
+    their hashes as they were. ``row`` is what :func:`versioning.personal.committed_view`
+    returned: a column it leaves out is not covered.
+    """
+    operation = row.get(OPERATION)
+    if isinstance(operation, enum.Enum):
+        operation = operation.value
+    parts: list[Any] = [operation]
+    get = row.get
+    for name, convert in _plan(history):
+        value = get(name)
+        if value is not None:
+            parts.append(name)
+            parts.append(convert(value))
+    # The changes document is plain JSON already (see versioning.encoding), as written and as
+    # read back; _json only if it is not.
+    parts.append(row.get(CHANGES))
+    try:
+        return dumps(parts)
+    except (TypeError, ValueError):
+        parts[-1] = _json(parts[-1])
+        return dumps(parts)
+
+
+def row_hash(history: sa.Table, row: Mapping[str, Any]) -> bytes:
+    """The 32-byte SHA-256 of :func:`row_bytes`."""
+    return hashlib.sha256(row_bytes(history, row)).digest()
+
+
+def transaction_bytes(values: Mapping[str, Any]) -> bytes:
+    """The canonical bytes of a transaction row: id, issued_at (UTC), actor, source_ip,
+    request_id, reason and extra (a JSON document)."""
+    issued_at = values["issued_at"]
+    extra = values.get("extra")
+    return dumps(
+        [
+            int(values["id"]),
+            None if issued_at is None else _datetime(issued_at),
+            values.get("actor"),
+            values.get("source_ip"),
+            values.get("request_id"),
+            values.get("reason"),
+            _json(extra) if extra else None,
+        ]
+    )
+
+
+def segment_bytes(tables: Sequence[tuple[str, Sequence[bytes]]]) -> bytes:
+    """What a digest segment covers of its history rows: per table (sorted by name), its name,
+    row count and the full row hashes in write order."""
+    parts: list[bytes] = []
+    for name, hashes in tables:
+        encoded = name.encode()
+        parts.append(len(encoded).to_bytes(4, "big") + encoded)
+        parts.append(len(hashes).to_bytes(8, "big"))
+        parts.extend(hashes)
+    return b"".join(parts)
+
+
+def segment_digest(
+    previous: bytes, tables: Sequence[tuple[str, Sequence[bytes]]], note: str | None
+) -> bytes:
+    """The 32-byte digest of a segment: SHA-256 over the previous segment's digest (segment 1:
+    the SHA-256 of the transaction row's :func:`transaction_bytes`), the rows' hashes
+    (:func:`segment_bytes`) and the note."""
+    digest = hashlib.sha256(previous)
+    digest.update(segment_bytes(tables))
+    digest.update(dumps(note))
+    return digest.digest()

@@ -36,7 +36,13 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import InstanceState, Mapper, ORMExecuteState, Session, UOWTransaction
 
 from versioning import _compat, live_rows
-from versioning.declaration import CASCADES_INFO, CascadeEdge, ModelSpec, Versioned, versioned_spec
+from versioning.declaration import (
+    CascadeEdge,
+    ModelSpec,
+    Versioned,
+    cascade_edges,
+    versioned_spec,
+)
 from versioning.errors import VersioningError
 from versioning.history_rows import Change
 from versioning.live_rows import Key, Rows
@@ -59,9 +65,7 @@ def edges(mapper: Mapper[Any]) -> list[CascadeEdge]:
     """The foreign keys with a database-side action that reference ``mapper``'s tables."""
     out: list[CascadeEdge] = []
     for table in mapper.tables:
-        found = table.info.get(CASCADES_INFO) if isinstance(table, sa.Table) else None
-        if found:
-            out.extend(found)
+        out.extend(cascade_edges(table))
     return out
 
 

@@ -18,6 +18,7 @@ would change versioned rows without any history.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypedDict
@@ -42,11 +43,12 @@ from versioning.schema import (
 )
 
 __all__ = [
-    "CASCADES_INFO",
     "CascadeEdge",
     "ModelSpec",
     "Versioned",
     "VersionedOptions",
+    "all_specs",
+    "cascade_edges",
     "history_table",
     "require_spec",
     "versioned_spec",
@@ -152,6 +154,15 @@ def require_spec(model: type[Any]) -> ModelSpec:
             )
         raise ConfigurationError(f"{name} is not versioned: mix versioning.Versioned into it")
     return spec
+
+
+#: Every versioned mapper's spec declared in this process (weakly: a class may go away).
+_SPECS: weakref.WeakSet[ModelSpec] = weakref.WeakSet()
+
+
+def all_specs() -> list[ModelSpec]:
+    """The spec of every versioned model declared so far (for :mod:`versioning.integrity`)."""
+    return list(_SPECS)
 
 
 def history_table(model: type[Any]) -> sa.Table:
@@ -404,6 +415,7 @@ def _declare(mapper: Mapper[Any], cls: type[Any]) -> None:
         personal=frozenset(personal),
     )
     type.__setattr__(cls, _SPEC_ATTR, spec)
+    _SPECS.add(spec)
     if isinstance(mapper.local_table, sa.Table):
         mapper.local_table.info[LIVE_TABLE_INFO] = history.name
         register_tables(mapper.local_table, history, transactions)
@@ -565,11 +577,17 @@ def _check_primary_key(mapper: Mapper[Any], cls: type[Any]) -> None:
         )
 
 
-#: ``Table.info`` key of a versioned table: the :class:`CascadeEdge` list of versioned tables whose
-#: foreign keys to it carry a database-side action.
-CASCADES_INFO = "versioning_cascades"
+#: Per versioned (parent) table: the :class:`CascadeEdge` list of versioned tables whose foreign
+#: keys to it carry a database-side action. Not in ``Table.info``: Alembic writes a table's
+#: ``info`` into its migration, which must hold only plain values (see :func:`cascade_edges`).
+_CASCADES: weakref.WeakKeyDictionary[sa.Table, list[CascadeEdge]] = weakref.WeakKeyDictionary()
 _ACTIONS = frozenset({"CASCADE", "SET NULL", "SET DEFAULT"})
 _NO_ACTIONS = frozenset({"NO ACTION", "RESTRICT"})
+
+
+def cascade_edges(table: Any) -> list[CascadeEdge]:
+    """The foreign keys with a database-side action that reference ``table`` (a dict lookup)."""
+    return _CASCADES.get(table, []) if isinstance(table, sa.Table) else []
 
 
 @dataclass(frozen=True, eq=False)
@@ -691,7 +709,7 @@ def _check_cascades(mapper: Mapper[Any], cls: type[Any]) -> None:
     # Registered only once every foreign key passed: a refused mapper is refused again (and
     # stays unusable) at each attempt to configure it.
     for parent, edge in found:
-        edges: list[CascadeEdge] = parent.info.setdefault(CASCADES_INFO, [])
+        edges = _CASCADES.setdefault(parent, [])
         if not any(e.child_columns == edge.child_columns for e in edges):
             edges.append(edge)
     if found:

@@ -103,3 +103,10 @@ class RelationshipHistoryError(VersioningError):
     instance has no session to load through. The message names ``Model.relationship`` and what
     to do.
     """
+
+
+class SealConflictError(VersioningError):
+    """Another sealer sealed at the same moment and this transaction cannot see its seal.
+
+    Nothing was sealed by this call: roll back and call :func:`versioning.seal` again.
+    """

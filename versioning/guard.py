@@ -26,6 +26,7 @@ errors are in :mod:`versioning.errors`.
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -47,9 +48,12 @@ if TYPE_CHECKING:
 __all__ = [
     "UncapturedWriteError",
     "UncapturedWriteWarning",
+    "capturing",
     "end_flush",
+    "flushing_session",
     "guard_writes",
     "mark_flush",
+    "register_link_table",
     "register_tables",
     "writing",
 ]
@@ -59,7 +63,8 @@ _writing: ContextVar[int] = ContextVar("versioning_writing", default=0)
 #: Whether a flush that writes versioned rows is running in this context.
 _flushing: ContextVar[bool] = ContextVar("versioning_flushing", default=False)
 
-#: (schema or None, casefolded name) -> what the table is: "live", "history" or "transaction".
+#: (schema or None, casefolded name) -> what the table is: "live", "link", "history" or
+#: "transaction".
 _TABLES: dict[tuple[str | None, str], str] = {}
 _KINDS = {"live": "versioned table", "history": "history table", "transaction": "transaction table"}
 
@@ -71,6 +76,33 @@ def register_tables(live: sa.Table, history: sa.Table, transactions: sa.Table) -
     """
     for table, kind in ((live, "live"), (history, "history"), (transactions, "transaction")):
         _TABLES.setdefault(_key(table.schema, table.name), kind)
+
+
+def register_link_table(link: sa.Table, history: sa.Table) -> None:
+    """Remember an association table with link history (see :mod:`versioning.link_tables`)."""
+    for table, kind in ((link, "link"), (history, "history")):
+        _TABLES.setdefault(_key(table.schema, table.name), kind)
+    if not event.contains(Session, "before_flush", _flush_starts):
+        event.listen(Session, "before_flush", _flush_starts)
+
+
+#: The session whose flush started last in this context (see :func:`flushing_session`).
+_flush_session: ContextVar[weakref.ref[Session] | None] = ContextVar(
+    "versioning_flush_session", default=None
+)
+
+
+def _flush_starts(session: Session, flush_context: Any, instances: Any) -> None:
+    _flush_session.set(weakref.ref(session))
+
+
+def flushing_session() -> Session | None:
+    """The session whose flush is running in this context, if one is (known once a link table
+    is declared). The unit of work writes links before any mapper event of a flush that only
+    deletes, so the flush is noted from its start."""
+    ref = _flush_session.get()
+    session = ref() if ref is not None else None
+    return session if session is not None and _compat.session_flushing(session) else None
 
 
 def _key(schema: str | None, name: str) -> tuple[str | None, str]:
@@ -85,6 +117,11 @@ def writing() -> Iterator[None]:
         yield
     finally:
         _writing.reset(token)
+
+
+def capturing() -> bool:
+    """Whether a statement the library captures (an ORM-enabled statement) is running here."""
+    return _writing.get() > 0
 
 
 #: ``Session.info`` key: the token of :data:`_flushing` set by the session's running flush.
@@ -190,7 +227,15 @@ def guard_writes(
             return
         kind, name = target
         verb = type(clauseelement).__name__.upper()
-        if kind == "live":
+        if kind == "link":
+            if flushing_session() is not None:
+                return  # the flush's own links (recorded by versioning.link_capture)
+            message = (
+                f"a Core {verb} on link table {name!r} (the secondary of a relationship between "
+                f"versioned models) runs outside the ORM, so no link history is recorded for "
+                f"it; change the relationship's collection and flush instead"
+            )
+        elif kind == "live":
             message = (
                 f"a Core {verb} on versioned table {name!r} runs outside the ORM, so no history "
                 f"is recorded for it; use session.execute({verb.lower()}(Model)...) or the unit "

@@ -34,6 +34,7 @@ from versioning.schema import (
     PERSONAL,
     TRANSACTION_ID,
     VERSION_ID,
+    integrity_tables,
     issued_at_utc,
 )
 
@@ -44,7 +45,11 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class Transaction:
-    """The transaction row a version belongs to: who, from where, which request, why, when."""
+    """The transaction row a version belongs to: who, from where, which request, why, when.
+
+    ``reason`` is the row's reason followed by what restores noted after the row was written
+    (kept in the transaction's digest row: the transaction row is never updated).
+    """
 
     id: int
     issued_at: dt.datetime
@@ -300,12 +305,18 @@ def history(session: Session, target: Any, pk: Any = _MISSING) -> list[Version]:
         )
         for name in _TX_FIELDS
     ]
+    digests = integrity_tables(transactions)[0]
+    note = digests.c.note.label("versioning_tx_note")
     filters = _filters(spec, key)
 
     def statement(tolerant: bool) -> sa.Select[Any]:
         return (
-            _select(history_table, tolerant, *labels)
+            _select(history_table, tolerant, *labels, note)
             .join(transactions, history_table.c[TRANSACTION_ID] == transactions.c.id)
+            .outerjoin(
+                digests,
+                sa.and_(digests.c.transaction_id == transactions.c.id, digests.c.segment == 1),
+            )
             .where(*filters)
             .order_by(history_table.c[TRANSACTION_ID], history_table.c[VERSION_ID])
         )
@@ -316,6 +327,13 @@ def history(session: Session, target: Any, pk: Any = _MISSING) -> list[Version]:
     for row in _fetch(connection, statement):
         tx = {name: row[label] for name, label in zip(_TX_FIELDS, labels, strict=True)}
         tx["extra"] = tx["extra"] or {}
+        if row["versioning_tx_note"] is not None:
+            reason = tx["reason"]
+            tx["reason"] = (
+                row["versioning_tx_note"]
+                if reason is None
+                else f"{reason}; {row['versioning_tx_note']}"
+            )
         transaction = Transaction(**tx)
         versions.append(_row_version(spec, row, connection.dialect, transaction))
     return versions

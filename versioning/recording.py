@@ -18,11 +18,18 @@ reasons noted inside a savepoint are dropped when that savepoint rolls back; all
 the transaction ends. A restore gives its reason with :func:`note_reason` (and takes it back with
 :func:`forget_reason` when it fails); the transaction row's reason lists them.
 Reading history inside a transaction writes what was noted so far first (see write_pending).
+
+Each history row is hashed as it is inserted (:mod:`versioning.canonical`), and at commit, after
+the last history row, the transaction's digest row is written: segment 1 covers the transaction
+row and every history row written so far, segment 2, 3... the rows of each later flush (see
+:mod:`versioning.integrity`). Rows are never updated: restores noted after the transaction row
+was written early go into segment 1's ``note``, which the readers show with the reason.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,12 +39,13 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from sqlalchemy.orm import Mapper, Session, SessionTransaction
 
-from versioning import append_only, guard
+from versioning import personal
+from versioning.canonical import row_hash, segment_digest, transaction_bytes
 from versioning.context import AuditContext, current_context
 from versioning.declaration import ModelSpec
 from versioning.errors import VersioningError
 from versioning.history_rows import Change, history_row
-from versioning.schema import TRANSACTION_ID, UTCDateTime
+from versioning.schema import TRANSACTION_ID, UTCDateTime, integrity_tables, issued_at_utc
 
 __all__ = [
     "Change",
@@ -48,6 +56,7 @@ __all__ = [
     "note_reason",
     "write_changes",
     "write_pending",
+    "write_rows",
 ]
 
 _KEY = "_versioning"
@@ -85,10 +94,17 @@ class _Group:
     context: AuditContext
     pending: list[_Pending] = field(default_factory=list)
     tx_id: int | None = None
-    has_reason: bool = False
-    #: The reason ``record`` last wrote from the notes to a row written early, and where.
-    noted_reason: str | None = None
-    noted_reason_in: SessionTransaction | None = None
+    #: The reason written in the transaction row.
+    written_reason: str | None = None
+    #: The digest segments written so far, and the last one's digest (before segment 1: the
+    #: SHA-256 of the transaction row's canonical bytes).
+    segments: int = 0
+    previous: bytes = b""
+    #: The history rows written since the last segment: where they were written (a savepoint
+    #: rolled back takes them back), their history table's name and their hash.
+    hashes: list[tuple[SessionTransaction, str, bytes]] = field(default_factory=list)
+    #: Segments written after segment 1: where, and the segment count and digest before each.
+    segment_log: list[tuple[SessionTransaction, int, bytes]] = field(default_factory=list)
     #: The reason of an event (see note_event): the transaction is its own, nothing else joins.
     event: str | None = None
 
@@ -103,6 +119,9 @@ class Recording:
     #: Captured statements that failed after they ran (rows may be written without history):
     #: the model's name, and the transaction or savepoint it ran in (see ``mark_failed``).
     failed: list[tuple[SessionTransaction, str]] = field(default_factory=list)
+    #: Segment 1 of every group has been written (the end of ``_write_at_commit``): later rows
+    #: get a segment of their own at once.
+    digested: bool = False
 
     @property
     def notes(self) -> list[str]:
@@ -209,6 +228,19 @@ def write_changes(session: Session, changes: list[Change]) -> None:
             _note_rows(session, connection, spec.transactions, spec.root.mapper, history, rows)
 
 
+def write_rows(
+    session: Session,
+    mapper: Mapper[Any],
+    transactions: sa.Table,
+    history: sa.Table,
+    rows: list[dict[str, Any]],
+) -> None:
+    """Record history rows built elsewhere (link history: :mod:`versioning.link_capture`), in the
+    transaction of ``mapper``'s database, exactly as :func:`write_changes` records its rows."""
+    connection = session.connection(bind_arguments={"mapper": mapper})
+    _note_rows(session, connection, transactions, mapper, history, rows)
+
+
 def _note_rows(
     session: Session,
     connection: Connection,
@@ -235,40 +267,96 @@ def _note_rows(
     noted_in = session.get_nested_transaction() or session.get_transaction()
     assert noted_in is not None
     if group.tx_id is not None:
-        if state.noted and group.context.reason is None:
-            # A restore after the row was written early (see write_pending): say so. The row's
-            # reason is then ours to keep in step with the notes (the context gave none).
-            reason = "; ".join(state.notes)
-            if reason != group.noted_reason:
-                # TEMPORARY (append-only branch): the integrity work removes this UPDATE.
-                with guard.writing(), append_only.maintenance(connection):
-                    connection.execute(
-                        transactions.update()
-                        .where(transactions.c.id == group.tx_id)
-                        .values(reason=reason)
-                    )
-                group.noted_reason = reason
-                group.noted_reason_in = noted_in
-                group.has_reason = True
-        _insert_history(connection, history, rows, group.tx_id)
+        # Written early (see write_pending): a restore's reason noted now goes into the digest
+        # row's note at commit (the transaction row is never updated).
+        _insert_history(connection, group, history, rows, noted_in)
+        if state.digested:
+            _write_digest(connection, group, None, noted_in)
         return
     group.pending.append(_Pending(noted_in, history, rows))
+    if state.digested:
+        # A new group after commit's writing (another before_commit hook's flush): now.
+        _write_group(session, state, group)
+        _write_digest(connection, group, None, noted_in)
 
 
 def _insert_history(
-    connection: Connection, history: sa.Table, rows: list[dict[str, Any]], tx_id: int
+    connection: Connection,
+    group: _Group,
+    history: sa.Table,
+    rows: list[dict[str, Any]],
+    noted_in: SessionTransaction,
 ) -> None:
+    """INSERT ``rows`` (in order: their version ids follow it) and hash each as written."""
     if not rows:
         return  # an event without history rows (see note_event)
+    tx_id = group.tx_id
+    assert tx_id is not None
     template = dict.fromkeys(history.c.keys())
     del template[history.primary_key.columns.keys()[0]]
     batch = []
+    hashes = group.hashes
+    name = history.fullname
+    view = personal.committed_view
     for row in rows:
         full = template.copy()
         full.update(row)
         full[TRANSACTION_ID] = tx_id
         batch.append(full)
+        hashes.append((noted_in, name, row_hash(history, view(history, full))))
     connection.execute(history.insert(), batch)
+
+
+def _note(state: Recording, group: _Group) -> str | None:
+    """The restores' reason lines the transaction row does not hold (it was written before they
+    were noted): segment 1's note."""
+    if group.context.reason is not None or not state.noted:
+        return None
+    full = "; ".join(state.notes)
+    written = group.written_reason
+    if full == written:
+        return None
+    if written and full.startswith(written + "; "):
+        return full[len(written) + 2 :]
+    return full
+
+
+def _write_digest(
+    connection: Connection,
+    group: _Group,
+    note: str | None,
+    written_in: SessionTransaction | None,
+) -> None:
+    """Write the group's next digest segment: the rows written since the last one.
+
+    ``written_in``: the savepoint (or transaction) a later segment is written in; if that rolls
+    back, so does the segment (see ``_forget_rolled_back``).
+    """
+    assert group.tx_id is not None
+    if written_in is not None:
+        group.segment_log.append((written_in, group.segments, group.previous))
+    by_table: dict[str, list[bytes]] = {}
+    for _, name, digest in group.hashes:
+        by_table.setdefault(name, []).append(digest)
+    tables = sorted(by_table.items())
+    rows = {name: [h[:8].hex() for h in hashes] for name, hashes in tables}
+    if group.segments == 0:
+        # Where a changed transaction row shows (see versioning.integrity).
+        rows[group.table.fullname] = [group.previous[:8].hex()]
+    value = segment_digest(group.previous, tables, note)
+    group.segments += 1
+    digests = integrity_tables(group.table)[0]
+    connection.execute(
+        digests.insert().values(
+            transaction_id=group.tx_id,
+            segment=group.segments,
+            digest=value.hex(),
+            rows=rows,
+            note=note,
+        )
+    )
+    group.previous = value
+    group.hashes.clear()
 
 
 _MICROSECOND = sa.literal_column("INTERVAL '1 microsecond'", sa.Interval())
@@ -334,26 +422,45 @@ def _write_group(session: Session, state: Recording, group: _Group) -> None:
     reason = context.reason
     if reason is None and state.notes:
         reason = "; ".join(state.notes)
-    result = connection.execute(
-        group.table.insert().values(
-            issued_at=_issued_at(group.table, connection.dialect.name),
-            actor=context.actor,
-            source_ip=context.source_ip,
-            request_id=context.request_id,
-            reason=reason,
-            extra=dict(context.extra) or None,
-        )
+    table = group.table
+    extra = dict(context.extra) or None
+    insert = table.insert().values(
+        issued_at=_issued_at(table, connection.dialect.name),
+        actor=context.actor,
+        source_ip=context.source_ip,
+        request_id=context.request_id,
+        reason=reason,
+        extra=extra,
     )
-    pk = result.inserted_primary_key
-    assert pk is not None
-    group.tx_id = int(pk[0])
-    group.has_reason = reason is not None
+    # The time as stored (the database's clock), read as verify reads it: for the digest.
+    issued_at = issued_at_utc(table)
+    if connection.dialect.insert_returning:
+        tx_id, stamp = connection.execute(insert.returning(table.c.id, issued_at)).one()
+    else:  # pragma: no cover - the supported backends have RETURNING
+        pk = connection.execute(insert).inserted_primary_key
+        assert pk is not None
+        tx_id = pk[0]
+        stamp = connection.execute(sa.select(issued_at).where(table.c.id == tx_id)).scalar_one()
+    group.tx_id = int(tx_id)
+    group.written_reason = reason
+    values = {
+        "id": group.tx_id,
+        "issued_at": stamp,
+        "actor": context.actor,
+        "source_ip": context.source_ip,
+        "request_id": context.request_id,
+        "reason": reason,
+        "extra": extra,
+    }
+    group.previous = hashlib.sha256(transaction_bytes(values)).digest()
     by_table: dict[sa.Table, list[dict[str, Any]]] = {}
     for pending in group.pending:
         by_table.setdefault(pending.history, []).extend(pending.rows)
     group.pending.clear()
+    root = session.get_transaction()
+    assert root is not None
     for history, rows in by_table.items():
-        _insert_history(connection, history, rows, group.tx_id)
+        _insert_history(connection, group, history, rows, root)
 
 
 def write_pending(session: Session) -> None:
@@ -412,6 +519,11 @@ def _write_at_commit(session: Session) -> None:
     for group in state.groups.values():
         if group.tx_id is None and group.pending:
             _write_group(session, state, group)
+    for group in state.groups.values():
+        if group.tx_id is not None and group.segments == 0:
+            connection = session.connection(bind_arguments={"mapper": group.mapper})
+            _write_digest(connection, group, _note(state, group), None)
+    state.digested = True
 
 
 _FAILED = "versioning_failed_transaction"
@@ -500,11 +612,14 @@ def _forget_rolled_back(session: Session, previous_transaction: SessionTransacti
     state.failed = [f for f in state.failed if not _within(f[0], previous_transaction)]
     for key, group in list(state.groups.items()):
         group.pending = [p for p in group.pending if not _within(p.noted_in, previous_transaction)]
-        if group.noted_reason_in is not None and _within(
-            group.noted_reason_in, previous_transaction
-        ):
-            # The database took back that reason with the savepoint: write it again if needed.
-            group.noted_reason = group.noted_reason_in = None
+        # The database took back the rows written in that savepoint: so does the digest.
+        group.hashes = [h for h in group.hashes if not _within(h[0], previous_transaction)]
+        for index, (written_in, segments, previous) in enumerate(group.segment_log):
+            if _within(written_in, previous_transaction):
+                # The database took back that segment and the ones after it.
+                group.segments, group.previous = segments, previous
+                del group.segment_log[index:]
+                break
         if group.tx_id is None and not group.pending:
             del state.groups[key]
 

@@ -30,20 +30,27 @@ from versioning.operation import Operation
 
 __all__ = [
     "CHANGES",
+    "DIGEST_TABLE",
     "META_COLUMNS",
     "OPERATION",
     "PERSONAL",
+    "SEAL_ENTRY_TABLE",
+    "SEAL_TABLE",
     "TRANSACTION_ID",
     "TRANSACTION_TABLE",
     "VERSION_ID",
     "UTCDateTime",
     "history_table_for",
+    "integrity_tables",
     "issued_at_utc",
     "personal_column",
     "transaction_table_for",
 ]
 
 TRANSACTION_TABLE = "versioning_transaction"
+DIGEST_TABLE = "versioning_digest"
+SEAL_TABLE = "versioning_seal"
+SEAL_ENTRY_TABLE = "versioning_seal_entry"
 
 VERSION_ID = "versioning_id"
 TRANSACTION_ID = "versioning_transaction_id"
@@ -134,7 +141,7 @@ def transaction_table_for(metadata: sa.MetaData) -> sa.Table:
                 f"transaction table; rename that table, versioning needs the name"
             )
         return existing
-    return sa.Table(
+    table = sa.Table(
         TRANSACTION_TABLE,
         metadata,
         sa.Column("id", _ID_TYPE, primary_key=True, autoincrement=True),
@@ -148,6 +155,75 @@ def transaction_table_for(metadata: sa.MetaData) -> sa.Table:
         sqlite_autoincrement=True,
         info={_INFO_KEY: "transaction"},
         comment="versioning: one row per database transaction that changed versioned records",
+    )
+    _integrity_tables(metadata, table)
+    return table
+
+
+def _digest_text() -> sa.types.TypeEngine[Any]:
+    """Text that may hold megabytes (MariaDB's TEXT holds 64 KiB)."""
+    return sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+
+
+def _integrity_tables(metadata: sa.MetaData, transactions: sa.Table) -> None:
+    """The digest and seal tables beside ``transactions`` (see :mod:`versioning.integrity`)."""
+    sa.Table(
+        DIGEST_TABLE,
+        metadata,
+        sa.Column(
+            "transaction_id",
+            _ID_TYPE,
+            sa.ForeignKey(transactions.c.id, name=f"fk_{DIGEST_TABLE}_transaction"),
+            primary_key=True,
+            autoincrement=False,
+        ),
+        sa.Column("segment", sa.Integer(), primary_key=True, autoincrement=False),
+        sa.Column("digest", sa.String(64), nullable=False),
+        # JSON: LONGTEXT on MariaDB, so megabytes fit.
+        sa.Column("rows", sa.JSON(), nullable=False),
+        sa.Column("note", _digest_text(), nullable=True),
+        info={_INFO_KEY: "digest"},
+        comment="versioning: the digest of each transaction's history (segment 1 at commit)",
+    )
+    seal = sa.Table(
+        SEAL_TABLE,
+        metadata,
+        sa.Column("id", sa.BigInteger(), primary_key=True, autoincrement=False),
+        sa.Column("previous_hash", sa.String(64), nullable=True),
+        sa.Column("hash", sa.String(64), nullable=False),
+        sa.Column("sealed_at", _ISSUED_AT_TYPE, nullable=False),
+        sa.Column("count", sa.Integer(), nullable=False),
+        sa.Column("last_transaction_id", sa.BigInteger(), nullable=False),
+        info={_INFO_KEY: "seal"},
+        comment="versioning: a chain of seals, each covering the digests it links",
+    )
+    sa.Table(
+        SEAL_ENTRY_TABLE,
+        metadata,
+        sa.Column("transaction_id", sa.BigInteger(), primary_key=True, autoincrement=False),
+        sa.Column("segment", sa.Integer(), primary_key=True, autoincrement=False),
+        sa.Column(
+            "seal_id",
+            sa.BigInteger(),
+            sa.ForeignKey(seal.c.id, name=f"fk_{SEAL_ENTRY_TABLE}_seal"),
+            nullable=False,
+        ),
+        sa.Column("position", sa.Integer(), nullable=False),
+        sa.Column("digest", sa.String(64), nullable=False),
+        sa.Index(_index_name(SEAL_ENTRY_TABLE, "seal"), "seal_id", "position"),
+        info={_INFO_KEY: "seal_entry"},
+        comment="versioning: which seal links each digest, with a copy of the digest",
+    )
+
+
+def integrity_tables(transactions: sa.Table) -> tuple[sa.Table, sa.Table, sa.Table]:
+    """The digest, seal and seal entry tables beside the transaction table ``transactions``."""
+    metadata = transactions.metadata
+    prefix = "" if transactions.schema is None else f"{transactions.schema}."
+    return (
+        metadata.tables[prefix + DIGEST_TABLE],
+        metadata.tables[prefix + SEAL_TABLE],
+        metadata.tables[prefix + SEAL_ENTRY_TABLE],
     )
 
 

@@ -45,11 +45,13 @@ ROOT = HERE.parent.parent
 WORKER = HERE / "worker.py"
 
 BACKENDS = ("sqlite", "postgresql", "mariadb")
-CONTENDERS = ("plain", "handwritten", "versioning", "continuum", "history")
-GROUPS = ("write", "session", "bulk", "reads", "memory")
+CONTENDERS = ("plain", "handwritten", "versioning", "undigested", "continuum", "history")
+GROUPS = ("write", "session", "bulk", "reads", "memory", "integrity")
 #: Contenders the reads group is run for (the peers have no ``as_of``).
 READERS = ("handwritten", "versioning")
 PEERS = ("continuum", "history")
+#: The groups the library without its digests runs (what the digests cost on the write path).
+UNDIGESTED_GROUPS = ("write", "session")
 
 POSTGRESQL_URL = os.environ.get(
     "VERSIONING_BENCH_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432"
@@ -70,6 +72,7 @@ TITLES = {
     "plain": "plain SQLAlchemy",
     "handwritten": "hand-written lower bound",
     "versioning": "sqlalchemy-versioning",
+    "undigested": "sqlalchemy-versioning, digests off",
     "continuum": f"SQLAlchemy-Continuum {_dist('sqlalchemy-continuum')}",
     "history": f"sqlalchemy-history {_dist('sqlalchemy-history')}",
 }
@@ -98,6 +101,9 @@ TABLE_ROWS = (
     Row("as_of_5_dt_ms", "reads", "`as_of`, 10^5 versions, `at` a datetime (ms)", "handwritten"),
     Row("history_ms", "reads", "`history()`, 200 versions (ms)", "handwritten"),
     Row("insert_peak_mib", "memory", "inserts: peak memory, tracemalloc (MiB)", "plain"),
+    Row("seal_100k_s", "integrity", "`seal()` of 100,000 transactions (s)", None),
+    Row("verify_kversions_s", "integrity", "`verify()`: thousand versions per second", None),
+    Row("verify_peak_mib", "integrity", "`verify()`: peak memory, tracemalloc (MiB)", None),
 )
 
 
@@ -223,6 +229,10 @@ def run_backend(backend: str, args: argparse.Namespace) -> BackendRun:
                         continue
                     for contender in order:
                         if group == "reads" and contender not in READERS:
+                            continue
+                        if group == "integrity" and contender != "versioning":
+                            continue
+                        if contender == "undigested" and group not in UNDIGESTED_GROUPS:
                             continue
                         if contender in PEERS and repeat >= args.peer_runs:
                             continue

@@ -4,10 +4,12 @@ Usage (``run.py`` does this for you)::
 
     python tests/benchmarks/worker.py URL CONTENDER GROUP
 
-CONTENDER is one of ``plain``, ``handwritten``, ``versioning``, ``continuum``, ``history``;
-GROUP one of ``write``, ``session``, ``bulk``, ``reads``, ``memory``. The worker drops every table
-of the database, declares the model of its contender, runs the group (a warm-up first, untimed,
-then fresh tables and the timed run) and prints one JSON object on its last stdout line:
+CONTENDER is one of ``plain``, ``handwritten``, ``versioning``, ``undigested`` (this library with
+its digests switched off: what they cost), ``continuum``, ``history``; GROUP one of ``write``,
+``session``, ``bulk``, ``reads``, ``memory``, ``integrity`` (``seal`` and ``verify``). The
+worker drops every table of the database, declares the model of its contender, runs the group (a
+warm-up first, untimed, then fresh tables and the timed run) and prints one JSON object on its
+last stdout line:
 ``{"metrics": {name: [sample, ...]}, "notes": {name: text}, "errors": {name: text}}``. A
 workload that fails lands in ``errors``; the others still run. Profile one group with
 ``python -m cProfile -s cumtime tests/benchmarks/worker.py URL CONTENDER GROUP`` (the database
@@ -40,8 +42,8 @@ from sqlalchemy import event
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-CONTENDERS = ("plain", "handwritten", "versioning", "continuum", "history")
-GROUPS = ("write", "session", "bulk", "reads", "memory")
+CONTENDERS = ("plain", "handwritten", "versioning", "undigested", "continuum", "history")
+GROUPS = ("write", "session", "bulk", "reads", "memory", "integrity")
 
 ROWS = 5_000  # inserts, updates, bulk update
 BATCH = 500  # rows per commit
@@ -395,6 +397,18 @@ class Peer(Contender):
         return connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
 
 
+class Undigested(Library):
+    """This library with the digests written at commit switched off (their cost, by difference)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from versioning import recording
+
+        recording.row_hash = lambda history, row: bytes(32)  # type: ignore[assignment]
+        recording._write_digest = lambda *arguments: None  # type: ignore[assignment]
+        self.name = "undigested"
+
+
 def make_contender(name: str) -> Contender:
     contender: Contender
     if name == "plain":
@@ -403,6 +417,8 @@ def make_contender(name: str) -> Contender:
         contender = Handwritten()
     elif name == "versioning":
         contender = Library()
+    elif name == "undigested":
+        contender = Undigested()
     elif name == "continuum":
         contender = Peer(name, "sqlalchemy_continuum")
     elif name == "history":
@@ -694,12 +710,76 @@ def group_memory(engine: sa.Engine, contender: Contender, out: Result) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+SEALED_TRANSACTIONS = 100_000
+VERIFIED_TRANSACTIONS = 1_000  # of 50 versions each
+
+
+def group_integrity(engine: sa.Engine, contender: Contender, out: Result) -> None:
+    """``seal`` of 100,000 transactions' digests; ``verify`` throughput and peak memory."""
+    if not isinstance(contender, Library):
+        return
+    import versioning
+    from versioning.schema import integrity_tables
+
+    fresh_tables(engine, contender)
+    transactions = contender.transactions
+    digests = integrity_tables(transactions)[0]
+    with engine.begin() as connection:  # digest rows as commits write them (seal reads no more)
+        for start in range(1, SEALED_TRANSACTIONS + 1, 10_000):
+            ids = range(start, start + 10_000)
+            connection.execute(
+                transactions.insert(), [{"id": i, "issued_at": BASE_TIME} for i in ids]
+            )
+            connection.execute(
+                digests.insert(),
+                [{"transaction_id": i, "segment": 1, "digest": "0" * 64, "rows": {}} for i in ids],
+            )
+
+    def seal() -> float:
+        with Session(engine) as session:
+            start = time.perf_counter()
+            versioning.seal(session)
+            session.commit()
+            return time.perf_counter() - start
+
+    out.run("seal_100k_s", seal)
+    fresh_tables(engine, contender)
+    item = contender.Item
+    with Session(engine) as session:
+        for start in range(1, VERIFIED_TRANSACTIONS * 50 + 1, 50):
+            session.add_all([item(**values(i)) for i in range(start, start + 50)])
+            session.commit()
+
+    def verify() -> float:
+        with Session(engine) as session:
+            start = time.perf_counter()
+            report = versioning.verify(session)
+            elapsed = time.perf_counter() - start
+        assert report.ok and report.versions_checked == VERIFIED_TRANSACTIONS * 50, report
+        return report.versions_checked / elapsed / 1000
+
+    def traced() -> float:
+        gc.collect()
+        tracemalloc.start()
+        try:
+            with Session(engine) as session:
+                versioning.verify(session)
+            return tracemalloc.get_traced_memory()[1] / 2**20
+        finally:
+            tracemalloc.stop()
+
+    for _ in range(3):
+        out.run("verify_kversions_s", verify)
+    out.run("verify_peak_mib", traced)
+
+
 GROUP_FUNCTIONS = {
     "write": group_write,
     "session": group_session,
     "bulk": group_bulk,
     "reads": group_reads,
     "memory": group_memory,
+    "integrity": group_integrity,
 }
 
 

@@ -1,0 +1,839 @@
+"""Tamper evidence: digests written at commit, seals, ``verify`` naming what changed, saved digests.
+
+Every database test runs on SQLite, PostgreSQL and MariaDB. Tampering is raw SQL run by
+:func:`_tamper`, as someone with rights on the tables would run it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import threading
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import sqlalchemy_utils as su  # type: ignore[import-untyped]
+from sqlalchemy import event
+from sqlalchemy.dialects import mysql, postgresql
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy_utils.types.choice import Choice  # type: ignore[import-untyped]
+
+import versioning
+from versioning import Digest, Problem, Versioned, audit_context, history, masks, restore
+from versioning.canonical import canonical_value, row_hash
+from versioning.schema import DIGEST_TABLE, SEAL_ENTRY_TABLE, SEAL_TABLE, TRANSACTION_TABLE
+
+from helpers import tamper
+
+Tables = Callable[[sa.MetaData], sa.Engine]
+Sessions = Callable[[], Session]
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Order(Versioned, Base):
+    __tablename__ = "integ_orders"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    status: Mapped[str] = mapped_column(sa.String(20))
+    amount: Mapped[Decimal | None] = mapped_column(sa.Numeric(10, 2))
+    doc: Mapped[Any] = mapped_column(sa.JSON, nullable=True)
+
+
+class Line(Versioned, Base):
+    __tablename__ = "integ_lines"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    note: Mapped[str | None] = mapped_column(sa.String(50))
+
+
+ORDERS = "integ_orders_history"
+LINES = "integ_lines_history"
+
+
+def _tamper(engine: sa.Engine, *statements: str) -> None:
+    """Run raw SQL as someone with rights on the tables would, bypassing the library (inside
+    the append-only triggers' maintenance switch, as someone who can also drop them would)."""
+    with engine.begin() as connection, tamper(connection):
+        for statement in statements:
+            connection.exec_driver_sql(statement)
+
+
+def _found(report: versioning.Report) -> set[tuple[str, str | None, int | None, int | None]]:
+    return {(p.kind, p.table, p.transaction_id, p.version_id) for p in report.problems}
+
+
+def _verify(sessions: Sessions, digests: list[Digest] | None = None) -> versioning.Report:
+    with sessions() as session:
+        return versioning.verify(session, digests or [], metadata=Base.metadata)
+
+
+def _seal(sessions: Sessions) -> versioning.Seal | None:
+    with sessions() as session:
+        made = versioning.seal(session, metadata=Base.metadata)
+        session.commit()
+    return made
+
+
+def _digest(sessions: Sessions) -> Digest:
+    with sessions() as session:
+        saved = versioning.digest(session, metadata=Base.metadata)
+    assert saved is not None
+    return saved
+
+
+def _version_id(engine: sa.Engine, table: str, tx_id: int, pk: int) -> int:
+    with engine.connect() as connection:
+        return int(
+            connection.exec_driver_sql(
+                f"SELECT versioning_id FROM {table} "
+                f"WHERE versioning_transaction_id = {tx_id} AND id = {pk}"
+            ).scalar_one()
+        )
+
+
+@pytest.fixture
+def seeded(create_tables: Tables, sessions: Sessions) -> sa.Engine:
+    """Three transactions: 1 inserts orders 1, 2 and line 1; 2 updates both orders; 3 deletes
+    order 2 (history versions 1-6)."""
+    engine = create_tables(Base.metadata)
+    with sessions() as session:
+        with audit_context(actor="alice", reason="new orders", extra={"ticket": 7}):
+            session.add_all(
+                [
+                    Order(id=1, status="new", amount=Decimal("10.50"), doc={"b": 1, "a": [1.5]}),
+                    Order(id=2, status="new", amount=Decimal("3.00")),
+                    Line(id=1, note="Grüße"),
+                ]
+            )
+            session.commit()
+        with audit_context(actor="bob"):
+            for order in session.scalars(sa.select(Order)):
+                order.status = "paid"
+            session.get_one(Order, 1).amount = Decimal("11")
+            session.commit()
+        session.delete(session.get_one(Order, 2))
+        session.commit()
+    return engine
+
+
+# --- a clean history -----------------------------------------------------------------------------
+
+
+def test_a_clean_history_verifies_sealed_or_not(seeded: sa.Engine, sessions: Sessions) -> None:
+    report = _verify(sessions)
+    assert report.ok, report.problems
+    assert (report.transactions_checked, report.versions_checked, report.unsealed) == (3, 6, 3)
+
+    made = _seal(sessions)
+    assert made is not None and (made.id, made.count, made.last_transaction_id) == (1, 3, 3)
+    assert made.previous_hash is None and len(made.hash) == 64
+    assert _seal(sessions) is None  # nothing left to seal: idempotent
+    report = _verify(sessions)
+    assert report.ok and report.unsealed == 0, report.problems
+
+    with sessions() as session:
+        session.add(Order(id=3, status="new"))
+        session.commit()
+    report = _verify(sessions)
+    assert report.ok and (report.transactions_checked, report.unsealed) == (4, 1), report.problems
+    second = _seal(sessions)
+    assert second is not None and second.previous_hash == made.hash and second.count == 1
+    assert _verify(sessions, [_digest(sessions)]).ok
+
+
+def test_sealing_and_verifying_write_nothing_else(seeded: sa.Engine, sessions: Sessions) -> None:
+    with sessions() as session:
+        versioning.verify(session, metadata=Base.metadata)
+        assert not session.new and not session.dirty
+        assert versioning.digest(session, metadata=Base.metadata) is None
+        session.rollback()
+    with seeded.connect() as connection:
+        assert connection.exec_driver_sql(f"SELECT count(*) FROM {SEAL_TABLE}").scalar() == 0
+
+
+# --- each tampering, named -----------------------------------------------------------------------
+
+
+def _cases(engine: sa.Engine) -> dict[str, tuple[list[str], set[Any]]]:
+    paid = _version_id(engine, ORDERS, 2, 1)
+    first, second = _version_id(engine, ORDERS, 1, 1), _version_id(engine, ORDERS, 1, 2)
+    deleted = _version_id(engine, ORDERS, 3, 2)
+    return {
+        "history row changed": (
+            [f"UPDATE {ORDERS} SET status = 'refunded' WHERE versioning_id = {paid}"],
+            {("altered", ORDERS, 2, paid)},
+        ),
+        "history row deleted": (
+            [f"DELETE FROM {ORDERS} WHERE versioning_id = {paid}"],
+            {("missing", ORDERS, 2, None)},
+        ),
+        "history row added": (
+            [
+                f"INSERT INTO {ORDERS} (versioning_transaction_id, versioning_operation, id, "
+                f"status) VALUES (2, 'update', 1, 'forged')"
+            ],
+            {("added", ORDERS, 2, 6)},
+        ),
+        "two rows swapped": (
+            [f"UPDATE {ORDERS} SET id = 3 - id WHERE versioning_transaction_id = 1"],
+            {("altered", ORDERS, 1, first), ("altered", ORDERS, 1, second)},
+        ),
+        "transaction row changed": (
+            [f"UPDATE {TRANSACTION_TABLE} SET actor = 'mallory' WHERE id = 2"],
+            {("altered", TRANSACTION_TABLE, 2, None)},
+        ),
+        "digest note changed": (
+            [f"UPDATE {DIGEST_TABLE} SET note = 'nothing to see' WHERE transaction_id = 3"],
+            {("altered", DIGEST_TABLE, 3, None)},
+        ),
+        "digest value changed": (
+            [f"UPDATE {DIGEST_TABLE} SET digest = '{'0' * 64}' WHERE transaction_id = 1"],
+            {("altered", DIGEST_TABLE, 1, None)},
+        ),
+        "sealed transaction deleted": (
+            [
+                f"DELETE FROM {ORDERS} WHERE versioning_id = {deleted}",
+                f"DELETE FROM {DIGEST_TABLE} WHERE transaction_id = 3",
+                f"DELETE FROM {TRANSACTION_TABLE} WHERE id = 3",
+            ],
+            {("missing", TRANSACTION_TABLE, 3, None)},
+        ),
+        "seal changed": (
+            [f"UPDATE {SEAL_TABLE} SET hash = '{'a' * 64}' WHERE id = 1"],
+            {("chain", SEAL_TABLE, None, None)},
+        ),
+        "seal entry changed": (
+            [f"UPDATE {SEAL_ENTRY_TABLE} SET position = 5 WHERE transaction_id = 1"],
+            {("chain", SEAL_TABLE, None, None)},
+        ),
+        "sealed digest row deleted": (
+            [f"DELETE FROM {DIGEST_TABLE} WHERE transaction_id = 1"],
+            {("missing", DIGEST_TABLE, 1, None)},
+        ),
+        "transaction added": (
+            [
+                f"INSERT INTO {TRANSACTION_TABLE} (id, issued_at, actor) "
+                f"VALUES (10, '2020-01-01 00:00:00', 'mallory')"
+            ],
+            {("added", TRANSACTION_TABLE, 10, None)},
+        ),
+    }
+
+
+TAMPERINGS = [
+    "history row changed",
+    "history row deleted",
+    "history row added",
+    "two rows swapped",
+    "transaction row changed",
+    "digest note changed",
+    "digest value changed",
+    "sealed transaction deleted",
+    "seal changed",
+    "seal entry changed",
+    "sealed digest row deleted",
+    "transaction added",
+]
+
+
+@pytest.mark.parametrize("case", TAMPERINGS)
+def test_each_tampering_is_named_and_nothing_else(
+    seeded: sa.Engine, sessions: Sessions, case: str
+) -> None:
+    assert _seal(sessions) is not None
+    statements, expected = _cases(seeded)[case]
+    _tamper(seeded, *statements)
+    report = _verify(sessions)
+    assert not report.ok
+    assert _found(report) == expected, report.problems
+    for problem in report.problems:  # the sentence names what the fields say, and what to do
+        assert f"transaction {problem.transaction_id}" in problem.detail or (
+            problem.transaction_id is None and "seal" in problem.detail
+        ), problem
+        assert problem.version_id is None or f"row {problem.version_id} " in problem.detail
+        assert "backup" in problem.detail or "logs" in problem.detail, problem
+
+
+@pytest.mark.parametrize("case", ["history row changed", "history row deleted", "two rows swapped"])
+def test_unsealed_rows_are_checked_against_their_own_digest(
+    seeded: sa.Engine, sessions: Sessions, case: str
+) -> None:
+    statements, expected = _cases(seeded)[case]
+    _tamper(seeded, *statements)
+    report = _verify(sessions)
+    assert _found(report) == expected, report.problems
+    assert report.unsealed == 3
+
+
+def test_saved_digests_catch_a_cut_tail_and_a_consistent_rewrite(
+    seeded: sa.Engine, sessions: Sessions
+) -> None:
+    _seal(sessions)
+    first = _digest(sessions)
+    with sessions() as session:
+        session.add(Order(id=3, status="new"))
+        session.commit()
+    _seal(sessions)
+    second = _digest(sessions)
+    assert (second.seal_id, second.last_transaction_id) == (2, 4)
+    assert Digest.from_json(second.to_json()) == second
+
+    # The tail cut: the chain alone still verifies (transaction 4 is merely unsealed) ...
+    _tamper(
+        seeded,
+        f"DELETE FROM {SEAL_ENTRY_TABLE} WHERE seal_id = 2",
+        f"DELETE FROM {SEAL_TABLE} WHERE id = 2",
+    )
+    report = _verify(sessions)
+    assert report.ok and report.unsealed == 1, report.problems
+    # ... a saved digest does not.
+    report = _verify(sessions, [first, second])
+    assert _found(report) == {("digest", SEAL_TABLE, None, None)}, report.problems
+    assert "cut" in report.problems[0].detail
+
+    # A consistent rewrite: transaction 3 gone, every seal made again.
+    deleted = _version_id(seeded, ORDERS, 3, 2)
+    _tamper(
+        seeded,
+        f"DELETE FROM {SEAL_ENTRY_TABLE}",
+        f"DELETE FROM {SEAL_TABLE}",
+        f"DELETE FROM {ORDERS} WHERE versioning_id = {deleted}",
+        f"DELETE FROM {DIGEST_TABLE} WHERE transaction_id = 3",
+        f"DELETE FROM {TRANSACTION_TABLE} WHERE id = 3",
+    )
+    _seal(sessions)
+    assert _verify(sessions).ok
+    report = _verify(sessions, [first])
+    assert _found(report) == {("digest", SEAL_TABLE, None, None)}, report.problems
+    assert "rewritten" in report.problems[0].detail
+
+
+def test_seals_missing_or_unlinked_break_the_chain(seeded: sa.Engine, sessions: Sessions) -> None:
+    first = _seal(sessions)
+    with sessions() as session:
+        session.add(Order(id=3, status="new"))
+        session.commit()
+    _seal(sessions)
+    assert first is not None
+    _tamper(seeded, f"UPDATE {SEAL_TABLE} SET previous_hash = '{'f' * 64}' WHERE id = 2")
+    report = _verify(sessions)
+    assert _found(report) == {("chain", SEAL_TABLE, None, None)}, report.problems
+    assert any("does not link to seal 1" in p.detail for p in report.problems)
+    _tamper(
+        seeded,
+        f"UPDATE {SEAL_TABLE} SET previous_hash = '{first.hash}' WHERE id = 2",
+        f"DELETE FROM {SEAL_ENTRY_TABLE} WHERE seal_id = 1",
+        f"DELETE FROM {SEAL_TABLE} WHERE id = 1",
+    )
+    report = _verify(sessions)
+    assert _found(report) == {("chain", SEAL_TABLE, None, None)}, report.problems
+    assert "seal(s) 1..1 are missing before seal 2" in report.problems[0].detail
+    assert report.unsealed == 3  # the digests seal 1 linked are unsealed now
+
+
+def test_wrong_arguments_are_refused(seeded: sa.Engine, sessions: Sessions) -> None:
+    with sessions() as session:
+        with pytest.raises(versioning.ArgumentError, match=r"Digest\.from_json"):
+            versioning.verify(session, ["not a digest"])  # type: ignore[list-item]
+        with pytest.raises(versioning.ArgumentError, match="batch"):
+            versioning.verify(session, batch=0)
+        with pytest.raises(versioning.ArgumentError, match="metadata"):
+            versioning.seal(session, metadata="orders")  # type: ignore[arg-type]
+    with pytest.raises(versioning.ArgumentError, match="Session"):
+        versioning.verify(seeded)  # type: ignore[arg-type]
+    assert _verify(sessions, []).ok  # and a small batch reads the same
+    with sessions() as session:
+        assert versioning.verify(session, metadata=Base.metadata, batch=1).versions_checked == 6
+
+
+def test_the_auto_sealer_keeps_going_after_a_failure() -> None:
+    failed = threading.Event()
+
+    def broken() -> Session:
+        failed.set()
+        raise RuntimeError("no database today")
+
+    sealer = versioning.AutoSealer(broken, interval=0.01).start()
+    with pytest.raises(versioning.ArgumentError, match="already started"):
+        sealer.start()
+    assert failed.wait(10)
+    sealer.stop(final=False)
+    assert isinstance(sealer.error, RuntimeError) and sealer.last is None
+    sealer.stop()  # stopped already: nothing to do
+
+
+# --- what is written, and in which order ----------------------------------------------------------
+
+
+def _segments(engine: sa.Engine, tx_id: int) -> list[int]:
+    with engine.connect() as connection:
+        return list(
+            connection.exec_driver_sql(
+                f"SELECT segment FROM {DIGEST_TABLE} WHERE transaction_id = {tx_id} "
+                f"ORDER BY segment"
+            ).scalars()
+        )
+
+
+def test_rows_of_one_transaction_verify_in_write_order(
+    create_tables: Tables, sessions: Sessions
+) -> None:
+    """Several flushes, an early write (a history read), ORM executemany batches and a Core
+    statement in one transaction: version ids follow the order the rows were hashed in."""
+    engine = create_tables(Base.metadata)
+    with sessions() as session:
+        session.add_all([Order(id=i, status="new") for i in (1, 2, 3)])
+        session.flush()
+        assert len(history(session, Order, 1)) == 1  # the transaction row is written now
+        session.execute(sa.insert(Order), [{"id": i, "status": f"bulk {i}"} for i in range(4, 40)])
+        session.execute(sa.update(Order), [{"id": i, "status": f"upd {i}"} for i in range(3, 30)])
+        session.execute(sa.update(Order).where(Order.id > 35).values(status="core"))
+        session.add(Line(id=1, note="x"))
+        session.get_one(Order, 1).status = "last"
+        session.commit()
+    report = _verify(sessions)
+    assert report.ok and report.versions_checked == 3 + 36 + 27 + 4 + 1 + 1, report.problems
+    assert _segments(engine, 1) == [1]
+
+
+def test_a_flush_after_the_digest_gets_a_segment_of_its_own(
+    create_tables: Tables, sessions: Sessions
+) -> None:
+    engine = create_tables(Base.metadata)
+    session = sessions()
+    session.add(Order(id=1, status="new"))
+
+    @event.listens_for(session, "before_commit")
+    def _late(session: Session) -> None:  # runs after versioning's own before_commit
+        order = session.get_one(Order, 1)
+        if order.status == "new":
+            order.status = "stamped"
+            session.flush()
+
+    session.commit()
+    assert [v.state["status"] for v in history(session, Order, 1)] == ["new", "stamped"]
+    session.rollback()
+    assert _segments(engine, 1) == [1, 2]
+    assert _verify(sessions).ok
+    _tamper(engine, f"DELETE FROM {DIGEST_TABLE} WHERE segment = 2")
+    assert _found(_verify(sessions)) == {("added", ORDERS, 1, 2)}
+
+
+def test_a_late_segment_rolled_back_with_its_savepoint_is_taken_back(
+    create_tables: Tables, sessions: Sessions
+) -> None:
+    engine = create_tables(Base.metadata)
+    session = sessions()
+    session.add(Order(id=1, status="new"))
+
+    @event.listens_for(session, "before_commit")
+    def _late(session: Session) -> None:
+        order = session.get_one(Order, 1)
+        if order.status != "new":
+            return
+        savepoint = session.begin_nested()
+        order.status = "undone"
+        session.flush()  # segment 2, in the savepoint ...
+        savepoint.rollback()  # ... taken back with it
+        session.get_one(Order, 1).status = "stamped"
+        session.flush()  # segment 2 again
+
+    session.commit()
+    session.close()
+    assert _segments(engine, 1) == [1, 2]
+    assert _verify(sessions).ok
+
+
+def test_rolled_back_savepoint_rows_leave_the_digest(
+    create_tables: Tables, sessions: Sessions
+) -> None:
+    create_tables(Base.metadata)
+    with sessions() as session:
+        session.add(Order(id=1, status="new"))
+        session.flush()
+        history(session, Order, 1)  # written early: later rows go in at once
+        savepoint = session.begin_nested()
+        session.get_one(Order, 1).status = "gone"
+        session.flush()
+        savepoint.rollback()
+        session.get_one(Order, 1).status = "kept"
+        session.commit()
+    assert _verify(sessions).ok
+
+
+def test_a_rolled_back_transaction_never_blocks_sealing(
+    create_tables: Tables, sessions: Sessions
+) -> None:
+    create_tables(Base.metadata)
+    with sessions() as doomed:
+        doomed.add(Order(id=1, status="new"))
+        doomed.flush()
+        history(doomed, Order, 1)  # takes a transaction id, then rolls back
+        doomed.rollback()
+    with sessions() as session:
+        session.add(Order(id=2, status="new"))
+        session.commit()
+    made = _seal(sessions)
+    assert made is not None and made.count == 1
+    report = _verify(sessions)
+    assert report.ok and report.unsealed == 0 and report.transactions_checked == 1
+
+
+def test_a_restore_after_an_early_write_keeps_its_reason_without_updating(
+    create_tables: Tables, sessions: Sessions
+) -> None:
+    engine = create_tables(Base.metadata)
+    with sessions() as session:
+        session.add_all([Order(id=1, status="new"), Order(id=2, status="new")])
+        session.commit()
+        session.get_one(Order, 1).status = "paid"
+        session.commit()
+        first = history(session, Order, 1)[0]
+        session.get_one(Order, 2).status = "other"
+        history(session, Order, 2)  # writes the transaction row early, without a reason
+        restore(session, first)
+        session.commit()
+        last = history(session, Order, 1)[-1]
+        session.rollback()
+    assert last.transaction is not None
+    assert last.transaction.reason == f"restore Order 1 to transaction {first.transaction_id}"
+    with engine.connect() as connection:
+        assert (
+            connection.exec_driver_sql(
+                f"SELECT reason FROM {TRANSACTION_TABLE} WHERE id = 3"
+            ).scalar()
+            is None
+        )
+    assert _verify(sessions).ok
+
+
+# --- every column type --------------------------------------------------------------------------
+
+
+class EveryBase(DeclarativeBase):
+    pass
+
+
+class Color(enum.Enum):
+    RED = "red"
+    GREEN = "green"
+
+
+FINE_DATETIME = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mariadb")
+FINE_TIME = sa.Time().with_variant(mysql.TIME(fsp=6), "mariadb")
+
+
+class Every(Versioned, EveryBase):
+    __tablename__ = "integ_every"
+    __versioned__ = {"mask": {"card": masks.last4}}
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    big: Mapped[int | None] = mapped_column(sa.BigInteger)
+    amount: Mapped[Decimal | None] = mapped_column(sa.Numeric(10, 2))
+    ratio: Mapped[float | None] = mapped_column(sa.Float)
+    double: Mapped[float | None] = mapped_column(sa.Double)
+    flag: Mapped[bool | None] = mapped_column(sa.Boolean)
+    title: Mapped[str | None] = mapped_column(sa.String(100))
+    code: Mapped[str | None] = mapped_column(sa.CHAR(5))
+    body: Mapped[str | None] = mapped_column(sa.Text)
+    created: Mapped[dt.datetime | None] = mapped_column(FINE_DATETIME)
+    coarse: Mapped[dt.datetime | None] = mapped_column(sa.DateTime)
+    happened: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    day: Mapped[dt.date | None] = mapped_column(sa.Date)
+    at: Mapped[dt.time | None] = mapped_column(FINE_TIME)
+    span: Mapped[dt.timedelta | None] = mapped_column(sa.Interval)
+    uid: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid)
+    color: Mapped[Color | None] = mapped_column(sa.Enum(Color, name="integ_color"))
+    blob: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
+    doc: Mapped[Any] = mapped_column(sa.JSON, nullable=True)
+    ext_uid: Mapped[Any] = mapped_column(su.UUIDType(), nullable=True)
+    kind: Mapped[Any] = mapped_column(
+        su.ChoiceType([("std", "Standard"), ("xpr", "Express")], impl=sa.String(10)),
+        nullable=True,
+    )
+    email: Mapped[Any] = mapped_column(su.EmailType(100), nullable=True)
+    card: Mapped[str | None] = mapped_column(sa.String(30))
+
+
+EVERY_FIRST: dict[str, Any] = {
+    "big": 2**40 + 1,
+    "amount": Decimal("12.30"),
+    "ratio": 2.5,
+    "double": 0.1,
+    "flag": True,
+    "title": "Grüße aus Köln, 東京 ✓",
+    "code": "ab",
+    "body": "Ünïcødé\nline — 😀",
+    "created": dt.datetime(2024, 2, 29, 13, 45, 30, 123456),
+    "coarse": dt.datetime(2024, 2, 29, 13, 45, 30, 654321),
+    "happened": dt.datetime(2024, 2, 29, 13, 45, 30, 5, tzinfo=dt.timezone(dt.timedelta(hours=2))),
+    "day": dt.date(2024, 2, 29),
+    "at": dt.time(13, 45, 30, 250000),
+    "span": dt.timedelta(days=2, seconds=5, microseconds=7),
+    "uid": uuid.UUID("12345678-1234-5678-1234-567812345678"),
+    "color": Color.RED,
+    "blob": b"\x00\x01\xffbinary\x80",
+    "doc": {"z": [1, 2, {"b": None, "a": 1.25}], "ü": "ö", "n": 10**20},
+    "ext_uid": uuid.UUID("87654321-4321-8765-4321-876543218765"),
+    "kind": Choice("std", "Standard"),
+    "email": "Alice@Example.com",
+    "card": "4111111111111111",
+}
+
+EVERY_SECOND: dict[str, Any] = {
+    "big": -(2**40),
+    "amount": Decimal("1.005"),  # stored rounded
+    "ratio": -0.25,
+    "double": 1e-300,
+    "flag": False,
+    "title": "",
+    "code": "xyz  ",
+    "body": "",
+    "created": dt.datetime(1999, 12, 31, 23, 59, 59, 999999),
+    "coarse": dt.datetime(1999, 12, 31, 23, 59, 59),
+    "happened": dt.datetime(1999, 12, 31, 23, 0, tzinfo=dt.UTC),
+    "day": dt.date(1999, 12, 31),
+    "at": dt.time(0, 0, 1, 5),
+    "span": dt.timedelta(0),
+    "uid": uuid.UUID("00000000-0000-4000-8000-000000000001"),
+    "color": Color.GREEN,
+    "blob": b"",
+    "doc": [],
+    "ext_uid": uuid.UUID("00000000-0000-4000-8000-0000000000ff"),
+    "kind": "xpr",
+    "email": "bob@example.org",
+    "card": "5500000000000004",
+}
+
+
+def test_every_column_type_verifies(create_tables: Tables, sessions: Sessions) -> None:
+    """Written, changed every way (values, falsy values, NULLs, lossy values), deleted,
+    re-created: the digests recomputed from what each backend reads back match."""
+    create_tables(EveryBase.metadata)
+    with sessions() as session:
+        session.add(Every(id=1, **EVERY_FIRST))
+        session.commit()
+        every = session.get_one(Every, 1)
+        for key, value in EVERY_SECOND.items():
+            setattr(every, key, value)
+        session.commit()
+        for key in EVERY_FIRST:
+            setattr(every, key, None)
+        session.commit()
+        session.delete(every)
+        session.commit()
+        session.add(Every(id=1, **EVERY_SECOND))
+        session.add(Every(id=2, **{key: None for key in EVERY_FIRST}))
+        session.commit()
+        session.execute(sa.update(Every).where(Every.id == 2).values(**EVERY_FIRST))
+        session.commit()
+    with sessions() as session:
+        report = versioning.verify(session, metadata=EveryBase.metadata)
+        assert report.ok, report.problems
+        assert report.versions_checked == 7
+        assert versioning.seal(session, metadata=EveryBase.metadata) is not None
+        session.commit()
+        assert versioning.verify(session, metadata=EveryBase.metadata).ok
+
+
+class ArrayBase(DeclarativeBase):
+    pass
+
+
+class Arrays(Versioned, ArrayBase):
+    __tablename__ = "integ_arrays"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    days: Mapped[Any] = mapped_column(postgresql.ARRAY(sa.Date), nullable=True)
+    amounts: Mapped[Any] = mapped_column(postgresql.ARRAY(sa.Numeric(10, 2)), nullable=True)
+    grid: Mapped[Any] = mapped_column(postgresql.ARRAY(sa.Integer, dimensions=2), nullable=True)
+    colors: Mapped[Any] = mapped_column(
+        postgresql.ARRAY(sa.Enum(Color, name="integ_array_color")), nullable=True
+    )
+
+
+@pytest.mark.backends("postgresql")
+def test_arrays_verify(create_tables: Tables, sessions: Sessions) -> None:
+    create_tables(ArrayBase.metadata)
+    with sessions() as session:
+        session.add(
+            Arrays(
+                id=1,
+                days=[dt.date(2024, 1, 2), None],
+                amounts=[Decimal("1.50"), Decimal("2")],
+                grid=[[1, 2], [3, 4]],
+                colors=[Color.RED],
+            )
+        )
+        session.commit()
+        arrays = session.get_one(Arrays, 1)
+        arrays.amounts = [Decimal("3.1")]
+        arrays.colors = [Color.GREEN, Color.RED]
+        session.commit()
+    with sessions() as session:
+        assert versioning.verify(session, metadata=ArrayBase.metadata).ok
+
+
+# --- sealing while writers write ----------------------------------------------------------------
+
+
+@pytest.mark.backends("postgresql", "mariadb")
+def test_sealing_while_many_threads_commit(create_tables: Tables, sessions: Sessions) -> None:
+    engine = create_tables(Base.metadata)
+    factory = sessionmaker(engine)
+    writers_done = threading.Event()
+    errors: list[BaseException] = []
+    seals: list[int] = []
+
+    def write(worker: int) -> None:
+        try:
+            for i in range(12):
+                with factory() as session:
+                    session.add(Order(id=worker * 100 + i, status="new"))
+                    session.commit()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    def seal_repeatedly() -> None:
+        try:
+            while not writers_done.is_set():
+                with factory() as session:
+                    try:
+                        made = versioning.seal(session, metadata=Base.metadata)
+                        session.commit()
+                    except versioning.SealConflictError:
+                        session.rollback()  # the other sealer won: seal again
+                        continue
+                if made is not None:
+                    seals.append(made.id)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    def verify_repeatedly() -> None:
+        try:
+            while not writers_done.is_set():
+                with factory() as session:
+                    report = versioning.verify(session, metadata=Base.metadata, batch=7)
+                assert report.ok, report.problems  # nothing half-committed is reported
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    # Two sealers at once, besides the writers: the chain must not fork. A verifier too.
+    sealers = [threading.Thread(target=seal_repeatedly) for _ in range(2)]
+    sealers.append(threading.Thread(target=verify_repeatedly))
+    for sealer in sealers:
+        sealer.start()
+    writers = [threading.Thread(target=write, args=(w,)) for w in range(6)]
+    for thread in writers:
+        thread.start()
+    for thread in writers:
+        thread.join()
+    writers_done.set()
+    for sealer in sealers:
+        sealer.join()
+    assert not errors, errors
+    _seal(sessions)
+    report = _verify(sessions)
+    assert report.ok and report.unsealed == 0 and report.transactions_checked == 72, report
+    with engine.connect() as connection:
+        digests = connection.exec_driver_sql(f"SELECT count(*) FROM {DIGEST_TABLE}").scalar()
+        entries = connection.exec_driver_sql(f"SELECT count(*) FROM {SEAL_ENTRY_TABLE}").scalar()
+    assert digests == entries == 72
+    assert len(seals) == len(set(seals))  # no seal id made twice
+
+
+def test_two_sealers_do_not_fork_the_chain(create_tables: Tables, sessions: Sessions) -> None:
+    """The second sealer's seal id is taken: it seals again on top of the first's seal."""
+    engine = create_tables(Base.metadata)
+    with sessions() as session:
+        session.add(Order(id=1, status="new"))
+        session.commit()
+    first = sessions()
+    made = versioning.seal(first, metadata=Base.metadata)
+    first.commit()
+    with sessions() as session:
+        session.add(Order(id=2, status="new"))
+        session.commit()
+    again = versioning.seal(sessions(), metadata=Base.metadata)
+    assert made is not None and again is not None and again.id == 2
+    assert _verify(sessions).ok
+    assert engine.dialect.name in ("sqlite", "postgresql", "mariadb")
+
+
+# --- sealing automatically ----------------------------------------------------------------------
+
+
+def test_the_auto_sealer_seals_in_the_background(create_tables: Tables, sessions: Sessions) -> None:
+    engine = create_tables(Base.metadata)
+    sealer = versioning.AutoSealer(sessionmaker(engine), interval=0.02, metadata=Base.metadata)
+    with sealer, sessions() as session:
+        session.add(Order(id=1, status="new"))
+        session.commit()
+    report = _verify(sessions)
+    assert report.ok and report.unsealed == 0
+    with pytest.raises(versioning.ArgumentError, match="interval"):
+        versioning.AutoSealer(sessionmaker(engine), interval=0)
+
+
+# --- pure -----------------------------------------------------------------------------------------
+
+
+def test_digest_json_round_trip_and_refusals() -> None:
+    saved = Digest(3, 41, "ab" * 32, dt.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=dt.UTC))
+    assert Digest.from_json(saved.to_json()) == saved
+    with pytest.raises(versioning.ArgumentError, match=r"Digest\.to_json"):
+        Digest.from_json('{"seal_id": 1}')
+    forged = saved.to_json().replace("ab" * 32, "not hex")
+    with pytest.raises(versioning.ArgumentError, match="not a versioning digest"):
+        Digest.from_json(forged)
+    problem = Problem("altered", ORDERS, 2, 5, "changed")
+    assert (problem.kind, problem.table, problem.transaction_id, problem.version_id) == (
+        "altered",
+        ORDERS,
+        2,
+        5,
+    )
+
+
+def test_canonical_values_are_the_same_as_written_and_as_read_back() -> None:
+    history = versioning.history_table(Every)
+    c = history.c
+    assert canonical_value(c.amount, Decimal("12.30")) == canonical_value(c.amount, Decimal("12.3"))
+    assert canonical_value(c.amount, 5) == canonical_value(c.amount, Decimal("5.00")) == "5"
+    aware = dt.datetime(2024, 1, 1, 2, 0, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    assert canonical_value(c.happened, aware) == "2024-01-01T00:00:00+00:00"
+    assert canonical_value(c.ratio, 0.1) == "0.1"
+    assert canonical_value(c.color, Color.RED) == canonical_value(c.color, "RED") == "RED"
+    assert canonical_value(c.kind, Choice("std", "Standard")) == canonical_value(c.kind, "std")
+    assert canonical_value(c.doc, {1: "a", "b": (1, 2)}) == {"1": "a", "b": [1, 2]}
+    assert canonical_value(c.blob, memoryview(b"\x00")) == canonical_value(c.blob, b"\x00")
+    assert canonical_value(c.title, None) is None
+    row: dict[str, Any] = dict.fromkeys(history.c.keys())
+    row |= {"versioning_operation": "insert", "id": 1, "title": "a"}
+    swapped = row | {"versioning_id": 99, "versioning_transaction_id": 7}
+    assert row_hash(history, row) == row_hash(history, swapped)  # ids are not covered
+    assert row_hash(history, row) != row_hash(history, row | {"title": "b"})
+
+
+def test_a_history_column_added_later_keeps_older_rows_verifying() -> None:
+    """A migration adding a column leaves it NULL in older rows: their hashes do not change."""
+
+    def table(*extra: sa.Column[Any]) -> sa.Table:
+        return sa.Table(
+            "h",
+            sa.MetaData(),
+            sa.Column("versioning_id", sa.Integer, primary_key=True),
+            sa.Column("versioning_transaction_id", sa.Integer),
+            sa.Column("versioning_operation", sa.String(6)),
+            sa.Column("id", sa.Integer),
+            *extra,
+            sa.Column("versioning_changes", sa.JSON),
+        )
+
+    row = {"versioning_operation": "insert", "id": 1, "versioning_changes": None}
+    before, after = table(), table(sa.Column("added", sa.Numeric(10, 2)))
+    assert row_hash(before, row) == row_hash(after, row | {"added": None})
+    assert row_hash(before, row) != row_hash(after, row | {"added": Decimal("0")})

@@ -1,0 +1,1045 @@
+"""Tamper evidence: seal the transactions' digests into a hash chain, verify everything, digests.
+
+At commit, each transaction writes its digest row (see :mod:`versioning.recording`): a SHA-256
+over its transaction row and every history row it wrote, in write order, in canonical form
+(:mod:`versioning.canonical`), with the first 8 bytes of each row's hash to locate a change.
+
+* :func:`seal` links every digest row not sealed yet, in ``(transaction_id, segment)`` order,
+  into a new seal: SHA-256 over the previous seal's hash, the seal's id and each digest. Seal ids
+  follow each other (``previous + 1``): two sealers at once cannot fork the chain, the second
+  one's INSERT fails and it retries on the new chain. Writers never wait for a sealer.
+* :func:`verify` reads everything in batches of transactions and recomputes each row's hash,
+  each digest and each seal, and names what does not match (:class:`Problem`). Writes nothing.
+* :func:`digest` gives the newest seal's :class:`Digest`: keep it outside the database, and
+  give it back to :func:`verify` (``digests=[...]``) to catch a chain rewritten consistently or
+  cut at its end.
+
+See docs/integrity.md for the design, the threat model and the operations.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.orm import Session
+
+from versioning import arguments, personal
+from versioning.canonical import row_hash, segment_digest, transaction_bytes
+from versioning.declaration import ModelSpec, all_specs
+from versioning.errors import ArgumentError, SealConflictError
+from versioning.reading import _REFUSED, _select
+from versioning.schema import (
+    TRANSACTION_ID,
+    VERSION_ID,
+    UTCDateTime,
+    integrity_tables,
+    issued_at_utc,
+)
+
+__all__ = [
+    "AutoSealer",
+    "Digest",
+    "Problem",
+    "Report",
+    "Seal",
+    "digest",
+    "seal",
+    "seal_hash",
+    "verify",
+]
+
+_log = logging.getLogger("versioning")
+
+Kind = Literal["altered", "missing", "added", "chain", "digest"]
+
+#: Transactions read and checked at a time by :func:`verify`.
+BATCH = 500
+#: Seal entries inserted per statement.
+_ENTRY_BATCH = 5_000
+#: Attempts of :func:`seal` when another sealer took the next seal id.
+_ATTEMPTS = 5
+_ZERO = bytes(32)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing :func:`verify` found wrong.
+
+    ``kind`` is ``"altered"`` (content changed), ``"missing"`` (deleted), ``"added"`` (not
+    written by versioning), ``"chain"`` (a seal or a link between seals) or ``"digest"`` (a
+    saved :class:`Digest` does not match). ``table`` names the history, transaction, digest or
+    seal table concerned; ``detail`` says what was found and what to do.
+    """
+
+    kind: Kind
+    table: str | None
+    transaction_id: int | None
+    version_id: int | None
+    detail: str
+
+
+@dataclass(slots=True)
+class Report:
+    """What :func:`verify` checked and found."""
+
+    problems: list[Problem] = field(default_factory=list)
+    transactions_checked: int = 0
+    versions_checked: int = 0
+    #: Transactions with a digest segment that no seal links yet: their rows are checked
+    #: against their own digest only (see docs/integrity.md).
+    unsealed: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True, slots=True)
+class Seal:
+    """A seal: it links ``count`` digests, of transactions up to ``last_transaction_id``."""
+
+    id: int
+    previous_hash: str | None
+    hash: str
+    sealed_at: dt.datetime
+    count: int
+    last_transaction_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    """The newest seal, to keep outside the database: ``to_json()`` / ``Digest.from_json()``."""
+
+    seal_id: int
+    last_transaction_id: int
+    hash: str
+    sealed_at: dt.datetime
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "seal_id": self.seal_id,
+                "last_transaction_id": self.last_transaction_id,
+                "hash": self.hash,
+                "sealed_at": self.sealed_at.isoformat(),
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Digest:
+        try:
+            data = json.loads(text)
+            sealed_at = dt.datetime.fromisoformat(data["sealed_at"])
+            made = cls(
+                int(data["seal_id"]),
+                int(data["last_transaction_id"]),
+                str(data["hash"]),
+                sealed_at,
+            )
+            if len(bytes.fromhex(made.hash)) != 32:
+                raise ValueError("the hash is not a SHA-256")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ArgumentError(
+                f"not a versioning digest ({exc}): pass the text Digest.to_json() returned"
+            ) from None
+        return made
+
+
+def seal_hash(previous: str | None, seal_id: int, entries: Iterable[tuple[int, int, str]]) -> str:
+    """SHA-256 over the previous seal's hash, the seal id and each ``(transaction_id, segment,
+    digest)``, in order."""
+    digest = hashlib.sha256(bytes.fromhex(previous) if previous else _ZERO)
+    digest.update(seal_id.to_bytes(8, "big"))
+    for transaction_id, segment, value in entries:
+        digest.update(transaction_id.to_bytes(8, "big") + segment.to_bytes(4, "big"))
+        digest.update(bytes.fromhex(value))
+    return digest.hexdigest()
+
+
+# --- what a session reaches -------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Target:
+    """One transaction table on one database, with its digest, seal and history tables."""
+
+    mapper: Any
+    transactions: sa.Table
+    digests: sa.Table
+    seals: sa.Table
+    entries: sa.Table
+    histories: dict[str, sa.Table]
+
+
+def _targets(session: Session, metadata: sa.MetaData | None, name: str) -> list[_Target]:
+    """The transaction tables (with their history tables) that ``session`` reaches and that
+    exist in its databases; ``metadata`` restricts them to those of that ``MetaData``."""
+    if metadata is not None and not isinstance(metadata, sa.MetaData):
+        raise ArgumentError(f"versioning.{name}() takes metadata=MetaData, got {metadata!r}")
+    by_key: dict[tuple[Any, str], list[ModelSpec]] = {}
+    for spec in all_specs():
+        if metadata is not None and spec.transactions.metadata is not metadata:
+            continue
+        try:
+            bind = session.get_bind(mapper=spec.mapper)
+        except sa.exc.UnboundExecutionError:
+            continue
+        engine = bind.engine if isinstance(bind, Connection) else bind
+        by_key.setdefault((engine, spec.transactions.fullname), []).append(spec)
+    targets = []
+    for (_, _), specs in sorted(by_key.items(), key=lambda item: item[0][1]):
+        connection = session.connection(bind_arguments={"mapper": specs[0].mapper})
+        existing = _existing_tables(connection, specs)
+        target = _pick(specs, existing, metadata is not None)
+        if target is not None:
+            targets.append(target)
+    return targets
+
+
+def _existing_tables(connection: Connection, specs: list[ModelSpec]) -> set[str]:
+    """The names (``schema.name``) of the tables of ``specs`` that exist on ``connection``.
+
+    Only schemas the database has are looked into (a process may hold models of schemas that
+    this database does not have).
+    """
+    inspector = sa.inspect(connection)
+    wanted = {spec.history.schema for spec in specs} | {spec.transactions.schema for spec in specs}
+    present = set(inspector.get_schema_names()) if wanted - {None} else set()
+    names: set[str] = set()
+    for schema in wanted:
+        if schema is not None and schema not in present:
+            continue
+        prefix = "" if schema is None else f"{schema}."
+        names.update(prefix + table for table in inspector.get_table_names(schema=schema))
+    return names
+
+
+def _pick(specs: list[ModelSpec], existing: set[str], given: bool) -> _Target | None:
+    """The target of specs sharing one transaction table: their MetaData whose tables exist.
+
+    A process may declare models of several ``MetaData`` over the same database (tests, tools):
+    without ``metadata=``, only those whose every history table exists count.
+    """
+    first = specs[0].transactions
+    if first.fullname not in existing:
+        return None
+    by_metadata: dict[sa.MetaData, list[ModelSpec]] = {}
+    for spec in specs:
+        by_metadata.setdefault(spec.transactions.metadata, []).append(spec)
+    chosen = [
+        (meta, group)
+        for meta, group in by_metadata.items()
+        if given or all(spec.history.fullname in existing for spec in group)
+    ]
+    if not chosen:
+        return None
+    histories: dict[str, sa.Table] = {}
+    for meta, group in chosen:
+        # The models' history tables, and the link history tables of their MetaData
+        # (versioning.link_tables) that exist.
+        tables = [spec.history for spec in group] + [
+            table
+            for table in meta.tables.values()
+            if table.info.get("versioning") == "history" and table.fullname in existing
+        ]
+        for table in tables:
+            known = histories.setdefault(table.fullname, table)
+            if known is not table and known.c.keys() != table.c.keys():
+                raise ArgumentError(
+                    f"several MetaData describe the history table {known.fullname!r} "
+                    f"differently: pass metadata= (your models' MetaData)"
+                )
+    transactions = chosen[0][1][0].transactions
+    digests, seals, entries = integrity_tables(transactions)
+    return _Target(chosen[0][1][0].mapper, transactions, digests, seals, entries, histories)
+
+
+def _single(session: Session, metadata: sa.MetaData | None, name: str) -> _Target | None:
+    targets = _targets(session, metadata, name)
+    if len(targets) > 1:
+        raise ArgumentError(
+            f"versioning.{name}() reaches several transaction tables "
+            f"({', '.join(t.transactions.fullname for t in targets)}): pass metadata="
+        )
+    return targets[0] if targets else None
+
+
+# --- seal -------------------------------------------------------------------------------------
+
+
+def _now(dialect: str) -> Any:
+    """The database's clock, in UTC, with microseconds."""
+    if dialect == "postgresql":
+        return sa.func.clock_timestamp()
+    if dialect in ("mysql", "mariadb"):
+        return sa.literal_column("UTC_TIMESTAMP(6)", UTCDateTime())
+    if dialect == "sqlite":
+        return sa.func.strftime("%Y-%m-%d %H:%M:%f", "now").concat("000")
+    return dt.datetime.now(dt.UTC)  # pragma: no cover - the three backends above are supported
+
+
+def _seal_row(row: RowMapping) -> Seal:
+    return Seal(
+        id=int(row["id"]),
+        previous_hash=row["previous_hash"],
+        hash=row["hash"],
+        sealed_at=row["sealed_at"],
+        count=int(row["count"]),
+        last_transaction_id=int(row["last_transaction_id"]),
+    )
+
+
+def _seal_columns(seals: sa.Table) -> list[Any]:
+    return [
+        seals.c.id,
+        seals.c.previous_hash,
+        seals.c.hash,
+        sa.type_coerce(seals.c.sealed_at, UTCDateTime()).label("sealed_at"),
+        seals.c.count,
+        seals.c.last_transaction_id,
+    ]
+
+
+def seal(session: Session, *, metadata: sa.MetaData | None = None) -> Seal | None:
+    """Link every digest not sealed yet into a new seal; ``None`` if there is none. The caller
+    commits.
+
+    Another sealer committing the next seal first makes this one retry on the new chain (in a
+    SAVEPOINT); if that cannot succeed in this transaction (MariaDB's repeatable read keeps the
+    old chain in view), :class:`~versioning.SealConflictError` says to roll back and seal again.
+    """
+    session = arguments.session(session, "seal")
+    target = _single(session, metadata, "seal")
+    if target is None:
+        return None
+    for _ in range(_ATTEMPTS):
+        try:
+            with session.begin_nested():
+                # Asked for within the savepoint: the SAVEPOINT is emitted now.
+                connection = session.connection(bind_arguments={"mapper": target.mapper})
+                return _seal_once(connection, target)
+        except sa.exc.IntegrityError:
+            continue  # another sealer took this id (or these digests): look again
+        except sa.exc.OperationalError as exc:  # a deadlock between two sealers (MariaDB)
+            raise SealConflictError(_conflict(target)) from exc
+    raise SealConflictError(_conflict(target))
+
+
+def _conflict(target: _Target) -> str:
+    return (
+        f"another sealer sealed {target.seals.fullname} at the same time: roll back this "
+        f"transaction and call versioning.seal() again (run one sealer at a time to avoid this)"
+    )
+
+
+def _lock_key(seals: sa.Table) -> int:
+    """The PostgreSQL advisory lock key of a seal table: a signed 64-bit number of its name."""
+    name = f"versioning seal {seals.fullname}".encode()
+    return int.from_bytes(hashlib.sha256(name).digest()[:8], "big", signed=True)
+
+
+def _seal_once(connection: Connection, target: _Target) -> Seal | None:
+    seals, entries, digests = target.seals, target.entries, target.digests
+    latest_seal = sa.select(seals.c.id, seals.c.hash).order_by(seals.c.id.desc()).limit(1)
+    if connection.dialect.name == "postgresql":
+        # One sealer at a time, without UPDATE rights: a row lock (FOR UPDATE) needs them on
+        # PostgreSQL, a transaction-level advisory lock does not. Writers never take it.
+        connection.execute(sa.select(sa.func.pg_advisory_xact_lock(_lock_key(seals))))
+    else:
+        latest_seal = latest_seal.with_for_update()
+    latest = connection.execute(latest_seal).mappings().first()
+    unsealed = connection.execute(
+        sa.select(digests.c.transaction_id, digests.c.segment, digests.c.digest)
+        .outerjoin(
+            entries,
+            sa.and_(
+                entries.c.transaction_id == digests.c.transaction_id,
+                entries.c.segment == digests.c.segment,
+            ),
+        )
+        .where(entries.c.transaction_id.is_(None))
+        .order_by(digests.c.transaction_id, digests.c.segment)
+    ).all()
+    if not unsealed:
+        return None
+    seal_id = 1 if latest is None else int(latest["id"]) + 1
+    previous = None if latest is None else str(latest["hash"])
+    links = [(int(t), int(s), str(d)) for t, s, d in unsealed]
+    value = seal_hash(previous, seal_id, links)
+    connection.execute(
+        seals.insert().values(
+            id=seal_id,
+            previous_hash=previous,
+            hash=value,
+            sealed_at=_now(connection.dialect.name),
+            count=len(links),
+            last_transaction_id=max(link[0] for link in links),
+        )
+    )
+    for start in range(0, len(links), _ENTRY_BATCH):
+        connection.execute(
+            entries.insert(),
+            [
+                {
+                    "transaction_id": t,
+                    "segment": s,
+                    "seal_id": seal_id,
+                    "position": start + i,
+                    "digest": d,
+                }
+                for i, (t, s, d) in enumerate(links[start : start + _ENTRY_BATCH])
+            ],
+        )
+    row = (
+        connection.execute(sa.select(*_seal_columns(seals)).where(seals.c.id == seal_id))
+        .mappings()
+        .one()
+    )
+    return _seal_row(row)
+
+
+def digest(session: Session, *, metadata: sa.MetaData | None = None) -> Digest | None:
+    """The :class:`Digest` of the newest seal, or ``None`` if nothing was sealed yet."""
+    session = arguments.session(session, "digest")
+    target = _single(session, metadata, "digest")
+    if target is None:
+        return None
+    connection = session.connection(bind_arguments={"mapper": target.mapper})
+    seals = target.seals
+    row = (
+        connection.execute(sa.select(*_seal_columns(seals)).order_by(seals.c.id.desc()).limit(1))
+        .mappings()
+        .first()
+    )
+    if row is None:
+        return None
+    newest = _seal_row(row)
+    return Digest(newest.id, newest.last_transaction_id, newest.hash, newest.sealed_at)
+
+
+# --- verify -----------------------------------------------------------------------------------
+
+
+def verify(
+    session: Session,
+    digests: Sequence[Digest] = (),
+    *,
+    metadata: sa.MetaData | None = None,
+    batch: int = BATCH,
+) -> Report:
+    """Recompute every row hash, digest and seal the session reaches; writes nothing.
+
+    ``digests`` are :class:`Digest` objects saved earlier (see :func:`digest`): each must
+    match the seal of its id, which must still exist. Reads ``batch`` transactions at a time.
+    """
+    session = arguments.session(session, "verify")
+    saved = list(digests)
+    for item in saved:
+        if not isinstance(item, Digest):
+            raise ArgumentError(
+                f"versioning.verify() takes digests=[Digest, ...], got {item!r}: read saved ones "
+                f"with versioning.Digest.from_json(text)"
+            )
+    if not isinstance(batch, int) or batch < 1:
+        raise ArgumentError(f"versioning.verify() takes batch= a positive int, got {batch!r}")
+    report = Report()
+    targets = _targets(session, metadata, "verify")
+    if saved and len(targets) != 1:
+        raise ArgumentError(
+            "versioning.verify(digests=...) needs exactly one transaction table: pass metadata="
+        )
+    for target in targets:
+        connection = session.connection(bind_arguments={"mapper": target.mapper})
+        _Verifier(connection, target, report, batch).run()
+        _check_chain(connection, target, report, saved)
+    return report
+
+
+def _read(connection: Connection, build: Callable[[bool], sa.Select[Any]]) -> list[dict[str, Any]]:
+    """The rows of ``build(tolerant)`` as dicts: typed, or, if some value no longer fits its
+    column's type, read again with those values as stored (see ``versioning.reading``)."""
+    for tolerant in (False, True):
+        result = connection.execute(build(tolerant))
+        keys = list(result.keys())
+        try:
+            return [dict(zip(keys, row, strict=True)) for row in result]
+        except _REFUSED:
+            if tolerant:
+                raise
+            result.close()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class _Verifier:
+    """Checks one target's transactions, ``batch`` transaction ids at a time."""
+
+    def __init__(self, connection: Connection, target: _Target, report: Report, batch: int):
+        self.connection = connection
+        self.target = target
+        self.report = report
+        self.batch = batch
+        self.tx_name = target.transactions.fullname
+        self.digest_name = target.digests.fullname
+
+    def problem(
+        self, kind: Kind, table: str | None, tx: int | None, version: int | None, detail: str
+    ) -> None:
+        self.report.problems.append(Problem(kind, table, tx, version, detail))
+
+    def _next(self, cursor: int) -> int | None:
+        t = self.target
+        starts = [
+            self.connection.execute(sa.select(sa.func.min(column)).where(column > cursor)).scalar()
+            for column in (
+                t.transactions.c.id,
+                t.digests.c.transaction_id,
+                t.entries.c.transaction_id,
+            )
+        ]
+        found = [int(s) for s in starts if s is not None]
+        return min(found) if found else None
+
+    def run(self) -> None:
+        cursor = 0
+        while (low := self._next(cursor)) is not None:
+            high = low + self.batch - 1
+            self._window(low, high)
+            cursor = high
+
+    def _window(self, low: int, high: int) -> None:
+        t = self.target
+        c = self.connection
+        tx_columns = [
+            t.transactions.c.id,
+            issued_at_utc(t.transactions).label("issued_at"),
+            t.transactions.c.actor,
+            t.transactions.c.source_ip,
+            t.transactions.c.request_id,
+            t.transactions.c.reason,
+            t.transactions.c.extra,
+        ]
+        # The digest rows first: a transaction committing while this batch is read then shows
+        # up in the later reads only, without a digest (see _committed_meanwhile).
+        segments: dict[int, list[RowMapping]] = {}
+        for row in c.execute(
+            sa.select(t.digests)
+            .where(t.digests.c.transaction_id.between(low, high))
+            .order_by(t.digests.c.transaction_id, t.digests.c.segment)
+        ).mappings():
+            segments.setdefault(int(row["transaction_id"]), []).append(row)
+        txs = {
+            int(row["id"]): row
+            for row in c.execute(
+                sa.select(*tx_columns).where(t.transactions.c.id.between(low, high))
+            ).mappings()
+        }
+        sealed: dict[int, dict[int, tuple[str, int]]] = {}
+        for entry in c.execute(
+            sa.select(
+                t.entries.c.transaction_id,
+                t.entries.c.segment,
+                t.entries.c.digest,
+                t.entries.c.seal_id,
+            ).where(t.entries.c.transaction_id.between(low, high))
+        ):
+            sealed.setdefault(int(entry[0]), {})[int(entry[1])] = (str(entry[2]), int(entry[3]))
+        rows: dict[int, dict[str, list[dict[str, Any]]]] = {}
+        for name, history in sorted(t.histories.items()):
+            column = history.c[TRANSACTION_ID]
+
+            def build(tolerant: bool, history: sa.Table = history, column: Any = column) -> Any:
+                return (
+                    _select(history, tolerant)
+                    .where(column.between(low, high))
+                    .order_by(column, history.c[VERSION_ID])
+                )
+
+            for record in _read(c, build):
+                rows.setdefault(record[TRANSACTION_ID], {}).setdefault(name, []).append(record)
+        ids = sorted(set(txs) | set(segments) | set(rows) | set(sealed))
+        late = self._committed_meanwhile([i for i in ids if i not in segments])
+        for tx_id in ids:
+            if tx_id in late:
+                continue
+            self._transaction(
+                tx_id,
+                txs.get(tx_id),
+                segments.get(tx_id, []),
+                rows.get(tx_id, {}),
+                sealed.get(tx_id, {}),
+            )
+
+    def _committed_meanwhile(self, ids: list[int]) -> set[int]:
+        """Of transactions seen without a digest row, those whose digest row is there now: they
+        committed while this batch was read (it is read in several statements)."""
+        if not ids:
+            return set()
+        digests = self.target.digests
+        found = self.connection.execute(
+            sa.select(digests.c.transaction_id).where(digests.c.transaction_id.in_(ids))
+        ).scalars()
+        return {int(i) for i in found}
+
+    def _transaction(
+        self,
+        tx_id: int,
+        tx: RowMapping | None,
+        segments: list[RowMapping],
+        rows: dict[str, list[dict[str, Any]]],
+        seal_of: dict[int, tuple[str, int]],
+    ) -> None:
+        report = self.report
+        report.transactions_checked += 1
+        report.versions_checked += sum(len(r) for r in rows.values())
+        if not segments:
+            self._without_digest(tx_id, tx, rows, seal_of)
+            return
+        numbers = [int(s["segment"]) for s in segments]
+        if any(n not in seal_of for n in numbers):
+            report.unsealed += 1
+        found_before = len(report.problems)
+        # The digests to trust: the seal's copy where there is one.
+        truth: list[bytes] = []
+        for segment in segments:
+            number = int(segment["segment"])
+            stored = str(segment["digest"])
+            if number in seal_of and seal_of[number][0] != stored:
+                self.problem(
+                    "altered",
+                    self.digest_name,
+                    tx_id,
+                    None,
+                    f"the digest of transaction {tx_id} (segment {number}) differs from the "
+                    f"copy in seal {seal_of[number][1]}: the digest row was changed; restore it "
+                    f"from a backup",
+                )
+                stored = seal_of[number][0]
+            truth.append(bytes.fromhex(stored))
+        for number, (_, seal_id) in sorted(seal_of.items()):
+            if number not in numbers:
+                self.problem(
+                    "missing",
+                    self.digest_name,
+                    tx_id,
+                    None,
+                    f"the digest row of transaction {tx_id} (segment {number}), sealed in seal "
+                    f"{seal_id}, was deleted; restore it from a backup",
+                )
+        if tx is None:
+            self.problem(
+                "missing",
+                self.tx_name,
+                tx_id,
+                None,
+                f"the transaction row of transaction {tx_id} was deleted (its digest "
+                f"remains); restore it from a backup",
+            )
+            return
+        tx_hash = hashlib.sha256(transaction_bytes(dict(tx))).digest()
+        # The rows each segment lists (the transaction row's prefix under its table's name).
+        listed: list[dict[str, list[str]]] = []
+        for segment in segments:
+            document = segment["rows"]
+            listed.append(dict(document) if isinstance(document, dict) else {})
+        tx_listed = listed[0].pop(self.tx_name, None) if int(segments[0]["segment"]) == 1 else None
+        actual = {
+            name: [(row, self._hash(name, row)) for row in table_rows]
+            for name, table_rows in rows.items()
+        }
+        if self._chain_matches(tx_hash, segments, listed, truth, actual):
+            if tx_listed != [tx_hash[:8].hex()] or any(
+                [h[:8].hex() for _, h in actual.get(name, [])] != self._expected(listed, name)
+                for name in set(actual) | {n for doc in listed for n in doc}
+            ):
+                self.problem(
+                    "altered",
+                    self.digest_name,
+                    tx_id,
+                    None,
+                    f"the row hashes listed in the digest row of transaction {tx_id} were "
+                    f"changed (its rows and digest match); restore the digest row from a backup",
+                )
+            return
+        if tx_listed != [tx_hash[:8].hex()]:
+            self.problem(
+                "altered",
+                self.tx_name,
+                tx_id,
+                None,
+                f"the transaction row of transaction {tx_id} (who, when, why) was changed "
+                f"after it was written; compare it with a backup",
+            )
+        for name in sorted(set(actual) | {n for doc in listed for n in doc}):
+            self._locate(tx_id, name, actual.get(name, []), self._expected(listed, name))
+        if len(report.problems) == found_before:
+            self.problem(
+                "altered",
+                self.digest_name,
+                tx_id,
+                None,
+                f"the digest row of transaction {tx_id} does not match its rows: the digest row "
+                f"(its note or digest) was changed, or history rows were changed together with "
+                f"the hashes it lists; compare the transaction with a backup",
+            )
+
+    @staticmethod
+    def _expected(listed: list[dict[str, list[str]]], name: str) -> list[str]:
+        out: list[str] = []
+        for document in listed:
+            out.extend(document.get(name, []))
+        return out
+
+    def _hash(self, name: str, row: dict[str, Any]) -> bytes:
+        history = self.target.histories[name]
+        return row_hash(history, personal.committed_view(history, row))
+
+    def _chain_matches(
+        self,
+        tx_hash: bytes,
+        segments: list[RowMapping],
+        listed: list[dict[str, list[str]]],
+        truth: list[bytes],
+        actual: dict[str, list[tuple[dict[str, Any], bytes]]],
+    ) -> bool:
+        """Whether the rows read, split into segments by the listed counts, give the digests."""
+        if int(segments[0]["segment"]) != 1:
+            return False
+        cut = {name: 0 for name in actual}
+        previous = tx_hash
+        for segment, document, expected in zip(segments, listed, truth, strict=True):
+            tables = []
+            for name in sorted(document):
+                count = len(document[name])
+                start = cut.get(name, 0)
+                hashes = [h for _, h in actual.get(name, [])[start : start + count]]
+                if len(hashes) != count:
+                    return False
+                cut[name] = start + count
+                tables.append((name, hashes))
+            previous = segment_digest(previous, tables, segment["note"])
+            if previous != expected:
+                return False
+        return all(cut[name] == len(actual[name]) for name in actual)
+
+    def _locate(
+        self,
+        tx_id: int,
+        name: str,
+        actual: list[tuple[dict[str, Any], bytes]],
+        expected: list[str],
+    ) -> None:
+        """Name each history row that was changed, deleted or added, by the listed prefixes."""
+        if name not in self.target.histories:
+            self.problem(
+                "missing",
+                name,
+                tx_id,
+                None,
+                f"transaction {tx_id} wrote {len(expected)} row(s) to {name}, which is not a "
+                f"history table of the models imported here: import its model, or the table "
+                f"was dropped",
+            )
+            return
+        got = [h[:8].hex() for _, h in actual]
+        i = j = 0
+        while i < len(got) or j < len(expected):
+            if i == len(got):
+                self._missing(tx_id, name)
+                j += 1
+                continue
+            if j == len(expected):
+                self._added(tx_id, name, actual[i][0])
+                i += 1
+                continue
+            if got[i] == expected[j]:
+                i += 1
+                j += 1
+                continue
+            got_later = got[i] in expected[j + 1 :]
+            expected_later = expected[j] in got[i + 1 :]
+            if expected_later and not got_later:
+                self._added(tx_id, name, actual[i][0])  # not listed; the listed one follows
+                i += 1
+            elif got_later and not expected_later:
+                self._missing(tx_id, name)  # the listed row is gone
+                j += 1
+            else:  # changed in place (or two rows swapped)
+                self._altered(tx_id, name, actual[i][0])
+                i += 1
+                j += 1
+
+    def _altered(self, tx_id: int, name: str, row: dict[str, Any]) -> None:
+        version = int(row[VERSION_ID])
+        self.problem(
+            "altered",
+            name,
+            tx_id,
+            version,
+            f"history row {version} of {name} (transaction {tx_id}) was changed after it was "
+            f"written; compare it with a backup",
+        )
+
+    def _added(self, tx_id: int, name: str, row: dict[str, Any]) -> None:
+        version = int(row[VERSION_ID])
+        self.problem(
+            "added",
+            name,
+            tx_id,
+            version,
+            f"history row {version} of {name} was added to transaction {tx_id} after it "
+            f"committed (versioning did not write it); find who wrote it in the database's "
+            f"logs",
+        )
+
+    def _missing(self, tx_id: int, name: str) -> None:
+        self.problem(
+            "missing",
+            name,
+            tx_id,
+            None,
+            f"a history row of {name} written by transaction {tx_id} was deleted; restore it "
+            f"from a backup",
+        )
+
+    def _without_digest(
+        self,
+        tx_id: int,
+        tx: RowMapping | None,
+        rows: dict[str, list[dict[str, Any]]],
+        seal_of: Mapping[int, tuple[str, int]],
+    ) -> None:
+        if seal_of:
+            seal_ids = sorted({seal_id for _, seal_id in seal_of.values()})
+            if tx is None and not rows:
+                self.problem(
+                    "missing",
+                    self.tx_name,
+                    tx_id,
+                    None,
+                    f"transaction {tx_id}, sealed in seal {seal_ids[0]}, was deleted: its "
+                    f"transaction row, digest row and history rows are gone; restore them from a "
+                    f"backup",
+                )
+                return
+            self.problem(
+                "missing",
+                self.digest_name,
+                tx_id,
+                None,
+                f"the digest row of transaction {tx_id}, sealed in seal {seal_ids[0]}, was "
+                f"deleted; restore it from a backup",
+            )
+            return
+        if tx is not None:
+            self.problem(
+                "added",
+                self.tx_name,
+                tx_id,
+                None,
+                f"transaction {tx_id} has no digest: its row was added outside versioning; "
+                f"find who wrote it in the database's logs",
+            )
+        for name, table_rows in sorted(rows.items()):
+            for row in table_rows:
+                self._added(tx_id, name, row)
+
+
+def _check_chain(
+    connection: Connection, target: _Target, report: Report, saved: list[Digest]
+) -> None:
+    """Recompute each seal's hash from its entries and check the links and saved digests."""
+    seals, entries = target.seals, target.entries
+    name = seals.fullname
+    expected_id = 1
+    previous: str | None = None
+    hashes: dict[int, str] = {}
+    last_transaction: dict[int, int] = {}
+    for row in _seal_rows(connection, seals):
+        seal_id = int(row["id"])
+        if seal_id != expected_id:
+            report.problems.append(
+                Problem(
+                    "chain",
+                    name,
+                    None,
+                    None,
+                    f"seal(s) {expected_id}..{seal_id - 1} are missing before seal {seal_id}; "
+                    f"restore them from a backup",
+                )
+            )
+        elif row["previous_hash"] != previous:
+            report.problems.append(
+                Problem(
+                    "chain",
+                    name,
+                    None,
+                    None,
+                    f"seal {seal_id} does not link to seal {seal_id - 1}: its previous hash "
+                    f"differs from that seal's hash; restore the seals from a backup",
+                )
+            )
+        links = connection.execute(
+            sa.select(entries.c.transaction_id, entries.c.segment, entries.c.digest)
+            .where(entries.c.seal_id == seal_id)
+            .order_by(entries.c.position)
+        ).all()
+        value = seal_hash(
+            row["previous_hash"], seal_id, ((int(t), int(s), str(d)) for t, s, d in links)
+        )
+        if value != row["hash"] or len(links) != row["count"]:
+            report.problems.append(
+                Problem(
+                    "chain",
+                    name,
+                    None,
+                    None,
+                    f"seal {seal_id} does not match the digests it links: the seal or its "
+                    f"entries in {entries.fullname} were changed; restore them from a backup",
+                )
+            )
+        hashes[seal_id] = str(row["hash"])
+        last_transaction[seal_id] = int(row["last_transaction_id"])
+        previous = str(row["hash"])
+        expected_id = seal_id + 1
+    for item in saved:
+        if item.seal_id not in hashes:
+            report.problems.append(
+                Problem(
+                    "digest",
+                    name,
+                    None,
+                    None,
+                    f"seal {item.seal_id} of a saved digest is not in the database (the chain "
+                    f"ends at seal {expected_id - 1}): the chain was cut; restore the newest "
+                    f"transactions and seals from a backup",
+                )
+            )
+        elif hashes[item.seal_id] != item.hash or last_transaction[item.seal_id] != (
+            item.last_transaction_id
+        ):
+            report.problems.append(
+                Problem(
+                    "digest",
+                    name,
+                    None,
+                    None,
+                    f"seal {item.seal_id} differs from the saved digest: the chain was "
+                    f"rewritten; compare the history with a backup taken before that seal",
+                )
+            )
+
+
+def _seal_rows(connection: Connection, seals: sa.Table) -> Iterator[RowMapping]:
+    """Every seal, in id order, a thousand at a time."""
+    after = 0
+    while True:
+        batch = (
+            connection.execute(
+                sa.select(
+                    seals.c.id,
+                    seals.c.previous_hash,
+                    seals.c.hash,
+                    seals.c.count,
+                    seals.c.last_transaction_id,
+                )
+                .where(seals.c.id > after)
+                .order_by(seals.c.id)
+                .limit(1000)
+            )
+            .mappings()
+            .all()
+        )
+        if not batch:
+            return
+        yield from batch
+        after = int(batch[-1]["id"])
+
+
+# --- sealing automatically --------------------------------------------------------------------
+
+
+class AutoSealer:
+    """Seal every ``interval`` seconds in a background thread (off unless started).
+
+    ``factory`` makes sessions (a ``sessionmaker``). Use as a context manager, or call
+    :meth:`start` and :meth:`stop`. A failed seal is logged (logger ``"versioning"``) and kept in
+    :attr:`error`; the next interval tries again.
+    """
+
+    def __init__(
+        self,
+        factory: Callable[[], Session],
+        interval: float = 60.0,
+        *,
+        metadata: sa.MetaData | None = None,
+    ) -> None:
+        if not callable(factory):
+            raise ArgumentError(f"AutoSealer takes a sessionmaker, got {factory!r}")
+        if not isinstance(interval, int | float) or interval <= 0:
+            raise ArgumentError(f"AutoSealer interval must be positive seconds, got {interval!r}")
+        self.factory = factory
+        self.interval = float(interval)
+        self.metadata = metadata
+        self.error: BaseException | None = None
+        self.last: Seal | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def seal_now(self) -> Seal | None:
+        """Seal once, in a session of its own, and commit."""
+        with self.factory() as session:
+            made = seal(session, metadata=self.metadata)
+            session.commit()
+        if made is not None:
+            self.last = made
+        return made
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.seal_now()
+                self.error = None
+            except Exception as exc:  # keep sealing: the next interval retries
+                self.error = exc
+                _log.exception("versioning: automatic seal failed")
+
+    def start(self) -> AutoSealer:
+        if self._thread is not None:
+            raise ArgumentError("this AutoSealer is already started")
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="versioning-sealer", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, *, final: bool = True) -> None:
+        """Stop the thread; with ``final`` (the default), seal once more."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._stop.set()
+        thread.join()
+        self._thread = None
+        if final:
+            self.seal_now()
+
+    def __enter__(self) -> AutoSealer:
+        return self.start()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop(final=kind is None)
