@@ -51,6 +51,14 @@ labels = sa.Table(
 )
 
 
+order_tags = sa.Table(
+    "tt_order_tags",
+    Base.metadata,
+    sa.Column("order_id", sa.ForeignKey("tt_orders.id"), primary_key=True),
+    sa.Column("tag_id", sa.ForeignKey("tt_tags.id"), primary_key=True),
+)
+
+
 class Label(Versioned, Base):
     __tablename__ = "tt_labels"
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
@@ -96,7 +104,8 @@ class Order(Versioned, Base):
         order_by="Line.qty.desc()",
     )
     tag: Mapped[Tag | None] = relationship()
-    labels: Mapped[list[Label]] = relationship(secondary=labels)
+    labels: Mapped[list[Label]] = relationship(secondary=labels, order_by="Label.id")
+    tags: Mapped[list[Tag]] = relationship(secondary="tt_order_tags", viewonly=True)
 
 
 class Line(Versioned, Base):
@@ -188,7 +197,9 @@ def moments(create_tables: Tables, sessions: Sessions) -> list[int]:
         o1 = Order(id=1, status="open", customer=c1, tag_id=1)
         o1.lines = [Line(id=1, sku="a", qty=1), Line(id=2, sku="b", qty=6)]
         boss = Manager(id=10, name="Boss", level=3)
-        s.add_all([c1, c2, o1, boss, Card(id=1, customer=c1, number="1111")])
+        red, blue = Label(id=1, name="red"), Label(id=2, name="blue")
+        o1.labels = [red]
+        s.add_all([c1, c2, o1, boss, blue, Card(id=1, customer=c1, number="1111")])
         s.add_all([Employee(id=11, name="Eve", manager=boss)])
         s.add(Contractor(id=12, name="Kim", agency="temps", manager=boss))
         s.commit()
@@ -204,6 +215,7 @@ def moments(create_tables: Tables, sessions: Sessions) -> list[int]:
         s.get_one(Line, 2).order_id = 2  # re-parented
         s.get_one(Order, 1).customer_id = 2
         s.get_one(Customer, 1).name = "Anne"
+        s.get_one(Order, 1).labels.append(s.get_one(Label, 2))
         s.add(Manager(id=20, name="Sub", level=2, manager_id=10))
         s.flush()
         s.get_one(Employee, 11).manager_id = 20
@@ -214,6 +226,8 @@ def moments(create_tables: Tables, sessions: Sessions) -> list[int]:
         s.flush()
         s.delete(s.get_one(Line, 1))
         s.get_one(Order, 1).status = "closed"
+        s.get_one(Order, 1).labels.remove(s.get_one(Label, 1))
+        s.get_one(Label, 2).name = "navy"
         s.get_one(Card, 1).number = "2222"
         s.commit()
         done.append(_last_transaction(s))
@@ -364,8 +378,6 @@ def test_refused_relationships_say_why(moments: list[int], sessions: Sessions) -
         order = as_of(s, Order, 1, t2)
         with pytest.raises(RelationshipHistoryError, match=r"Order\.tag points to Tag, which is "):
             _ = order.tag
-        with pytest.raises(RelationshipHistoryError, match=r"many-to-many as of a moment comes"):
-            _ = order.labels
         with pytest.raises(RelationshipHistoryError, match=r"Order\.tag"):
             as_of(s, Order, 1, t2, load=["tag"])
         customer = as_of(s, Customer, 1, t2)
@@ -492,3 +504,22 @@ def test_composite_keys(create_tables: Tables, sessions: Sessions, engine: sa.En
         assert [b.id for b in as_of(s, Shelf, ("n", 1), before).books] == [1]
         assert as_of(s, Shelf, ("n", 1), _last_transaction(s)).books == []
         assert [b.id for b in as_of(s, Shelf, ("s", 1), _last_transaction(s)).books] == [1, 2]
+
+
+def test_many_to_many_through_link_history(
+    moments: list[int], sessions: Sessions, engine: sa.Engine
+) -> None:
+    t1, t2, t3, t4 = moments
+    with sessions() as s:
+        names = {at: [label.name for label in as_of(s, Order, 1, at).labels] for at in moments}
+        assert names == {t1: ["red"], t2: ["red"], t3: ["red", "blue"], t4: ["navy"]}
+        orders = list(all_as_of(s, Order, t3))
+        with counting(engine) as seen:
+            assert [[label.id for label in o.labels] for o in orders] == [[1, 2], []]
+        assert len(seen) == 2  # the links, then the labels: for both orders at once
+        order = as_of(s, Order, 1, t3, load=["labels"])
+        with counting(engine) as later:
+            assert [label.name for label in order.labels] == ["red", "blue"]
+        assert later == []
+        with pytest.raises(RelationshipHistoryError, match=r"Order\.tags goes through tt_o"):
+            _ = order.tags  # to a model that is not versioned: no link history

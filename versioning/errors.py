@@ -99,7 +99,8 @@ class RelationshipHistoryError(VersioningError):
 
     Raised when the relationship is read (or named in ``load=``), before anything is loaded: its
     target is not versioned (it has no history, and today's rows would be wrong), it is a
-    many-to-many relationship, its join cannot be evaluated on the recorded columns, or the
+    many-to-many relationship through a table without link history, its join cannot be
+    evaluated on the recorded columns, or the
     instance has no session to load through. The message names ``Model.relationship`` and what
     to do.
     """

@@ -14,8 +14,9 @@ related records are those whose state at the moment has the remote columns equal
 columns' values of the instance's state then. Other conditions of a custom ``primaryjoin`` are
 evaluated on the related records' state then, if they use only their columns; anything else is
 refused with :class:`~versioning.errors.RelationshipHistoryError`, as is a relationship to a
-model that is not versioned (it has no history: today's rows would be presented as then's) and,
-until link history exists, a many-to-many relationship (:func:`many_to_many`).
+model that is not versioned (it has no history: today's rows would be presented as then's). A
+many-to-many relationship reads its links then from the association table's link history, then
+the linked records (:func:`many_to_many`: two queries per level).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from sqlalchemy.orm.base import PASSIVE_NO_RESULT, PassiveFlag
 from versioning import _compat, arguments
 from versioning.declaration import ModelSpec, require_spec, versioned_spec
 from versioning.errors import ArgumentError, RelationshipHistoryError
+from versioning.link_tables import link_spec
+from versioning.links import links_as_of
 from versioning.operation import Operation
 from versioning.reading import Version, _autoflush, _fetch, version_at
 from versioning.recording import write_pending
@@ -41,14 +44,81 @@ from versioning.snapshots import bound_for, latest, on_history
 __all__ = ["Moment", "check_paths", "many_to_many", "read_as_of"]
 
 
-def many_to_many(prop: RelationshipProperty[Any], sources: Sequence[Any], moment: Moment) -> Any:
-    """Load a many-to-many relationship as of the moment: not possible until link history is
-    recorded. The one place where that support plugs in."""
-    raise RelationshipHistoryError(
-        f"{_name(prop)} is a many-to-many relationship (secondary="
-        f"{getattr(prop.secondary, 'name', prop.secondary)!s}); many-to-many as of a moment comes "
-        f"with link history, which is not recorded yet: read the related records' own history"
-    )
+def many_to_many(
+    prop: RelationshipProperty[Any], sources: Sequence[Any], moment: Moment
+) -> dict[int, list[Any]]:
+    """Load a many-to-many relationship of ``sources`` as of the moment: the links then, from
+    the association table's link history (:func:`versioning.links.links_as_of`, one query), then
+    the linked records as they were then (one query). By ``id()`` of each source."""
+    name = _name(prop)
+    if link_spec(prop.secondary) is None:
+        raise RelationshipHistoryError(
+            f"{name} goes through {getattr(prop.secondary, 'name', prop.secondary)!s}, which has "
+            f"no link history (only an association table between two versioned models has one), "
+            f"so its links then are not known; version both models"
+        )
+    target = versioned_spec(prop.mapper)
+    source = require_spec(prop.parent.class_)
+    assert target is not None  # a table with link history joins two versioned models
+    session = moment.session
+    if session is None:
+        raise RelationshipHistoryError(f"{name} is not loaded and cannot be: {moment.without}")
+    local = [
+        _recorded(prop, prop.parent, source, column, "the instance's")
+        for column, _ in prop.synchronize_pairs
+    ]
+    remote = [
+        _recorded(prop, prop.mapper, target, column, "the related records'")
+        for column, _ in prop.secondary_synchronize_pairs or ()
+    ]
+    keys = {id(o): tuple(instance_dict(o).get(k) for k in local) for o in sources}
+    wanted = [k for k in dict.fromkeys(keys.values()) if None not in k]
+    links = links_as_of(session, prop, wanted, moment.at) if wanted else {}
+    children = sorted({child for linked in links.values() for child in linked}, key=str)
+    targets = _Targets(prop, target, remote)
+    found = moment.query(targets, children) if children else {}
+    rank = {key: i for i, key in enumerate(found)}
+    out: dict[int, list[Any]] = {}
+    for obj in sources:
+        linked = [c for c in links.get(keys[id(obj)], []) if c in found]
+        out[id(obj)] = [found[c][0] for c in sorted(linked, key=rank.__getitem__)]
+    return out
+
+
+class _Targets:
+    """The related side of a many-to-many relationship, queried by the linked records' keys."""
+
+    def __init__(self, prop: RelationshipProperty[Any], target: ModelSpec, remote: list[str]):
+        self.prop = prop
+        self.target = target
+        self.remote = remote
+        self.extra: list[Any] = []
+        self.order_by = list(prop.order_by or ())
+        for column in self.order_by:
+            on_history(target, column, target.history, f"{_name(prop)}'s order_by")
+        self.by_key = set(remote) == set(target.pk_keys) and len(remote) == len(target.pk_keys)
+
+
+def _recorded(
+    prop: RelationshipProperty[Any], mapper: Mapper[Any], spec: ModelSpec, column: Any, side: str
+) -> str:
+    """The attribute key of ``column`` (a relationship's join column) on ``mapper``; refused if
+    it is not recorded as it was (excluded, masked) or not mapped."""
+    name = _name(prop)
+    try:
+        key: str = mapper.get_property_by_column(column).key
+    except Exception:
+        raise RelationshipHistoryError(
+            f"{name} joins on {column}, which is not a mapped column of "
+            f"{mapper.class_.__name__}; it cannot be evaluated on history"
+        ) from None
+    if key not in spec.attr_set or key in spec.masks:
+        why = "excluded from" if key not in spec.attr_set else "masked in"
+        raise RelationshipHistoryError(
+            f"{name} joins on {spec.model.__name__}.{key}, which is {why} history, so "
+            f"{side} values then are not known"
+        )
+    return key
 
 
 def _name(prop: RelationshipProperty[Any]) -> str:
@@ -125,21 +195,7 @@ class _Join:
         self.by_key = set(self.remote) == pk and len(self.remote) == len(pk)
 
     def _key(self, mapper: Mapper[Any], spec: ModelSpec, column: Any, side: str) -> str:
-        name = _name(self.prop)
-        try:
-            key: str = mapper.get_property_by_column(column).key
-        except Exception:
-            raise RelationshipHistoryError(
-                f"{name} joins on {column}, which is not a mapped column of "
-                f"{mapper.class_.__name__}; it cannot be evaluated on history"
-            ) from None
-        if key not in spec.attr_set or key in spec.masks:
-            why = "excluded from" if key not in spec.attr_set else "masked in"
-            raise RelationshipHistoryError(
-                f"{name} joins on {spec.model.__name__}.{key}, which is {why} history, so "
-                f"{side} values then are not known"
-            )
-        return key
+        return _recorded(self.prop, mapper, spec, column, side)
 
     def _is_pair(self, clause: Any) -> bool:
         if not isinstance(clause, sa.sql.expression.BinaryExpression):
@@ -234,28 +290,38 @@ class Moment:
         prop = mapper.relationships[key]
         sources = [o for o in objs if sa.inspect(o).mapper.relationships.get(key) is prop]
         if prop.secondary is not None:
-            return many_to_many(prop, sources, self)
-        join = _join(prop)
-        if self.session is None:
-            raise RelationshipHistoryError(
-                f"{_name(prop)} is not loaded and cannot be: {self.without}"
-            )
-        values = {id(o): tuple(sa.inspect(o).dict.get(k) for k in join.local) for o in sources}
-        wanted = sorted(
-            {v for v in values.values() if None not in v}, key=lambda v: tuple(map(str, v))
-        )
-        found = self._known(join, wanted)
-        if found is None:
-            found = self._query(join, wanted) if wanted else {}
+            related_of = many_to_many(prop, sources, self)
+        else:
+            related_of = self._related(prop, sources)
         result = None
         for obj in sources:
-            related = found.get(values[id(obj)], []) if None not in values[id(obj)] else []
+            related = related_of[id(obj)]
             value: Any = list(related) if prop.uselist else (related[0] if related else None)
             if obj is requester:
                 result = value
             else:
                 set_committed_value(obj, key, value)
         return result
+
+    def _related(
+        self, prop: RelationshipProperty[Any], sources: Sequence[Any]
+    ) -> dict[int, list[Any]]:
+        join = _join(prop)
+        if self.session is None:
+            raise RelationshipHistoryError(
+                f"{_name(prop)} is not loaded and cannot be: {self.without}"
+            )
+        values = {id(o): tuple(instance_dict(o).get(k) for k in join.local) for o in sources}
+        wanted = sorted(
+            {v for v in values.values() if None not in v}, key=lambda v: tuple(map(str, v))
+        )
+        found = self._known(join, wanted)
+        if found is None:
+            found = self.query(join, wanted) if wanted else {}
+        return {
+            id(o): found.get(values[id(o)], []) if None not in values[id(o)] else []
+            for o in sources
+        }
 
     def _known(
         self, join: _Join, wanted: list[tuple[Any, ...]]
@@ -274,9 +340,11 @@ class Moment:
             found[remote] = [obj]
         return found
 
-    def _query(
-        self, join: _Join, wanted: list[tuple[Any, ...]]
+    def query(
+        self, join: _Join | _Targets, wanted: list[tuple[Any, ...]]
     ) -> dict[tuple[Any, ...], list[Any]]:
+        """The records of ``join``'s target as of this moment whose ``join.remote`` values are
+        one of ``wanted``, by those values, in one query."""
         spec = join.target
         session = self.session
         assert session is not None
