@@ -161,6 +161,33 @@ def test_orm_options_and_flush_cycles_are_found() -> None:
     assert seen == [False, True]
 
 
+def test_loader_callables_and_remote_annotations_are_found() -> None:
+    class Base(DeclarativeBase):
+        pass
+
+    class Tree(Base):
+        __tablename__ = "compat_tree"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        parent_id: Mapped[int | None] = mapped_column(sa.ForeignKey("compat_tree.id"))
+        parent: Mapped[Tree | None] = relationship(remote_side=[id])
+
+    prop: Any = Tree.__mapper__.relationships["parent"]
+    remote = [c.name for c in sa.sql.visitors.iterate(prop.primaryjoin) if _compat.is_remote(c)]
+    assert remote == ["id"]  # self-referential: told apart by the annotation only
+
+    tree = Tree(id=2, parent_id=1)
+    state = sa.inspect(tree)
+    calls: list[Any] = []
+
+    def load(state: Any, passive: Any) -> Any:
+        calls.append(state.obj())
+        return Tree(id=1)
+
+    _compat.set_loader(state, "parent", load)
+    assert tree.parent is not None and tree.parent.id == 1
+    assert tree.parent.id == 1 and calls == [tree]  # loaded once, then held
+
+
 def test_a_flush_in_progress_is_seen() -> None:
     class Base(DeclarativeBase):
         pass

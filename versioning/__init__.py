@@ -18,6 +18,7 @@ from versioning import masks
 from versioning import statements as _statements  # noqa: F401 - installs the statement hook
 from versioning.context import AuditContext, audit_context, current_context, set_actor
 from versioning.declaration import Versioned, VersionedOptions, history_table
+from versioning.diffing import ERASED, diff
 from versioning.erasing import erase
 from versioning.errors import (
     AppendOnlyError,
@@ -27,6 +28,7 @@ from versioning.errors import (
     ContextError,
     EncodingError,
     ErasureError,
+    RelationshipHistoryError,
     RestoreConflictError,
     RestoreError,
     SealConflictError,
@@ -41,8 +43,10 @@ from versioning.operation import Operation
 from versioning.reading import Transaction, Version, as_of, history, version_at
 from versioning.restoring import restore
 from versioning.schema import TRANSACTION_TABLE, transaction_table_for
+from versioning.table_at import all_as_of
 
 __all__ = [
+    "ERASED",
     "TRANSACTION_TABLE",
     "AppendOnlyError",
     "ArgumentError",
@@ -56,6 +60,7 @@ __all__ = [
     "ErasureError",
     "Operation",
     "Problem",
+    "RelationshipHistoryError",
     "Report",
     "RestoreConflictError",
     "RestoreError",
@@ -68,9 +73,11 @@ __all__ = [
     "Versioned",
     "VersionedOptions",
     "VersioningError",
+    "all_as_of",
     "as_of",
     "audit_context",
     "current_context",
+    "diff",
     "digest",
     "erase",
     "guard_writes",

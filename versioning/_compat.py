@@ -20,6 +20,7 @@ __all__ = [
     "has_cycles",
     "insert_multi_values",
     "insert_values",
+    "is_remote",
     "mapper_primary_key_argument",
     "mapper_properties",
     "orm_options",
@@ -30,6 +31,7 @@ __all__ = [
     "returning",
     "session_flushing",
     "set_clause",
+    "set_loader",
     "type_affinity",
     "type_is_null",
     "variant_mapping",
@@ -165,6 +167,28 @@ def variant_mapping(type_: TypeEngine[Any]) -> dict[str, TypeEngine[Any]]:
     2.1). ``dialect_impl()`` would resolve it too, but drops what matters (PostgreSQL's ``CHAR``
     becomes a plain string)."""
     return dict(getattr(type_, "_variant_mapping", None) or {})
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def set_loader(state: Any, key: str, loader: Any) -> None:
+    """Install a per-instance loader callable for attribute ``key``: what SQLAlchemy calls, with
+    ``(state, passive)``, when the attribute is read and not yet in the instance's ``__dict__``.
+
+    Writes ``InstanceState.callables`` (2.0, 2.1; undocumented), as the ORM's own deferred and
+    lazy loaders do for each loaded instance (``InstanceState._instance_level_callable_processor``).
+    """
+    if "callables" not in vars(state):
+        state.callables = {}
+    state.callables[key] = loader
+
+
+def is_remote(column: Any) -> bool:
+    """Whether a column of a relationship's ``primaryjoin`` is on its remote side (the related
+    objects' side, also in a self-referential one): the ``"remote"`` annotation SQLAlchemy puts
+    on it, in ``_annotations`` (2.0, 2.1)."""
+    return bool(getattr(column, "_annotations", {}).get("remote"))
 
 
 def enum_stored_values(type_: TypeEngine[Any]) -> dict[Any, Any]:

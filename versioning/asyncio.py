@@ -40,18 +40,27 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import Session, scoped_session
 
-from versioning import erasing, integrity, reading, restoring
+from versioning import erasing, integrity, reading, related, restoring, table_at
 from versioning.errors import ArgumentError
 from versioning.integrity import Digest, Report, Seal
 from versioning.reading import _MISSING, Version
 
-__all__ = ["as_of", "digest", "erase", "history", "restore", "seal", "verify", "version_at"]
+__all__ = [
+    "all_as_of",
+    "as_of",
+    "digest",
+    "erase",
+    "history",
+    "restore",
+    "seal",
+    "verify",
+    "version_at",
+]
 
 T = TypeVar("T")
 
 # The sync functions, each taking every argument its overloads allow.
 _history: Callable[..., list[Version]] = reading.history
-_as_of: Callable[..., Any] = reading.as_of
 _restore: Callable[..., Any] = restoring.restore
 
 
@@ -99,20 +108,58 @@ async def version_at(
     return await _check(session, "version_at").run_sync(reading.version_at, model, pk, at)
 
 
+#: Why an instance read by the async forms loads nothing on access.
+_NO_LAZY = (
+    "it was read by versioning.asyncio, which cannot load on attribute access; name it in "
+    "load=[...] (e.g. load=['lines', 'lines.notes'])"
+)
+
+
+def _as_of_loaded(session: Session, model: Any, pk: Any, at: Any, load: Any) -> Any:
+    obj, moment = related.read_as_of(session, model, pk, at, load)
+    if moment is not None:
+        moment.detach(_NO_LAZY)
+    return obj
+
+
 @overload
 async def as_of(
-    session: AsyncSession, model: type[T], pk: Any, at: dt.datetime | int
+    session: AsyncSession, model: type[T], pk: Any, at: dt.datetime | int, *, load: Any = None
 ) -> T | None: ...
 @overload
-async def as_of(session: AsyncSession, model: Any, pk: Any, at: dt.datetime | int) -> Any: ...
-async def as_of(session: AsyncSession, model: Any, pk: Any, at: dt.datetime | int) -> Any:
+async def as_of(
+    session: AsyncSession, model: Any, pk: Any, at: dt.datetime | int, *, load: Any = None
+) -> Any: ...
+async def as_of(
+    session: AsyncSession, model: Any, pk: Any, at: dt.datetime | int, *, load: Any = None
+) -> Any:
     """The record as it was at ``at``, or ``None``: the async form of :func:`versioning.as_of`.
 
     ``at`` is a timezone-aware ``datetime`` or a transaction id. The result is a new transient
     instance, not in the session, holding the recorded state (masked columns hold the mask's
-    output, excluded columns are unset); reading its attributes does no I/O.
+    output, excluded columns are unset); reading its attributes does no I/O. Relationships as of
+    the same moment are loaded for the dotted paths in ``load``; reading another one raises
+    :class:`~versioning.RelationshipHistoryError`.
     """
-    return await _check(session, "as_of").run_sync(_as_of, model, pk, at)
+    return await _check(session, "as_of").run_sync(_as_of_loaded, model, pk, at, load)
+
+
+def _all_as_of_loaded(
+    session: Session, model: Any, at: Any, criteria: tuple[Any, ...], load: Any
+) -> list[Any]:
+    found, moment = table_at.read_all_as_of(session, model, at, criteria, load)
+    objs = list(found)
+    moment.detach(_NO_LAZY)
+    return objs
+
+
+async def all_as_of(
+    session: AsyncSession, model: type[T], at: dt.datetime | int, *criteria: Any, load: Any = None
+) -> list[T]:
+    """Every record of ``model`` that existed at ``at`` and matched ``criteria`` then: the async
+    form of :func:`versioning.all_as_of`, as a list (read in one go), with the relationships
+    named in ``load`` loaded."""
+    return await _check(session, "all_as_of").run_sync(_all_as_of_loaded, model, at, criteria, load)
 
 
 def _restore_loaded(session: Session, target: Any, pk: Any, at: dt.datetime | int | None) -> Any:

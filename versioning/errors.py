@@ -94,6 +94,18 @@ class AppendOnlyError(VersioningError):
         return (type(self), (self.table, self.operation))
 
 
+class RelationshipHistoryError(VersioningError):
+    """A relationship of a record read as of a moment cannot be given as it was then.
+
+    Raised when the relationship is read (or named in ``load=``), before anything is loaded: its
+    target is not versioned (it has no history, and today's rows would be wrong), it is a
+    many-to-many relationship through a table without link history, its join cannot be
+    evaluated on the recorded columns, or the
+    instance has no session to load through. The message names ``Model.relationship`` and what
+    to do.
+    """
+
+
 class SealConflictError(VersioningError):
     """Another sealer sealed at the same moment and this transaction cannot see its seal.
 

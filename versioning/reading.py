@@ -85,9 +85,17 @@ class Version:
         """The record's primary key, as a tuple in the mapper's key order."""
         return tuple(self.state[key] for key in require_spec(self.model).pk_keys)
 
-    def to_instance(self) -> Any:
-        """A new transient instance of the model holding this version's ``state``."""
-        return _instance(self.model, self.state)
+    def to_instance(self, session: Session | None = None) -> Any:
+        """A new transient instance of the model holding this version's ``state``.
+
+        Its relationships read as they were right after this version's transaction, through
+        ``session`` (see :mod:`versioning.related`); without one, reading a relationship raises
+        :class:`~versioning.errors.RelationshipHistoryError`.
+        """
+        from versioning.related import Moment
+
+        without = "version.to_instance() was given no session: call version.to_instance(session)"
+        return Moment(session, self.transaction_id, without).instance(self, [])
 
 
 def _instance(model: type[T], state: Mapping[str, Any]) -> T:
@@ -388,19 +396,21 @@ def version_at(
 
 
 @overload
-def as_of(session: Session, model: type[T], pk: Any, at: dt.datetime | int) -> T | None: ...
+def as_of(
+    session: Session, model: type[T], pk: Any, at: dt.datetime | int, *, load: Any = None
+) -> T | None: ...
 @overload
-def as_of(session: Session, model: Any, pk: Any, at: dt.datetime | int) -> Any: ...
-def as_of(session: Session, model: Any, pk: Any, at: dt.datetime | int) -> Any:
+def as_of(
+    session: Session, model: Any, pk: Any, at: dt.datetime | int, *, load: Any = None
+) -> Any: ...
+def as_of(session: Session, model: Any, pk: Any, at: dt.datetime | int, *, load: Any = None) -> Any:
     """The record as it was at ``at`` — a transient instance — or ``None`` if it did not exist.
 
     ``at`` is a timezone-aware ``datetime`` (the state after the last transaction issued at or
-    before it) or a transaction id (the state after that transaction). One indexed query.
+    before it) or a transaction id (the state after that transaction). One indexed query. Its
+    relationships read as of the same moment, on access or now for the dotted paths in ``load``
+    (see :mod:`versioning.related`).
     """
-    session = arguments.session(session, "as_of")
-    arguments.model(model, "as_of")
-    at = arguments.moment(at, "as_of")
-    version = version_at(session, model, pk, at)
-    if version is None or version.operation is Operation.DELETE:
-        return None
-    return version.to_instance()
+    from versioning.related import read_as_of
+
+    return read_as_of(session, model, pk, at, load)[0]
