@@ -523,3 +523,11 @@ def test_many_to_many_through_link_history(
         assert later == []
         with pytest.raises(RelationshipHistoryError, match=r"Order\.tags goes through tt_o"):
             _ = order.tags  # to a model that is not versioned: no link history
+
+
+def test_children_are_looked_up_in_their_history_by_an_index() -> None:
+    """A one-to-many as of a moment reads the child's history by its foreign-key snapshot: that
+    column is indexed (with the transaction id), so the read does not scan all history."""
+    history = versioning.history_table(Line)
+    indexed = {tuple(c.name for c in index.columns) for index in history.indexes}
+    assert ("order_id", "versioning_transaction_id") in indexed

@@ -36,6 +36,7 @@ from versioning.schema import (
     LIVE_TABLE_INFO,
     META_COLUMNS,
     PERSONAL,
+    foreign_key_index,
     history_table_for,
     personal_column,
     snapshot_column,
@@ -387,6 +388,10 @@ def _declare(mapper: Mapper[Any], cls: type[Any]) -> None:
         if personal and PERSONAL not in history.c:
             history.append_column(personal_column())
     _register_personal(cls, history, {key: history_names[key] for key in personal})
+    for key in keys:
+        # (A masked snapshot is text of any length: MariaDB cannot index it, nor is it looked up.)
+        if key not in pk_keys and key not in masks and live_columns[key].foreign_keys:
+            foreign_key_index(history, history_names[key])
 
     # Columns a flush may change without the user setting them.
     version_column = mapper.version_id_col

@@ -40,6 +40,7 @@ __all__ = [
     "TRANSACTION_TABLE",
     "VERSION_ID",
     "UTCDateTime",
+    "foreign_key_index",
     "history_table_for",
     "integrity_tables",
     "issued_at_utc",
@@ -348,3 +349,15 @@ def history_table_for(
         info={_INFO_KEY: "history", "live_table": live.fullname},
         comment=f"versioning: history of {live.fullname}",
     )
+
+
+def foreign_key_index(history: sa.Table, column: str) -> None:
+    """Index a snapshot column that holds a foreign key, with the transaction id.
+
+    Reading a one-to-many relationship as of a moment looks children up by that column in their
+    history (see :mod:`versioning.related`): without the index it would scan all of it.
+    """
+    name = _index_name(history.name, f"fk_{column}")
+    if any(index.name == name for index in history.indexes):
+        return
+    sa.Index(name, history.c[column], history.c[TRANSACTION_ID])
