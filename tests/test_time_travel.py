@@ -19,7 +19,15 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    DynamicMapped,
+    Mapped,
+    Session,
+    WriteOnlyMapped,
+    mapped_column,
+    relationship,
+)
 from test_asyncio import _async_url, run
 
 import versioning
@@ -531,3 +539,43 @@ def test_children_are_looked_up_in_their_history_by_an_index() -> None:
     history = versioning.history_table(Line)
     indexed = {tuple(c.name for c in index.columns) for index in history.indexes}
     assert ("order_id", "versioning_transaction_id") in indexed
+
+
+class DynBase(DeclarativeBase):
+    pass
+
+
+class DynParent(Versioned, DynBase):
+    __tablename__ = "tt_dyn_parents"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    kids: DynamicMapped[DynKid] = relationship(lazy="dynamic", order_by="DynKid.id")
+    written: WriteOnlyMapped[DynKid] = relationship(viewonly=True, order_by="DynKid.id")
+
+
+class DynKid(Versioned, DynBase):
+    __tablename__ = "tt_dyn_kids"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    parent_id: Mapped[int] = mapped_column(sa.ForeignKey("tt_dyn_parents.id"))
+
+
+def test_dynamic_and_write_only_relationships_are_refused_as_of_a_moment(
+    create_tables: Tables, sessions: Sessions
+) -> None:
+    """They query today's rows from the instance: on an instance as of a moment that would be
+    today's children presented as then, so reading them raises; live instances are untouched."""
+    create_tables(DynBase.metadata)
+    with sessions() as session:
+        session.add(DynParent(id=1))
+        session.commit()
+        then = history(session, DynParent, 1)[-1].transaction_id
+        session.add(DynKid(id=1, parent_id=1))  # a child added after that moment
+        session.commit()
+        old = as_of(session, DynParent, 1, then)
+        assert old is not None
+        for name, kind in (("kids", "dynamic"), ("written", "write_only")):
+            with pytest.raises(RelationshipHistoryError, match=rf"DynParent\.{name} is a {kind}"):
+                getattr(old, name)
+        live = session.get(DynParent, 1)
+        assert live is not None
+        assert [kid.id for kid in live.kids] == [1]
+        assert [kid.id for kid in session.scalars(live.written.select())] == [1]

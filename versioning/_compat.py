@@ -8,6 +8,7 @@ SQLAlchemy attribute whose name starts with an underscore.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.orm import Mapper, RelationshipProperty, Session, SessionTransaction
@@ -182,6 +183,32 @@ def set_loader(state: Any, key: str, loader: Any) -> None:
     if "callables" not in vars(state):
         state.callables = {}
     state.callables[key] = loader
+
+
+def refuse_collection(
+    manager: Any, key: str, refuse: Callable[[Any], BaseException | None]
+) -> None:
+    """Make a ``dynamic`` or ``write_only`` relationship ask ``refuse(state)`` before it builds
+    its collection object for an instance, and raise what it returns.
+
+    Such attributes never consult ``InstanceState.callables``: their implementation builds a
+    query object from ``impl.query_class(impl, state)`` (2.0, 2.1). This installs a subclass of
+    that class whose ``__init__`` asks first; idempotent.
+    """
+    impl = manager[key].impl
+    original = impl.query_class
+    if getattr(original, "_versioning_refuses", False):
+        return
+
+    def __init__(self: Any, attr: Any, state: Any) -> None:
+        error = refuse(state)
+        if error is not None:
+            raise error
+        original.__init__(self, attr, state)
+
+    impl.query_class = type(
+        original.__name__, (original,), {"__init__": __init__, "_versioning_refuses": True}
+    )
 
 
 def is_remote(column: Any) -> bool:

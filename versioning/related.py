@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -119,6 +119,23 @@ def _recorded(
             f"{side} values then are not known"
         )
     return key
+
+
+def _as_of_refusal(prop: RelationshipProperty[Any]) -> Callable[[Any], BaseException | None]:
+    """For a dynamic or write-only relationship: the error to raise when an instance made as of a
+    moment (one with this module's loader for it) reads it; ``None`` for other instances."""
+
+    def refusal(state: Any) -> BaseException | None:
+        loader = vars(state).get("callables", {}).get(prop.key)
+        if not getattr(loader, "versioning_as_of", False):
+            return None
+        return RelationshipHistoryError(
+            f"{_name(prop)} is a {prop.lazy} relationship, which queries today's rows; on an "
+            f"instance as of a moment it cannot give them as they were then: declare a plain "
+            f"relationship (viewonly=True) beside it to read it as of a moment"
+        )
+
+    return refusal
 
 
 def _name(prop: RelationshipProperty[Any]) -> str:
@@ -270,6 +287,9 @@ class Moment:
         group.append(obj)
         state = instance_state(obj)
         for prop in mapper.relationships:
+            if prop.lazy in ("dynamic", "write_only"):
+                # They build a query of today's rows from the instance, and never ask a loader.
+                _compat.refuse_collection(mapper.class_manager, prop.key, _as_of_refusal(prop))
             _compat.set_loader(state, prop.key, self._loader(group, prop.key))
         return obj
 
@@ -281,6 +301,7 @@ class Moment:
             pending = [o for o in group if key not in sa.inspect(o).dict or o is requester]
             return self.load(pending, key, requester)
 
+        load.versioning_as_of = True  # type: ignore[attr-defined]
         return load
 
     def load(self, objs: Sequence[Any], key: str, requester: Any = None) -> Any:
