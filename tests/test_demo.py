@@ -73,6 +73,10 @@ def test_demo_writes_the_database_and_prints_the_story(tmp_path: Path) -> None:
     after = _lines(out.split("== history of Invoice 1, afterwards")[1])
     operations = [line.split()[0] for line in after if re.match(r"^\w+ +transaction \d+ ", line)]
     assert operations == ["insert", "update", "delete", "insert"]
+    # The history is sealed and verifies against the digest the demo printed.
+    assert any(line.startswith("seal 1: ") and "digests linked" in line for line in lines)
+    assert any(line.startswith('digest to keep elsewhere: {"') for line in lines)
+    assert any(line.startswith("verify: ok (") and " 0 unsealed)" in line for line in lines)
     # An insert and a delete print the state they created or deleted; only an update has diffs.
     assert after[after.index("reason: sent to the wrong customer") + 1] == (
         "deleted: customer='ACME Corp', amount=99.50, status=sent, card_number='************0004'"

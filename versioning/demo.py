@@ -24,9 +24,12 @@ from versioning import (
     Versioned,
     as_of,
     audit_context,
+    digest,
     history,
     masks,
     restore,
+    seal,
+    verify,
 )
 
 __all__ = ["Invoice", "InvoiceStatus", "run"]
@@ -222,6 +225,20 @@ def _story(p: _Printer, session: Session, path: Path) -> None:
 
     p.heading(f"history of {name}, afterwards")
     _print_history(p, history(session, Invoice, 1))
+
+    p.heading("seal the history, keep the digest outside the database, verify")
+    made = seal(session)
+    session.commit()
+    assert made is not None
+    kept = digest(session)
+    assert kept is not None
+    p.line(f"  seal {made.id}: {made.count} transaction digests linked, hash {made.hash[:16]}...")
+    p.line(f"  digest to keep elsewhere: {kept.to_json()}")
+    report = verify(session, [kept])
+    p.line(
+        f"  verify: {'ok' if report.ok else 'PROBLEMS'} ({report.transactions_checked} "
+        f"transactions, {report.versions_checked} versions checked, {report.unsealed} unsealed)"
+    )
     p.line()
     p.line(f"done: inspect {path} with any SQLite client (tables invoices_history and")
     p.line("versioning_transaction).")
