@@ -86,6 +86,14 @@ def _digest(sessions: Sessions) -> Digest:
     return saved
 
 
+def _transaction_ids(engine: sa.Engine) -> list[int]:
+    """The ids of the test's transactions, in order (id counters go on from earlier tests)."""
+    with engine.connect() as connection:
+        return list(
+            connection.exec_driver_sql(f"SELECT id FROM {TRANSACTION_TABLE} ORDER BY id").scalars()
+        )
+
+
 def _version_id(engine: sa.Engine, table: str, tx_id: int, pk: int) -> int:
     with engine.connect() as connection:
         return int(
@@ -98,8 +106,9 @@ def _version_id(engine: sa.Engine, table: str, tx_id: int, pk: int) -> int:
 
 @pytest.fixture
 def seeded(create_tables: Tables, sessions: Sessions) -> sa.Engine:
-    """Three transactions: 1 inserts orders 1, 2 and line 1; 2 updates both orders; 3 deletes
-    order 2 (history versions 1-6)."""
+    """Three transactions: the first inserts orders 1, 2 and line 1; the second updates both
+    orders; the third deletes order 2 (six history versions). Their ids are read back with
+    :func:`_transaction_ids`."""
     engine = create_tables(Base.metadata)
     with sessions() as session:
         with audit_context(actor="alice", reason="new orders", extra={"ticket": 7}):
@@ -125,12 +134,13 @@ def seeded(create_tables: Tables, sessions: Sessions) -> sa.Engine:
 
 
 def test_a_clean_history_verifies_sealed_or_not(seeded: sa.Engine, sessions: Sessions) -> None:
+    third = _transaction_ids(seeded)[2]
     report = _verify(sessions)
     assert report.ok, report.problems
     assert (report.transactions_checked, report.versions_checked, report.unsealed) == (3, 6, 3)
 
     made = _seal(sessions)
-    assert made is not None and (made.id, made.count, made.last_transaction_id) == (1, 3, 3)
+    assert made is not None and (made.id, made.count, made.last_transaction_id) == (1, 3, third)
     assert made.previous_hash is None and len(made.hash) == 64
     assert _seal(sessions) is None  # nothing left to seal: idempotent
     report = _verify(sessions)
@@ -159,70 +169,87 @@ def test_sealing_and_verifying_write_nothing_else(seeded: sa.Engine, sessions: S
 # --- each tampering, named -----------------------------------------------------------------------
 
 
+#: In an expected problem: the version id of the row that "history row added" forges, which the
+#: history table's id counter gives it (read back after the tampering).
+FORGED = object()
+
+
 def _cases(engine: sa.Engine) -> dict[str, tuple[list[str], set[Any]]]:
-    paid = _version_id(engine, ORDERS, 2, 1)
-    first, second = _version_id(engine, ORDERS, 1, 1), _version_id(engine, ORDERS, 1, 2)
-    deleted = _version_id(engine, ORDERS, 3, 2)
+    t1, t2, t3 = _transaction_ids(engine)
+    paid = _version_id(engine, ORDERS, t2, 1)
+    first, second = _version_id(engine, ORDERS, t1, 1), _version_id(engine, ORDERS, t1, 2)
+    deleted = _version_id(engine, ORDERS, t3, 2)
     return {
         "history row changed": (
             [f"UPDATE {ORDERS} SET status = 'refunded' WHERE versioning_id = {paid}"],
-            {("altered", ORDERS, 2, paid)},
+            {("altered", ORDERS, t2, paid)},
         ),
         "history row deleted": (
             [f"DELETE FROM {ORDERS} WHERE versioning_id = {paid}"],
-            {("missing", ORDERS, 2, None)},
+            {("missing", ORDERS, t2, None)},
         ),
         "history row added": (
             [
                 f"INSERT INTO {ORDERS} (versioning_transaction_id, versioning_operation, id, "
-                f"status) VALUES (2, 'update', 1, 'forged')"
+                f"status) VALUES ({t2}, 'update', 1, 'forged')"
             ],
-            {("added", ORDERS, 2, 6)},
+            {("added", ORDERS, t2, FORGED)},
         ),
         "two rows swapped": (
-            [f"UPDATE {ORDERS} SET id = 3 - id WHERE versioning_transaction_id = 1"],
-            {("altered", ORDERS, 1, first), ("altered", ORDERS, 1, second)},
+            [f"UPDATE {ORDERS} SET id = 3 - id WHERE versioning_transaction_id = {t1}"],
+            {("altered", ORDERS, t1, first), ("altered", ORDERS, t1, second)},
         ),
         "transaction row changed": (
-            [f"UPDATE {TRANSACTION_TABLE} SET actor = 'mallory' WHERE id = 2"],
-            {("altered", TRANSACTION_TABLE, 2, None)},
+            [f"UPDATE {TRANSACTION_TABLE} SET actor = 'mallory' WHERE id = {t2}"],
+            {("altered", TRANSACTION_TABLE, t2, None)},
         ),
         "digest note changed": (
-            [f"UPDATE {DIGEST_TABLE} SET note = 'nothing to see' WHERE transaction_id = 3"],
-            {("altered", DIGEST_TABLE, 3, None)},
+            [f"UPDATE {DIGEST_TABLE} SET note = 'nothing to see' WHERE transaction_id = {t3}"],
+            {("altered", DIGEST_TABLE, t3, None)},
         ),
         "digest value changed": (
-            [f"UPDATE {DIGEST_TABLE} SET digest = '{'0' * 64}' WHERE transaction_id = 1"],
-            {("altered", DIGEST_TABLE, 1, None)},
+            [f"UPDATE {DIGEST_TABLE} SET digest = '{'0' * 64}' WHERE transaction_id = {t1}"],
+            {("altered", DIGEST_TABLE, t1, None)},
         ),
         "sealed transaction deleted": (
             [
                 f"DELETE FROM {ORDERS} WHERE versioning_id = {deleted}",
-                f"DELETE FROM {DIGEST_TABLE} WHERE transaction_id = 3",
-                f"DELETE FROM {TRANSACTION_TABLE} WHERE id = 3",
+                f"DELETE FROM {DIGEST_TABLE} WHERE transaction_id = {t3}",
+                f"DELETE FROM {TRANSACTION_TABLE} WHERE id = {t3}",
             ],
-            {("missing", TRANSACTION_TABLE, 3, None)},
+            {("missing", TRANSACTION_TABLE, t3, None)},
         ),
         "seal changed": (
             [f"UPDATE {SEAL_TABLE} SET hash = '{'a' * 64}' WHERE id = 1"],
             {("chain", SEAL_TABLE, None, None)},
         ),
         "seal entry changed": (
-            [f"UPDATE {SEAL_ENTRY_TABLE} SET position = 5 WHERE transaction_id = 1"],
+            [f"UPDATE {SEAL_ENTRY_TABLE} SET position = 5 WHERE transaction_id = {t1}"],
             {("chain", SEAL_TABLE, None, None)},
         ),
         "sealed digest row deleted": (
-            [f"DELETE FROM {DIGEST_TABLE} WHERE transaction_id = 1"],
-            {("missing", DIGEST_TABLE, 1, None)},
+            [f"DELETE FROM {DIGEST_TABLE} WHERE transaction_id = {t1}"],
+            {("missing", DIGEST_TABLE, t1, None)},
         ),
         "transaction added": (
             [
                 f"INSERT INTO {TRANSACTION_TABLE} (id, issued_at, actor) "
-                f"VALUES (10, '2020-01-01 00:00:00', 'mallory')"
+                f"VALUES ({t3 + 7}, '2020-01-01 00:00:00', 'mallory')"
             ],
-            {("added", TRANSACTION_TABLE, 10, None)},
+            {("added", TRANSACTION_TABLE, t3 + 7, None)},
         ),
     }
+
+
+def _forged(engine: sa.Engine, expected: set[Any]) -> set[Any]:
+    """``expected`` with :data:`FORGED` replaced by the forged history row's version id."""
+    if not any(FORGED in problem for problem in expected):
+        return expected
+    with engine.connect() as connection:
+        forged = connection.exec_driver_sql(
+            f"SELECT versioning_id FROM {ORDERS} WHERE status = 'forged'"
+        ).scalar_one()
+    return {tuple(forged if v is FORGED else v for v in problem) for problem in expected}
 
 
 TAMPERINGS = [
@@ -248,6 +275,7 @@ def test_each_tampering_is_named_and_nothing_else(
     assert _seal(sessions) is not None
     statements, expected = _cases(seeded)[case]
     _tamper(seeded, *statements)
+    expected = _forged(seeded, expected)
     report = _verify(sessions)
     assert not report.ok
     assert _found(report) == expected, report.problems
@@ -265,6 +293,7 @@ def test_unsealed_rows_are_checked_against_their_own_digest(
 ) -> None:
     statements, expected = _cases(seeded)[case]
     _tamper(seeded, *statements)
+    expected = _forged(seeded, expected)
     report = _verify(sessions)
     assert _found(report) == expected, report.problems
     assert report.unsealed == 3
@@ -280,10 +309,11 @@ def test_saved_digests_catch_a_cut_tail_and_a_consistent_rewrite(
         session.commit()
     _seal(sessions)
     second = _digest(sessions)
-    assert (second.seal_id, second.last_transaction_id) == (2, 4)
+    third, fourth = _transaction_ids(seeded)[2:]
+    assert (second.seal_id, second.last_transaction_id) == (2, fourth)
     assert Digest.from_json(second.to_json()) == second
 
-    # The tail cut: the chain alone still verifies (transaction 4 is merely unsealed) ...
+    # The tail cut: the chain alone still verifies (the fourth transaction is merely unsealed) ...
     _tamper(
         seeded,
         f"DELETE FROM {SEAL_ENTRY_TABLE} WHERE seal_id = 2",
@@ -296,15 +326,15 @@ def test_saved_digests_catch_a_cut_tail_and_a_consistent_rewrite(
     assert _found(report) == {("digest", SEAL_TABLE, None, None)}, report.problems
     assert "cut" in report.problems[0].detail
 
-    # A consistent rewrite: transaction 3 gone, every seal made again.
-    deleted = _version_id(seeded, ORDERS, 3, 2)
+    # A consistent rewrite: the third transaction gone, every seal made again.
+    deleted = _version_id(seeded, ORDERS, third, 2)
     _tamper(
         seeded,
         f"DELETE FROM {SEAL_ENTRY_TABLE}",
         f"DELETE FROM {SEAL_TABLE}",
         f"DELETE FROM {ORDERS} WHERE versioning_id = {deleted}",
-        f"DELETE FROM {DIGEST_TABLE} WHERE transaction_id = 3",
-        f"DELETE FROM {TRANSACTION_TABLE} WHERE id = 3",
+        f"DELETE FROM {DIGEST_TABLE} WHERE transaction_id = {third}",
+        f"DELETE FROM {TRANSACTION_TABLE} WHERE id = {third}",
     )
     _seal(sessions)
     assert _verify(sessions).ok
@@ -398,7 +428,8 @@ def test_rows_of_one_transaction_verify_in_write_order(
         session.commit()
     report = _verify(sessions)
     assert report.ok and report.versions_checked == 3 + 36 + 27 + 4 + 1 + 1, report.problems
-    assert _segments(engine, 1) == [1]
+    [transaction] = _transaction_ids(engine)
+    assert _segments(engine, transaction) == [1]
 
 
 def test_a_flush_after_the_digest_gets_a_segment_of_its_own(
@@ -416,12 +447,15 @@ def test_a_flush_after_the_digest_gets_a_segment_of_its_own(
             session.flush()
 
     session.commit()
-    assert [v.state["status"] for v in history(session, Order, 1)] == ["new", "stamped"]
+    versions = history(session, Order, 1)
+    assert [v.state["status"] for v in versions] == ["new", "stamped"]
     session.rollback()
-    assert _segments(engine, 1) == [1, 2]
+    [transaction] = {v.transaction_id for v in versions}
+    assert _segments(engine, transaction) == [1, 2]
     assert _verify(sessions).ok
     _tamper(engine, f"DELETE FROM {DIGEST_TABLE} WHERE segment = 2")
-    assert _found(_verify(sessions)) == {("added", ORDERS, 1, 2)}
+    stamped = versions[1].version_id
+    assert _found(_verify(sessions)) == {("added", ORDERS, transaction, stamped)}
 
 
 def test_a_late_segment_rolled_back_with_its_savepoint_is_taken_back(
@@ -445,7 +479,8 @@ def test_a_late_segment_rolled_back_with_its_savepoint_is_taken_back(
 
     session.commit()
     session.close()
-    assert _segments(engine, 1) == [1, 2]
+    [transaction] = _transaction_ids(engine)
+    assert _segments(engine, transaction) == [1, 2]
     assert _verify(sessions).ok
 
 
@@ -505,8 +540,8 @@ def test_a_restore_after_an_early_write_keeps_its_reason_without_updating(
     with engine.connect() as connection:
         assert (
             connection.exec_driver_sql(
-                f"SELECT reason FROM {TRANSACTION_TABLE} WHERE id = 3"
-            ).scalar()
+                f"SELECT reason FROM {TRANSACTION_TABLE} WHERE id = {last.transaction_id}"
+            ).scalar_one()
             is None
         )
     assert _verify(sessions).ok
