@@ -368,20 +368,20 @@ def test_links_added_and_removed_are_recorded_exactly(
         session.commit()  # 5: the post deleted: its link with it
         session.delete(t10)
         session.commit()  # 6: the tag deleted: its link (other side) with it
-    assert links(engine, post_tags) == [
-        (1, INSERT, 1, 10, 1, "auto"),
-        (1, INSERT, 1, 11, 1, "auto"),
-        (2, DELETE, 1, 10, 1, "auto"),
-        (2, INSERT, 2, 10, 1, "auto"),
-        (3, INSERT, 1, 12, 1, "auto"),
-        (4, DELETE, 1, 11, 1, "auto"),
-        (5, DELETE, 1, 12, 1, "auto"),
-        (6, DELETE, 2, 10, 1, "auto"),
-    ]
     # One transaction row per commit, shared with the records' own history.
-    assert transaction_ids(engine) == [1, 2, 3, 4, 5, 6]
+    t1, t2, t3, t4, t5, t6 = transaction_ids(engine)
+    assert links(engine, post_tags) == [
+        (t1, INSERT, 1, 10, 1, "auto"),
+        (t1, INSERT, 1, 11, 1, "auto"),
+        (t2, DELETE, 1, 10, 1, "auto"),
+        (t2, INSERT, 2, 10, 1, "auto"),
+        (t3, INSERT, 1, 12, 1, "auto"),
+        (t4, DELETE, 1, 11, 1, "auto"),
+        (t5, DELETE, 1, 12, 1, "auto"),
+        (t6, DELETE, 2, 10, 1, "auto"),
+    ]
     with sessions() as session:
-        assert [v.transaction_id for v in versioning.history(session, Post, 1)] == [1, 4, 5]
+        assert [v.transaction_id for v in versioning.history(session, Post, 1)] == [t1, t4, t5]
 
 
 def test_links_keep_the_values_the_database_stored(
@@ -398,7 +398,8 @@ def test_links_keep_the_values_the_database_stored(
         post.tags.clear()
         session.commit()
     # The delete holds the row as it was, its extra columns read before the DELETE.
-    assert links(engine, post_tags) == [(2, DELETE, 1, 10, 5, "hand")]
+    _, t2 = transaction_ids(engine)  # the Core INSERT's commit has none
+    assert links(engine, post_tags) == [(t2, DELETE, 1, 10, 5, "hand")]
 
 
 def test_links_with_a_composite_key(create_tables: CreateTables, sessions: Sessions) -> None:
@@ -409,17 +410,18 @@ def test_links_with_a_composite_key(create_tables: CreateTables, sessions: Sessi
         session.commit()
         shelf.books.pop(0)
         session.commit()
-        assert links_as_of(session, Shelf.books, [("north", 3), ("south", 3)], 1) == {
+        t1, t2 = transaction_ids(engine)
+        assert links_as_of(session, Shelf.books, [("north", 3), ("south", 3)], t1) == {
             ("north", 3): [(1,), (2,)],
             ("south", 3): [],
         }
-        assert links_as_of(session, Shelf.books, [("north", 3)], 2) == {("north", 3): [(2,)]}
+        assert links_as_of(session, Shelf.books, [("north", 3)], t2) == {("north", 3): [(2,)]}
         with pytest.raises(ArgumentError, match=r"a key of 2 value\(s\) was expected, got 7"):
-            links_as_of(session, Shelf.books, [7], 2)
+            links_as_of(session, Shelf.books, [7], t2)
     assert links(engine, shelf_books) == [
-        (1, INSERT, "north", 3, 1),
-        (1, INSERT, "north", 3, 2),
-        (2, DELETE, "north", 3, 1),
+        (t1, INSERT, "north", 3, 1),
+        (t1, INSERT, "north", 3, 2),
+        (t2, DELETE, "north", 3, 1),
     ]
 
 
@@ -458,7 +460,8 @@ def test_a_link_removed_meanwhile_is_refused_and_nothing_recorded(
         post.tags.clear()
         with pytest.raises(StaleDataError, match="expected to delete 1 row"):
             first.commit()
-    assert [row[:2] for row in links(engine, post_tags)] == [(1, INSERT), (2, DELETE)]
+    t1, t2 = transaction_ids(engine)
+    assert [row[:2] for row in links(engine, post_tags)] == [(t1, INSERT), (t2, DELETE)]
 
 
 def test_a_link_added_twice_is_refused_by_the_database(
@@ -477,7 +480,8 @@ def test_a_link_added_twice_is_refused_by_the_database(
         first.commit()
         with pytest.raises(sa.exc.IntegrityError):
             second.commit()
-    assert [row[:2] for row in links(engine, post_tags)] == [(2, INSERT)]
+    _, t2 = transaction_ids(engine)
+    assert [row[:2] for row in links(engine, post_tags)] == [(t2, INSERT)]
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -486,7 +490,7 @@ def test_a_link_added_twice_is_refused_by_the_database(
 def test_links_as_of_each_moment_from_either_side(
     create_tables: CreateTables, sessions: Sessions
 ) -> None:
-    create_tables(Base.metadata)
+    engine = create_tables(Base.metadata)
     with sessions() as session:
         t10, t11 = Tag(id=10, name="a"), Tag(id=11, name="b")
         post1, post2 = Post(id=1, title="one", tags=[t10, t11]), Post(id=2, title="two")
@@ -497,21 +501,22 @@ def test_links_as_of_each_moment_from_either_side(
         session.commit()  # 2
         session.delete(post1)
         session.commit()  # 3
-        assert links_as_of(session, Post.tags, [1, 2], 1) == {(1,): [(10,), (11,)], (2,): []}
-        assert links_as_of(session, Post.tags, [1, 2], 2) == {(1,): [(11,)], (2,): [(10,)]}
-        assert links_as_of(session, Post.tags, [1, 2], 3) == {(1,): [], (2,): [(10,)]}
-        assert links_as_of(session, Tag.posts, [10, 11], 1) == {(10,): [(1,)], (11,): [(1,)]}
-        assert links_as_of(session, Tag.posts, [10, 11], 2) == {(10,): [(2,)], (11,): [(1,)]}
-        assert links_as_of(session, Tag.posts, [(10,), (11,)], 3) == {(10,): [(2,)], (11,): []}
+        t1, t2, t3 = transaction_ids(engine)
+        assert links_as_of(session, Post.tags, [1, 2], t1) == {(1,): [(10,), (11,)], (2,): []}
+        assert links_as_of(session, Post.tags, [1, 2], t2) == {(1,): [(11,)], (2,): [(10,)]}
+        assert links_as_of(session, Post.tags, [1, 2], t3) == {(1,): [], (2,): [(10,)]}
+        assert links_as_of(session, Tag.posts, [10, 11], t1) == {(10,): [(1,)], (11,): [(1,)]}
+        assert links_as_of(session, Tag.posts, [10, 11], t2) == {(10,): [(2,)], (11,): [(1,)]}
+        assert links_as_of(session, Tag.posts, [(10,), (11,)], t3) == {(10,): [(2,)], (11,): []}
         # Moments as datetimes: after a transaction, and before the first.
         issued = {
             v.transaction_id: v.transaction.issued_at for v in versioning.history(session, Post, 1)
         }
-        assert links_as_of(session, Post.tags, [1], issued[1]) == {(1,): [(10,), (11,)]}
-        assert links_as_of(session, Post.tags, [1], issued[3]) == {(1,): []}
+        assert links_as_of(session, Post.tags, [1], issued[t1]) == {(1,): [(10,), (11,)]}
+        assert links_as_of(session, Post.tags, [1], issued[t3]) == {(1,): []}
         long_ago = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
         assert links_as_of(session, Post.tags, [1], long_ago) == {(1,): []}
-        assert links_as_of(session, Post.tags, [], 3) == {}
+        assert links_as_of(session, Post.tags, [], t3) == {}
 
 
 def test_links_as_of_sees_the_links_of_the_open_transaction(
@@ -568,11 +573,12 @@ def test_core_writes_to_a_link_table_are_flagged_by_the_guard(
                 with pytest.raises(UncapturedWriteError, match="link table 'lk_post_tags'"):
                     session.execute(statement)
                 session.rollback()
+        t1, t2, t3, t4 = transaction_ids(engine)
         assert [row[:2] for row in links(engine, post_tags)] == [
-            (1, INSERT),
-            (2, DELETE),
-            (3, INSERT),
-            (4, DELETE),
+            (t1, INSERT),
+            (t2, DELETE),
+            (t3, INSERT),
+            (t4, DELETE),
         ]
     finally:
         guarded.dispose()
@@ -595,7 +601,8 @@ def test_a_core_statement_after_a_flush_with_nothing_to_write_is_not_taken_for_t
         session.flush()  # before_flush left nothing to write: the flush ends early, no after_flush
         session.execute(post_tags.delete())  # Core, outside any flush: not recorded
         session.commit()
-    assert links(engine, post_tags) == [(1, INSERT, 1, 10, 1, "auto")]
+    (t1,) = transaction_ids(engine)
+    assert links(engine, post_tags) == [(t1, INSERT, 1, 10, 1, "auto")]
 
 
 def test_a_core_statement_on_a_link_table_during_a_flush_is_refused(
@@ -628,7 +635,8 @@ def test_a_core_statement_on_a_link_table_during_a_flush_is_refused(
                 session.rollback()
     finally:
         sa.event.remove(Post, "after_update", unlink)
-    assert [row[:2] for row in links(engine, post_tags)] == [(1, INSERT)]
+    (t1,) = transaction_ids(engine)
+    assert [row[:2] for row in links(engine, post_tags)] == [(t1, INSERT)]
 
 
 def test_autogenerate_renders_the_link_history_and_the_migration_runs(engine: sa.Engine) -> None:
@@ -792,17 +800,18 @@ def test_self_referential_links(create_tables: CreateTables, sessions: Sessions)
         session.commit()
         ann.friends.remove(bob)
         session.commit()
-        assert links_as_of(session, Person.friends, [1, 2, 3], 1) == {
+        t1, t2 = transaction_ids(engine)
+        assert links_as_of(session, Person.friends, [1, 2, 3], t1) == {
             (1,): [(2,), (3,)],
             (2,): [(1,)],
             (3,): [],
         }
-        assert links_as_of(session, Person.friends, [1, 2], 2) == {(1,): [(3,)], (2,): [(1,)]}
+        assert links_as_of(session, Person.friends, [1, 2], t2) == {(1,): [(3,)], (2,): [(1,)]}
     assert sorted(links(engine, friendships)) == [
-        (1, INSERT, 1, 2),
-        (1, INSERT, 1, 3),
-        (1, INSERT, 2, 1),
-        (2, DELETE, 1, 2),
+        (t1, INSERT, 1, 2),
+        (t1, INSERT, 1, 3),
+        (t1, INSERT, 2, 1),
+        (t2, DELETE, 1, 2),
     ]
 
 
@@ -833,7 +842,8 @@ def test_links_updated_in_place_are_refused(
                 session.commit()
     finally:
         unchecked.dispose()
-    assert links(engine, friendships) == [(1, INSERT, 1, 2)]
+    (t1,) = transaction_ids(engine)
+    assert links(engine, friendships) == [(t1, INSERT, 1, 2)]
 
 
 def test_restoring_a_record_leaves_its_links_as_they_are(
@@ -848,16 +858,19 @@ def test_restoring_a_record_leaves_its_links_as_they_are(
         post.tags.clear()
         post.title = "two"
         session.commit()  # 2
-        versioning.restore(session, Post, 1, at=1)
+        t1, t2 = transaction_ids(engine)
+        versioning.restore(session, Post, 1, at=t1)
         session.commit()  # 3: the title only
         assert [t.id for t in session.get(Post, 1).tags] == []  # type: ignore[union-attr]
         session.delete(session.get(Post, 1))
         session.commit()  # 4
-        versioning.restore(session, Post, 1, at=3)
+        t3, _ = transaction_ids(engine)[2:]
+        versioning.restore(session, Post, 1, at=t3)
         session.commit()  # 5: re-created without links
-        assert links_as_of(session, Post.tags, [1], 5) == {(1,): []}
+        (t5,) = transaction_ids(engine)[4:]
+        assert links_as_of(session, Post.tags, [1], t5) == {(1,): []}
         assert session.get(Post, 1).title == "one"  # type: ignore[union-attr]
-    assert [row[:2] for row in links(engine, post_tags)] == [(1, INSERT), (2, DELETE)]
+    assert [row[:2] for row in links(engine, post_tags)] == [(t1, INSERT), (t2, DELETE)]
 
 
 def test_a_secondary_without_foreign_keys_gets_its_history_when_configured() -> None:
@@ -950,20 +963,21 @@ def test_links_the_database_deletes_with_their_record_are_recorded(
         assert user is not None and [p.id for p in user.watched] == [2, 3]
         session.delete(user)  # loaded: the ORM deletes the links itself, once
         session.commit()  # 4
-        assert links_as_of(session, User.watched, [7, 8], 1) == {
+        t1, t2, t3, t4 = transaction_ids(engine)
+        assert links_as_of(session, User.watched, [7, 8], t1) == {
             (7,): [(1,), (2,)],
             (8,): [(2,), (3,)],
         }
-        assert links_as_of(session, User.watched, [7, 8], 3) == {(7,): [], (8,): [(2,), (3,)]}
+        assert links_as_of(session, User.watched, [7, 8], t3) == {(7,): [], (8,): [(2,), (3,)]}
     assert sorted(links(engine, watching)) == [  # the order within a statement may vary
-        (1, INSERT, 1, 7),
-        (1, INSERT, 2, 7),
-        (1, INSERT, 2, 8),
-        (1, INSERT, 3, 8),
-        (2, DELETE, 1, 7),
-        (3, DELETE, 2, 7),
-        (4, DELETE, 2, 8),
-        (4, DELETE, 3, 8),
+        (t1, INSERT, 1, 7),
+        (t1, INSERT, 2, 7),
+        (t1, INSERT, 2, 8),
+        (t1, INSERT, 3, 8),
+        (t2, DELETE, 1, 7),
+        (t3, DELETE, 2, 7),
+        (t4, DELETE, 2, 8),
+        (t4, DELETE, 3, 8),
     ]
 
 
@@ -990,7 +1004,8 @@ def test_links_a_connection_without_foreign_keys_leaves_are_not_recorded(
         unchecked.dispose()
     with engine.connect() as connection:  # the link is still there, dangling
         assert connection.execute(sa.select(watching)).all() == [(1, 7)]
-    assert links(engine, watching) == [(1, INSERT, 1, 7)]
+    t1, _ = transaction_ids(engine)  # the link's, the post's delete
+    assert links(engine, watching) == [(t1, INSERT, 1, 7)]
 
 
 def test_a_delete_statement_whose_links_the_database_deletes_is_refused(
@@ -1005,7 +1020,8 @@ def test_a_delete_statement_whose_links_the_database_deletes_is_refused(
         session.rollback()
         session.execute(sa.delete(Tag))  # no link of Tag cascades: recorded as usual
         session.commit()
-    assert links(engine, watching) == [(1, INSERT, 1, 7)]
+    (t1,) = transaction_ids(engine)
+    assert links(engine, watching) == [(t1, INSERT, 1, 7)]
     with engine.connect() as connection:
         assert connection.execute(sa.select(Post.id)).scalars().all() == [1]
 
@@ -1027,7 +1043,8 @@ def test_links_hold_the_values_the_database_stored(
         assert book is not None
         book.tags.clear()
         session.commit()
-    assert links(engine, scores) == [(1, INSERT, *stored), (2, DELETE, *stored)]
+    t1, t2 = transaction_ids(engine)
+    assert links(engine, scores) == [(t1, INSERT, *stored), (t2, DELETE, *stored)]
 
 
 def test_link_history_is_covered_by_digests_and_verify(
