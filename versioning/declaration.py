@@ -52,6 +52,7 @@ __all__ = [
     "cascade_edges",
     "history_table",
     "require_spec",
+    "secondary_table",
     "versioned_spec",
 ]
 
@@ -733,7 +734,7 @@ def _written_tables(selectable: Any) -> list[sa.Table]:
     return []  # a subquery or select: the ORM cannot write through it
 
 
-def _secondary_table(prop: RelationshipProperty[Any], mapper: Mapper[Any]) -> sa.Table | None:
+def secondary_table(prop: RelationshipProperty[Any], mapper: Mapper[Any]) -> sa.Table | None:
     """The ``secondary`` table of a relationship, before its mapper is configured.
 
     ``RelationshipProperty.secondary`` is only set while the mapper is configured, after the last
@@ -763,7 +764,7 @@ def _check_writes_around_history(mapper: Mapper[Any], cls: type[Any]) -> None:
     """
     for prop in mapper.relationships:
         if prop.parent is mapper and not prop.viewonly:
-            _refuse_secondary(mapper, cls, prop, _secondary_table(prop, mapper))
+            _refuse_secondary(mapper, cls, prop, secondary_table(prop, mapper))
     if issubclass(cls, Versioned):
         return
     versioned = [

@@ -42,7 +42,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Mapper, RelationshipProperty
 
 from versioning import _compat
-from versioning.declaration import Versioned, versioned_spec
+from versioning.declaration import Versioned, secondary_table, versioned_spec
 from versioning.errors import ConfigurationError
 from versioning.guard import register_link_table
 from versioning.schema import (
@@ -245,26 +245,13 @@ def _after_constructed(mapper: Mapper[Any], cls: type[Any]) -> None:
         if isinstance(prop, RelationshipProperty) and not prop.viewonly
     )
     for entry in list(pending):
-        table = _resolved_secondary(*entry)
+        table = secondary_table(*entry)
         if table is None:
             continue
         if _eligible(table):
             _declare_links(table)
         if link_spec(table) is not None or _referenced(table) is not None:
             pending.remove(entry)  # decided: it has link history, or never will before configure
-
-
-def _resolved_secondary(prop: RelationshipProperty[Any], mapper: Mapper[Any]) -> sa.Table | None:
-    """``secondary=`` as given, resolved as SQLAlchemy will: a table, a table's name, a callable."""
-    argument: Any = _compat.relationship_secondary_argument(prop)
-    if callable(argument) and not isinstance(argument, sa.FromClause):
-        try:
-            argument = argument()
-        except Exception:  # SQLAlchemy reports it, in its own words, when it configures
-            return None
-    if isinstance(argument, str):
-        argument = mapper.registry.metadata.tables.get(argument)
-    return argument if isinstance(argument, sa.Table) else None
 
 
 def _before_configured(mapper: Mapper[Any], cls: type[Any]) -> None:
@@ -276,7 +263,7 @@ def _before_configured(mapper: Mapper[Any], cls: type[Any]) -> None:
     for prop in _compat.mapper_properties(mapper):
         if not isinstance(prop, RelationshipProperty) or prop.viewonly or prop.parent is not mapper:
             continue
-        table = _resolved_secondary(prop, mapper)
+        table = secondary_table(prop, mapper)
         if table is None or _versioned_table(table) or link_spec(table) is not None:
             continue
         referenced = _referenced(table)
