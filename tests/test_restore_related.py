@@ -286,6 +286,26 @@ def test_a_child_moved_to_another_order_comes_back(
         assert s.get_one(Order, other_id).lines == []
 
 
+def test_a_many_to_one_relationship_restores_the_parent(
+    graph: dict[str, int], sessions: Sessions
+) -> None:
+    with sessions() as s:
+        s.get_one(Order, graph["order"]).status = "closed"
+        s.get_one(Line, graph["line1"]).qty = 4
+        s.commit()
+    with sessions() as s:
+        version = versioning.version_at(s, Line, graph["line1"], graph["then"])
+        assert version is not None
+        restore(s, version, relationships=["order"])
+        s.commit()
+        assert s.get_one(Line, graph["line1"]).qty == 1
+        assert s.get_one(Order, graph["order"]).status == "open"
+        assert [line.id for line in s.get_one(Order, graph["order"]).lines] == [
+            graph["line1"],
+            graph["line2"],
+        ]  # a many-to-one restores its target, and never removes its other children
+
+
 @pytest.fixture
 def async_engine(engine: sa.Engine) -> AsyncEngine:
     return create_async_engine(_async_url(engine))
