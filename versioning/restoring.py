@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, overload
@@ -539,18 +539,22 @@ def describe_step(session: Session, step: Step) -> str:
     return _describe(session, step.spec, step.version, undelete=step.created)
 
 
-def flush_restore(session: Session, steps: list[Step], what: str) -> None:
-    """Flush the written steps as one restore whose reason is ``what``; a constraint violated
-    raises :class:`RestoreConflictError` with data and history left unchanged."""
+def flush_restore(
+    session: Session, steps: list[Step], what: str, also: Sequence[ModelSpec] = ()
+) -> None:
+    """Flush the written steps (and the other changes the restore made to records of ``also``)
+    as one restore whose reason is ``what``; a constraint violated raises
+    :class:`RestoreConflictError` with data and history left unchanged."""
     note = recording.note_reason(session, what)
-    masked = any(step.spec.masks for step in steps)
+    specs = [*(step.spec for step in steps), *also]
+    masked = any(spec.masks for spec in specs)
     fresh = [(step.live, step.spec, step.fresh) for step in steps if step.fresh is not _MISSING]
     try:
         with _fresh_version(session, fresh):
             session.flush()
     except sa.exc.IntegrityError as exc:
         recording.forget_reason(session, note)
-        spec = next((step.spec for step in steps if step.spec.masks), steps[0].spec)
+        spec = next((spec for spec in specs if spec.masks), specs[0])
         conflict = _conflict(session, spec, what, exc)
         if not masked:
             raise conflict from exc

@@ -287,7 +287,9 @@ def restore_related(
     what = f"{describe_step(session, root)}, with {', '.join(paths)} as then"
     if parts:
         what += f": {'; '.join(parts)}"
-    flush_restore(session, list(plan.steps.values()), what)
+    others = [require_spec(type(live)) for live, _ in removals]
+    others += [require_spec(type(link.parent.live)) for link, _ in relinked]
+    flush_restore(session, list(plan.steps.values()), what, others)
     # Relationship collections the session held may predate the restore: read them again.
     for step in plan.steps.values():
         relations = [r.key for r in sa.inspect(step.live).mapper.relationships]
