@@ -50,6 +50,7 @@ class Order(Versioned, Base):
     stamps: Mapped[list[Stamp]] = relationship(order_by="Stamp.id")
     labels: Mapped[list[Label]] = relationship(secondary=order_labels, order_by="Label.id")
     open_lines: Mapped[list[Line]] = relationship(viewonly=True, order_by="Line.id")
+    parts: Mapped[list[Part]] = relationship(cascade="all, delete-orphan", order_by="Part.id")
 
 
 class Line(Versioned, Base):
@@ -75,6 +76,17 @@ class Comment(Versioned, Base):
     text: Mapped[str] = mapped_column(sa.String(20))
 
 
+class Part(Versioned, Base):
+    """Optimistic locking: a re-created part's counter follows the last one it had."""
+
+    __tablename__ = "rr_parts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    order_id: Mapped[int] = mapped_column(sa.ForeignKey("rr_orders.id"))
+    name: Mapped[str] = mapped_column(sa.String(20))
+    revision: Mapped[int] = mapped_column()
+    __mapper_args__ = {"version_id_col": revision}
+
+
 class Stamp(Versioned, Base):
     __tablename__ = "rr_stamps"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -91,7 +103,7 @@ def _rows(session: Session) -> dict[str, int]:
     out = {}
     for table in [*Base.metadata.sorted_tables, versioning.transaction_table(Base.metadata)]:
         out[table.name] = session.execute(sa.select(sa.func.count()).select_from(table)).scalar()
-    for model in (Order, Line, Note, Comment, Stamp, Label):
+    for model in (Order, Line, Note, Comment, Stamp, Label, Part):
         hist = versioning.history_table(model)
         out[hist.name] = session.execute(sa.select(sa.func.count()).select_from(hist)).scalar()
     return out
@@ -304,6 +316,27 @@ def test_a_many_to_one_relationship_restores_the_parent(
             graph["line1"],
             graph["line2"],
         ]  # a many-to-one restores its target, and never removes its other children
+
+
+def test_re_created_children_get_version_counters_after_every_one_they_had(
+    graph: dict[str, int], sessions: Sessions
+) -> None:
+    with sessions() as s:
+        order = s.get_one(Order, graph["order"])
+        order.parts = [Part(name="bolt"), Part(name="nut")]
+        s.commit()
+        parts = [p.id for p in order.parts]
+        then = _last_transaction(s)
+        order.parts[0].name = "screw"
+        s.commit()  # revision 2
+        s.delete(order)
+        s.commit()
+    with sessions() as s:
+        restore(s, Order, graph["order"], at=then, relationships=["parts"])
+        s.commit()
+        found = [(p.id, p.name, p.revision) for p in s.get_one(Order, graph["order"]).parts]
+        assert found == [(parts[0], "bolt", 3), (parts[1], "nut", 2)]
+        assert [v.state["revision"] for v in history(s, Part, parts[0])] == [1, 2, 2, 3]
 
 
 @pytest.fixture
