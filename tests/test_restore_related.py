@@ -13,7 +13,15 @@ from test_asyncio import _async_url, run
 
 import versioning
 import versioning.asyncio as vasync
-from versioning import ArgumentError, Operation, RestoreError, Versioned, history, restore
+from versioning import (
+    ArgumentError,
+    Operation,
+    RestoreConflictError,
+    RestoreError,
+    Versioned,
+    history,
+    restore,
+)
 
 Tables = Callable[[sa.MetaData], sa.Engine]
 Sessions = Callable[[], Session]
@@ -66,7 +74,7 @@ class Note(Versioned, Base):
     __tablename__ = "rr_notes"
     id: Mapped[int] = mapped_column(primary_key=True)
     line_id: Mapped[int] = mapped_column(sa.ForeignKey("rr_lines.id"))
-    text: Mapped[str] = mapped_column(sa.String(20))
+    text: Mapped[str] = mapped_column(sa.String(20), unique=True)
 
 
 class Comment(Versioned, Base):
@@ -337,6 +345,41 @@ def test_re_created_children_get_version_counters_after_every_one_they_had(
         found = [(p.id, p.name, p.revision) for p in s.get_one(Order, graph["order"]).parts]
         assert found == [(parts[0], "bolt", 3), (parts[1], "nut", 2)]
         assert [v.state["revision"] for v in history(s, Part, parts[0])] == [1, 2, 2, 3]
+
+
+def test_a_record_removed_frees_its_unique_value_for_one_put_back(
+    graph: dict[str, int], sessions: Sessions
+) -> None:
+    with sessions() as s:
+        order = s.get_one(Order, graph["order"])
+        order.lines.remove(order.lines[0])  # its note "fragile" goes with it
+        s.flush()
+        order.lines[0].notes.append(Note(text="fragile"))  # the same unique text, a new note
+        s.commit()
+    with sessions() as s:
+        restore(s, Order, graph["order"], at=graph["then"], relationships=["lines.notes"])
+        s.commit()
+        order = s.get_one(Order, graph["order"])
+        notes = [(n.id, n.text) for line in order.lines for n in line.notes]
+        assert notes == [(graph["note"], "fragile")]
+
+
+def test_a_conflict_leaves_data_and_history_as_they_were(
+    graph: dict[str, int], sessions: Sessions
+) -> None:
+    with sessions() as s:
+        order = s.get_one(Order, graph["order"])
+        order.lines.remove(order.lines[0])  # its note "fragile" goes with it
+        order.lines[0].notes.append(Note(text="late"))  # removed by the restore, first
+        s.add(Order(status="new", lines=[Line(qty=1, notes=[Note(text="fragile")])]))
+        s.commit()
+    with sessions() as s:
+        before = _rows(s)
+        with pytest.raises(RestoreConflictError, match=r"restore Order \d+ to transaction"):
+            restore(s, Order, graph["order"], at=graph["then"], relationships=["lines.notes"])
+        s.rollback()
+        assert _rows(s) == before
+        assert [n.text for n in s.get_one(Line, graph["line2"]).notes] == ["late"]
 
 
 @pytest.fixture

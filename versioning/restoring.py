@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, overload
@@ -540,16 +540,29 @@ def describe_step(session: Session, step: Step) -> str:
 
 
 def flush_restore(
-    session: Session, steps: list[Step], what: str, also: Sequence[ModelSpec] = ()
+    session: Session,
+    steps: list[Step],
+    what: str,
+    also: Sequence[ModelSpec] = (),
+    removals: Callable[[], None] | None = None,
+    writes: Callable[[], None] | None = None,
 ) -> None:
     """Flush the written steps (and the other changes the restore made to records of ``also``)
     as one restore whose reason is ``what``; a constraint violated raises
-    :class:`RestoreConflictError` with data and history left unchanged."""
+    :class:`RestoreConflictError` with data and history left unchanged.
+
+    ``removals`` makes its writes first, flushed on their own (a record removed frees a unique
+    value a record put back may hold); ``writes`` then makes the rest, flushed with the steps."""
     note = recording.note_reason(session, what)
     specs = [*(step.spec for step in steps), *also]
     masked = any(spec.masks for spec in specs)
-    fresh = [(step.live, step.spec, step.fresh) for step in steps if step.fresh is not _MISSING]
     try:
+        if removals is not None:
+            removals()
+            session.flush()
+        if writes is not None:
+            writes()
+        fresh = [(s.live, s.spec, s.fresh) for s in steps if s.fresh is not _MISSING]
         with _fresh_version(session, fresh):
             session.flush()
     except sa.exc.IntegrityError as exc:

@@ -261,35 +261,54 @@ def restore_related(
     changed = [step for step in plan.steps.values() if step.changes]
     if not changed and not removals and not relinked:
         return root.live  # already as then: nothing to write, nothing to record
-    # Everything is checked: the writes.
+    # Everything is checked: the writes. What leaves a relationship goes first (see
+    # flush_restore), then the records put back and the links.
     parts = []
     for step in plan.steps.values():
-        write_step(session, step)
         if step is not root and step.changes:
             label = _label(step.spec, step.version.primary_key)
             parts.append(f"{label} {'re-created' if step.created else 'restored'}")
     for live, clear in removals:
         spec = require_spec(type(live))
         label = _label(spec, _key_of(spec, live)[1])
-        if clear is None:
-            session.delete(live)
-            parts.append(f"{label} deleted")
+        how = "deleted" if clear is None else f"detached ({', '.join(clear)} cleared)"
+        parts.append(f"{label} {how}")
+    for link, _ in relinked:
+        holder = link.parent
+        if isinstance(holder, Step):
+            owner = _label(holder.spec, holder.version.primary_key)
         else:
-            for column_key in clear:
-                setattr(live, column_key, None)
-            parts.append(f"{label} detached ({', '.join(clear)} cleared)")
-    for link, targets in relinked:
-        setattr(link.parent.live, link.prop.key, [t.live for t in targets])
-        owner = sa.inspect(link.parent.live)
-        spec = require_spec(type(link.parent.live))
-        label = _label(spec, tuple(owner.dict[k] for k in spec.pk_keys))
-        parts.append(f"{label} {link.prop.key} relinked")
+            spec = require_spec(type(holder.live))
+            owner = _label(spec, _key_of(spec, holder.live)[1])
+        parts.append(f"{owner} {link.prop.key} relinked")
     what = f"{describe_step(session, root)}, with {', '.join(paths)} as then"
     if parts:
         what += f": {'; '.join(parts)}"
+
+    def remove() -> None:
+        for live, clear in removals:
+            if clear is None:
+                session.delete(live)
+            else:
+                for column_key in clear:
+                    setattr(live, column_key, None)
+
+    def write() -> None:
+        for step in plan.steps.values():
+            write_step(session, step)
+        for link, targets in relinked:
+            setattr(link.parent.live, link.prop.key, [t.live for t in targets])
+
     others = [require_spec(type(live)) for live, _ in removals]
-    others += [require_spec(type(link.parent.live)) for link, _ in relinked]
-    flush_restore(session, list(plan.steps.values()), what, others)
+    others += [require_spec(link.prop.parent.class_) for link, _ in relinked]
+    flush_restore(
+        session,
+        list(plan.steps.values()),
+        what,
+        others,
+        removals=remove if removals else None,
+        writes=write,
+    )
     # Relationship collections the session held may predate the restore: read them again.
     for step in plan.steps.values():
         relations = [r.key for r in sa.inspect(step.live).mapper.relationships]
