@@ -382,6 +382,23 @@ def test_a_conflict_leaves_data_and_history_as_they_were(
         assert [n.text for n in s.get_one(Line, graph["line2"]).notes] == ["late"]
 
 
+def test_a_deletion_whose_cascade_takes_a_record_put_back_is_refused(
+    graph: dict[str, int], sessions: Sessions
+) -> None:
+    with sessions() as s:
+        order = s.get_one(Order, graph["order"])
+        order.lines.append(Line(qty=9))
+        s.flush()
+        s.get_one(Note, graph["note"]).line_id = order.lines[-1].id  # moved under the new line
+        s.commit()
+    with sessions() as s:
+        before = _rows(s)
+        with pytest.raises(RestoreError, match=rf"would delete Note {graph['note']} with it"):
+            restore(s, Order, graph["order"], at=graph["then"], relationships=["lines.notes"])
+        s.commit()
+        assert _rows(s) == before
+
+
 @pytest.fixture
 def async_engine(engine: sa.Engine) -> AsyncEngine:
     return create_async_engine(_async_url(engine))

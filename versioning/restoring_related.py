@@ -10,7 +10,9 @@ its live row. The whole plan is gathered and checked before anything is written:
   re-created, re-parented since → its foreign key put back;
 * a record related now through a one-to-many (or one-to-one) relationship but not then is removed
   from it: deleted if the relationship cascades deletes (``delete`` or ``delete-orphan``), else
-  its foreign key is cleared if nullable, else :class:`~versioning.errors.RestoreError`;
+  its foreign key is cleared if nullable, else :class:`~versioning.errors.RestoreError` (also
+  when the deletion's cascade would take a record the restore puts back); these are flushed
+  first, so that a record put back may take a unique value one removed held;
 * a many-to-many collection is set to the records linked then; those are not changed (they are
   shared), but each must exist now or be re-created by this restore, else ``RestoreError``.
 
@@ -197,6 +199,28 @@ def _removal(prop: RelationshipProperty[Any], live: Any) -> list[str] | None:
     return keys
 
 
+def _check_cascade(plan: _Plan, live: Any) -> None:
+    """Refuse a deletion whose cascade would take a record the restore puts back with it (one
+    moved under the deleted record since): it would not be there to put back."""
+    state = sa.inspect(live)
+    for obj, _, _, _ in state.mapper.cascade_iterator("delete", state):
+        spec = versioned_spec(sa.inspect(obj).mapper)
+        if spec is None:
+            continue
+        key = _key_of(spec, obj)
+        step = plan.steps.get(key)
+        if step is not None:
+            own = require_spec(type(live))
+            label = _label(own, _key_of(own, live)[1])
+            taken = _label(step.spec, key[1])
+            raise RestoreError(
+                f"cannot restore: {label} was added since and is deleted by the restore, and "
+                f"its delete cascade would delete {taken} with it, which the restore puts back "
+                f"(it was moved under {label} since). Nothing was written: move {taken} back "
+                f"first, or restore it by hand"
+            )
+
+
 def _relinks(link: _Links, targets: list[Any]) -> bool:
     """Whether the live collection differs from the records linked then (read now: one query)."""
     if any(t.live is None for t in targets):
@@ -235,6 +259,9 @@ def restore_related(
         for key, (prop, live) in plan.candidates.items()
         if key not in plan.steps
     ]
+    for live, clear in removals:
+        if clear is None:
+            _check_cascade(plan, live)
     links: list[tuple[_Links, list[Any]]] = []
     for link in plan.links:
         name = f"{link.prop.parent.class_.__name__}.{link.prop.key}"
