@@ -162,9 +162,11 @@ async def all_as_of(
     return await _check(session, "all_as_of").run_sync(_all_as_of_loaded, model, at, criteria, load)
 
 
-def _restore_loaded(session: Session, target: Any, pk: Any, at: dt.datetime | int | None) -> Any:
+def _restore_loaded(
+    session: Session, target: Any, pk: Any, at: dt.datetime | int | None, relationships: Any
+) -> Any:
     """Restore, then load every column attribute the flush left unloaded (server values)."""
-    live = _restore(session, target, pk, at=at)
+    live = _restore(session, target, pk, at=at, relationships=relationships)
     state = sa.inspect(live)
     unloaded = state.unloaded
     missing = [prop.key for prop in state.mapper.column_attrs if prop.key in unloaded]
@@ -174,10 +176,15 @@ def _restore_loaded(session: Session, target: Any, pk: Any, at: dt.datetime | in
 
 
 @overload
-async def restore(session: AsyncSession, target: Version) -> Any: ...
+async def restore(session: AsyncSession, target: Version, *, relationships: Any = None) -> Any: ...
 @overload
 async def restore(
-    session: AsyncSession, target: type[Any], pk: Any, *, at: dt.datetime | int
+    session: AsyncSession,
+    target: type[Any],
+    pk: Any,
+    *,
+    at: dt.datetime | int,
+    relationships: Any = None,
 ) -> Any: ...
 async def restore(
     session: AsyncSession,
@@ -185,6 +192,7 @@ async def restore(
     pk: Any = _MISSING,
     *,
     at: dt.datetime | int | None = None,
+    relationships: Any = None,
 ) -> Any:
     """Put a record back to a version: the async form of :func:`versioning.restore`.
 
@@ -192,9 +200,10 @@ async def restore(
     restore is flushed at once and the live instance is returned with all its column attributes
     loaded (defaults and server-side values included); the caller commits. A constraint the
     restore would violate raises :class:`~versioning.RestoreConflictError` here, with data and
-    history unchanged: call ``await session.rollback()`` before going on.
+    history unchanged: call ``await session.rollback()`` before going on. ``relationships``
+    restores relationships with the record, as in :func:`versioning.restore`.
     """
-    return await _check(session, "restore").run_sync(_restore_loaded, target, pk, at)
+    return await _check(session, "restore").run_sync(_restore_loaded, target, pk, at, relationships)
 
 
 def _erase(session: Session, model: type[Any], pk: Any, columns: list[str], reason: str) -> int:

@@ -436,21 +436,21 @@ class Moment:
                 level = list(following.values())
 
 
-def check_paths(model: type[Any], load: Any, name: str) -> tuple[str, ...]:
+def check_paths(model: type[Any], load: Any, name: str, argument: str = "load") -> tuple[str, ...]:
     """``load`` checked: dotted relationship paths from ``model``; an unknown name is refused
-    before anything is read."""
+    before anything is read. ``argument`` is the name the caller gave the paths."""
     if load is None:
         return ()
     if isinstance(load, str) or not isinstance(load, Iterable):
         raise ArgumentError(
-            f"versioning.{name}(load=...) takes a list of relationship paths such as "
+            f"versioning.{name}({argument}=...) takes a list of relationship paths such as "
             f"['lines', 'lines.notes'], got {load!r}"
         )
     paths = tuple(load)
     for path in paths:
         if not isinstance(path, str) or not path:
             raise ArgumentError(
-                f"versioning.{name}(load=...): each path is a str such as 'lines.notes', got "
+                f"versioning.{name}({argument}=...): each path is a str such as 'lines.notes', got "
                 f"{path!r}"
             )
         mappers: list[Mapper[Any]] = [sa.inspect(model)]
@@ -464,7 +464,7 @@ def check_paths(model: type[Any], load: Any, name: str) -> tuple[str, ...]:
             if not props:
                 names = sorted({r.key for base in mappers for r in base.relationships})
                 raise ArgumentError(
-                    f"versioning.{name}(load=[{path!r}]): "
+                    f"versioning.{name}({argument}=[{path!r}]): "
                     f"{'/'.join(sorted({m.class_.__name__ for m in mappers}))} has no "
                     f"relationship {key!r}; its relationships are {names}"
                 )

@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, overload
 
 import sqlalchemy as sa
@@ -49,7 +50,7 @@ from versioning.schema import TRANSACTION_ID, VERSION_ID
 
 __all__ = ["restore"]
 
-#: ``session.info`` key: (state, attribute, value) of the version counter a re-creation sets.
+#: ``session.info`` key: (state, attribute, value) of each version counter a re-creation sets.
 _FRESH_VERSION = "_versioning_fresh_version"
 
 
@@ -178,11 +179,23 @@ def _check_absent_creatable(spec: ModelSpec, version: Version, absent: set[str])
 
 
 @overload
-def restore(session: Session, target: Version) -> Any: ...
+def restore(session: Session, target: Version, *, relationships: Any = None) -> Any: ...
 @overload
-def restore(session: Session, target: type[Any], pk: Any, *, at: dt.datetime | int) -> Any: ...
 def restore(
-    session: Session, target: Any, pk: Any = _MISSING, *, at: dt.datetime | int | None = None
+    session: Session,
+    target: type[Any],
+    pk: Any,
+    *,
+    at: dt.datetime | int,
+    relationships: Any = None,
+) -> Any: ...
+def restore(
+    session: Session,
+    target: Any,
+    pk: Any = _MISSING,
+    *,
+    at: dt.datetime | int | None = None,
+    relationships: Any = None,
 ) -> Any:
     """Put a record back to a version and return the live instance; the caller commits.
 
@@ -192,6 +205,9 @@ def restore(
     live row is then read from the database, locked where the backend can, and compared with the
     version. The restore is flushed at once, so a constraint it would violate raises
     :class:`RestoreConflictError` here, with data and history left unchanged.
+
+    ``relationships`` names relationships (dotted paths: ``["lines", "lines.notes"]``) to bring
+    back to the same moment with the record: see :mod:`versioning.restoring_related`.
     """
     session = arguments.session(session, "restore")
     if isinstance(target, Version):
@@ -201,6 +217,11 @@ def restore(
                 "version names both"
             )
         version = target
+        paths = _paths(version.model, relationships)
+        # A delete version holds the state just before the deletion: its relationships then.
+        moment: dt.datetime | int = version.transaction_id - (
+            1 if version.operation is Operation.DELETE else 0
+        )
     else:
         if not isinstance(target, type) or pk is _MISSING or at is None:
             raise ArgumentError(
@@ -213,6 +234,7 @@ def restore(
             )
         spec = arguments.model(target, "restore")
         at = arguments.moment(at, "restore")
+        paths = _paths(target, relationships)
         found = version_at(session, target, pk, at)
         if found is None or found.operation is Operation.DELETE:
             raise RestoreError(
@@ -220,7 +242,20 @@ def restore(
                 f"state to restore (to remove the record, delete it)"
             )
         version = found
+        moment = at
+    if paths:
+        from versioning.restoring_related import restore_related
+
+        return restore_related(session, version, moment, paths)
     return _apply(session, version)
+
+
+def _paths(model: type[Any], relationships: Any) -> tuple[str, ...]:
+    if relationships is None:
+        return ()
+    from versioning.restoring_related import check_relationships
+
+    return check_relationships(model, relationships)
 
 
 def _live(session: Session, spec: ModelSpec, key: tuple[Any, ...]) -> Any:
@@ -309,10 +344,14 @@ def _set_fresh_version(session: Session, flush_context: UOWTransaction) -> None:
     Runs before the capture's own ``after_flush`` (``insert=True``), so the INSERT it records
     holds the value the row has when the flush ends.
     """
-    wanted: tuple[InstanceState[Any], str, Any] | None = session.info.pop(_FRESH_VERSION, None)
-    if wanted is None:
-        return
-    state, key, value = wanted
+    wanted: list[tuple[InstanceState[Any], str, Any]] = session.info.pop(_FRESH_VERSION, [])
+    for state, key, value in wanted:
+        _set_one_fresh_version(session, state, key, value)
+
+
+def _set_one_fresh_version(
+    session: Session, state: InstanceState[Any], key: str, value: Any
+) -> None:
     obj = state.obj()
     if obj is None:  # pragma: no cover - the restore holds the instance
         return
@@ -328,13 +367,16 @@ def _set_fresh_version(session: Session, flush_context: UOWTransaction) -> None:
 
 
 @contextmanager
-def _fresh_version(session: Session, live: Any, spec: ModelSpec, value: Any) -> Iterator[None]:
-    if value is _MISSING:
+def _fresh_version(session: Session, fresh: list[tuple[Any, ModelSpec, Any]]) -> Iterator[None]:
+    if not fresh:
         yield
         return
-    key = _version_key(spec)
-    assert key is not None
-    session.info[_FRESH_VERSION] = (sa.inspect(live), key, value)
+    wanted = []
+    for live, spec, value in fresh:
+        key = _version_key(spec)
+        assert key is not None
+        wanted.append((sa.inspect(live), key, value))
+    session.info[_FRESH_VERSION] = wanted
     try:
         yield
     finally:
@@ -409,68 +451,148 @@ def _describe(session: Session, spec: ModelSpec, version: Version, undelete: boo
     return f"restore {label} as of transaction {before}, the version before {deleted}"
 
 
-def _apply(session: Session, version: Version) -> Any:
+@dataclass
+class Step:
+    """One record's part of a restore, planned (checked, live row read) before anything is written.
+
+    ``live`` is the live instance, or ``None`` until :func:`write_step` re-creates the record;
+    ``differs`` the columns an update writes back.
+    """
+
+    spec: ModelSpec
+    version: Version
+    live: Any
+    created: bool
+    writable: list[str]
+    absent: set[str]
+    differs: list[str] = field(default_factory=list)
+    fresh: Any = _MISSING
+
+    @property
+    def changes(self) -> bool:
+        return self.created or bool(self.differs)
+
+
+def check_loadable(session: Session, version: Version) -> None:
+    """Refuse, before anything is flushed, a value of ``version`` its model's type refuses."""
     spec = require_spec(version.model)
-    key = version.primary_key
+    _check_loadable(session, spec, version, [*spec.pk_keys, *_writable(spec)])
+
+
+def _writable(spec: ModelSpec) -> list[str]:
     version_key = _version_key(spec)
-    writable = [
+    return [
         k for k in spec.attrs if k not in spec.masks and k not in spec.pk_keys and k != version_key
     ]
-    # Before anything is flushed: a value the model's type no longer accepts is refused.
-    _check_loadable(session, spec, version, [*spec.pk_keys, *writable])
-    # The caller's pending changes go first, as their own change: the restore then starts from
-    # the row as the database holds it, and its flush holds nothing but the restore.
-    session.flush()
+
+
+def plan_step(session: Session, version: Version) -> Step:
+    """Read (and lock) the live row of ``version``'s record and check it can be put back: nothing
+    is written. Pending changes must have been flushed."""
+    spec = require_spec(version.model)
+    key = version.primary_key
+    writable = _writable(spec)
     live = _live(session, spec, key)
     erased = set(writable) & version.erased
     absent = _absent(spec, version, writable) | erased  # an erased value is not held either
-    fresh: Any = _MISSING
-    created = live is None
     if live is None:
         _check_creatable(spec, version)
         _check_erased_creatable(spec, version, erased)
         _check_absent_creatable(spec, version, absent - erased)
-        fresh = _next_version(session, spec, key)
-        live = _instance(version.model, {k: version.state[k] for k in spec.pk_keys})
-        for k in writable:
-            if not _generated(spec.live_columns[k]) and k not in absent:
-                setattr(live, k, version.state[k])  # an absent column takes its default
-        session.add(live)
-    else:
-        if type(live) is not version.model:
-            raise RestoreError(
-                f"cannot restore {_label(spec, key)}: the live record is now a "
-                f"{type(live).__name__}"
-            )
-        differs = [
-            k
-            for k in writable
-            if k not in absent  # keeps its live value
-            and not _set_on_update(spec.live_columns[k])
-            and not spec.type_of(k).compare_values(getattr(live, k), version.state[k])
-        ]
-        if not differs:
-            return live  # already in that state: nothing to write, nothing to record
-        for k in differs:
-            setattr(live, k, version.state[k])
-    what = _describe(session, spec, version, undelete=created)
+        step = Step(spec, version, None, True, writable, absent)
+        step.fresh = _next_version(session, spec, key)
+        return step
+    if type(live) is not version.model:
+        raise RestoreError(
+            f"cannot restore {_label(spec, key)}: the live record is now a {type(live).__name__}"
+        )
+    differs = [
+        k
+        for k in writable
+        if k not in absent  # keeps its live value
+        and not _set_on_update(spec.live_columns[k])
+        and not spec.type_of(k).compare_values(getattr(live, k), version.state[k])
+    ]
+    return Step(spec, version, live, False, writable, absent, differs)
+
+
+def write_step(session: Session, step: Step) -> Any:
+    """Put the planned values in the live instance (a new one, added, for a re-created record);
+    not flushed. Returns the live instance."""
+    version = step.version
+    if step.created:
+        if step.live is None:
+            live = _instance(version.model, {k: version.state[k] for k in step.spec.pk_keys})
+            for k in step.writable:
+                if not _generated(step.spec.live_columns[k]) and k not in step.absent:
+                    setattr(live, k, version.state[k])  # an absent column takes its default
+            session.add(live)
+            step.live = live
+        return step.live
+    for k in step.differs:
+        setattr(step.live, k, version.state[k])
+    return step.live
+
+
+def describe_step(session: Session, step: Step) -> str:
+    """What restoring this record does, for the transaction's reason."""
+    return _describe(session, step.spec, step.version, undelete=step.created)
+
+
+def flush_restore(
+    session: Session,
+    steps: list[Step],
+    what: str,
+    also: Sequence[ModelSpec] = (),
+    removals: Callable[[], None] | None = None,
+    writes: Callable[[], None] | None = None,
+) -> None:
+    """Flush the written steps (and the other changes the restore made to records of ``also``)
+    as one restore whose reason is ``what``; a constraint violated raises
+    :class:`RestoreConflictError` with data and history left unchanged.
+
+    ``removals`` makes its writes first, flushed on their own (a record removed frees a unique
+    value a record put back may hold); ``writes`` then makes the rest, flushed with the steps."""
     note = recording.note_reason(session, what)
+    specs = [*(step.spec for step in steps), *also]
+    masked = any(spec.masks for spec in specs)
     try:
-        with _fresh_version(session, live, spec, fresh):
+        if removals is not None:
+            removals()
+            session.flush()
+        if writes is not None:
+            writes()
+        fresh = [(s.live, s.spec, s.fresh) for s in steps if s.fresh is not _MISSING]
+        with _fresh_version(session, fresh):
             session.flush()
     except sa.exc.IntegrityError as exc:
         recording.forget_reason(session, note)
+        spec = next((spec for spec in specs if spec.masks), specs[0])
         conflict = _conflict(session, spec, what, exc)
-        if not spec.masks:
+        if not masked:
             raise conflict from exc
     except BaseException:
         recording.forget_reason(session, note)
         raise
     else:
-        return live
+        return
     # Raised here, outside the ``except`` block: with masked columns the driver's error (whose
     # text may quote a masked value) must not even be the exception's __context__.
     raise conflict
+
+
+def _apply(session: Session, version: Version) -> Any:
+    # Before anything is flushed: a value the model's type no longer accepts is refused.
+    check_loadable(session, version)
+    # The caller's pending changes go first, as their own change: the restore then starts from
+    # the row as the database holds it, and its flush holds nothing but the restore.
+    session.flush()
+    step = plan_step(session, version)
+    if not step.changes:
+        return step.live  # already in that state: nothing to write, nothing to record
+    live = write_step(session, step)
+    flush_restore(session, [step], describe_step(session, step))
+    return live
 
 
 # -- what a constraint violation may say -----------------------------------------------------------
