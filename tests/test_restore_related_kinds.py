@@ -329,6 +329,57 @@ def test_self_referential_reports_and_manager(create_tables: Tables, sessions: S
     _restore_again_writes_nothing(sessions, Staff, amy, at=then, relationships=["manager"])
 
 
+def test_a_deleted_manager_comes_back_before_its_reports_point_at_it(
+    create_tables: Tables, sessions: Sessions
+) -> None:
+    """One table: the ORM emits its UPDATEs before its INSERTs unless told the order by the
+    relationship, so the reports' foreign keys would point at a manager not inserted yet."""
+    create_tables(Base.metadata)
+    with sessions() as s:
+        boss = Staff(name="boss", reports=[Staff(name="amy"), Staff(name="ben")])
+        s.add(boss)
+        s.commit()
+        boss_id = boss.id
+        amy, ben = (r.id for r in boss.reports)
+        s.delete(boss)  # no delete cascade: the reports stay, their manager_id cleared
+        s.commit()
+        assert s.get_one(Staff, amy).manager_id is None
+    with sessions() as s:
+        deleted = history(s, Staff, boss_id)[-1]
+        assert deleted.operation is DELETE
+        restore(s, deleted, relationships=["reports"])
+        s.commit()
+        restoring = _last_transaction(s)
+        assert [r.id for r in s.get_one(Staff, boss_id).reports] == [amy, ben]
+        assert _last(s, (Staff, boss_id), (Staff, amy), (Staff, ben)) == {
+            ("Staff", boss_id): (INSERT, restoring),
+            ("Staff", amy): (UPDATE, restoring),
+            ("Staff", ben): (UPDATE, restoring),
+        }
+        assert history(s, Staff, amy)[-1].changes == {"manager_id": (None, boss_id)}
+        reason = _reason(s, Staff, boss_id)
+        assert f"undelete Staff {boss_id}" in reason
+        assert f"Staff {amy} restored; Staff {ben} restored" in reason
+    _restore_again_writes_nothing(sessions, deleted, relationships=["reports"])
+    # Upwards: a report and its manager both deleted; the report restored with its manager.
+    with sessions() as s:
+        s.delete(s.get_one(Staff, amy))
+        s.delete(s.get_one(Staff, boss_id))
+        s.commit()
+    with sessions() as s:
+        version = history(s, Staff, amy)[-2]
+        assert version.operation is UPDATE and version.state["manager_id"] == boss_id
+        restore(s, version, relationships=["manager"])
+        s.commit()
+        restoring = _last_transaction(s)
+        assert s.get_one(Staff, amy).manager_id == boss_id
+        assert _last(s, (Staff, amy), (Staff, boss_id)) == {
+            ("Staff", amy): (INSERT, restoring),
+            ("Staff", boss_id): (INSERT, restoring),
+        }
+    _restore_again_writes_nothing(sessions, version, relationships=["manager"])
+
+
 def test_joined_table_inheritance(create_tables: Tables, sessions: Sessions) -> None:
     create_tables(Base.metadata)
     with sessions() as s:

@@ -229,6 +229,44 @@ def _relinks(link: _Links, targets: list[Any]) -> bool:
     return sorted(map(id, now)) != sorted(id(t.live) for t in targets)
 
 
+def _link_created(plan: _Plan) -> None:
+    """Give the ORM the order of rows of one table (a self-referential relationship): a record
+    written whose foreign key points at a record of its own hierarchy that the restore re-creates
+    gets that record through the relationship too. The ORM orders one table's rows only by
+    relationships, and emits a table's UPDATEs before its INSERTs: from the foreign key alone, a
+    record would point at one not inserted yet."""
+    created = {
+        (step.spec.root.history, step.version.primary_key): step.live
+        for step in plan.steps.values()
+        if step.created
+    }
+    if not created:
+        return
+    for step in plan.steps.values():
+        if not step.changes:
+            continue
+        mapper = sa.inspect(step.live).mapper
+        for prop in mapper.relationships:
+            target = versioned_spec(prop.mapper)
+            if (
+                prop.direction is not MANYTOONE
+                or prop.viewonly
+                or target is None
+                or prop.mapper.base_mapper is not mapper.base_mapper
+            ):
+                continue
+            values = {
+                prop.mapper.get_property_by_column(remote).key: step.version.state.get(
+                    mapper.get_property_by_column(local).key
+                )
+                for local, remote in prop.local_remote_pairs
+            }
+            pk = tuple(values.get(k) for k in target.pk_keys)
+            parent = created.get((target.root.history, pk))
+            if parent is not None and parent is not step.live:
+                setattr(step.live, prop.key, parent)
+
+
 def restore_related(
     session: Session, version: Version, at: dt.datetime | int, paths: tuple[str, ...]
 ) -> Any:
@@ -323,6 +361,7 @@ def restore_related(
     def write() -> None:
         for step in plan.steps.values():
             write_step(session, step)
+        _link_created(plan)
         for link, targets in relinked:
             setattr(link.parent.live, link.prop.key, [t.live for t in targets])
 
