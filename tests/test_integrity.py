@@ -872,3 +872,34 @@ def test_a_history_column_added_later_keeps_older_rows_verifying() -> None:
     before, after = table(), table(sa.Column("added", sa.Numeric(10, 2)))
     assert row_hash(before, row) == row_hash(after, row | {"added": None})
     assert row_hash(before, row) != row_hash(after, row | {"added": Decimal("0")})
+
+
+def test_row_bytes_are_the_documented_json_array_whatever_the_values() -> None:
+    """The fast encoding gives the documented bytes (digests already stored keep verifying)."""
+    from versioning.canonical import dumps, row_bytes
+
+    history = sa.Table(
+        "h",
+        sa.MetaData(),
+        sa.Column("versioning_operation", sa.String(6)),
+        sa.Column("id", sa.Integer),
+        sa.Column("amount", sa.Numeric(10, 2)),
+        sa.Column("at", sa.DateTime),
+        sa.Column("doc", sa.JSON),
+        sa.Column("versioning_changes", sa.JSON),
+    )
+    at = dt.datetime(2024, 1, 1, 2, 0, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    row = {"versioning_operation": versioning.Operation.UPDATE, "id": 1, "amount": Decimal("1.50")}
+    row |= {"at": at, "doc": {"b": 1.5, "a": [None]}}
+    expected = ["update", "id", 1, "amount", "1.5", "at", "2024-01-01T00:00:00+00:00"]
+    expected += ["doc", {"a": [None], "b": 1.5}]
+    for changes, as_json in [
+        (None, None),
+        ({"b": ["x", None], "a": [True, 1]}, {"a": [True, 1], "b": ["x", None]}),
+        ({"amount": [1.5, Decimal("2.50")]}, {"amount": [1.5, "2.5"]}),  # not plain: _json
+        ({"doc": [{"y": 1, "x": 2}, None]}, {"doc": [{"x": 2, "y": 1}, None]}),
+        ({"ratio": [1.0, float("nan")]}, {"ratio": [1.0, "nan"]}),  # not JSON: _json
+    ]:
+        written = row_bytes(history, row | {"versioning_changes": changes})
+        assert written == dumps([*expected, as_json])
+        assert written == row_bytes(history, row | {"versioning_changes": as_json})

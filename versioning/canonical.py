@@ -162,7 +162,7 @@ def converter(type_: sqltypes.TypeEngine[Any]) -> Callable[[Any], Any]:
             return _as_decimal
         return _as_float
     if isinstance(type_, sqltypes.DateTime):
-        return lambda value: _datetime(value) if isinstance(value, dt.datetime) else _plain(value)
+        return _as_datetime
     return _plain
 
 
@@ -176,7 +176,15 @@ def _as_str(value: Any) -> Any:
     return value if type(value) is str else _plain(value)
 
 
+def _as_datetime(value: Any) -> Any:
+    if type(value) is dt.datetime and value.tzinfo is None:
+        return value.isoformat()
+    return _datetime(value) if isinstance(value, dt.datetime) else _plain(value)
+
+
 def _as_decimal(value: Any) -> Any:
+    if type(value) is Decimal and value.is_finite():
+        return format(value.normalize(), "f") if value else "0"
     if isinstance(value, Decimal):
         return _decimal(value)
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -210,19 +218,65 @@ def dumps(value: Any) -> bytes:
     return _ENCODER.encode(value).encode()
 
 
-#: Per history table: ``(name, converter)`` of each hashed snapshot column, in table order.
-_Plan = list[tuple[str, Callable[[Any], Any]]]
+def _c_encoder() -> Callable[[Any], bytes]:
+    """:func:`dumps` for a list, by the C encoder :data:`_ENCODER` uses, made once.
+
+    ``JSONEncoder.encode`` makes that encoder anew at each call, which costs as much as the
+    encoding of a history row; it is private to :mod:`json`, so it is used only if it gives
+    :func:`dumps`'s bytes (:func:`dumps` itself otherwise).
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return dumps
+    try:
+        encode = make(
+            None,
+            _ENCODER.default,
+            json.encoder.encode_basestring,
+            None,
+            ":",
+            ",",
+            True,
+            False,
+            False,
+        )
+
+        def fast(value: Any) -> bytes:
+            return "".join(encode(value, 0)).encode()
+
+        sample = ["a", 1, -2, True, None, 1.5, 'é\n"', {"b": [1, None], "a": {"c": "d"}}, []]
+        if fast(sample) != dumps(sample):
+            return dumps
+        fast([math.nan])  # must refuse NaN as dumps does
+    except ValueError:
+        return fast
+    except Exception:  # another Python's private signature
+        return dumps
+    return dumps
+
+
+_dumps_fast = _c_encoder()
+
+
+#: Per history table, each hashed snapshot column in table order: its name, its converter, and
+#: the Python type whose values the converter returns unchanged (``None``: none), which then
+#: skip the call.
+_Plan = list[tuple[str, Callable[[Any], Any], type[Any] | None]]
 _PLANS: dict[sa.Table, _Plan] = {}
+
+#: Converters that return a value of this exact type as it is (see :func:`converter`).
+_UNCHANGED: dict[Callable[[Any], Any], type[Any]] = {_as_int: int, _as_str: str}
 
 
 def _plan(history: sa.Table) -> _Plan:
     plan = _PLANS.get(history)
     if plan is None:
-        plan = [
-            (column.name, converter(column.type))
-            for column in history.columns
-            if column.name not in _UNHASHED and column.name not in (OPERATION, CHANGES)
-        ]
+        plan = []
+        for column in history.columns:
+            if column.name in _UNHASHED or column.name in (OPERATION, CHANGES):
+                continue
+            convert = converter(column.type)
+            plan.append((column.name, convert, _UNCHANGED.get(convert)))
         _PLANS[history] = plan
     return plan
 
@@ -232,26 +286,27 @@ def row_bytes(history: sa.Table, row: Mapping[str, Any]) -> bytes:
 
     ``[operation, column, value, column, value, ..., changes]``: the operation's stored value,
     each column of ``row`` that the history table has and that is not ``NULL`` (in table order,
-    version and transaction ids left out), and the ``changes`` document. ``NULL`` columns are
-    left out, so a column added to the history table later (``NULL`` in older rows) leaves
-    their hashes as they were. ``row`` is what :func:`versioning.personal.committed_view`
-    returned: a column it leaves out is not covered.
+    version and transaction ids left out), and the ``changes`` document, as one JSON array
+    (:func:`dumps`). ``NULL`` columns are left out, so a column added to the history table
+    later (``NULL`` in older rows) leaves their hashes as they were. ``row`` is what
+    :func:`versioning.personal.committed_view` returned: a column it leaves out is not covered.
     """
-    operation = row.get(OPERATION)
-    if isinstance(operation, enum.Enum):
-        operation = operation.value
-    parts: list[Any] = [operation]
     get = row.get
-    for name, convert in _plan(history):
+    operation = get(OPERATION)
+    if not isinstance(operation, str) and isinstance(operation, enum.Enum):
+        operation = operation.value  # (an Operation is a str: the encoder writes its value)
+    parts: list[Any] = [operation]
+    append = parts.append
+    for name, convert, unchanged in _plan(history):
         value = get(name)
         if value is not None:
-            parts.append(name)
-            parts.append(convert(value))
+            append(name)
+            append(value if type(value) is unchanged else convert(value))
     # The changes document is plain JSON already (see versioning.encoding), as written and as
     # read back; _json only if it is not.
-    parts.append(row.get(CHANGES))
+    append(get(CHANGES))
     try:
-        return dumps(parts)
+        return _dumps_fast(parts)
     except (TypeError, ValueError):
         parts[-1] = _json(parts[-1])
         return dumps(parts)

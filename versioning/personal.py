@@ -35,6 +35,7 @@ __all__ = [
     "committed_view",
     "erase_values",
     "erased_keys",
+    "has_personal",
     "salts",
     "unsalted",
 ]
@@ -86,6 +87,19 @@ def _erased(entry: Any) -> bool:
     return isinstance(entry, Mapping) and entry.get("erased") is True
 
 
+#: Per history table: whether it has the :data:`PERSONAL` column (asked for every row hashed).
+_HAS_PERSONAL: dict[sa.Table, bool] = {}
+
+
+def has_personal(history: sa.Table) -> bool:
+    """Whether ``history`` has the :data:`PERSONAL` column (its rows' :func:`committed_view`
+    is then not the row itself)."""
+    found = _HAS_PERSONAL.get(history)
+    if found is None:
+        found = _HAS_PERSONAL[history] = PERSONAL in history.c
+    return found
+
+
 def committed_view(history: sa.Table, row: Mapping[str, Any]) -> Mapping[str, Any]:
     """``row`` (keyed by history column name) as its digest covers it.
 
@@ -93,7 +107,7 @@ def committed_view(history: sa.Table, row: Mapping[str, Any]) -> Mapping[str, An
     column's snapshot value and its entry in ``changes`` replaced by their commitments (the
     stored ones once erased). The same before and after an erasure. Other tables: ``row``.
     """
-    if PERSONAL not in history.c:
+    if not has_personal(history):
         return row
     view = {name: value for name, value in row.items() if name != PERSONAL}
     personal = row.get(PERSONAL)

@@ -297,13 +297,15 @@ def _insert_history(
     batch = []
     hashes = group.hashes
     name = history.fullname
-    view = personal.committed_view
+    view = personal.committed_view if personal.has_personal(history) else None
     for row in rows:
         full = template.copy()
         full.update(row)
         full[TRANSACTION_ID] = tx_id
         batch.append(full)
-        hashes.append((noted_in, name, row_hash(history, view(history, full))))
+        hashes.append(
+            (noted_in, name, row_hash(history, full if view is None else view(history, full)))
+        )
     connection.execute(history.insert(), batch)
 
 
