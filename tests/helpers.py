@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,6 +16,38 @@ from versioning import Operation, Version, history
 from versioning.append_only import maintenance
 
 Sessions = Callable[[], Session]
+
+
+@contextmanager
+def another_schema(engine: sa.Engine, tmp_path: Path, name: str) -> Iterator[sa.Engine]:
+    """An engine on the test database where schema ``name`` exists (SQLite: a database file
+    attached under that name), dropped afterwards."""
+    if engine.dialect.name == "sqlite":
+        own = sa.create_engine(f"sqlite:///{tmp_path / 'main.sqlite'}")
+
+        @sa.event.listens_for(own, "connect")
+        def _connect(dbapi_connection: Any, record: Any) -> None:
+            dbapi_connection.execute(f"ATTACH DATABASE '{tmp_path / 'other.sqlite'}' AS {name}")
+
+        try:
+            yield own
+        finally:
+            own.dispose()
+        return
+    create, drop = (
+        ("CREATE SCHEMA", "DROP SCHEMA IF EXISTS {} CASCADE")
+        if engine.dialect.name == "postgresql"
+        else ("CREATE DATABASE", "DROP DATABASE IF EXISTS {}")
+    )
+    with engine.begin() as connection:
+        connection.exec_driver_sql(drop.format(name))
+        connection.exec_driver_sql(f"{create} {name}")
+    try:
+        yield engine
+    finally:
+        engine.dispose()  # no pooled connection holds a lock on the schema
+        with engine.begin() as connection:
+            connection.exec_driver_sql(drop.format(name))
 
 
 def tamper(connection: sa.Connection) -> AbstractContextManager[None]:

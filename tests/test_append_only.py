@@ -13,11 +13,9 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import versioning
@@ -25,7 +23,7 @@ from versioning import AppendOnlyError, Versioned, history, history_table, resto
 from versioning.append_only import _message, is_append_only, maintenance
 from versioning.schema import TRANSACTION_TABLE
 
-from helpers import count, ops
+from helpers import another_schema, count, ops
 
 Tables = Callable[[sa.MetaData], sa.Engine]
 
@@ -304,31 +302,8 @@ OTHER = f"versioning_ao_{os.getpid()}"
 @pytest.fixture
 def other_schema(engine: sa.Engine, tmp_path: Path) -> Iterator[sa.Engine]:
     """An engine on the test database where the schema :data:`OTHER` exists (SQLite: attached)."""
-    name = engine.dialect.name
-    if name == "sqlite":
-        own = sa.create_engine(f"sqlite:///{tmp_path / 'main.sqlite'}")
-
-        @event.listens_for(own, "connect")
-        def _connect(dbapi_connection: Any, record: Any) -> None:
-            dbapi_connection.execute(f"ATTACH DATABASE '{tmp_path / 'other.sqlite'}' AS {OTHER}")
-
-        yield own
-        own.dispose()
-        return
-    create, drop = (
-        ("CREATE SCHEMA", "DROP SCHEMA IF EXISTS {} CASCADE")
-        if name == "postgresql"
-        else ("CREATE DATABASE", "DROP DATABASE IF EXISTS {}")
-    )
-    with engine.begin() as connection:
-        connection.exec_driver_sql(drop.format(OTHER))
-        connection.exec_driver_sql(f"{create} {OTHER}")
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-        with engine.begin() as connection:
-            connection.exec_driver_sql(drop.format(OTHER))
+    with another_schema(engine, tmp_path, OTHER) as other:
+        yield other
 
 
 def test_tables_in_another_schema_are_append_only_too(other_schema: sa.Engine) -> None:

@@ -34,6 +34,8 @@ from versioning import (
 )
 from versioning.schema import TRANSACTION_TABLE
 
+from helpers import another_schema
+
 CreateTables = Callable[[sa.MetaData], sa.Engine]
 Sessions = Callable[[], Session]
 
@@ -712,30 +714,8 @@ OTHER = f"versioning_links_{os.getpid()}"
 @pytest.fixture
 def other_schema(engine: sa.Engine, tmp_path: Path) -> Iterator[sa.Engine]:
     """An engine on the test database where the schema :data:`OTHER` exists (SQLite: attached)."""
-    if engine.dialect.name == "sqlite":
-        own = sa.create_engine(f"sqlite:///{tmp_path / 'main.sqlite'}")
-
-        @sa.event.listens_for(own, "connect")
-        def _connect(dbapi_connection: Any, record: Any) -> None:
-            dbapi_connection.execute(f"ATTACH DATABASE '{tmp_path / 'other.sqlite'}' AS {OTHER}")
-
-        yield own
-        own.dispose()
-        return
-    create, drop = (
-        ("CREATE SCHEMA", "DROP SCHEMA IF EXISTS {} CASCADE")
-        if engine.dialect.name == "postgresql"
-        else ("CREATE DATABASE", "DROP DATABASE IF EXISTS {}")
-    )
-    with engine.begin() as connection:
-        connection.exec_driver_sql(drop.format(OTHER))
-        connection.exec_driver_sql(f"{create} {OTHER}")
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-        with engine.begin() as connection:
-            connection.exec_driver_sql(drop.format(OTHER))
+    with another_schema(engine, tmp_path, OTHER) as other:
+        yield other
 
 
 def test_a_link_table_in_another_schema_keeps_its_history_there(other_schema: sa.Engine) -> None:

@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.ext.declarative import AbstractConcreteBase, ConcreteBase
@@ -30,7 +29,7 @@ import versioning.asyncio
 from versioning import ConfigurationError, Operation, Versioned, as_of, history, history_table
 from versioning.reading import version_at
 
-from helpers import count, ops, read
+from helpers import another_schema, count, ops, read
 
 Tables = Callable[[sa.MetaData], sa.Engine]
 Sessions = Callable[[], Session]
@@ -335,32 +334,8 @@ def _other_schema_model() -> tuple[type[DeclarativeBase], type[Any]]:
 @pytest.fixture
 def other_schema(engine: sa.Engine, tmp_path: Path) -> Iterator[sa.Engine]:
     """An engine on the test database where the schema :data:`OTHER` exists (SQLite: attached)."""
-    name = engine.dialect.name
-    if name == "sqlite":
-        own = sa.create_engine(f"sqlite:///{tmp_path / 'main.sqlite'}")
-
-        @event.listens_for(own, "connect")
-        def _connect(dbapi_connection: Any, record: Any) -> None:
-            path = tmp_path / "other.sqlite"
-            dbapi_connection.execute(f"ATTACH DATABASE '{path}' AS {OTHER}")
-
-        yield own
-        own.dispose()
-        return
-    create, drop = (
-        ("CREATE SCHEMA", "DROP SCHEMA IF EXISTS {} CASCADE")
-        if name == "postgresql"
-        else ("CREATE DATABASE", "DROP DATABASE IF EXISTS {}")
-    )
-    with engine.begin() as connection:
-        connection.exec_driver_sql(drop.format(OTHER))
-        connection.exec_driver_sql(f"{create} {OTHER}")
-    try:
-        yield engine
-    finally:
-        engine.dispose()  # no pooled connection holds a lock on the schema
-        with engine.begin() as connection:
-            connection.exec_driver_sql(drop.format(OTHER))
+    with another_schema(engine, tmp_path, OTHER) as other:
+        yield other
 
 
 def test_a_model_in_another_schema_is_created_written_and_read(other_schema: sa.Engine) -> None:
