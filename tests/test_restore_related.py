@@ -3,6 +3,7 @@ cascade and foreign key; nested paths; many-to-many links; one reason; errors be
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import pytest
@@ -81,6 +82,7 @@ class Order(Versioned, Base):
     tags: Mapped[list[Tag]] = relationship(secondary=order_tags, cascade="all", order_by="Tag.id")
     open_lines: Mapped[list[Line]] = relationship(viewonly=True, order_by="Line.id")
     parts: Mapped[list[Part]] = relationship(cascade="all, delete-orphan", order_by="Part.id")
+    secrets: Mapped[list[Secret]] = relationship(cascade="all, delete-orphan", order_by="Secret.id")
 
 
 class Line(Versioned, Base):
@@ -117,6 +119,24 @@ class Part(Versioned, Base):
     __mapper_args__ = {"version_id_col": revision}
 
 
+class Secret(Versioned, Base):
+    """A masked column: its values never reach the engine's log through a restore's reads."""
+
+    __tablename__ = "rr_secrets"
+    __versioned__ = {"mask": {"token": versioning.masks.redact}}
+    id: Mapped[int] = mapped_column(primary_key=True)
+    order_id: Mapped[int] = mapped_column(sa.ForeignKey("rr_orders.id"))
+    name: Mapped[str] = mapped_column(sa.String(20))
+    token: Mapped[str | None] = mapped_column(sa.String(40))
+    marks: Mapped[list[Mark]] = relationship(cascade="all, delete-orphan", order_by="Mark.id")
+
+
+class Mark(Versioned, Base):
+    __tablename__ = "rr_marks"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    secret_id: Mapped[int] = mapped_column(sa.ForeignKey("rr_secrets.id"))
+
+
 class Stamp(Versioned, Base):
     __tablename__ = "rr_stamps"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -133,7 +153,7 @@ def _rows(session: Session) -> dict[str, int]:
     out = {}
     for table in [*Base.metadata.sorted_tables, versioning.transaction_table(Base.metadata)]:
         out[table.name] = session.execute(sa.select(sa.func.count()).select_from(table)).scalar()
-    for model in (Order, Line, Note, Comment, Stamp, Label, Part, Tag):
+    for model in (Order, Line, Note, Comment, Stamp, Label, Part, Tag, Secret, Mark):
         hist = versioning.history_table(model)
         out[hist.name] = session.execute(sa.select(sa.func.count()).select_from(hist)).scalar()
     return out
@@ -643,3 +663,39 @@ def test_the_session_shows_what_the_restore_moved_and_keeps_the_rest(
         assert "lines" in sa.inspect(bystander).dict
         assert "status" in sa.inspect(other).dict
         s.commit()
+
+
+TOKEN = "tok-very-secret-7f3a"
+
+
+def test_a_restore_with_children_keeps_masked_values_out_of_the_log(
+    create_tables: Tables, engine: sa.Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    create_tables(Base.metadata)
+    with Session(engine) as s:
+        order = Order(status="open", secrets=[Secret(name="kept", token=TOKEN + "1")])
+        s.add(order)
+        s.commit()
+        then = _last_transaction(s)
+        order.secrets[0].name = "renamed"
+        order.secrets.append(Secret(name="added", token=TOKEN + "2", marks=[Mark()]))
+        s.commit()
+        order_id, kept, added = order.id, order.secrets[0].id, order.secrets[1].id
+    engine.dispose()  # SQLite: no idle connection holds the file
+    echoing = sa.create_engine(engine.url, echo="debug")
+    try:
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="sqlalchemy.engine"), Session(echoing) as s:
+            restore(s, Order, order_id, at=then, relationships=["secrets"])
+            s.commit()
+    finally:
+        echoing.dispose()
+    messages = [record.getMessage() for record in caplog.records]
+    rows = [m for m in messages if m.startswith("Row ")]
+    assert any("'renamed'" in m for m in rows) and any("'added'" in m for m in rows)
+    assert not [m for m in messages if TOKEN in m]
+    with Session(engine) as s:
+        secret = s.get_one(Secret, kept)
+        assert (secret.name, secret.token) == ("kept", TOKEN + "1")
+        assert s.get(Secret, added) is None
+        assert history(s, Secret, added)[-1].operation is Operation.DELETE

@@ -16,6 +16,9 @@ from sqlalchemy.orm import Mapper, RelationshipProperty, Session, selectinload
 from sqlalchemy.orm.attributes import instance_dict
 from sqlalchemy.orm.interfaces import MANYTOMANY, ONETOMANY
 
+from versioning.concealed import masked_unloaded
+from versioning.declaration import versioned_spec
+
 __all__ = ["load_for_delete", "load_relationships"]
 
 
@@ -27,6 +30,12 @@ def _key_match(mapper: Mapper[Any], objs: Sequence[Any]) -> sa.ColumnElement[boo
     if len(columns) == 1:
         return columns[0].in_([k[0] for k in keys])  # type: ignore[no-any-return]
     return sa.tuple_(*columns).in_(keys)
+
+
+def _unmasked(mapper: Mapper[Any]) -> list[Any]:
+    """Options leaving ``mapper``'s masked columns unloaded: the engine's debug log shows rows."""
+    spec = versioned_spec(mapper)
+    return [] if spec is None else masked_unloaded(spec.masks, mapper.class_)
 
 
 def load_relationships(
@@ -43,10 +52,13 @@ def load_relationships(
             props = [p for p in props if any(p.key not in instance_dict(o) for o in group)]
         if not props:
             continue
+        loads = [
+            selectinload(getattr(mapper.class_, p.key)).options(*_unmasked(p.mapper)) for p in props
+        ]
         statement = (
             sa.select(mapper.class_)
             .where(_key_match(mapper, group))
-            .options(*(selectinload(getattr(mapper.class_, p.key)) for p in props))
+            .options(*_unmasked(mapper), *loads)
         )
         if refresh:
             statement = statement.execution_options(populate_existing=True)

@@ -276,15 +276,10 @@ def live_rows(
     spec: ModelSpec,
     keys: Sequence[tuple[Any, ...]],
     also: sa.ColumnElement[bool] | None = None,
-    entity: Any = None,
 ) -> dict[tuple[Any, ...], Any]:
     """The live instances of the records of ``spec``'s hierarchy with these keys (and of those
-    matching ``also``, a condition on the table's columns), as the database holds them now, by
-    key: one query, whatever their number. A key not found is absent.
-
-    ``entity`` is the class to select when ``also`` uses a subclass's columns (joined-table
-    inheritance); by default the hierarchy's root.
-    """
+    matching ``also``, a condition on the root table's columns), as the database holds them now,
+    by key: one query, whatever their number. A key not found is absent."""
     root = spec.root
     # The session may hold values another transaction has changed since (expire_on_commit=False,
     # a long-lived session): read the rows themselves, locked so that they cannot change before
@@ -304,12 +299,11 @@ def live_rows(
     union = _polymorphic_union(mapper)
     statement: Any
     if union is None:
-        model = root.model if entity is None else entity
         statement = (
-            sa.select(model)
+            sa.select(root.model)
             # Masked columns stay unloaded: the restore never writes them and the engine's debug
             # log would show them.
-            .options(*masked_unloaded(spec.masks, model))
+            .options(*masked_unloaded(spec.masks, root.model))
             .where(where)
             .with_for_update(of=table)
         )
