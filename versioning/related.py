@@ -394,7 +394,7 @@ class Moment:
         _autoflush(session)
         write_pending(session)
         connection = session.connection(bind_arguments={"mapper": spec.mapper})
-        bound = self._bound(connection, spec)
+        bound = self.bound(connection, spec)
         if bound is None:
             return {}
         history = spec.history
@@ -435,7 +435,9 @@ class Moment:
             found.setdefault(tuple(values[k] for k in join.remote), []).append(obj)
         return found
 
-    def _bound(self, connection: sa.Connection, spec: ModelSpec) -> Any:
+    def bound(self, connection: sa.Connection, spec: ModelSpec) -> Any:
+        """The highest transaction id visible at the moment (see
+        :func:`versioning.snapshots.bound_for`), read once per transaction table."""
         transactions = spec.transactions
         if transactions not in self._bounds:
             self._bounds[transactions] = bound_for(connection, spec, self.at)

@@ -39,6 +39,23 @@ def _pointing_at(mapper: Mapper[Any]) -> list[RelationshipProperty[Any]]:
     ]
 
 
+def _child_keys(prop: RelationshipProperty[Any]) -> set[str]:
+    """The attributes of ``prop``'s records that decide which collections hold them, and in what
+    order: the columns of its join condition and ordering on their side."""
+    columns = [
+        c
+        for c in [*sa.sql.visitors.iterate(prop.primaryjoin), *(prop.order_by or ())]
+        if isinstance(c, sa.sql.expression.ColumnClause)
+    ]
+    keys = set()
+    for column in columns:
+        try:
+            keys.add(prop.mapper.get_property_by_column(column).key)
+        except sa.orm.exc.UnmappedColumnError:
+            continue  # the parent's side
+    return keys
+
+
 def _expire(session: Session, obj: Any, key: str) -> None:
     if key in instance_dict(obj):
         session.expire(obj, [key])
@@ -76,14 +93,21 @@ def expire_moved(session: Session, moved: Iterable[tuple[Any, Mapping[str, Any] 
     """Expire, for each record written (its instance and its column values before, ``None`` for
     one re-created), its own relationships, and the loaded collections that held it before or
     hold it now."""
-    pointing: dict[Mapper[Any], list[RelationshipProperty[Any]]] = {}
+    pointing: dict[Mapper[Any], list[tuple[RelationshipProperty[Any], set[str]]]] = {}
     for obj, before in moved:
         state = sa.inspect(obj)
         mapper = state.mapper
         if mapper not in pointing:
-            pointing[mapper] = _pointing_at(mapper)
+            pointing[mapper] = [(p, _child_keys(p)) for p in _pointing_at(mapper)]
         after = None if state.deleted or state.detached else snapshot(obj)
-        for prop in pointing[mapper]:
+        changed = (
+            None
+            if before is None or after is None
+            else {k for k, v in after.items() if k not in before or before[k] != v}
+        )
+        for prop, keys in pointing[mapper]:
+            if changed is not None and not changed & keys:
+                continue  # still in the same collections, in the same place
             for values in (before, after):
                 if values is not None:
                     for holder in _holders(session, prop, values):

@@ -1,9 +1,12 @@
 """Restoring a record with its relationships: ``restore(..., relationships=["lines", ...])``.
 
 Each named relationship (dotted paths go deeper: ``"lines.notes"``) is brought back to the moment
-of the version. The related records as they were then are read as of that moment
-(:mod:`versioning.related`, one query per level); then, for each of them, its version then and
-its live row. The whole plan is gathered and checked before anything is written:
+of the version. It is planned level by level, and each level costs a fixed number of queries,
+whatever the number of records: the related records as they were then come with the moment's read
+of the level (:mod:`versioning.related`, which keeps the version each was made of); their live
+rows, with the records related to the level's parents now, in one locked read
+(:func:`versioning.restoring.live_rows`). The whole plan is gathered and checked before anything
+is written:
 
 * a record related then (one-to-many, one-to-one, many-to-one) is restored as
   :func:`versioning.restore` restores one record: changed since → put back, deleted since →
@@ -13,12 +16,16 @@ its live row. The whole plan is gathered and checked before anything is written:
   its foreign key is cleared if nullable, else :class:`~versioning.errors.RestoreError` (also
   when the deletion's cascade would take a record the restore puts back); these are flushed
   first, so that a record put back may take a unique value one removed held;
-* a many-to-many collection is set to the records linked then; those are not changed (they are
-  shared), but each must exist now or be re-created by this restore, else ``RestoreError``.
+* a many-to-many collection is set to the records linked then. If the relationship cascades
+  deletes, those records are its own and are restored as children are; else they are shared and
+  not changed, and each must be there to link: existing now and not deleted since, or restored by
+  this restore, or — deleted since — the record now under its key as it was then (else it is
+  another record, added since): otherwise ``RestoreError``.
 
 Then it is applied through the ORM and flushed once, as one restore: the capture records every
 change and link, and the transaction's reason names the record, the relationships and what
-happened to each related record.
+happened to each related record. Afterwards the loaded relationships the restore made wrong in
+the session are expired (:mod:`versioning.restore_expiry`).
 """
 
 from __future__ import annotations
@@ -51,7 +58,6 @@ from versioning.restoring import (
     write_step,
 )
 from versioning.schema import OPERATION, TRANSACTION_ID
-from versioning.snapshots import bound_for
 
 __all__ = ["check_relationships", "restore_related"]
 
@@ -217,7 +223,7 @@ class _Plan:
         for key in wanted:
             found = live.get(key[1])
             self.existing[key] = None if found is None else _Existing(found)
-        gone = _deleted_since(self.session, spec, [k[1] for k in wanted], self.moment.at)
+        gone = _deleted_since(self.session, spec, [k[1] for k in wanted], self.moment)
         for key, then in wanted.items():
             if key[1] in gone:
                 self.deleted_since[key] = self.moment.version_of(then)
@@ -239,7 +245,10 @@ def _related_now(
     wanted = sorted((v for v in values if None not in v), key=lambda v: tuple(map(str, v)))
     if not wanted:
         return None
-    remote = [getattr(prop.mapper.class_, k) for k in join.remote]
+    # The relationship's own columns (a table's, never a polymorphic union's), for the root.
+    remote: list[Any] = [column for _, column in prop.local_remote_pairs]
+    if prop.mapper is not spec.root.mapper:
+        remote = [getattr(prop.mapper.class_, k) for k in join.remote]
     match = (
         remote[0].in_([w[0] for w in wanted])
         if len(remote) == 1
@@ -257,13 +266,13 @@ def _related_now(
 
 
 def _deleted_since(
-    session: Session, spec: ModelSpec, keys: list[tuple[Any, ...]], at: dt.datetime | int
+    session: Session, spec: ModelSpec, keys: list[tuple[Any, ...]], moment: Moment
 ) -> set[tuple[Any, ...]]:
-    """The keys among ``keys`` whose record was deleted after ``at`` (one indexed query)."""
+    """The keys among ``keys`` whose record was deleted after ``moment`` (one indexed query)."""
     if not keys:
         return set()
     connection = session.connection(bind_arguments={"mapper": spec.mapper})
-    bound = bound_for(connection, spec, at)
+    bound = moment.bound(connection, spec)
     if bound is None:
         return set()
     history = spec.history
@@ -488,9 +497,8 @@ def restore_related(
             old = list(getattr(holder, link.prop.key)) if sa.inspect(holder).persistent else []
             new = [t.live for t in targets]
             setattr(holder, link.prop.key, new)
-            unlinked.append(
-                (link, [o for o in old if o not in new] + [o for o in new if o not in old])
-            )
+            kept = {id(o) for o in old} & {id(o) for o in new}
+            unlinked.append((link, [o for o in [*old, *new] if id(o) not in kept]))
 
     others = [require_spec(type(live)) for live, _ in removals]
     others += [require_spec(link.prop.parent.class_) for link, _ in relinked]
