@@ -37,7 +37,7 @@ from versioning.errors import ArgumentError, RelationshipHistoryError
 from versioning.link_tables import link_spec
 from versioning.links import links_as_of
 from versioning.operation import Operation
-from versioning.reading import Version, _autoflush, _fetch, version_at
+from versioning.reading import Version, _autoflush, _fetch, _row_version, version_at
 from versioning.recording import write_pending
 from versioning.snapshots import bound_for, latest, on_history
 
@@ -240,9 +240,20 @@ def _join(prop: RelationshipProperty[Any]) -> _Join:
 class Moment:
     """The instances read as of one moment through one session: their identity and loading."""
 
-    def __init__(self, session: Session | None, at: dt.datetime | int, without: str = "") -> None:
+    def __init__(
+        self,
+        session: Session | None,
+        at: dt.datetime | int,
+        without: str = "",
+        versions: bool = False,
+    ) -> None:
         self.session = session
         self.at = at
+        #: With ``versions`` (a restore's moment): the :class:`Version` each instance was made of,
+        #: read with it (by history table and key), see :meth:`version_of`.
+        self.versions: dict[tuple[sa.Table, tuple[Any, ...]], Version] | None = (
+            {} if versions else None
+        )
         #: Why there is no session to load through (when ``session`` is ``None``).
         self.without = without
         # Weak: a stream of records read as of a moment keeps only what the caller keeps.
@@ -259,7 +270,18 @@ class Moment:
     def instance(self, version: Version, group: list[Any]) -> Any:
         """The instance of ``version``'s record in this moment: the one already made, or a new
         one (added to ``group``)."""
+        if self.versions is not None:
+            spec = require_spec(version.model)
+            self.versions.setdefault((spec.root.history, version.primary_key), version)
         return self._make(require_spec(version.model), version.state, group)
+
+    def version_of(self, obj: Any) -> Version:
+        """The version ``obj`` (an instance of this moment) was made of; the moment must keep
+        them (``versions=True``)."""
+        assert self.versions is not None
+        spec = require_spec(type(obj))
+        values = instance_dict(obj)
+        return self.versions[(spec.root.history, tuple(values[k] for k in spec.pk_keys))]
 
     def instance_of_row(self, spec: ModelSpec, row: Any, group: list[Any]) -> Any:
         """:meth:`instance` of a history row read by :func:`versioning.snapshots.latest` (of
@@ -372,7 +394,7 @@ class Moment:
         _autoflush(session)
         write_pending(session)
         connection = session.connection(bind_arguments={"mapper": spec.mapper})
-        bound = self._bound(connection, spec)
+        bound = self.bound(connection, spec)
         if bound is None:
             return {}
         history = spec.history
@@ -396,6 +418,7 @@ class Moment:
                 narrow=[match] if join.by_key else (),
                 candidates=() if join.by_key else [match],
                 translate=conditions,
+                whole=self.versions is not None,
             )
             order = [on_history(spec, c, inner, f"{name}'s order_by") for c in join.order_by]
             order += [inner.c[spec.history_names[k]] for k in spec.pk_keys]
@@ -405,11 +428,16 @@ class Moment:
         found: dict[tuple[Any, ...], list[Any]] = {}
         for row in _fetch(connection, build):
             obj = self.instance_of_row(spec, row, group)
+            if self.versions is not None:
+                version = _row_version(spec, row, connection.dialect, None)
+                self.versions.setdefault((spec.root.history, version.primary_key), version)
             values = instance_dict(obj)
             found.setdefault(tuple(values[k] for k in join.remote), []).append(obj)
         return found
 
-    def _bound(self, connection: sa.Connection, spec: ModelSpec) -> Any:
+    def bound(self, connection: sa.Connection, spec: ModelSpec) -> Any:
+        """The highest transaction id visible at the moment (see
+        :func:`versioning.snapshots.bound_for`), read once per transaction table."""
         transactions = spec.transactions
         if transactions not in self._bounds:
             self._bounds[transactions] = bound_for(connection, spec, self.at)
