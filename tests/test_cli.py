@@ -7,20 +7,26 @@ and stderr must stay empty when it is not a terminal (no progress bar there).
 
 from __future__ import annotations
 
+import datetime as dt
+import importlib.util
 import json
 import os
 import pty
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import click
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from test_catalog import Base, _seed
 
-from versioning import catalog
+from versioning import catalog, cli
 from versioning.schema import VERSION_ID
 
 from helpers import tamper
@@ -214,3 +220,57 @@ def test_without_the_cli_extra_it_says_what_to_install(tmp_path: Path) -> None:
     )
     assert demo.returncode == 0, demo.stderr
     assert "== history of Invoice 1" in demo.stdout
+
+
+# --- the commands that call other parts of the library ------------------------------------------
+
+#: Command -> the module whose function it calls (archives, search and export).
+PARTS = {
+    ("log",): "versioning.searching",
+    ("show", "1"): "versioning.searching",
+    ("record", "cat_accounts", "1"): "versioning.searching",
+    ("export", "--format", "csv", "--output", "-"): "versioning.exporting",
+    ("archive", "--before", "90d", "--output", "a.jsonl.gz"): "versioning.archiving",
+}
+
+
+def test_a_command_whose_part_of_the_library_is_missing_says_to_upgrade(
+    create_tables: Tables, tmp_path: Path
+) -> None:
+    engine = create_tables(Base.metadata)
+    missing = [args for args, module in PARTS.items() if importlib.util.find_spec(module) is None]
+    for args in missing:
+        line = _one_line(run("--url", url_of(engine), *args, cwd=tmp_path))
+        assert "upgrade" in line, line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_moments_ages_and_keys_as_the_command_line_takes_them() -> None:
+    utc = dt.UTC
+    assert cli.moment("2025-03-04", "--since") == dt.datetime(2025, 3, 4, tzinfo=utc)
+    zoned = cli.moment("2025-03-04T10:00:00+01:00", "--since")
+    assert zoned == dt.datetime(2025, 3, 4, 9, tzinfo=utc) and zoned.utcoffset() is not None
+    assert cli.moment_or_age("90d", "--before") == dt.timedelta(days=90)
+    assert cli.moment_or_age("7y", "--before") == dt.timedelta(days=7 * 365)
+    with pytest.raises(click.BadParameter, match="ISO 8601"):
+        cli.moment("last tuesday", "--since")
+    accounts = catalog.from_metadata(Base.metadata).entry("cat_accounts")
+    assert cli.key_values(accounts, ["12"]) == (12,)
+    with pytest.raises(click.BadParameter, match=r"'twelve' is not a value of cat_accounts\.id"):
+        cli.key_values(accounts, ["twelve"])
+    with pytest.raises(click.BadParameter, match=r"has the key \(id\): give 1 value"):
+        cli.key_values(accounts, ["1", "2"])
+
+
+def test_values_as_printed() -> None:
+    assert cli.cell("=SUM(A1)") == "'=SUM(A1)" and cli.cell("-5") == "'-5"
+    assert cli.cell("plain") == "plain" and cli.cell(None) == ""
+    assert cli.plain(
+        {"d": Decimal("1.50"), "u": uuid.UUID(int=1), "b": b"\x00", "t": dt.date(2025, 1, 2)}
+    ) == {
+        "d": "1.50",
+        "u": "00000000-0000-0000-0000-000000000001",
+        "b": "AA==",
+        "t": "2025-01-02",
+    }
+    assert cli.shown("a b") == "'a b'" and cli.shown(None) == "∅"
