@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +27,7 @@ from versioning.personal import committed_view
 from versioning.schema import VERSION_ID
 from versioning.type_descriptions import describe, is_exact, rebuild
 
-from helpers import tamper
+from helpers import another_schema, tamper
 
 Tables = Callable[[sa.MetaData], sa.Engine]
 Sessions = Callable[[], Session]
@@ -345,3 +346,35 @@ def test_a_custom_type_is_read_as_stored_and_marked_when_it_cannot_hash_the_same
     assert is_exact(lower) and isinstance(rebuild(lower), sa.String)
     stores = describe(_Stores(), dialect)
     assert not is_exact(stores) and isinstance(rebuild(stores), sa.String)
+
+
+def test_a_history_table_in_another_schema_is_loaded_and_verified(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    class Local(DeclarativeBase):
+        pass
+
+    class Remote(Versioned, Local):
+        __tablename__ = "cat_remote"
+        __table_args__ = {"schema": "cat_other"}
+        id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+        name: Mapped[str] = mapped_column(sa.String(20))
+
+    with another_schema(engine, tmp_path, "cat_other") as bound:
+        Local.metadata.create_all(bound)
+        try:
+            with Session(bound) as session:
+                session.add(Remote(id=1, name="x"))
+                session.commit()
+            with bound.connect() as connection:
+                found = catalog.load(connection)
+                entry = found.entry("cat_other.cat_remote")
+                assert entry is found.entry("cat_remote_history")
+                assert (entry.name, entry.history.schema) == (
+                    "cat_other.cat_remote_history",
+                    "cat_other",
+                )
+                report = versioning.verify(connection)
+            assert report.ok and report.versions_checked == 1
+        finally:
+            Local.metadata.drop_all(bound)
