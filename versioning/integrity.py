@@ -34,7 +34,7 @@ from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.orm import Session
 
 from versioning import arguments, personal
-from versioning.canonical import row_hash, segment_digest, transaction_bytes
+from versioning.canonical import row_hashes, segment_digest, transaction_bytes
 from versioning.declaration import ModelSpec, all_specs
 from versioning.errors import ArgumentError, SealConflictError
 from versioning.reading import _REFUSED, _select
@@ -654,7 +654,7 @@ class _Verifier:
             listed.append(dict(document) if isinstance(document, dict) else {})
         tx_listed = listed[0].pop(self.tx_name, None) if int(segments[0]["segment"]) == 1 else None
         actual = {
-            name: [(row, self._hash(name, row)) for row in table_rows]
+            name: list(zip(table_rows, self._hashes(name, table_rows), strict=True))
             for name, table_rows in rows.items()
         }
         if self._chain_matches(tx_hash, segments, listed, truth, actual):
@@ -700,9 +700,9 @@ class _Verifier:
             out.extend(document.get(name, []))
         return out
 
-    def _hash(self, name: str, row: dict[str, Any]) -> bytes:
+    def _hashes(self, name: str, rows: list[dict[str, Any]]) -> list[bytes]:
         history = self.target.histories[name]
-        return row_hash(history, personal.committed_view(history, row))
+        return row_hashes(history, [personal.committed_view(history, row) for row in rows])
 
     def _chain_matches(
         self,

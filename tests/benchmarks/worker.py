@@ -404,7 +404,7 @@ class Undigested(Library):
         super().__init__()
         from versioning import recording
 
-        recording.row_hash = lambda history, row: bytes(32)  # type: ignore[assignment]
+        recording.row_hashes = lambda history, rows: [bytes(32)] * len(rows)  # type: ignore[assignment]
         recording._write_digest = lambda *arguments: None  # type: ignore[assignment]
         self.name = "undigested"
 
