@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import json
 import threading
 import uuid
 from collections.abc import Callable
@@ -211,6 +212,10 @@ def _cases(engine: sa.Engine) -> dict[str, tuple[list[str], set[Any]]]:
             [f"UPDATE {DIGEST_TABLE} SET digest = '{'0' * 64}' WHERE transaction_id = {t1}"],
             {("altered", DIGEST_TABLE, t1, None)},
         ),
+        "listed row hashes changed": (
+            [_zeroed(engine, t1)],
+            {("altered", DIGEST_TABLE, t1, None)},
+        ),
         "sealed transaction deleted": (
             [
                 f"DELETE FROM {ORDERS} WHERE versioning_id = {deleted}",
@@ -241,6 +246,20 @@ def _cases(engine: sa.Engine) -> dict[str, tuple[list[str], set[Any]]]:
     }
 
 
+def _zeroed(engine: sa.Engine, tx_id: int) -> str:
+    """The UPDATE that zeroes what the digest row lists of its history rows' hashes (the first 8
+    bytes of each): the digest still matches the rows, the list does not."""
+    digests = Base.metadata.tables[DIGEST_TABLE]
+    with engine.connect() as connection:
+        listed = connection.execute(
+            sa.select(digests.c.rows).where(digests.c.transaction_id == tx_id)
+        ).scalar_one()
+    assert len(listed[ORDERS]) == 2 * 16  # its two rows, in hex
+    text = json.dumps(listed | {ORDERS: "0" * 32})
+    rows = engine.dialect.identifier_preparer.quote("rows")
+    return f"UPDATE {DIGEST_TABLE} SET {rows} = '{text}' WHERE transaction_id = {tx_id}"
+
+
 def _forged(engine: sa.Engine, expected: set[Any]) -> set[Any]:
     """``expected`` with :data:`FORGED` replaced by the forged history row's version id."""
     if not any(FORGED in problem for problem in expected):
@@ -260,6 +279,7 @@ TAMPERINGS = [
     "transaction row changed",
     "digest note changed",
     "digest value changed",
+    "listed row hashes changed",
     "sealed transaction deleted",
     "seal changed",
     "seal entry changed",

@@ -43,9 +43,12 @@ from versioning import _compat
 from versioning.schema import CHANGES, OPERATION, TRANSACTION_ID, VERSION_ID
 
 __all__ = [
+    "PREFIX_HEX",
     "canonical_value",
     "converter",
     "dumps",
+    "listed_prefixes",
+    "prefixes",
     "row_bytes",
     "row_hash",
     "row_hashes",
@@ -433,6 +436,27 @@ def transaction_bytes(values: Mapping[str, Any]) -> bytes:
             _json(extra) if extra else None,
         ]
     )
+
+
+#: Hex digits of a row hash's prefix listed in a digest row (its first 8 bytes).
+PREFIX_HEX = 16
+
+
+def prefixes(hashes: Sequence[bytes]) -> str:
+    """What a digest row lists of its rows' hashes, to locate a changed row: the first 8 bytes of
+    each, in hex, one after the other (one JSON string, cheaper to write and to store than a list
+    of strings)."""
+    return b"".join([h[:8] for h in hashes]).hex()
+
+
+def listed_prefixes(value: Any) -> list[str]:
+    """The prefixes :func:`prefixes` wrote (or a list of them, as written before), one per row;
+    nothing for anything else (a digest row changed by hand)."""
+    if isinstance(value, str):
+        return [value[i : i + PREFIX_HEX] for i in range(0, len(value), PREFIX_HEX)]
+    if isinstance(value, list):
+        return [str(item) for item in value]
+    return []
 
 
 def segment_bytes(tables: Sequence[tuple[str, Sequence[bytes]]]) -> bytes:

@@ -34,7 +34,7 @@ from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.orm import Session
 
 from versioning import arguments, personal
-from versioning.canonical import row_hashes, segment_digest, transaction_bytes
+from versioning.canonical import listed_prefixes, row_hashes, segment_digest, transaction_bytes
 from versioning.declaration import ModelSpec, all_specs
 from versioning.errors import ArgumentError, SealConflictError
 from versioning.reading import _REFUSED, _select
@@ -651,7 +651,11 @@ class _Verifier:
         listed: list[dict[str, list[str]]] = []
         for segment in segments:
             document = segment["rows"]
-            listed.append(dict(document) if isinstance(document, dict) else {})
+            listed.append(
+                {str(name): listed_prefixes(value) for name, value in document.items()}
+                if isinstance(document, dict)
+                else {}
+            )
         tx_listed = listed[0].pop(self.tx_name, None) if int(segments[0]["segment"]) == 1 else None
         actual = {
             name: list(zip(table_rows, self._hashes(name, table_rows), strict=True))

@@ -40,7 +40,7 @@ from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from sqlalchemy.orm import Mapper, Session, SessionTransaction
 
 from versioning import personal
-from versioning.canonical import row_hashes, segment_digest, transaction_bytes
+from versioning.canonical import prefixes, row_hashes, segment_digest, transaction_bytes
 from versioning.context import AuditContext, current_context
 from versioning.declaration import ModelSpec
 from versioning.errors import VersioningError
@@ -352,10 +352,10 @@ def _write_digest(
     for _, name, hashes in group.hashes:
         by_table.setdefault(name, []).extend(hashes)
     tables = sorted(by_table.items())
-    rows = {name: [h[:8].hex() for h in hashes] for name, hashes in tables}
+    rows = {name: prefixes(hashes) for name, hashes in tables}
     if group.segments == 0:
         # Where a changed transaction row shows (see versioning.integrity).
-        rows[group.table.fullname] = [group.previous[:8].hex()]
+        rows[group.table.fullname] = prefixes([group.previous])
     value = segment_digest(group.previous, tables, note)
     group.segments += 1
     connection.execute(
