@@ -323,17 +323,6 @@ def _note(state: Recording, group: _Group) -> str | None:
     return full
 
 
-#: The INSERT of a digest row, per transaction table: made once, parameters given at each commit.
-_DIGEST_INSERTS: weakref.WeakKeyDictionary[sa.Table, sa.Insert] = weakref.WeakKeyDictionary()
-
-
-def _digest_insert(transactions: sa.Table) -> sa.Insert:
-    insert = _DIGEST_INSERTS.get(transactions)
-    if insert is None:
-        insert = _DIGEST_INSERTS[transactions] = integrity_tables(transactions)[0].insert()
-    return insert
-
-
 def _write_digest(
     connection: Connection,
     group: _Group,
@@ -358,8 +347,10 @@ def _write_digest(
         rows[group.table.fullname] = prefixes([group.previous])
     value = segment_digest(group.previous, tables, note)
     group.segments += 1
+    # A plain insert() with its parameters: built with .values(), the statement would be a new
+    # one at each commit, its cache key computed anew (about twice the time).
     connection.execute(
-        _digest_insert(group.table),
+        integrity_tables(group.table)[0].insert(),
         {
             "transaction_id": group.tx_id,
             "segment": group.segments,
