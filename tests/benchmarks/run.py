@@ -107,6 +107,9 @@ TABLE_ROWS = (
     Row("digest_inserts_ratio", "digests", "digests on ÷ off: inserts, commits of 500", None),
     Row("digest_updates_ratio", "digests", "digests on ÷ off: updates, commits of 500", None),
     Row("digest_commit_ratio", "digests", "digests on ÷ off: single-row commit", None),
+    Row("digest_inserts_code_ms", "digests", "digest code per commit: inserts (ms)", None),
+    Row("digest_updates_code_ms", "digests", "digest code per commit: updates (ms)", None),
+    Row("digest_commit_code_ms", "digests", "digest code per commit: single-row (ms)", None),
 )
 
 
@@ -331,8 +334,10 @@ def render_cell(run: BackendRun, contender: str, row: Row) -> str:
         if "not measured" in cell.notes:
             return "n/a"
         return "—"
-    if row.group == "digests":
+    if row.group == "digests" and row.metric.endswith("_ratio"):
         return overhead(cell)
+    if row.group == "digests":
+        return number(value)
     text = ratio(value) if row.base is None else number(value)
     if row.base is not None and contender != row.base:
         base = run.cells.get((row.base, row.metric))
