@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import json
 import threading
 import uuid
 from collections.abc import Callable
@@ -211,6 +212,10 @@ def _cases(engine: sa.Engine) -> dict[str, tuple[list[str], set[Any]]]:
             [f"UPDATE {DIGEST_TABLE} SET digest = '{'0' * 64}' WHERE transaction_id = {t1}"],
             {("altered", DIGEST_TABLE, t1, None)},
         ),
+        "listed row hashes changed": (
+            [_zeroed(engine, t1)],
+            {("altered", DIGEST_TABLE, t1, None)},
+        ),
         "sealed transaction deleted": (
             [
                 f"DELETE FROM {ORDERS} WHERE versioning_id = {deleted}",
@@ -241,6 +246,20 @@ def _cases(engine: sa.Engine) -> dict[str, tuple[list[str], set[Any]]]:
     }
 
 
+def _zeroed(engine: sa.Engine, tx_id: int) -> str:
+    """The UPDATE that zeroes what the digest row lists of its history rows' hashes (the first 8
+    bytes of each): the digest still matches the rows, the list does not."""
+    digests = Base.metadata.tables[DIGEST_TABLE]
+    with engine.connect() as connection:
+        listed = connection.execute(
+            sa.select(digests.c.rows).where(digests.c.transaction_id == tx_id)
+        ).scalar_one()
+    assert len(listed[ORDERS]) == 2 * 16  # its two rows, in hex
+    text = json.dumps(listed | {ORDERS: "0" * 32})
+    rows = engine.dialect.identifier_preparer.quote("rows")
+    return f"UPDATE {DIGEST_TABLE} SET {rows} = '{text}' WHERE transaction_id = {tx_id}"
+
+
 def _forged(engine: sa.Engine, expected: set[Any]) -> set[Any]:
     """``expected`` with :data:`FORGED` replaced by the forged history row's version id."""
     if not any(FORGED in problem for problem in expected):
@@ -260,6 +279,7 @@ TAMPERINGS = [
     "transaction row changed",
     "digest note changed",
     "digest value changed",
+    "listed row hashes changed",
     "sealed transaction deleted",
     "seal changed",
     "seal entry changed",
@@ -903,3 +923,50 @@ def test_row_bytes_are_the_documented_json_array_whatever_the_values() -> None:
         written = row_bytes(history, row | {"versioning_changes": changes})
         assert written == dumps([*expected, as_json])
         assert written == row_bytes(history, row | {"versioning_changes": as_json})
+
+
+def test_rows_encoded_in_a_batch_give_each_row_its_documented_bytes() -> None:
+    """The column-by-column encoding of a batch (the write path's and verify's) gives each row
+    the bytes of the definition — ``dumps`` of the canonical values — for every type of the
+    type matrix, with the values their direct paths take and those they must leave alone."""
+    from versioning.canonical import dumps, row_bytes, row_hashes, rows_bytes
+
+    history = versioning.history_table(Every)
+    meta = {"versioning_id", "versioning_transaction_id", "versioning_operation"}
+    hashed = [c for c in history.columns if c.name not in {*meta, "versioning_changes"}]
+
+    def documented(row: dict[str, Any]) -> bytes:
+        operation = row.get("versioning_operation")
+        parts: list[Any] = [operation.value if isinstance(operation, enum.Enum) else operation]
+        for column in hashed:
+            if row.get(column.name) is not None:
+                parts += [column.name, canonical_value(column, row[column.name])]
+        changes = row.get("versioning_changes")
+        parts.append(canonical_value(history.c.versioning_changes, changes))
+        return dumps(parts)
+
+    class Flag(enum.IntEnum):
+        ON = 1
+
+    class Text(str):
+        pass
+
+    aware = dt.datetime(2024, 3, 1, 1, 2, 3, 4, tzinfo=dt.timezone(dt.timedelta(hours=-5)))
+    decimals = ["12.30", "12.3", "100", "1E+2", "0", "-0", "0.00", "-0.5", "1E-7", "0.000001"]
+    decimals += ["NaN", "-Infinity", "123456789012345678901234567.891", "9" * 40, "-12.345"]
+    odd: list[dict[str, Any]] = [{"amount": Decimal(text)} for text in decimals]
+    odd += [{"amount": 5}, {"amount": 2.5}, {"big": True}, {"big": Flag.ON}, {"big": Decimal(3)}]
+    odd += [{"title": Text("sub")}, {"title": 'q"\\\u2028\x00é'}, {"title": ""}, {"code": 7}]
+    odd += [{"created": aware}, {"created": dt.datetime(2024, 1, 1)}, {"coarse": dt.date.today()}]
+    odd += [{"ratio": float("inf")}, {"ratio": Decimal("0.1")}, {"flag": 1}, {"doc": [1.5, {}]}]
+    rows = [{"versioning_operation": versioning.Operation.INSERT, "id": 1, **EVERY_FIRST}]
+    rows += [{"versioning_operation": "update", "id": 2, **values} for values in odd]
+    rows += [
+        {"versioning_operation": versioning.Operation.DELETE, "id": None, "title": None},
+        {"versioning_operation": None, "versioning_changes": {"b": [1, 2], "a": [None, "x"]}},
+        {"versioning_changes": {"amount": [Decimal("1.50"), 2]}},  # not plain JSON
+    ]
+    assert rows_bytes(history, rows) == [documented(row) for row in rows]
+    assert [row_bytes(history, row) for row in rows] == rows_bytes(history, rows)
+    assert row_hashes(history, rows) == [row_hash(history, row) for row in rows]
+    assert rows_bytes(history, []) == []

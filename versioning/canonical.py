@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import decimal
 import enum
 import hashlib
 import json
@@ -42,11 +43,16 @@ from versioning import _compat
 from versioning.schema import CHANGES, OPERATION, TRANSACTION_ID, VERSION_ID
 
 __all__ = [
+    "PREFIX_HEX",
     "canonical_value",
     "converter",
     "dumps",
+    "listed_prefixes",
+    "prefixes",
     "row_bytes",
     "row_hash",
+    "row_hashes",
+    "rows_bytes",
     "segment_bytes",
     "segment_digest",
     "transaction_bytes",
@@ -218,16 +224,16 @@ def dumps(value: Any) -> bytes:
     return _ENCODER.encode(value).encode()
 
 
-def _c_encoder() -> Callable[[Any], bytes]:
-    """:func:`dumps` for a list, by the C encoder :data:`_ENCODER` uses, made once.
+def _c_encoder() -> Callable[[Any], str]:
+    """The JSON text :data:`_ENCODER` writes for a value, by its C encoder, made once.
 
     ``JSONEncoder.encode`` makes that encoder anew at each call, which costs as much as the
     encoding of a history row; it is private to :mod:`json`, so it is used only if it gives
-    :func:`dumps`'s bytes (:func:`dumps` itself otherwise).
+    ``_ENCODER.encode``'s text (that itself otherwise).
     """
     make = getattr(json.encoder, "c_make_encoder", None)
     if make is None:
-        return dumps
+        return _ENCODER.encode
     try:
         encode = make(
             None,
@@ -241,31 +247,108 @@ def _c_encoder() -> Callable[[Any], bytes]:
             False,
         )
 
-        def fast(value: Any) -> bytes:
-            return "".join(encode(value, 0)).encode()
+        def fast(value: Any) -> str:
+            return "".join(encode(value, 0))
 
         sample = ["a", 1, -2, True, None, 1.5, 'é\n"', {"b": [1, None], "a": {"c": "d"}}, []]
-        if fast(sample) != dumps(sample):
-            return dumps
+        if fast(sample) != _ENCODER.encode(sample) or fast("é") != _ENCODER.encode("é"):
+            return _ENCODER.encode
         fast([math.nan])  # must refuse NaN as dumps does
     except ValueError:
         return fast
     except Exception:  # another Python's private signature
-        return dumps
-    return dumps
+        return _ENCODER.encode
+    return _ENCODER.encode
 
 
-_dumps_fast = _c_encoder()
+_encode_json = _c_encoder()
+
+#: A JSON string literal, as the encoder writes it (``ensure_ascii=False``).
+_string: Callable[[str], str] = json.encoder.encode_basestring
 
 
-#: Per history table, each hashed snapshot column in table order: its name, its converter, and
-#: the Python type whose values the converter returns unchanged (``None``: none), which then
-#: skip the call.
-_Plan = list[tuple[str, Callable[[Any], Any], type[Any] | None]]
+def _text(value: Any) -> str:
+    """The JSON text of a canonical JSON value, as :func:`dumps` writes it."""
+    kind = type(value)
+    if kind is str:
+        return _string(value)
+    if kind is int:
+        return f"{value}"
+    if value is None:
+        return "null"
+    return _encode_json(value)
+
+
+# One column of a batch of rows: ``prefix + value`` per row (``""`` for NULL), where the prefix is
+# the column's name in the array (``,"name",``) and the value its canonical JSON text. The common
+# exact types take a direct path that gives the converter's text; all else goes through it.
+_Pieces = Callable[[str, Callable[[Any], Any], Sequence[Any]], list[str]]
+
+
+def _piece(prefix: str, convert: Callable[[Any], Any], value: Any) -> str:
+    return "" if value is None else prefix + _text(convert(value))
+
+
+def _pieces(prefix: str, convert: Callable[[Any], Any], values: Sequence[Any]) -> list[str]:
+    return [_piece(prefix, convert, v) for v in values]
+
+
+def _str_pieces(prefix: str, convert: Callable[[Any], Any], values: Sequence[Any]) -> list[str]:
+    string = _string
+    return [
+        f"{prefix}{string(v)}" if type(v) is str else _piece(prefix, convert, v) for v in values
+    ]
+
+
+def _int_pieces(prefix: str, convert: Callable[[Any], Any], values: Sequence[Any]) -> list[str]:
+    return [f"{prefix}{v}" if type(v) is int else _piece(prefix, convert, v) for v in values]
+
+
+def _datetime_pieces(
+    prefix: str, convert: Callable[[Any], Any], values: Sequence[Any]
+) -> list[str]:
+    naive = dt.datetime
+    return [
+        f'{prefix}"{v.isoformat()}"'
+        if type(v) is naive and v.tzinfo is None
+        else _piece(prefix, convert, v)
+        for v in values
+    ]
+
+
+def _decimal_pieces(prefix: str, convert: Callable[[Any], Any], values: Sequence[Any]) -> list[str]:
+    """``str(value)`` where it is already ``format(value.normalize(), "f")``: plain notation
+    (no exponent), no trailing zero after the point, not zero, and no more digits than the
+    context's precision (``normalize`` would round them). Non-finite values are ``str`` too."""
+    precision = decimal.getcontext().prec
+    out = []
+    for v in values:
+        if type(v) is Decimal:
+            s = str(v)
+            if "E" not in s and len(s) <= precision:
+                if "." in s:
+                    if s[-1] != "0":
+                        out.append(f'{prefix}"{s}"')
+                        continue
+                elif s != "0" and s != "-0":
+                    out.append(f'{prefix}"{s}"')
+                    continue
+        out.append(_piece(prefix, convert, v))
+    return out
+
+
+#: Converters whose exact-type values have a direct path (see :data:`_Pieces`).
+_DIRECT: dict[Callable[[Any], Any], _Pieces] = {
+    _as_str: _str_pieces,
+    _as_int: _int_pieces,
+    _as_datetime: _datetime_pieces,
+    _as_decimal: _decimal_pieces,
+}
+
+#: Per history table, each hashed snapshot column in table order: its name, its prefix in the
+#: array, its converter and how a batch of its values is written.
+_Plan = list[tuple[str, str, Callable[[Any], Any], _Pieces]]
 _PLANS: dict[sa.Table, _Plan] = {}
-
-#: Converters that return a value of this exact type as it is (see :func:`converter`).
-_UNCHANGED: dict[Callable[[Any], Any], type[Any]] = {_as_int: int, _as_str: str}
 
 
 def _plan(history: sa.Table) -> _Plan:
@@ -276,40 +359,60 @@ def _plan(history: sa.Table) -> _Plan:
             if column.name in _UNHASHED or column.name in (OPERATION, CHANGES):
                 continue
             convert = converter(column.type)
-            plan.append((column.name, convert, _UNCHANGED.get(convert)))
+            prefix = f",{_string(column.name)},"
+            plan.append((column.name, prefix, convert, _DIRECT.get(convert, _pieces)))
         _PLANS[history] = plan
     return plan
 
 
-def row_bytes(history: sa.Table, row: Mapping[str, Any]) -> bytes:
-    """The canonical bytes of a history row (``row`` keyed by history column name).
+def _operation(value: Any) -> str:
+    if isinstance(value, str):  # an Operation is a str: its value
+        return "[" + _string(value)
+    if isinstance(value, enum.Enum):
+        value = value.value
+    return "[" + _text(value)
 
-    ``[operation, column, value, column, value, ..., changes]``: the operation's stored value,
-    each column of ``row`` that the history table has and that is not ``NULL`` (in table order,
-    version and transaction ids left out), and the ``changes`` document, as one JSON array
-    (:func:`dumps`). ``NULL`` columns are left out, so a column added to the history table
-    later (``NULL`` in older rows) leaves their hashes as they were. ``row`` is what
-    :func:`versioning.personal.committed_view` returned: a column it leaves out is not covered.
-    """
-    get = row.get
-    operation = get(OPERATION)
-    if not isinstance(operation, str) and isinstance(operation, enum.Enum):
-        operation = operation.value  # (an Operation is a str: the encoder writes its value)
-    parts: list[Any] = [operation]
-    append = parts.append
-    for name, convert, unchanged in _plan(history):
-        value = get(name)
-        if value is not None:
-            append(name)
-            append(value if type(value) is unchanged else convert(value))
+
+def _changes(value: Any) -> str:
     # The changes document is plain JSON already (see versioning.encoding), as written and as
     # read back; _json only if it is not.
-    append(get(CHANGES))
+    if value is None:
+        return ",null]"
     try:
-        return _dumps_fast(parts)
+        return f",{_encode_json(value)}]"
     except (TypeError, ValueError):
-        parts[-1] = _json(parts[-1])
-        return dumps(parts)
+        return f",{_encode_json(_json(value))}]"
+
+
+def rows_bytes(history: sa.Table, rows: Sequence[Mapping[str, Any]]) -> list[bytes]:
+    """The canonical bytes of each history row (each keyed by history column name).
+
+    A row's bytes are ``[operation, column, value, column, value, ..., changes]``: the
+    operation's stored value, each column of the row that the history table has and that is not
+    ``NULL`` (in table order, version and transaction ids left out), and the ``changes``
+    document, as one JSON array (:func:`dumps`). ``NULL`` columns are left out, so a column
+    added to the history table later (``NULL`` in older rows) leaves their hashes as they were.
+    A row is what :func:`versioning.personal.committed_view` returned: a column it leaves out is
+    not covered. The rows are encoded column by column, which costs less per row than one by one.
+    """
+    if not rows:
+        return []
+    columns = [[_operation(row.get(OPERATION)) for row in rows]]
+    for name, prefix, convert, pieces in _plan(history):
+        columns.append(pieces(prefix, convert, [row.get(name) for row in rows]))
+    columns.append([_changes(row.get(CHANGES)) for row in rows])
+    return ["".join(parts).encode() for parts in zip(*columns, strict=True)]
+
+
+def row_hashes(history: sa.Table, rows: Sequence[Mapping[str, Any]]) -> list[bytes]:
+    """The 32-byte SHA-256 of each row's :func:`rows_bytes`."""
+    sha256 = hashlib.sha256
+    return [sha256(data).digest() for data in rows_bytes(history, rows)]
+
+
+def row_bytes(history: sa.Table, row: Mapping[str, Any]) -> bytes:
+    """The canonical bytes of one history row (see :func:`rows_bytes`)."""
+    return rows_bytes(history, [row])[0]
 
 
 def row_hash(history: sa.Table, row: Mapping[str, Any]) -> bytes:
@@ -333,6 +436,25 @@ def transaction_bytes(values: Mapping[str, Any]) -> bytes:
             _json(extra) if extra else None,
         ]
     )
+
+
+#: Hex digits of a row hash's prefix listed in a digest row (its first 8 bytes).
+PREFIX_HEX = 16
+
+
+def prefixes(hashes: Sequence[bytes]) -> str:
+    """What a digest row lists of its rows' hashes, to locate a changed row: the first 8 bytes of
+    each, in hex, one after the other (one JSON string, cheaper to write and to store than a list
+    of strings)."""
+    return b"".join([h[:8] for h in hashes]).hex()
+
+
+def listed_prefixes(value: Any) -> list[str]:
+    """The prefixes :func:`prefixes` wrote, one per row; nothing for anything else (a digest row
+    changed by hand)."""
+    if isinstance(value, str):
+        return [value[i : i + PREFIX_HEX] for i in range(0, len(value), PREFIX_HEX)]
+    return []
 
 
 def segment_bytes(tables: Sequence[tuple[str, Sequence[bytes]]]) -> bytes:

@@ -34,7 +34,7 @@ from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.orm import Session
 
 from versioning import arguments, personal
-from versioning.canonical import row_hash, segment_digest, transaction_bytes
+from versioning.canonical import listed_prefixes, row_hashes, segment_digest, transaction_bytes
 from versioning.catalog import Catalog, load, session_catalogs
 from versioning.errors import ArgumentError, CatalogError, SealConflictError
 from versioning.reading import _REFUSED, _select
@@ -674,10 +674,14 @@ class _Verifier:
         listed: list[dict[str, list[str]]] = []
         for segment in segments:
             document = segment["rows"]
-            listed.append(dict(document) if isinstance(document, dict) else {})
+            listed.append(
+                {str(name): listed_prefixes(value) for name, value in document.items()}
+                if isinstance(document, dict)
+                else {}
+            )
         tx_listed = listed[0].pop(self.tx_name, None) if int(segments[0]["segment"]) == 1 else None
         actual = {
-            name: [(row, self._hash(name, row)) for row in table_rows]
+            name: list(zip(table_rows, self._hashes(name, table_rows), strict=True))
             for name, table_rows in rows.items()
         }
         if self._chain_matches(tx_hash, segments, listed, truth, actual):
@@ -723,9 +727,9 @@ class _Verifier:
             out.extend(document.get(name, []))
         return out
 
-    def _hash(self, name: str, row: dict[str, Any]) -> bytes:
+    def _hashes(self, name: str, rows: list[dict[str, Any]]) -> list[bytes]:
         history = self.target.histories[name]
-        return row_hash(history, personal.committed_view(history, row))
+        return row_hashes(history, [personal.committed_view(history, row) for row in rows])
 
     def _chain_matches(
         self,

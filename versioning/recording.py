@@ -40,7 +40,7 @@ from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from sqlalchemy.orm import Mapper, Session, SessionTransaction
 
 from versioning import personal
-from versioning.canonical import row_hash, segment_digest, transaction_bytes
+from versioning.canonical import prefixes, row_hashes, segment_digest, transaction_bytes
 from versioning.context import AuditContext, current_context
 from versioning.declaration import ModelSpec
 from versioning.errors import VersioningError
@@ -100,9 +100,10 @@ class _Group:
     #: SHA-256 of the transaction row's canonical bytes).
     segments: int = 0
     previous: bytes = b""
-    #: The history rows written since the last segment: where they were written (a savepoint
-    #: rolled back takes them back), their history table's name and their hash.
-    hashes: list[tuple[SessionTransaction, str, bytes]] = field(default_factory=list)
+    #: The history rows written since the last segment, one entry per INSERT: where they were
+    #: written (a savepoint rolled back takes them back), their history table's name and their
+    #: hashes in write order.
+    hashes: list[tuple[SessionTransaction, str, list[bytes]]] = field(default_factory=list)
     #: Segments written after segment 1: where, and the segment count and digest before each.
     segment_log: list[tuple[SessionTransaction, int, bytes]] = field(default_factory=list)
     #: The reason of an event (see note_event): the transaction is its own, nothing else joins.
@@ -295,17 +296,16 @@ def _insert_history(
     template = dict.fromkeys(history.c.keys())
     del template[history.primary_key.columns.keys()[0]]
     batch = []
-    hashes = group.hashes
-    name = history.fullname
-    view = personal.committed_view if personal.has_personal(history) else None
     for row in rows:
         full = template.copy()
         full.update(row)
         full[TRANSACTION_ID] = tx_id
         batch.append(full)
-        hashes.append(
-            (noted_in, name, row_hash(history, full if view is None else view(history, full)))
-        )
+    if personal.has_personal(history):
+        hashed = row_hashes(history, [personal.committed_view(history, row) for row in batch])
+    else:
+        hashed = row_hashes(history, batch)
+    group.hashes.append((noted_in, history.fullname, hashed))
     connection.execute(history.insert(), batch)
 
 
@@ -338,24 +338,26 @@ def _write_digest(
     if written_in is not None:
         group.segment_log.append((written_in, group.segments, group.previous))
     by_table: dict[str, list[bytes]] = {}
-    for _, name, digest in group.hashes:
-        by_table.setdefault(name, []).append(digest)
+    for _, name, hashes in group.hashes:
+        by_table.setdefault(name, []).extend(hashes)
     tables = sorted(by_table.items())
-    rows = {name: [h[:8].hex() for h in hashes] for name, hashes in tables}
+    rows = {name: prefixes(hashes) for name, hashes in tables}
     if group.segments == 0:
         # Where a changed transaction row shows (see versioning.integrity).
-        rows[group.table.fullname] = [group.previous[:8].hex()]
+        rows[group.table.fullname] = prefixes([group.previous])
     value = segment_digest(group.previous, tables, note)
     group.segments += 1
-    digests = integrity_tables(group.table)[0]
+    # A plain insert() with its parameters: built with .values(), the statement would be a new
+    # one at each commit, its cache key computed anew (about twice the time).
     connection.execute(
-        digests.insert().values(
-            transaction_id=group.tx_id,
-            segment=group.segments,
-            digest=value.hex(),
-            rows=rows,
-            note=note,
-        )
+        integrity_tables(group.table)[0].insert(),
+        {
+            "transaction_id": group.tx_id,
+            "segment": group.segments,
+            "digest": value.hex(),
+            "rows": rows,
+            "note": note,
+        },
     )
     group.previous = value
     group.hashes.clear()

@@ -46,7 +46,7 @@ WORKER = HERE / "worker.py"
 
 BACKENDS = ("sqlite", "postgresql", "mariadb")
 CONTENDERS = ("plain", "handwritten", "versioning", "undigested", "continuum", "history")
-GROUPS = ("write", "session", "bulk", "reads", "memory", "integrity")
+GROUPS = ("write", "session", "bulk", "reads", "memory", "integrity", "digests")
 #: Contenders the reads group is run for (the peers have no ``as_of``).
 READERS = ("handwritten", "versioning")
 PEERS = ("continuum", "history")
@@ -104,6 +104,12 @@ TABLE_ROWS = (
     Row("seal_100k_s", "integrity", "`seal()` of 100,000 transactions (s)", None),
     Row("verify_kversions_s", "integrity", "`verify()`: thousand versions per second", None),
     Row("verify_peak_mib", "integrity", "`verify()`: peak memory, tracemalloc (MiB)", None),
+    Row("digest_inserts_ratio", "digests", "digests on ÷ off: inserts, commits of 500", None),
+    Row("digest_updates_ratio", "digests", "digests on ÷ off: updates, commits of 500", None),
+    Row("digest_commit_ratio", "digests", "digests on ÷ off: single-row commit", None),
+    Row("digest_inserts_code_ms", "digests", "digest code per commit: inserts (ms)", None),
+    Row("digest_updates_code_ms", "digests", "digest code per commit: updates (ms)", None),
+    Row("digest_commit_code_ms", "digests", "digest code per commit: single-row (ms)", None),
 )
 
 
@@ -196,11 +202,25 @@ def database(backend: str, args: argparse.Namespace) -> Iterator[tuple[str, str]
 # Running the workers
 
 
+def worker_environment() -> dict[str, str]:
+    """The environment of a worker: this checkout first on ``PYTHONPATH``, so that the worker
+    measures the ``versioning`` beside it, not another one installed (an editable install of
+    another checkout, a worktree's main tree)."""
+    paths = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
 def run_worker(url: str, contender: str, group: str, timeout: float) -> dict[str, Any]:
     command = [sys.executable, str(WORKER), url, contender, group]
     try:
         done = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=False
+            command,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=ROOT,
+            env=worker_environment(),
+            check=False,
         )
     except subprocess.TimeoutExpired:
         return {"errors": {"group": f"timeout after {timeout:.0f} s"}}
@@ -230,7 +250,7 @@ def run_backend(backend: str, args: argparse.Namespace) -> BackendRun:
                     for contender in order:
                         if group == "reads" and contender not in READERS:
                             continue
-                        if group == "integrity" and contender != "versioning":
+                        if group in ("integrity", "digests") and contender != "versioning":
                             continue
                         if contender == "undigested" and group not in UNDIGESTED_GROUPS:
                             continue
@@ -293,6 +313,15 @@ def ratio(value: float) -> str:
     return f"{value:.1f}{TIMES}" if value >= 10 else f"{value:.2f}{TIMES}"
 
 
+def overhead(cell: Cell) -> str:
+    """A paired on ÷ off ratio as a percentage: the median of every pair, and each run's."""
+    value = cell.median()
+    assert value is not None
+    runs = [statistics.median(samples) for samples in cell.by_run.values() if samples]
+    each = ", ".join(f"{(r - 1) * 100:+.1f}" for r in runs)
+    return f"{(value - 1) * 100:+.1f} % (runs: {each})"
+
+
 def render_cell(run: BackendRun, contender: str, row: Row) -> str:
     cell = run.cells.get((contender, row.metric))
     if cell is None:
@@ -305,6 +334,10 @@ def render_cell(run: BackendRun, contender: str, row: Row) -> str:
         if "not measured" in cell.notes:
             return "n/a"
         return "—"
+    if row.group == "digests" and row.metric.endswith("_ratio"):
+        return overhead(cell)
+    if row.group == "digests":
+        return number(value)
     text = ratio(value) if row.base is None else number(value)
     if row.base is not None and contender != row.base:
         base = run.cells.get((row.base, row.metric))

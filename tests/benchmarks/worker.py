@@ -6,7 +6,8 @@ Usage (``run.py`` does this for you)::
 
 CONTENDER is one of ``plain``, ``handwritten``, ``versioning``, ``undigested`` (this library with
 its digests switched off: what they cost), ``continuum``, ``history``; GROUP one of ``write``,
-``session``, ``bulk``, ``reads``, ``memory``, ``integrity`` (``seal`` and ``verify``). The
+``session``, ``bulk``, ``reads``, ``memory``, ``integrity`` (``seal`` and ``verify``),
+``digests`` (what the digests cost: the write workloads with them on and off by turns). The
 worker drops every table of the database, declares the model of its contender, runs the group (a
 warm-up first, untimed, then fresh tables and the timed run) and prints one JSON object on its
 last stdout line:
@@ -43,7 +44,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 CONTENDERS = ("plain", "handwritten", "versioning", "undigested", "continuum", "history")
-GROUPS = ("write", "session", "bulk", "reads", "memory", "integrity")
+GROUPS = ("write", "session", "bulk", "reads", "memory", "integrity", "digests")
 
 ROWS = 5_000  # inserts, updates, bulk update
 BATCH = 500  # rows per commit
@@ -397,15 +398,45 @@ class Peer(Contender):
         return connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
 
 
+#: Seconds spent in the digest code (hashing the rows, writing the digest row) while it is
+#: switched on with ``clocked=True``.
+DIGEST_CLOCK = [0.0]
+
+
+def _clocked(function: Callable[..., Any]) -> Callable[..., Any]:
+    def clocked(*arguments: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return function(*arguments)
+        finally:
+            DIGEST_CLOCK[0] += time.perf_counter() - start
+
+    return clocked
+
+
+def switch_digests(on: bool, *, clocked: bool = False) -> None:
+    """Switch this library's digests on or off (off: no row is hashed, no digest row written);
+    ``clocked``: on, with the time spent in them added to :data:`DIGEST_CLOCK`."""
+    from versioning import recording
+
+    if not hasattr(recording, "_benchmark_saved"):
+        recording._benchmark_saved = (recording.row_hashes, recording._write_digest)  # type: ignore[attr-defined]
+    hashes, write = recording._benchmark_saved  # type: ignore[attr-defined]
+    if on and clocked:
+        recording.row_hashes, recording._write_digest = _clocked(hashes), _clocked(write)
+    elif on:
+        recording.row_hashes, recording._write_digest = hashes, write
+    else:
+        recording.row_hashes = lambda history, rows: [bytes(32)] * len(rows)  # type: ignore[assignment]
+        recording._write_digest = lambda *arguments: None  # type: ignore[assignment]
+
+
 class Undigested(Library):
     """This library with the digests written at commit switched off (their cost, by difference)."""
 
     def __init__(self) -> None:
         super().__init__()
-        from versioning import recording
-
-        recording.row_hash = lambda history, row: bytes(32)  # type: ignore[assignment]
-        recording._write_digest = lambda *arguments: None  # type: ignore[assignment]
+        switch_digests(False)
         self.name = "undigested"
 
 
@@ -773,7 +804,95 @@ def group_integrity(engine: sa.Engine, contender: Contender, out: Result) -> Non
     out.run("verify_peak_mib", traced)
 
 
+DIGEST_ROUNDS = 10  # of the insert and update workloads
+DIGEST_COMMITS = 400  # single-row commits
+
+
+class Paired:
+    """Wall-clock times of the same commits with the digests on and with them off, by position
+    in the workload, and of the digest code in those with them on.
+
+    The machine's other load only ever adds time: the least time each commit took with the
+    digests on, summed, over the same with them off, is the ratio of the workload's times on a
+    quiet machine. The least time of the digest code (a millisecond or two, seldom interrupted)
+    is what the digests cost a commit, measured directly."""
+
+    def __init__(self) -> None:
+        self.times: dict[tuple[int, bool], list[float]] = {}
+        self.code: dict[int, list[float]] = {}
+
+    @contextmanager
+    def commit(self, position: int, on: bool) -> Iterator[None]:
+        switch_digests(on, clocked=True)
+        clock = DIGEST_CLOCK[0]
+        start = time.perf_counter()
+        yield
+        self.times.setdefault((position, on), []).append(time.perf_counter() - start)
+        if on:
+            self.code.setdefault(position, []).append(DIGEST_CLOCK[0] - clock)
+
+    def add(self, out: Result, name: str) -> None:
+        positions = sorted(self.code)
+        least = {
+            on: sum(min(self.times[position, on]) for position in positions) for on in (True, False)
+        }
+        out.add(f"digest_{name}_ratio", least[True] / least[False])
+        code = sum(min(self.code[position]) for position in positions) / len(positions)
+        out.add(f"digest_{name}_code_ms", code * 1000)
+
+
+def group_digests(engine: sa.Engine, contender: Contender, out: Result) -> None:
+    """What the digests cost, paired within one process: the insert and update workloads (commits
+    of 500) and single-row commits with the digests on and off by turns, commit by commit (each
+    round of the workloads starts with the other), so that the machine's drift hits both alike;
+    see :class:`Paired` for the ratio. One sample per process and workload."""
+    if not isinstance(contender, Library) or isinstance(contender, Undigested):
+        return
+    item = contender.Item
+    fresh_tables(engine, contender)  # warm-up: compile every statement once, both ways
+    for on in (True, False):
+        switch_digests(on)
+        insert_rows(engine, contender, BATCH)
+        update_rows(engine, contender, BATCH)
+    inserts, updates = Paired(), Paired()
+    for number in range(DIGEST_ROUNDS):
+        fresh_tables(engine, contender)
+        gc.collect()
+        with Session(engine) as session:
+            for k, first in enumerate(range(1, ROWS + 1, BATCH)):
+                with inserts.commit(k, (k + number) % 2 == 0):
+                    session.add_all([item(**values(i)) for i in range(first, first + BATCH)])
+                    session.commit()
+        with Session(engine) as session:
+            for k, first in enumerate(range(1, ROWS + 1, BATCH)):
+                with updates.commit(k, (k + number) % 2 == 0):
+                    last = first + BATCH - 1
+                    rows = sa.select(item).where(item.id.between(first, last)).order_by(item.id)
+                    for obj in session.scalars(rows).all():
+                        obj.name = f"{obj.name} updated"
+                        obj.quantity = obj.quantity + 1
+                    session.commit()
+    inserts.add(out, "inserts")
+    updates.add(out, "updates")
+    fresh_tables(engine, contender)
+    load_rows(engine, contender, SMALL_SESSION)
+    commits = Paired()
+    with Session(engine, expire_on_commit=False) as session:
+        objects = session.scalars(sa.select(item).order_by(item.id)).all()
+        for i in range(2 * WARM_UP_COMMITS):
+            objects[i].quantity += 1
+            session.commit()
+        gc.collect()
+        for i in range(DIGEST_COMMITS):
+            with commits.commit(0, i % 2 == 0):
+                objects[i % SMALL_SESSION].quantity += 1
+                session.commit()
+    switch_digests(True)
+    commits.add(out, "commit")
+
+
 GROUP_FUNCTIONS = {
+    "digests": group_digests,
     "write": group_write,
     "session": group_session,
     "bulk": group_bulk,
