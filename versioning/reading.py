@@ -12,7 +12,7 @@ holds.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
@@ -341,6 +341,26 @@ class TransactionColumns:
             digests,
             sa.and_(digests.c.transaction_id == transactions.c.id, digests.c.segment == 1),
         )
+
+    def by_id(self, connection: sa.Connection, ids: Iterable[int]) -> dict[int, Transaction]:
+        """The transactions of ``ids``, by id (one query per 500)."""
+        transactions, digests = self.transactions, self.digests
+        wanted = sorted(set(ids))
+        found: dict[int, Transaction] = {}
+        for start in range(0, len(wanted), 500):
+            select = (
+                sa.select(*self.columns)
+                .select_from(transactions)
+                .outerjoin(
+                    digests,
+                    sa.and_(digests.c.transaction_id == transactions.c.id, digests.c.segment == 1),
+                )
+                .where(transactions.c.id.in_(wanted[start : start + 500]))
+            )
+            for row in connection.execute(select).mappings():
+                made = self.transaction(row)
+                found[made.id] = made
+        return found
 
     def transaction(self, row: RowMapping) -> Transaction:
         tx = {name: row[label.name] for name, label in zip(_TX_FIELDS, self.labels, strict=True)}

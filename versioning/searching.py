@@ -363,27 +363,25 @@ def stream(
             )
 
             def build(tolerant: bool, keyset: tuple[Any, ...] = keyset) -> sa.Select[Any]:
-                select = _select(history, tolerant, *joined.columns)
-                return (
-                    joined.join(select, history)
-                    .where(*where, *keyset)
-                    .order_by(*order)
-                    .limit(chunk)
-                )
+                select = _select(history, tolerant)
+                if tx_where:  # joined for the filter only: its rows are read once per chunk
+                    select = select.join(tables.transaction, t == tables.transaction.c.id)
+                return select.where(*where, *keyset).order_by(*order).limit(chunk)
 
             found = _fetch(connection, build)
-            made: dict[int, Transaction] = {}
+            made = joined.by_id(connection, (row[TRANSACTION_ID] for row in found))
             for row in found:
                 tx_id = row[TRANSACTION_ID]
-                transaction = made.get(tx_id)
-                if transaction is None:
-                    transaction = made[tx_id] = joined.transaction(row)
-                yield (tx_id, name, row[VERSION_ID]), source, row, transaction
+                yield (tx_id, name, row[VERSION_ID]), source, row, made[tx_id]
             if len(found) < chunk:
                 return
             last = found[-1]
             position = (last[TRANSACTION_ID], name, last[VERSION_ID])
 
+    if len(sources) == 1:
+        for _, source, row, transaction in rows(sources[0]):
+            yield source, row, transaction
+        return
     merged = heapq.merge(
         *(rows(source) for source in sources), key=lambda item: item[0], reverse=newest_first
     )
@@ -577,45 +575,74 @@ def transaction_changes(
 # --- Entries: without the models --------------------------------------------------------------
 
 
-def entry_of(info: TableInfo, row: RowMapping, dialect: Dialect, transaction: Transaction) -> Entry:
-    """The :class:`Entry` of a history row of ``info``'s table."""
-    history = info.history
-    state = {name: row[name] for name in info.columns}
-    operation = Operation(row[OPERATION])
-    changes: dict[str, tuple[Any, Any]]
-    erased: frozenset[str] = frozenset()
-    if info.personal:
-        attributes = info.attributes
-        gone = erased_keys(row.get(PERSONAL))
-        erased = frozenset(name for name in info.personal if attributes.get(name, name) in gone)
-    if operation is Operation.UPDATE:
-        stored = row[CHANGES] or {}
-        changes = {}
-        for name in info.columns:
-            pair = stored.get(info.attributes.get(name, name), _ABSENT)
-            if pair is _ABSENT:
-                continue
-            if pair is None:  # erased
-                changes[name] = (None, None)
-                continue
-            type_ = history.c[name].type
-            changes[name] = (decode(type_, pair[0], dialect), decode(type_, pair[1], dialect))
-    elif operation is Operation.INSERT:
-        changes = {name: (None, value) for name, value in state.items() if value is not None}
-    else:
-        changes = {name: (value, None) for name, value in state.items() if value is not None}
-    return Entry(
-        table=info.live,
-        version_id=row[VERSION_ID],
-        transaction_id=row[TRANSACTION_ID],
-        operation=operation,
-        key=tuple(state[name] for name in info.primary_key),
-        state=state,
-        changes=changes,
-        erased=erased,
-        transaction=transaction,
-        history=history.fullname,
-    )
+class EntryReader:
+    """Makes the :class:`Entry` of each history row of one table (what it can, worked out once)."""
+
+    def __init__(self, info: TableInfo, dialect: Dialect) -> None:
+        self.info = info
+        self.dialect = dialect
+        self.live = info.live
+        self.history = info.history.fullname
+        self.columns = info.columns
+        self.key = info.primary_key
+        #: (column, attribute key in ``changes``, decoder of a stored JSON value)
+        self.changed = [
+            (name, info.attributes.get(name, name), self._decoder(info.history.c[name].type))
+            for name in info.columns
+        ]
+        self.personal = [(name, info.attributes.get(name, name)) for name in info.personal]
+
+    def _decoder(self, type_: sa.types.TypeEngine[Any]) -> Any:
+        try:
+            python_type = type_.python_type
+        except NotImplementedError:
+            python_type = None
+        dialect = self.dialect
+        if python_type in (str, int) and not isinstance(type_, sa.Enum | sa.types.TypeDecorator):
+            kind = python_type
+
+            def simple(data: Any) -> Any:
+                return data if type(data) is kind else decode(type_, data, dialect)
+
+            return simple
+        return lambda data: decode(type_, data, dialect)
+
+    def __call__(self, row: RowMapping, transaction: Transaction) -> Entry:
+        state = {name: row[name] for name in self.columns}
+        operation = Operation(row[OPERATION])
+        changes: dict[str, tuple[Any, Any]]
+        erased: frozenset[str] = frozenset()
+        if self.personal:
+            gone = erased_keys(row.get(PERSONAL))
+            if gone:
+                erased = frozenset(name for name, attribute in self.personal if attribute in gone)
+        if operation is Operation.UPDATE:
+            stored = row[CHANGES] or {}
+            changes = {}
+            for name, attribute, decoder in self.changed:
+                pair = stored.get(attribute, _ABSENT)
+                if pair is _ABSENT:
+                    continue
+                if pair is None:  # erased
+                    changes[name] = (None, None)
+                else:
+                    changes[name] = (decoder(pair[0]), decoder(pair[1]))
+        elif operation is Operation.INSERT:
+            changes = {name: (None, value) for name, value in state.items() if value is not None}
+        else:
+            changes = {name: (value, None) for name, value in state.items() if value is not None}
+        return Entry(
+            self.live,
+            row[VERSION_ID],
+            row[TRANSACTION_ID],
+            operation,
+            tuple(state[name] for name in self.key),
+            state,
+            changes,
+            erased,
+            transaction,
+            self.history,
+        )
 
 
 _ABSENT: Any = object()
@@ -675,4 +702,5 @@ def entries(
     found = stream(connection, tables, sources, checked, after_key, chunk)
     if limit is not None:
         found = islice(found, limit)
-    return (entry_of(source.info, row, dialect, tx) for source, row, tx in found)
+    readers = {id(source): EntryReader(source.info, dialect) for source in sources}
+    return (readers[id(source)](row, tx) for source, row, tx in found)
