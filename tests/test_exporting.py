@@ -175,6 +175,7 @@ def test_erased_values_stay_erased(written: dict[str, Any]) -> None:
 
 
 def test_filters_and_paths(written: dict[str, Any], tmp_path: Path) -> None:
+    """From an engine or a connection, the tables come from the registry (no model needed)."""
     engine = written["engine"]
     path = tmp_path / "bob.csv"
     assert export(engine, path, format="csv", actor="bob") == 1

@@ -31,10 +31,11 @@ from typing import IO, Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from versioning.catalog import Catalog, from_session, load
 from versioning.errors import ArgumentError
 from versioning.operation import Operation
 from versioning.reading import Transaction
-from versioning.searching import Entry, Tables, entries, tables_of
+from versioning.searching import Entry, entries
 
 __all__ = ["CSV_COLUMNS", "ERASED_TEXT", "export", "plain"]
 
@@ -270,32 +271,36 @@ def _opened(output: str | Path | IO[str]) -> Iterator[IO[str]]:
 
 
 @contextmanager
-def _reading(bind: Any, tables: Tables | None) -> Iterator[tuple[Session | sa.Connection, Tables]]:
-    """What to read with, and the tables to read: through the caller's session or connection,
-    or a connection of the engine's own, in one snapshot (REPEATABLE READ where there is one)."""
+def _reading(
+    bind: Any, catalog: Catalog | None
+) -> Iterator[tuple[Session | sa.Connection, Catalog]]:
+    """What to read with, and the history tables to read: through the caller's session (the
+    models in process) or connection, or a connection of the engine's own in one snapshot
+    (REPEATABLE READ where there is one); from a connection, the database's registry."""
     with ExitStack() as stack:
         if isinstance(bind, Session):
             reader: Session | sa.Connection = bind
-            session = bind
+            if catalog is None:
+                catalog = from_session(bind)
         elif isinstance(bind, sa.Connection | sa.Engine):
             if isinstance(bind, sa.Engine):
-                connection = stack.enter_context(bind.connect())
+                reader = stack.enter_context(bind.connect())
                 if bind.dialect.name != "sqlite":
-                    connection.execution_options(isolation_level="REPEATABLE READ")
+                    reader.execution_options(isolation_level="REPEATABLE READ")
             else:
-                connection = bind
-            reader = connection
-            session = stack.enter_context(Session(bind=connection))
+                reader = bind
+            if catalog is None:
+                catalog = load(reader)
         else:
             raise ArgumentError(
                 f"versioning export takes a Session, an Engine or a Connection, got "
                 f"{type(bind).__name__}"
             )
-        if tables is None:
-            tables = tables_of(session)
-        if tables is None:
-            tables = Tables(sa.Table("versioning_transaction", sa.MetaData()), (), None)
-        yield reader, tables
+        if not isinstance(catalog, Catalog):
+            raise ArgumentError(
+                f"versioning export takes catalog= a versioning.catalog.Catalog, got {catalog!r}"
+            )
+        yield reader, catalog
 
 
 def export(
@@ -303,7 +308,7 @@ def export(
     output: str | Path | IO[str],
     *,
     format: Literal["csv", "jsonl"] = "csv",
-    catalog: Tables | None = None,
+    catalog: Catalog | None = None,
     newest_first: bool = False,
     **filters: Any,
 ) -> int:
@@ -313,16 +318,16 @@ def export(
 
     ``output`` is a path (``.gz``: compressed) or a text stream. ``bind`` is a ``Session`` (its
     transaction is read), a ``Connection``, or an ``Engine`` (a connection of its own, in one
-    snapshot). ``catalog`` names the history tables; by default the models in this process.
+    snapshot). ``catalog`` names the history tables: by default, through a session the models in
+    this process (:func:`versioning.catalog.from_session`), through a connection or engine the
+    database's registry (:func:`versioning.catalog.load`: no model needed).
     """
     writer_class = _WRITERS.get(format)
     if writer_class is None:
         raise ArgumentError(f"versioning export: format must be 'csv' or 'jsonl', got {format!r}")
     count = 0
-    with _reading(bind, catalog) as (reader, tables):
-        found: Iterator[Entry] = iter(())
-        if tables.tables:
-            found = entries(reader, tables, newest_first=newest_first, **filters)
+    with _reading(bind, catalog) as (reader, chosen):
+        found = entries(reader, chosen, newest_first=newest_first, **filters)
         with _opened(output) as stream:
             writer = writer_class(stream)
             for entry in found:

@@ -32,11 +32,10 @@ from sqlalchemy.engine import Dialect, RowMapping
 from sqlalchemy.orm import Session
 
 from versioning import arguments
-from versioning.declaration import ModelSpec, all_specs, require_spec
+from versioning.catalog import Catalog, TableEntry, from_metadata, session_catalogs
+from versioning.declaration import ModelSpec, require_spec
 from versioning.encoding import decode
-from versioning.errors import ArgumentError
-from versioning.integrity import _targets
-from versioning.link_tables import link_spec
+from versioning.errors import ArgumentError, CatalogError
 from versioning.operation import Operation
 from versioning.personal import erased_keys
 from versioning.reading import (
@@ -53,7 +52,6 @@ from versioning.reading import (
 from versioning.recording import write_pending
 from versioning.schema import (
     CHANGES,
-    META_COLUMNS,
     OPERATION,
     PERSONAL,
     TRANSACTION_ID,
@@ -97,107 +95,41 @@ class Entry:
 # --- the tables searched ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, eq=False)
-class TableInfo:
-    """One history table and what is needed to read it without the model."""
-
-    history: sa.Table
-    live: str
-    primary_key: tuple[str, ...]
-    columns: tuple[str, ...]
-    masked: frozenset[str]
-    personal: frozenset[str]
-    kind: str
-    #: The root model of the table's records (``None`` for link history).
-    spec: ModelSpec | None
-    #: Column name -> attribute key: ``changes`` and the personal column are keyed by attribute.
-    attributes: Mapping[str, str]
-
-
-@dataclass(frozen=True, eq=False)
-class Tables:
-    """The history tables one transaction table covers, as one database holds them."""
-
-    transaction: sa.Table
-    tables: tuple[TableInfo, ...]
-    #: A mapper bound to that database (the session's connection for it).
-    mapper: Any
-
-    def entry(self, name: str) -> TableInfo:
-        """The table by live or history table name."""
-        for info in self.tables:
-            if name in (info.live, info.history.fullname):
-                return info
-        known = ", ".join(sorted(info.live for info in self.tables)) or "none"
-        raise ArgumentError(
-            f"no history is recorded for a table named {name!r}: the versioned tables are "
-            f"{known}; pass one of them (the live table's name, schema.name in another schema)"
-        )
-
-
-def tables_of(session: Session, metadata: sa.MetaData | None = None) -> Tables | None:
-    """The history tables ``session`` reaches whose tables exist, from the models in process."""
-    targets = _targets(session, metadata, "search")
-    if not targets:
+def reach(
+    session: Session, metadata: sa.MetaData | None, function: str
+) -> tuple[Any, Catalog] | None:
+    """The catalog of the history tables ``session`` reaches (in-process, from the models), with
+    a mapper bound to their database; ``None`` when none exists there yet."""
+    found = session_catalogs(session, metadata, function)
+    if not found:
         return None
-    if len(targets) > 1:
+    if len(found) > 1:
+        names = ", ".join(catalog.transaction.fullname for _, catalog in found)
         raise ArgumentError(
-            f"versioning.search() reaches several transaction tables "
-            f"({', '.join(t.transactions.fullname for t in targets)}): pass metadata="
+            f"versioning.{function}() reaches several transaction tables ({names}): pass metadata="
         )
-    target = targets[0]
-    by_history: dict[sa.Table, list[ModelSpec]] = {}
-    for spec in all_specs():
-        by_history.setdefault(spec.history, []).append(spec)
-    infos = []
-    for name in sorted(target.histories):
-        history = target.histories[name]
-        specs = by_history.get(history, [])
-        roots = [spec for spec in specs if spec.base is None]
-        if roots:
-            infos.append(_model_info(history, roots[0], specs))
-            continue
-        live = history.metadata.tables.get(str(history.info.get("live_table")))
-        links = link_spec(live)
-        if links is not None:
-            names = tuple(column.name for column in links.columns)
-            infos.append(
-                TableInfo(
-                    history=history,
-                    live=links.table.fullname,
-                    primary_key=tuple(column.name for column in links.keys),
-                    columns=names,
-                    masked=frozenset(),
-                    personal=frozenset(),
-                    kind="link",
-                    spec=None,
-                    attributes={name: name for name in names},
-                )
-            )
-    return Tables(target.transactions, tuple(infos), target.mapper)
+    return found[0]
 
 
-def _model_info(history: sa.Table, root: ModelSpec, specs: list[ModelSpec]) -> TableInfo:
-    attributes: dict[str, str] = {}
-    masked: set[str] = set()
-    personal: set[str] = set()
-    for spec in specs:
-        for key, name in spec.history_names.items():
-            attributes.setdefault(name, key)
-        masked.update(spec.history_names[key] for key in spec.masks)
-        personal.update(spec.history_names[key] for key in spec.personal)
-    live = root.mapper.local_table
-    return TableInfo(
-        history=history,
-        live=live.fullname if isinstance(live, sa.Table) else history.fullname,
-        primary_key=tuple(root.history_names[key] for key in root.pk_keys),
-        columns=tuple(c.name for c in history.c if c.name not in META_COLUMNS),
-        masked=frozenset(masked),
-        personal=frozenset(personal),
-        kind="model",
-        spec=root,
-        attributes=attributes,
-    )
+def table_entry(catalog: Catalog, name: str, function: str) -> TableEntry:
+    """The catalog's entry of a live or history table name; an ``ArgumentError`` naming the
+    tables there are otherwise."""
+    try:
+        return catalog.entry(name)
+    except CatalogError:
+        known = ", ".join(sorted(entry.live for entry in catalog.tables)) or "none"
+        raise ArgumentError(
+            f"versioning.{function}(): no history is recorded for a table named {name!r}: the "
+            f"versioned tables are {known}; pass one of them (the live table's name, schema.name "
+            f"in another schema)"
+        ) from None
+
+
+def _root(entry: TableEntry) -> ModelSpec | None:
+    """The root model of a model history table known in-process (what Versions are built of)."""
+    if entry.kind != "model" or entry.model is None:
+        return None
+    return require_spec(entry.model).root
 
 
 # --- the filters ------------------------------------------------------------------------------
@@ -312,8 +244,10 @@ def check_limit(limit: Any, function: str) -> int | None:
 class Source:
     """One history table to read, with the filters of its own (a model, a record)."""
 
-    info: TableInfo
+    info: TableEntry
     where: tuple[sa.ColumnElement[bool], ...] = ()
+    #: The root model, for Versions (``None``: read as Entries only).
+    spec: ModelSpec | None = None
 
 
 def _after_where(
@@ -339,15 +273,16 @@ def _after_where(
 
 def stream(
     connection: sa.Connection,
-    tables: Tables,
+    catalog: Catalog,
     sources: Sequence[Source],
     filters: Filters,
     after: Key | None,
     chunk: int,
 ) -> Iterator[tuple[Source, RowMapping, Transaction]]:
     """Every matching row of ``sources``, in the order, read ``chunk`` rows per table at a time."""
-    joined = TransactionColumns(tables.transaction)
-    tx_where = filters.transaction_where(tables.transaction)
+    transactions = catalog.transaction
+    joined = TransactionColumns(transactions)
+    tx_where = filters.transaction_where(transactions)
     newest_first = filters.newest_first
 
     def rows(source: Source) -> Iterator[tuple[Key, Source, RowMapping, Transaction]]:
@@ -365,7 +300,7 @@ def stream(
             def build(tolerant: bool, keyset: tuple[Any, ...] = keyset) -> sa.Select[Any]:
                 select = _select(history, tolerant)
                 if tx_where:  # joined for the filter only: its rows are read once per chunk
-                    select = select.join(tables.transaction, t == tables.transaction.c.id)
+                    select = select.join(transactions, t == transactions.c.id)
                 return select.where(*where, *keyset).order_by(*order).limit(chunk)
 
             found = _fetch(connection, build)
@@ -397,7 +332,8 @@ class _Plan:
     """A search checked and ready to run: where to read, what to read."""
 
     session: Session
-    tables: Tables | None
+    mapper: Any
+    catalog: Catalog | None
     sources: tuple[Source, ...]
     filters: Filters
     after: Key | None
@@ -437,40 +373,46 @@ def _plan(
     if spec is not None and table is None:
         # One model: its own history table, as history() reads it (no other table is looked at).
         root = spec.root
-        same = [other for other in all_specs() if other.history is root.history]
-        info = _model_info(root.history, root, same)
-        tables: Tables | None = Tables(root.transactions, (info,), root.mapper)
+        own = from_metadata(root.history.metadata)
+        reached: tuple[Any, Catalog] | None = (
+            root.mapper,
+            Catalog(own.transaction, (own.entry(root.history.fullname),)),
+        )
     else:
-        tables = tables_of(session, metadata)
-    if tables is None:
-        return _Plan(session, None, (), filters, after_key, limit)
-    infos = [info for info in tables.tables if info.spec is not None]
+        reached = reach(session, metadata, function)
+    if reached is None:
+        return _Plan(session, None, None, (), filters, after_key, limit)
+    mapper, catalog = reached
+    sources = [Source(entry, spec=_root(entry)) for entry in catalog.tables]
+    sources = [source for source in sources if source.spec is not None]
     if table is not None:
-        chosen = tables.entry(table)
-        if chosen.spec is None:
+        chosen = table_entry(catalog, table, function)
+        root_spec = _root(chosen)
+        if root_spec is None:
             raise ArgumentError(
-                f"versioning.{function}(): {table!r} is a link table: its history has no model "
-                f"to build Versions of; read it with versioning.search.entries()"
+                f"versioning.{function}(): {table!r} is a link table (or its model is not "
+                f"imported): there is no model to build Versions of; read it with "
+                f"versioning.searching.entries() or export it"
             )
-        infos = [chosen]
+        sources = [Source(chosen, spec=root_spec)]
     if spec is not None:
         root = spec.root
-        found = [info for info in infos if info.spec is root]
+        found = [source for source in sources if source.spec is root]
         if not found and table is not None:
             raise ArgumentError(
                 f"versioning.{function}(): model {spec.model.__name__} is not recorded in the "
                 f"history of table {table!r}; pass one of them, or both of the same table"
             )
         if not found:
-            return _Plan(session, tables, (), filters, after_key, limit)
+            return _Plan(session, mapper, catalog, (), filters, after_key, limit)
         where: list[sa.ColumnElement[bool]] = []
         if key is not None:
             where = _filters(spec, key)
         elif spec.discriminator is not None and spec is not root:
             identities = [m.polymorphic_identity for m in spec.mapper.self_and_descendants]
             where = [spec.history.c[spec.history_names[spec.discriminator]].in_(identities)]
-        return _Plan(session, tables, (Source(found[0], tuple(where)),), filters, after_key, limit)
-    return _Plan(session, tables, tuple(Source(info) for info in infos), filters, after_key, limit)
+        sources = [Source(found[0].info, tuple(where), root)]
+    return _Plan(session, mapper, catalog, tuple(sources), filters, after_key, limit)
 
 
 def _version_key(after: Any, function: str) -> Key | None:
@@ -485,18 +427,18 @@ def _version_key(after: Any, function: str) -> Key | None:
 
 
 def _versions(plan: _Plan, chunk: int) -> Iterator[Version]:
-    if plan.tables is None or not plan.sources:
+    if plan.catalog is None or not plan.sources:
         return
     session = plan.session
     write_pending(session)
-    connection = session.connection(bind_arguments={"mapper": plan.tables.mapper})
+    connection = session.connection(bind_arguments={"mapper": plan.mapper})
     dialect: Dialect = connection.dialect
-    found = stream(connection, plan.tables, plan.sources, plan.filters, plan.after, chunk)
+    found = stream(connection, plan.catalog, plan.sources, plan.filters, plan.after, chunk)
     if plan.limit is not None:
         found = islice(found, plan.limit)
     for source, row, transaction in found:
-        assert source.info.spec is not None
-        yield _row_version(source.info.spec, row, dialect, transaction)
+        assert source.spec is not None
+        yield _row_version(source.spec, row, dialect, transaction)
 
 
 def search(
@@ -578,19 +520,20 @@ def transaction_changes(
 class EntryReader:
     """Makes the :class:`Entry` of each history row of one table (what it can, worked out once)."""
 
-    def __init__(self, info: TableInfo, dialect: Dialect) -> None:
+    def __init__(self, info: TableEntry, dialect: Dialect) -> None:
         self.info = info
         self.dialect = dialect
         self.live = info.live
         self.history = info.history.fullname
         self.columns = info.columns
         self.key = info.primary_key
+        attribute = {column: key for key, column in info.attributes.items()}
         #: (column, attribute key in ``changes``, decoder of a stored JSON value)
         self.changed = [
-            (name, info.attributes.get(name, name), self._decoder(info.history.c[name].type))
+            (name, attribute.get(name, name), self._decoder(info.history.c[name].type))
             for name in info.columns
         ]
-        self.personal = [(name, info.attributes.get(name, name)) for name in info.personal]
+        self.personal = [(name, attribute.get(name, name)) for name in sorted(info.personal)]
 
     def _decoder(self, type_: sa.types.TypeEngine[Any]) -> Any:
         try:
@@ -650,7 +593,7 @@ _ABSENT: Any = object()
 
 def entries(
     bind: Session | sa.Connection,
-    tables: Tables,
+    catalog: Catalog,
     *,
     table: str | None = None,
     key: Any = None,
@@ -662,16 +605,17 @@ def entries(
     """Every history row matching the filters, as :class:`Entry`, in :func:`search`'s order,
     streamed ``chunk`` rows per table at a time (bounded memory: for exports).
 
-    ``tables`` names the history tables (:func:`tables_of`); ``table`` keeps one of them (live or
+    ``catalog`` names the history tables (:mod:`versioning.catalog`: ``from_session(session)``
+    in-process, ``load(connection)`` from the database alone); ``table`` keeps one of them (live or
     history table name), ``key`` one record of it (its key values, a tuple for a composite key);
     the other filters are :func:`search`'s.
     """
     checked = check_filters("entries", **filters)
     limit = check_limit(limit, "entries")
-    infos: Iterable[TableInfo] = tables.tables
+    infos: Iterable[TableEntry] = catalog.tables
     where: tuple[sa.ColumnElement[bool], ...] = ()
     if table is not None:
-        chosen = tables.entry(table)
+        chosen = table_entry(catalog, table, "entries")
         infos = [chosen]
         if key is not None:
             values = key if isinstance(key, tuple) else (key,)
@@ -694,12 +638,13 @@ def entries(
         after_key = (after.transaction_id, after.history, after.version_id)
     if isinstance(bind, Session):
         write_pending(bind)
-        connection = bind.connection(bind_arguments={"mapper": tables.mapper})
+        models = [entry.model for entry in catalog.tables if entry.model is not None]
+        connection = bind.connection(bind_arguments={"mapper": models[0]} if models else None)
     else:
         connection = bind
     dialect = connection.dialect
     sources = [Source(info, where) for info in infos]
-    found = stream(connection, tables, sources, checked, after_key, chunk)
+    found = stream(connection, catalog, sources, checked, after_key, chunk)
     if limit is not None:
         found = islice(found, limit)
     readers = {id(source): EntryReader(source.info, dialect) for source in sources}
