@@ -163,6 +163,12 @@ class CsvWriter:
         self._csv.writerow(CSV_COLUMNS)
         self._transaction: Transaction | None = None
         self._head: list[str] = []
+        #: Column names as cells (there are few).
+        self._names: dict[str, str] = {}
+
+    def _name(self, name: str) -> str:
+        cell = self._names[name] = _cell(name)
+        return cell
 
     def _transaction_cells(self, tx: Transaction) -> list[str]:
         if tx is not self._transaction:
@@ -185,8 +191,9 @@ class CsvWriter:
             entry.operation.value,
         ]
         erased = entry.erased
+        names = self._names
         rows = [
-            [*head, _cell(name), _cell(old), _cell(new)]
+            [*head, names.get(name) or self._name(name), _cell(old), _cell(new)]
             for name, (old, new) in entry.changes.items()
             if name not in erased
         ]

@@ -185,7 +185,7 @@ def _fetch(
             if first:
                 row = result.first()
                 return [] if row is None else [row]
-            return list(result)
+            return list(result.all())  # fetchall: one driver call, not one per row
         except _REFUSED:
             if tolerant:
                 raise

@@ -552,7 +552,7 @@ class EntryReader:
 
     def __call__(self, row: RowMapping, transaction: Transaction) -> Entry:
         state = {name: row[name] for name in self.columns}
-        operation = Operation(row[OPERATION])
+        operation = _OPERATIONS[row[OPERATION]]
         changes: dict[str, tuple[Any, Any]]
         erased: frozenset[str] = frozenset()
         if self.personal:
@@ -589,6 +589,11 @@ class EntryReader:
 
 
 _ABSENT: Any = object()
+#: An operation as read (the member, or its value where a type gives the text back).
+_OPERATIONS: dict[Any, Operation] = {
+    **{member: member for member in Operation},
+    **{member.value: member for member in Operation},
+}
 
 
 def entries(
