@@ -312,6 +312,7 @@ def stream(
                 return
             last = found[-1]
             position = (last[TRANSACTION_ID], name, last[VERSION_ID])
+            found = made = last = None  # type: ignore[assignment]  # one chunk in memory at a time
 
     if len(sources) == 1:
         for _, source, row, transaction in rows(sources[0]):
