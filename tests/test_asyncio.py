@@ -598,3 +598,48 @@ def test_concurrent_tasks_record_their_own_context(
                     {"task": n},
                 )
     assert counts(engine) == (tasks, 2 * tasks, 2 * tasks)
+
+
+# -- search ---------------------------------------------------------------------------------------
+
+
+def test_search_iter_search_and_transaction_changes(
+    create_tables: Tables, async_engine: AsyncEngine
+) -> None:
+    create_tables(Base.metadata)
+
+    async def main() -> None:
+        async with AsyncSession(async_engine) as session:
+            async with audit_context(actor="alice"):
+                await add(session, new_order())
+            async with audit_context(actor="bob"):
+                await change(session, 1, status="paid")
+                await add(session, new_order(id=2, number="A-2"))
+            found = await versioning.asyncio.search(session, actor="bob")
+            assert [(v.primary_key, v.operation) for v in found] == [
+                ((2,), Operation.INSERT),
+                ((1,), Operation.UPDATE),
+            ]
+            assert found[1].changes == {"status": ("new", "paid")}
+            streamed = [v async for v in versioning.asyncio.iter_search(session, chunk=2)]
+            assert [v.version_id for v in streamed] == [
+                v.version_id for v in await versioning.asyncio.search(session)
+            ]
+            assert len(streamed) == 3 and streamed[-1].state["card"] == "************1111"
+            oldest = [
+                v
+                async for v in versioning.asyncio.iter_search(
+                    session, chunk=1, limit=2, newest_first=False
+                )
+            ]
+            assert [v.operation for v in oldest] == [Operation.INSERT, Operation.UPDATE]
+            [inserted] = await versioning.asyncio.transaction_changes(
+                session, oldest[0].transaction_id
+            )
+            assert inserted.state["number"] == "A-1"
+            with pytest.raises(versioning.ArgumentError, match="timezone-aware"):
+                await versioning.asyncio.search(session, since=dt.datetime(2026, 1, 1))
+            with pytest.raises(versioning.ArgumentError, match="takes an AsyncSession"):
+                await versioning.asyncio.search(Session())  # type: ignore[arg-type]
+
+    run(async_engine, main)

@@ -325,6 +325,55 @@ def test_install_append_only_gives_an_existing_database_its_triggers(
     alembic_command.downgrade(config, "base")
 
 
+SEARCH_INDEXES = [
+    f"ix_{TRANSACTION_TABLE}_actor",
+    f"ix_{TRANSACTION_TABLE}_request_id",
+    f"ix_{TRANSACTION_TABLE}_source_ip",
+]
+
+
+def search_indexes(engine: sa.Engine) -> list[str]:
+    names = {index["name"] for index in sa.inspect(engine).get_indexes(TRANSACTION_TABLE)}
+    return [name for name in SEARCH_INDEXES if name in names]
+
+
+def test_create_search_indexes_gives_an_existing_database_the_search_indexes(
+    engine: sa.Engine, alembic_dir: tuple[Config, Path]
+) -> None:
+    """Autogenerate writes the transaction table's search indexes; a database created before
+    them gets them from a migration calling ``create_search_indexes``, and loses them in its
+    ``downgrade()`` (``drop_search_indexes``)."""
+    config, versions = alembic_dir
+    metadata, _ = declare(1)
+    first = generate(config, metadata, "create items")
+    assert all(name in first for name in SEARCH_INDEXES)
+    path = next(versions.glob("*_create_items.py"))
+    older = "\n".join(
+        line for line in first.splitlines() if not any(name in line for name in SEARCH_INDEXES)
+    )
+    path.write_text(older + "\n", "utf-8")
+    alembic_command.upgrade(config, "head")
+    assert search_indexes(engine) == []
+
+    script: Any = alembic_command.revision(config, message="search indexes")
+    source = Path(script.path).read_text(encoding="utf-8")
+    source = source.replace(
+        "def upgrade() -> None:\n",
+        "def upgrade() -> None:\n" + APPEND_ONLY_REVISION.format(name="create_search_indexes"),
+    ).replace(
+        "def downgrade() -> None:\n",
+        "def downgrade() -> None:\n" + APPEND_ONLY_REVISION.format(name="drop_search_indexes"),
+    )
+    Path(script.path).write_text(source, "utf-8")
+    for _ in range(2):  # upgrade, downgrade, and again: repeatable
+        alembic_command.upgrade(config, "head")
+        assert search_indexes(engine) == SEARCH_INDEXES
+        alembic_command.upgrade(config, "head")
+        alembic_command.downgrade(config, "-1")
+        assert search_indexes(engine) == []
+    alembic_command.downgrade(config, "base")
+
+
 # -- restoring a version recorded before a NOT NULL column existed -------------------------------
 
 

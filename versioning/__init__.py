@@ -45,6 +45,7 @@ from versioning.operation import Operation
 from versioning.reading import Transaction, Version, as_of, history, version_at
 from versioning.restoring import restore
 from versioning.schema import TRANSACTION_TABLE, transaction_table_for
+from versioning.searching import iter_search, search, transaction_changes
 from versioning.table_at import all_as_of
 
 __all__ = [
@@ -87,12 +88,15 @@ __all__ = [
     "guard_writes",
     "history",
     "history_table",
+    "iter_search",
     "link_history_table",
     "links_as_of",
     "masks",
     "restore",
     "seal",
+    "search",
     "set_actor",
+    "transaction_changes",
     "transaction_table",
     "verify",
     "version_at",

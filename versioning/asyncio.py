@@ -27,7 +27,7 @@ ever in SQLAlchemy: use ``AsyncAttrs.awaitable_attrs`` or an eager loader to rea
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar, overload
 
 import sqlalchemy as sa
@@ -40,7 +40,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import Session, scoped_session
 
-from versioning import erasing, integrity, reading, related, restoring, table_at
+from versioning import erasing, integrity, reading, related, restoring, searching, table_at
 from versioning.errors import ArgumentError
 from versioning.integrity import Digest, Report, Seal
 from versioning.reading import _MISSING, Version
@@ -51,8 +51,11 @@ __all__ = [
     "digest",
     "erase",
     "history",
+    "iter_search",
     "restore",
     "seal",
+    "search",
+    "transaction_changes",
     "verify",
     "version_at",
 ]
@@ -242,4 +245,50 @@ async def digest(session: AsyncSession, *, metadata: sa.MetaData | None = None) 
     """The newest seal's digest: the async form of :func:`versioning.digest`."""
     return await _check(session, "digest").run_sync(
         lambda sync: integrity.digest(sync, metadata=metadata)
+    )
+
+
+async def search(session: AsyncSession, **filters: Any) -> list[Version]:
+    """A page of versions matching every filter given: the async form of
+    :func:`versioning.search`, with the same keyword arguments, result and errors."""
+    return await _check(session, "search").run_sync(lambda sync: searching.search(sync, **filters))
+
+
+def _page(session: Session, filters: dict[str, Any], after: Version | None, size: int) -> Any:
+    return searching.search(session, limit=size, after=after, **filters)
+
+
+async def iter_search(
+    session: AsyncSession, *, chunk: int = searching.CHUNK, **filters: Any
+) -> AsyncIterator[Version]:
+    """Every version :func:`versioning.search` would find, streamed: the async form of
+    :func:`versioning.iter_search` (``async for version in iter_search(session, ...)``).
+
+    It reads pages of ``chunk`` versions, each the page after the last one (keyset pagination),
+    so memory stays bounded and the session is free between pages. ``limit`` counts them all.
+    """
+    own = _check(session, "iter_search")
+    limit = filters.pop("limit", None)
+    searching.check_limit(limit, "iter_search")
+    after = filters.pop("after", None)
+    left = limit
+    while left is None or left > 0:
+        size = chunk if left is None else min(chunk, left)
+        page = await own.run_sync(_page, filters, after, size)
+        for version in page:
+            yield version
+        if len(page) < size:
+            return
+        after = page[-1]
+        if left is not None:
+            left -= len(page)
+
+
+async def transaction_changes(
+    session: AsyncSession, transaction_id: int, *, metadata: sa.MetaData | None = None
+) -> list[Version]:
+    """Every version a transaction wrote, across models: the async form of
+    :func:`versioning.transaction_changes`."""
+    return await _check(session, "transaction_changes").run_sync(
+        lambda sync: searching.transaction_changes(sync, transaction_id, metadata=metadata)
     )

@@ -33,6 +33,10 @@ History, transaction and integrity tables are append-only: ``create_all()`` and 
 A database created before, or a table an operation re-created without its ``info`` (SQLite's batch
 mode), gets them from :func:`install_append_only` in a migration's ``upgrade()``;
 :func:`drop_append_only` takes them away in its ``downgrade()``.
+
+The transaction table's indexes for :func:`versioning.search` (actor, request id, source IP,
+each with the id) are in its ``MetaData``: autogenerate writes their ``op.create_index``. A
+hand-written migration gets them from :func:`create_search_indexes`.
 """
 
 from __future__ import annotations
@@ -47,10 +51,12 @@ from alembic.operations import Operations, ops
 from versioning import catalog
 from versioning.append_only import drop_triggers, install_triggers, is_append_only
 from versioning.errors import ArgumentError, CatalogError
-from versioning.schema import TRANSACTION_ID, TRANSACTION_TABLE
+from versioning.schema import SEARCH_INDEXED, TRANSACTION_ID, TRANSACTION_TABLE, _index_name
 
 __all__ = [
+    "create_search_indexes",
     "drop_append_only",
+    "drop_search_indexes",
     "install_append_only",
     "process_revision_directives",
     "render_item",
@@ -137,6 +143,48 @@ def _append_only_tables(
         if is_append_only(table) and inspector.has_table(table.name, schema=table.schema)
     ]
     return connection, tables
+
+
+def create_search_indexes(op: Operations, metadata: sa.MetaData | None = None) -> list[str]:
+    """In a migration's ``upgrade()``: create the transaction table's indexes that
+    :func:`versioning.search` uses (actor, request id, source IP, time), where a database created
+    before them lacks them; the names of those created. Running it again is harmless."""
+    connection, metadatas = _connection_and_metadatas(op, metadata, "create_search_indexes")
+    inspector = sa.inspect(connection)
+    created = []
+    for table in _transaction_tables(metadatas):
+        if not inspector.has_table(table.name, schema=table.schema):
+            continue
+        existing = {index["name"] for index in inspector.get_indexes(table.name, table.schema)}
+        for index in sorted(table.indexes, key=lambda i: str(i.name)):
+            if index.name not in existing:
+                index.create(connection)
+                created.append(str(index.name))
+    return created
+
+
+def drop_search_indexes(op: Operations, metadata: sa.MetaData | None = None) -> None:
+    """In the ``downgrade()`` matching :func:`create_search_indexes`: drop the search indexes
+    (``issued_at``'s stays: the library has always had it)."""
+    connection, metadatas = _connection_and_metadatas(op, metadata, "drop_search_indexes")
+    inspector = sa.inspect(connection)
+    for table in _transaction_tables(metadatas):
+        if not inspector.has_table(table.name, schema=table.schema):
+            continue
+        existing = {index["name"] for index in inspector.get_indexes(table.name, table.schema)}
+        for name in SEARCH_INDEXED:
+            index_name = _index_name(table.name, name)
+            if index_name in existing:
+                op.drop_index(index_name, table_name=table.name, schema=table.schema)
+
+
+def _transaction_tables(metadatas: list[sa.MetaData]) -> list[sa.Table]:
+    return [
+        table
+        for m in metadatas
+        for table in m.tables.values()
+        if table.info.get("versioning") == "transaction"
+    ]
 
 
 def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | bool:

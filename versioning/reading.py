@@ -12,7 +12,7 @@ holds.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
@@ -185,7 +185,7 @@ def _fetch(
             if first:
                 row = result.first()
                 return [] if row is None else [row]
-            return list(result)
+            return list(result.all())  # fetchall: one driver call, not one per row
         except _REFUSED:
             if tolerant:
                 raise
@@ -299,44 +299,77 @@ def history(session: Session, target: Any, pk: Any = _MISSING) -> list[Version]:
         _autoflush(session)
     history_table = spec.history
     transactions = spec.transactions
-    labels = [
-        (issued_at_utc(transactions) if name == "issued_at" else transactions.c[name]).label(
-            f"versioning_tx_{name}"
-        )
-        for name in _TX_FIELDS
-    ]
-    digests = integrity_tables(transactions)[0]
-    note = digests.c.note.label("versioning_tx_note")
+    joined = TransactionColumns(transactions)
     filters = _filters(spec, key)
 
     def statement(tolerant: bool) -> sa.Select[Any]:
         return (
-            _select(history_table, tolerant, *labels, note)
-            .join(transactions, history_table.c[TRANSACTION_ID] == transactions.c.id)
-            .outerjoin(
-                digests,
-                sa.and_(digests.c.transaction_id == transactions.c.id, digests.c.segment == 1),
-            )
+            joined.join(_select(history_table, tolerant, *joined.columns), history_table)
             .where(*filters)
             .order_by(history_table.c[TRANSACTION_ID], history_table.c[VERSION_ID])
         )
 
     write_pending(session)
     connection = session.connection(bind_arguments={"mapper": spec.mapper})
-    versions = []
-    for row in _fetch(connection, statement):
-        tx = {name: row[label] for name, label in zip(_TX_FIELDS, labels, strict=True)}
-        tx["extra"] = tx["extra"] or {}
-        if row["versioning_tx_note"] is not None:
-            reason = tx["reason"]
-            tx["reason"] = (
-                row["versioning_tx_note"]
-                if reason is None
-                else f"{reason}; {row['versioning_tx_note']}"
+    return [
+        _row_version(spec, row, connection.dialect, joined.transaction(row))
+        for row in _fetch(connection, statement)
+    ]
+
+
+class TransactionColumns:
+    """The transaction row (and its digest's note) read along with history rows.
+
+    :meth:`join` joins them to a ``SELECT`` of a history table that has :attr:`columns` among
+    its columns; :meth:`transaction` makes each result row's :class:`Transaction`.
+    """
+
+    def __init__(self, transactions: sa.Table) -> None:
+        self.transactions = transactions
+        self.labels = [
+            (issued_at_utc(transactions) if name == "issued_at" else transactions.c[name]).label(
+                f"versioning_tx_{name}"
             )
-        transaction = Transaction(**tx)
-        versions.append(_row_version(spec, row, connection.dialect, transaction))
-    return versions
+            for name in _TX_FIELDS
+        ]
+        self.digests = integrity_tables(transactions)[0]
+        self.columns = [*self.labels, self.digests.c.note.label("versioning_tx_note")]
+
+    def join(self, select: sa.Select[Any], history: sa.Table) -> sa.Select[Any]:
+        transactions, digests = self.transactions, self.digests
+        return select.join(transactions, history.c[TRANSACTION_ID] == transactions.c.id).outerjoin(
+            digests,
+            sa.and_(digests.c.transaction_id == transactions.c.id, digests.c.segment == 1),
+        )
+
+    def by_id(self, connection: sa.Connection, ids: Iterable[int]) -> dict[int, Transaction]:
+        """The transactions of ``ids``, by id (one query per 500)."""
+        transactions, digests = self.transactions, self.digests
+        wanted = sorted(set(ids))
+        found: dict[int, Transaction] = {}
+        for start in range(0, len(wanted), 500):
+            select = (
+                sa.select(*self.columns)
+                .select_from(transactions)
+                .outerjoin(
+                    digests,
+                    sa.and_(digests.c.transaction_id == transactions.c.id, digests.c.segment == 1),
+                )
+                .where(transactions.c.id.in_(wanted[start : start + 500]))
+            )
+            for row in connection.execute(select).mappings():
+                made = self.transaction(row)
+                found[made.id] = made
+        return found
+
+    def transaction(self, row: RowMapping) -> Transaction:
+        tx = {name: row[label.name] for name, label in zip(_TX_FIELDS, self.labels, strict=True)}
+        tx["extra"] = tx["extra"] or {}
+        note = row["versioning_tx_note"]
+        if note is not None:
+            reason = tx["reason"]
+            tx["reason"] = note if reason is None else f"{reason}; {note}"
+        return Transaction(**tx)
 
 
 def _bound(spec: ModelSpec, at: dt.datetime | int) -> Any:

@@ -37,6 +37,7 @@ __all__ = [
     "PERSONAL",
     "SEAL_ENTRY_TABLE",
     "SEAL_TABLE",
+    "SEARCH_INDEXED",
     "TRANSACTION_ID",
     "TRANSACTION_TABLE",
     "VERSION_ID",
@@ -70,6 +71,10 @@ _INFO_KEY = "versioning"
 #: ``Table.info`` key of a versioned (live) table: the name of its history table. The write
 #: guard (:mod:`versioning.guard`) and the declaration of relationships read it.
 LIVE_TABLE_INFO = "versioning_history"
+
+#: The transaction table's columns indexed (each with ``id``) for :func:`versioning.search`;
+#: ``issued_at`` has its own index, with ``id`` too.
+SEARCH_INDEXED = ("actor", "request_id", "source_ip")
 
 #: Integer ids that autoincrement on every backend (SQLite only does so for INTEGER PRIMARY KEY).
 _ID_TYPE = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -157,6 +162,8 @@ def transaction_table_for(metadata: sa.MetaData) -> sa.Table:
         sa.Column("reason", sa.Text(), nullable=True),
         sa.Column("extra", sa.JSON(none_as_null=True), nullable=True),
         sa.Index(_index_name(TRANSACTION_TABLE, "issued_at"), "issued_at", "id"),
+        # What versioning.search filters on, each with the id that orders its results.
+        *(sa.Index(_index_name(TRANSACTION_TABLE, name), name, "id") for name in SEARCH_INDEXED),
         sqlite_autoincrement=True,
         info={_INFO_KEY: "transaction"},
         comment="versioning: one row per database transaction that changed versioned records",

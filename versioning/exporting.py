@@ -1,0 +1,343 @@
+"""Exporting history for auditors: CSV (one row per changed field) or JSON Lines (one version per
+line), streamed, in a stable format documented in docs/auditing.md#export.
+
+:func:`export` reads :func:`versioning.searching.entries` — the history rows, decoded without the
+models — and writes each as it comes, so memory stays flat however much is exported. Masked
+values are written as history holds them (the mask's output); erased values stay erased (marked,
+never a value). A path ending in ``.gz`` is written gzip-compressed.
+
+Values are written the same way in both formats (:func:`plain`): text as is, numbers as JSON
+numbers (``Decimal`` as its exact text), times in ISO 8601, bytes in base64. A CSV cell that a
+spreadsheet would run as a formula (it starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage
+return) is written with a leading ``'``.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import datetime as dt
+import decimal
+import enum
+import gzip
+import json
+import math
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from versioning.catalog import Catalog, from_session, load
+from versioning.errors import ArgumentError
+from versioning.operation import Operation
+from versioning.reading import Transaction
+from versioning.searching import Entry, entries
+
+__all__ = ["CSV_COLUMNS", "ERASED_TEXT", "export", "plain"]
+
+#: The CSV header, in this order.
+CSV_COLUMNS = (
+    "transaction_id",
+    "issued_at",
+    "actor",
+    "source_ip",
+    "request_id",
+    "reason",
+    "table",
+    "record",
+    "operation",
+    "field",
+    "old",
+    "new",
+)
+#: What an erased value is written as in a CSV cell (JSON Lines: ``null``, and the field is
+#: listed in ``erased``).
+ERASED_TEXT = "[erased]"
+
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def plain(value: Any) -> Any:
+    """``value`` as a JSON value, the same way in every export (the stable format).
+
+    ``None``, ``bool``, ``int``, ``str`` as they are; a finite ``float`` as a number (NaN and the
+    infinities as the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``); ``Decimal`` as its
+    exact text; ``datetime`` in ISO 8601 (an aware one in UTC, ``+00:00``), ``date`` and ``time``
+    in ISO 8601; ``timedelta`` as its number of seconds (text, exact to the microsecond);
+    ``UUID`` as its canonical text; ``bytes`` in base64; an ``Enum`` member as its name; lists,
+    tuples and dicts item by item; anything else as ``str()``.
+    """
+    if isinstance(value, enum.Enum):
+        return value.name
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None and value.utcoffset() is not None:
+            value = value.astimezone(dt.UTC)
+        return value.isoformat()
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return str(decimal.Decimal(value // dt.timedelta(microseconds=1)).scaleb(-6))
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [plain(v) for v in value]
+    return str(value)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _text(value: Any) -> str:
+    """A value's text in a CSV cell, before neutralising (``None``: empty)."""
+    kind = type(value)
+    if kind is str:
+        return value  # type: ignore[no-any-return]
+    if kind is int or kind is decimal.Decimal:
+        return str(value)
+    if value is None:
+        return ""
+    encoded = plain(value)
+    if encoded is None:
+        return ""
+    if isinstance(encoded, str):
+        return encoded
+    if isinstance(encoded, bool):
+        return "true" if encoded else "false"
+    return _dumps(encoded)
+
+
+def _cell(value: Any) -> str:
+    """A CSV cell: the plain value as text (``None`` empty), formulas neutralised."""
+    text = _text(value)
+    if text and text[0] in _FORMULA_STARTS:
+        return "'" + text
+    return text
+
+
+_FORMULA_STARTS = frozenset(_FORMULA)
+
+
+def record_text(key: tuple[Any, ...]) -> str:
+    """A record's key as one text: a single key as its value's text, a composite one as a JSON
+    array of its values (see :func:`plain`)."""
+    if len(key) == 1:
+        if type(key[0]) is str:
+            return key[0]
+        if type(key[0]) is int:
+            return str(key[0])
+        value = plain(key[0])
+        if isinstance(value, str):
+            return value
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return _dumps(value)
+    return _dumps([plain(v) for v in key])
+
+
+def _issued_at(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).isoformat()
+
+
+class CsvWriter:
+    """One row per changed field of each version (see :data:`CSV_COLUMNS`)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._csv = csv.writer(stream, lineterminator="\r\n")
+        self._csv.writerow(CSV_COLUMNS)
+        self._transaction: Transaction | None = None
+        self._head: list[str] = []
+        #: Column names as cells (there are few).
+        self._names: dict[str, str] = {}
+
+    def _name(self, name: str) -> str:
+        cell = self._names[name] = _cell(name)
+        return cell
+
+    def _transaction_cells(self, tx: Transaction) -> list[str]:
+        if tx is not self._transaction:
+            self._transaction = tx
+            self._head = [
+                str(tx.id),
+                _issued_at(tx.issued_at),
+                _cell(tx.actor),
+                _cell(tx.source_ip),
+                _cell(tx.request_id),
+                _cell(tx.reason),
+            ]
+        return self._head
+
+    def version(self, entry: Entry) -> None:
+        head = [
+            *self._transaction_cells(entry.transaction),
+            _cell(entry.table),
+            _cell(record_text(entry.key)),
+            entry.operation.value,
+        ]
+        erased = entry.erased
+        names = self._names
+        rows = [
+            [*head, names.get(name) or self._name(name), _cell(old), _cell(new)]
+            for name, (old, new) in entry.changes.items()
+            if name not in erased
+        ]
+        if erased:
+            operation = entry.operation
+            for name in sorted(erased):
+                if operation is Operation.INSERT:
+                    rows.append([*head, _cell(name), "", ERASED_TEXT])
+                elif operation is Operation.DELETE:
+                    rows.append([*head, _cell(name), ERASED_TEXT, ""])
+                elif name in entry.changes:
+                    rows.append([*head, _cell(name), ERASED_TEXT, ERASED_TEXT])
+        self._csv.writerows(rows)
+
+
+class JsonLinesWriter:
+    """One JSON object per line and version: ``{"kind": "version", ...}`` (see docs)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._write = stream.write
+        self._transaction: Transaction | None = None
+        self._document: dict[str, Any] = {}
+
+    def _transaction_document(self, tx: Transaction) -> dict[str, Any]:
+        if tx is not self._transaction:
+            self._transaction = tx
+            self._document = {
+                "id": tx.id,
+                "issued_at": _issued_at(tx.issued_at),
+                "actor": tx.actor,
+                "source_ip": tx.source_ip,
+                "request_id": tx.request_id,
+                "reason": tx.reason,
+                "extra": plain(tx.extra),
+            }
+        return self._document
+
+    def version(self, entry: Entry) -> None:
+        document = {
+            "kind": "version",
+            "transaction": self._transaction_document(entry.transaction),
+            "table": entry.table,
+            "record": [_json(v) for v in entry.key],
+            "version_id": entry.version_id,
+            "operation": entry.operation.value,
+            "state": {k: _json(v) for k, v in entry.state.items()},
+            "changes": {k: [_json(old), _json(new)] for k, (old, new) in entry.changes.items()},
+            "erased": sorted(entry.erased),
+        }
+        self._write(_dumps(document) + "\n")
+
+
+def _json(value: Any) -> Any:
+    kind = type(value)
+    if kind is str or kind is int or value is None:
+        return value
+    return plain(value)
+
+
+_WRITERS: dict[str, type[CsvWriter | JsonLinesWriter]] = {
+    "csv": CsvWriter,
+    "jsonl": JsonLinesWriter,
+}
+
+
+@contextmanager
+def _opened(output: str | Path | IO[str]) -> Iterator[IO[str]]:
+    if isinstance(output, str | Path):
+        path = Path(output)
+        if path.suffix == ".gz":
+            with gzip.open(path, "wt", encoding="utf-8", newline="") as stream:
+                yield stream
+        else:
+            with path.open("w", encoding="utf-8", newline="") as stream:
+                yield stream
+        return
+    if not hasattr(output, "write"):
+        raise ArgumentError(
+            f"versioning export: output must be a file path or a text stream, got {output!r}"
+        )
+    yield output
+
+
+@contextmanager
+def _reading(
+    bind: Any, catalog: Catalog | None
+) -> Iterator[tuple[Session | sa.Connection, Catalog]]:
+    """What to read with, and the history tables to read: through the caller's session (the
+    models in process) or connection, or a connection of the engine's own in one snapshot
+    (REPEATABLE READ where there is one); from a connection, the database's registry."""
+    with ExitStack() as stack:
+        if isinstance(bind, Session):
+            reader: Session | sa.Connection = bind
+            if catalog is None:
+                catalog = from_session(bind)
+        elif isinstance(bind, sa.Connection | sa.Engine):
+            if isinstance(bind, sa.Engine):
+                reader = stack.enter_context(bind.connect())
+                if bind.dialect.name != "sqlite":
+                    reader.execution_options(isolation_level="REPEATABLE READ")
+            else:
+                reader = bind
+            if catalog is None:
+                catalog = load(reader)
+        else:
+            raise ArgumentError(
+                f"versioning export takes a Session, an Engine or a Connection, got "
+                f"{type(bind).__name__}"
+            )
+        if not isinstance(catalog, Catalog):
+            raise ArgumentError(
+                f"versioning export takes catalog= a versioning.catalog.Catalog, got {catalog!r}"
+            )
+        yield reader, catalog
+
+
+def export(
+    bind: Session | sa.Engine | sa.Connection,
+    output: str | Path | IO[str],
+    *,
+    format: Literal["csv", "jsonl"] = "csv",
+    catalog: Catalog | None = None,
+    newest_first: bool = False,
+    **filters: Any,
+) -> int:
+    """Write the versions matching ``filters`` (those of :func:`versioning.searching.entries`:
+    :func:`versioning.search`'s, with ``table=`` and ``key=``) to ``output`` as ``format``; the
+    number of versions written. Oldest first unless ``newest_first``.
+
+    ``output`` is a path (``.gz``: compressed) or a text stream. ``bind`` is a ``Session`` (its
+    transaction is read), a ``Connection``, or an ``Engine`` (a connection of its own, in one
+    snapshot). ``catalog`` names the history tables: by default, through a session the models in
+    this process (:func:`versioning.catalog.from_session`), through a connection or engine the
+    database's registry (:func:`versioning.catalog.load`: no model needed).
+    """
+    writer_class = _WRITERS.get(format)
+    if writer_class is None:
+        raise ArgumentError(f"versioning export: format must be 'csv' or 'jsonl', got {format!r}")
+    count = 0
+    with _reading(bind, catalog) as (reader, chosen):
+        found = entries(reader, chosen, newest_first=newest_first, **filters)
+        with _opened(output) as stream:
+            writer = writer_class(stream)
+            for entry in found:
+                writer.version(entry)
+                count += 1
+    return count
