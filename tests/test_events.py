@@ -13,14 +13,21 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+import test_asyncio
 from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 import versioning
+import versioning.asyncio
 from versioning import AppendOnlyError, ArgumentError, EventError, Versioned, audit_context
 from versioning.schema import EVENT_TABLE, TRANSACTION_TABLE
 
 from helpers import count, read, tamper
+
+#: The async engine fixture and runner of the asyncio tests.
+async_engine = test_asyncio.async_engine
+run = test_asyncio.run
 
 Tables = Callable[[sa.MetaData], sa.Engine]
 Sessions = Callable[[], Session]
@@ -425,3 +432,77 @@ def test_a_failure_to_record_is_logged_never_raised(
         caplog.text
     )
     assert _events(sessions) == []
+
+
+# --- asyncio ------------------------------------------------------------------------------------
+
+
+def test_the_async_forms(create_tables: Tables, async_engine: AsyncEngine) -> None:
+    create_tables(Base.metadata)
+    factory = async_sessionmaker(async_engine)
+    versioning.record_failed_commits(factory)
+
+    async def main() -> None:
+        async with factory() as session:
+            with audit_context(actor="eve"):
+                made = await versioning.asyncio.record_event(
+                    session, "login", outcome="denied", metadata=Base.metadata
+                )
+            by_engine = await versioning.asyncio.record_event(
+                async_engine, "login", outcome="success", metadata=Base.metadata
+            )
+            async with async_engine.connect() as connection:
+                by_connection = await versioning.asyncio.record_event(
+                    connection, "export", outcome="failed", metadata=Base.metadata
+                )
+            session.add_all(
+                [Account(id=1, email="a@example.org"), Account(id=2, email="a@example.org")]
+            )
+            with pytest.raises(sa.exc.IntegrityError):
+                await session.commit()
+            await session.rollback()
+            found = await versioning.asyncio.events(
+                session, metadata=Base.metadata, newest_first=False
+            )
+        assert [e.id for e in found[:3]] == [made.id, by_engine.id, by_connection.id]
+        assert found[0].transaction.actor == "eve"
+        assert found[3].action == "commit_failed" and found[3].details is not None
+        assert found[3].details["records"]["Account"]["keys"] == [[1], [2]]
+        with pytest.raises(ArgumentError, match="takes an AsyncSession, AsyncEngine"):
+            await versioning.asyncio.record_event(
+                Session(), "login", outcome="denied", metadata=Base.metadata
+            )
+
+    run(async_engine, main)
+
+
+def test_a_database_without_the_event_table_is_told_how_to_get_it(
+    engine: sa.Engine, sessions: Sessions
+) -> None:
+    metadata = sa.MetaData()
+    versioning.transaction_table(metadata)
+    tables = [t for t in metadata.sorted_tables if t.name != EVENT_TABLE]
+    metadata.create_all(engine, tables=tables)
+    try:
+        with pytest.raises(EventError, match="has no versioning_event table, so no event can"):
+            versioning.record_event(engine, "login", outcome="denied", metadata=metadata)
+        with sessions() as session, pytest.raises(EventError, match="create it"):
+            versioning.events(session, metadata=metadata)
+        with engine.connect() as connection:  # nothing was written
+            transactions = metadata.tables[TRANSACTION_TABLE]
+            assert connection.scalar(sa.select(sa.func.count()).select_from(transactions)) == 0
+    finally:
+        metadata.drop_all(engine, tables=tables)
+
+
+def test_the_write_guard_flags_changes_to_event_rows(
+    create_tables: Tables, sessions: Sessions
+) -> None:
+    engine = create_tables(Base.metadata)
+    made = _record(engine)
+    with engine.connect() as connection:
+        versioning.guard_writes(connection)
+        with pytest.raises(versioning.UncapturedWriteError, match="on event table 'versioning_"):
+            connection.execute(EVENTS.delete().where(EVENTS.c.id == made.id))
+        connection.rollback()
+    assert [e.id for e in _events(sessions)] == [made.id]
