@@ -506,3 +506,21 @@ def test_the_write_guard_flags_changes_to_event_rows(
             connection.execute(EVENTS.delete().where(EVENTS.c.id == made.id))
         connection.rollback()
     assert [e.id for e in _events(sessions)] == [made.id]
+
+
+def test_an_orm_statement_names_its_model(
+    create_tables: Tables, sessions: Sessions, recording: sessionmaker[Session]
+) -> None:
+    create_tables(Base.metadata)
+    with recording() as session:
+        session.add(Account(id=1, email="a@example.org"))
+        session.commit()
+        session.execute(sa.update(Account).where(Account.id == 1).values(secret="x"))
+        session.add(Account(id=2, email="a@example.org"))
+        with pytest.raises(sa.exc.IntegrityError):
+            session.commit()
+    (found,) = _events(sessions)
+    assert found.details is not None
+    assert found.details["records"] == {
+        "Account": {"keys": [[2]], "keys_left_out": 0, "without_key": 0, "statement": True}
+    }
