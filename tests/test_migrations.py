@@ -36,6 +36,7 @@ from versioning import (
 from versioning.schema import (
     CATALOG_TABLE,
     DIGEST_TABLE,
+    EVENT_TABLE,
     SEAL_ENTRY_TABLE,
     SEAL_TABLE,
     TRANSACTION_TABLE,
@@ -77,8 +78,8 @@ engine.dispose()
 """
 
 TABLE = "mig_items"
-#: The library's tables beside the transaction table (digests, seals and the registry).
-INTEGRITY = (DIGEST_TABLE, SEAL_TABLE, SEAL_ENTRY_TABLE, CATALOG_TABLE)
+#: The library's tables beside the transaction table (digests, seals, the registry and events).
+INTEGRITY = (DIGEST_TABLE, SEAL_TABLE, SEAL_ENTRY_TABLE, CATALOG_TABLE, EVENT_TABLE)
 
 
 def declare(stage: int) -> tuple[sa.MetaData, type[Any]]:
@@ -127,6 +128,7 @@ def alembic_dir(engine: sa.Engine, tmp_path: Path) -> Iterator[tuple[Config, Pat
             SEAL_TABLE,
             CATALOG_TABLE,
             DIGEST_TABLE,
+            EVENT_TABLE,
             TRANSACTION_TABLE,
             "alembic_version",
         ):
@@ -520,7 +522,13 @@ def test_a_history_table_in_another_schema_migrates_with_its_foreign_key(
         engine.dispose()
         with engine.begin() as connection:
             connection.exec_driver_sql(drop.format(OTHER))
-            for name in (SEAL_ENTRY_TABLE, SEAL_TABLE, DIGEST_TABLE, TRANSACTION_TABLE):
+            for name in (
+                SEAL_ENTRY_TABLE,
+                SEAL_TABLE,
+                DIGEST_TABLE,
+                EVENT_TABLE,
+                TRANSACTION_TABLE,
+            ):
                 connection.execute(sa.text(f"DROP TABLE IF EXISTS {name}"))
         Base.registry.dispose()
 

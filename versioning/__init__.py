@@ -6,7 +6,8 @@ beside it, committed atomically with the data. Read it back with :func:`history`
 record at any moment with :func:`as_of` (its :class:`Version` with :func:`version_at`), and put it
 back with :func:`restore`. Prove it untouched with :func:`seal`, :func:`verify` and
 :func:`digest`, and erase a person's values without breaking that proof with :func:`erase`
-(docs/integrity.md).
+(docs/integrity.md). Failed and denied actions go on record with :func:`record_event` (and, opted
+in with :func:`record_failed_commits`, commits that failed), read with :func:`events`.
 """
 
 import sqlalchemy as _sa
@@ -30,6 +31,7 @@ from versioning.errors import (
     ContextError,
     EncodingError,
     ErasureError,
+    EventError,
     RelationshipHistoryError,
     RestoreConflictError,
     RestoreError,
@@ -38,6 +40,8 @@ from versioning.errors import (
     UncapturedWriteWarning,
     VersioningError,
 )
+from versioning.event_log import Event, events, record_event
+from versioning.failed_commits import record_failed_commits
 from versioning.guard import guard_writes
 from versioning.integrity import AutoSealer, Digest, Problem, Report, Seal, digest, seal, verify
 from versioning.links import link_history_table, links_as_of
@@ -62,6 +66,8 @@ __all__ = [
     "Digest",
     "EncodingError",
     "ErasureError",
+    "Event",
+    "EventError",
     "Operation",
     "Problem",
     "RelationshipHistoryError",
@@ -85,6 +91,7 @@ __all__ = [
     "diff",
     "digest",
     "erase",
+    "events",
     "guard_writes",
     "history",
     "history_table",
@@ -92,6 +99,8 @@ __all__ = [
     "link_history_table",
     "links_as_of",
     "masks",
+    "record_event",
+    "record_failed_commits",
     "restore",
     "seal",
     "search",

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import types as sqltypes
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapper, RelationshipProperty, Session, SessionTransaction
 from sqlalchemy.orm.unitofwork import UOWTransaction
 from sqlalchemy.types import TypeEngine
@@ -25,6 +26,7 @@ __all__ = [
     "is_remote",
     "mapper_primary_key_argument",
     "mapper_properties",
+    "open_connections",
     "orm_options",
     "post_values_clause",
     "prefixes",
@@ -115,6 +117,16 @@ def replace_rollback_exception(
     """
     if transaction is not None and getattr(transaction, "_rollback_exception", None) is not None:
         transaction._rollback_exception = error
+
+
+def open_connections(session: Session) -> list[Connection]:
+    """The connections the session's transaction holds now (none before its first statement):
+    ``SessionTransaction._connections`` (2.0, 2.1). ``Session.connection()`` would begin one."""
+    transaction = session.get_transaction()
+    if transaction is None:
+        return []
+    entries = getattr(transaction, "_connections", None) or {}
+    return list(dict.fromkeys(entry[0] for entry in entries.values()))
 
 
 def session_flushing(session: Session) -> bool:

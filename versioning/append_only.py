@@ -2,8 +2,8 @@
 
 ``metadata.create_all()`` installs triggers on the library's own tables — every table whose
 ``Table.info["versioning"]`` is one of :data:`APPEND_ONLY_KINDS` (history tables, the transaction
-table, the integrity tables) — that refuse ``UPDATE`` and ``DELETE`` (and ``TRUNCATE`` on
-PostgreSQL), with a message naming the table:
+table, the integrity tables, the event table) — that refuse ``UPDATE`` and ``DELETE`` (and
+``TRUNCATE`` on PostgreSQL), with a message naming the table:
 
 * PostgreSQL: one shared PL/pgSQL function ``versioning_append_only()`` per schema and a
   statement-level ``BEFORE UPDATE OR DELETE OR TRUNCATE`` trigger on each table;
@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 #: The values of ``Table.info["versioning"]`` whose tables are append-only.
-APPEND_ONLY_KINDS = frozenset({"transaction", "history", "digest", "seal", "seal_entry"})
+APPEND_ONLY_KINDS = frozenset({"transaction", "history", "digest", "seal", "seal_entry", "event"})
 
 _INFO_KEY = "versioning"
 _FUNCTION = "versioning_append_only"

@@ -15,6 +15,8 @@ async forms, with the same arguments, results and errors::
     await versioning.asyncio.erase(async_session, Customer, 7, columns=["email"], reason="...")
     await async_session.commit()
     report = await versioning.asyncio.verify(async_session)
+    await versioning.asyncio.record_event(async_session, "login", outcome="denied")
+    denied = await versioning.asyncio.events(async_session, outcome="denied")
 
 Each one runs its sync form through ``AsyncSession.run_sync``, so it uses the session's
 connection and transaction. What they return is safe to use in async code without further I/O:
@@ -42,6 +44,17 @@ from sqlalchemy.orm import Session, scoped_session
 
 from versioning import erasing, integrity, reading, related, restoring, searching, table_at
 from versioning.errors import ArgumentError
+from versioning.event_log import (
+    Event,
+    checked,
+    has_event_table,
+    no_event_table,
+    refuse_if_sqlite_waits,
+    transaction_table,
+    write_event,
+)
+from versioning.event_log import events as _sync_events
+from versioning.event_log import record_event as _sync_record_event
 from versioning.integrity import Digest, Report, Seal
 from versioning.reading import _MISSING, Version
 
@@ -50,8 +63,10 @@ __all__ = [
     "as_of",
     "digest",
     "erase",
+    "events",
     "history",
     "iter_search",
+    "record_event",
     "restore",
     "seal",
     "search",
@@ -292,3 +307,62 @@ async def transaction_changes(
     return await _check(session, "transaction_changes").run_sync(
         lambda sync: searching.transaction_changes(sync, transaction_id, metadata=metadata)
     )
+
+
+async def record_event(
+    bind: AsyncSession | AsyncEngine | AsyncConnection,
+    action: str,
+    *,
+    outcome: str,
+    target: str | None = None,
+    details: Any = None,
+    metadata: sa.MetaData | None = None,
+) -> Event:
+    """Record an event in a transaction of its own: the async form of
+    :func:`versioning.record_event`. ``bind`` is an ``AsyncSession`` (or
+    ``async_scoped_session``), an ``AsyncEngine`` or an ``AsyncConnection``."""
+    values = checked("record_event", action, outcome, target, details)
+    if isinstance(bind, async_scoped_session):
+        bind = bind()
+    if isinstance(bind, AsyncSession):
+        # The sync form finds the engine and writes on a connection of its own; in the
+        # session's greenlet, its sync engine's connections work.
+        return await bind.run_sync(
+            lambda sync: _sync_record_event(
+                sync,
+                values.action,
+                outcome=values.outcome,
+                target=values.target,
+                details=values.details,
+                metadata=metadata,
+            )
+        )
+    if isinstance(bind, AsyncConnection):
+        if bind.sync_connection is not None:
+            refuse_if_sqlite_waits(bind.sync_engine, [bind.sync_connection], "connection's")
+        bind = bind.engine
+    if not isinstance(bind, AsyncEngine):
+        raise ArgumentError(
+            f"versioning.asyncio.record_event() takes an AsyncSession, AsyncEngine or "
+            f"AsyncConnection, got {type(bind).__name__}: with a sync bind, call "
+            f"versioning.record_event(bind, ...)"
+        )
+    transactions, _ = transaction_table(metadata, "record_event")
+    try:
+        async with bind.begin() as connection:
+            return await connection.run_sync(write_event, transactions, values)
+    except sa.exc.DBAPIError:
+        async with bind.connect() as connection:
+            exists = await connection.run_sync(has_event_table, transactions)
+        if not exists:
+            raise no_event_table(repr(bind.sync_engine), transactions) from None
+        raise
+
+
+async def events(session: AsyncSession, **filters: Any) -> list[Event]:
+    """The recorded events matching every filter: the async form of :func:`versioning.events`,
+    with the same filters."""
+    found: list[Event] = await _check(session, "events").run_sync(
+        lambda sync: _sync_events(sync, **filters)
+    )
+    return found

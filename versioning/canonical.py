@@ -47,6 +47,7 @@ __all__ = [
     "canonical_value",
     "converter",
     "dumps",
+    "event_hash",
     "listed_prefixes",
     "prefixes",
     "row_bytes",
@@ -479,3 +480,20 @@ def segment_digest(
     digest.update(segment_bytes(tables))
     digest.update(dumps(note))
     return digest.digest()
+
+
+def event_hash(values: Mapping[str, Any]) -> bytes:
+    """The 32-byte SHA-256 of an event row's canonical bytes: ``[action, outcome, target,
+    details]`` as one JSON array (the row's id and transaction id are left out, as a history
+    row's are: the digest row of the transaction ties them)."""
+    details = values.get("details")
+    return hashlib.sha256(
+        dumps(
+            [
+                values.get("action"),
+                values.get("outcome"),
+                values.get("target"),
+                None if details is None else _json(details),
+            ]
+        )
+    ).digest()

@@ -47,6 +47,7 @@ from versioning.schema import (
     TRANSACTION_TABLE,
     VERSION_ID,
     catalog_table,
+    event_table,
     integrity_tables,
     operation_type,
     transaction_table_for,
@@ -120,6 +121,11 @@ class Catalog:
     @property
     def seal_entries(self) -> sa.Table:
         return integrity_tables(self.transaction)[2]
+
+    @property
+    def events(self) -> sa.Table:
+        """``versioning_event``: failed and denied actions (see :mod:`versioning.event_log`)."""
+        return event_table(self.transaction)
 
     @property
     def registry(self) -> sa.Table:

@@ -119,3 +119,13 @@ class CatalogError(VersioningError):
     It is missing (the database was created before it, or without the library's helpers), it does
     not name the table asked for, or a row of it cannot be read. The message says what to run.
     """
+
+
+class EventError(VersioningError):
+    """An event cannot be recorded now: nothing was written.
+
+    Raised by :func:`versioning.record_event` when the database has no event table (create it:
+    ``metadata.create_all()`` or a migration), or when, on SQLite, the bind's own transaction is
+    still open (SQLite lets one connection write at a time: the event's connection would wait
+    for yours). The message says which and what to do.
+    """

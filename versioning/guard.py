@@ -40,7 +40,7 @@ from sqlalchemy.sql.dml import UpdateBase
 
 from versioning import _compat
 from versioning.errors import ArgumentError, UncapturedWriteError, UncapturedWriteWarning
-from versioning.schema import LIVE_TABLE_INFO
+from versioning.schema import EVENT_TABLE, LIVE_TABLE_INFO
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -63,10 +63,15 @@ _writing: ContextVar[int] = ContextVar("versioning_writing", default=0)
 #: Whether a flush that writes versioned rows is running in this context.
 _flushing: ContextVar[bool] = ContextVar("versioning_flushing", default=False)
 
-#: (schema or None, casefolded name) -> what the table is: "live", "link", "history" or
-#: "transaction".
+#: (schema or None, casefolded name) -> what the table is: "live", "link", "history",
+#: "transaction" or "event".
 _TABLES: dict[tuple[str | None, str], str] = {}
-_KINDS = {"live": "versioned table", "history": "history table", "transaction": "transaction table"}
+_KINDS = {
+    "live": "versioned table",
+    "history": "history table",
+    "transaction": "transaction table",
+    "event": "event table",
+}
 
 
 def register_tables(live: sa.Table, history: sa.Table, transactions: sa.Table) -> None:
@@ -76,6 +81,7 @@ def register_tables(live: sa.Table, history: sa.Table, transactions: sa.Table) -
     """
     for table, kind in ((live, "live"), (history, "history"), (transactions, "transaction")):
         _TABLES.setdefault(_key(table.schema, table.name), kind)
+    _TABLES.setdefault(_key(transactions.schema, EVENT_TABLE), "event")
 
 
 def register_link_table(link: sa.Table, history: sa.Table) -> None:

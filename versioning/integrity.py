@@ -34,7 +34,13 @@ from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.orm import Session
 
 from versioning import arguments, personal
-from versioning.canonical import listed_prefixes, row_hashes, segment_digest, transaction_bytes
+from versioning.canonical import (
+    event_hash,
+    listed_prefixes,
+    row_hashes,
+    segment_digest,
+    transaction_bytes,
+)
 from versioning.catalog import Catalog, load, session_catalogs
 from versioning.errors import ArgumentError, CatalogError, SealConflictError
 from versioning.reading import _REFUSED, _select
@@ -42,6 +48,7 @@ from versioning.schema import (
     TRANSACTION_ID,
     VERSION_ID,
     UTCDateTime,
+    event_table,
     integrity_tables,
     issued_at_utc,
 )
@@ -98,6 +105,8 @@ class Report:
     #: Transactions with a digest segment that no seal links yet: their rows are checked
     #: against their own digest only (see docs/integrity.md).
     unsealed: int = 0
+    #: Event rows (see :mod:`versioning.event_log`) checked, apart from ``versions_checked``.
+    events_checked: int = 0
 
     @property
     def ok(self) -> bool:
@@ -512,6 +521,11 @@ class _Verifier:
         self.batch = batch
         self.tx_name = target.transactions.fullname
         self.digest_name = target.digests.fullname
+        # The event table, when the database has it (one created before events has not).
+        events = event_table(target.transactions)
+        exists = sa.inspect(connection).has_table(events.name, schema=events.schema)
+        self.events = events if exists else None
+        self.event_name = events.fullname if exists else None
 
     def problem(
         self, kind: Kind, table: str | None, tx: int | None, version: int | None, detail: str
@@ -520,13 +534,12 @@ class _Verifier:
 
     def _next(self, cursor: int) -> int | None:
         t = self.target
+        columns = [t.transactions.c.id, t.digests.c.transaction_id, t.entries.c.transaction_id]
+        if self.events is not None:
+            columns.append(self.events.c.transaction_id)
         starts = [
             self.connection.execute(sa.select(sa.func.min(column)).where(column > cursor)).scalar()
-            for column in (
-                t.transactions.c.id,
-                t.digests.c.transaction_id,
-                t.entries.c.transaction_id,
-            )
+            for column in columns
         ]
         found = [int(s) for s in starts if s is not None]
         return min(found) if found else None
@@ -590,6 +603,26 @@ class _Verifier:
 
             for record in _read(c, build):
                 rows.setdefault(record[TRANSACTION_ID], {}).setdefault(name, []).append(record)
+        if self.events is not None:
+            # Event rows are checked as history rows are, under the event table's name; their
+            # id and transaction id read under the history tables' names for the messages.
+            events = self.events
+            for event in c.execute(
+                sa.select(
+                    events.c.id.label(VERSION_ID),
+                    events.c.transaction_id.label(TRANSACTION_ID),
+                    events.c.action,
+                    events.c.outcome,
+                    events.c.target,
+                    events.c.details,
+                )
+                .where(events.c.transaction_id.between(low, high))
+                .order_by(events.c.transaction_id, events.c.id)
+            ).mappings():
+                record = dict(event)
+                rows.setdefault(record[TRANSACTION_ID], {}).setdefault(events.fullname, []).append(
+                    record
+                )
         ids = sorted(set(txs) | set(segments) | set(rows) | set(sealed))
         late = self._committed_meanwhile([i for i in ids if i not in segments])
         for tx_id in ids:
@@ -624,7 +657,8 @@ class _Verifier:
     ) -> None:
         report = self.report
         report.transactions_checked += 1
-        report.versions_checked += sum(len(r) for r in rows.values())
+        report.versions_checked += sum(len(r) for n, r in rows.items() if n != self.event_name)
+        report.events_checked += len(rows.get(self.event_name or "", []))
         if not segments:
             self._without_digest(tx_id, tx, rows, seal_of)
             return
@@ -728,6 +762,8 @@ class _Verifier:
         return out
 
     def _hashes(self, name: str, rows: list[dict[str, Any]]) -> list[bytes]:
+        if name == self.event_name:
+            return [event_hash(row) for row in rows]
         history = self.target.histories[name]
         return row_hashes(history, [personal.committed_view(history, row) for row in rows])
 
@@ -767,7 +803,7 @@ class _Verifier:
         expected: list[str],
     ) -> None:
         """Name each history row that was changed, deleted or added, by the listed prefixes."""
-        if name not in self.target.histories:
+        if name not in self.target.histories and name != self.event_name:
             self.problem(
                 "missing",
                 name,
@@ -806,6 +842,9 @@ class _Verifier:
                 i += 1
                 j += 1
 
+    def _kind(self, name: str) -> str:
+        return "event row" if name == self.event_name else "history row"
+
     def _altered(self, tx_id: int, name: str, row: dict[str, Any]) -> None:
         version = int(row[VERSION_ID])
         self.problem(
@@ -813,8 +852,8 @@ class _Verifier:
             name,
             tx_id,
             version,
-            f"history row {version} of {name} (transaction {tx_id}) was changed after it was "
-            f"written; compare it with a backup",
+            f"{self._kind(name)} {version} of {name} (transaction {tx_id}) was changed after it "
+            f"was written; compare it with a backup",
         )
 
     def _added(self, tx_id: int, name: str, row: dict[str, Any]) -> None:
@@ -824,7 +863,7 @@ class _Verifier:
             name,
             tx_id,
             version,
-            f"history row {version} of {name} was added to transaction {tx_id} after it "
+            f"{self._kind(name)} {version} of {name} was added to transaction {tx_id} after it "
             f"committed (versioning did not write it); find who wrote it in the database's "
             f"logs",
         )
@@ -835,8 +874,8 @@ class _Verifier:
             name,
             tx_id,
             None,
-            f"a history row of {name} written by transaction {tx_id} was deleted; restore it "
-            f"from a backup",
+            f"{'an' if name == self.event_name else 'a'} {self._kind(name)} of {name} written "
+            f"by transaction {tx_id} was deleted; restore it from a backup",
         )
 
     def _without_digest(

@@ -2,6 +2,8 @@
 
 * ``versioning_transaction`` — one per ``MetaData``: one row per database transaction that changed a
   versioned record (who, from where, which request, why, when).
+* ``versioning_event`` — beside it: one row per recorded event (a failed or denied action), each
+  in a transaction of its own (see :mod:`versioning.event_log`).
 * ``<tablename>_history`` — one per versioned table hierarchy: one row per change of a record,
   holding a typed snapshot of the versioned columns, the operation and the changed fields.
 
@@ -32,6 +34,7 @@ __all__ = [
     "CATALOG_TABLE",
     "CHANGES",
     "DIGEST_TABLE",
+    "EVENT_TABLE",
     "META_COLUMNS",
     "OPERATION",
     "PERSONAL",
@@ -43,6 +46,7 @@ __all__ = [
     "VERSION_ID",
     "UTCDateTime",
     "catalog_table",
+    "event_table",
     "foreign_key_index",
     "history_table_for",
     "integrity_tables",
@@ -57,6 +61,7 @@ DIGEST_TABLE = "versioning_digest"
 SEAL_TABLE = "versioning_seal"
 SEAL_ENTRY_TABLE = "versioning_seal_entry"
 CATALOG_TABLE = "versioning_catalog"
+EVENT_TABLE = "versioning_event"
 
 VERSION_ID = "versioning_id"
 TRANSACTION_ID = "versioning_transaction_id"
@@ -170,6 +175,7 @@ def transaction_table_for(metadata: sa.MetaData) -> sa.Table:
     )
     _integrity_tables(metadata, table)
     _catalog_table(metadata)
+    _event_table(metadata, table)
     return table
 
 
@@ -264,6 +270,46 @@ def integrity_tables(transactions: sa.Table) -> tuple[sa.Table, sa.Table, sa.Tab
         metadata.tables[prefix + SEAL_TABLE],
         metadata.tables[prefix + SEAL_ENTRY_TABLE],
     )
+
+
+#: Longest accepted ``action``, ``outcome`` and ``target`` of an event (the columns' lengths).
+EVENT_ACTION_MAX = 100
+EVENT_OUTCOME_MAX = 32
+EVENT_TARGET_MAX = 255
+
+
+def _event_table(metadata: sa.MetaData, transactions: sa.Table) -> None:
+    """The event table beside ``transactions`` (see :mod:`versioning.event_log`): one row per
+    recorded event (a login refused, a permission denied, a commit that failed), each in a
+    transaction of its own."""
+    sa.Table(
+        EVENT_TABLE,
+        metadata,
+        sa.Column("id", _ID_TYPE, primary_key=True, autoincrement=True),
+        sa.Column(
+            "transaction_id",
+            _ID_TYPE,
+            sa.ForeignKey(transactions.c.id, name=f"fk_{EVENT_TABLE}_transaction"),
+            nullable=False,
+        ),
+        sa.Column("action", sa.String(EVENT_ACTION_MAX), nullable=False),
+        sa.Column("outcome", sa.String(EVENT_OUTCOME_MAX), nullable=False),
+        sa.Column("target", sa.String(EVENT_TARGET_MAX), nullable=True),
+        # JSON: LONGTEXT on MariaDB.
+        sa.Column("details", sa.JSON(none_as_null=True), nullable=True),
+        sa.Index(_index_name(EVENT_TABLE, "transaction"), "transaction_id"),
+        sa.Index(_index_name(EVENT_TABLE, "action"), "action", "transaction_id"),
+        sa.Index(_index_name(EVENT_TABLE, "outcome"), "outcome", "transaction_id"),
+        sqlite_autoincrement=True,
+        info={_INFO_KEY: "event"},
+        comment="versioning: failed and denied actions on record, one transaction each",
+    )
+
+
+def event_table(transactions: sa.Table) -> sa.Table:
+    """The event table beside the transaction table ``transactions``."""
+    prefix = "" if transactions.schema is None else f"{transactions.schema}."
+    return transactions.metadata.tables[prefix + EVENT_TABLE]
 
 
 _UNRESOLVED = "versioning_unresolved_types"
