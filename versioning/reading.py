@@ -24,6 +24,7 @@ from versioning import _compat, arguments
 from versioning.declaration import ModelSpec, require_spec, versioned_spec
 from versioning.encoding import decode
 from versioning.errors import ArgumentError
+from versioning.instances import Group
 from versioning.operation import Operation
 from versioning.personal import erased_keys
 from versioning.recording import write_pending
@@ -95,7 +96,7 @@ class Version:
         from versioning.related import Moment
 
         without = "version.to_instance() was given no session: call version.to_instance(session)"
-        return Moment(session, self.transaction_id, without).instance(self, [])
+        return Moment(session, self.transaction_id, without).instance(self, Group())
 
 
 def _instance(model: type[T], state: Mapping[str, Any]) -> T:
@@ -175,12 +176,17 @@ def _select(history: sa.Table, tolerant: bool, *extra: sa.ColumnElement[Any]) ->
 
 
 def _fetch(
-    connection: sa.Connection, build: Callable[[bool], sa.Select[Any]], first: bool = False
-) -> list[RowMapping]:
-    """The rows of ``build(tolerant)``: typed, or, if some value no longer fits its column's
-    type, read again with those values as stored (old history after a model changed)."""
+    connection: sa.Connection,
+    build: Callable[[bool], sa.Select[Any]],
+    first: bool = False,
+    mapped: bool = True,
+) -> list[Any]:
+    """The rows of ``build(tolerant)`` (as mappings, or as plain rows if not ``mapped``): typed,
+    or, if some value no longer fits its column's type, read again with those values as stored
+    (old history after a model changed)."""
     for tolerant in (False, True):
-        result = connection.execute(build(tolerant)).mappings()
+        executed = connection.execute(build(tolerant))
+        result: Any = executed.mappings() if mapped else executed
         try:
             if first:
                 row = result.first()

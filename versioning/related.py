@@ -22,18 +22,26 @@ the linked records (:func:`many_to_many`: two queries per level).
 from __future__ import annotations
 
 import datetime as dt
-import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapper, RelationshipProperty, Session
-from sqlalchemy.orm.attributes import instance_dict, instance_state, set_committed_value
+from sqlalchemy.orm.attributes import instance_dict, set_committed_value
 from sqlalchemy.orm.base import PASSIVE_NO_RESULT, PassiveFlag
 
 from versioning import _compat, arguments
 from versioning.declaration import ModelSpec, require_spec, versioned_spec
 from versioning.errors import ArgumentError, RelationshipHistoryError
+from versioning.instances import (
+    Group,
+    Identity,
+    Key,
+    Plan,
+    plan_of,
+    plan_of_rows,
+    snapshot_names,
+)
 from versioning.link_tables import link_spec
 from versioning.links import links_as_of
 from versioning.operation import Operation
@@ -245,10 +253,7 @@ class Moment:
         self.at = at
         #: Why there is no session to load through (when ``session`` is ``None``).
         self.without = without
-        # Weak: a stream of records read as of a moment keeps only what the caller keeps.
-        self.identity: weakref.WeakValueDictionary[tuple[sa.Table, tuple[Any, ...]], Any] = (
-            weakref.WeakValueDictionary()
-        )
+        self.identity = Identity()
         self._bounds: dict[sa.Table, Any] = {}
 
     def detach(self, why: str) -> None:
@@ -256,49 +261,61 @@ class Moment:
         self.session = None
         self.without = why
 
-    def instance(self, version: Version, group: list[Any]) -> Any:
+    def instance(self, version: Version, group: Group) -> Any:
         """The instance of ``version``'s record in this moment: the one already made, or a new
         one (added to ``group``)."""
-        return self._make(require_spec(version.model), version.state, group)
-
-    def instance_of_row(self, spec: ModelSpec, row: Any, group: list[Any]) -> Any:
-        """:meth:`instance` of a history row read by :func:`versioning.snapshots.latest` (of
-        ``spec``'s hierarchy), without decoding what an instance does not hold."""
-        if spec.discriminator is not None:
-            mapper = spec.mapper.polymorphic_map.get(row[spec.history_names[spec.discriminator]])
-            found = versioned_spec(mapper) if mapper is not None else None
-            if found is not None:
-                spec = found
-        names = spec.history_names
-        return self._make(spec, {key: row[names[key]] for key in spec.attrs}, group)
-
-    def _make(self, spec: ModelSpec, values: Mapping[str, Any], group: list[Any]) -> Any:
-        key = (spec.root.history, tuple(values[k] for k in spec.pk_keys))
+        spec = require_spec(version.model)
+        plan = plan_of(spec)
+        state = version.state
+        key = (plan.root, tuple(state[k] for k in spec.pk_keys))
         found = self.identity.get(key)
         if found is not None:
             return found
-        mapper = spec.mapper
-        if not mapper.configured:
-            sa.orm.configure_mappers()  # the first ORM use of a process may be reading history
-        obj = mapper.class_manager.new_instance()
-        # As loaded, not as set: no change events, no attribute history on the instance.
-        instance_dict(obj).update(values)
-        self.identity[key] = obj
+        return self._add(key, plan, tuple(state[k] for k in plan.keys), group)
+
+    def maker(self, spec: ModelSpec, names: tuple[str, ...]) -> Callable[[Any, Group], Any]:
+        """For rows of ``spec``'s history whose columns are ``names`` (those
+        :func:`versioning.snapshots.latest` selects): a function giving the instance of a row's
+        record in this moment (the one already made, or a new one added to the group given),
+        without decoding anything."""
+        plan_of = plan_of_rows(spec, names)
+        identity = self.identity
+
+        def make(row: Any, group: Group) -> Any:
+            plan = plan_of(row)
+            key = (plan.root, plan.key_of(row))
+            found = identity.get(key)
+            if found is not None:
+                return found
+            return self._add(key, plan, plan.values(row), group)
+
+        return make
+
+    def _add(self, key: Key, plan: Plan, values: Any, group: Group) -> Any:
+        obj = plan.make(values, self._loaders(group, plan) if plan.relationships else None)
+        self.identity.add(key, obj)
         group.append(obj)
-        state = instance_state(obj)
-        for prop in mapper.relationships:
-            if prop.lazy in ("dynamic", "write_only"):
-                # They build a query of today's rows from the instance, and never ask a loader.
-                _compat.refuse_collection(mapper.class_manager, prop.key, _as_of_refusal(prop))
-            _compat.set_loader(state, prop.key, self._loader(group, prop.key))
         return obj
 
-    def _loader(self, group: list[Any], key: str) -> Any:
+    def _loaders(self, group: Group, plan: Plan) -> dict[str, Any]:
+        """The relationship loaders the instances of ``plan``'s class in ``group`` share."""
+        loaders = group.loaders.get(plan.mapper)
+        if loaders is None:
+            loaders = group.loaders[plan.mapper] = {}
+            for prop in plan.mapper.relationships:
+                if prop.lazy in ("dynamic", "write_only"):
+                    # They build a query of today's rows from the instance, never asking a loader.
+                    manager = plan.mapper.class_manager
+                    _compat.refuse_collection(manager, prop.key, _as_of_refusal(prop))
+                loaders[prop.key] = self._loader(group, prop.key)
+        return loaders
+
+    def _loader(self, group: Group, key: str) -> Any:
         def load(state: Any, passive: PassiveFlag) -> Any:
             if not passive & PassiveFlag.SQL_OK:
                 return PASSIVE_NO_RESULT
             requester = state.obj()
-            pending = [o for o in group if key not in sa.inspect(o).dict or o is requester]
+            pending = [o for o in group if key not in instance_dict(o) or o is requester]
             return self.load(pending, key, requester)
 
         load.versioning_as_of = True  # type: ignore[attr-defined]
@@ -401,10 +418,11 @@ class Moment:
             order += [inner.c[spec.history_names[k]] for k in spec.pk_keys]
             return statement.order_by(*order)
 
-        group: list[Any] = []
+        make = self.maker(spec, snapshot_names(history))
+        group = Group()
         found: dict[tuple[Any, ...], list[Any]] = {}
-        for row in _fetch(connection, build):
-            obj = self.instance_of_row(spec, row, group)
+        for row in _fetch(connection, build, mapped=False):
+            obj = make(row, group)
             values = instance_dict(obj)
             found.setdefault(tuple(values[k] for k in join.remote), []).append(obj)
         return found
@@ -484,6 +502,6 @@ def read_as_of(
     if version is None or version.operation is Operation.DELETE:
         return None, None
     moment = Moment(session, at)
-    obj = moment.instance(version, [])
+    obj = moment.instance(version, Group())
     moment.load_paths([obj], paths)
     return obj, moment

@@ -35,6 +35,7 @@ from sqlalchemy.orm.interfaces import MANYTOMANY, MANYTOONE
 from versioning.concealed import masked_unloaded
 from versioning.declaration import ModelSpec, require_spec, versioned_spec
 from versioning.errors import ArgumentError, RestoreError
+from versioning.instances import Group
 from versioning.reading import Version, version_at
 from versioning.related import Moment, check_paths
 from versioning.restoring import (
@@ -278,7 +279,7 @@ def restore_related(
     root = plan_step(session, version)
     plan = _Plan(session, at, root)
     moment = Moment(session, at)
-    then_root = moment.instance(version, [])
+    then_root = moment.instance(version, Group())
     moment.load_paths([then_root], paths)
     levels: dict[str, list[Any]] = {"": [(then_root, root)]}
     prefixes = sorted(

@@ -114,7 +114,7 @@ def _snapshot(history: sa.Table, tolerant: bool) -> list[Any]:
         if not tolerant
         else sa.type_coerce(column, _AsStored(column.type)).label(column.name)
         for column in history.c
-        if column.name not in META_COLUMNS
+        if column.name not in META_COLUMNS  # as versioning.instances.snapshot_names
     ]
 
 
@@ -182,10 +182,10 @@ def on_history(spec: ModelSpec, clause: Any, columns: Any, what: str) -> Any:
 
 
 def rows(connection: sa.Connection, statement: sa.Select[Any]) -> Iterator[Any]:
-    """The mapping rows of ``statement``, fetched in batches."""
+    """The rows of ``statement`` (plain rows, by position), fetched in batches."""
     if connection.dialect.name in ("mysql", "mariadb"):
         # The driver's unbuffered cursor would forbid any other query on the connection until
         # the last row is read (relationships read while iterating): rows are buffered there.
-        yield from connection.execute(statement).mappings()
+        yield from connection.execute(statement)
         return
-    yield from connection.execute(statement.execution_options(yield_per=500)).mappings()
+    yield from connection.execute(statement.execution_options(yield_per=500))

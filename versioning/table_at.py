@@ -17,7 +17,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from versioning import arguments
+from versioning.declaration import ModelSpec
 from versioning.errors import ArgumentError
+from versioning.instances import Group, snapshot_names
 from versioning.reading import _autoflush
 from versioning.recording import write_pending
 from versioning.related import Moment, check_paths
@@ -84,20 +86,21 @@ def read_all_as_of(
         translate=lambda inner: [on_history(spec, c, inner, what) for c in criteria],
     )
     statement = statement.order_by(*(inner.c[spec.history_names[k]] for k in spec.pk_keys))
-    return _stream(moment, spec, connection, rows(connection, statement), paths), moment
+    return _stream(moment, spec, connection, statement, paths), moment
 
 
 def _stream(
-    moment: Moment, spec: Any, connection: sa.Connection, found: Iterator[Any], paths: Any
+    moment: Moment, spec: ModelSpec, connection: sa.Connection, statement: Any, paths: Any
 ) -> Iterator[Any]:
-    group: list[Any] = []
+    make = moment.maker(spec, snapshot_names(spec.history))
+    group = Group()
     batch: list[Any] = []  # a record reached through a relationship already is in another group
-    for row in found:
-        batch.append(moment.instance_of_row(spec, row, group))
+    for row in rows(connection, statement):
+        batch.append(make(row, group))
         if len(batch) == BATCH:
             moment.load_paths(batch, paths)
             yield from batch
-            group, batch = [], []
+            group, batch = Group(), []
     if batch:
         moment.load_paths(batch, paths)
         yield from batch
