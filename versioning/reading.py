@@ -180,12 +180,13 @@ def _fetch(
     build: Callable[[bool], sa.Select[Any]],
     first: bool = False,
     mapped: bool = True,
+    parameters: Mapping[str, Any] | None = None,
 ) -> list[Any]:
-    """The rows of ``build(tolerant)`` (as mappings, or as plain rows if not ``mapped``): typed,
-    or, if some value no longer fits its column's type, read again with those values as stored
-    (old history after a model changed)."""
+    """The rows of ``build(tolerant)`` with ``parameters`` (as mappings, or as plain rows if not
+    ``mapped``): typed, or, if some value no longer fits its column's type, read again with those
+    values as stored (old history after a model changed)."""
     for tolerant in (False, True):
-        executed = connection.execute(build(tolerant))
+        executed = connection.execute(build(tolerant), parameters)
         result: Any = executed.mappings() if mapped else executed
         try:
             if first:
@@ -345,7 +346,9 @@ def history(session: Session, target: Any, pk: Any = _MISSING) -> list[Version]:
     return versions
 
 
-def _bound(spec: ModelSpec, at: dt.datetime | int) -> Any:
+def _bound(spec: ModelSpec, at: dt.datetime | int | sa.BindParameter[dt.datetime]) -> Any:
+    """The highest transaction id visible at ``at``: ``at`` itself for an id, else a scalar
+    subquery (``at`` a ``datetime``, or a parameter of one)."""
     if isinstance(at, int):
         return at
     transactions = spec.transactions

@@ -47,7 +47,14 @@ from versioning.links import links_as_of
 from versioning.operation import Operation
 from versioning.reading import Version, _autoflush, _fetch, version_at
 from versioning.recording import write_pending
-from versioning.snapshots import bound_for, latest, on_history
+from versioning.snapshots import (
+    AT,
+    bound_for,
+    bound_parameter,
+    bound_parameters,
+    latest,
+    on_history,
+)
 
 __all__ = ["Moment", "check_paths", "many_to_many", "read_as_of"]
 
@@ -245,6 +252,51 @@ def _join(prop: RelationshipProperty[Any]) -> _Join:
     return join
 
 
+#: The parameter of a relationship's statement holding the values looked for.
+_KEYS = "versioning_keys"
+
+_STATEMENTS: dict[tuple[Any, ...], sa.Select[Any]] = {}
+
+
+def _statement(
+    join: _Join | _Targets, names: tuple[str, ...], tolerant: bool, by_datetime: bool
+) -> sa.Select[Any]:
+    """The statement loading ``join``'s related records as of a moment, whose rows have the
+    columns ``names``: built once (per relationship, and per way of reading values and of giving
+    the moment), run with the values looked for (parameter :data:`_KEYS`) and the moment
+    (:func:`versioning.snapshots.bound_parameters`)."""
+    cache_key = (join.prop, type(join), names, tolerant, by_datetime)
+    found = _STATEMENTS.get(cache_key)
+    if found is not None:
+        return found
+    spec = join.target
+    history = spec.history
+    keys: Any = sa.bindparam(_KEYS, expanding=True)
+    columns = [history.c[spec.history_names[k]] for k in join.remote]
+    target: Any = columns[0] if len(columns) == 1 else sa.tuple_(*columns)
+    match = target.in_(keys)
+    name = _name(join.prop)
+
+    def conditions(inner: Any) -> list[Any]:
+        on_inner = [inner.c[spec.history_names[k]] for k in join.remote]
+        inner_target: Any = on_inner[0] if len(on_inner) == 1 else sa.tuple_(*on_inner)
+        extra = [on_history(spec, c, inner, f"{name}'s primaryjoin") for c in join.extra]
+        return [inner_target.in_(keys), *extra]
+
+    statement, inner = latest(
+        spec,
+        bound_parameter(spec, by_datetime),
+        tolerant,
+        narrow=[match] if join.by_key else (),
+        candidates=() if join.by_key else [match],
+        translate=conditions,
+    )
+    order = [on_history(spec, c, inner, f"{name}'s order_by") for c in join.order_by]
+    order += [inner.c[spec.history_names[k]] for k in spec.pk_keys]
+    found = _STATEMENTS[cache_key] = statement.order_by(*order)
+    return found
+
+
 class Moment:
     """The instances read as of one moment through one session: their identity and loading."""
 
@@ -273,13 +325,27 @@ class Moment:
             return found
         return self._add(key, plan, tuple(state[k] for k in plan.keys), group)
 
-    def maker(self, spec: ModelSpec, names: tuple[str, ...]) -> Callable[[Any, Group], Any]:
+    def maker(
+        self, spec: ModelSpec, names: tuple[str, ...], distinct: bool = False
+    ) -> Callable[[Any, Group], Any]:
         """For rows of ``spec``'s history whose columns are ``names`` (those
         :func:`versioning.snapshots.latest` selects): a function giving the instance of a row's
         record in this moment (the one already made, or a new one added to the group given),
-        without decoding anything."""
+        without decoding anything.
+
+        ``distinct``: the rows are of distinct records, the first of this moment. If no class of
+        ``spec``'s hierarchy has a relationship, nothing else can reach a record of this moment,
+        so the instances skip the identity map (nothing would look them up).
+        """
         plan_of = plan_of_rows(spec, names)
         identity = self.identity
+        if distinct and not any(m.relationships for m in spec.mapper.self_and_descendants):
+
+            def isolated(row: Any, group: Group) -> Any:
+                plan = plan_of(row)
+                return plan.make(plan.values(row), None)
+
+            return isolated
 
         def make(row: Any, group: Group) -> Any:
             plan = plan_of(row)
@@ -392,36 +458,18 @@ class Moment:
         bound = self._bound(connection, spec)
         if bound is None:
             return {}
-        history = spec.history
-        columns = [history.c[spec.history_names[k]] for k in join.remote]
-        target: Any = columns[0] if len(columns) == 1 else sa.tuple_(*columns)
-        keys = [w[0] for w in wanted] if len(columns) == 1 else wanted
-        match = target.in_(keys)
-        name = _name(join.prop)
-
-        def conditions(inner: Any) -> list[Any]:
-            on_inner = [inner.c[spec.history_names[k]] for k in join.remote]
-            inner_target: Any = on_inner[0] if len(on_inner) == 1 else sa.tuple_(*on_inner)
-            extra = [on_history(spec, c, inner, f"{name}'s primaryjoin") for c in join.extra]
-            return [inner_target.in_(keys), *extra]
+        names = snapshot_names(spec.history)
+        parameters = bound_parameters(bound, self.at)
+        parameters[_KEYS] = [w[0] for w in wanted] if len(join.remote) == 1 else wanted
+        by_datetime = AT in parameters
 
         def build(tolerant: bool) -> sa.Select[Any]:
-            statement, inner = latest(
-                spec,
-                bound,
-                tolerant,
-                narrow=[match] if join.by_key else (),
-                candidates=() if join.by_key else [match],
-                translate=conditions,
-            )
-            order = [on_history(spec, c, inner, f"{name}'s order_by") for c in join.order_by]
-            order += [inner.c[spec.history_names[k]] for k in spec.pk_keys]
-            return statement.order_by(*order)
+            return _statement(join, names, tolerant, by_datetime)
 
-        make = self.maker(spec, snapshot_names(history))
+        make = self.maker(spec, names)
         group = Group()
         found: dict[tuple[Any, ...], list[Any]] = {}
-        for row in _fetch(connection, build, mapped=False):
+        for row in _fetch(connection, build, mapped=False, parameters=parameters):
             obj = make(row, group)
             values = instance_dict(obj)
             found.setdefault(tuple(values[k] for k in join.remote), []).append(obj)

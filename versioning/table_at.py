@@ -92,7 +92,7 @@ def read_all_as_of(
 def _stream(
     moment: Moment, spec: ModelSpec, connection: sa.Connection, statement: Any, paths: Any
 ) -> Iterator[Any]:
-    make = moment.maker(spec, snapshot_names(spec.history))
+    make = moment.maker(spec, snapshot_names(spec.history), distinct=True)
     group = Group()
     batch: list[Any] = []  # a record reached through a relationship already is in another group
     for row in rows(connection, statement):
