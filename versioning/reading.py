@@ -35,6 +35,7 @@ from versioning.schema import (
     PERSONAL,
     TRANSACTION_ID,
     VERSION_ID,
+    UTCDateTime,
     integrity_tables,
     issued_at_utc,
 )
@@ -116,6 +117,7 @@ def _key(spec: ModelSpec, pk: Any) -> tuple[Any, ...]:
 
 
 def _filters(spec: ModelSpec, key: tuple[Any, ...]) -> list[sa.ColumnElement[bool]]:
+    """The conditions that a history row is of the record ``key`` (values, or parameters)."""
     history = spec.history
     out = [history.c[spec.history_names[k]] == v for k, v in zip(spec.pk_keys, key, strict=True)]
     root = spec.root
@@ -361,18 +363,70 @@ def _bound(spec: ModelSpec, at: dt.datetime | int | sa.BindParameter[dt.datetime
     )
 
 
-def version_at(
-    session: Session, model: type[Any], pk: Any, at: dt.datetime | int
-) -> Version | None:
-    """The latest version of a record at ``at`` (a delete included), or ``None``."""
-    session = arguments.session(session, "version_at")
-    spec = arguments.model(model, "version_at")
-    key = _key(spec, pk)
-    bound = _bound(spec, arguments.moment(at, "version_at"))
-    _autoflush(session)  # after the checks: a refused call writes nothing
+#: The parameters of a statement whose bound is :func:`bound_parameter`'s.
+BOUND, AT = "versioning_bound", "versioning_at"
+
+
+def bound_parameter(spec: ModelSpec, by_datetime: bool) -> Any:
+    """A bound for a statement built once and run many times: the transaction id given as
+    parameter :data:`BOUND`, or (``by_datetime``) the last transaction issued by the moment given
+    as parameter :data:`AT` (as :func:`_bound` gives it for a ``datetime``). See
+    :func:`bound_parameters`."""
+    if by_datetime:
+        return _bound(spec, sa.bindparam(AT, type_=UTCDateTime()))
+    return sa.bindparam(BOUND, type_=spec.history.c[TRANSACTION_ID].type)
+
+
+def bound_parameters(bound: Any, at: dt.datetime | int) -> dict[str, Any]:
+    """The parameters of :func:`bound_parameter`'s bound for ``bound`` (what :func:`_bound`, or
+    :func:`versioning.snapshots.bound_for`, gave for ``at``; not ``None``); whether it is
+    ``by_datetime`` is whether the result has :data:`AT`."""
+    if isinstance(bound, sa.ScalarSelect):
+        return {AT: at}
+    return {BOUND: bound}
+
+
+_VERSION_AT: dict[tuple[Any, ...], sa.Select[Any]] = {}
+
+
+def _version_at_statement(spec: ModelSpec, tolerant: bool, by_datetime: bool) -> sa.Select[Any]:
+    """The statement of :func:`version_at`, built once per model (and way of reading values and
+    of giving the moment); the key's values are parameters ``versioning_pk_<i>``."""
     history_table = spec.history
-    filters = _filters(spec, key)
+    cache_key = (spec, tuple(history_table.c.keys()), tolerant, by_datetime)
+    found = _VERSION_AT.get(cache_key)
+    if found is not None:
+        return found
+    filters = _filters(
+        spec, tuple(sa.bindparam(f"versioning_pk_{i}") for i in range(len(spec.pk_keys)))
+    )
     transaction_id = history_table.c[TRANSACTION_ID]
+    # max() over the (key, transaction) index is a single index probe on every backend; MariaDB
+    # would otherwise walk the record's newer versions one by one with ORDER BY ... LIMIT 1.
+    latest = (
+        sa.select(sa.func.max(transaction_id))
+        .where(*filters, transaction_id <= bound_parameter(spec, by_datetime))
+        .scalar_subquery()
+    )
+    found = _VERSION_AT[cache_key] = (
+        _select(history_table, tolerant)
+        .where(*filters, transaction_id == latest)
+        .order_by(history_table.c[VERSION_ID].desc())
+        .limit(1)
+    )
+    return found
+
+
+def _version_row(
+    session: Session, model: Any, pk: Any, at: dt.datetime | int, function: str, mapped: bool
+) -> tuple[ModelSpec, Any, sa.Connection]:
+    """The history row of the latest version of a record at ``at`` (a delete included), or
+    ``None``; as a mapping, or (not ``mapped``) a plain row of all the history table's columns."""
+    session = arguments.session(session, function)
+    spec = arguments.model(model, function)
+    key = _key(spec, pk)
+    bound = _bound(spec, arguments.moment(at, function))
+    _autoflush(session)  # after the checks: a refused call writes nothing
     write_pending(session)
     connection = session.connection(bind_arguments={"mapper": spec.mapper})
     if isinstance(bound, sa.ScalarSelect) and connection.dialect.name in ("mysql", "mariadb"):
@@ -381,27 +435,26 @@ def version_at(
         moment: sa.Select[Any] = bound.element  # type: ignore[assignment]
         bound = connection.execute(moment).scalar()
         if bound is None:
-            return None
-    # max() over the (key, transaction) index is a single index probe on every backend; MariaDB
-    # would otherwise walk the record's newer versions one by one with ORDER BY ... LIMIT 1.
-    latest = (
-        sa.select(sa.func.max(transaction_id))
-        .where(*filters, transaction_id <= bound)
-        .scalar_subquery()
-    )
+            return spec, None, connection
+    parameters = bound_parameters(bound, at)
+    parameters.update((f"versioning_pk_{i}", value) for i, value in enumerate(key))
+    by_datetime = AT in parameters
 
     def statement(tolerant: bool) -> sa.Select[Any]:
-        return (
-            _select(history_table, tolerant)
-            .where(*filters, transaction_id == latest)
-            .order_by(history_table.c[VERSION_ID].desc())
-            .limit(1)
-        )
+        return _version_at_statement(spec, tolerant, by_datetime)
 
-    rows = _fetch(connection, statement, first=True)
-    if not rows:
+    rows = _fetch(connection, statement, first=True, mapped=mapped, parameters=parameters)
+    return spec, rows[0] if rows else None, connection
+
+
+def version_at(
+    session: Session, model: type[Any], pk: Any, at: dt.datetime | int
+) -> Version | None:
+    """The latest version of a record at ``at`` (a delete included), or ``None``."""
+    spec, row, connection = _version_row(session, model, pk, at, "version_at", True)
+    if row is None:
         return None
-    return _row_version(spec, rows[0], connection.dialect, None)
+    return _row_version(spec, row, connection.dialect, None)
 
 
 @overload

@@ -45,8 +45,9 @@ from versioning.instances import (
 from versioning.link_tables import link_spec
 from versioning.links import links_as_of
 from versioning.operation import Operation
-from versioning.reading import Version, _autoflush, _fetch, version_at
+from versioning.reading import Version, _autoflush, _fetch, _version_row
 from versioning.recording import write_pending
+from versioning.schema import OPERATION
 from versioning.snapshots import (
     AT,
     bound_for,
@@ -546,10 +547,11 @@ def read_as_of(
     arguments.model(model, "as_of")
     at = arguments.moment(at, "as_of")
     paths = check_paths(model, load, "as_of")
-    version = version_at(session, model, pk, at)
-    if version is None or version.operation is Operation.DELETE:
+    spec, row, _ = _version_row(session, model, pk, at, "as_of", False)
+    names = tuple(column.name for column in spec.history.c)
+    if row is None or row[names.index(OPERATION)] == Operation.DELETE:
         return None, None
     moment = Moment(session, at)
-    obj = moment.instance(version, Group())
+    obj = moment.maker(spec, names)(row, Group())
     moment.load_paths([obj], paths)
     return obj, moment

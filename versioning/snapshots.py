@@ -21,8 +21,8 @@ from sqlalchemy.sql import visitors
 from versioning.declaration import ModelSpec
 from versioning.errors import ArgumentError
 from versioning.operation import Operation
-from versioning.reading import _AsStored, _bound
-from versioning.schema import META_COLUMNS, OPERATION, TRANSACTION_ID, VERSION_ID, UTCDateTime
+from versioning.reading import AT, BOUND, _AsStored, _bound, bound_parameter, bound_parameters
+from versioning.schema import META_COLUMNS, OPERATION, TRANSACTION_ID, VERSION_ID
 
 __all__ = [
     "AT",
@@ -45,29 +45,6 @@ def bound_for(connection: sa.Connection, spec: ModelSpec, at: dt.datetime | int)
         moment: sa.Select[Any] = bound.element  # type: ignore[assignment]
         return connection.execute(moment).scalar()
     return bound
-
-
-#: The parameters of a statement whose bound is :func:`bound_parameter`'s.
-BOUND, AT = "versioning_bound", "versioning_at"
-
-
-def bound_parameter(spec: ModelSpec, by_datetime: bool) -> Any:
-    """A bound for a statement built once and run many times: the transaction id given as
-    parameter :data:`BOUND`, or (``by_datetime``) the last transaction issued by the moment given
-    as parameter :data:`AT` (as :func:`bound_for` gives it for a ``datetime``). See
-    :func:`bound_parameters`."""
-    if by_datetime:
-        return _bound(spec, sa.bindparam(AT, type_=UTCDateTime()))
-    return sa.bindparam(BOUND, type_=spec.history.c[TRANSACTION_ID].type)
-
-
-def bound_parameters(bound: Any, at: dt.datetime | int) -> dict[str, Any]:
-    """The parameters of :func:`bound_parameter`'s bound for ``bound`` (what :func:`bound_for`
-    gave for ``at``, not ``None``); whether it is ``by_datetime`` is whether the result has
-    :data:`AT`."""
-    if isinstance(bound, sa.ScalarSelect):
-        return {AT: at}
-    return {BOUND: bound}
 
 
 def _key_columns(spec: ModelSpec, table: Any) -> list[Any]:
