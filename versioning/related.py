@@ -45,17 +45,18 @@ from versioning.instances import (
 from versioning.link_tables import link_spec
 from versioning.links import links_as_of
 from versioning.operation import Operation
-from versioning.reading import Version, _autoflush, _fetch, _version_row
-from versioning.recording import write_pending
-from versioning.schema import OPERATION
-from versioning.snapshots import (
+from versioning.reading import (
     AT,
-    bound_for,
+    Version,
+    _autoflush,
+    _fetch,
+    _version_row,
     bound_parameter,
     bound_parameters,
-    latest,
-    on_history,
 )
+from versioning.recording import write_pending
+from versioning.schema import OPERATION
+from versioning.snapshots import bound_for, latest, on_history
 
 __all__ = ["Moment", "check_paths", "many_to_many", "read_as_of"]
 

@@ -21,19 +21,10 @@ from sqlalchemy.sql import visitors
 from versioning.declaration import ModelSpec
 from versioning.errors import ArgumentError
 from versioning.operation import Operation
-from versioning.reading import AT, BOUND, _AsStored, _bound, bound_parameter, bound_parameters
+from versioning.reading import _AsStored, _bound
 from versioning.schema import META_COLUMNS, OPERATION, TRANSACTION_ID, VERSION_ID
 
-__all__ = [
-    "AT",
-    "BOUND",
-    "bound_for",
-    "bound_parameter",
-    "bound_parameters",
-    "latest",
-    "on_history",
-    "rows",
-]
+__all__ = ["batches", "bound_for", "latest", "on_history"]
 
 
 def bound_for(connection: sa.Connection, spec: ModelSpec, at: dt.datetime | int) -> Any:
@@ -190,11 +181,13 @@ def on_history(spec: ModelSpec, clause: Any, columns: Any, what: str) -> Any:
     return translated
 
 
-def rows(connection: sa.Connection, statement: sa.Select[Any]) -> Iterator[Any]:
-    """The rows of ``statement`` (plain rows, by position), fetched in batches."""
+def batches(connection: sa.Connection, statement: sa.Select[Any], size: int) -> Iterator[Any]:
+    """The rows of ``statement`` (plain rows, by position), in lists of at most ``size``, fetched
+    as they are asked for (on MariaDB, buffered by the driver)."""
     if connection.dialect.name in ("mysql", "mariadb"):
         # The driver's unbuffered cursor would forbid any other query on the connection until
         # the last row is read (relationships read while iterating): rows are buffered there.
-        yield from connection.execute(statement)
-        return
-    yield from connection.execute(statement.execution_options(yield_per=500))
+        result = connection.execute(statement)
+    else:
+        result = connection.execute(statement.execution_options(yield_per=size))
+    yield from result.partitions(size)

@@ -23,7 +23,7 @@ from versioning.instances import Group, snapshot_names
 from versioning.reading import _autoflush
 from versioning.recording import write_pending
 from versioning.related import Moment, check_paths
-from versioning.snapshots import bound_for, latest, on_history, rows
+from versioning.snapshots import batches, bound_for, latest, on_history
 
 __all__ = ["all_as_of", "read_all_as_of"]
 
@@ -93,14 +93,9 @@ def _stream(
     moment: Moment, spec: ModelSpec, connection: sa.Connection, statement: Any, paths: Any
 ) -> Iterator[Any]:
     make = moment.maker(spec, snapshot_names(spec.history), distinct=True)
-    group = Group()
-    batch: list[Any] = []  # a record reached through a relationship already is in another group
-    for row in rows(connection, statement):
-        batch.append(make(row, group))
-        if len(batch) == BATCH:
-            moment.load_paths(batch, paths)
-            yield from batch
-            group, batch = Group(), []
-    if batch:
+    for rows in batches(connection, statement, BATCH):
+        group = Group()
+        # A record reached through a relationship already is in another group (not this one).
+        batch = [make(row, group) for row in rows]
         moment.load_paths(batch, paths)
         yield from batch
