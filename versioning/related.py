@@ -38,6 +38,7 @@ from versioning.instances import (
     Identity,
     Key,
     Plan,
+    plan_for,
     plan_of,
     plan_of_rows,
     snapshot_names,
@@ -342,10 +343,11 @@ class Moment:
         plan_of = plan_of_rows(spec, names)
         identity = self.identity
         if distinct and not any(m.relationships for m in spec.mapper.self_and_descendants):
+            if spec.discriminator is None:
+                return plan_for(spec, names).make_unlinked
 
             def isolated(row: Any, group: Group) -> Any:
-                plan = plan_of(row)
-                return plan.make(plan.values(row), None)
+                return plan_of(row).make_unlinked(row)
 
             return isolated
 
