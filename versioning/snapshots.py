@@ -182,12 +182,12 @@ def on_history(spec: ModelSpec, clause: Any, columns: Any, what: str) -> Any:
 
 
 def batches(connection: sa.Connection, statement: sa.Select[Any], size: int) -> Iterator[Any]:
-    """The rows of ``statement`` (plain rows, by position), in lists of at most ``size``, fetched
-    as they are asked for (on MariaDB, buffered by the driver)."""
+    """Run ``statement`` now; its rows (plain rows, by position) in lists of at most ``size``,
+    fetched as they are asked for (on MariaDB, buffered by the driver)."""
     if connection.dialect.name in ("mysql", "mariadb"):
         # The driver's unbuffered cursor would forbid any other query on the connection until
         # the last row is read (relationships read while iterating): rows are buffered there.
         result = connection.execute(statement)
     else:
         result = connection.execute(statement.execution_options(yield_per=size))
-    yield from result.partitions(size)
+    return result.partitions(size)

@@ -10,14 +10,13 @@ a time, each batch a group whose relationships load together (:mod:`versioning.r
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, overload
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from versioning import arguments
-from versioning.declaration import ModelSpec
 from versioning.errors import ArgumentError
 from versioning.instances import Group, snapshot_names
 from versioning.reading import _autoflush
@@ -86,14 +85,14 @@ def read_all_as_of(
         translate=lambda inner: [on_history(spec, c, inner, what) for c in criteria],
     )
     statement = statement.order_by(*(inner.c[spec.history_names[k]] for k in spec.pk_keys))
-    return _stream(moment, spec, connection, statement, paths), moment
+    make = moment.maker(spec, snapshot_names(spec.history), distinct=True)
+    return _stream(moment, make, batches(connection, statement, BATCH), paths), moment
 
 
 def _stream(
-    moment: Moment, spec: ModelSpec, connection: sa.Connection, statement: Any, paths: Any
+    moment: Moment, make: Callable[[Any, Group], Any], found: Iterator[Any], paths: Any
 ) -> Iterator[Any]:
-    make = moment.maker(spec, snapshot_names(spec.history), distinct=True)
-    for rows in batches(connection, statement, BATCH):
+    for rows in found:
         group = Group()
         # A record reached through a relationship already is in another group (not this one).
         batch = [make(row, group) for row in rows]

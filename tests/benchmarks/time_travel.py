@@ -200,13 +200,14 @@ def orm_instances(
         with Session(bind=session.connection()) as own:
             return list(own.scalars(sa.select(Item).from_statement(statements[best])))
 
-    manager = sa.inspect(Item).class_manager
+    new = sa.inspect(Item).class_manager.new_instance
+    keys = list(statements[best].selected_columns.keys())
 
     def transient_items(session: Session) -> list[Any]:
         out = []
-        for row in hand[best](session):
-            item = manager.new_instance()
-            item.__dict__.update(row._mapping)
+        for row in session.execute(statements[best]):
+            item = new()
+            item.__dict__.update(zip(keys, row, strict=False))
             out.append(item)
         return out
 
