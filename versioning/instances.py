@@ -141,14 +141,12 @@ def snapshot_names(history: sa.Table) -> tuple[str, ...]:
     return tuple(c.name for c in history.c if c.name not in META_COLUMNS)
 
 
-_PLANS: dict[tuple[ModelSpec, tuple[str, ...]], Plan] = {}
-
-
 def plan_for(spec: ModelSpec, names: tuple[str, ...]) -> Plan:
-    """The plan of ``spec``'s own class, for rows whose columns are ``names``."""
-    found = _PLANS.get((spec, names))
+    """The plan of ``spec``'s own class, for rows whose columns are ``names`` (made once, kept in
+    ``spec.read_cache``)."""
+    found: Plan | None = spec.read_cache.get((Plan, names))
     if found is None:
-        found = _PLANS[(spec, names)] = Plan(spec, names)
+        found = spec.read_cache[(Plan, names)] = Plan(spec, names)
     return found
 
 

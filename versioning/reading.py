@@ -386,15 +386,13 @@ def bound_parameters(bound: Any, at: dt.datetime | int) -> dict[str, Any]:
     return {BOUND: bound}
 
 
-_VERSION_AT: dict[tuple[Any, ...], sa.Select[Any]] = {}
-
-
 def _version_at_statement(spec: ModelSpec, tolerant: bool, by_datetime: bool) -> sa.Select[Any]:
     """The statement of :func:`version_at`, built once per model (and way of reading values and
-    of giving the moment); the key's values are parameters ``versioning_pk_<i>``."""
+    of giving the moment; kept in ``spec.read_cache``); the key's values are parameters
+    ``versioning_pk_<i>``."""
     history_table = spec.history
-    cache_key = (spec, tuple(history_table.c.keys()), tolerant, by_datetime)
-    found = _VERSION_AT.get(cache_key)
+    cache_key = (_version_at_statement, tuple(history_table.c.keys()), tolerant, by_datetime)
+    found: sa.Select[Any] | None = spec.read_cache.get(cache_key)
     if found is not None:
         return found
     filters = _filters(
@@ -408,7 +406,7 @@ def _version_at_statement(spec: ModelSpec, tolerant: bool, by_datetime: bool) ->
         .where(*filters, transaction_id <= bound_parameter(spec, by_datetime))
         .scalar_subquery()
     )
-    found = _VERSION_AT[cache_key] = (
+    found = spec.read_cache[cache_key] = (
         _select(history_table, tolerant)
         .where(*filters, transaction_id == latest)
         .order_by(history_table.c[VERSION_ID].desc())

@@ -3,11 +3,14 @@
 Every instance that :func:`versioning.as_of`, ``Version.to_instance(session)`` or
 :func:`versioning.all_as_of` returns belongs to a :class:`Moment`: the session to read through,
 the moment, and the instances reconstructed so far (the same record reached twice is the same
-object). Each relationship attribute of such an instance gets a per-instance loader: reading it
-loads that relationship for every instance of its *group* (the instances one call or one
-relationship load produced) in one query on the target's history table — like ``selectinload``,
-one query per relationship level — and the related records come back as new transient instances
-of the same moment, whose own relationships load the same way. Live rows are never read.
+object). Each relationship attribute of such an instance gets a loader, one per relationship
+shared by the instances of its *group* (:class:`versioning.instances.Group`: the instances one
+call, one batch of ``all_as_of`` or one relationship load produced): reading it loads that
+relationship for every instance of the group in one query on the target's history table — like
+``selectinload``, one query per relationship level; the statement is built once per relationship
+and run with the values looked for as parameters — and the related records come back as new
+transient instances of the same moment, whose own relationships load the same way. Live rows
+are never read.
 
 A relationship is translated onto the history tables through its ``local_remote_pairs``: the
 related records are those whose state at the moment has the remote columns equal to the local
@@ -258,8 +261,6 @@ def _join(prop: RelationshipProperty[Any]) -> _Join:
 #: The parameter of a relationship's statement holding the values looked for.
 _KEYS = "versioning_keys"
 
-_STATEMENTS: dict[tuple[Any, ...], sa.Select[Any]] = {}
-
 
 def _statement(
     join: _Join | _Targets, names: tuple[str, ...], tolerant: bool, by_datetime: bool
@@ -267,12 +268,12 @@ def _statement(
     """The statement loading ``join``'s related records as of a moment, whose rows have the
     columns ``names``: built once (per relationship, and per way of reading values and of giving
     the moment), run with the values looked for (parameter :data:`_KEYS`) and the moment
-    (:func:`versioning.snapshots.bound_parameters`)."""
-    cache_key = (join.prop, type(join), names, tolerant, by_datetime)
-    found = _STATEMENTS.get(cache_key)
+    (:func:`versioning.reading.bound_parameters`). Kept in the target's ``read_cache``."""
+    spec = join.target
+    cache_key = (_statement, join.prop, type(join), names, tolerant, by_datetime)
+    found: sa.Select[Any] | None = spec.read_cache.get(cache_key)
     if found is not None:
         return found
-    spec = join.target
     history = spec.history
     keys: Any = sa.bindparam(_KEYS, expanding=True)
     columns = [history.c[spec.history_names[k]] for k in join.remote]
@@ -296,7 +297,7 @@ def _statement(
     )
     order = [on_history(spec, c, inner, f"{name}'s order_by") for c in join.order_by]
     order += [inner.c[spec.history_names[k]] for k in spec.pk_keys]
-    found = _STATEMENTS[cache_key] = statement.order_by(*order)
+    found = spec.read_cache[cache_key] = statement.order_by(*order)
     return found
 
 
