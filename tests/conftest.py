@@ -220,7 +220,13 @@ def _empty(engine: sa.Engine, metadatas: list[sa.MetaData]) -> None:
 
     TRUNCATE re-creates a table's files on PostgreSQL and InnoDB (tens of milliseconds a table), so
     one round trip first finds the tables that hold rows, and only those are emptied."""
-    tables = [t for m in metadatas for t in reversed(m.sorted_tables)]
+    # The registry of history tables describes the schema, which is kept: its rows too.
+    tables = [
+        t
+        for m in metadatas
+        for t in reversed(m.sorted_tables)
+        if t.info.get("versioning") != "catalog"
+    ]
     if not tables:
         return
     preparer = engine.dialect.identifier_preparer

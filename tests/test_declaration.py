@@ -37,7 +37,7 @@ from versioning import (
     history_table,
     masks,
 )
-from versioning.schema import DIGEST_TABLE, SEAL_ENTRY_TABLE, SEAL_TABLE
+from versioning.schema import CATALOG_TABLE, DIGEST_TABLE, SEAL_ENTRY_TABLE, SEAL_TABLE
 
 
 class Status(enum.Enum):
@@ -93,8 +93,8 @@ class Shipment(Versioned, Base):
 
 
 LIVE = {"decl_customers", "decl_orders", "decl_shipments"}
-#: Beside the transaction table: the digests and seals (docs/integrity.md).
-INTEGRITY = {DIGEST_TABLE, SEAL_TABLE, SEAL_ENTRY_TABLE}
+#: Beside the transaction table: the digests and seals (docs/integrity.md) and the registry.
+INTEGRITY = {DIGEST_TABLE, SEAL_TABLE, SEAL_ENTRY_TABLE, CATALOG_TABLE}
 GENERATED = {"decl_orders_history", "decl_shipment_audit", TRANSACTION_TABLE} | INTEGRITY
 
 

@@ -128,6 +128,6 @@ def test_no_or_unknown_command_prints_usage_and_exits_2(tmp_path: Path) -> None:
     for args in [(), ("frobnicate",)]:
         result = _run(*args, cwd=tmp_path)
         assert result.returncode == 2
-        assert "usage: python -m versioning" in result.stderr
+        assert "Usage: versioning" in result.stderr
         assert "demo" in result.stderr or "COMMAND" in result.stderr
     assert list(tmp_path.iterdir()) == []

@@ -34,6 +34,7 @@ from versioning import (
     restore,
 )
 from versioning.schema import (
+    CATALOG_TABLE,
     DIGEST_TABLE,
     SEAL_ENTRY_TABLE,
     SEAL_TABLE,
@@ -76,8 +77,8 @@ engine.dispose()
 """
 
 TABLE = "mig_items"
-#: The library's tables beside the transaction table (digests and seals).
-INTEGRITY = (DIGEST_TABLE, SEAL_TABLE, SEAL_ENTRY_TABLE)
+#: The library's tables beside the transaction table (digests, seals and the registry).
+INTEGRITY = (DIGEST_TABLE, SEAL_TABLE, SEAL_ENTRY_TABLE, CATALOG_TABLE)
 
 
 def declare(stage: int) -> tuple[sa.MetaData, type[Any]]:
@@ -124,6 +125,7 @@ def alembic_dir(engine: sa.Engine, tmp_path: Path) -> Iterator[tuple[Config, Pat
             TABLE,
             SEAL_ENTRY_TABLE,
             SEAL_TABLE,
+            CATALOG_TABLE,
             DIGEST_TABLE,
             TRANSACTION_TABLE,
             "alembic_version",

@@ -36,3 +36,16 @@ def test_wheel_has_no_top_level_integrations(tmp_path: Path) -> None:
     assert "versioning/integrations/starlette.py" in names
     assert "versioning/integrations/flask.py" in names
     assert not [n for n in names if n.startswith("integrations/")]
+    # The `versioning` command, whose libraries only its extra brings.
+    with zipfile.ZipFile(wheel) as archive:
+        [entry_points] = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+        assert "versioning = versioning.__main__:main" in archive.read(entry_points).decode()
+        [metadata] = [n for n in names if n.endswith(".dist-info/METADATA")]
+        requires = [
+            line
+            for line in archive.read(metadata).decode().splitlines()
+            if line.startswith("Requires-Dist: ") and ("click" in line or "rich" in line)
+        ]
+    assert requires and all(
+        'extra == "cli"' in line or 'extra == "test"' in line for line in requires
+    )

@@ -627,7 +627,8 @@ def test_nothing_is_written_through_a_refused_mapper(engine: sa.Engine) -> None:
             with Session(engine) as session, pytest.raises(ConfigurationError):
                 session.execute(sa.select(user))
             for table in LocalBase.metadata.sorted_tables:
-                assert count(engine, table) == 0, table.name
+                if table.info.get("versioning") != "catalog":  # it describes the tables
+                    assert count(engine, table) == 0, table.name
         finally:
             LocalBase.metadata.drop_all(engine)
     finally:
@@ -680,7 +681,8 @@ def test_nothing_is_written_through_a_refused_secondary(engine: sa.Engine) -> No
             with pytest.raises(ConfigurationError, match=r"Post\.tags uses the versioned table"):
                 post(id=1)
             for table in LocalBase.metadata.sorted_tables:
-                assert count(engine, table) == 0, table.name
+                if table.info.get("versioning") != "catalog":  # it describes the tables
+                    assert count(engine, table) == 0, table.name
         finally:
             LocalBase.metadata.drop_all(engine)
     finally:

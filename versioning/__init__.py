@@ -13,6 +13,7 @@ import sqlalchemy as _sa
 
 from versioning import append_only as _append_only  # noqa: F401 - installs the triggers' hooks
 from versioning import capture as _capture  # noqa: F401 - installs the session hooks
+from versioning import catalog as catalog  # writes the registry at create_all
 from versioning import link_tables as _link_tables  # noqa: F401 - declares link history
 from versioning import masks
 from versioning import statements as _statements  # noqa: F401 - installs the statement hook
@@ -23,6 +24,7 @@ from versioning.erasing import erase
 from versioning.errors import (
     AppendOnlyError,
     ArgumentError,
+    CatalogError,
     ConcurrentInsertError,
     ConfigurationError,
     ContextError,
@@ -52,6 +54,7 @@ __all__ = [
     "ArgumentError",
     "AuditContext",
     "AutoSealer",
+    "CatalogError",
     "ConcurrentInsertError",
     "ConfigurationError",
     "ContextError",
@@ -76,6 +79,7 @@ __all__ = [
     "all_as_of",
     "as_of",
     "audit_context",
+    "catalog",
     "current_context",
     "diff",
     "digest",

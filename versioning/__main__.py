@@ -1,4 +1,8 @@
-"""Command line: ``python -m versioning demo [PATH]``."""
+"""``versioning`` and ``python -m versioning``: the command line (see :mod:`versioning.cli`).
+
+The command line needs the ``cli`` extra (click and rich); without it, only ``demo`` runs (the
+first thing the README suggests), and any other command says what to install.
+"""
 
 from __future__ import annotations
 
@@ -8,23 +12,33 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+INSTALL = "pip install 'sqlalchemy-versioning[cli]'"
 
-def _parser() -> argparse.ArgumentParser:
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        from versioning import cli
+    except ImportError as error:
+        if args[:1] == ["demo"]:
+            return _demo(args[1:])
+        print(
+            f"versioning: the command line needs its extra ({error.name or error} is missing): "
+            f"{INSTALL}",
+            file=sys.stderr,
+        )
+        return 3
+    return cli.main(args)
+
+
+def _demo(argv: list[str]) -> int:
+    """``demo [PATH]`` without the ``cli`` extra."""
     parser = argparse.ArgumentParser(
-        prog="python -m versioning",
-        description="sqlalchemy-versioning: history for SQLAlchemy models.",
+        prog="versioning demo",
+        description="Record, read and restore the history of a model in a SQLite database file.",
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    demo = commands.add_parser(
-        "demo",
-        help="record, read and restore the history of a model in a SQLite database file",
-        description=(
-            "Create a SQLite database, change a versioned Invoice under two actors and print "
-            "its history, an as_of lookup, its deletion, its undeletion (restore) and its "
-            "history afterwards."
-        ),
-    )
-    demo.add_argument(
+    parser.add_argument(
         "path",
         nargs="?",
         type=Path,
@@ -32,26 +46,18 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="database file to create, replaced if it exists (default: %(default)s)",
     )
-    return parser
+    path: Path = parser.parse_args(argv).path
+    if path.is_dir():
+        print(f"versioning demo: {path} is a directory", file=sys.stderr)
+        return 2
+    from versioning.demo import run
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (argparse exits 2 on a usage error)."""
-    args = _parser().parse_args(argv)
-    if args.command == "demo":
-        from versioning.demo import run
-
-        path: Path = args.path
-        if path.is_dir():
-            print(f"python -m versioning demo: {path} is a directory", file=sys.stderr)
-            return 2
-        try:
-            run(path)
-        except BrokenPipeError:  # e.g. `python -m versioning demo | head`: stop quietly
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return 1
-        return 0
-    raise AssertionError(args.command)  # pragma: no cover - argparse rejects other commands
+    try:
+        run(path)
+    except BrokenPipeError:  # e.g. `versioning demo | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy import types as sqltypes
 from sqlalchemy.orm import Mapper, RelationshipProperty, Session, SessionTransaction
 from sqlalchemy.orm.unitofwork import UOWTransaction
 from sqlalchemy.types import TypeEngine
@@ -161,6 +162,12 @@ def type_affinity(type_: TypeEngine[Any]) -> Any:
     """The generic type class a type stores as (``Integer`` for ``BigInteger`` ...):
     ``TypeEngine._type_affinity`` (2.0, 2.1)."""
     return type_._type_affinity
+
+
+def is_binary(type_: TypeEngine[Any]) -> bool:
+    """Whether a type is one of SQLAlchemy's binary types (``LargeBinary``, ``BINARY``,
+    ``VARBINARY``, dialect BLOBs): their common base ``sqltypes._Binary`` (2.0, 2.1)."""
+    return isinstance(type_, sqltypes._Binary)
 
 
 def variant_mapping(type_: TypeEngine[Any]) -> dict[str, TypeEngine[Any]]:

@@ -111,3 +111,11 @@ class SealConflictError(VersioningError):
 
     Nothing was sealed by this call: roll back and call :func:`versioning.seal` again.
     """
+
+
+class CatalogError(VersioningError):
+    """The registry of history tables (``versioning_catalog``) cannot answer.
+
+    It is missing (the database was created before it, or without the library's helpers), it does
+    not name the table asked for, or a row of it cannot be read. The message says what to run.
+    """

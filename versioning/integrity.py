@@ -35,8 +35,8 @@ from sqlalchemy.orm import Session
 
 from versioning import arguments, personal
 from versioning.canonical import row_hash, segment_digest, transaction_bytes
-from versioning.declaration import ModelSpec, all_specs
-from versioning.errors import ArgumentError, SealConflictError
+from versioning.catalog import Catalog, load, session_catalogs
+from versioning.errors import ArgumentError, CatalogError, SealConflictError
 from versioning.reading import _REFUSED, _select
 from versioning.schema import (
     TRANSACTION_ID,
@@ -174,95 +174,40 @@ def seal_hash(previous: str | None, seal_id: int, entries: Iterable[tuple[int, i
 class _Target:
     """One transaction table on one database, with its digest, seal and history tables."""
 
+    #: A mapper bound to it (how a session gives its connection); ``None`` from a connection.
     mapper: Any
     transactions: sa.Table
     digests: sa.Table
     seals: sa.Table
     entries: sa.Table
     histories: dict[str, sa.Table]
+    #: Where the history tables are known from, for messages.
+    source: str = "the models imported here"
+    #: Per history table: columns a loaded catalog cannot hash as the models do.
+    inexact: dict[str, frozenset[str]] = field(default_factory=dict)
+
+
+def _target(mapper: Any, catalog: Catalog, source: str) -> _Target:
+    digests, seals, entries = integrity_tables(catalog.transaction)
+    return _Target(
+        mapper,
+        catalog.transaction,
+        digests,
+        seals,
+        entries,
+        {entry.history.fullname: entry.history for entry in catalog.tables},
+        source,
+        {entry.history.fullname: entry.inexact for entry in catalog.tables if entry.inexact},
+    )
 
 
 def _targets(session: Session, metadata: sa.MetaData | None, name: str) -> list[_Target]:
     """The transaction tables (with their history tables) that ``session`` reaches and that
     exist in its databases; ``metadata`` restricts them to those of that ``MetaData``."""
-    if metadata is not None and not isinstance(metadata, sa.MetaData):
-        raise ArgumentError(f"versioning.{name}() takes metadata=MetaData, got {metadata!r}")
-    by_key: dict[tuple[Any, str], list[ModelSpec]] = {}
-    for spec in all_specs():
-        if metadata is not None and spec.transactions.metadata is not metadata:
-            continue
-        try:
-            bind = session.get_bind(mapper=spec.mapper)
-        except sa.exc.UnboundExecutionError:
-            continue
-        engine = bind.engine if isinstance(bind, Connection) else bind
-        by_key.setdefault((engine, spec.transactions.fullname), []).append(spec)
-    targets = []
-    for (_, _), specs in sorted(by_key.items(), key=lambda item: item[0][1]):
-        connection = session.connection(bind_arguments={"mapper": specs[0].mapper})
-        existing = _existing_tables(connection, specs)
-        target = _pick(specs, existing, metadata is not None)
-        if target is not None:
-            targets.append(target)
-    return targets
-
-
-def _existing_tables(connection: Connection, specs: list[ModelSpec]) -> set[str]:
-    """The names (``schema.name``) of the tables of ``specs`` that exist on ``connection``.
-
-    Only schemas the database has are looked into (a process may hold models of schemas that
-    this database does not have).
-    """
-    inspector = sa.inspect(connection)
-    wanted = {spec.history.schema for spec in specs} | {spec.transactions.schema for spec in specs}
-    present = set(inspector.get_schema_names()) if wanted - {None} else set()
-    names: set[str] = set()
-    for schema in wanted:
-        if schema is not None and schema not in present:
-            continue
-        prefix = "" if schema is None else f"{schema}."
-        names.update(prefix + table for table in inspector.get_table_names(schema=schema))
-    return names
-
-
-def _pick(specs: list[ModelSpec], existing: set[str], given: bool) -> _Target | None:
-    """The target of specs sharing one transaction table: their MetaData whose tables exist.
-
-    A process may declare models of several ``MetaData`` over the same database (tests, tools):
-    without ``metadata=``, only those whose every history table exists count.
-    """
-    first = specs[0].transactions
-    if first.fullname not in existing:
-        return None
-    by_metadata: dict[sa.MetaData, list[ModelSpec]] = {}
-    for spec in specs:
-        by_metadata.setdefault(spec.transactions.metadata, []).append(spec)
-    chosen = [
-        (meta, group)
-        for meta, group in by_metadata.items()
-        if given or all(spec.history.fullname in existing for spec in group)
+    return [
+        _target(mapper, catalog, "the models imported here")
+        for mapper, catalog in session_catalogs(session, metadata, name)
     ]
-    if not chosen:
-        return None
-    histories: dict[str, sa.Table] = {}
-    for meta, group in chosen:
-        # The models' history tables, and the link history tables of their MetaData
-        # (versioning.link_tables) that exist.
-        tables = [spec.history for spec in group] + [
-            table
-            for table in meta.tables.values()
-            if table.info.get("versioning") == "history" and table.fullname in existing
-        ]
-        for table in tables:
-            known = histories.setdefault(table.fullname, table)
-            if known is not table and known.c.keys() != table.c.keys():
-                raise ArgumentError(
-                    f"several MetaData describe the history table {known.fullname!r} "
-                    f"differently: pass metadata= (your models' MetaData)"
-                )
-    transactions = chosen[0][1][0].transactions
-    digests, seals, entries = integrity_tables(transactions)
-    return _Target(chosen[0][1][0].mapper, transactions, digests, seals, entries, histories)
 
 
 def _single(session: Session, metadata: sa.MetaData | None, name: str) -> _Target | None:
@@ -273,6 +218,17 @@ def _single(session: Session, metadata: sa.MetaData | None, name: str) -> _Targe
             f"({', '.join(t.transactions.fullname for t in targets)}): pass metadata="
         )
     return targets[0] if targets else None
+
+
+def _from_connection(connection: Connection, catalog: Catalog | None, name: str) -> _Target:
+    """The target of a connection: ``catalog``, or the one its database's registry holds."""
+    if catalog is None:
+        catalog = load(connection)
+    elif not isinstance(catalog, Catalog):
+        raise ArgumentError(
+            f"versioning.{name}() takes catalog= a versioning.catalog.Catalog, got {catalog!r}"
+        )
+    return _target(None, catalog, f"the registry {catalog.registry.fullname}")
 
 
 # --- seal -------------------------------------------------------------------------------------
@@ -311,14 +267,35 @@ def _seal_columns(seals: sa.Table) -> list[Any]:
     ]
 
 
-def seal(session: Session, *, metadata: sa.MetaData | None = None) -> Seal | None:
+def seal(
+    session: Session | Connection,
+    *,
+    metadata: sa.MetaData | None = None,
+    catalog: Catalog | None = None,
+) -> Seal | None:
     """Link every digest not sealed yet into a new seal; ``None`` if there is none. The caller
     commits.
+
+    Given a ``Connection`` instead of a session, seals the transaction table its database's
+    registry names (or ``catalog``'s), with no model imported.
 
     Another sealer committing the next seal first makes this one retry on the new chain (in a
     SAVEPOINT); if that cannot succeed in this transaction (MariaDB's repeatable read keeps the
     old chain in view), :class:`~versioning.SealConflictError` says to roll back and seal again.
     """
+    if isinstance(session, Connection):
+        connection = session
+        target: _Target | None = _from_connection(connection, catalog, "seal")
+        assert target is not None
+        for _ in range(_ATTEMPTS):
+            try:
+                with connection.begin_nested():
+                    return _seal_once(connection, target)
+            except sa.exc.IntegrityError:
+                continue
+            except sa.exc.OperationalError as exc:
+                raise SealConflictError(_conflict(target)) from exc
+        raise SealConflictError(_conflict(target))
     session = arguments.session(session, "seal")
     target = _single(session, metadata, "seal")
     if target is None:
@@ -409,13 +386,26 @@ def _seal_once(connection: Connection, target: _Target) -> Seal | None:
     return _seal_row(row)
 
 
-def digest(session: Session, *, metadata: sa.MetaData | None = None) -> Digest | None:
-    """The :class:`Digest` of the newest seal, or ``None`` if nothing was sealed yet."""
-    session = arguments.session(session, "digest")
-    target = _single(session, metadata, "digest")
-    if target is None:
-        return None
-    connection = session.connection(bind_arguments={"mapper": target.mapper})
+def digest(
+    session: Session | Connection,
+    *,
+    metadata: sa.MetaData | None = None,
+    catalog: Catalog | None = None,
+) -> Digest | None:
+    """The :class:`Digest` of the newest seal, or ``None`` if nothing was sealed yet.
+
+    Given a ``Connection`` instead of a session: of the transaction table its database's
+    registry names (or ``catalog``'s)."""
+    if isinstance(session, Connection):
+        connection = session
+        target: _Target | None = _from_connection(connection, catalog, "digest")
+        assert target is not None
+    else:
+        session = arguments.session(session, "digest")
+        target = _single(session, metadata, "digest")
+        if target is None:
+            return None
+        connection = session.connection(bind_arguments={"mapper": target.mapper})
     seals = target.seals
     row = (
         connection.execute(sa.select(*_seal_columns(seals)).order_by(seals.c.id.desc()).limit(1))
@@ -432,18 +422,23 @@ def digest(session: Session, *, metadata: sa.MetaData | None = None) -> Digest |
 
 
 def verify(
-    session: Session,
+    session: Session | Connection,
     digests: Sequence[Digest] = (),
     *,
     metadata: sa.MetaData | None = None,
+    catalog: Catalog | None = None,
     batch: int = BATCH,
+    progress: Callable[[Report], None] | None = None,
 ) -> Report:
     """Recompute every row hash, digest and seal the session reaches; writes nothing.
 
     ``digests`` are :class:`Digest` objects saved earlier (see :func:`digest`): each must
     match the seal of its id, which must still exist. Reads ``batch`` transactions at a time.
+
+    Given a ``Connection`` instead of a session, verifies what its database's registry
+    (``versioning_catalog``, see :mod:`versioning.catalog`) describes, or ``catalog``, with no
+    model imported. ``progress`` is called with the report so far after each batch.
     """
-    session = arguments.session(session, "verify")
     saved = list(digests)
     for item in saved:
         if not isinstance(item, Digest):
@@ -454,6 +449,13 @@ def verify(
     if not isinstance(batch, int) or batch < 1:
         raise ArgumentError(f"versioning.verify() takes batch= a positive int, got {batch!r}")
     report = Report()
+    if isinstance(session, Connection):
+        target = _from_connection(session, catalog, "verify")
+        _refuse_inexact(target)
+        _Verifier(session, target, report, batch, progress).run()
+        _check_chain(session, target, report, saved)
+        return report
+    session = arguments.session(session, "verify")
     targets = _targets(session, metadata, "verify")
     if saved and len(targets) != 1:
         raise ArgumentError(
@@ -461,9 +463,20 @@ def verify(
         )
     for target in targets:
         connection = session.connection(bind_arguments={"mapper": target.mapper})
-        _Verifier(connection, target, report, batch).run()
+        _Verifier(connection, target, report, batch, progress).run()
         _check_chain(connection, target, report, saved)
     return report
+
+
+def _refuse_inexact(target: _Target) -> None:
+    """Refuse, before reading anything, a table whose hashes the catalog cannot recompute."""
+    for name, columns in sorted(target.inexact.items()):
+        raise CatalogError(
+            f"cannot verify {name} from {target.source}: the type of column(s) "
+            f"{', '.join(sorted(columns))} is a custom type whose stored values do not give the "
+            f"model's hashes (see docs/integrity.md); verify from Python with the models imported "
+            f"(versioning.verify(session)), or install the library that defines the type"
+        )
 
 
 def _read(connection: Connection, build: Callable[[bool], sa.Select[Any]]) -> list[dict[str, Any]]:
@@ -484,7 +497,15 @@ def _read(connection: Connection, build: Callable[[bool], sa.Select[Any]]) -> li
 class _Verifier:
     """Checks one target's transactions, ``batch`` transaction ids at a time."""
 
-    def __init__(self, connection: Connection, target: _Target, report: Report, batch: int):
+    def __init__(
+        self,
+        connection: Connection,
+        target: _Target,
+        report: Report,
+        batch: int,
+        progress: Callable[[Report], None] | None = None,
+    ):
+        self.progress = progress
         self.connection = connection
         self.target = target
         self.report = report
@@ -516,6 +537,8 @@ class _Verifier:
             high = low + self.batch - 1
             self._window(low, high)
             cursor = high
+            if self.progress is not None:
+                self.progress(self.report)
 
     def _window(self, low: int, high: int) -> None:
         t = self.target
@@ -747,8 +770,8 @@ class _Verifier:
                 tx_id,
                 None,
                 f"transaction {tx_id} wrote {len(expected)} row(s) to {name}, which is not a "
-                f"history table of the models imported here: import its model, or the table "
-                f"was dropped",
+                f"history table of {self.target.source}: import its model (or write the "
+                f"registry again), or the table was dropped",
             )
             return
         got = [h[:8].hex() for _, h in actual]

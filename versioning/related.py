@@ -54,6 +54,7 @@ from versioning.reading import (
     Version,
     _autoflush,
     _fetch,
+    _row_version,
     _version_row,
     bound_parameter,
     bound_parameters,
@@ -263,14 +264,18 @@ _KEYS = "versioning_keys"
 
 
 def _statement(
-    join: _Join | _Targets, names: tuple[str, ...], tolerant: bool, by_datetime: bool
+    join: _Join | _Targets,
+    names: tuple[str, ...],
+    tolerant: bool,
+    by_datetime: bool,
+    whole: bool = False,
 ) -> sa.Select[Any]:
     """The statement loading ``join``'s related records as of a moment, whose rows have the
     columns ``names``: built once (per relationship, and per way of reading values and of giving
     the moment), run with the values looked for (parameter :data:`_KEYS`) and the moment
     (:func:`versioning.reading.bound_parameters`). Kept in the target's ``read_cache``."""
     spec = join.target
-    cache_key = (_statement, join.prop, type(join), names, tolerant, by_datetime)
+    cache_key = (_statement, join.prop, type(join), names, tolerant, by_datetime, whole)
     found: sa.Select[Any] | None = spec.read_cache.get(cache_key)
     if found is not None:
         return found
@@ -294,6 +299,7 @@ def _statement(
         narrow=[match] if join.by_key else (),
         candidates=() if join.by_key else [match],
         translate=conditions,
+        whole=whole,
     )
     order = [on_history(spec, c, inner, f"{name}'s order_by") for c in join.order_by]
     order += [inner.c[spec.history_names[k]] for k in spec.pk_keys]
@@ -304,9 +310,20 @@ def _statement(
 class Moment:
     """The instances read as of one moment through one session: their identity and loading."""
 
-    def __init__(self, session: Session | None, at: dt.datetime | int, without: str = "") -> None:
+    def __init__(
+        self,
+        session: Session | None,
+        at: dt.datetime | int,
+        without: str = "",
+        versions: bool = False,
+    ) -> None:
         self.session = session
         self.at = at
+        #: With ``versions`` (a restore's moment): the :class:`Version` each instance was made of,
+        #: read with it (by history table and key), see :meth:`version_of`.
+        self.versions: dict[tuple[sa.Table, tuple[Any, ...]], Version] | None = (
+            {} if versions else None
+        )
         #: Why there is no session to load through (when ``session`` is ``None``).
         self.without = without
         self.identity = Identity()
@@ -321,6 +338,8 @@ class Moment:
         """The instance of ``version``'s record in this moment: the one already made, or a new
         one (added to ``group``)."""
         spec = require_spec(version.model)
+        if self.versions is not None:
+            self.versions.setdefault((spec.root.history, version.primary_key), version)
         plan = plan_of(spec)
         state = version.state
         key = (plan.root, tuple(state[k] for k in spec.pk_keys))
@@ -328,6 +347,14 @@ class Moment:
         if found is not None:
             return found
         return self._add(key, plan, tuple(state[k] for k in plan.keys), group)
+
+    def version_of(self, obj: Any) -> Version:
+        """The version ``obj`` (an instance of this moment) was made of; the moment must keep
+        them (``versions=True``)."""
+        assert self.versions is not None
+        spec = require_spec(type(obj))
+        values = instance_dict(obj)
+        return self.versions[(spec.root.history, tuple(values[k] for k in spec.pk_keys))]
 
     def maker(
         self, spec: ModelSpec, names: tuple[str, ...], distinct: bool = False
@@ -460,27 +487,35 @@ class Moment:
         _autoflush(session)
         write_pending(session)
         connection = session.connection(bind_arguments={"mapper": spec.mapper})
-        bound = self._bound(connection, spec)
+        bound = self.bound(connection, spec)
         if bound is None:
             return {}
-        names = snapshot_names(spec.history)
+        # A moment that keeps versions reads the bookkeeping columns too (to make them).
+        whole = self.versions is not None
+        names = tuple(c.name for c in spec.history.c) if whole else snapshot_names(spec.history)
         parameters = bound_parameters(bound, self.at)
         parameters[_KEYS] = [w[0] for w in wanted] if len(join.remote) == 1 else wanted
         by_datetime = AT in parameters
 
         def build(tolerant: bool) -> sa.Select[Any]:
-            return _statement(join, names, tolerant, by_datetime)
+            return _statement(join, names, tolerant, by_datetime, whole)
 
         make = self.maker(spec, names)
         group = Group()
         found: dict[tuple[Any, ...], list[Any]] = {}
         for row in _fetch(connection, build, mapped=False, parameters=parameters):
             obj = make(row, group)
+            if self.versions is not None:
+                state = dict(zip(names, row, strict=True))
+                version = _row_version(spec, state, connection.dialect, None)
+                self.versions.setdefault((spec.root.history, version.primary_key), version)
             values = instance_dict(obj)
             found.setdefault(tuple(values[k] for k in join.remote), []).append(obj)
         return found
 
-    def _bound(self, connection: sa.Connection, spec: ModelSpec) -> Any:
+    def bound(self, connection: sa.Connection, spec: ModelSpec) -> Any:
+        """The highest transaction id visible at the moment (see
+        :func:`versioning.snapshots.bound_for`), read once per transaction table."""
         transactions = spec.transactions
         if transactions not in self._bounds:
             self._bounds[transactions] = bound_for(connection, spec, self.at)

@@ -47,6 +47,7 @@ from versioning.errors import ArgumentError, RestoreConflictError, RestoreError
 from versioning.operation import Operation
 from versioning.reading import _MISSING, Version, _filters, _instance, _key, version_at
 from versioning.schema import TRANSACTION_ID, VERSION_ID
+from versioning.snapshots import latest
 
 __all__ = ["restore"]
 
@@ -260,14 +261,41 @@ def _paths(model: type[Any], relationships: Any) -> tuple[str, ...]:
 
 def _live(session: Session, spec: ModelSpec, key: tuple[Any, ...]) -> Any:
     """The live instance of the record, as the database holds it now, or ``None``."""
+    return live_rows(session, spec, [key]).get(key)
+
+
+def _key_match(columns: Sequence[Any], keys: Sequence[tuple[Any, ...]]) -> sa.ColumnElement[bool]:
+    """``columns`` (a key) equal to one of ``keys``."""
+    if len(columns) == 1:
+        return columns[0].in_([k[0] for k in keys])  # type: ignore[no-any-return]
+    return sa.tuple_(*columns).in_(keys)
+
+
+def live_rows(
+    session: Session,
+    spec: ModelSpec,
+    keys: Sequence[tuple[Any, ...]],
+    also: sa.ColumnElement[bool] | None = None,
+) -> dict[tuple[Any, ...], Any]:
+    """The live instances of the records of ``spec``'s hierarchy with these keys (and of those
+    matching ``also``, a condition on the root table's columns), as the database holds them now,
+    by key: one query, whatever their number. A key not found is absent."""
     root = spec.root
     # The session may hold values another transaction has changed since (expire_on_commit=False,
-    # a long-lived session): read the row itself, locked so that it cannot change before the
-    # restore writes it, and put its values in the instance the session holds. One query where
-    # the identity map would have answered: correctness needs it. (Not session.get(): with a
-    # lock it raises StaleDataError for a held instance whose version counter is behind.)
+    # a long-lived session): read the rows themselves, locked so that they cannot change before
+    # the restore writes them, and put their values in the instances the session holds. One query
+    # where the identity map would have answered: correctness needs it. (Not session.get(): with
+    # a lock it raises StaleDataError for a held instance whose version counter is behind.)
     mapper = root.mapper
     table = mapper.local_table
+    conditions: list[Any] = []
+    if keys:
+        conditions.append(_key_match([root.live_columns[k] for k in spec.pk_keys], keys))
+    if also is not None:
+        conditions.append(also)
+    if not conditions:
+        return {}
+    where = sa.or_(*conditions)
     union = _polymorphic_union(mapper)
     statement: Any
     if union is None:
@@ -276,7 +304,7 @@ def _live(session: Session, spec: ModelSpec, key: tuple[Any, ...]) -> Any:
             # Masked columns stay unloaded: the restore never writes them and the engine's debug
             # log would show them.
             .options(*masked_unloaded(spec.masks, root.model))
-            .where(*[root.live_columns[k] == v for k, v in zip(spec.pk_keys, key, strict=True)])
+            .where(where)
             .with_for_update(of=table)
         )
     else:
@@ -286,20 +314,20 @@ def _live(session: Session, spec: ModelSpec, key: tuple[Any, ...]) -> Any:
         masked = {root.live_columns[k] for k in spec.masks if k in root.live_columns}
         columns: list[Any] = [c for c in table.c if c not in masked]
         columns.append(sa.literal(mapper.polymorphic_identity).label(union.name))
-        own = (
-            sa.select(*columns)
-            .where(*[root.live_columns[k] == v for k, v in zip(spec.pk_keys, key, strict=True)])
-            .with_for_update(of=table)
-        )
+        own = sa.select(*columns).where(where).with_for_update(of=table)
         statement = sa.select(root.model).from_statement(own)
     statement = statement.execution_options(populate_existing=True)
-    live = session.execute(statement).scalars().one_or_none()
-    if live is None:
-        # Deleted by another transaction while the session held it: that instance is gone.
-        gone = session.identity_map.get(root.mapper.identity_key_from_primary_key(key))
-        if gone is not None:
-            session.expunge(gone)
-    return live
+    found = {}
+    for live in session.execute(statement).scalars().unique():
+        state = sa.inspect(live)
+        found[tuple(state.dict[k] for k in spec.pk_keys)] = live
+    for key in keys:
+        if key not in found:
+            # Deleted by another transaction while the session held it: that instance is gone.
+            gone = session.identity_map.get(mapper.identity_key_from_primary_key(key))
+            if gone is not None:
+                session.expunge(gone)
+    return found
 
 
 def _polymorphic_union(mapper: Mapper[Any]) -> sa.ColumnElement[Any] | None:
@@ -314,8 +342,11 @@ def _polymorphic_union(mapper: Mapper[Any]) -> sa.ColumnElement[Any] | None:
     return None
 
 
-def _next_version(session: Session, spec: ModelSpec, key: tuple[Any, ...]) -> Any:
-    """The version counter value of a re-created record: the one after the last recorded.
+def next_versions(
+    session: Session, spec: ModelSpec, keys: Sequence[tuple[Any, ...]]
+) -> dict[tuple[Any, ...], Any]:
+    """The version counter values of re-created records: the one after the last recorded, by
+    key; ``{}`` for a model without one. One query, whatever the number of records.
 
     Any version another transaction can hold was committed, so its history row is there to read
     (history noted in this transaction and not yet written holds versions no one else has seen).
@@ -323,18 +354,22 @@ def _next_version(session: Session, spec: ModelSpec, key: tuple[Any, ...]) -> An
     mapper = spec.mapper
     version_key = _version_key(spec)
     generate = mapper.version_id_generator
-    if version_key is None or generate is False or generate is None:
-        return _MISSING
-    history = spec.history
-    # One query, only when re-creating a record with a version counter.
-    statement = (
-        sa.select(history.c[spec.history_names[version_key]])
-        .where(*_filters(spec.root, key))
-        .order_by(history.c[TRANSACTION_ID].desc(), history.c[VERSION_ID].desc())
-        .limit(1)
+    if version_key is None or generate is False or generate is None or not keys:
+        return {}
+    names = spec.history_names
+    statement, _ = latest(
+        spec,
+        None,
+        False,
+        narrow=[_key_match([spec.history.c[names[k]] for k in spec.pk_keys], keys)],
+        deleted=True,
     )
-    last = session.connection(bind_arguments={"mapper": mapper}).execute(statement).scalar()
-    return generate(last)
+    connection = session.connection(bind_arguments={"mapper": mapper})
+    last = {
+        tuple(row[names[k]] for k in spec.pk_keys): row[names[version_key]]
+        for row in connection.execute(statement).mappings()
+    }
+    return {key: generate(last.get(key)) for key in keys}
 
 
 @event.listens_for(Session, "after_flush", insert=True)
@@ -486,13 +521,17 @@ def _writable(spec: ModelSpec) -> list[str]:
     ]
 
 
-def plan_step(session: Session, version: Version) -> Step:
-    """Read (and lock) the live row of ``version``'s record and check it can be put back: nothing
-    is written. Pending changes must have been flushed."""
+def plan_step(session: Session, version: Version, live: Any = _MISSING) -> Step:
+    """Read (and lock) the live row of ``version``'s record — unless given, as ``live`` (``None``:
+    there is none), read by :func:`live_rows` — and check it can be put back: nothing is written.
+    Pending changes must have been flushed. A re-created record's version counter is left to
+    :func:`next_versions` when ``live`` is given."""
     spec = require_spec(version.model)
     key = version.primary_key
     writable = _writable(spec)
-    live = _live(session, spec, key)
+    given = live is not _MISSING
+    if not given:
+        live = _live(session, spec, key)
     erased = set(writable) & version.erased
     absent = _absent(spec, version, writable) | erased  # an erased value is not held either
     if live is None:
@@ -500,7 +539,8 @@ def plan_step(session: Session, version: Version) -> Step:
         _check_erased_creatable(spec, version, erased)
         _check_absent_creatable(spec, version, absent - erased)
         step = Step(spec, version, None, True, writable, absent)
-        step.fresh = _next_version(session, spec, key)
+        if not given:
+            step.fresh = next_versions(session, spec, [key]).get(key, _MISSING)
         return step
     if type(live) is not version.model:
         raise RestoreError(

@@ -29,6 +29,7 @@ from versioning.errors import ArgumentError, ConfigurationError
 from versioning.operation import Operation
 
 __all__ = [
+    "CATALOG_TABLE",
     "CHANGES",
     "DIGEST_TABLE",
     "META_COLUMNS",
@@ -40,10 +41,12 @@ __all__ = [
     "TRANSACTION_TABLE",
     "VERSION_ID",
     "UTCDateTime",
+    "catalog_table",
     "foreign_key_index",
     "history_table_for",
     "integrity_tables",
     "issued_at_utc",
+    "operation_type",
     "personal_column",
     "transaction_table_for",
 ]
@@ -52,6 +55,7 @@ TRANSACTION_TABLE = "versioning_transaction"
 DIGEST_TABLE = "versioning_digest"
 SEAL_TABLE = "versioning_seal"
 SEAL_ENTRY_TABLE = "versioning_seal_entry"
+CATALOG_TABLE = "versioning_catalog"
 
 VERSION_ID = "versioning_id"
 TRANSACTION_ID = "versioning_transaction_id"
@@ -158,6 +162,7 @@ def transaction_table_for(metadata: sa.MetaData) -> sa.Table:
         comment="versioning: one row per database transaction that changed versioned records",
     )
     _integrity_tables(metadata, table)
+    _catalog_table(metadata)
     return table
 
 
@@ -215,6 +220,32 @@ def _integrity_tables(metadata: sa.MetaData, transactions: sa.Table) -> None:
         info={_INFO_KEY: "seal_entry"},
         comment="versioning: which seal links each digest, with a copy of the digest",
     )
+
+
+def _catalog_table(metadata: sa.MetaData) -> sa.Table:
+    """The registry of history tables beside the transaction table (see :mod:`versioning.catalog`).
+
+    Not append-only: it is a description of the schema, whose row of a history table is replaced
+    when that table is created again or a migration changes it.
+    """
+    return sa.Table(
+        CATALOG_TABLE,
+        metadata,
+        sa.Column("history_table", sa.String(255), primary_key=True),
+        sa.Column("live_table", sa.String(255), nullable=False),
+        sa.Column("kind", sa.String(8), nullable=False),
+        # The description of the history table (its key, columns and their types...): JSON,
+        # LONGTEXT on MariaDB.
+        sa.Column("description", sa.JSON(), nullable=False),
+        info={_INFO_KEY: "catalog"},
+        comment="versioning: which history tables exist, for which live tables, with which columns",
+    )
+
+
+def catalog_table(transactions: sa.Table) -> sa.Table:
+    """The registry table beside the transaction table ``transactions``."""
+    prefix = "" if transactions.schema is None else f"{transactions.schema}."
+    return transactions.metadata.tables[prefix + CATALOG_TABLE]
 
 
 def integrity_tables(transactions: sa.Table) -> tuple[sa.Table, sa.Table, sa.Table]:
@@ -300,6 +331,18 @@ def personal_column() -> sa.Column[Any]:
     return sa.Column(PERSONAL, sa.JSON(none_as_null=True), nullable=True)
 
 
+def operation_type() -> sa.Enum:
+    """The type of a history table's :data:`OPERATION` column (stores ``insert``...)."""
+    return sa.Enum(
+        Operation,
+        native_enum=False,
+        length=6,
+        values_callable=lambda members: [m.value for m in members],
+        validate_strings=True,
+        name="versioning_operation",
+    )
+
+
 def history_table_for(
     model_name: str,
     name: str,
@@ -323,14 +366,7 @@ def history_table_for(
             f"MetaData already has a table of that name; set {model_name}.__versioned__"
             f"['table_name'] to another name"
         )
-    operation = sa.Enum(
-        Operation,
-        native_enum=False,
-        length=6,
-        values_callable=lambda members: [m.value for m in members],
-        validate_strings=True,
-        name="versioning_operation",
-    )
+    operation = operation_type()
     return sa.Table(
         name,
         metadata,

@@ -49,9 +49,15 @@ def latest(
     candidates: Sequence[sa.ColumnElement[bool]] = (),
     translate: Any = None,
     narrow: Sequence[sa.ColumnElement[bool]] = (),
+    whole: bool = False,
+    deleted: bool = False,
 ) -> tuple[sa.Select[Any], sa.Table]:
     """``SELECT`` of the latest version at ``bound`` of each record of ``spec`` that existed then,
     and the history table it reads the versions from (conditions and ordering go on its columns).
+
+    ``bound`` ``None`` reads the latest version of all; ``whole`` selects the version's
+    bookkeeping columns too (to make a :class:`~versioning.reading.Version` of it);
+    ``deleted`` keeps a record whose latest version is its deletion.
 
     ``narrow`` (conditions on the history table that hold for every version of a record: on its
     key) narrow the rows read. ``candidates`` (conditions on the history table) narrow the
@@ -61,13 +67,18 @@ def latest(
     """
     history = spec.history
     keys = _key_columns(spec, history)
-    where = [history.c[TRANSACTION_ID] <= bound, *_filters_of_class(spec), *narrow]
+    where = [*_filters_of_class(spec), *narrow]
+    if bound is not None:
+        where.append(history.c[TRANSACTION_ID] <= bound)
     if candidates:
         alias = history.alias("versioning_candidate")
         adapt = sa.sql.util.ClauseAdapter(alias)
         candidate_keys = (
             sa.select(*_key_columns(spec, alias))
-            .where(alias.c[TRANSACTION_ID] <= bound, *(adapt.traverse(c) for c in candidates))
+            .where(
+                *([] if bound is None else [alias.c[TRANSACTION_ID] <= bound]),
+                *(adapt.traverse(c) for c in candidates),
+            )
             .distinct()
         )
         target = keys[0] if len(keys) == 1 else sa.tuple_(*keys)
@@ -95,26 +106,27 @@ def latest(
         .group_by(*version_keys)
         .subquery("versioning_last_version")
     )
-    conditions = [history.c[OPERATION] != Operation.DELETE]
+    conditions = [] if deleted else [history.c[OPERATION] != Operation.DELETE]
     if translate is not None:
         conditions += translate(history)
     statement = (
-        sa.select(*_snapshot(history, tolerant))
+        sa.select(*_snapshot(history, tolerant, whole))
         .join(last_version, history.c[VERSION_ID] == last_version.c.v)
         .where(*conditions)
     )
     return statement, history
 
 
-def _snapshot(history: sa.Table, tolerant: bool) -> list[Any]:
-    """The key and snapshot columns of ``history`` (an instance needs nothing else); ``tolerant``
-    reads them as :func:`versioning.reading._select` does."""
+def _snapshot(history: sa.Table, tolerant: bool, whole: bool = False) -> list[Any]:
+    """The key and snapshot columns of ``history`` (an instance needs nothing else; ``whole``:
+    the bookkeeping columns too); ``tolerant`` reads them as :func:`versioning.reading._select`
+    does."""
     return [
         column
-        if not tolerant
+        if not tolerant or column.name in META_COLUMNS
         else sa.type_coerce(column, _AsStored(column.type)).label(column.name)
         for column in history.c
-        if column.name not in META_COLUMNS  # as versioning.instances.snapshot_names
+        if whole or column.name not in META_COLUMNS  # whole or as instances.snapshot_names
     ]
 
 
