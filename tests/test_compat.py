@@ -175,17 +175,20 @@ def test_loader_callables_and_remote_annotations_are_found() -> None:
     remote = [c.name for c in sa.sql.visitors.iterate(prop.primaryjoin) if _compat.is_remote(c)]
     assert remote == ["id"]  # self-referential: told apart by the annotation only
 
-    tree = Tree(id=2, parent_id=1)
-    state = sa.inspect(tree)
+    tree, other = Tree(id=2, parent_id=1), Tree(id=3, parent_id=1)
     calls: list[Any] = []
 
     def load(state: Any, passive: Any) -> Any:
         calls.append(state.obj())
         return Tree(id=1)
 
-    _compat.set_loader(state, "parent", load)
+    loaders = {"parent": load}
+    _compat.set_loaders(sa.inspect(tree), loaders)  # one loader shared by two instances
+    _compat.set_loaders(sa.inspect(other), loaders)
     assert tree.parent is not None and tree.parent.id == 1
     assert tree.parent.id == 1 and calls == [tree]  # loaded once, then held
+    assert other.parent is not None and calls == [tree, other]
+    assert loaders == {"parent": load}  # each state has a copy of its own
 
 
 def test_a_flush_in_progress_is_seen() -> None:

@@ -429,6 +429,38 @@ def test_all_as_of_at_before_and_after_transactions(moments: list[int], sessions
         assert [type(e) for e in all_as_of(s, Employee, t1)] == [Manager, Employee, Contractor]
 
 
+def test_all_as_of_of_a_model_without_relationships(moments: list[int], sessions: Sessions) -> None:
+    t1, _, t3, t4 = moments
+    with sessions() as s:
+        labels = list(all_as_of(s, Label, t4))
+        assert [(label.id, label.name) for label in labels] == [(1, "red"), (2, "navy")]
+        assert [label.name for label in all_as_of(s, Label, t3)] == ["red", "blue"]
+        assert [label.name for label in all_as_of(s, Label, t4, Label.name != "red")] == ["navy"]
+        assert all(sa.inspect(label).transient for label in labels)
+        assert not sa.inspect(labels[1]).attrs.name.history.has_changes()
+        again = list(all_as_of(s, Label, t4))
+        assert again[1].name == "navy" and again[1] is not labels[1]  # a call makes its own
+        assert [n.text for n in all_as_of(s, LineNote, t3)] == ["fragile"]
+        assert list(all_as_of(s, LineNote, t4)) == []  # deleted then
+        assert list(all_as_of(s, LineNote, t1)) == []  # not yet
+
+
+def test_a_record_reached_twice_in_a_moment_is_one_instance(
+    moments: list[int], sessions: Sessions, engine: sa.Engine
+) -> None:
+    t3 = moments[2]
+    with sessions() as s:
+        staff = {e.id: e for e in all_as_of(s, Employee, t3)}
+        with counting(engine) as seen:
+            assert staff[11].manager is staff[20] and staff[20].manager is staff[10]
+            assert staff[12].manager is staff[10] and staff[10].manager is None
+        assert seen == []  # every manager was in the stream already
+        assert type(as_of(s, Employee, 10, t3)) is Manager
+        boss = as_of(s, Employee, 10, t3)
+        assert [e.id for e in boss.reports] == [12, 20]
+        assert boss.reports[1].manager is boss
+
+
 def test_all_as_of_refuses_criteria_it_cannot_evaluate_then(
     moments: list[int], sessions: Sessions
 ) -> None:

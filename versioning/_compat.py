@@ -35,7 +35,7 @@ __all__ = [
     "returning",
     "session_flushing",
     "set_clause",
-    "set_loader",
+    "set_loaders",
     "type_affinity",
     "type_is_null",
     "variant_mapping",
@@ -192,16 +192,17 @@ def variant_mapping(type_: TypeEngine[Any]) -> dict[str, TypeEngine[Any]]:
 # --- loading -------------------------------------------------------------------------------------
 
 
-def set_loader(state: Any, key: str, loader: Any) -> None:
-    """Install a per-instance loader callable for attribute ``key``: what SQLAlchemy calls, with
-    ``(state, passive)``, when the attribute is read and not yet in the instance's ``__dict__``.
+def set_loaders(state: Any, loaders: dict[str, Any]) -> None:
+    """Install per-instance loader callables (attribute key -> callable) on an instance that has
+    none yet: what SQLAlchemy calls, with ``(state, passive)``, when such an attribute is read and
+    not yet in the instance's ``__dict__``. The callables may be shared by many instances; the
+    ``dict`` is copied, since SQLAlchemy may remove an entry of one state's
+    (``InstanceState._reset``).
 
     Writes ``InstanceState.callables`` (2.0, 2.1; undocumented), as the ORM's own deferred and
     lazy loaders do for each loaded instance (``InstanceState._instance_level_callable_processor``).
     """
-    if "callables" not in vars(state):
-        state.callables = {}
-    state.callables[key] = loader
+    state.callables = dict(loaders)
 
 
 def refuse_collection(

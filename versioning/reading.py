@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Dialect, RowMapping
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import InstanceState, Mapper, Session
 
 from versioning import _compat, arguments
 from versioning.declaration import ModelSpec, require_spec, versioned_spec
 from versioning.encoding import decode
 from versioning.errors import ArgumentError
+from versioning.instances import Group
 from versioning.operation import Operation
 from versioning.personal import erased_keys
 from versioning.recording import write_pending
@@ -34,6 +35,7 @@ from versioning.schema import (
     PERSONAL,
     TRANSACTION_ID,
     VERSION_ID,
+    UTCDateTime,
     integrity_tables,
     issued_at_utc,
 )
@@ -95,7 +97,7 @@ class Version:
         from versioning.related import Moment
 
         without = "version.to_instance() was given no session: call version.to_instance(session)"
-        return Moment(session, self.transaction_id, without).instance(self, [])
+        return Moment(session, self.transaction_id, without).instance(self, Group())
 
 
 def _instance(model: type[T], state: Mapping[str, Any]) -> T:
@@ -115,6 +117,7 @@ def _key(spec: ModelSpec, pk: Any) -> tuple[Any, ...]:
 
 
 def _filters(spec: ModelSpec, key: tuple[Any, ...]) -> list[sa.ColumnElement[bool]]:
+    """The conditions that a history row is of the record ``key`` (values, or parameters)."""
     history = spec.history
     out = [history.c[spec.history_names[k]] == v for k, v in zip(spec.pk_keys, key, strict=True)]
     root = spec.root
@@ -175,12 +178,18 @@ def _select(history: sa.Table, tolerant: bool, *extra: sa.ColumnElement[Any]) ->
 
 
 def _fetch(
-    connection: sa.Connection, build: Callable[[bool], sa.Select[Any]], first: bool = False
-) -> list[RowMapping]:
-    """The rows of ``build(tolerant)``: typed, or, if some value no longer fits its column's
-    type, read again with those values as stored (old history after a model changed)."""
+    connection: sa.Connection,
+    build: Callable[[bool], sa.Select[Any]],
+    first: bool = False,
+    mapped: bool = True,
+    parameters: Mapping[str, Any] | None = None,
+) -> list[Any]:
+    """The rows of ``build(tolerant)`` with ``parameters`` (as mappings, or as plain rows if not
+    ``mapped``): typed, or, if some value no longer fits its column's type, read again with those
+    values as stored (old history after a model changed)."""
     for tolerant in (False, True):
-        result = connection.execute(build(tolerant)).mappings()
+        executed = connection.execute(build(tolerant), parameters)
+        result: Any = executed.mappings() if mapped else executed
         try:
             if first:
                 row = result.first()
@@ -194,7 +203,7 @@ def _fetch(
 
 
 def _row_version(
-    spec: ModelSpec, row: RowMapping, dialect: Dialect, transaction: Transaction | None
+    spec: ModelSpec, row: Mapping[str, Any], dialect: Dialect, transaction: Transaction | None
 ) -> Version:
     vspec = spec
     if spec.discriminator is not None:
@@ -372,7 +381,9 @@ class TransactionColumns:
         return Transaction(**tx)
 
 
-def _bound(spec: ModelSpec, at: dt.datetime | int) -> Any:
+def _bound(spec: ModelSpec, at: dt.datetime | int | sa.BindParameter[dt.datetime]) -> Any:
+    """The highest transaction id visible at ``at``: ``at`` itself for an id, else a scalar
+    subquery (``at`` a ``datetime``, or a parameter of one)."""
     if isinstance(at, int):
         return at
     transactions = spec.transactions
@@ -385,18 +396,68 @@ def _bound(spec: ModelSpec, at: dt.datetime | int) -> Any:
     )
 
 
-def version_at(
-    session: Session, model: type[Any], pk: Any, at: dt.datetime | int
-) -> Version | None:
-    """The latest version of a record at ``at`` (a delete included), or ``None``."""
-    session = arguments.session(session, "version_at")
-    spec = arguments.model(model, "version_at")
-    key = _key(spec, pk)
-    bound = _bound(spec, arguments.moment(at, "version_at"))
-    _autoflush(session)  # after the checks: a refused call writes nothing
+#: The parameters of a statement whose bound is :func:`bound_parameter`'s.
+BOUND, AT = "versioning_bound", "versioning_at"
+
+
+def bound_parameter(spec: ModelSpec, by_datetime: bool) -> Any:
+    """A bound for a statement built once and run many times: the transaction id given as
+    parameter :data:`BOUND`, or (``by_datetime``) the last transaction issued by the moment given
+    as parameter :data:`AT` (as :func:`_bound` gives it for a ``datetime``). See
+    :func:`bound_parameters`."""
+    if by_datetime:
+        return _bound(spec, sa.bindparam(AT, type_=UTCDateTime()))
+    return sa.bindparam(BOUND, type_=spec.history.c[TRANSACTION_ID].type)
+
+
+def bound_parameters(bound: Any, at: dt.datetime | int) -> dict[str, Any]:
+    """The parameters of :func:`bound_parameter`'s bound for ``bound`` (what :func:`_bound`, or
+    :func:`versioning.snapshots.bound_for`, gave for ``at``; not ``None``); whether it is
+    ``by_datetime`` is whether the result has :data:`AT`."""
+    if isinstance(bound, sa.ScalarSelect):
+        return {AT: at}
+    return {BOUND: bound}
+
+
+def _version_at_statement(spec: ModelSpec, tolerant: bool, by_datetime: bool) -> sa.Select[Any]:
+    """The statement of :func:`version_at`, built once per model (and way of reading values and
+    of giving the moment; kept in ``spec.read_cache``); the key's values are parameters
+    ``versioning_pk_<i>``."""
     history_table = spec.history
-    filters = _filters(spec, key)
+    cache_key = (_version_at_statement, tuple(history_table.c.keys()), tolerant, by_datetime)
+    found: sa.Select[Any] | None = spec.read_cache.get(cache_key)
+    if found is not None:
+        return found
+    filters = _filters(
+        spec, tuple(sa.bindparam(f"versioning_pk_{i}") for i in range(len(spec.pk_keys)))
+    )
     transaction_id = history_table.c[TRANSACTION_ID]
+    # max() over the (key, transaction) index is a single index probe on every backend; MariaDB
+    # would otherwise walk the record's newer versions one by one with ORDER BY ... LIMIT 1.
+    latest = (
+        sa.select(sa.func.max(transaction_id))
+        .where(*filters, transaction_id <= bound_parameter(spec, by_datetime))
+        .scalar_subquery()
+    )
+    found = spec.read_cache[cache_key] = (
+        _select(history_table, tolerant)
+        .where(*filters, transaction_id == latest)
+        .order_by(history_table.c[VERSION_ID].desc())
+        .limit(1)
+    )
+    return found
+
+
+def _version_row(
+    session: Session, model: Any, pk: Any, at: dt.datetime | int, function: str, mapped: bool
+) -> tuple[ModelSpec, Any, sa.Connection]:
+    """The history row of the latest version of a record at ``at`` (a delete included), or
+    ``None``; as a mapping, or (not ``mapped``) a plain row of all the history table's columns."""
+    session = arguments.session(session, function)
+    spec = arguments.model(model, function)
+    key = _key(spec, pk)
+    bound = _bound(spec, arguments.moment(at, function))
+    _autoflush(session)  # after the checks: a refused call writes nothing
     write_pending(session)
     connection = session.connection(bind_arguments={"mapper": spec.mapper})
     if isinstance(bound, sa.ScalarSelect) and connection.dialect.name in ("mysql", "mariadb"):
@@ -405,27 +466,26 @@ def version_at(
         moment: sa.Select[Any] = bound.element  # type: ignore[assignment]
         bound = connection.execute(moment).scalar()
         if bound is None:
-            return None
-    # max() over the (key, transaction) index is a single index probe on every backend; MariaDB
-    # would otherwise walk the record's newer versions one by one with ORDER BY ... LIMIT 1.
-    latest = (
-        sa.select(sa.func.max(transaction_id))
-        .where(*filters, transaction_id <= bound)
-        .scalar_subquery()
-    )
+            return spec, None, connection
+    parameters = bound_parameters(bound, at)
+    parameters.update((f"versioning_pk_{i}", value) for i, value in enumerate(key))
+    by_datetime = AT in parameters
 
     def statement(tolerant: bool) -> sa.Select[Any]:
-        return (
-            _select(history_table, tolerant)
-            .where(*filters, transaction_id == latest)
-            .order_by(history_table.c[VERSION_ID].desc())
-            .limit(1)
-        )
+        return _version_at_statement(spec, tolerant, by_datetime)
 
-    rows = _fetch(connection, statement, first=True)
-    if not rows:
+    rows = _fetch(connection, statement, first=True, mapped=mapped, parameters=parameters)
+    return spec, rows[0] if rows else None, connection
+
+
+def version_at(
+    session: Session, model: type[Any], pk: Any, at: dt.datetime | int
+) -> Version | None:
+    """The latest version of a record at ``at`` (a delete included), or ``None``."""
+    spec, row, connection = _version_row(session, model, pk, at, "version_at", True)
+    if row is None:
         return None
-    return _row_version(spec, rows[0], connection.dialect, None)
+    return _row_version(spec, row, connection.dialect, None)
 
 
 @overload

@@ -3,11 +3,14 @@
 Every instance that :func:`versioning.as_of`, ``Version.to_instance(session)`` or
 :func:`versioning.all_as_of` returns belongs to a :class:`Moment`: the session to read through,
 the moment, and the instances reconstructed so far (the same record reached twice is the same
-object). Each relationship attribute of such an instance gets a per-instance loader: reading it
-loads that relationship for every instance of its *group* (the instances one call or one
-relationship load produced) in one query on the target's history table — like ``selectinload``,
-one query per relationship level — and the related records come back as new transient instances
-of the same moment, whose own relationships load the same way. Live rows are never read.
+object). Each relationship attribute of such an instance gets a loader, one per relationship
+shared by the instances of its *group* (:class:`versioning.instances.Group`: the instances one
+call, one batch of ``all_as_of`` or one relationship load produced): reading it loads that
+relationship for every instance of the group in one query on the target's history table — like
+``selectinload``, one query per relationship level; the statement is built once per relationship
+and run with the values looked for as parameters — and the related records come back as new
+transient instances of the same moment, whose own relationships load the same way. Live rows
+are never read.
 
 A relationship is translated onto the history tables through its ``local_remote_pairs``: the
 related records are those whose state at the moment has the remote columns equal to the local
@@ -22,23 +25,42 @@ the linked records (:func:`many_to_many`: two queries per level).
 from __future__ import annotations
 
 import datetime as dt
-import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapper, RelationshipProperty, Session
-from sqlalchemy.orm.attributes import instance_dict, instance_state, set_committed_value
+from sqlalchemy.orm.attributes import instance_dict, set_committed_value
 from sqlalchemy.orm.base import PASSIVE_NO_RESULT, PassiveFlag
 
 from versioning import _compat, arguments
 from versioning.declaration import ModelSpec, require_spec, versioned_spec
 from versioning.errors import ArgumentError, RelationshipHistoryError
+from versioning.instances import (
+    Group,
+    Identity,
+    Key,
+    Plan,
+    plan_for,
+    plan_of,
+    plan_of_rows,
+    snapshot_names,
+)
 from versioning.link_tables import link_spec
 from versioning.links import links_as_of
 from versioning.operation import Operation
-from versioning.reading import Version, _autoflush, _fetch, _row_version, version_at
+from versioning.reading import (
+    AT,
+    Version,
+    _autoflush,
+    _fetch,
+    _row_version,
+    _version_row,
+    bound_parameter,
+    bound_parameters,
+)
 from versioning.recording import write_pending
+from versioning.schema import OPERATION
 from versioning.snapshots import bound_for, latest, on_history
 
 __all__ = ["Moment", "check_paths", "many_to_many", "read_as_of"]
@@ -237,6 +259,54 @@ def _join(prop: RelationshipProperty[Any]) -> _Join:
     return join
 
 
+#: The parameter of a relationship's statement holding the values looked for.
+_KEYS = "versioning_keys"
+
+
+def _statement(
+    join: _Join | _Targets,
+    names: tuple[str, ...],
+    tolerant: bool,
+    by_datetime: bool,
+    whole: bool = False,
+) -> sa.Select[Any]:
+    """The statement loading ``join``'s related records as of a moment, whose rows have the
+    columns ``names``: built once (per relationship, and per way of reading values and of giving
+    the moment), run with the values looked for (parameter :data:`_KEYS`) and the moment
+    (:func:`versioning.reading.bound_parameters`). Kept in the target's ``read_cache``."""
+    spec = join.target
+    cache_key = (_statement, join.prop, type(join), names, tolerant, by_datetime, whole)
+    found: sa.Select[Any] | None = spec.read_cache.get(cache_key)
+    if found is not None:
+        return found
+    history = spec.history
+    keys: Any = sa.bindparam(_KEYS, expanding=True)
+    columns = [history.c[spec.history_names[k]] for k in join.remote]
+    target: Any = columns[0] if len(columns) == 1 else sa.tuple_(*columns)
+    match = target.in_(keys)
+    name = _name(join.prop)
+
+    def conditions(inner: Any) -> list[Any]:
+        on_inner = [inner.c[spec.history_names[k]] for k in join.remote]
+        inner_target: Any = on_inner[0] if len(on_inner) == 1 else sa.tuple_(*on_inner)
+        extra = [on_history(spec, c, inner, f"{name}'s primaryjoin") for c in join.extra]
+        return [inner_target.in_(keys), *extra]
+
+    statement, inner = latest(
+        spec,
+        bound_parameter(spec, by_datetime),
+        tolerant,
+        narrow=[match] if join.by_key else (),
+        candidates=() if join.by_key else [match],
+        translate=conditions,
+        whole=whole,
+    )
+    order = [on_history(spec, c, inner, f"{name}'s order_by") for c in join.order_by]
+    order += [inner.c[spec.history_names[k]] for k in spec.pk_keys]
+    found = spec.read_cache[cache_key] = statement.order_by(*order)
+    return found
+
+
 class Moment:
     """The instances read as of one moment through one session: their identity and loading."""
 
@@ -256,10 +326,7 @@ class Moment:
         )
         #: Why there is no session to load through (when ``session`` is ``None``).
         self.without = without
-        # Weak: a stream of records read as of a moment keeps only what the caller keeps.
-        self.identity: weakref.WeakValueDictionary[tuple[sa.Table, tuple[Any, ...]], Any] = (
-            weakref.WeakValueDictionary()
-        )
+        self.identity = Identity()
         self._bounds: dict[sa.Table, Any] = {}
 
     def detach(self, why: str) -> None:
@@ -267,13 +334,19 @@ class Moment:
         self.session = None
         self.without = why
 
-    def instance(self, version: Version, group: list[Any]) -> Any:
+    def instance(self, version: Version, group: Group) -> Any:
         """The instance of ``version``'s record in this moment: the one already made, or a new
         one (added to ``group``)."""
+        spec = require_spec(version.model)
         if self.versions is not None:
-            spec = require_spec(version.model)
             self.versions.setdefault((spec.root.history, version.primary_key), version)
-        return self._make(require_spec(version.model), version.state, group)
+        plan = plan_of(spec)
+        state = version.state
+        key = (plan.root, tuple(state[k] for k in spec.pk_keys))
+        found = self.identity.get(key)
+        if found is not None:
+            return found
+        return self._add(key, plan, tuple(state[k] for k in plan.keys), group)
 
     def version_of(self, obj: Any) -> Version:
         """The version ``obj`` (an instance of this moment) was made of; the moment must keep
@@ -283,44 +356,64 @@ class Moment:
         values = instance_dict(obj)
         return self.versions[(spec.root.history, tuple(values[k] for k in spec.pk_keys))]
 
-    def instance_of_row(self, spec: ModelSpec, row: Any, group: list[Any]) -> Any:
-        """:meth:`instance` of a history row read by :func:`versioning.snapshots.latest` (of
-        ``spec``'s hierarchy), without decoding what an instance does not hold."""
-        if spec.discriminator is not None:
-            mapper = spec.mapper.polymorphic_map.get(row[spec.history_names[spec.discriminator]])
-            found = versioned_spec(mapper) if mapper is not None else None
-            if found is not None:
-                spec = found
-        names = spec.history_names
-        return self._make(spec, {key: row[names[key]] for key in spec.attrs}, group)
+    def maker(
+        self, spec: ModelSpec, names: tuple[str, ...], distinct: bool = False
+    ) -> Callable[[Any, Group], Any]:
+        """For rows of ``spec``'s history whose columns are ``names`` (those
+        :func:`versioning.snapshots.latest` selects): a function giving the instance of a row's
+        record in this moment (the one already made, or a new one added to the group given),
+        without decoding anything.
 
-    def _make(self, spec: ModelSpec, values: Mapping[str, Any], group: list[Any]) -> Any:
-        key = (spec.root.history, tuple(values[k] for k in spec.pk_keys))
-        found = self.identity.get(key)
-        if found is not None:
-            return found
-        mapper = spec.mapper
-        if not mapper.configured:
-            sa.orm.configure_mappers()  # the first ORM use of a process may be reading history
-        obj = mapper.class_manager.new_instance()
-        # As loaded, not as set: no change events, no attribute history on the instance.
-        instance_dict(obj).update(values)
-        self.identity[key] = obj
+        ``distinct``: the rows are of distinct records, the first of this moment. If no class of
+        ``spec``'s hierarchy has a relationship, nothing else can reach a record of this moment,
+        so the instances skip the identity map (nothing would look them up).
+        """
+        plan_of = plan_of_rows(spec, names)
+        identity = self.identity
+        if distinct and not any(m.relationships for m in spec.mapper.self_and_descendants):
+            if spec.discriminator is None:
+                return plan_for(spec, names).make_unlinked
+
+            def isolated(row: Any, group: Group) -> Any:
+                return plan_of(row).make_unlinked(row)
+
+            return isolated
+
+        def make(row: Any, group: Group) -> Any:
+            plan = plan_of(row)
+            key = (plan.root, plan.key_of(row))
+            found = identity.get(key)
+            if found is not None:
+                return found
+            return self._add(key, plan, plan.values(row), group)
+
+        return make
+
+    def _add(self, key: Key, plan: Plan, values: Any, group: Group) -> Any:
+        obj = plan.make(values, self._loaders(group, plan) if plan.relationships else None)
+        self.identity.add(key, obj)
         group.append(obj)
-        state = instance_state(obj)
-        for prop in mapper.relationships:
-            if prop.lazy in ("dynamic", "write_only"):
-                # They build a query of today's rows from the instance, and never ask a loader.
-                _compat.refuse_collection(mapper.class_manager, prop.key, _as_of_refusal(prop))
-            _compat.set_loader(state, prop.key, self._loader(group, prop.key))
         return obj
 
-    def _loader(self, group: list[Any], key: str) -> Any:
+    def _loaders(self, group: Group, plan: Plan) -> dict[str, Any]:
+        """The relationship loaders the instances of ``plan``'s class in ``group`` share."""
+        loaders = group.loaders.get(plan.mapper)
+        if loaders is None:
+            loaders = group.loaders[plan.mapper] = {}
+            for prop in plan.mapper.relationships:
+                if prop.lazy in ("dynamic", "write_only"):
+                    # They build a query of today's rows from the instance, never asking a loader.
+                    manager = plan.mapper.class_manager
+                    _compat.refuse_collection(manager, prop.key, _as_of_refusal(prop))
+                loaders[prop.key] = self._loader(group, prop.key)
+        return loaders
+
+    def _loader(self, group: Group, key: str) -> Any:
         def load(state: Any, passive: PassiveFlag) -> Any:
             if not passive & PassiveFlag.SQL_OK:
                 return PASSIVE_NO_RESULT
             requester = state.obj()
-            pending = [o for o in group if key not in sa.inspect(o).dict or o is requester]
+            pending = [o for o in group if key not in instance_dict(o) or o is requester]
             return self.load(pending, key, requester)
 
         load.versioning_as_of = True  # type: ignore[attr-defined]
@@ -397,39 +490,24 @@ class Moment:
         bound = self.bound(connection, spec)
         if bound is None:
             return {}
-        history = spec.history
-        columns = [history.c[spec.history_names[k]] for k in join.remote]
-        target: Any = columns[0] if len(columns) == 1 else sa.tuple_(*columns)
-        keys = [w[0] for w in wanted] if len(columns) == 1 else wanted
-        match = target.in_(keys)
-        name = _name(join.prop)
-
-        def conditions(inner: Any) -> list[Any]:
-            on_inner = [inner.c[spec.history_names[k]] for k in join.remote]
-            inner_target: Any = on_inner[0] if len(on_inner) == 1 else sa.tuple_(*on_inner)
-            extra = [on_history(spec, c, inner, f"{name}'s primaryjoin") for c in join.extra]
-            return [inner_target.in_(keys), *extra]
+        # A moment that keeps versions reads the bookkeeping columns too (to make them).
+        whole = self.versions is not None
+        names = tuple(c.name for c in spec.history.c) if whole else snapshot_names(spec.history)
+        parameters = bound_parameters(bound, self.at)
+        parameters[_KEYS] = [w[0] for w in wanted] if len(join.remote) == 1 else wanted
+        by_datetime = AT in parameters
 
         def build(tolerant: bool) -> sa.Select[Any]:
-            statement, inner = latest(
-                spec,
-                bound,
-                tolerant,
-                narrow=[match] if join.by_key else (),
-                candidates=() if join.by_key else [match],
-                translate=conditions,
-                whole=self.versions is not None,
-            )
-            order = [on_history(spec, c, inner, f"{name}'s order_by") for c in join.order_by]
-            order += [inner.c[spec.history_names[k]] for k in spec.pk_keys]
-            return statement.order_by(*order)
+            return _statement(join, names, tolerant, by_datetime, whole)
 
-        group: list[Any] = []
+        make = self.maker(spec, names)
+        group = Group()
         found: dict[tuple[Any, ...], list[Any]] = {}
-        for row in _fetch(connection, build):
-            obj = self.instance_of_row(spec, row, group)
+        for row in _fetch(connection, build, mapped=False, parameters=parameters):
+            obj = make(row, group)
             if self.versions is not None:
-                version = _row_version(spec, row, connection.dialect, None)
+                state = dict(zip(names, row, strict=True))
+                version = _row_version(spec, state, connection.dialect, None)
                 self.versions.setdefault((spec.root.history, version.primary_key), version)
             values = instance_dict(obj)
             found.setdefault(tuple(values[k] for k in join.remote), []).append(obj)
@@ -508,10 +586,11 @@ def read_as_of(
     arguments.model(model, "as_of")
     at = arguments.moment(at, "as_of")
     paths = check_paths(model, load, "as_of")
-    version = version_at(session, model, pk, at)
-    if version is None or version.operation is Operation.DELETE:
+    spec, row, _ = _version_row(session, model, pk, at, "as_of", False)
+    names = tuple(column.name for column in spec.history.c)
+    if row is None or row[names.index(OPERATION)] == Operation.DELETE:
         return None, None
     moment = Moment(session, at)
-    obj = moment.instance(version, [])
+    obj = moment.maker(spec, names)(row, Group())
     moment.load_paths([obj], paths)
     return obj, moment

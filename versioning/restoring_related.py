@@ -41,6 +41,7 @@ from sqlalchemy.orm.interfaces import MANYTOMANY, MANYTOONE
 
 from versioning.declaration import ModelSpec, require_spec, versioned_spec
 from versioning.errors import ArgumentError, RestoreError
+from versioning.instances import Group
 from versioning.operation import Operation
 from versioning.preloading import load_for_delete, load_relationships
 from versioning.reading import Version
@@ -422,7 +423,7 @@ def restore_related(
     root = plan_step(session, version)
     moment = Moment(session, at, versions=True)
     plan = _Plan(session, moment, root)
-    then_root = moment.instance(version, [])
+    then_root = moment.instance(version, Group())
     moment.load_paths([then_root], paths)
     levels: dict[str, list[Any]] = {"": [(then_root, root)]}
     prefixes = sorted(

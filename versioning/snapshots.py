@@ -24,7 +24,7 @@ from versioning.operation import Operation
 from versioning.reading import _AsStored, _bound
 from versioning.schema import META_COLUMNS, OPERATION, TRANSACTION_ID, VERSION_ID
 
-__all__ = ["bound_for", "latest", "on_history", "rows"]
+__all__ = ["batches", "bound_for", "latest", "on_history"]
 
 
 def bound_for(connection: sa.Connection, spec: ModelSpec, at: dt.datetime | int) -> Any:
@@ -126,7 +126,7 @@ def _snapshot(history: sa.Table, tolerant: bool, whole: bool = False) -> list[An
         if not tolerant or column.name in META_COLUMNS
         else sa.type_coerce(column, _AsStored(column.type)).label(column.name)
         for column in history.c
-        if whole or column.name not in META_COLUMNS
+        if whole or column.name not in META_COLUMNS  # whole or as instances.snapshot_names
     ]
 
 
@@ -193,11 +193,13 @@ def on_history(spec: ModelSpec, clause: Any, columns: Any, what: str) -> Any:
     return translated
 
 
-def rows(connection: sa.Connection, statement: sa.Select[Any]) -> Iterator[Any]:
-    """The mapping rows of ``statement``, fetched in batches."""
+def batches(connection: sa.Connection, statement: sa.Select[Any], size: int) -> Iterator[Any]:
+    """Run ``statement`` now; its rows (plain rows, by position) in lists of at most ``size``,
+    fetched as they are asked for (on MariaDB, buffered by the driver)."""
     if connection.dialect.name in ("mysql", "mariadb"):
         # The driver's unbuffered cursor would forbid any other query on the connection until
         # the last row is read (relationships read while iterating): rows are buffered there.
-        yield from connection.execute(statement).mappings()
-        return
-    yield from connection.execute(statement.execution_options(yield_per=500)).mappings()
+        result = connection.execute(statement)
+    else:
+        result = connection.execute(statement.execution_options(yield_per=size))
+    return result.partitions(size)

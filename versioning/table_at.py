@@ -10,7 +10,7 @@ a time, each batch a group whose relationships load together (:mod:`versioning.r
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, overload
 
 import sqlalchemy as sa
@@ -18,10 +18,11 @@ from sqlalchemy.orm import Session
 
 from versioning import arguments
 from versioning.errors import ArgumentError
+from versioning.instances import Group, snapshot_names
 from versioning.reading import _autoflush
 from versioning.recording import write_pending
 from versioning.related import Moment, check_paths
-from versioning.snapshots import bound_for, latest, on_history, rows
+from versioning.snapshots import batches, bound_for, latest, on_history
 
 __all__ = ["all_as_of", "read_all_as_of"]
 
@@ -84,20 +85,16 @@ def read_all_as_of(
         translate=lambda inner: [on_history(spec, c, inner, what) for c in criteria],
     )
     statement = statement.order_by(*(inner.c[spec.history_names[k]] for k in spec.pk_keys))
-    return _stream(moment, spec, connection, rows(connection, statement), paths), moment
+    make = moment.maker(spec, snapshot_names(spec.history), distinct=True)
+    return _stream(moment, make, batches(connection, statement, BATCH), paths), moment
 
 
 def _stream(
-    moment: Moment, spec: Any, connection: sa.Connection, found: Iterator[Any], paths: Any
+    moment: Moment, make: Callable[[Any, Group], Any], found: Iterator[Any], paths: Any
 ) -> Iterator[Any]:
-    group: list[Any] = []
-    batch: list[Any] = []  # a record reached through a relationship already is in another group
-    for row in found:
-        batch.append(moment.instance_of_row(spec, row, group))
-        if len(batch) == BATCH:
-            moment.load_paths(batch, paths)
-            yield from batch
-            group, batch = [], []
-    if batch:
+    for rows in found:
+        group = Group()
+        # A record reached through a relationship already is in another group (not this one).
+        batch = [make(row, group) for row in rows]
         moment.load_paths(batch, paths)
         yield from batch
