@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, RowMapping
 from sqlalchemy.orm import InstanceState, Mapper, Session
 
 from versioning import _compat, arguments
@@ -203,7 +203,7 @@ def _fetch(
 
 
 def _row_version(
-    spec: ModelSpec, row: Mapping[str, Any], dialect: Dialect, transaction: Transaction | None
+    spec: ModelSpec, row: Mapping[Any, Any], dialect: Dialect, transaction: Transaction | None
 ) -> Version:
     vspec = spec
     if spec.discriminator is not None:
