@@ -16,12 +16,21 @@ from versioning import capture as _capture  # noqa: F401 - installs the session 
 from versioning import link_tables as _link_tables  # noqa: F401 - declares link history
 from versioning import masks
 from versioning import statements as _statements  # noqa: F401 - installs the statement hook
+from versioning.archiving import (
+    ArchivedVersion,
+    ArchiveManifest,
+    archive,
+    read_archive,
+    verify_archive,
+)
 from versioning.context import AuditContext, audit_context, current_context, set_actor
 from versioning.declaration import Versioned, VersionedOptions, history_table
 from versioning.diffing import ERASED, diff
 from versioning.erasing import erase
 from versioning.errors import (
     AppendOnlyError,
+    ArchivedError,
+    ArchiveError,
     ArgumentError,
     ConcurrentInsertError,
     ConfigurationError,
@@ -37,9 +46,11 @@ from versioning.errors import (
     VersioningError,
 )
 from versioning.guard import guard_writes
+from versioning.horizon import Horizon, pruned_horizon
 from versioning.integrity import AutoSealer, Digest, Problem, Report, Seal, digest, seal, verify
 from versioning.links import link_history_table, links_as_of
 from versioning.operation import Operation
+from versioning.pruning import prune
 from versioning.reading import Transaction, Version, as_of, history, version_at
 from versioning.restoring import restore
 from versioning.schema import TRANSACTION_TABLE, transaction_table_for
@@ -49,6 +60,10 @@ __all__ = [
     "ERASED",
     "TRANSACTION_TABLE",
     "AppendOnlyError",
+    "ArchiveError",
+    "ArchiveManifest",
+    "ArchivedError",
+    "ArchivedVersion",
     "ArgumentError",
     "AuditContext",
     "AutoSealer",
@@ -58,6 +73,7 @@ __all__ = [
     "Digest",
     "EncodingError",
     "ErasureError",
+    "Horizon",
     "Operation",
     "Problem",
     "RelationshipHistoryError",
@@ -74,6 +90,7 @@ __all__ = [
     "VersionedOptions",
     "VersioningError",
     "all_as_of",
+    "archive",
     "as_of",
     "audit_context",
     "current_context",
@@ -86,11 +103,15 @@ __all__ = [
     "link_history_table",
     "links_as_of",
     "masks",
+    "prune",
+    "pruned_horizon",
+    "read_archive",
     "restore",
     "seal",
     "set_actor",
     "transaction_table",
     "verify",
+    "verify_archive",
     "version_at",
 ]
 

@@ -88,13 +88,20 @@ def _check(session: object, name: str) -> AsyncSession:
     )
 
 
-async def history(session: AsyncSession, target: Any, pk: Any = _MISSING) -> list[Version]:
+async def history(
+    session: AsyncSession,
+    target: Any,
+    pk: Any = _MISSING,
+    *,
+    since: dt.datetime | int | None = None,
+) -> list[Version]:
     """Every version of a record, oldest first: the async form of :func:`versioning.history`.
 
     Call as ``await history(session, obj)`` or ``await history(session, Model, pk)``. Each
-    version's ``transaction`` is filled in; ``[]`` for a key that never existed.
+    version's ``transaction`` is filled in; ``[]`` for a key that never existed. ``since`` as
+    for :func:`versioning.history`.
     """
-    return await _check(session, "history").run_sync(_history, target, pk)
+    return await _check(session, "history").run_sync(_history, target, pk, since=since)
 
 
 async def version_at(

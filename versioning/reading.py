@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect, RowMapping
 from sqlalchemy.orm import InstanceState, Mapper, Session
 
-from versioning import _compat, arguments
+from versioning import _compat, arguments, horizon
 from versioning.declaration import ModelSpec, require_spec, versioned_spec
 from versioning.encoding import decode
 from versioning.errors import ArgumentError
@@ -285,12 +285,20 @@ class _Missing:
 _MISSING: Any = _Missing()
 
 
-def history(session: Session, target: Any, pk: Any = _MISSING) -> list[Version]:
+def history(
+    session: Session, target: Any, pk: Any = _MISSING, *, since: dt.datetime | int | None = None
+) -> list[Version]:
     """Every version of a record, oldest first; ``[]`` for a key that never existed.
 
-    Call as ``history(session, obj)`` or ``history(session, Model, pk)``.
+    Call as ``history(session, obj)`` or ``history(session, Model, pk)``. ``since`` (a
+    transaction id, or a timezone-aware ``datetime``) keeps the versions of that transaction
+    and later ones (issued at or after that time). After a prune (see :func:`versioning.prune`),
+    a record with versions before the horizon raises :class:`~versioning.ArchivedError` unless
+    ``since`` is at or after the horizon: its list would be incomplete.
     """
     session = arguments.session(session, "history")
+    if since is not None:
+        since = arguments.moment(since, "history")
     if pk is _MISSING:
         _autoflush(session)  # an instance: its pending changes (and a new one's key) first
         spec, key = _resolve_target(target, pk)
@@ -317,14 +325,33 @@ def history(session: Session, target: Any, pk: Any = _MISSING) -> list[Version]:
                 digests,
                 sa.and_(digests.c.transaction_id == transactions.c.id, digests.c.segment == 1),
             )
-            .where(*filters)
+            .where(*filters, *after)
             .order_by(history_table.c[TRANSACTION_ID], history_table.c[VERSION_ID])
         )
 
+    after: list[sa.ColumnElement[bool]] = []
+    if isinstance(since, int):
+        after.append(history_table.c[TRANSACTION_ID] >= since)
+    elif since is not None:
+        after.append(issued_at_utc(transactions) >= since)
     write_pending(session)
     connection = session.connection(bind_arguments={"mapper": spec.mapper})
+    what = f"the history of {_label(spec, key)}"
+    pruned = horizon.current(connection, transactions)
+    if pruned is not None and since is not None:
+        if isinstance(since, dt.datetime) and since <= pruned.issued_at:
+            raise horizon.refuse(f"{what} since {since.isoformat()}", pruned)
+        horizon.check_moment(connection, transactions, since, f"{what} since")
+    found = _fetch(connection, statement)
+    if (
+        pruned is not None
+        and since is None
+        and found
+        and found[0][TRANSACTION_ID] <= pruned.transaction_id
+    ):
+        raise horizon.refuse(what, pruned)
     versions = []
-    for row in _fetch(connection, statement):
+    for row in found:
         tx = {name: row[label] for name, label in zip(_TX_FIELDS, labels, strict=True)}
         tx["extra"] = tx["extra"] or {}
         if row["versioning_tx_note"] is not None:
@@ -337,6 +364,11 @@ def history(session: Session, target: Any, pk: Any = _MISSING) -> list[Version]:
         transaction = Transaction(**tx)
         versions.append(_row_version(spec, row, connection.dialect, transaction))
     return versions
+
+
+def _label(spec: ModelSpec, key: tuple[Any, ...]) -> str:
+    """How messages name a record: ``Invoice 1``, ``Item ('north', 7)``."""
+    return f"{spec.model.__name__} {key[0] if len(key) == 1 else key!r}"
 
 
 def _bound(spec: ModelSpec, at: dt.datetime | int) -> Any:
@@ -359,13 +391,17 @@ def version_at(
     session = arguments.session(session, "version_at")
     spec = arguments.model(model, "version_at")
     key = _key(spec, pk)
-    bound = _bound(spec, arguments.moment(at, "version_at"))
+    at = arguments.moment(at, "version_at")
+    bound = _bound(spec, at)
     _autoflush(session)  # after the checks: a refused call writes nothing
     history_table = spec.history
     filters = _filters(spec, key)
     transaction_id = history_table.c[TRANSACTION_ID]
     write_pending(session)
     connection = session.connection(bind_arguments={"mapper": spec.mapper})
+    bound = horizon.resolve_bound(
+        connection, spec.transactions, at, bound, f"reading {_label(spec, key)}"
+    )
     if isinstance(bound, sa.ScalarSelect) and connection.dialect.name in ("mysql", "mariadb"):
         # MariaDB probes the index for max() only with a constant bound; with a subquery it walks
         # the record's whole history. So there, the moment is turned into an id first.
