@@ -37,7 +37,7 @@ from versioning import (
     history_table,
     masks,
 )
-from versioning.schema import DIGEST_TABLE, SEAL_ENTRY_TABLE, SEAL_TABLE
+from versioning.schema import DIGEST_TABLE, HORIZON_TABLE, SEAL_ENTRY_TABLE, SEAL_TABLE
 
 
 class Status(enum.Enum):
@@ -94,7 +94,7 @@ class Shipment(Versioned, Base):
 
 LIVE = {"decl_customers", "decl_orders", "decl_shipments"}
 #: Beside the transaction table: the digests and seals (docs/integrity.md).
-INTEGRITY = {DIGEST_TABLE, SEAL_TABLE, SEAL_ENTRY_TABLE}
+INTEGRITY = {DIGEST_TABLE, SEAL_TABLE, SEAL_ENTRY_TABLE, HORIZON_TABLE}
 GENERATED = {"decl_orders_history", "decl_shipment_audit", TRANSACTION_TABLE} | INTEGRITY
 
 

@@ -35,6 +35,7 @@ from versioning import (
 )
 from versioning.schema import (
     DIGEST_TABLE,
+    HORIZON_TABLE,
     SEAL_ENTRY_TABLE,
     SEAL_TABLE,
     TRANSACTION_TABLE,
@@ -77,7 +78,7 @@ engine.dispose()
 
 TABLE = "mig_items"
 #: The library's tables beside the transaction table (digests and seals).
-INTEGRITY = (DIGEST_TABLE, SEAL_TABLE, SEAL_ENTRY_TABLE)
+INTEGRITY = (DIGEST_TABLE, SEAL_TABLE, SEAL_ENTRY_TABLE, HORIZON_TABLE)
 
 
 def declare(stage: int) -> tuple[sa.MetaData, type[Any]]:
@@ -122,6 +123,7 @@ def alembic_dir(engine: sa.Engine, tmp_path: Path) -> Iterator[tuple[Config, Pat
         for name in (
             f"{TABLE}_history",
             TABLE,
+            HORIZON_TABLE,
             SEAL_ENTRY_TABLE,
             SEAL_TABLE,
             DIGEST_TABLE,
@@ -469,7 +471,13 @@ def test_a_history_table_in_another_schema_migrates_with_its_foreign_key(
         engine.dispose()
         with engine.begin() as connection:
             connection.exec_driver_sql(drop.format(OTHER))
-            for name in (SEAL_ENTRY_TABLE, SEAL_TABLE, DIGEST_TABLE, TRANSACTION_TABLE):
+            for name in (
+                HORIZON_TABLE,
+                SEAL_ENTRY_TABLE,
+                SEAL_TABLE,
+                DIGEST_TABLE,
+                TRANSACTION_TABLE,
+            ):
                 connection.execute(sa.text(f"DROP TABLE IF EXISTS {name}"))
         Base.registry.dispose()
 

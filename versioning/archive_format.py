@@ -27,7 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import types as sqltypes
 
-from versioning.canonical import dumps
+from versioning.canonical import _dumps_fast
 from versioning.schema import CHANGES, META_COLUMNS, OPERATION, PERSONAL, TRANSACTION_ID
 
 __all__ = [
@@ -50,9 +50,12 @@ _CHANGES = b"changes\x00"
 
 def line(document: Mapping[str, Any]) -> bytes:
     """One line of the file: the document as compact JSON (keys sorted), UTF-8, ``\\n``."""
-    return (
-        json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n"
-    ).encode()
+    try:
+        return _dumps_fast(document) + b"\n"
+    except ValueError:  # a NaN in a JSON document: JSON's own (non-standard) form
+        return (
+            json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n"
+        ).encode()
 
 
 def value_kind(type_: sqltypes.TypeEngine[Any]) -> str:
@@ -253,7 +256,7 @@ def row_hash(
             parts.append(name)
             parts.append(value)
     parts.append(changes)
-    return hashlib.sha256(dumps(parts)).digest()
+    return hashlib.sha256(_dumps_fast(parts)).digest()
 
 
 #: The history row keys an archived version line holds besides its values.

@@ -315,11 +315,13 @@ class _Writer:
         self.report = Report()
         self.checker = Checker(self.report, path.name)
         self.sha = hashlib.sha256()
+        #: Lines not yet given to gzip (one write per thousand lines).
+        self.buffer: list[bytes] = []
 
     def write(self, first: int, last: int) -> ArchiveManifest:
         temporary = self.path.with_name(f".{self.path.name}.partial")
         try:
-            with gzip.open(temporary, "wb", compresslevel=6) as file:
+            with gzip.open(temporary, "wb", compresslevel=3) as file:
                 header = {
                     "t": "header",
                     "format": FORMAT,
@@ -338,6 +340,7 @@ class _Writer:
                     self._group(file, group)
                     if self.progress is not None:
                         self.progress(self.checker.totals.versions)
+                self._flush(file)
                 data_sha256 = self.sha.hexdigest()
                 self.checker.end()
                 problems = self.report.problems
@@ -358,7 +361,13 @@ class _Writer:
     def _emit(self, file: Any, document: Mapping[str, Any]) -> None:
         data = line(document)
         self.sha.update(data)
-        file.write(data)
+        self.buffer.append(data)
+        if len(self.buffer) >= 1000:
+            self._flush(file)
+
+    def _flush(self, file: Any) -> None:
+        file.write(b"".join(self.buffer))
+        self.buffer.clear()
 
     def _manifest(self, data_sha256: str) -> ArchiveManifest:
         totals = self.checker.totals

@@ -237,11 +237,13 @@ async def verify(
     session: AsyncSession,
     digests: list[Digest] | tuple[Digest, ...] = (),
     *,
+    archives: list[Any] | tuple[Any, ...] = (),
     metadata: sa.MetaData | None = None,
 ) -> Report:
-    """Check every row, digest and seal: the async form of :func:`versioning.verify`."""
+    """Check every row, digest and seal (and ``archives``): the async form of
+    :func:`versioning.verify`."""
     return await _check(session, "verify").run_sync(
-        lambda sync: integrity.verify(sync, digests, metadata=metadata)
+        lambda sync: integrity.verify(sync, digests, archives=archives, metadata=metadata)
     )
 
 

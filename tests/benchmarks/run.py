@@ -104,6 +104,7 @@ TABLE_ROWS = (
     Row("seal_100k_s", "integrity", "`seal()` of 100,000 transactions (s)", None),
     Row("verify_kversions_s", "integrity", "`verify()`: thousand versions per second", None),
     Row("verify_peak_mib", "integrity", "`verify()`: peak memory, tracemalloc (MiB)", None),
+    Row("archive_kversions_s", "integrity", "`archive()`: thousand versions per second", None),
 )
 
 
