@@ -186,8 +186,20 @@ class TableDescription:
 
 
 def key_columns(history: sa.Table) -> tuple[str, ...]:
-    """The columns of ``history`` that name a record (a link, for link history): those of its
-    ``(key, transaction id)`` index."""
+    """The columns of ``history`` that name a record (a link, for link history): the model's
+    primary key (a link's foreign keys) when its model is declared in this process, else
+    those of its ``(key, transaction id)`` index."""
+    from versioning.declaration import all_specs
+    from versioning.link_tables import link_spec
+
+    for spec in all_specs():
+        if spec.history is history:
+            root = spec.root
+            return tuple(root.history_names[k] for k in root.pk_keys)
+    live = history.metadata.tables.get(str(history.info.get("link_table")))
+    links = link_spec(live) if live is not None else None
+    if links is not None:
+        return tuple(c.name for c in links.keys)
     for index in history.indexes:
         names = [c.name for c in index.columns]
         if names and names[-1] == TRANSACTION_ID and index.name and "_record" in index.name:
