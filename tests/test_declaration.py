@@ -41,6 +41,7 @@ from versioning.schema import (
     CATALOG_TABLE,
     DIGEST_TABLE,
     EVENT_TABLE,
+    HORIZON_TABLE,
     SEAL_ENTRY_TABLE,
     SEAL_TABLE,
 )
@@ -99,9 +100,9 @@ class Shipment(Versioned, Base):
 
 
 LIVE = {"decl_customers", "decl_orders", "decl_shipments"}
-#: Beside the transaction table: the digests and seals (docs/integrity.md), the registry and the
-#: events (docs/auditing.md).
-INTEGRITY = {DIGEST_TABLE, SEAL_TABLE, SEAL_ENTRY_TABLE, CATALOG_TABLE, EVENT_TABLE}
+#: Beside the transaction table: the digests and seals (docs/integrity.md), the registry, the
+#: events and the horizons of prunes (docs/auditing.md).
+INTEGRITY = {DIGEST_TABLE, SEAL_TABLE, SEAL_ENTRY_TABLE, CATALOG_TABLE, EVENT_TABLE, HORIZON_TABLE}
 GENERATED = {"decl_orders_history", "decl_shipment_audit", TRANSACTION_TABLE} | INTEGRITY
 
 

@@ -37,6 +37,7 @@ from versioning.schema import (
     CATALOG_TABLE,
     DIGEST_TABLE,
     EVENT_TABLE,
+    HORIZON_TABLE,
     SEAL_ENTRY_TABLE,
     SEAL_TABLE,
     TRANSACTION_TABLE,
@@ -78,8 +79,9 @@ engine.dispose()
 """
 
 TABLE = "mig_items"
-#: The library's tables beside the transaction table (digests, seals, the registry and events).
-INTEGRITY = (DIGEST_TABLE, SEAL_TABLE, SEAL_ENTRY_TABLE, CATALOG_TABLE, EVENT_TABLE)
+#: The library's tables beside the transaction table (digests, seals, the registry, events and
+#: the horizons of prunes).
+INTEGRITY = (DIGEST_TABLE, SEAL_TABLE, SEAL_ENTRY_TABLE, CATALOG_TABLE, EVENT_TABLE, HORIZON_TABLE)
 
 
 def declare(stage: int) -> tuple[sa.MetaData, type[Any]]:
@@ -124,6 +126,7 @@ def alembic_dir(engine: sa.Engine, tmp_path: Path) -> Iterator[tuple[Config, Pat
         for name in (
             f"{TABLE}_history",
             TABLE,
+            HORIZON_TABLE,
             SEAL_ENTRY_TABLE,
             SEAL_TABLE,
             CATALOG_TABLE,
@@ -523,6 +526,7 @@ def test_a_history_table_in_another_schema_migrates_with_its_foreign_key(
         with engine.begin() as connection:
             connection.exec_driver_sql(drop.format(OTHER))
             for name in (
+                HORIZON_TABLE,
                 SEAL_ENTRY_TABLE,
                 SEAL_TABLE,
                 DIGEST_TABLE,

@@ -18,12 +18,21 @@ from versioning import catalog as catalog  # writes the registry at create_all
 from versioning import link_tables as _link_tables  # noqa: F401 - declares link history
 from versioning import masks
 from versioning import statements as _statements  # noqa: F401 - installs the statement hook
+from versioning.archiving import (
+    ArchivedVersion,
+    ArchiveManifest,
+    archive,
+    read_archive,
+    verify_archive,
+)
 from versioning.context import AuditContext, audit_context, current_context, set_actor
 from versioning.declaration import Versioned, VersionedOptions, history_table
 from versioning.diffing import ERASED, diff
 from versioning.erasing import erase
 from versioning.errors import (
     AppendOnlyError,
+    ArchivedError,
+    ArchiveError,
     ArgumentError,
     CatalogError,
     ConcurrentInsertError,
@@ -43,9 +52,11 @@ from versioning.errors import (
 from versioning.event_log import Event, events, record_event
 from versioning.failed_commits import record_failed_commits
 from versioning.guard import guard_writes
+from versioning.horizon import Horizon, pruned_horizon
 from versioning.integrity import AutoSealer, Digest, Problem, Report, Seal, digest, seal, verify
 from versioning.links import link_history_table, links_as_of
 from versioning.operation import Operation
+from versioning.pruning import prune
 from versioning.reading import Transaction, Version, as_of, history, version_at
 from versioning.restoring import restore
 from versioning.schema import TRANSACTION_TABLE, transaction_table_for
@@ -56,6 +67,10 @@ __all__ = [
     "ERASED",
     "TRANSACTION_TABLE",
     "AppendOnlyError",
+    "ArchiveError",
+    "ArchiveManifest",
+    "ArchivedError",
+    "ArchivedVersion",
     "ArgumentError",
     "AuditContext",
     "AutoSealer",
@@ -68,6 +83,7 @@ __all__ = [
     "ErasureError",
     "Event",
     "EventError",
+    "Horizon",
     "Operation",
     "Problem",
     "RelationshipHistoryError",
@@ -84,6 +100,7 @@ __all__ = [
     "VersionedOptions",
     "VersioningError",
     "all_as_of",
+    "archive",
     "as_of",
     "audit_context",
     "catalog",
@@ -99,6 +116,9 @@ __all__ = [
     "link_history_table",
     "links_as_of",
     "masks",
+    "prune",
+    "pruned_horizon",
+    "read_archive",
     "record_event",
     "record_failed_commits",
     "restore",
@@ -108,6 +128,7 @@ __all__ = [
     "transaction_changes",
     "transaction_table",
     "verify",
+    "verify_archive",
     "version_at",
 ]
 

@@ -46,7 +46,9 @@ __all__ = [
 ]
 
 #: The values of ``Table.info["versioning"]`` whose tables are append-only.
-APPEND_ONLY_KINDS = frozenset({"transaction", "history", "digest", "seal", "seal_entry", "event"})
+APPEND_ONLY_KINDS = frozenset(
+    {"transaction", "history", "digest", "seal", "seal_entry", "event", "horizon"}
+)
 
 _INFO_KEY = "versioning"
 _FUNCTION = "versioning_append_only"

@@ -106,13 +106,20 @@ def _check(session: object, name: str) -> AsyncSession:
     )
 
 
-async def history(session: AsyncSession, target: Any, pk: Any = _MISSING) -> list[Version]:
+async def history(
+    session: AsyncSession,
+    target: Any,
+    pk: Any = _MISSING,
+    *,
+    since: dt.datetime | int | None = None,
+) -> list[Version]:
     """Every version of a record, oldest first: the async form of :func:`versioning.history`.
 
     Call as ``await history(session, obj)`` or ``await history(session, Model, pk)``. Each
-    version's ``transaction`` is filled in; ``[]`` for a key that never existed.
+    version's ``transaction`` is filled in; ``[]`` for a key that never existed. ``since`` as
+    for :func:`versioning.history`.
     """
-    return await _check(session, "history").run_sync(_history, target, pk)
+    return await _check(session, "history").run_sync(_history, target, pk, since=since)
 
 
 async def version_at(
@@ -248,11 +255,13 @@ async def verify(
     session: AsyncSession,
     digests: list[Digest] | tuple[Digest, ...] = (),
     *,
+    archives: list[Any] | tuple[Any, ...] = (),
     metadata: sa.MetaData | None = None,
 ) -> Report:
-    """Check every row, digest and seal: the async form of :func:`versioning.verify`."""
+    """Check every row, digest and seal (and ``archives``): the async form of
+    :func:`versioning.verify`."""
     return await _check(session, "verify").run_sync(
-        lambda sync: integrity.verify(sync, digests, metadata=metadata)
+        lambda sync: integrity.verify(sync, digests, archives=archives, metadata=metadata)
     )
 
 

@@ -222,7 +222,7 @@ _ENCODER = json.JSONEncoder(
 
 def dumps(value: Any) -> bytes:
     """The canonical bytes of a canonical JSON value (sorted keys, no spaces, UTF-8)."""
-    return _ENCODER.encode(value).encode()
+    return _encode_json(value).encode()
 
 
 def _c_encoder() -> Callable[[Any], str]:

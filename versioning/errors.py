@@ -129,3 +129,57 @@ class EventError(VersioningError):
     still open (SQLite lets one connection write at a time: the event's connection would wait
     for yours). The message says which and what to do.
     """
+
+
+class ArchivedError(VersioningError):
+    """History before the horizon of a prune was archived and is no longer in the database.
+
+    Raised by the readers (``as_of``, ``version_at``, ``history``, ``all_as_of``,
+    ``links_as_of``, ``restore``) for a moment before the horizon, never a silent ``None`` or
+    a shortened list. ``horizon_transaction_id`` and ``horizon_issued_at`` name the horizon,
+    ``archive`` the file that holds what came before it (read it with
+    :func:`versioning.read_archive`).
+    """
+
+    def __init__(
+        self,
+        what: str,
+        horizon_transaction_id: int,
+        horizon_issued_at: Any,
+        archive: str,
+        archive_sha256: str,
+    ) -> None:
+        self.what = what
+        self.horizon_transaction_id = horizon_transaction_id
+        self.horizon_issued_at = horizon_issued_at
+        self.archive = archive
+        self.archive_sha256 = archive_sha256
+        super().__init__(
+            f"{what}: history up to the horizon (transaction {horizon_transaction_id}, issued at "
+            f"{horizon_issued_at.isoformat()}) was archived to {archive!r} (data SHA-256 "
+            f"{archive_sha256[:16]}...) and pruned from the database. Ask for a moment after the "
+            f"horizon (a transaction id >= {horizon_transaction_id}, or a time after "
+            f"{horizon_issued_at.isoformat()}), or read the archive with "
+            f"versioning.read_archive(path)"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            type(self),
+            (
+                self.what,
+                self.horizon_transaction_id,
+                self.horizon_issued_at,
+                self.archive,
+                self.archive_sha256,
+            ),
+        )
+
+
+class ArchiveError(VersioningError):
+    """An archive cannot be written, read or pruned: the message says which file and why.
+
+    ``archive()`` raises it before writing a file it cannot vouch for (the history it would
+    hold does not verify); ``prune()`` before deleting anything, when the archive does not
+    verify or does not match the database.
+    """

@@ -23,6 +23,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.orm import Session
 
-from versioning import arguments, personal
+from versioning import arguments, horizon, personal
 from versioning.canonical import (
     event_hash,
     listed_prefixes,
@@ -49,6 +50,7 @@ from versioning.schema import (
     VERSION_ID,
     UTCDateTime,
     event_table,
+    horizon_table,
     integrity_tables,
     issued_at_utc,
 )
@@ -434,6 +436,7 @@ def verify(
     session: Session | Connection,
     digests: Sequence[Digest] = (),
     *,
+    archives: Sequence[str | os.PathLike[str]] = (),
     metadata: sa.MetaData | None = None,
     catalog: Catalog | None = None,
     batch: int = BATCH,
@@ -442,12 +445,20 @@ def verify(
     """Recompute every row hash, digest and seal the session reaches; writes nothing.
 
     ``digests`` are :class:`Digest` objects saved earlier (see :func:`digest`): each must
-    match the seal of its id, which must still exist. Reads ``batch`` transactions at a time.
+    match the seal of its id, which must still exist. ``archives`` are archive files
+    (:func:`versioning.archive`): each is checked (:func:`versioning.verify_archive`), and
+    they and the database are checked as one chain, from seal 1 to the newest. Reads
+    ``batch`` transactions at a time.
 
     Given a ``Connection`` instead of a session, verifies what its database's registry
     (``versioning_catalog``, see :mod:`versioning.catalog`) describes, or ``catalog``, with no
     model imported. ``progress`` is called with the report so far after each batch.
     """
+    if isinstance(archives, str | os.PathLike):
+        raise ArgumentError(
+            f"versioning.verify() takes archives=[path, ...], got a single path {archives!r}: "
+            f"pass archives=[{str(archives)!r}]"
+        )
     saved = list(digests)
     for item in saved:
         if not isinstance(item, Digest):
@@ -461,20 +472,39 @@ def verify(
     if isinstance(session, Connection):
         target = _from_connection(session, catalog, "verify")
         _refuse_inexact(target)
-        _Verifier(session, target, report, batch, progress).run()
-        _check_chain(session, target, report, saved)
+        _verify_target(session, target, report, batch, progress, saved, archives)
         return report
     session = arguments.session(session, "verify")
     targets = _targets(session, metadata, "verify")
-    if saved and len(targets) != 1:
+    if (saved or archives) and len(targets) != 1:
         raise ArgumentError(
-            "versioning.verify(digests=...) needs exactly one transaction table: pass metadata="
+            "versioning.verify(digests=..., archives=...) needs exactly one transaction table: "
+            "pass metadata="
         )
     for target in targets:
         connection = session.connection(bind_arguments={"mapper": target.mapper})
-        _Verifier(connection, target, report, batch, progress).run()
-        _check_chain(connection, target, report, saved)
+        _verify_target(connection, target, report, batch, progress, saved, archives)
     return report
+
+
+def _verify_target(
+    connection: Connection,
+    target: _Target,
+    report: Report,
+    batch: int,
+    progress: Callable[[Report], None] | None,
+    saved: list[Digest],
+    archives: Sequence[str | os.PathLike[str]],
+) -> None:
+    _Verifier(connection, target, report, batch, progress).run()
+    pruned = horizon.current(connection, target.transactions)
+    _check_chain(connection, target, report, saved, pruned)
+    if pruned is not None:
+        _check_horizons(connection, target, report, pruned)
+    if archives:
+        from versioning.archive_chain import check_archives
+
+        check_archives(connection, target, report, list(archives), saved, pruned)
 
 
 def _refuse_inexact(target: _Target) -> None:
@@ -485,6 +515,68 @@ def _refuse_inexact(target: _Target) -> None:
             f"{', '.join(sorted(columns))} is a custom type whose stored values do not give the "
             f"model's hashes (see docs/integrity.md); verify from Python with the models imported "
             f"(versioning.verify(session)), or install the library that defines the type"
+        )
+
+
+def _check_horizons(
+    connection: Connection, target: _Target, report: Report, pruned: horizon.Horizon
+) -> None:
+    """Each horizon row says what its prune's transaction row (covered by its digest) says,
+    and the seal entries the newest prune kept are all there."""
+    table = horizon_table(target.transactions)
+    tx = target.transactions
+    rows = connection.execute(
+        sa.select(
+            table.c.transaction_id,
+            table.c.horizon_transaction_id,
+            sa.type_coerce(table.c.horizon_issued_at, UTCDateTime()).label("issued_at"),
+            table.c.seal_id,
+            table.c.seal_hash,
+            table.c.kept_entries,
+            table.c.archive_sha256,
+            tx.c.extra,
+        ).outerjoin(tx, tx.c.id == table.c.transaction_id)
+    ).mappings()
+    for row in rows:
+        recorded = (row["extra"] or {}).get("prune") or {}
+        issued = recorded.get("horizon_issued_at")
+        same = (
+            recorded.get("horizon_transaction_id") == row["horizon_transaction_id"]
+            and issued is not None
+            and dt.datetime.fromisoformat(issued) == row["issued_at"]
+            and recorded.get("seal_id") == row["seal_id"]
+            and recorded.get("seal_hash") == row["seal_hash"]
+            and recorded.get("kept_entries") == row["kept_entries"]
+            and recorded.get("archive_sha256") == row["archive_sha256"]
+        )
+        if not same:
+            report.problems.append(
+                Problem(
+                    "altered",
+                    table.fullname,
+                    int(row["transaction_id"]),
+                    None,
+                    f"the horizon of the prune in transaction {row['transaction_id']} differs "
+                    f"from what that transaction recorded: the horizon row was changed; "
+                    f"restore it from a backup",
+                )
+            )
+    entries = target.entries
+    left = connection.execute(
+        sa.select(sa.func.count()).where(entries.c.seal_id <= pruned.seal_id)
+    ).scalar_one()
+    if int(left) != pruned.kept_entries:
+        report.problems.append(
+            Problem(
+                "missing",
+                entries.fullname,
+                None,
+                None,
+                f"the prune in transaction {pruned.prune_transaction_id} kept "
+                f"{pruned.kept_entries} transaction segment(s) sealed up to seal "
+                f"{pruned.seal_id}; {left} are there: kept transactions were deleted (or "
+                f"added); compare with a backup, or verify with the archives",
+            )
         )
 
 
@@ -922,9 +1014,18 @@ class _Verifier:
 
 
 def _check_chain(
-    connection: Connection, target: _Target, report: Report, saved: list[Digest]
+    connection: Connection,
+    target: _Target,
+    report: Report,
+    saved: list[Digest],
+    pruned: horizon.Horizon | None = None,
 ) -> None:
-    """Recompute each seal's hash from its entries and check the links and saved digests."""
+    """Recompute each seal's hash from its entries and check the links and saved digests.
+
+    After a prune, the seals up to the horizon's have lost the entries of the pruned
+    transactions: their links are checked, and the last one's hash against the horizon's; the
+    archives prove the rest (``verify(archives=...)``)."""
+    archived_up_to = 0 if pruned is None else pruned.seal_id
     seals, entries = target.seals, target.entries
     name = seals.fullname
     expected_id = 1
@@ -955,6 +1056,27 @@ def _check_chain(
                     f"differs from that seal's hash; restore the seals from a backup",
                 )
             )
+        if seal_id <= archived_up_to:
+            if (
+                pruned is not None
+                and seal_id == pruned.seal_id
+                and row["hash"] != (pruned.seal_hash)
+            ):
+                report.problems.append(
+                    Problem(
+                        "chain",
+                        name,
+                        None,
+                        None,
+                        f"seal {seal_id}, the last one archived, differs from the hash its "
+                        f"prune recorded: the seal was changed; restore it from a backup",
+                    )
+                )
+            hashes[seal_id] = str(row["hash"])
+            last_transaction[seal_id] = int(row["last_transaction_id"])
+            previous = str(row["hash"])
+            expected_id = seal_id + 1
+            continue
         links = connection.execute(
             sa.select(entries.c.transaction_id, entries.c.segment, entries.c.digest)
             .where(entries.c.seal_id == seal_id)

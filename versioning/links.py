@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import RelationshipProperty, Session
 
-from versioning import _compat, arguments
+from versioning import _compat, arguments, horizon
 from versioning.errors import ArgumentError
 from versioning.link_tables import LinkSpec, link_spec
 from versioning.live_rows import Key
@@ -81,6 +81,7 @@ def links_as_of(
     write_pending(session)
     connection = session.connection(bind_arguments={"mapper": prop.parent})
     history, transactions = spec.history, spec.transactions
+    horizon.check_moment(connection, transactions, at, what)
     bound: Any = at
     if isinstance(at, dt.datetime):
         moment = (
@@ -89,13 +90,12 @@ def links_as_of(
             .order_by(transactions.c.issued_at.desc(), transactions.c.id.desc())
             .limit(1)
         )
-        if connection.dialect.name in ("mysql", "mariadb"):
+        bound = horizon.resolve_bound(connection, transactions, at, moment.scalar_subquery(), what)
+        if isinstance(bound, sa.ScalarSelect) and connection.dialect.name in ("mysql", "mariadb"):
             # As versioning.reading.version_at: MariaDB probes an index with a constant only.
             bound = connection.execute(moment).scalar()
-            if bound is None:
-                return result
-        else:
-            bound = moment.scalar_subquery()
+        if bound is None:
+            return result
     parents = [history.c[name] for name in local]
     children = [history.c[name] for name in remote]
     net = sa.func.sum(sa.case((history.c[OPERATION] == Operation.INSERT, 1), else_=-1))

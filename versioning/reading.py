@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect, RowMapping
 from sqlalchemy.orm import InstanceState, Mapper, Session
 
-from versioning import _compat, arguments
+from versioning import _compat, arguments, horizon
 from versioning.declaration import ModelSpec, require_spec, versioned_spec
 from versioning.encoding import decode
 from versioning.errors import ArgumentError
@@ -294,12 +294,20 @@ class _Missing:
 _MISSING: Any = _Missing()
 
 
-def history(session: Session, target: Any, pk: Any = _MISSING) -> list[Version]:
+def history(
+    session: Session, target: Any, pk: Any = _MISSING, *, since: dt.datetime | int | None = None
+) -> list[Version]:
     """Every version of a record, oldest first; ``[]`` for a key that never existed.
 
-    Call as ``history(session, obj)`` or ``history(session, Model, pk)``.
+    Call as ``history(session, obj)`` or ``history(session, Model, pk)``. ``since`` (a
+    transaction id, or a timezone-aware ``datetime``) keeps the versions of that transaction
+    and later ones (issued at or after that time). After a prune (see :func:`versioning.prune`),
+    a record with versions before the horizon raises :class:`~versioning.ArchivedError` unless
+    ``since`` is at or after the horizon: its list would be incomplete.
     """
     session = arguments.session(session, "history")
+    if since is not None:
+        since = arguments.moment(since, "history")
     if pk is _MISSING:
         _autoflush(session)  # an instance: its pending changes (and a new one's key) first
         spec, key = _resolve_target(target, pk)
@@ -314,16 +322,32 @@ def history(session: Session, target: Any, pk: Any = _MISSING) -> list[Version]:
     def statement(tolerant: bool) -> sa.Select[Any]:
         return (
             joined.join(_select(history_table, tolerant, *joined.columns), history_table)
-            .where(*filters)
+            .where(*filters, *after)
             .order_by(history_table.c[TRANSACTION_ID], history_table.c[VERSION_ID])
         )
 
+    after: list[sa.ColumnElement[bool]] = []
+    if isinstance(since, int):
+        after.append(history_table.c[TRANSACTION_ID] >= since)
+    elif since is not None:
+        after.append(issued_at_utc(transactions) >= since)
     write_pending(session)
     connection = session.connection(bind_arguments={"mapper": spec.mapper})
-    return [
-        _row_version(spec, row, connection.dialect, joined.transaction(row))
-        for row in _fetch(connection, statement)
-    ]
+    what = f"the history of {_label(spec, key)}"
+    pruned = horizon.current(connection, transactions)
+    if pruned is not None and since is not None:
+        if isinstance(since, dt.datetime) and since <= pruned.issued_at:
+            raise horizon.refuse(f"{what} since {since.isoformat()}", pruned)
+        horizon.check_moment(connection, transactions, since, f"{what} since")
+    found = _fetch(connection, statement)
+    if (
+        pruned is not None
+        and since is None
+        and found
+        and found[0][TRANSACTION_ID] <= pruned.transaction_id
+    ):
+        raise horizon.refuse(what, pruned)
+    return [_row_version(spec, row, connection.dialect, joined.transaction(row)) for row in found]
 
 
 class TransactionColumns:
@@ -379,6 +403,11 @@ class TransactionColumns:
             reason = tx["reason"]
             tx["reason"] = note if reason is None else f"{reason}; {note}"
         return Transaction(**tx)
+
+
+def _label(spec: ModelSpec, key: tuple[Any, ...]) -> str:
+    """How messages name a record: ``Invoice 1``, ``Item ('north', 7)``."""
+    return f"{spec.model.__name__} {key[0] if len(key) == 1 else key!r}"
 
 
 def _bound(spec: ModelSpec, at: dt.datetime | int | sa.BindParameter[dt.datetime]) -> Any:
@@ -456,10 +485,14 @@ def _version_row(
     session = arguments.session(session, function)
     spec = arguments.model(model, function)
     key = _key(spec, pk)
-    bound = _bound(spec, arguments.moment(at, function))
+    at = arguments.moment(at, function)
+    bound = _bound(spec, at)
     _autoflush(session)  # after the checks: a refused call writes nothing
     write_pending(session)
     connection = session.connection(bind_arguments={"mapper": spec.mapper})
+    bound = horizon.resolve_bound(
+        connection, spec.transactions, at, bound, f"reading {_label(spec, key)}"
+    )
     if isinstance(bound, sa.ScalarSelect) and connection.dialect.name in ("mysql", "mariadb"):
         # MariaDB probes the index for max() only with a constant bound; with a subquery it walks
         # the record's whole history. So there, the moment is turned into an id first.

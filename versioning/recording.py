@@ -55,6 +55,7 @@ __all__ = [
     "note_event",
     "note_reason",
     "write_changes",
+    "write_event",
     "write_pending",
     "write_rows",
 ]
@@ -210,6 +211,17 @@ def note_event(session: Session, spec: ModelSpec, *, reason: str, extra: dict[st
     noted_in = session.get_nested_transaction() or session.get_transaction()
     assert noted_in is not None
     group.pending.append(_Pending(noted_in, spec.history, []))
+
+
+def write_event(session: Session, spec: ModelSpec, *, reason: str, extra: dict[str, Any]) -> int:
+    """:func:`note_event`, with its transaction row written now: its id (for rows that refer
+    to it, such as a prune's horizon). The digest row follows at commit."""
+    note_event(session, spec, reason=reason, extra=extra)
+    write_pending(session)
+    connection = session.connection(bind_arguments={"mapper": spec.mapper})
+    group = _recording(session).groups[(connection.engine, spec.transactions.fullname)]
+    assert group.tx_id is not None
+    return group.tx_id
 
 
 def write_changes(session: Session, changes: list[Change]) -> None:

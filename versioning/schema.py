@@ -35,6 +35,7 @@ __all__ = [
     "CHANGES",
     "DIGEST_TABLE",
     "EVENT_TABLE",
+    "HORIZON_TABLE",
     "META_COLUMNS",
     "OPERATION",
     "PERSONAL",
@@ -49,6 +50,7 @@ __all__ = [
     "event_table",
     "foreign_key_index",
     "history_table_for",
+    "horizon_table",
     "integrity_tables",
     "issued_at_utc",
     "operation_type",
@@ -62,6 +64,7 @@ SEAL_TABLE = "versioning_seal"
 SEAL_ENTRY_TABLE = "versioning_seal_entry"
 CATALOG_TABLE = "versioning_catalog"
 EVENT_TABLE = "versioning_event"
+HORIZON_TABLE = "versioning_horizon"
 
 VERSION_ID = "versioning_id"
 TRANSACTION_ID = "versioning_transaction_id"
@@ -233,6 +236,33 @@ def _integrity_tables(metadata: sa.MetaData, transactions: sa.Table) -> None:
         info={_INFO_KEY: "seal_entry"},
         comment="versioning: which seal links each digest, with a copy of the digest",
     )
+    sa.Table(
+        HORIZON_TABLE,
+        metadata,
+        sa.Column(
+            "transaction_id",
+            _ID_TYPE,
+            sa.ForeignKey(transactions.c.id, name=f"fk_{HORIZON_TABLE}_transaction"),
+            primary_key=True,
+            autoincrement=False,
+        ),
+        sa.Column("horizon_transaction_id", sa.BigInteger(), nullable=False),
+        sa.Column("horizon_issued_at", _ISSUED_AT_TYPE, nullable=False),
+        sa.Column("seal_id", sa.BigInteger(), nullable=False),
+        sa.Column("seal_hash", sa.String(64), nullable=False),
+        sa.Column("kept_entries", sa.BigInteger(), nullable=False),
+        sa.Column("archive_sha256", sa.String(64), nullable=False),
+        sa.Column("archive", sa.String(255), nullable=False),
+        info={_INFO_KEY: "horizon"},
+        comment="versioning: each prune's horizon (history before it is in an archive)",
+    )
+
+
+def horizon_table(transactions: sa.Table) -> sa.Table:
+    """The horizon table beside the transaction table ``transactions`` (see
+    :mod:`versioning.horizon`)."""
+    prefix = "" if transactions.schema is None else f"{transactions.schema}."
+    return transactions.metadata.tables[prefix + HORIZON_TABLE]
 
 
 def _catalog_table(metadata: sa.MetaData) -> sa.Table:

@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.sql import visitors
 
+from versioning import horizon
 from versioning.declaration import ModelSpec
 from versioning.errors import ArgumentError
 from versioning.operation import Operation
@@ -31,7 +32,9 @@ def bound_for(connection: sa.Connection, spec: ModelSpec, at: dt.datetime | int)
     """The highest transaction id visible at ``at``: ``at`` itself for an id; for a ``datetime``,
     a scalar subquery, or on MariaDB (whose optimizer probes the index only with a constant) its
     value, ``None`` if no transaction was issued by then."""
-    bound = _bound(spec, at)
+    bound = horizon.resolve_bound(
+        connection, spec.transactions, at, _bound(spec, at), f"reading {spec.model.__name__}"
+    )
     if isinstance(bound, sa.ScalarSelect) and connection.dialect.name in ("mysql", "mariadb"):
         moment: sa.Select[Any] = bound.element  # type: ignore[assignment]
         return connection.execute(moment).scalar()

@@ -110,6 +110,7 @@ TABLE_ROWS = (
     Row("digest_inserts_code_ms", "digests", "digest code per commit: inserts (ms)", None),
     Row("digest_updates_code_ms", "digests", "digest code per commit: updates (ms)", None),
     Row("digest_commit_code_ms", "digests", "digest code per commit: single-row (ms)", None),
+    Row("archive_kversions_s", "integrity", "`archive()`: thousand versions per second", None),
 )
 
 

@@ -29,6 +29,7 @@ import json
 import random
 import statistics
 import sys
+import tempfile
 import time
 import traceback
 import tracemalloc
@@ -36,6 +37,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -802,6 +804,25 @@ def group_integrity(engine: sa.Engine, contender: Contender, out: Result) -> Non
     for _ in range(3):
         out.run("verify_kversions_s", verify)
     out.run("verify_peak_mib", traced)
+
+    with Session(engine) as session:
+        versioning.seal(session)
+        session.commit()
+
+    def archive() -> float:
+        with tempfile.TemporaryDirectory() as folder:
+            start = time.perf_counter()
+            manifest = versioning.archive(
+                engine,
+                before=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1),
+                output=Path(folder) / "archive.jsonl.gz",
+            )
+            elapsed = time.perf_counter() - start
+        assert manifest.versions == VERIFIED_TRANSACTIONS * 50, manifest
+        return manifest.versions / elapsed / 1000
+
+    for _ in range(3):
+        out.run("archive_kversions_s", archive)
 
 
 DIGEST_ROUNDS = 10  # of the insert and update workloads
