@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from versioning.archive_format import TableDescription, row_hash
-from versioning.canonical import segment_digest, transaction_bytes
+from versioning.canonical import listed_prefixes, segment_digest, transaction_bytes
 from versioning.integrity import Kind, Problem, Report, seal_hash
 
 __all__ = ["Checker"]
@@ -218,7 +218,7 @@ class Checker:
                 listed.pop(self.tx_name, None)
             tables = []
             for name in sorted(listed):
-                count = len(listed[name])
+                count = len(listed_prefixes(listed[name]))
                 start = cut.get(name, 0)
                 hashes = [h for _, h in tx.rows.get(name, [])[start : start + count]]
                 if len(hashes) != count:
@@ -238,7 +238,7 @@ class Checker:
         listed: dict[str, list[str]] = {}
         for segment in tx.segments:
             for name, prefixes in dict(segment.get("rows") or {}).items():
-                listed.setdefault(name, []).extend(str(p) for p in prefixes)
+                listed.setdefault(name, []).extend(listed_prefixes(prefixes))
         tx_listed = listed.pop(self.tx_name, None)
         if tx.segments and tx_listed != [tx_hash[:8].hex()]:
             self.problem(
