@@ -460,3 +460,52 @@ def test_errors_of_log_and_export_are_one_line(
     nowhere = tmp_path / "no" / "such" / "dir" / "out.csv"
     line = _one_line(run("export", "--format", "csv", "--output", str(nowhere), url=url))
     assert "cannot write" in line
+
+
+# --- archive, verify --archive, prune ---------------------------------------------------------
+
+
+def test_archive_then_verify_offline_and_with_the_database(
+    create_tables: Tables, sessions: Sessions, tmp_path: Path
+) -> None:
+    engine = create_tables(Base.metadata)
+    _seed(sessions)
+    url = url_of(engine)
+    assert run("seal", url=url).returncode == 0
+    path = tmp_path / "2025.jsonl.gz"
+
+    made = run("archive", "--before", "2999-01-01", "--output", str(path), url=url)
+    assert (made.returncode, made.stderr) == (0, "")  # no progress bar: stderr is no terminal
+    manifest = as_json(made)
+    assert (manifest["transactions"], manifest["versions"]) == (2, 6)
+    assert path.is_file()
+
+    offline = run("verify", "--archive", str(path), "--format", "json")  # no URL, no database
+    assert (offline.returncode, offline.stderr) == (0, "")
+    report = as_json(offline)
+    assert report["ok"] and (report["transactions_checked"], report["versions_checked"]) == (2, 6)
+
+    refused = _one_line(run("prune", "--archive", str(path), url=url))
+    assert "versioning.prune(session" in refused and "URL alone" in refused
+    with sessions() as session:
+        versioning.prune(session, archive=path, metadata=Base.metadata)
+        session.commit()
+    after = run("verify", "--format", "json", url=url)
+    assert (after.returncode, after.stderr) == (0, "")
+    assert as_json(after)["ok"] is True
+    chain = run("verify", "--archive", str(path), "--format", "json", url=url)
+    assert (chain.returncode, chain.stderr) == (0, "")
+    assert as_json(chain)["ok"] is True
+    assert as_json(chain)["versions_checked"] >= 6
+
+    broken = tmp_path / "broken.jsonl.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as source:
+        lines = source.read().splitlines()
+    lines = [line.replace('"DE1"', '"DE9"') for line in lines]
+    with gzip.open(broken, "wt", encoding="utf-8") as target:
+        target.write("\n".join(lines) + "\n")
+    tampered = run("verify", "--archive", str(broken), "--format", "json")
+    assert tampered.returncode == 1
+    assert as_json(tampered)["problems"]
+    nothing = _one_line(run("archive", "--before", "1990-01-01", "--output", str(broken), url=url))
+    assert "nothing to archive" in nothing

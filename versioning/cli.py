@@ -1012,6 +1012,13 @@ def archive(options: _Options, before: str, output: str) -> None:
 def prune(options: _Options, path: str) -> None:
     """Delete from the database exactly what an archive holds, and record the prune."""
     delete = feature("prune", ["versioning.pruning", "versioning"], "versioning prune")
+    if not _takes(delete, "catalog"):
+        raise Failure(
+            "versioning prune cannot work from a URL alone yet: the prune is recorded as a "
+            "transaction through your versioned models. Run versioning.prune(session, "
+            f"archive={path!r}) from Python with the models imported, then `versioning verify "
+            f"--archive {path}`"
+        )
     with _connection(options) as connection:
         found = _catalog(connection, options)
         arguments: dict[str, Any] = {"archive": path}
