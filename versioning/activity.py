@@ -64,25 +64,34 @@ def iter_events(
     **filters: Any,
 ) -> Iterator[Event]:
     """Every event matching ``filters`` (those of :func:`versioning.events`), ``chunk`` at a
-    time; none when the database has no event table (created before events existed)."""
-    query = event_query(  # checks the filters now, before anything is read
-        catalog.transaction, newest_first=newest_first, limit=chunk, function=function, **filters
-    )
-    if not has_event_table(connection, catalog.transaction):
-        return
-    while True:
-        found = [event_of(row) for row in connection.execute(query).mappings()]
-        yield from found
-        if len(found) < chunk:
-            return
-        query = event_query(
-            catalog.transaction,
+    time; none when the database has no event table (created before events existed). The
+    filters are checked at the call, reading starts at the first ``next()``."""
+    transactions = catalog.transaction
+
+    def query(after: Event | None) -> sa.Select[Any]:
+        return event_query(
+            transactions,
             newest_first=newest_first,
             limit=chunk,
-            after=found[-1],
+            after=after,
             function=function,
             **filters,
         )
+
+    first = query(None)  # refuses a bad filter now, before the caller writes anything
+
+    def read() -> Iterator[Event]:
+        if not has_event_table(connection, transactions):
+            return
+        select = first
+        while True:
+            found = [event_of(row) for row in connection.execute(select).mappings()]
+            yield from found
+            if len(found) < chunk:
+                return
+            select = query(found[-1])
+
+    return read()
 
 
 def activity(
