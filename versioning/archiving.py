@@ -41,8 +41,9 @@ from versioning.archive_format import (
     line,
 )
 from versioning.canonical import converter
+from versioning.catalog import Catalog
 from versioning.errors import ArchiveError, ArgumentError
-from versioning.integrity import Digest, Report, _read, _single, _Target
+from versioning.integrity import Digest, Report, _from_connection, _read, _single, _Target
 from versioning.operation import Operation
 from versioning.reading import Transaction, _select
 from versioning.schema import (
@@ -268,28 +269,44 @@ def archive(
     output: str | os.PathLike[str],
     metadata: sa.MetaData | None = None,
     progress: Callable[[int], None] | None = None,
+    catalog: Catalog | None = None,
 ) -> ArchiveManifest:
     """Write every transaction sealed before ``before`` (a time, or an age) to ``output``.
 
     The horizon rounds down to a seal boundary: the last seal whose transactions, and every
     transaction with a lower id, were issued before ``before`` and are sealed. Reads only; the
     file is written next to ``output`` and renamed into place once complete. ``progress`` is
-    called with the number of versions written so far, after each batch. Raises
+    called with the number of versions written so far, after each batch. Given a
+    ``Connection``, the history tables are those of ``catalog``, by default those the database's
+    registry lists (:func:`versioning.catalog.load`: no model needed, as for ``verify``). Raises
     :class:`~versioning.ArchiveError` when there is nothing sealed to archive, or when the
     history to archive does not verify (run :func:`versioning.verify`).
     """
     moment = _moment(before)
     path = Path(output)
+    if isinstance(bind, Connection):
+        target = _from_connection(bind, catalog, "archive")
+        return _archive(bind, target, path, moment, progress)
     with session_of(bind, "archive") as (session, _):
         target = target_of(session, metadata, "archive")
         connection = session.connection(bind_arguments={"mapper": target.mapper})
-        first, last = archivable(connection, target, moment)
-        if last < first:
-            raise ArchiveError(
-                f"nothing to archive before {moment.isoformat()}: no seal after the horizon "
-                f"links only transactions issued before it (seal first: versioning.seal())"
-            )
-        return _Writer(connection, target, path, moment, progress).write(first, last)
+        return _archive(connection, target, path, moment, progress)
+
+
+def _archive(
+    connection: Connection,
+    target: _Target,
+    path: Path,
+    moment: dt.datetime,
+    progress: Callable[[int], None] | None,
+) -> ArchiveManifest:
+    first, last = archivable(connection, target, moment)
+    if last < first:
+        raise ArchiveError(
+            f"nothing to archive before {moment.isoformat()}: no seal after the horizon "
+            f"links only transactions issued before it (seal first: versioning.seal())"
+        )
+    return _Writer(connection, target, path, moment, progress).write(first, last)
 
 
 class _Writer:

@@ -31,11 +31,13 @@ from typing import IO, Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from versioning.activity import activity
 from versioning.catalog import Catalog, from_session, load
 from versioning.errors import ArgumentError
+from versioning.event_log import Event
 from versioning.operation import Operation
 from versioning.reading import Transaction
-from versioning.searching import Entry, entries
+from versioning.searching import Entry
 
 __all__ = ["CSV_COLUMNS", "ERASED_TEXT", "export", "plain"]
 
@@ -208,6 +210,25 @@ class CsvWriter:
                     rows.append([*head, _cell(name), ERASED_TEXT, ERASED_TEXT])
         self._csv.writerows(rows)
 
+    def event(self, event: Event) -> None:
+        """One row: table ``versioning_event``, record the target, operation ``event``, field
+        the action, new the outcome (details are in JSON Lines only)."""
+        self._csv.writerow(
+            [
+                *self._transaction_cells(event.transaction),
+                EVENT_TABLE_TEXT,
+                _cell(event.target),
+                "event",
+                _cell(event.action),
+                "",
+                _cell(event.outcome),
+            ]
+        )
+
+
+#: The ``table`` cell of an event's CSV row.
+EVENT_TABLE_TEXT = "versioning_event"
+
 
 class JsonLinesWriter:
     """One JSON object per line and version: ``{"kind": "version", ...}`` (see docs)."""
@@ -242,6 +263,18 @@ class JsonLinesWriter:
             "state": {k: _json(v) for k, v in entry.state.items()},
             "changes": {k: [_json(old), _json(new)] for k, (old, new) in entry.changes.items()},
             "erased": sorted(entry.erased),
+        }
+        self._write(_dumps(document) + "\n")
+
+    def event(self, event: Event) -> None:
+        document = {
+            "kind": "event",
+            "transaction": self._transaction_document(event.transaction),
+            "event_id": event.id,
+            "action": event.action,
+            "outcome": event.outcome,
+            "target": event.target,
+            "details": plain(event.details),
         }
         self._write(_dumps(document) + "\n")
 
@@ -317,11 +350,17 @@ def export(
     format: Literal["csv", "jsonl"] = "csv",
     catalog: Catalog | None = None,
     newest_first: bool = False,
+    events: bool = True,
     **filters: Any,
 ) -> int:
     """Write the versions matching ``filters`` (those of :func:`versioning.searching.entries`:
     :func:`versioning.search`'s, with ``table=`` and ``key=``) to ``output`` as ``format``; the
-    number of versions written. Oldest first unless ``newest_first``.
+    number of versions and events written. Oldest first unless ``newest_first``.
+
+    Events (failed and denied actions, :func:`versioning.record_event`) are written among the
+    versions, in transaction order, unless ``events=False`` or a filter only versions have
+    (``table``, ``key``, ``operation``) is given; ``action=`` and ``outcome=`` (a str or a list)
+    keep only the matching events (see :mod:`versioning.activity`).
 
     ``output`` is a path (``.gz``: compressed) or a text stream. ``bind`` is a ``Session`` (its
     transaction is read), a ``Connection``, or an ``Engine`` (a connection of its own, in one
@@ -334,10 +373,13 @@ def export(
         raise ArgumentError(f"versioning export: format must be 'csv' or 'jsonl', got {format!r}")
     count = 0
     with _reading(bind, catalog) as (reader, chosen):
-        found = entries(reader, chosen, newest_first=newest_first, **filters)
+        found = activity(reader, chosen, newest_first=newest_first, events=events, **filters)
         with _opened(output) as stream:
             writer = writer_class(stream)
-            for entry in found:
-                writer.version(entry)
+            for item in found:
+                if isinstance(item, Event):
+                    writer.event(item)
+                else:
+                    writer.version(item)
                 count += 1
     return count
