@@ -22,9 +22,11 @@ from __future__ import annotations
 import datetime as dt
 import heapq
 import ipaddress
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from itertools import islice
+from operator import itemgetter
 from typing import Any, Literal, overload
 
 import sqlalchemy as sa
@@ -660,6 +662,11 @@ class EntryReader:
             for name in info.columns
         ]
         self.personal = [(name, attribute.get(name, name)) for name in sorted(info.personal)]
+        #: A row's versioned columns' values then its meta columns', and the key's values of a
+        #: state, each in one call.
+        self.width = len(self.columns)
+        self.values = _getter([*self.columns, OPERATION, CHANGES, VERSION_ID, TRANSACTION_ID])
+        self.key_values = _getter(self.key)
 
     def _decoder(self, type_: sa.types.TypeEngine[Any]) -> Any:
         try:
@@ -667,18 +674,33 @@ class EntryReader:
         except NotImplementedError:
             python_type = None
         dialect = self.dialect
-        if python_type in (str, int) and not isinstance(type_, sa.Enum | sa.types.TypeDecorator):
+        plain = not isinstance(type_, sa.Enum | sa.types.TypeDecorator | sa.ARRAY)
+        if plain and python_type in (str, int):
             kind = python_type
 
             def simple(data: Any) -> Any:
                 return data if type(data) is kind else decode(type_, data, dialect)
 
             return simple
+        if plain and python_type is Decimal:
+            # What decode gives for a Numeric's stored text, without its type checks per value.
+
+            def number(data: Any) -> Any:
+                if type(data) is str:
+                    try:
+                        return Decimal(data)
+                    except ArithmeticError:
+                        return data
+                return decode(type_, data, dialect)
+
+            return number
         return lambda data: decode(type_, data, dialect)
 
     def __call__(self, row: RowMapping, transaction: Transaction) -> Entry:
-        state = {name: row[name] for name in self.columns}
-        operation = _OPERATIONS[row[OPERATION]]
+        values = self.values(row)
+        state = dict(zip(self.columns, values, strict=False))  # the meta columns follow
+        stored_operation, stored, version_id, transaction_id = values[self.width :]
+        operation = _OPERATIONS[stored_operation]
         changes: dict[str, tuple[Any, Any]]
         erased: frozenset[str] = frozenset()
         if self.personal:
@@ -686,7 +708,7 @@ class EntryReader:
             if gone:
                 erased = frozenset(name for name, attribute in self.personal if attribute in gone)
         if operation is Operation.UPDATE:
-            stored = row[CHANGES] or {}
+            stored = stored or {}
             changes = {}
             for name, attribute, decoder in self.changed:
                 pair = stored.get(attribute, _ABSENT)
@@ -702,10 +724,10 @@ class EntryReader:
             changes = {name: (value, None) for name, value in state.items() if value is not None}
         return Entry(
             self.live,
-            row[VERSION_ID],
-            row[TRANSACTION_ID],
+            version_id,
+            transaction_id,
             operation,
-            tuple(state[name] for name in self.key),
+            self.key_values(state),
             state,
             changes,
             erased,
@@ -715,6 +737,18 @@ class EntryReader:
 
 
 _ABSENT: Any = object()
+
+
+def _getter(names: Sequence[str]) -> Callable[[Any], tuple[Any, ...]]:
+    """``lambda row: tuple(row[name] for name in names)``, in one C call."""
+    if len(names) == 1:
+        (name,) = names
+        return lambda row: (row[name],)
+    if not names:
+        return lambda row: ()
+    return itemgetter(*names)
+
+
 #: An operation as read (the member, or its value where a type gives the text back).
 _OPERATIONS: dict[Any, Operation] = {
     **{member: member for member in Operation},
