@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect, RowMapping
 from sqlalchemy.orm import Session
 
-from versioning import arguments
+from versioning import arguments, horizon
 from versioning.catalog import Catalog, TableEntry, from_metadata, session_catalogs
 from versioning.declaration import ModelSpec, require_spec
 from versioning.encoding import decode
@@ -271,6 +271,27 @@ def _after_where(
     return sa.and_(t >= tx, sa.or_(t > tx, v > version))
 
 
+def refuse_archived(
+    connection: sa.Connection, transactions: sa.Table, filters: Filters, function: str
+) -> None:
+    """After a prune (see :mod:`versioning.horizon`), refuse a search whose range reaches before
+    the horizon: its answer would silently lack the archived history. A range reaches past it
+    unless it starts after the horizon's time (``since``) or names a transaction after the
+    horizon's (``transaction_id``)."""
+    pruned = horizon.current(connection, transactions)
+    if pruned is None:
+        return
+    where = f"versioning.{function}()"
+    if filters.transaction_id is not None:
+        if filters.transaction_id > pruned.transaction_id:
+            return
+        raise horizon.refuse(f"{where} of transaction {filters.transaction_id}", pruned)
+    if filters.since is not None and filters.since > pruned.issued_at:
+        return
+    start = "with no since=" if filters.since is None else f"since {filters.since.isoformat()}"
+    raise horizon.refuse(f"{where} {start}", pruned)
+
+
 def stream(
     connection: sa.Connection,
     catalog: Catalog,
@@ -339,6 +360,7 @@ class _Plan:
     filters: Filters
     after: Key | None
     limit: int | None
+    function: str = "search"
 
 
 def _plan(
@@ -382,7 +404,7 @@ def _plan(
     else:
         reached = reach(session, metadata, function)
     if reached is None:
-        return _Plan(session, None, None, (), filters, after_key, limit)
+        return _Plan(session, None, None, (), filters, after_key, limit, function)
     mapper, catalog = reached
     sources = [Source(entry, spec=_root(entry)) for entry in catalog.tables]
     sources = [source for source in sources if source.spec is not None]
@@ -405,7 +427,7 @@ def _plan(
                 f"history of table {table!r}; pass one of them, or both of the same table"
             )
         if not found:
-            return _Plan(session, mapper, catalog, (), filters, after_key, limit)
+            return _Plan(session, mapper, catalog, (), filters, after_key, limit, function)
         where: list[sa.ColumnElement[bool]] = []
         if key is not None:
             where = _filters(spec, key)
@@ -413,7 +435,7 @@ def _plan(
             identities = [m.polymorphic_identity for m in spec.mapper.self_and_descendants]
             where = [spec.history.c[spec.history_names[spec.discriminator]].in_(identities)]
         sources = [Source(found[0].info, tuple(where), root)]
-    return _Plan(session, mapper, catalog, tuple(sources), filters, after_key, limit)
+    return _Plan(session, mapper, catalog, tuple(sources), filters, after_key, limit, function)
 
 
 def _version_key(after: Any, function: str) -> Key | None:
@@ -433,6 +455,7 @@ def _versions(plan: _Plan, chunk: int) -> Iterator[Version]:
     session = plan.session
     write_pending(session)
     connection = session.connection(bind_arguments={"mapper": plan.mapper})
+    refuse_archived(connection, plan.catalog.transaction, plan.filters, plan.function)
     dialect: Dialect = connection.dialect
     found = stream(connection, plan.catalog, plan.sources, plan.filters, plan.after, chunk)
     if plan.limit is not None:
@@ -648,6 +671,7 @@ def entries(
         connection = bind.connection(bind_arguments={"mapper": models[0]} if models else None)
     else:
         connection = bind
+    refuse_archived(connection, catalog.transaction, checked, "entries")
     dialect = connection.dialect
     sources = [Source(info, where) for info in infos]
     found = stream(connection, catalog, sources, checked, after_key, chunk)
