@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, RowMapping
 from sqlalchemy.orm import Mapper, Session, scoped_session
 
-from versioning import _compat, arguments
+from versioning import _compat, arguments, horizon
 from versioning.bare_transactions import write_digest, write_transaction
 from versioning.canonical import event_hash
 from versioning.context import (
@@ -491,6 +491,13 @@ def read_events(
     )
     if not has_event_table(connection, transactions):
         raise no_event_table("the session", transactions)
+    horizon.refuse_range(
+        connection,
+        transactions,
+        _moment("events", "since", filters.get("since")),
+        filters.get("transaction_id"),
+        "versioning.events()",
+    )
     return [event_of(row) for row in connection.execute(query).mappings()]
 
 

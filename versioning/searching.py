@@ -271,27 +271,6 @@ def _after_where(
     return sa.and_(t >= tx, sa.or_(t > tx, v > version))
 
 
-def refuse_archived(
-    connection: sa.Connection, transactions: sa.Table, filters: Filters, function: str
-) -> None:
-    """After a prune (see :mod:`versioning.horizon`), refuse a search whose range reaches before
-    the horizon: its answer would silently lack the archived history. A range reaches past it
-    unless it starts after the horizon's time (``since``) or names a transaction after the
-    horizon's (``transaction_id``)."""
-    pruned = horizon.current(connection, transactions)
-    if pruned is None:
-        return
-    where = f"versioning.{function}()"
-    if filters.transaction_id is not None:
-        if filters.transaction_id > pruned.transaction_id:
-            return
-        raise horizon.refuse(f"{where} of transaction {filters.transaction_id}", pruned)
-    if filters.since is not None and filters.since > pruned.issued_at:
-        return
-    start = "with no since=" if filters.since is None else f"since {filters.since.isoformat()}"
-    raise horizon.refuse(f"{where} {start}", pruned)
-
-
 def stream(
     connection: sa.Connection,
     catalog: Catalog,
@@ -455,7 +434,9 @@ def _versions(plan: _Plan, chunk: int) -> Iterator[Version]:
     session = plan.session
     write_pending(session)
     connection = session.connection(bind_arguments={"mapper": plan.mapper})
-    refuse_archived(connection, plan.catalog.transaction, plan.filters, plan.function)
+    f = plan.filters
+    what = f"versioning.{plan.function}()"
+    horizon.refuse_range(connection, plan.catalog.transaction, f.since, f.transaction_id, what)
     dialect: Dialect = connection.dialect
     found = stream(connection, plan.catalog, plan.sources, plan.filters, plan.after, chunk)
     if plan.limit is not None:
@@ -671,7 +652,13 @@ def entries(
         connection = bind.connection(bind_arguments={"mapper": models[0]} if models else None)
     else:
         connection = bind
-    refuse_archived(connection, catalog.transaction, checked, "entries")
+    horizon.refuse_range(
+        connection,
+        catalog.transaction,
+        checked.since,
+        checked.transaction_id,
+        "versioning.entries()",
+    )
     dialect = connection.dialect
     sources = [Source(info, where) for info in infos]
     found = stream(connection, catalog, sources, checked, after_key, chunk)
