@@ -709,3 +709,28 @@ def test_search_and_export_refuse_a_range_before_the_horizon(
         export(engine, output, format="csv")
     assert not output.exists()  # refused before the file is opened
     assert export(engine, output, format="csv", since=after) == 1
+
+
+def test_an_archive_without_models_is_the_archive_with_them(
+    story: sa.Engine, sessions: Sessions, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = story
+    ids = _ids(engine)
+    before = _issued(engine, ids[7])
+    with_models = versioning.archive(engine, before=before, output=tmp_path / "models.jsonl.gz")
+    with monkeypatch.context() as no_models:
+        no_models.setattr("versioning.catalog.all_specs", lambda: [])
+        path = tmp_path / "registry.jsonl.gz"
+        bare = versioning.archive(engine, before=before, output=path)
+        # The same lines (link history described as links, records by their keys).
+        assert bare.data_sha256 == with_models.data_sha256
+        versioning.prune(engine, archive=path)
+    with engine.connect() as connection:
+        left = set(
+            connection.exec_driver_sql(
+                f"SELECT id FROM {TRANSACTION_TABLE} WHERE id <= {ids[6]}"
+            ).scalars()
+        )
+    assert left == {ids[0], ids[1], ids[2], ids[4], ids[5], ids[6]}  # as with the models
+    with sessions() as session:
+        assert versioning.verify(session, archives=[path]).ok
