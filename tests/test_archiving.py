@@ -734,3 +734,12 @@ def test_an_archive_without_models_is_the_archive_with_them(
     assert left == {ids[0], ids[1], ids[2], ids[4], ids[5], ids[6]}  # as with the models
     with sessions() as session:
         assert versioning.verify(session, archives=[path]).ok
+
+
+def test_catalog_needs_an_engine_or_a_connection(story: sa.Engine, tmp_path: Path) -> None:
+    with story.connect() as connection:
+        catalog = versioning.catalog.load(connection)
+    with Session(story) as session, pytest.raises(versioning.ArgumentError, match="Engine or a"):
+        versioning.archive(
+            session, before=dt.timedelta(0), output=tmp_path / "none.jsonl.gz", catalog=catalog
+        )

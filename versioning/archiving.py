@@ -212,6 +212,11 @@ def target_of(
             )
         if metadata is not None:
             raise ArgumentError(f"versioning.{function}(): pass metadata= or catalog=, not both")
+        if models_only:
+            raise ArgumentError(
+                f"versioning.{function}(catalog=) takes an Engine or a Connection; through a "
+                f"Session it works on the models the session reaches (pass metadata=)"
+            )
         return _from_connection(session.connection(), catalog, function), session.connection()
     target = _single(session, metadata, function)
     if target is not None:
