@@ -7,8 +7,11 @@ and stderr must stay empty when it is not a terminal (no progress bar there).
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import gzip
 import importlib.util
+import io
 import json
 import os
 import pty
@@ -26,8 +29,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from test_catalog import Base, _seed
 
+import versioning
 from versioning import catalog, cli
-from versioning.schema import VERSION_ID
+from versioning.schema import TRANSACTION_ID, VERSION_ID
 
 from helpers import tamper
 
@@ -274,3 +278,232 @@ def test_values_as_printed() -> None:
         "t": "2025-01-02",
     }
     assert cli.shown("a b") == "'a b'" and cli.shown(None) == "∅"
+
+
+# --- log, show, record and export, end to end -----------------------------------------------------
+
+
+def _seed_with_event(engine: sa.Engine, sessions: Sessions) -> int:
+    """The catalog models' history, then one denied login (its transaction id)."""
+    _seed(sessions)
+    with versioning.audit_context(actor="mallory", source_ip="203.0.113.7"):
+        event = versioning.record_event(
+            engine, "login", outcome="denied", target="=admin", details={"tries": 3}
+        )
+    return event.transaction_id
+
+
+def _company_update(engine: sa.Engine) -> int:
+    """The transaction id of the update of company 2 (vat DE1 -> DE2)."""
+    history = catalog.from_metadata(Base.metadata).entry("cat_accounts").history
+    with engine.connect() as connection:
+        return int(
+            connection.execute(
+                sa.select(history.c[TRANSACTION_ID]).where(history.c.vat == "DE2")
+            ).scalar_one()
+        )
+
+
+def test_log_lists_versions_and_events_newest_first_with_filters(
+    create_tables: Tables, sessions: Sessions
+) -> None:
+    engine = create_tables(Base.metadata)
+    denied = _seed_with_event(engine, sessions)
+    update = _company_update(engine)
+    url = url_of(engine)
+
+    everything = run("log", "--format", "json", url=url)
+    assert (everything.returncode, everything.stderr) == (0, "")
+    documents = as_json(everything)
+    assert [d["kind"] for d in documents] == ["event"] + ["version"] * 6
+    event = documents[0]
+    assert (event["action"], event["outcome"], event["target"]) == ("login", "denied", "=admin")
+    assert event["details"] == {"tries": 3} and event["transaction_id"] == denied
+    assert (event["transaction"]["actor"], event["transaction"]["source_ip"]) == (
+        "mallory",
+        "203.0.113.7",
+    )
+    assert documents[1]["transaction_id"] == update
+    assert documents[1]["changes"] == {"vat": ["DE1", "DE2"]}
+    ids = [d["transaction_id"] for d in documents]
+    assert ids == sorted(ids, reverse=True)
+
+    oldest = as_json(run("log", "--format", "json", "--oldest-first", "--limit", "2", url=url))
+    assert [(d["kind"], d["operation"]) for d in oldest] == [("version", "insert")] * 2
+    updates = as_json(run("log", "--format", "json", "--operation", "update", url=url))
+    assert [(d["table"], d["key"]) for d in updates] == [("cat_accounts", [2])]  # no event
+    notes = as_json(run("log", "--format", "json", "--table", "cat_notes_history", url=url))
+    assert [(d["table"], d["key"]) for d in notes] == [("cat_notes", [1])]
+    by_actor = as_json(run("log", "--format", "json", "--actor", "mallory", url=url))
+    assert [d["kind"] for d in by_actor] == ["event"]
+    denials = as_json(run("log", "--format", "json", "--outcome", "denied", url=url))
+    assert [d["event_id"] for d in denials] == [event["event_id"]]
+    assert as_json(run("log", "--format", "json", "--action", "logout", url=url)) == []
+    one = as_json(run("log", "--format", "json", "--transaction", str(update), url=url))
+    assert [d["operation"] for d in one] == ["update"]
+    assert as_json(run("log", "--format", "json", "--since", "2999-01-01", url=url)) == []
+    assert len(as_json(run("log", "--format", "json", "--until", "2999-01-01", url=url))) == 7
+
+    text = run("log", url=url)
+    assert (text.returncode, text.stderr) == (0, "")  # no terminal: plain lines, no table
+    lines = text.stdout.splitlines()
+    assert lines[0].startswith(f"transaction {denied} ")
+    assert lines[0].endswith("by mallory from 203.0.113.7  event login on =admin: denied")
+    assert lines[1].endswith("update cat_accounts [2]")
+
+    rows = list(csv.reader(io.StringIO(run("log", "--format", "csv", url=url).stdout)))
+    assert rows[0][:3] == ["transaction_id", "issued_at", "actor"]
+    assert rows[1][6:] == ["versioning_event", "'=admin", "event", "login: denied"]
+    assert rows[2][6:] == ["cat_accounts", "2", "update", "vat"]
+    assert len(rows) == 8
+
+
+def test_show_and_record_from_a_url_alone(create_tables: Tables, sessions: Sessions) -> None:
+    engine = create_tables(Base.metadata)
+    denied = _seed_with_event(engine, sessions)
+    update = _company_update(engine)
+    url = url_of(engine)
+
+    shown_update = run("show", str(update), url=url)
+    assert (shown_update.returncode, shown_update.stderr) == (0, "")
+    assert shown_update.stdout.splitlines()[1:] == [
+        "update cat_accounts [2]",
+        "    vat: 'DE1' → 'DE2'",
+    ]
+    document = as_json(run("show", str(update), "--format", "json", url=url))
+    assert document["transaction"]["id"] == update and document["events"] == []
+    assert [c["changes"] for c in document["changes"]] == [{"vat": ["DE1", "DE2"]}]
+    event = as_json(run("show", str(denied), "--format", "json", url=url))
+    assert event["changes"] == [] and [e["outcome"] for e in event["events"]] == ["denied"]
+    assert "event login on =admin: denied" in run("show", str(denied), url=url).stdout
+    missing = _one_line(run("show", str(denied + 1000), url=url))
+    assert "no change and no event" in missing
+
+    timeline = run("record", "cat_accounts", "2", url=url)
+    assert (timeline.returncode, timeline.stderr) == (0, "")
+    lines = timeline.stdout.splitlines()
+    assert lines[0].endswith("insert cat_accounts [2]")
+    assert "    card: ∅ → '************0004'" in lines  # masked as recorded
+    assert lines[-2].endswith("update cat_accounts [2]") and lines[-1] == "    vat: 'DE1' → 'DE2'"
+    versions = as_json(run("record", "cat_accounts_history", "2", "--format", "json", url=url))
+    assert [v["operation"] for v in versions] == ["insert", "update"]
+    pair = as_json(run("record", "cat_note_labels", "1", "1", "--format", "json", url=url))
+    assert [v["key"] for v in pair] == [[1, 1]]
+    assert "no history of cat_accounts [99]" in run("record", "cat_accounts", "99", url=url).stdout
+
+
+def test_export_csv_and_jsonl_to_files_read_back(
+    create_tables: Tables, sessions: Sessions, tmp_path: Path
+) -> None:
+    engine = create_tables(Base.metadata)
+    denied = _seed_with_event(engine, sessions)
+    url = url_of(engine)
+
+    done = run("export", "--format", "csv", "--output", str(tmp_path / "all.csv"), url=url)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == f"7 version(s) and event(s) written to {tmp_path / 'all.csv'}\n"
+    with (tmp_path / "all.csv").open(encoding="utf-8", newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert rows[-1] == {
+        "transaction_id": str(denied),
+        "issued_at": rows[-1]["issued_at"],
+        "actor": "mallory",
+        "source_ip": "203.0.113.7",
+        "request_id": "",
+        "reason": "",
+        "table": "versioning_event",
+        "record": "'=admin",  # would run as a formula: neutralised
+        "operation": "event",
+        "field": "login",
+        "old": "",
+        "new": "denied",
+    }
+    assert dt.datetime.fromisoformat(rows[-1]["issued_at"]).utcoffset() == dt.timedelta(0)
+    vat = [r for r in rows if r["field"] == "vat" and r["operation"] == "update"]
+    assert [(r["old"], r["new"]) for r in vat] == [("DE1", "DE2")]
+
+    packed = tmp_path / "accounts.jsonl.gz"
+    gz = run("export", "--format", "jsonl", "--output", str(packed), "--table", "cat_accounts")
+    assert gz.returncode == 3  # no URL
+    gz = run(
+        "export", "--format", "jsonl", "--output", str(packed), "--table", "cat_accounts", url=url
+    )
+    assert (gz.returncode, gz.stderr) == (0, "")
+    with gzip.open(packed, "rt", encoding="utf-8") as stream:
+        lines = [json.loads(line) for line in stream]
+    assert {line["kind"] for line in lines} == {"version"}  # a table filter leaves events out
+    assert sorted((line["operation"], line["record"]) for line in lines) == [
+        ("insert", [1]),
+        ("insert", [2]),
+        ("update", [2]),
+    ]
+    assert lines[-1]["operation"] == "update"
+    assert lines[-1]["changes"] == {"vat": ["DE1", "DE2"]}
+
+    events_only = run("export", "--format", "jsonl", "--output", "-", "--action", "login", url=url)
+    [line] = [json.loads(text) for text in events_only.stdout.splitlines()]
+    assert (line["kind"], line["details"], line["target"]) == ("event", {"tries": 3}, "=admin")
+
+
+def test_errors_of_log_and_export_are_one_line(
+    create_tables: Tables, sessions: Sessions, tmp_path: Path
+) -> None:
+    engine = create_tables(Base.metadata)
+    url = url_of(engine)
+    unknown = _one_line(run("log", "--table", "nosuch", url=url))
+    assert "'nosuch'" in unknown and "cat_accounts" in unknown
+    assert "cat_notes" in _one_line(run("record", "nosuch", "1", url=url))
+    bad_date = _one_line(run("log", "--since", "last tuesday", url=url), code=2)
+    assert "--since" in bad_date and "ISO 8601" in bad_date
+    bad_key = _one_line(run("record", "cat_accounts", "x", url=url), code=2)
+    assert "'x' is not a value of cat_accounts.id" in bad_key
+    nowhere = tmp_path / "no" / "such" / "dir" / "out.csv"
+    line = _one_line(run("export", "--format", "csv", "--output", str(nowhere), url=url))
+    assert "cannot write" in line
+
+
+# --- archive, verify --archive, prune ---------------------------------------------------------
+
+
+def test_archive_then_verify_offline_and_with_the_database(
+    create_tables: Tables, sessions: Sessions, tmp_path: Path
+) -> None:
+    engine = create_tables(Base.metadata)
+    _seed(sessions)
+    url = url_of(engine)
+    assert run("seal", url=url).returncode == 0
+    path = tmp_path / "2025.jsonl.gz"
+
+    made = run("archive", "--before", "2999-01-01", "--output", str(path), url=url)
+    assert (made.returncode, made.stderr) == (0, "")  # no progress bar: stderr is no terminal
+    manifest = as_json(made)
+    assert (manifest["transactions"], manifest["versions"]) == (2, 6)
+    assert path.is_file()
+
+    offline = run("verify", "--archive", str(path), "--format", "json")  # no URL, no database
+    assert (offline.returncode, offline.stderr) == (0, "")
+    report = as_json(offline)
+    assert report["ok"] and (report["transactions_checked"], report["versions_checked"]) == (2, 6)
+
+    pruned = run("prune", "--archive", str(path), url=url)  # from the URL alone, no model
+    assert (pruned.returncode, pruned.stderr) == (0, "")
+    assert as_json(pruned)["archive"] == path.name
+    after = run("verify", "--format", "json", url=url)
+    assert (after.returncode, after.stderr) == (0, "")
+    assert as_json(after)["ok"] is True
+    chain = run("verify", "--archive", str(path), "--format", "json", url=url)
+    assert (chain.returncode, chain.stderr) == (0, "")
+    assert as_json(chain)["ok"] is True
+    assert as_json(chain)["versions_checked"] >= 6
+
+    broken = tmp_path / "broken.jsonl.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as source:
+        lines = source.read().splitlines()
+    lines = [line.replace('"DE1"', '"DE9"') for line in lines]
+    with gzip.open(broken, "wt", encoding="utf-8") as target:
+        target.write("\n".join(lines) + "\n")
+    tampered = run("verify", "--archive", str(broken), "--format", "json")
+    assert tampered.returncode == 1
+    assert as_json(tampered)["problems"]
+    nothing = _one_line(run("archive", "--before", "1990-01-01", "--output", str(broken), url=url))
+    assert "nothing to archive" in nothing

@@ -222,3 +222,45 @@ def test_plain_values() -> None:
     assert record_text((7,)) == "7"
     assert record_text(("x",)) == "x"
     assert record_text((1, "a")) == '[1,"a"]'
+
+
+def test_events_among_the_versions_and_their_filters(
+    written: dict[str, Any], tmp_path: Path
+) -> None:
+    engine = written["engine"]
+    written["session"].rollback()
+    with audit_context(actor="bob", source_ip="203.0.113.9"):
+        event = versioning.record_event(
+            engine, "refund", outcome="denied", target="+payment 1", metadata=Base.metadata
+        )
+    out = io.StringIO(newline="")
+    assert export(engine, out, format="csv") == 5
+    rows = read_csv(out.getvalue())
+    assert rows[-1] == {
+        "transaction_id": str(event.transaction_id),
+        "issued_at": rows[-1]["issued_at"],
+        "actor": "bob",
+        "source_ip": "203.0.113.9",
+        "request_id": "",
+        "reason": "",
+        "table": "versioning_event",
+        "record": "'+payment 1",
+        "operation": "event",
+        "field": "refund",
+        "old": "",
+        "new": "denied",
+    }
+    lines = io.StringIO()
+    assert export(engine, lines, format="jsonl", actor="bob", newest_first=True) == 2
+    kinds = [json.loads(line)["kind"] for line in lines.getvalue().splitlines()]
+    assert kinds == ["event", "version"]
+    assert export(engine, io.StringIO(), format="jsonl", actor="bob", events=False) == 1
+    assert export(engine, io.StringIO(), format="jsonl", operation="update") == 1
+    assert export(engine, io.StringIO(), format="jsonl", outcome=["denied", "x"]) == 1
+    assert export(engine, io.StringIO(), format="jsonl", action="login") == 0
+    path = tmp_path / "refused.csv"
+    with pytest.raises(versioning.ArgumentError, match="action must be a str or a list"):
+        export(engine, path, action=5)
+    with pytest.raises(versioning.ArgumentError, match="unknown filter"):
+        export(engine, path, colour="red")
+    assert not path.exists()

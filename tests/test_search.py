@@ -362,3 +362,71 @@ def test_transaction_filters_use_their_index(create_tables: Tables, sessions: Se
         # (The digest table, empty here, may be scanned: it holds one row per transaction.)
         assert f"Seq Scan on {history.name}" not in plan, plan
         assert f"Seq Scan on {transactions.name}" not in plan, plan
+
+
+def test_include_events_merges_them_in_transaction_order_and_pages(
+    story: dict[str, Any],
+) -> None:
+    session = story["session"]
+    t1, t2, t3, t4 = story["tx"]
+    session.rollback()  # SQLite: an event waits for no open transaction
+    with audit_context(actor="mallory", source_ip="203.0.113.7"):
+        denied = versioning.record_event(
+            session, "login", outcome="denied", target="alice", metadata=Base.metadata
+        )
+    failed = versioning.record_event(session, "export", outcome="failed", metadata=Base.metadata)
+    assert versioning.search(session) == versioning.search(session, include_events=False)
+    assert all(isinstance(v, Version) for v in versioning.search(session))
+
+    def shown(items: list[Version | versioning.Event]) -> list[tuple[str, int]]:
+        return [
+            (v.action if isinstance(v, versioning.Event) else v.model.__name__, v.transaction_id)
+            for v in items
+        ]
+
+    everything = versioning.search(session, include_events=True)
+    assert shown(everything) == [
+        ("export", failed.transaction_id),
+        ("login", denied.transaction_id),
+        ("Invoice", t4),
+        ("Line", t3),
+        ("Line", t2),
+        ("Invoice", t2),
+        ("Line", t1),
+        ("Invoice", t1),
+    ]
+    oldest = versioning.search(session, include_events=True, newest_first=False)
+    assert shown(oldest) == shown(everything)[::-1]
+    # Pages of 3, after a Version or after an Event: each item once, in order.
+    for newest_first in (True, False):
+        pages: list[Version | versioning.Event] = []
+        last: Version | versioning.Event | None = None
+        while True:
+            page = versioning.search(
+                session, include_events=True, newest_first=newest_first, limit=3, after=last
+            )
+            pages.extend(page)
+            if len(page) < 3:
+                break
+            last = page[-1]
+        assert shown(pages) == shown(everything if newest_first else oldest)
+    by_actor = versioning.search(session, include_events=True, actor="mallory")
+    assert [e.id for e in by_actor if isinstance(e, versioning.Event)] == [denied.id]
+    assert len(by_actor) == 1
+    assert shown(versioning.search(session, include_events=True, outcome="failed")) == [
+        ("export", failed.transaction_id)
+    ]
+    assert shown(versioning.search(session, include_events=True, action=["login", "x"])) == [
+        ("login", denied.transaction_id)
+    ]
+    # A filter only versions have leaves the events out.
+    assert shown(versioning.search(session, include_events=True, model=Line, limit=1)) == [
+        ("Line", t3)
+    ]
+    assert shown(versioning.search(session, include_events=True, operation="update")) == [
+        ("Invoice", t2)
+    ]
+    with pytest.raises(versioning.ArgumentError, match="include_events=True"):
+        versioning.search(session, outcome="denied")
+    with pytest.raises(versioning.ArgumentError, match="after= is an Event"):
+        versioning.search(session, after=denied)

@@ -304,8 +304,8 @@ def archive(
     before: dt.datetime | dt.timedelta,
     output: str | os.PathLike[str],
     metadata: sa.MetaData | None = None,
-    catalog: Catalog | None = None,
     progress: Callable[[int], None] | None = None,
+    catalog: Catalog | None = None,
 ) -> ArchiveManifest:
     """Write every transaction sealed before ``before`` (a time, or an age) to ``output``.
 
@@ -314,27 +314,41 @@ def archive(
     file is written next to ``output`` and renamed into place once complete. ``progress`` is
     called with the number of versions written so far, after each batch.
 
-    ``bind`` is a ``Session`` (the models it reaches; ``metadata`` picks one ``MetaData``), or
-    an ``Engine`` or ``Connection``: the models that reach it, or with none imported, the
-    database's registry (:func:`versioning.catalog.load`); ``catalog`` names the history tables
-    explicitly. Each transaction's event rows (``versioning_event``) are archived with it. Raises
+    ``bind`` is a ``Session`` (the models it reaches; ``metadata`` picks one ``MetaData``); a
+    ``Connection`` (the history tables of ``catalog``, by default those the database's registry
+    lists: :func:`versioning.catalog.load`, no model needed, as for ``verify``); or an
+    ``Engine`` (the models that reach it, or with none imported, the registry's). Each
+    transaction's event rows (``versioning_event``) are archived with it. Raises
     :class:`~versioning.ArchiveError` when there is nothing sealed to archive, or when the
     history to archive does not verify (run :func:`versioning.verify`).
     """
     moment = _moment(before)
     path = Path(output)
+    if isinstance(bind, Connection):
+        target = _from_connection(bind, catalog, "archive")
+        return _archive(bind, target, path, moment, progress)
     with session_of(bind, "archive") as (session, own):
         target, connection = target_of(session, metadata, "archive", catalog, models_only=not own)
-        first, last = archivable(connection, target, moment)
-        if last < first:
-            raise ArchiveError(
-                f"nothing to archive before {moment.isoformat()}: no seal after the horizon "
-                f"links only transactions issued before it (seal first: versioning.seal())"
-            )
-        events: sa.Table | None = event_table(target.transactions)
-        if not has_event_table(connection, target.transactions):
-            events = None
-        return _Writer(connection, target, events, path, moment, progress).write(first, last)
+        return _archive(connection, target, path, moment, progress)
+
+
+def _archive(
+    connection: Connection,
+    target: _Target,
+    path: Path,
+    moment: dt.datetime,
+    progress: Callable[[int], None] | None,
+) -> ArchiveManifest:
+    first, last = archivable(connection, target, moment)
+    if last < first:
+        raise ArchiveError(
+            f"nothing to archive before {moment.isoformat()}: no seal after the horizon "
+            f"links only transactions issued before it (seal first: versioning.seal())"
+        )
+    events: sa.Table | None = event_table(target.transactions)
+    if not has_event_table(connection, target.transactions):
+        events = None
+    return _Writer(connection, target, events, path, moment, progress).write(first, last)
 
 
 class _Writer:

@@ -42,6 +42,7 @@ from rich.table import Table as RichTable
 
 from versioning import catalog, integrity
 from versioning.errors import CatalogError, VersioningError
+from versioning.exporting import record_text
 from versioning.operation import Operation
 
 __all__ = ["EXIT_PROBLEMS", "EXIT_UNAVAILABLE", "EXIT_USAGE", "cli", "main"]
@@ -57,6 +58,13 @@ class Failure(click.ClickException):
     """The work could not be done: one line on stderr, exit code 3."""
 
     exit_code = EXIT_UNAVAILABLE
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"versioning: {self.format_message()}", err=True)
+
+
+class BadValue(click.BadParameter):
+    """A value given on the command line is not one: one line on stderr, exit code 2."""
 
     def show(self, file: IO[Any] | None = None) -> None:
         click.echo(f"versioning: {self.format_message()}", err=True)
@@ -223,12 +231,31 @@ def _takes(function: Callable[..., Any], parameter: str) -> bool:
 
 
 def _entries(connection: sa.Connection, found: catalog.Catalog, **filters: Any) -> Iterator[Any]:
-    """The history rows matching ``filters``, decoded (``versioning.searching.entries``)."""
-    entries = feature("entries", ["versioning.searching", "versioning.search"], "this command")
+    """The history rows matching ``filters``, decoded (``versioning.searching.entries``), and
+    the events they keep (``versioning.activity``), in transaction order."""
+    read = feature("activity", ["versioning.activity"], "this command")
     try:
-        yield from entries(connection, found, **filters)
+        yield from read(connection, found, **filters)
     except (VersioningError, sa.exc.DBAPIError) as error:
         _fail_on(error)
+
+
+def _is_event(item: Any) -> bool:
+    return hasattr(item, "action") and hasattr(item, "outcome")
+
+
+def event_document(event: Any) -> dict[str, Any]:
+    """One event (``versioning.Event``) as a JSON object."""
+    return {
+        "kind": "event",
+        "event_id": event.id,
+        "transaction_id": event.transaction_id,
+        "action": event.action,
+        "outcome": event.outcome,
+        "target": event.target,
+        "details": plain(event.details),
+        "transaction": transaction_document(event.transaction),
+    }
 
 
 # --- filters, keys and values as the command line takes and shows them ---------------------------
@@ -242,7 +269,7 @@ def moment(text: str, option: str) -> dt.datetime:
     try:
         value = dt.datetime.fromisoformat(text.strip())
     except ValueError:
-        raise click.BadParameter(
+        raise BadValue(
             f"{text!r} is not a date or time: use ISO 8601, e.g. 2025-03-04 or "
             f"2025-03-04T09:30:00+01:00 (UTC unless a zone is given)",
             param_hint=option,
@@ -262,7 +289,7 @@ def key_values(entry: catalog.TableEntry, texts: Sequence[str]) -> tuple[Any, ..
     """A record's key given on the command line, as the values of its key columns' types."""
     names = entry.primary_key
     if len(texts) != len(names):
-        raise click.BadParameter(
+        raise BadValue(
             f"{entry.live} has the key ({', '.join(names)}): give {len(names)} value(s), got "
             f"{len(texts)}",
             param_hint="PK",
@@ -294,7 +321,7 @@ def _typed(entry: catalog.TableEntry, name: str, text: str) -> Any:
         made: Any = python_type
         return made(text)
     except (ValueError, KeyError, ArithmeticError):
-        raise click.BadParameter(
+        raise BadValue(
             f"{text!r} is not a value of {entry.live}.{name} ({type_})",
             param_hint="PK",
         ) from None
@@ -342,6 +369,7 @@ def entry_document(entry: Any) -> dict[str, Any]:
     """One history row (``versioning.searching.Entry``) as a JSON object."""
     tx = entry.transaction
     return {
+        "kind": "version",
         "table": entry.table,
         "version_id": entry.version_id,
         "transaction_id": entry.transaction_id,
@@ -383,7 +411,9 @@ def _print_entries(entries: Iterable[Any], output: str, timeline: bool = False) 
     """Print history rows as ``output`` says; how many."""
     count = 0
     if output == "json":
-        documents = [entry_document(entry) for entry in entries]
+        documents = [
+            event_document(item) if _is_event(item) else entry_document(item) for item in entries
+        ]
         _print_json(documents)
         return len(documents)
     if output == "csv":
@@ -404,6 +434,26 @@ def _print_entries(entries: Iterable[Any], output: str, timeline: bool = False) 
         )
         for entry in entries:
             tx = entry.transaction
+            if _is_event(entry):
+                writer.writerow(
+                    [
+                        cell(x)
+                        for x in (
+                            entry.transaction_id,
+                            tx.issued_at,
+                            tx.actor,
+                            tx.source_ip,
+                            tx.request_id,
+                            tx.reason,
+                            "versioning_event",
+                            entry.target,
+                            "event",
+                            f"{entry.action}: {entry.outcome}",
+                        )
+                    ]
+                )
+                count += 1
+                continue
             writer.writerow(
                 [
                     cell(x)
@@ -415,7 +465,7 @@ def _print_entries(entries: Iterable[Any], output: str, timeline: bool = False) 
                         tx.request_id,
                         tx.reason,
                         entry.table,
-                        _key_text(entry.key),
+                        record_text(entry.key),
                         getattr(entry.operation, "value", entry.operation),
                         " ".join(sorted(entry.changes)),
                     )
@@ -429,6 +479,18 @@ def _print_entries(entries: Iterable[Any], output: str, timeline: bool = False) 
         )
         for entry in entries:
             tx = entry.transaction
+            if _is_event(entry):
+                table.add_row(
+                    str(entry.transaction_id),
+                    str(plain(tx.issued_at)),
+                    tx.actor or "",
+                    "event",
+                    entry.target or "",
+                    entry.action,
+                    entry.outcome,
+                )
+                count += 1
+                continue
             table.add_row(
                 str(entry.transaction_id),
                 str(plain(tx.issued_at)),
@@ -443,9 +505,17 @@ def _print_entries(entries: Iterable[Any], output: str, timeline: bool = False) 
         return count
     for entry in entries:
         tx = entry.transaction
-        operation = getattr(entry.operation, "value", entry.operation)
         who = f" by {tx.actor}" if tx.actor else ""
         where = f" from {tx.source_ip}" if tx.source_ip else ""
+        if _is_event(entry):
+            on = f" on {entry.target}" if entry.target else ""
+            click.echo(
+                f"transaction {entry.transaction_id}  {plain(tx.issued_at)}{who}{where}  "
+                f"event {entry.action}{on}: {entry.outcome}"
+            )
+            count += 1
+            continue
+        operation = getattr(entry.operation, "value", entry.operation)
         click.echo(
             f"transaction {entry.transaction_id}  {plain(tx.issued_at)}{who}{where}  "
             f"{operation} {entry.table} [{_key_text(entry.key)}]"
@@ -566,6 +636,7 @@ def _report(report: integrity.Report, output: str) -> None:
                 "ok": report.ok,
                 "transactions_checked": report.transactions_checked,
                 "versions_checked": report.versions_checked,
+                "events_checked": report.events_checked,
                 "unsealed": report.unsealed,
                 "problems": [
                     {
@@ -691,6 +762,8 @@ def _filter_options(command: F) -> F:
         click.option("--transaction", "transaction_id", type=int, metavar="ID"),
         click.option("--request-id", metavar="ID"),
         click.option("--source-ip", metavar="IP"),
+        click.option("--action", metavar="ACTION", help="Events of this action only."),
+        click.option("--outcome", metavar="OUTCOME", help="Events of this outcome only."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -706,6 +779,8 @@ def _filters(
     transaction_id: int | None,
     request_id: str | None,
     source_ip: str | None,
+    action: str | None,
+    outcome: str | None,
 ) -> dict[str, Any]:
     """The options given, as the keyword arguments of ``versioning.searching.entries``."""
     given: dict[str, Any] = {
@@ -717,6 +792,8 @@ def _filters(
         "transaction_id": transaction_id,
         "request_id": request_id,
         "source_ip": source_ip,
+        "action": action,
+        "outcome": outcome,
     }
     return {name: value for name, value in given.items() if value is not None}
 
@@ -782,13 +859,18 @@ def show(options: _Options, transaction_id: int, output: str) -> None:
         rows = list(_entries(connection, found, transaction_id=transaction_id, newest_first=False))
         connection.rollback()
     if not rows:
-        raise Failure(f"transaction {transaction_id} recorded no change (or does not exist)")
+        raise Failure(
+            f"transaction {transaction_id} recorded no change and no event (or does not exist)"
+        )
     tx = rows[0].transaction
+    events = [row for row in rows if _is_event(row)]
+    changes = [row for row in rows if not _is_event(row)]
     if output == "json":
         _print_json(
             {
                 "transaction": transaction_document(tx),
-                "changes": [entry_document(entry) for entry in rows],
+                "changes": [entry_document(entry) for entry in changes],
+                "events": [event_document(event) for event in events],
             }
         )
         return
@@ -801,7 +883,12 @@ def show(options: _Options, transaction_id: int, output: str) -> None:
     ):
         if value:
             click.echo(f"  {label}: {value}")
-    for entry in rows:
+    for event in events:
+        on = f" on {event.target}" if event.target else ""
+        click.echo(f"event {event.action}{on}: {event.outcome}")
+        if event.details:
+            click.echo(f"    details: {json.dumps(plain(event.details), ensure_ascii=False)}")
+    for entry in changes:
         operation = getattr(entry.operation, "value", entry.operation)
         click.echo(f"{operation} {entry.table} [{_key_text(entry.key)}]")
         for name, (old, new) in sorted(entry.changes.items()):
@@ -877,7 +964,7 @@ def export(
             raise Failure(f"cannot write {output}: {error.strerror or error}") from None
         connection.rollback()
     if output != "-":
-        click.echo(f"{count} version(s) written to {output}")
+        click.echo(f"{count} version(s) and event(s) written to {output}")
 
 
 @cli.command()
@@ -925,6 +1012,13 @@ def archive(options: _Options, before: str, output: str) -> None:
 def prune(options: _Options, path: str) -> None:
     """Delete from the database exactly what an archive holds, and record the prune."""
     delete = feature("prune", ["versioning.pruning", "versioning"], "versioning prune")
+    if not _takes(delete, "catalog"):
+        raise Failure(
+            "versioning prune cannot work from a URL alone yet: the prune is recorded as a "
+            "transaction through your versioned models. Run versioning.prune(session, "
+            f"archive={path!r}) from Python with the models imported, then `versioning verify "
+            f"--archive {path}`"
+        )
     with _connection(options) as connection:
         found = _catalog(connection, options)
         arguments: dict[str, Any] = {"archive": path}

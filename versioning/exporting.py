@@ -23,7 +23,7 @@ import gzip
 import json
 import math
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -31,11 +31,13 @@ from typing import IO, Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from versioning.activity import activity
 from versioning.catalog import Catalog, from_session, load
 from versioning.errors import ArgumentError
+from versioning.event_log import Event
 from versioning.operation import Operation
 from versioning.reading import Transaction
-from versioning.searching import Entry, entries
+from versioning.searching import Entry
 
 __all__ = ["CSV_COLUMNS", "ERASED_TEXT", "export", "plain"]
 
@@ -71,6 +73,9 @@ def plain(value: Any) -> Any:
     ``UUID`` as its canonical text; ``bytes`` in base64; an ``Enum`` member as its name; lists,
     tuples and dicts item by item; anything else as ``str()``.
     """
+    exact = _EXACT.get(type(value))
+    if exact is not None:
+        return exact(value)
     if isinstance(value, enum.Enum):
         return value.name
     if value is None or isinstance(value, bool | int | str):
@@ -82,9 +87,7 @@ def plain(value: Any) -> Any:
     if isinstance(value, decimal.Decimal):
         return str(value)
     if isinstance(value, dt.datetime):
-        if value.tzinfo is not None and value.utcoffset() is not None:
-            value = value.astimezone(dt.UTC)
-        return value.isoformat()
+        return _datetime(value)
     if isinstance(value, dt.date | dt.time):
         return value.isoformat()
     if isinstance(value, dt.timedelta):
@@ -100,8 +103,24 @@ def plain(value: Any) -> Any:
     return str(value)
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+def _datetime(value: dt.datetime) -> str:
+    if value.tzinfo is not None and value.utcoffset() is not None:
+        value = value.astimezone(dt.UTC)
+    return value.isoformat()
+
+
+#: :func:`plain` of the common types, by exact type (one lookup, no ``isinstance`` chain).
+_EXACT: dict[type, Callable[[Any], Any]] = {
+    decimal.Decimal: str,
+    dt.datetime: _datetime,
+    dt.date: dt.date.isoformat,
+    uuid.UUID: str,
+}
+
+#: One encoder for every document (``json.dumps`` with options builds one per call).
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+#: Values written as they are (the common case: no call per value).
+_AS_IS = frozenset({str, int, type(None)})
 
 
 def _text(value: Any) -> str:
@@ -125,7 +144,7 @@ def _text(value: Any) -> str:
 
 def _cell(value: Any) -> str:
     """A CSV cell: the plain value as text (``None`` empty), formulas neutralised."""
-    text = _text(value)
+    text = value if type(value) is str else _text(value)
     if text and text[0] in _FORMULA_STARTS:
         return "'" + text
     return text
@@ -163,7 +182,7 @@ class CsvWriter:
         self._csv.writerow(CSV_COLUMNS)
         self._transaction: Transaction | None = None
         self._head: list[str] = []
-        #: Column names as cells (there are few).
+        #: Table and column names as cells (there are few).
         self._names: dict[str, str] = {}
 
     def _name(self, name: str) -> str:
@@ -184,16 +203,18 @@ class CsvWriter:
         return self._head
 
     def version(self, entry: Entry) -> None:
+        names = self._names
+        table = entry.table
         head = [
             *self._transaction_cells(entry.transaction),
-            _cell(entry.table),
+            names.get(table) or self._name(table),
             _cell(record_text(entry.key)),
             entry.operation.value,
         ]
         erased = entry.erased
-        names = self._names
+        cell = _cell
         rows = [
-            [*head, names.get(name) or self._name(name), _cell(old), _cell(new)]
+            [*head, names.get(name) or self._name(name), cell(old), cell(new)]
             for name, (old, new) in entry.changes.items()
             if name not in erased
         ]
@@ -208,6 +229,25 @@ class CsvWriter:
                     rows.append([*head, _cell(name), ERASED_TEXT, ERASED_TEXT])
         self._csv.writerows(rows)
 
+    def event(self, event: Event) -> None:
+        """One row: table ``versioning_event``, record the target, operation ``event``, field
+        the action, new the outcome (details are in JSON Lines only)."""
+        self._csv.writerow(
+            [
+                *self._transaction_cells(event.transaction),
+                EVENT_TABLE_TEXT,
+                _cell(event.target),
+                "event",
+                _cell(event.action),
+                "",
+                _cell(event.outcome),
+            ]
+        )
+
+
+#: The ``table`` cell of an event's CSV row.
+EVENT_TABLE_TEXT = "versioning_event"
+
 
 class JsonLinesWriter:
     """One JSON object per line and version: ``{"kind": "version", ...}`` (see docs)."""
@@ -215,12 +255,13 @@ class JsonLinesWriter:
     def __init__(self, stream: IO[str]) -> None:
         self._write = stream.write
         self._transaction: Transaction | None = None
-        self._document: dict[str, Any] = {}
+        #: The transaction's JSON text: the same for every line of a transaction.
+        self._text = ""
 
-    def _transaction_document(self, tx: Transaction) -> dict[str, Any]:
+    def _transaction_text(self, tx: Transaction) -> str:
         if tx is not self._transaction:
             self._transaction = tx
-            self._document = {
+            document = {
                 "id": tx.id,
                 "issued_at": _issued_at(tx.issued_at),
                 "actor": tx.actor,
@@ -229,28 +270,45 @@ class JsonLinesWriter:
                 "reason": tx.reason,
                 "extra": plain(tx.extra),
             }
-        return self._document
+            self._text = _dumps(document)
+        return self._text
 
     def version(self, entry: Entry) -> None:
-        document = {
-            "kind": "version",
-            "transaction": self._transaction_document(entry.transaction),
+        # The text json.dumps gives of the document {"kind", "transaction", "table", "record",
+        # "version_id", "operation", "state", "changes", "erased"}, the transaction's made once.
+        as_is = _AS_IS
+        record = [v if type(v) in as_is else plain(v) for v in entry.key]
+        state = {k: v if type(v) in as_is else plain(v) for k, v in entry.state.items()}
+        changes = {
+            k: [
+                old if type(old) in as_is else plain(old),
+                new if type(new) in as_is else plain(new),
+            ]
+            for k, (old, new) in entry.changes.items()
+        }
+        rest = {
             "table": entry.table,
-            "record": [_json(v) for v in entry.key],
+            "record": record,
             "version_id": entry.version_id,
             "operation": entry.operation.value,
-            "state": {k: _json(v) for k, v in entry.state.items()},
-            "changes": {k: [_json(old), _json(new)] for k, (old, new) in entry.changes.items()},
+            "state": state,
+            "changes": changes,
             "erased": sorted(entry.erased),
         }
-        self._write(_dumps(document) + "\n")
+        # One encoder call: its text without the opening brace follows the transaction's.
+        head = self._transaction_text(entry.transaction)
+        self._write(f'{{"kind":"version","transaction":{head},{_dumps(rest)[1:]}\n')
 
-
-def _json(value: Any) -> Any:
-    kind = type(value)
-    if kind is str or kind is int or value is None:
-        return value
-    return plain(value)
+    def event(self, event: Event) -> None:
+        rest = {
+            "event_id": event.id,
+            "action": event.action,
+            "outcome": event.outcome,
+            "target": event.target,
+            "details": plain(event.details),
+        }
+        head = self._transaction_text(event.transaction)
+        self._write(f'{{"kind":"event","transaction":{head},{_dumps(rest)[1:]}\n')
 
 
 _WRITERS: dict[str, type[CsvWriter | JsonLinesWriter]] = {
@@ -317,11 +375,17 @@ def export(
     format: Literal["csv", "jsonl"] = "csv",
     catalog: Catalog | None = None,
     newest_first: bool = False,
+    events: bool = True,
     **filters: Any,
 ) -> int:
     """Write the versions matching ``filters`` (those of :func:`versioning.searching.entries`:
     :func:`versioning.search`'s, with ``table=`` and ``key=``) to ``output`` as ``format``; the
-    number of versions written. Oldest first unless ``newest_first``.
+    number of versions and events written. Oldest first unless ``newest_first``.
+
+    Events (failed and denied actions, :func:`versioning.record_event`) are written among the
+    versions, in transaction order, unless ``events=False`` or a filter only versions have
+    (``table``, ``key``, ``operation``) is given; ``action=`` and ``outcome=`` (a str or a list)
+    keep only the matching events (see :mod:`versioning.activity`).
 
     ``output`` is a path (``.gz``: compressed) or a text stream. ``bind`` is a ``Session`` (its
     transaction is read), a ``Connection``, or an ``Engine`` (a connection of its own, in one
@@ -334,10 +398,13 @@ def export(
         raise ArgumentError(f"versioning export: format must be 'csv' or 'jsonl', got {format!r}")
     count = 0
     with _reading(bind, catalog) as (reader, chosen):
-        found = entries(reader, chosen, newest_first=newest_first, **filters)
+        found = activity(reader, chosen, newest_first=newest_first, events=events, **filters)
         with _opened(output) as stream:
             writer = writer_class(stream)
-            for entry in found:
-                writer.version(entry)
+            for item in found:
+                if isinstance(item, Event):
+                    writer.event(item)
+                else:
+                    writer.version(item)
                 count += 1
     return count

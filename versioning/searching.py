@@ -22,10 +22,12 @@ from __future__ import annotations
 import datetime as dt
 import heapq
 import ipaddress
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from itertools import islice
-from typing import Any
+from operator import itemgetter
+from typing import Any, Literal, overload
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect, RowMapping
@@ -36,6 +38,7 @@ from versioning.catalog import Catalog, TableEntry, from_metadata, session_catal
 from versioning.declaration import ModelSpec, require_spec
 from versioning.encoding import decode
 from versioning.errors import ArgumentError, CatalogError
+from versioning.event_log import Event, event_of, event_query, has_event_table
 from versioning.operation import Operation
 from versioning.personal import erased_keys
 from versioning.reading import (
@@ -56,6 +59,7 @@ from versioning.schema import (
     PERSONAL,
     TRANSACTION_ID,
     VERSION_ID,
+    event_table,
     issued_at_utc,
 )
 
@@ -446,6 +450,52 @@ def _versions(plan: _Plan, chunk: int) -> Iterator[Version]:
         yield _row_version(source.spec, row, dialect, transaction)
 
 
+@overload
+def search(
+    session: Session,
+    *,
+    model: type[Any] | None = ...,
+    pk: Any = ...,
+    table: str | None = ...,
+    actor: str | None = ...,
+    operation: Operation | str | None = ...,
+    since: dt.datetime | None = ...,
+    until: dt.datetime | None = ...,
+    transaction_id: int | None = ...,
+    request_id: str | None = ...,
+    source_ip: str | None = ...,
+    newest_first: bool = ...,
+    limit: int | None = ...,
+    after: Version | None = ...,
+    metadata: sa.MetaData | None = ...,
+    include_events: Literal[False] = ...,
+) -> list[Version]: ...
+
+
+@overload
+def search(
+    session: Session,
+    *,
+    model: type[Any] | None = ...,
+    pk: Any = ...,
+    table: str | None = ...,
+    actor: str | None = ...,
+    operation: Operation | str | None = ...,
+    since: dt.datetime | None = ...,
+    until: dt.datetime | None = ...,
+    transaction_id: int | None = ...,
+    request_id: str | None = ...,
+    source_ip: str | None = ...,
+    newest_first: bool = ...,
+    limit: int | None = ...,
+    after: Version | Event | None = ...,
+    metadata: sa.MetaData | None = ...,
+    include_events: Literal[True],
+    action: str | Iterable[str] | None = ...,
+    outcome: str | Iterable[str] | None = ...,
+) -> list[Version | Event]: ...
+
+
 def search(
     session: Session,
     *,
@@ -461,23 +511,48 @@ def search(
     source_ip: str | None = None,
     newest_first: bool = True,
     limit: int | None = 100,
-    after: Version | None = None,
+    after: Version | Event | None = None,
     metadata: sa.MetaData | None = None,
-) -> list[Version]:
+    include_events: bool = False,
+    action: str | Iterable[str] | None = None,
+    outcome: str | Iterable[str] | None = None,
+) -> list[Version] | list[Version | Event]:
     """The versions matching every filter given, across models: a page of at most ``limit``.
 
     Newest first (``newest_first=False``: oldest first), by transaction id, then history table
     name, then version id. The next page: ``after=`` the last version of this one. ``since`` is
     inclusive, ``until`` exclusive (timezone-aware datetimes). Each version's ``transaction`` is
     filled in.
+
+    With ``include_events=True`` the page holds the recorded events too
+    (:class:`~versioning.Event`: failed and denied actions), among the versions in transaction
+    order, unless a filter only versions have (``model``, ``pk``, ``table``, ``operation``) is
+    given; ``action=`` and ``outcome=`` (a str or a list) keep only the matching events. The
+    next page: ``after=`` the last item, a Version or an Event.
     """
+    if not isinstance(include_events, bool):
+        raise ArgumentError(
+            f"versioning.search(): include_events must be True or False, got {include_events!r}"
+        )
+    if not include_events and (action is not None or outcome is not None):
+        raise ArgumentError(
+            "versioning.search(): action= and outcome= filter events: pass include_events=True "
+            "(search returns versions only otherwise), or call versioning.events()"
+        )
+    event_after = after if isinstance(after, Event) else None
+    if event_after is not None and not include_events:
+        raise ArgumentError(
+            "versioning.search(): after= is an Event: pass include_events=True (the page it "
+            "comes from held events)"
+        )
+    versions_wanted = action is None and outcome is None
     plan = _plan(
         "search",
         session,
         model=model,
         pk=pk,
         table=table,
-        after=after,
+        after=None if event_after is not None else after,
         limit=limit,
         metadata=metadata,
         actor=actor,
@@ -489,7 +564,59 @@ def search(
         source_ip=source_ip,
         newest_first=newest_first,
     )
-    return list(_versions(plan, plan.limit or CHUNK))
+    if event_after is not None:
+        # No version shares an event's transaction: the versions after it are those of the
+        # transactions after its own.
+        plan = replace(plan, after=(event_after.transaction_id, "", 0))
+    if not include_events:
+        return list(_versions(plan, plan.limit or CHUNK))
+    events_wanted = model is None and pk is _MISSING and table is None and operation is None
+    streams: list[Iterator[Version | Event]] = []
+    if versions_wanted:
+        streams.append(_versions(plan, plan.limit or CHUNK))
+    if events_wanted and plan.catalog is not None:
+        streams.append(
+            _events(
+                plan,
+                after,
+                action=action,
+                outcome=outcome,
+                actor=plan.filters.actor,
+                since=since,
+                until=until,
+                transaction_id=transaction_id,
+                request_id=request_id,
+                source_ip=plan.filters.source_ip,
+            )
+        )
+    merged = heapq.merge(*streams, key=lambda item: item.transaction_id, reverse=newest_first)
+    if plan.limit is not None:
+        return list(islice(merged, plan.limit))
+    return list(merged)
+
+
+def _events(plan: _Plan, after: Version | Event | None, **filters: Any) -> Iterator[Event]:
+    """The events of a search with ``include_events``, one page (``plan.limit``) at most."""
+    assert plan.catalog is not None
+    transactions = plan.catalog.transaction
+    newest_first = plan.filters.newest_first
+    query = event_query(
+        transactions,
+        newest_first=newest_first,
+        limit=plan.limit,
+        after=after if isinstance(after, Event) else None,
+        function="search",
+        **filters,
+    )
+    if isinstance(after, Version):  # no event shares a version's transaction
+        tx = event_table(transactions).c.transaction_id
+        last = after.transaction_id
+        query = query.where(tx < last if newest_first else tx > last)
+    connection = plan.session.connection(bind_arguments={"mapper": plan.mapper})
+    if not has_event_table(connection, transactions):
+        return
+    for row in connection.execute(query).mappings():
+        yield event_of(row)
 
 
 def iter_search(session: Session, **filters: Any) -> Iterator[Version]:
@@ -539,6 +666,11 @@ class EntryReader:
             for name in info.columns
         ]
         self.personal = [(name, attribute.get(name, name)) for name in sorted(info.personal)]
+        #: A row's versioned columns' values then its meta columns', and the key's values of a
+        #: state, each in one call.
+        self.width = len(self.columns)
+        self.values = _getter([*self.columns, OPERATION, CHANGES, VERSION_ID, TRANSACTION_ID])
+        self.key_values = _getter(self.key)
 
     def _decoder(self, type_: sa.types.TypeEngine[Any]) -> Any:
         try:
@@ -546,18 +678,33 @@ class EntryReader:
         except NotImplementedError:
             python_type = None
         dialect = self.dialect
-        if python_type in (str, int) and not isinstance(type_, sa.Enum | sa.types.TypeDecorator):
+        plain = not isinstance(type_, sa.Enum | sa.types.TypeDecorator | sa.ARRAY)
+        if plain and python_type in (str, int):
             kind = python_type
 
             def simple(data: Any) -> Any:
                 return data if type(data) is kind else decode(type_, data, dialect)
 
             return simple
+        if plain and python_type is Decimal:
+            # What decode gives for a Numeric's stored text, without its type checks per value.
+
+            def number(data: Any) -> Any:
+                if type(data) is str:
+                    try:
+                        return Decimal(data)
+                    except ArithmeticError:
+                        return data
+                return decode(type_, data, dialect)
+
+            return number
         return lambda data: decode(type_, data, dialect)
 
     def __call__(self, row: RowMapping, transaction: Transaction) -> Entry:
-        state = {name: row[name] for name in self.columns}
-        operation = _OPERATIONS[row[OPERATION]]
+        values = self.values(row)
+        state = dict(zip(self.columns, values, strict=False))  # the meta columns follow
+        stored_operation, stored, version_id, transaction_id = values[self.width :]
+        operation = _OPERATIONS[stored_operation]
         changes: dict[str, tuple[Any, Any]]
         erased: frozenset[str] = frozenset()
         if self.personal:
@@ -565,7 +712,7 @@ class EntryReader:
             if gone:
                 erased = frozenset(name for name, attribute in self.personal if attribute in gone)
         if operation is Operation.UPDATE:
-            stored = row[CHANGES] or {}
+            stored = stored or {}
             changes = {}
             for name, attribute, decoder in self.changed:
                 pair = stored.get(attribute, _ABSENT)
@@ -581,10 +728,10 @@ class EntryReader:
             changes = {name: (value, None) for name, value in state.items() if value is not None}
         return Entry(
             self.live,
-            row[VERSION_ID],
-            row[TRANSACTION_ID],
+            version_id,
+            transaction_id,
             operation,
-            tuple(state[name] for name in self.key),
+            self.key_values(state),
             state,
             changes,
             erased,
@@ -594,6 +741,18 @@ class EntryReader:
 
 
 _ABSENT: Any = object()
+
+
+def _getter(names: Sequence[str]) -> Callable[[Any], tuple[Any, ...]]:
+    """``lambda row: tuple(row[name] for name in names)``, in one C call."""
+    if len(names) == 1:
+        (name,) = names
+        return lambda row: (row[name],)
+    if not names:
+        return lambda row: ()
+    return itemgetter(*names)
+
+
 #: An operation as read (the member, or its value where a type gives the text back).
 _OPERATIONS: dict[Any, Operation] = {
     **{member: member for member in Operation},
