@@ -699,6 +699,8 @@ def test_search_and_export_refuse_a_range_before_the_horizon(
             assert raised.value.horizon_transaction_id == horizon.transaction_id
         with pytest.raises(ArchivedError):
             next(versioning.iter_search(session))
+        with pytest.raises(ArchivedError):  # events only: refused as well
+            versioning.search(session, include_events=True, action="login")
         found = versioning.search(session, since=after, newest_first=False)
         assert [v.transaction_id for v in found] == [ids[3]]
         assert [v.transaction_id for v in versioning.search(session, transaction_id=ids[3])] == [

@@ -615,6 +615,13 @@ def _events(plan: _Plan, after: Version | Event | None, **filters: Any) -> Itera
     connection = plan.session.connection(bind_arguments={"mapper": plan.mapper})
     if not has_event_table(connection, transactions):
         return
+    horizon.refuse_range(
+        connection,
+        transactions,
+        plan.filters.since,
+        plan.filters.transaction_id,
+        f"versioning.{plan.function}()",
+    )
     for row in connection.execute(query).mappings():
         yield event_of(row)
 
