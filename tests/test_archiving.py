@@ -24,6 +24,7 @@ from versioning import ArchivedError, ArchiveError, Versioned, audit_context
 from versioning.archive_format import decode, describe, row_hash, value_kind
 from versioning.canonical import canonical_value
 from versioning.canonical import row_hash as db_row_hash
+from versioning.exporting import export
 from versioning.personal import committed_view, salts
 from versioning.schema import TRANSACTION_TABLE
 
@@ -500,3 +501,248 @@ def test_archived_values_hash_as_the_database_rows() -> None:
         "array:integer"
     )
     assert decode("decimal", "not a number") == "not a number"
+
+
+# --- events, no models, search and export at the horizon --------------------------------------
+
+
+@pytest.fixture
+def eventful(create_tables: Tables, sessions: Sessions) -> sa.Engine:
+    """Sealed: 1. order 1 new  2. an event (login denied)  3. order 1 paid; then, sealed too:
+    4. order 1 shipped  5. an event (export denied)."""
+    engine = create_tables(Base.metadata)
+    with sessions() as session:
+        session.add(Order(id=1, status="new"))
+        session.commit()
+    with audit_context(actor="mallory", source_ip="203.0.113.7"):
+        versioning.record_event(
+            engine,
+            "login",
+            outcome="denied",
+            target="account 7",
+            details={"attempts": 3, "why": "bad password"},
+            metadata=Base.metadata,
+        )
+    with sessions() as session:
+        session.get_one(Order, 1).status = "paid"
+        session.commit()
+        versioning.seal(session)
+        session.commit()
+        session.get_one(Order, 1).status = "shipped"
+        session.commit()
+    versioning.record_event(engine, "export", outcome="denied", metadata=Base.metadata)
+    _seal(sessions)
+    return engine
+
+
+def _event_rows(engine: sa.Engine) -> list[tuple[int, str]]:
+    with engine.connect() as connection:
+        return [
+            (int(row[0]), str(row[1]))
+            for row in connection.exec_driver_sql(
+                "SELECT transaction_id, action FROM versioning_event ORDER BY transaction_id"
+            )
+        ]
+
+
+def test_events_are_archived_with_their_transaction_and_pruned(
+    eventful: sa.Engine, sessions: Sessions, tmp_path: Path
+) -> None:
+    engine = eventful
+    ids = _ids(engine)
+    assert len(ids) == 5
+    path = tmp_path / "events.jsonl.gz"
+    manifest = versioning.archive(engine, before=_issued(engine, ids[3]), output=path)
+    assert (manifest.first_transaction_id, manifest.last_transaction_id) == (ids[0], ids[2])
+    assert (manifest.transactions, manifest.versions, manifest.events) == (3, 2, 1)
+
+    report = versioning.verify_archive(path)  # recomputes the event's hash and the digests
+    assert report.ok, report.problems
+    assert [v.transaction_id for v in versioning.read_archive(path)] == [ids[0], ids[2]]
+    (event,) = versioning.read_archive_events(path)
+    assert (event.transaction_id, event.action, event.outcome, event.target) == (
+        ids[1],
+        "login",
+        "denied",
+        "account 7",
+    )
+    assert event.details == {"attempts": 3, "why": "bad password"}
+    assert (event.transaction.actor, event.transaction.source_ip) == ("mallory", "203.0.113.7")
+
+    horizon = versioning.prune(engine, archive=path)
+    assert horizon.transaction_id == ids[2]
+    # The event's transaction is deleted with its event row; the later event stays.
+    assert _event_rows(engine) == [(ids[4], "export")]
+    assert ids[1] not in _ids(engine)
+    with sessions() as session:
+        report = versioning.verify(session)
+        assert report.ok and report.events_checked == 1, report.problems
+        report = versioning.verify(session, archives=[path])
+        assert report.ok, report.problems
+        # Events before the horizon are in the archive: a list from the beginning is refused.
+        with pytest.raises(ArchivedError, match=r"versioning\.events"):
+            versioning.events(session, metadata=Base.metadata)
+        after = horizon.issued_at + dt.timedelta(microseconds=1)
+        recent = versioning.events(session, since=after, metadata=Base.metadata)
+        assert [(e.transaction_id, e.action) for e in recent] == [(ids[4], "export")]
+
+
+def test_a_changed_event_in_an_archive_is_caught(eventful: sa.Engine, tmp_path: Path) -> None:
+    engine = eventful
+    ids = _ids(engine)
+    path = _archive(engine, tmp_path, "e.jsonl.gz", _issued(engine, ids[3]))
+
+    def allowed(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for document in documents:
+            if document["t"] == "event":
+                document["outcome"] = "allowed"
+        return documents
+
+    def dropped(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [d for d in documents if d["t"] != "event"]
+
+    changed = versioning.verify_archive(_rewrite(path, allowed))
+    assert ("altered", "versioning_event", ids[1], None) in {
+        (p.kind, p.table, p.transaction_id, None) for p in changed.problems
+    }
+    assert any("event row" in p.detail for p in changed.problems)
+    removed = versioning.verify_archive(_rewrite(path, dropped))
+    assert ("missing", "versioning_event", ids[1], None) in _found(removed)
+    with pytest.raises(ArchiveError, match="does not verify"):
+        versioning.prune(engine, archive=_rewrite(path, allowed))
+    assert len(_event_rows(engine)) == 2  # nothing deleted
+
+
+def test_archive_and_prune_with_no_model_imported(
+    eventful: sa.Engine, sessions: Sessions, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = eventful
+    ids = _ids(engine)
+    before = _issued(engine, ids[3])
+    with sessions() as session:
+        expected = versioning.as_of(session, Order, 1, before)
+        assert expected is not None
+        status = expected.status
+    with monkeypatch.context() as no_models:
+        # As the versioning CLI runs: no versioned model imported, tables from the registry.
+        no_models.setattr("versioning.catalog.all_specs", lambda: [])
+        path = tmp_path / "bare.jsonl.gz"
+        manifest = versioning.archive(engine, before=before, output=path)
+        assert (manifest.transactions, manifest.versions, manifest.events) == (3, 2, 1)
+        assert set(manifest.tables) == {"arch_orders_history"}
+        with engine.begin() as connection:
+            horizon = versioning.prune(connection, archive=path)
+        with engine.connect() as connection:
+            report = versioning.verify(connection, archives=[path])
+            assert report.ok, report.problems
+        with Session(engine) as session, pytest.raises(ArchiveError, match="reaches no"):
+            versioning.archive(session, before=before, output=tmp_path / "none.jsonl.gz")
+    assert horizon.transaction_id == ids[2]
+    with sessions() as session:
+        # The prune's own transaction, written without a model, is in the chain.
+        report = versioning.verify(session, archives=[path])
+        assert report.ok, report.problems
+        table = versioning.transaction_table(Base.metadata)
+        recorded = session.execute(
+            sa.select(table).where(table.c.id == horizon.prune_transaction_id)
+        ).one()
+        assert recorded.reason.startswith("prune: history up to transaction")
+        assert recorded.extra["prune"]["deleted_transactions"] == 2
+        assert versioning.pruned_horizon(session) == horizon
+        again = versioning.as_of(session, Order, 1, before)
+        assert again is not None and again.status == status
+
+
+def test_archive_and_prune_given_a_loaded_catalog(
+    eventful: sa.Engine, sessions: Sessions, tmp_path: Path
+) -> None:
+    engine = eventful
+    ids = _ids(engine)
+    path = tmp_path / "catalog.jsonl.gz"
+    with engine.connect() as connection:
+        catalog = versioning.catalog.load(connection)
+        manifest = versioning.archive(
+            connection, before=_issued(engine, ids[3]), output=path, catalog=catalog
+        )
+    assert manifest.last_transaction_id == ids[2]
+    with engine.begin() as connection:
+        versioning.prune(connection, archive=path, catalog=versioning.catalog.load(connection))
+    with sessions() as session:
+        assert versioning.verify(session, archives=[path]).ok
+    with pytest.raises(versioning.ArgumentError, match="catalog="):
+        versioning.archive(engine, before=dt.timedelta(0), output=path, catalog="registry")  # type: ignore[arg-type]
+
+
+def test_search_and_export_refuse_a_range_before_the_horizon(
+    eventful: sa.Engine, sessions: Sessions, tmp_path: Path
+) -> None:
+    engine = eventful
+    ids = _ids(engine)
+    before = _issued(engine, ids[3])
+    path = _archive(engine, tmp_path, "s.jsonl.gz", before)
+    with sessions() as session:
+        everything = versioning.search(session, newest_first=False)
+    assert [v.transaction_id for v in everything] == [ids[0], ids[2], ids[3]]
+    horizon = versioning.prune(engine, archive=path)
+    after = horizon.issued_at + dt.timedelta(microseconds=1)
+    with sessions() as session:
+        for filters in (
+            {},
+            {"since": horizon.issued_at},
+            {"since": before - dt.timedelta(days=1), "until": before},
+            {"transaction_id": ids[0]},
+            {"transaction_id": horizon.transaction_id},
+            {"model": Order, "pk": 1},
+        ):
+            with pytest.raises(ArchivedError, match=r"archived to 's\.jsonl\.gz'") as raised:
+                versioning.search(session, **filters)  # type: ignore[arg-type]
+            assert raised.value.horizon_transaction_id == horizon.transaction_id
+        with pytest.raises(ArchivedError):
+            next(versioning.iter_search(session))
+        with pytest.raises(ArchivedError):  # events only: refused as well
+            versioning.search(session, include_events=True, action="login")
+        found = versioning.search(session, since=after, newest_first=False)
+        assert [v.transaction_id for v in found] == [ids[3]]
+        assert [v.transaction_id for v in versioning.search(session, transaction_id=ids[3])] == [
+            ids[3]
+        ]
+    output = tmp_path / "export.csv"
+    with pytest.raises(ArchivedError):
+        export(engine, output, format="csv")
+    assert not output.exists()  # refused before the file is opened
+    # After the horizon: the version of transaction 4 and the event of transaction 5.
+    assert export(engine, output, format="csv", since=after) == 2
+
+
+def test_an_archive_without_models_is_the_archive_with_them(
+    story: sa.Engine, sessions: Sessions, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = story
+    ids = _ids(engine)
+    before = _issued(engine, ids[7])
+    with_models = versioning.archive(engine, before=before, output=tmp_path / "models.jsonl.gz")
+    with monkeypatch.context() as no_models:
+        no_models.setattr("versioning.catalog.all_specs", lambda: [])
+        path = tmp_path / "registry.jsonl.gz"
+        bare = versioning.archive(engine, before=before, output=path)
+        # The same lines (link history described as links, records by their keys).
+        assert bare.data_sha256 == with_models.data_sha256
+        versioning.prune(engine, archive=path)
+    with engine.connect() as connection:
+        left = set(
+            connection.exec_driver_sql(
+                f"SELECT id FROM {TRANSACTION_TABLE} WHERE id <= {ids[6]}"
+            ).scalars()
+        )
+    assert left == {ids[0], ids[1], ids[2], ids[4], ids[5], ids[6]}  # as with the models
+    with sessions() as session:
+        assert versioning.verify(session, archives=[path]).ok
+
+
+def test_catalog_needs_an_engine_or_a_connection(story: sa.Engine, tmp_path: Path) -> None:
+    with story.connect() as connection:
+        catalog = versioning.catalog.load(connection)
+    with Session(story) as session, pytest.raises(versioning.ArgumentError, match="Engine or a"):
+        versioning.archive(
+            session, before=dt.timedelta(0), output=tmp_path / "none.jsonl.gz", catalog=catalog
+        )

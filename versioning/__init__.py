@@ -23,6 +23,7 @@ from versioning.archiving import (
     ArchiveManifest,
     archive,
     read_archive,
+    read_archive_events,
     verify_archive,
 )
 from versioning.context import AuditContext, audit_context, current_context, set_actor
@@ -119,6 +120,7 @@ __all__ = [
     "prune",
     "pruned_horizon",
     "read_archive",
+    "read_archive_events",
     "record_event",
     "record_failed_commits",
     "restore",

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from versioning.archive_format import TableDescription, row_hash
-from versioning.canonical import listed_prefixes, segment_digest, transaction_bytes
+from versioning.canonical import event_hash, listed_prefixes, segment_digest, transaction_bytes
 from versioning.integrity import Kind, Problem, Report, seal_hash
 
 __all__ = ["Checker"]
@@ -38,6 +38,7 @@ class Totals:
 
     transactions: int = 0
     versions: int = 0
+    events: int = 0
     digests: int = 0
     entries: int = 0
     seals: int = 0
@@ -72,6 +73,7 @@ class Checker:
         self.digest_name = "versioning_digest"
         self.seal_name = "versioning_seal"
         self.entry_name = "versioning_seal_entry"
+        self.event_name = "versioning_event"
         self._tx: _Transaction | None = None
         #: This seal's transactions: (transaction id, segment) -> digest recomputed (``None``:
         #: the transaction did not verify, already reported).
@@ -94,6 +96,7 @@ class Checker:
         self.digest_name = str(names.get("digest", self.digest_name))
         self.seal_name = str(names.get("seal", self.seal_name))
         self.entry_name = str(names.get("seal_entry", self.entry_name))
+        self.event_name = str(names.get("event", self.event_name))
         for table in document.get("tables", []):
             description = TableDescription.from_json(table)
             self.tables[description.name] = description
@@ -102,6 +105,8 @@ class Checker:
         kind = document.get("t")
         if kind == "version":
             self._version(document)
+        elif kind == "event":
+            self._event(document)
         elif kind == "transaction":
             self._end_transaction()
             self._tx = _Transaction(document)
@@ -161,6 +166,30 @@ class Checker:
         except (KeyError, ValueError, TypeError, AttributeError):
             value = b""
         tx.rows.setdefault(name, []).append((version_id or 0, value))
+
+    def _event(self, document: Mapping[str, Any]) -> None:
+        """An event row (:mod:`versioning.event_log`): hashed as the database's verify does,
+        under the event table's name, so that its transaction's digest covers it."""
+        name = self.event_name
+        event_id = _int(document.get("id"))
+        tx = self._tx
+        tx_id = _int(document.get("transaction_id"))
+        if tx is None or tx.document.get("id") != tx_id:
+            self.problem(
+                "added",
+                name,
+                tx_id,
+                event_id,
+                f"event row {event_id} of {name} is not with its transaction {tx_id} "
+                f"(its transaction row was removed, or the row moved)",
+            )
+            return
+        self.totals.events += 1
+        try:
+            value = event_hash(document)
+        except (ValueError, TypeError, AttributeError):
+            value = b""
+        tx.rows.setdefault(name, []).append((event_id or 0, value))
 
     # --- a transaction's digest -------------------------------------------------------------
 
@@ -249,6 +278,7 @@ class Checker:
                 f"the transaction row of transaction {tx_id} (who, when, why) was changed",
             )
         for name in sorted(set(listed) | set(tx.rows)):
+            row = "event row" if name == self.event_name else "history row"
             expected = listed.get(name, [])
             actual = tx.rows.get(name, [])
             for (version_id, value), prefix in zip(actual, expected, strict=False):
@@ -258,7 +288,7 @@ class Checker:
                         name,
                         tx_id,
                         version_id,
-                        f"history row {version_id} of {name} (transaction {tx_id}) was changed",
+                        f"{row} {version_id} of {name} (transaction {tx_id}) was changed",
                     )
             if len(actual) < len(expected):
                 self.problem(
@@ -266,7 +296,7 @@ class Checker:
                     name,
                     tx_id,
                     None,
-                    f"{len(expected) - len(actual)} history row(s) of {name} written by "
+                    f"{len(expected) - len(actual)} {row}(s) of {name} written by "
                     f"transaction {tx_id} were removed",
                 )
             for version_id, _ in actual[len(expected) :]:
@@ -275,7 +305,7 @@ class Checker:
                     name,
                     tx_id,
                     version_id,
-                    f"history row {version_id} of {name} was added to transaction {tx_id}",
+                    f"{row} {version_id} of {name} was added to transaction {tx_id}",
                 )
         if len(self.report.problems) == found and tx.segments:
             self.problem(
@@ -432,6 +462,7 @@ class Checker:
         expected: dict[str, Any] = {
             "transactions": totals.transactions,
             "versions": totals.versions,
+            "events": totals.events,
             "digests": totals.digests,
             "entries": totals.entries,
             "seals": totals.seals,

@@ -28,7 +28,14 @@ import sqlalchemy as sa
 from sqlalchemy import types as sqltypes
 
 from versioning.canonical import dumps
-from versioning.schema import CHANGES, META_COLUMNS, OPERATION, PERSONAL, TRANSACTION_ID
+from versioning.schema import (
+    CHANGES,
+    META_COLUMNS,
+    OPERATION,
+    PERSONAL,
+    RECORD_KEY_INFO,
+    TRANSACTION_ID,
+)
 
 __all__ = [
     "FORMAT",
@@ -196,6 +203,9 @@ def key_columns(history: sa.Table) -> tuple[str, ...]:
         if spec.history is history:
             root = spec.root
             return tuple(root.history_names[k] for k in root.pk_keys)
+    loaded = history.info.get(RECORD_KEY_INFO)
+    if loaded is not None:  # loaded from the registry (versioning.catalog.load)
+        return tuple(loaded)
     live = history.metadata.tables.get(str(history.info.get("link_table")))
     links = link_spec(live) if live is not None else None
     if links is not None:

@@ -43,6 +43,7 @@ from versioning.archive_format import (
 from versioning.canonical import converter
 from versioning.catalog import Catalog
 from versioning.errors import ArchiveError, ArgumentError
+from versioning.event_log import Event, has_event_table
 from versioning.integrity import Digest, Report, _from_connection, _read, _single, _Target
 from versioning.operation import Operation
 from versioning.reading import Transaction, _select
@@ -53,6 +54,7 @@ from versioning.schema import (
     TRANSACTION_ID,
     VERSION_ID,
     UTCDateTime,
+    event_table,
     issued_at_utc,
 )
 
@@ -62,6 +64,7 @@ __all__ = [
     "archive",
     "check_archive",
     "read_archive",
+    "read_archive_events",
     "read_manifest",
     "verify_archive",
 ]
@@ -96,6 +99,8 @@ class ArchiveManifest:
     tables: Mapping[str, int]
     #: The SHA-256 of every line of the file before the manifest.
     data_sha256: str
+    #: Event rows (``versioning_event``: failed and denied actions) the transactions hold.
+    events: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -117,6 +122,7 @@ class ArchiveManifest:
             "before": self.before.isoformat(),
             "tables": dict(self.tables),
             "data_sha256": self.data_sha256,
+            "events": self.events,
         }
 
     @classmethod
@@ -140,6 +146,7 @@ class ArchiveManifest:
                 before=dt.datetime.fromisoformat(data["before"]),
                 tables={str(k): int(v) for k, v in data["tables"].items()},
                 data_sha256=str(data["data_sha256"]),
+                events=int(data["events"]),
             )
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise ArchiveError(f"{source}: the manifest is not readable ({exc!r})") from None
@@ -185,14 +192,43 @@ def session_of(bind: Any, function: str) -> Iterator[tuple[Session, bool]]:
     )
 
 
-def target_of(session: Session, metadata: sa.MetaData | None, function: str) -> _Target:
+def target_of(
+    session: Session,
+    metadata: sa.MetaData | None,
+    function: str,
+    catalog: Catalog | None = None,
+    *,
+    models_only: bool = False,
+) -> tuple[_Target, Connection]:
+    """The history to work on, and the connection to its database: ``catalog``'s; else that of
+    the models the session reaches; else (``models_only`` false: the caller gave an ``Engine``
+    or a ``Connection``, no ``metadata``) the database's registry (:func:`versioning.catalog.load`:
+    no model needed)."""
+    if catalog is not None:
+        if not isinstance(catalog, Catalog):
+            raise ArgumentError(
+                f"versioning.{function}() takes catalog= a versioning.catalog.Catalog, got "
+                f"{catalog!r}"
+            )
+        if metadata is not None:
+            raise ArgumentError(f"versioning.{function}(): pass metadata= or catalog=, not both")
+        if models_only:
+            raise ArgumentError(
+                f"versioning.{function}(catalog=) takes an Engine or a Connection; through a "
+                f"Session it works on the models the session reaches (pass metadata=)"
+            )
+        return _from_connection(session.connection(), catalog, function), session.connection()
     target = _single(session, metadata, function)
-    if target is None:
+    if target is not None:
+        return target, session.connection(bind_arguments={"mapper": target.mapper})
+    if models_only or metadata is not None:
         raise ArchiveError(
             f"versioning.{function}(): the session reaches no versioning transaction table "
-            f"(import the versioned models, and create their tables)"
+            f"(import the versioned models, and create their tables; or pass an Engine or a "
+            f"Connection, to work from the database's registry alone)"
         )
-    return target
+    connection = session.connection()
+    return _from_connection(connection, None, function), connection
 
 
 def _moment(before: Any) -> dt.datetime:
@@ -276,9 +312,13 @@ def archive(
     The horizon rounds down to a seal boundary: the last seal whose transactions, and every
     transaction with a lower id, were issued before ``before`` and are sealed. Reads only; the
     file is written next to ``output`` and renamed into place once complete. ``progress`` is
-    called with the number of versions written so far, after each batch. Given a
-    ``Connection``, the history tables are those of ``catalog``, by default those the database's
-    registry lists (:func:`versioning.catalog.load`: no model needed, as for ``verify``). Raises
+    called with the number of versions written so far, after each batch.
+
+    ``bind`` is a ``Session`` (the models it reaches; ``metadata`` picks one ``MetaData``); a
+    ``Connection`` (the history tables of ``catalog``, by default those the database's registry
+    lists: :func:`versioning.catalog.load`, no model needed, as for ``verify``); or an
+    ``Engine`` (the models that reach it, or with none imported, the registry's). Each
+    transaction's event rows (``versioning_event``) are archived with it. Raises
     :class:`~versioning.ArchiveError` when there is nothing sealed to archive, or when the
     history to archive does not verify (run :func:`versioning.verify`).
     """
@@ -287,9 +327,8 @@ def archive(
     if isinstance(bind, Connection):
         target = _from_connection(bind, catalog, "archive")
         return _archive(bind, target, path, moment, progress)
-    with session_of(bind, "archive") as (session, _):
-        target = target_of(session, metadata, "archive")
-        connection = session.connection(bind_arguments={"mapper": target.mapper})
+    with session_of(bind, "archive") as (session, own):
+        target, connection = target_of(session, metadata, "archive", catalog, models_only=not own)
         return _archive(connection, target, path, moment, progress)
 
 
@@ -306,7 +345,10 @@ def _archive(
             f"nothing to archive before {moment.isoformat()}: no seal after the horizon "
             f"links only transactions issued before it (seal first: versioning.seal())"
         )
-    return _Writer(connection, target, path, moment, progress).write(first, last)
+    events: sa.Table | None = event_table(target.transactions)
+    if not has_event_table(connection, target.transactions):
+        events = None
+    return _Writer(connection, target, events, path, moment, progress).write(first, last)
 
 
 class _Writer:
@@ -314,12 +356,14 @@ class _Writer:
         self,
         connection: Connection,
         target: _Target,
+        events: sa.Table | None,
         path: Path,
         before: dt.datetime,
         progress: Callable[[int], None] | None,
     ) -> None:
         self.connection = connection
         self.target = target
+        self.events = events
         self.path = path
         self.before = before
         self.progress = progress
@@ -348,6 +392,7 @@ class _Writer:
                         "digest": self.target.digests.fullname,
                         "seal": self.target.seals.fullname,
                         "seal_entry": self.target.entries.fullname,
+                        **({} if self.events is None else {"event": self.events.fullname}),
                     },
                     "tables": [t.to_json() for t in self.tables.values()],
                 }
@@ -408,6 +453,7 @@ class _Writer:
             before=self.before,
             tables=dict(totals.tables),
             data_sha256=data_sha256,
+            events=totals.events,
         )
 
     def _groups(self, first: int, last: int) -> Iterator[list[tuple[Any, list[Any]]]]:
@@ -491,6 +537,33 @@ class _Writer:
             if int(row["transaction_id"]) in wanted:
                 segments.setdefault(int(row["transaction_id"]), []).append(row)
         rows: dict[int, list[dict[str, Any]]] = {}
+        events = self.events
+        if events is not None and wanted:
+            for event in c.execute(
+                sa.select(
+                    events.c.id,
+                    events.c.transaction_id,
+                    events.c.action,
+                    events.c.outcome,
+                    events.c.target,
+                    events.c.details,
+                )
+                .where(events.c.transaction_id.between(low, high))
+                .order_by(events.c.transaction_id, events.c.id)
+            ).mappings():
+                tx_id = int(event["transaction_id"])
+                if tx_id in wanted:
+                    rows.setdefault(tx_id, []).append(
+                        {
+                            "t": "event",
+                            "id": int(event["id"]),
+                            "transaction_id": tx_id,
+                            "action": event["action"],
+                            "outcome": event["outcome"],
+                            "target": event["target"],
+                            "details": event["details"],
+                        }
+                    )
         for name, history in sorted(t.histories.items()):
             column = history.c[TRANSACTION_ID]
 
@@ -714,7 +787,23 @@ def read_manifest(path: str | os.PathLike[str]) -> ArchiveManifest:
 
 def read_archive(path: str | os.PathLike[str]) -> Iterator[ArchivedVersion]:
     """The versions an archive holds, in the order written (seal by seal, transaction by
-    transaction), decoded. Does not check the file: :func:`verify_archive` does."""
+    transaction), decoded. Does not check the file: :func:`verify_archive` does. Event rows
+    (failed and denied actions) are not versions: :func:`read_archive_events` yields them."""
+    for item in _archived(path):
+        if isinstance(item, ArchivedVersion):
+            yield item
+
+
+def read_archive_events(path: str | os.PathLike[str]) -> Iterator[Event]:
+    """The events (:func:`versioning.record_event`) an archive holds, in the order written, as
+    :class:`~versioning.Event` with their transaction. Does not check the file:
+    :func:`verify_archive` does."""
+    for item in _archived(path):
+        if isinstance(item, Event):
+            yield item
+
+
+def _archived(path: str | os.PathLike[str]) -> Iterator[ArchivedVersion | Event]:
     source = Path(path)
     tables: dict[str, TableDescription] = {}
     transaction: Transaction | None = None
@@ -752,6 +841,16 @@ def read_archive(path: str | os.PathLike[str]) -> Iterator[ArchivedVersion]:
                 )
         elif kind == "version" and transaction is not None:
             yield _archived_version(tables[document["table"]], document, transaction)
+        elif kind == "event" and transaction is not None:
+            yield Event(
+                id=int(document["id"]),
+                transaction_id=transaction.id,
+                action=str(document["action"]),
+                outcome=str(document["outcome"]),
+                target=document.get("target"),
+                details=document.get("details"),
+                transaction=transaction,
+            )
 
 
 def _archived_version(

@@ -43,6 +43,7 @@ from versioning.schema import (
     META_COLUMNS,
     OPERATION,
     PERSONAL,
+    RECORD_KEY_INFO,
     TRANSACTION_ID,
     TRANSACTION_TABLE,
     VERSION_ID,
@@ -504,6 +505,12 @@ def _loaded_entry(
     info: dict[str, Any] = {_INFO_KEY: "history", "live_table": live}
     if personal:
         info[PERSONAL] = personal
+    primary_key = tuple(_strings(document["primary_key"], "primary_key"))
+    # What the models' tables say of themselves (their key, a link's table), for the readers of
+    # a table alone (versioning.archive_format.key_columns, versioning.pruning.kept).
+    info[RECORD_KEY_INFO] = primary_key
+    if kind == "link":
+        info["link_table"] = live
     history = sa.Table(
         name,
         metadata,
@@ -514,7 +521,7 @@ def _loaded_entry(
     return TableEntry(
         history=history,
         live=live,
-        primary_key=tuple(_strings(document["primary_key"], "primary_key")),
+        primary_key=primary_key,
         columns=_snapshot_columns(history),
         masked=frozenset(_strings(document.get("masked", []), "masked")),
         personal=frozenset(personal.values()),

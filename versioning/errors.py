@@ -135,9 +135,10 @@ class ArchivedError(VersioningError):
     """History before the horizon of a prune was archived and is no longer in the database.
 
     Raised by the readers (``as_of``, ``version_at``, ``history``, ``all_as_of``,
-    ``links_as_of``, ``restore``) for a moment before the horizon, never a silent ``None`` or
-    a shortened list. ``horizon_transaction_id`` and ``horizon_issued_at`` name the horizon,
-    ``archive`` the file that holds what came before it (read it with
+    ``links_as_of``, ``restore``) for a moment before the horizon, and by the searches
+    (``search``, ``iter_search``, ``events``, exports) for a range that reaches before it: never
+    a silent ``None`` or a shortened list. ``horizon_transaction_id`` and ``horizon_issued_at``
+    name the horizon, ``archive`` the file that holds what came before it (read it with
     :func:`versioning.read_archive`).
     """
 

@@ -25,7 +25,6 @@ hide it.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -35,8 +34,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, RowMapping
 from sqlalchemy.orm import Mapper, Session, scoped_session
 
-from versioning import _compat, arguments
-from versioning.canonical import event_hash, prefixes, segment_digest, transaction_bytes
+from versioning import _compat, arguments, horizon
+from versioning.bare_transactions import write_digest, write_transaction
+from versioning.canonical import event_hash
 from versioning.context import (
     _CONTROL,
     AuditContext,
@@ -47,14 +47,12 @@ from versioning.context import (
 from versioning.declaration import all_specs
 from versioning.errors import ArgumentError, ContextError, EventError
 from versioning.reading import Transaction
-from versioning.recording import _issued_at
 from versioning.schema import (
     EVENT_ACTION_MAX,
     EVENT_OUTCOME_MAX,
     EVENT_TABLE,
     EVENT_TARGET_MAX,
     event_table,
-    integrity_tables,
     issued_at_utc,
     transaction_table_for,
 )
@@ -258,74 +256,22 @@ def write_event(
     if context is None:
         context = current_context()
     events = event_table(transactions)
-    digests = integrity_tables(transactions)[0]
-    extra = dict(context.extra) or None
-    insert = transactions.insert().values(
-        issued_at=_issued_at(transactions, connection.dialect.name),
-        actor=context.actor,
-        source_ip=context.source_ip,
-        request_id=context.request_id,
-        reason=context.reason,
-        extra=extra,
-    )
-    issued_at = issued_at_utc(transactions)
     row = {
         "action": values.action,
         "outcome": values.outcome,
         "target": values.target,
         "details": values.details,
     }
+    transaction, previous = write_transaction(connection, transactions, context)
+    insert = events.insert().values(transaction_id=transaction.id, **row)
     if connection.dialect.insert_returning:
-        tx_id, stamp = connection.execute(insert.returning(transactions.c.id, issued_at)).one()
-        event_id = connection.execute(
-            events.insert().values(transaction_id=tx_id, **row).returning(events.c.id)
-        ).scalar_one()
+        event_id = connection.execute(insert.returning(events.c.id)).scalar_one()
     else:  # pragma: no cover - the supported backends have RETURNING
-        key = connection.execute(insert).inserted_primary_key
-        assert key is not None
-        tx_id = key[0]
-        stamp = connection.execute(
-            sa.select(issued_at).where(transactions.c.id == tx_id)
-        ).scalar_one()
-        event_key = connection.execute(
-            events.insert().values(transaction_id=tx_id, **row)
-        ).inserted_primary_key
+        event_key = connection.execute(insert).inserted_primary_key
         assert event_key is not None
         event_id = event_key[0]
-    transaction = Transaction(
-        id=int(tx_id),
-        issued_at=stamp,
-        actor=context.actor,
-        source_ip=context.source_ip,
-        request_id=context.request_id,
-        reason=context.reason,
-        extra=dict(context.extra),
-    )
-    previous = hashlib.sha256(
-        transaction_bytes(
-            {
-                "id": transaction.id,
-                "issued_at": stamp,
-                "actor": context.actor,
-                "source_ip": context.source_ip,
-                "request_id": context.request_id,
-                "reason": context.reason,
-                "extra": extra,
-            }
-        )
-    ).digest()
-    row_hash = event_hash(row)
-    connection.execute(
-        digests.insert().values(
-            transaction_id=transaction.id,
-            segment=1,
-            digest=segment_digest(previous, [(events.fullname, [row_hash])], None).hex(),
-            rows={
-                transactions.fullname: prefixes([previous]),
-                events.fullname: prefixes([row_hash]),
-            },
-            note=None,
-        )
+    write_digest(
+        connection, transactions, transaction.id, previous, [(events.fullname, [event_hash(row)])]
     )
     return Event(
         id=int(event_id),
@@ -545,6 +491,13 @@ def read_events(
     )
     if not has_event_table(connection, transactions):
         raise no_event_table("the session", transactions)
+    horizon.refuse_range(
+        connection,
+        transactions,
+        _moment("events", "since", filters.get("since")),
+        filters.get("transaction_id"),
+        "versioning.events()",
+    )
     return [event_of(row) for row in connection.execute(query).mappings()]
 
 

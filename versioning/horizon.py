@@ -29,6 +29,7 @@ __all__ = [
     "forget",
     "pruned_horizon",
     "refuse",
+    "refuse_range",
     "resolve_bound",
 ]
 
@@ -162,6 +163,30 @@ def resolve_bound(
         assert isinstance(at, dt.datetime)
         raise refuse(f"{what} at {at.isoformat()}", horizon)
     return int(bound)
+
+
+def refuse_range(
+    connection: Connection,
+    transactions: sa.Table,
+    since: dt.datetime | None,
+    transaction_id: int | None,
+    what: str,
+) -> None:
+    """After a prune, refuse a search (of versions, of events) whose range reaches before the
+    horizon: its answer would silently lack the archived history. A range stays after it when
+    it starts after the horizon's time (``since``) or names a transaction after the horizon's
+    (``transaction_id``)."""
+    pruned = current(connection, transactions)
+    if pruned is None:
+        return
+    if transaction_id is not None:
+        if transaction_id > pruned.transaction_id:
+            return
+        raise refuse(f"{what} of transaction {transaction_id}", pruned)
+    if since is not None and since > pruned.issued_at:
+        return
+    start = "with no since=" if since is None else f"since {since.isoformat()}"
+    raise refuse(f"{what} {start}", pruned)
 
 
 def pruned_horizon(session: Any, *, metadata: sa.MetaData | None = None) -> Horizon | None:

@@ -29,6 +29,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
 
 from versioning import guard, horizon, recording
 from versioning.append_only import maintenance
@@ -40,12 +41,22 @@ from versioning.archiving import (
     session_of,
     target_of,
 )
+from versioning.bare_transactions import write_digest, write_transaction
+from versioning.catalog import Catalog
+from versioning.context import AuditContext, current_context
 from versioning.declaration import versioned_spec
 from versioning.errors import ArchiveError
+from versioning.event_log import has_event_table
 from versioning.horizon import Horizon
 from versioning.integrity import _Target
 from versioning.operation import Operation
-from versioning.schema import OPERATION, TRANSACTION_ID, UTCDateTime, horizon_table
+from versioning.schema import (
+    OPERATION,
+    TRANSACTION_ID,
+    UTCDateTime,
+    event_table,
+    horizon_table,
+)
 
 __all__ = ["kept", "prune"]
 
@@ -54,7 +65,11 @@ CHUNK = 500
 
 
 def prune(
-    bind: Any, *, archive: str | os.PathLike[str], metadata: sa.MetaData | None = None
+    bind: Any,
+    *,
+    archive: str | os.PathLike[str],
+    metadata: sa.MetaData | None = None,
+    catalog: Catalog | None = None,
 ) -> Horizon:
     """Delete from the database the history ``archive`` holds, and record the prune.
 
@@ -62,7 +77,10 @@ def prune(
     history after its horizon starts (prune archives in order), and its seals must be the
     database's. Nothing is deleted otherwise: :class:`~versioning.ArchiveError` says why.
     ``bind`` is a ``Session`` (the caller commits) or an ``Engine``/``Connection`` (committed
-    here). Returns the new :class:`~versioning.horizon.Horizon`.
+    here). As :func:`versioning.archive`, from an ``Engine`` or ``Connection`` with no model
+    imported it works on the history the database's registry describes (or ``catalog``'s): the
+    prune's own transaction is then written directly, with its digest. Event rows of deleted
+    transactions are deleted with them. Returns the new :class:`~versioning.horizon.Horizon`.
     """
     path = Path(archive)
     report, checker = check_archive(path, collect=True)
@@ -75,11 +93,8 @@ def prune(
     manifest = read_manifest(path)
     archived = checker.ids
     with session_of(bind, "prune") as (session, own):
-        target = target_of(session, metadata, "prune")
-        spec = versioned_spec(target.mapper)
-        assert spec is not None
+        target, connection = target_of(session, metadata, "prune", catalog, models_only=not own)
         session.flush()  # pending changes are their own: write_event refuses them below
-        connection = session.connection(bind_arguments={"mapper": target.mapper})
         _check_against_database(connection, target, manifest, checker.totals.seals_seen, path)
         keep = kept(connection, target, manifest, archived)
         doomed = sorted(archived - keep)
@@ -102,15 +117,11 @@ def prune(
             "deleted_transactions": len(doomed),
             "deleted_versions": deleted,
         }
-        prune_id = recording.write_event(
-            session,
-            spec,
-            reason=(
-                f"prune: history up to transaction {manifest.last_transaction_id} archived to "
-                f"{path.name} (data SHA-256 {manifest.data_sha256})"
-            ),
-            extra={"prune": details},
+        reason = (
+            f"prune: history up to transaction {manifest.last_transaction_id} archived to "
+            f"{path.name} (data SHA-256 {manifest.data_sha256})"
         )
+        prune_id = _record(session, connection, target, reason, {"prune": details})
         connection.execute(
             horizon_table(target.transactions)
             .insert()
@@ -138,6 +149,33 @@ def prune(
         archive_sha256=manifest.data_sha256,
         prune_transaction_id=prune_id,
     )
+
+
+def _record(
+    session: Session,
+    connection: Connection,
+    target: _Target,
+    reason: str,
+    extra: dict[str, Any],
+) -> int:
+    """Write the prune's transaction (``reason``; ``extra`` over the audit context's); its id.
+    Through the models' recording when they are imported (it refuses a session that changed
+    versioned records); without them, the transaction row and its digest directly."""
+    if target.mapper is not None:
+        spec = versioned_spec(target.mapper)
+        assert spec is not None
+        return recording.write_event(session, spec, reason=reason, extra=extra)
+    context = current_context()
+    merged = AuditContext(
+        context.actor,
+        context.source_ip,
+        context.request_id,
+        reason,
+        {**context.extra, **extra},
+    )
+    transaction, previous = write_transaction(connection, target.transactions, merged)
+    write_digest(connection, target.transactions, transaction.id, previous, [])
+    return transaction.id
 
 
 def _check_against_database(
@@ -255,6 +293,9 @@ def _delete(
     """Delete the transactions ``doomed`` whole; the number of history rows deleted."""
     versions = 0
     entries, digests, transactions = target.entries, target.digests, target.transactions
+    events: sa.Table | None = event_table(transactions)
+    if not has_event_table(connection, transactions):
+        events = None
     with guard.writing(), maintenance(connection):
         for chunk in _chunks(doomed):
             for history in target.histories.values():
@@ -262,6 +303,8 @@ def _delete(
                     history.delete().where(history.c[TRANSACTION_ID].in_(chunk))
                 )
                 versions += max(result.rowcount, 0)
+            if events is not None:  # before their transaction rows, which they refer to
+                connection.execute(events.delete().where(events.c.transaction_id.in_(chunk)))
             connection.execute(digests.delete().where(digests.c.transaction_id.in_(chunk)))
             connection.execute(
                 entries.delete().where(

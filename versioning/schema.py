@@ -72,6 +72,8 @@ OPERATION = "versioning_operation"
 CHANGES = "versioning_changes"
 #: Only in the history table of a model with personal columns (see :mod:`versioning.personal`).
 PERSONAL = "versioning_personal"
+#: ``Table.info`` key of a history table loaded from the registry: the record's key columns.
+RECORD_KEY_INFO = "versioning_record_key"
 META_COLUMNS = frozenset({VERSION_ID, TRANSACTION_ID, OPERATION, CHANGES, PERSONAL})
 
 #: ``Table.info`` key of the library's own tables: ``"transaction"`` or ``"history"``.

@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect, RowMapping
 from sqlalchemy.orm import Session
 
-from versioning import arguments
+from versioning import arguments, horizon
 from versioning.catalog import Catalog, TableEntry, from_metadata, session_catalogs
 from versioning.declaration import ModelSpec, require_spec
 from versioning.encoding import decode
@@ -343,6 +343,7 @@ class _Plan:
     filters: Filters
     after: Key | None
     limit: int | None
+    function: str = "search"
 
 
 def _plan(
@@ -386,7 +387,7 @@ def _plan(
     else:
         reached = reach(session, metadata, function)
     if reached is None:
-        return _Plan(session, None, None, (), filters, after_key, limit)
+        return _Plan(session, None, None, (), filters, after_key, limit, function)
     mapper, catalog = reached
     sources = [Source(entry, spec=_root(entry)) for entry in catalog.tables]
     sources = [source for source in sources if source.spec is not None]
@@ -409,7 +410,7 @@ def _plan(
                 f"history of table {table!r}; pass one of them, or both of the same table"
             )
         if not found:
-            return _Plan(session, mapper, catalog, (), filters, after_key, limit)
+            return _Plan(session, mapper, catalog, (), filters, after_key, limit, function)
         where: list[sa.ColumnElement[bool]] = []
         if key is not None:
             where = _filters(spec, key)
@@ -417,7 +418,7 @@ def _plan(
             identities = [m.polymorphic_identity for m in spec.mapper.self_and_descendants]
             where = [spec.history.c[spec.history_names[spec.discriminator]].in_(identities)]
         sources = [Source(found[0].info, tuple(where), root)]
-    return _Plan(session, mapper, catalog, tuple(sources), filters, after_key, limit)
+    return _Plan(session, mapper, catalog, tuple(sources), filters, after_key, limit, function)
 
 
 def _version_key(after: Any, function: str) -> Key | None:
@@ -437,6 +438,9 @@ def _versions(plan: _Plan, chunk: int) -> Iterator[Version]:
     session = plan.session
     write_pending(session)
     connection = session.connection(bind_arguments={"mapper": plan.mapper})
+    f = plan.filters
+    what = f"versioning.{plan.function}()"
+    horizon.refuse_range(connection, plan.catalog.transaction, f.since, f.transaction_id, what)
     dialect: Dialect = connection.dialect
     found = stream(connection, plan.catalog, plan.sources, plan.filters, plan.after, chunk)
     if plan.limit is not None:
@@ -611,6 +615,13 @@ def _events(plan: _Plan, after: Version | Event | None, **filters: Any) -> Itera
     connection = plan.session.connection(bind_arguments={"mapper": plan.mapper})
     if not has_event_table(connection, transactions):
         return
+    horizon.refuse_range(
+        connection,
+        transactions,
+        plan.filters.since,
+        plan.filters.transaction_id,
+        f"versioning.{plan.function}()",
+    )
     for row in connection.execute(query).mappings():
         yield event_of(row)
 
@@ -807,6 +818,13 @@ def entries(
         connection = bind.connection(bind_arguments={"mapper": models[0]} if models else None)
     else:
         connection = bind
+    horizon.refuse_range(
+        connection,
+        catalog.transaction,
+        checked.since,
+        checked.transaction_id,
+        "versioning.entries()",
+    )
     dialect = connection.dialect
     sources = [Source(info, where) for info in infos]
     found = stream(connection, catalog, sources, checked, after_key, chunk)
