@@ -269,28 +269,35 @@ def _statement(
     tolerant: bool,
     by_datetime: bool,
     whole: bool = False,
-) -> sa.Select[Any]:
+) -> tuple[sa.Select[Any], list[str]]:
     """The statement loading ``join``'s related records as of a moment, whose rows have the
     columns ``names``: built once (per relationship, and per way of reading values and of giving
     the moment), run with the values looked for (parameter :data:`_KEYS`) and the moment
     (:func:`versioning.reading.bound_parameters`). Kept in the target's ``read_cache``."""
     spec = join.target
     cache_key = (_statement, join.prop, type(join), names, tolerant, by_datetime, whole)
-    found: sa.Select[Any] | None = spec.read_cache.get(cache_key)
+    found: tuple[sa.Select[Any], list[str]] | None = spec.read_cache.get(cache_key)
     if found is not None:
         return found
     history = spec.history
-    keys: Any = sa.bindparam(_KEYS, expanding=True)
+    # One parameter per place the values are used (SQLAlchemy 2.0.30 cannot expand one tuple
+    # parameter used twice); the caller gives each the values (their names: the second item).
+    key_names: list[str] = []
+
+    def keys() -> Any:
+        key_names.append(f"{_KEYS}_{len(key_names)}")
+        return sa.bindparam(key_names[-1], expanding=True)
+
     columns = [history.c[spec.history_names[k]] for k in join.remote]
     target: Any = columns[0] if len(columns) == 1 else sa.tuple_(*columns)
-    match = target.in_(keys)
+    match = target.in_(keys())
     name = _name(join.prop)
 
     def conditions(inner: Any) -> list[Any]:
         on_inner = [inner.c[spec.history_names[k]] for k in join.remote]
         inner_target: Any = on_inner[0] if len(on_inner) == 1 else sa.tuple_(*on_inner)
         extra = [on_history(spec, c, inner, f"{name}'s primaryjoin") for c in join.extra]
-        return [inner_target.in_(keys), *extra]
+        return [inner_target.in_(keys()), *extra]
 
     statement, inner = latest(
         spec,
@@ -303,7 +310,7 @@ def _statement(
     )
     order = [on_history(spec, c, inner, f"{name}'s order_by") for c in join.order_by]
     order += [inner.c[spec.history_names[k]] for k in spec.pk_keys]
-    found = spec.read_cache[cache_key] = statement.order_by(*order)
+    found = spec.read_cache[cache_key] = (statement.order_by(*order), key_names)
     return found
 
 
@@ -494,11 +501,13 @@ class Moment:
         whole = self.versions is not None
         names = tuple(c.name for c in spec.history.c) if whole else snapshot_names(spec.history)
         parameters = bound_parameters(bound, self.at)
-        parameters[_KEYS] = [w[0] for w in wanted] if len(join.remote) == 1 else wanted
+        looked_for = [w[0] for w in wanted] if len(join.remote) == 1 else wanted
         by_datetime = AT in parameters
 
         def build(tolerant: bool) -> sa.Select[Any]:
-            return _statement(join, names, tolerant, by_datetime, whole)
+            statement, key_names = _statement(join, names, tolerant, by_datetime, whole)
+            parameters.update((name, looked_for) for name in key_names)
+            return statement
 
         make = self.maker(spec, names)
         group = Group()
