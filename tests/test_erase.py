@@ -452,7 +452,7 @@ def test_the_view_of_a_row_as_written_is_the_view_as_read_back(
     written: list[dict[str, Any]] = []
 
     def capture(conn: Any, clauseelement: Any, multiparams: Any, params: Any, options: Any) -> None:
-        if isinstance(clauseelement, sa.Insert) and clauseelement.table is table:
+        if isinstance(clauseelement, sa.Insert) and clauseelement.table.fullname == table.fullname:
             for row in multiparams or [params]:
                 written.append(dict(row))
 

@@ -25,7 +25,7 @@ from sqlalchemy_utils.types.choice import Choice  # type: ignore[import-untyped]
 
 import versioning
 from versioning import Digest, Problem, Versioned, audit_context, history, masks, restore
-from versioning.canonical import canonical_value, row_hash
+from versioning.canonical import PREFIX_CHARS, canonical_value, row_hash
 from versioning.schema import DIGEST_TABLE, SEAL_ENTRY_TABLE, SEAL_TABLE, TRANSACTION_TABLE
 
 from helpers import tamper
@@ -247,15 +247,15 @@ def _cases(engine: sa.Engine) -> dict[str, tuple[list[str], set[Any]]]:
 
 
 def _zeroed(engine: sa.Engine, tx_id: int) -> str:
-    """The UPDATE that zeroes what the digest row lists of its history rows' hashes (the first 8
-    bytes of each): the digest still matches the rows, the list does not."""
+    """The UPDATE that zeroes what the digest row lists of its history rows' hashes (the first 6
+    bytes of each, in base64): the digest still matches the rows, the list does not."""
     digests = Base.metadata.tables[DIGEST_TABLE]
     with engine.connect() as connection:
         listed = connection.execute(
             sa.select(digests.c.rows).where(digests.c.transaction_id == tx_id)
         ).scalar_one()
-    assert len(listed[ORDERS]) == 2 * 16  # its two rows, in hex
-    text = json.dumps(listed | {ORDERS: "0" * 32})
+    assert len(listed[ORDERS]) == 2 * PREFIX_CHARS  # its two rows
+    text = json.dumps(listed | {ORDERS: "A" * 2 * PREFIX_CHARS})
     rows = engine.dialect.identifier_preparer.quote("rows")
     return f"UPDATE {DIGEST_TABLE} SET {rows} = '{text}' WHERE transaction_id = {tx_id}"
 
@@ -693,6 +693,45 @@ def test_every_column_type_verifies(create_tables: Tables, sessions: Sessions) -
         assert versioning.seal(session, metadata=EveryBase.metadata) is not None
         session.commit()
         assert versioning.verify(session, metadata=EveryBase.metadata).ok
+
+
+def test_the_changes_document_is_stored_as_it_is_hashed(
+    create_tables: Tables, sessions: Sessions
+) -> None:
+    """Each update's ``changes`` column holds the canonical JSON text its row's hash covers (one
+    serialization, not two), which any JSON reader parses back to the same document."""
+    create_tables(EveryBase.metadata)
+    with sessions() as session:
+        session.add(Every(id=1, **EVERY_FIRST))
+        session.commit()
+        every = session.get_one(Every, 1)
+        for key, value in EVERY_SECOND.items():
+            setattr(every, key, value)
+        session.commit()
+        table = versioning.history_table(Every)
+        text = session.execute(
+            sa.select(sa.cast(table.c.versioning_changes, sa.Text)).where(
+                table.c.versioning_operation == versioning.Operation.UPDATE
+            )
+        ).scalar_one()
+        document = json.loads(text)
+        canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        assert text == canonical
+        assert document["title"] == [EVERY_FIRST["title"], EVERY_SECOND["title"]]
+        [update] = [
+            v for v in history(session, Every, 1) if v.operation == versioning.Operation.UPDATE
+        ]
+        assert update.changes["title"] == (EVERY_FIRST["title"], EVERY_SECOND["title"])
+        assert set(update.changes) == set(document)
+        assert versioning.verify(session, metadata=EveryBase.metadata).ok
+
+
+def test_a_changes_document_that_is_not_plain_json_goes_to_the_driver() -> None:
+    from versioning.canonical import changes_text
+
+    assert changes_text({"b": [1, "é"], "a": None}) == '{"a":null,"b":[1,"é"]}'
+    assert changes_text({"a": [float("nan"), 1.0]}) is None
+    assert changes_text({"a": {1, 2}}) is None
 
 
 class ArrayBase(DeclarativeBase):

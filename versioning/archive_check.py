@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from versioning.archive_format import TableDescription, row_hash
-from versioning.canonical import event_hash, listed_prefixes, segment_digest, transaction_bytes
+from versioning.canonical import (
+    event_hash,
+    listed_prefixes,
+    row_prefix,
+    segment_digest,
+    transaction_bytes,
+)
 from versioning.integrity import Kind, Problem, Report, seal_hash
 
 __all__ = ["Checker"]
@@ -262,14 +268,14 @@ class Checker:
         return out
 
     def _locate(self, tx_id: int, tx: _Transaction, tx_hash: bytes) -> None:
-        """Name what differs from the row hashes the digest rows list (first 8 bytes)."""
+        """Name what differs from the row hashes the digest rows list (their prefixes)."""
         found = len(self.report.problems)
         listed: dict[str, list[str]] = {}
         for segment in tx.segments:
             for name, prefixes in dict(segment.get("rows") or {}).items():
                 listed.setdefault(name, []).extend(listed_prefixes(prefixes))
         tx_listed = listed.pop(self.tx_name, None)
-        if tx.segments and tx_listed != [tx_hash[:8].hex()]:
+        if tx.segments and tx_listed != [row_prefix(tx_hash)]:
             self.problem(
                 "altered",
                 self.tx_name,
@@ -282,7 +288,7 @@ class Checker:
             expected = listed.get(name, [])
             actual = tx.rows.get(name, [])
             for (version_id, value), prefix in zip(actual, expected, strict=False):
-                if value[:8].hex() != prefix:
+                if row_prefix(value) != prefix:
                     self.problem(
                         "altered",
                         name,

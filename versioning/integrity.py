@@ -2,7 +2,8 @@
 
 At commit, each transaction writes its digest row (see :mod:`versioning.recording`): a SHA-256
 over its transaction row and every history row it wrote, in write order, in canonical form
-(:mod:`versioning.canonical`), with the first 8 bytes of each row's hash to locate a change.
+(:mod:`versioning.canonical`), with a prefix of each row's hash (its first 6 bytes) to locate a
+change.
 
 * :func:`seal` links every digest row not sealed yet, in ``(transaction_id, segment)`` order,
   into a new seal: SHA-256 over the previous seal's hash, the seal's id and each digest. Seal ids
@@ -39,6 +40,7 @@ from versioning.canonical import (
     event_hash,
     listed_prefixes,
     row_hashes,
+    row_prefix,
     segment_digest,
     transaction_bytes,
 )
@@ -811,8 +813,8 @@ class _Verifier:
             for name, table_rows in rows.items()
         }
         if self._chain_matches(tx_hash, segments, listed, truth, actual):
-            if tx_listed != [tx_hash[:8].hex()] or any(
-                [h[:8].hex() for _, h in actual.get(name, [])] != self._expected(listed, name)
+            if tx_listed != [row_prefix(tx_hash)] or any(
+                [row_prefix(h) for _, h in actual.get(name, [])] != self._expected(listed, name)
                 for name in set(actual) | {n for doc in listed for n in doc}
             ):
                 self.problem(
@@ -824,7 +826,7 @@ class _Verifier:
                     f"changed (its rows and digest match); restore the digest row from a backup",
                 )
             return
-        if tx_listed != [tx_hash[:8].hex()]:
+        if tx_listed != [row_prefix(tx_hash)]:
             self.problem(
                 "altered",
                 self.tx_name,
@@ -906,7 +908,7 @@ class _Verifier:
                 f"registry again), or the table was dropped",
             )
             return
-        got = [h[:8].hex() for _, h in actual]
+        got = [row_prefix(h) for _, h in actual]
         i = j = 0
         while i < len(got) or j < len(expected):
             if i == len(got):

@@ -40,12 +40,25 @@ from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from sqlalchemy.orm import Mapper, Session, SessionTransaction
 
 from versioning import personal
-from versioning.canonical import prefixes, row_hashes, segment_digest, transaction_bytes
+from versioning.canonical import (
+    CanonicalJSON,
+    changes_text,
+    prefixes,
+    row_hashes,
+    segment_digest,
+    transaction_bytes,
+)
 from versioning.context import AuditContext, current_context
 from versioning.declaration import ModelSpec
 from versioning.errors import VersioningError
 from versioning.history_rows import Change, history_row
-from versioning.schema import TRANSACTION_ID, UTCDateTime, integrity_tables, issued_at_utc
+from versioning.schema import (
+    CHANGES,
+    TRANSACTION_ID,
+    UTCDateTime,
+    integrity_tables,
+    issued_at_utc,
+)
 
 __all__ = [
     "Change",
@@ -313,12 +326,79 @@ def _insert_history(
         full.update(row)
         full[TRANSACTION_ID] = tx_id
         batch.append(full)
+    group.hashes.append((noted_in, history.fullname, _hash_rows(history, batch)))
+    connection.execute(_history_insert(history), batch)
+
+
+def _hash_rows(history: sa.Table, batch: list[dict[str, Any]]) -> list[bytes]:
+    """Each row's hash (see :func:`versioning.canonical.row_hashes`).
+
+    A ``changes`` document is serialized once, canonically: the hash covers that text and the
+    INSERT stores it (the driver would serialize the document again). Not for a table with
+    personal columns, whose hashes cover commitments rather than the stored document.
+    """
     if personal.has_personal(history):
-        hashed = row_hashes(history, [personal.committed_view(history, row) for row in batch])
-    else:
-        hashed = row_hashes(history, batch)
-    group.hashes.append((noted_in, history.fullname, hashed))
-    connection.execute(history.insert(), batch)
+        return row_hashes(history, [personal.committed_view(history, row) for row in batch])
+    for row in batch:
+        changes = row[CHANGES]
+        if changes is not None:
+            text = changes_text(changes)
+            if text is not None:
+                row[CHANGES] = text
+    return row_hashes(history, batch)
+
+
+class _StoredJSON(sa.types.TypeDecorator[Any]):
+    """The ``changes`` column's JSON, taking a :class:`CanonicalJSON` text as it is."""
+
+    impl = sa.JSON
+    cache_ok = True
+
+    def bind_processor(self, dialect: sa.Dialect) -> Any:
+        serialize = self.impl_instance.dialect_impl(dialect).bind_processor(dialect)
+        null = getattr(self.impl_instance, "none_as_null", True)
+
+        def process(value: Any) -> Any:
+            if value is None and null:
+                return None  # SQL NULL
+            if type(value) is CanonicalJSON:
+                return str(value)  # an exact str: a driver may adapt by exact type
+            return value if serialize is None else serialize(value)
+
+        return process
+
+
+#: Per history table, its INSERT (built once: a new statement's cache key costs as much again).
+_INSERTS: weakref.WeakKeyDictionary[sa.Table, sa.Insert] = weakref.WeakKeyDictionary()
+
+
+def _history_insert(history: sa.Table) -> sa.Insert:
+    """The INSERT of ``history``'s rows: a plain ``insert()`` of a copy of the table (in a
+    metadata of its own) whose ``changes`` column binds a :class:`CanonicalJSON` text as it is.
+
+    A copy rather than ``insert().values(changes=bindparam(...))``: SQLAlchemy sends a statement
+    with its own values clause through a slower path, which would cost what the text saves.
+    """
+    insert = _INSERTS.get(history)
+    if insert is None:
+        columns = []
+        for column in history.columns:
+            type_ = column.type
+            if column.name == CHANGES:
+                type_ = _StoredJSON(none_as_null=getattr(type_, "none_as_null", True))
+            columns.append(
+                sa.Column(
+                    column.name,
+                    type_,
+                    key=column.key,
+                    primary_key=column.primary_key,
+                    autoincrement=column.autoincrement,
+                    nullable=column.nullable,
+                )
+            )
+        copy = sa.Table(history.name, sa.MetaData(), *columns, schema=history.schema)
+        insert = _INSERTS[history] = copy.insert()
+    return insert
 
 
 def _note(state: Recording, group: _Group) -> str | None:

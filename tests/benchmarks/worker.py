@@ -417,19 +417,30 @@ def _clocked(function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def switch_digests(on: bool, *, clocked: bool = False) -> None:
-    """Switch this library's digests on or off (off: no row is hashed, no digest row written);
-    ``clocked``: on, with the time spent in them added to :data:`DIGEST_CLOCK`."""
+    """Switch this library's digests on or off (off: no row is hashed, the history INSERT is the
+    plain one, no digest row written); ``clocked``: on, with the time spent in them added to
+    :data:`DIGEST_CLOCK`."""
     from versioning import recording
 
     if not hasattr(recording, "_benchmark_saved"):
-        recording._benchmark_saved = (recording.row_hashes, recording._write_digest)  # type: ignore[attr-defined]
-    hashes, write = recording._benchmark_saved  # type: ignore[attr-defined]
+        recording._benchmark_saved = (  # type: ignore[attr-defined]
+            recording._hash_rows,
+            recording._history_insert,
+            recording._write_digest,
+        )
+    hashes, insert, write = recording._benchmark_saved  # type: ignore[attr-defined]
     if on and clocked:
-        recording.row_hashes, recording._write_digest = _clocked(hashes), _clocked(write)
+        recording._hash_rows, recording._write_digest = _clocked(hashes), _clocked(write)
+        recording._history_insert = insert
     elif on:
-        recording.row_hashes, recording._write_digest = hashes, write
+        recording._hash_rows, recording._history_insert, recording._write_digest = (
+            hashes,
+            insert,
+            write,
+        )
     else:
-        recording.row_hashes = lambda history, rows: [bytes(32)] * len(rows)  # type: ignore[assignment]
+        recording._hash_rows = lambda history, rows: [bytes(32)] * len(rows)  # type: ignore[assignment]
+        recording._history_insert = lambda history: history.insert()  # type: ignore[assignment]
         recording._write_digest = lambda *arguments: None  # type: ignore[assignment]
 
 
@@ -830,34 +841,51 @@ DIGEST_COMMITS = 400  # single-row commits
 
 
 class Paired:
-    """Wall-clock times of the same commits with the digests on and with them off, by position
-    in the workload, and of the digest code in those with them on.
+    """Wall-clock and CPU times of the same commits with the digests on and with them off, by
+    position in the workload, and of the digest code in those with them on.
 
     The machine's other load only ever adds time: the least time each commit took with the
-    digests on, summed, over the same with them off, is the ratio of the workload's times on a
-    quiet machine. The least time of the digest code (a millisecond or two, seldom interrupted)
-    is what the digests cost a commit, measured directly."""
+    digests on, summed, over the same with them off, is the ratio of the workloads' times on a
+    quiet machine. The same with this process's CPU time (``time.process_time``) leaves out the
+    database server's share (all of SQLite's work is in this process) but is much less disturbed
+    by other processes. The least time of the digest code (a millisecond or two, seldom
+    interrupted) is what the digests cost a commit, measured directly."""
 
     def __init__(self) -> None:
         self.times: dict[tuple[int, bool], list[float]] = {}
+        self.cpu: dict[tuple[int, bool], list[float]] = {}
         self.code: dict[int, list[float]] = {}
 
     @contextmanager
     def commit(self, position: int, on: bool) -> Iterator[None]:
         switch_digests(on, clocked=True)
+        # A full collection now, none during the commit: a collection would otherwise fall on
+        # the same commits round after round (where the allocations add up to its threshold),
+        # on with the digests in one process and off in another, and the least time of those
+        # commits would be the collection's (20 ms in a commit of 25 on SQLite), not theirs.
+        gc.collect()
+        gc.disable()
         clock = DIGEST_CLOCK[0]
+        cpu = time.process_time()
         start = time.perf_counter()
-        yield
-        self.times.setdefault((position, on), []).append(time.perf_counter() - start)
+        try:
+            yield
+            elapsed, used = time.perf_counter() - start, time.process_time() - cpu
+        finally:
+            gc.enable()
+        self.times.setdefault((position, on), []).append(elapsed)
+        self.cpu.setdefault((position, on), []).append(used)
         if on:
             self.code.setdefault(position, []).append(DIGEST_CLOCK[0] - clock)
 
     def add(self, out: Result, name: str) -> None:
         positions = sorted(self.code)
-        least = {
-            on: sum(min(self.times[position, on]) for position in positions) for on in (True, False)
-        }
-        out.add(f"digest_{name}_ratio", least[True] / least[False])
+        for metric, samples in (("ratio", self.times), ("cpu_ratio", self.cpu)):
+            least = {
+                on: sum(min(samples[position, on]) for position in positions)
+                for on in (True, False)
+            }
+            out.add(f"digest_{name}_{metric}", least[True] / least[False])
         code = sum(min(self.code[position]) for position in positions) / len(positions)
         out.add(f"digest_{name}_code_ms", code * 1000)
 
