@@ -55,22 +55,32 @@ def _last_transaction(session: Session) -> int:
     return versioning.history(session, Order, 1)[-1].transaction_id
 
 
-def tell(engine: sa.Engine) -> Story:
-    """alice creates a customer and order 1, bob ships it, mallory stores XSS payloads; a denied
-    login is recorded as an event."""
+def tell(engine: sa.Engine, pause: float = 0.0) -> Story:
+    """alice creates a customer and orders 1 and 3, bob ships order 1 and pays order 3, mallory
+    stores XSS payloads; a denied login is recorded as an event. ``pause`` seconds pass before
+    and after ``before_shipping`` (whole seconds apart: MariaDB keeps times to the second)."""
     with Session(engine) as session:
         with audit_context(actor="alice", source_ip="203.0.113.7", reason="new order"):
             customer = Customer(id=1, name="Ada", email="ada@example.com")
-            session.add_all([customer, Order(id=1, customer=customer, status="new")])
+            session.add_all(
+                [
+                    customer,
+                    Order(id=1, customer=customer, status="new"),
+                    Order(id=3, customer=customer, status="draft"),
+                ]
+            )
             session.commit()
         created = _last_transaction(session)
-        time.sleep(1.1)  # whole seconds apart: MariaDB's and the form's moments are to the second
+        time.sleep(pause)
         before_shipping = dt.datetime.now(dt.UTC).replace(microsecond=0)
-        time.sleep(1.1)
+        time.sleep(pause)
         with audit_context(actor="bob", request_id="req-ship-1", reason="picked up"):
             order = session.get(Order, 1)
             assert order is not None
             order.status = "shipped"
+            paid = session.get(Order, 3)
+            assert paid is not None
+            paid.status = "paid"
             session.commit()
         shipped = _last_transaction(session)
         with audit_context(actor=f"mallory{XSS_ATTRIBUTE}", reason=XSS_SCRIPT):

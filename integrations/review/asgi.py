@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -23,6 +24,9 @@ from versioning.integrations.review import csrf
 from versioning.integrations.review.pages import CSS, SECURITY_HEADERS, Page, Review
 
 __all__ = ["review_app"]
+
+#: The most of a restore form read (its fields are short).
+FORM_LIMIT = 16_384
 
 
 def review_app(
@@ -122,8 +126,12 @@ def review_app(
         return await guarded(request, "export", lambda: review.export(params, base(request)))
 
     async def restore(request: Request) -> Response:
-        form = await request.form()
-        fields = {name: value for name, value in form.items() if isinstance(value, str)}
+        # A small urlencoded form, parsed here (no multipart parser needed).
+        body = await request.body()
+        urlencoded = request.headers.get("content-type", "").startswith(
+            "application/x-www-form-urlencoded"
+        )
+        fields = dict(parse_qsl(body[:FORM_LIMIT].decode("utf-8", "replace"))) if urlencoded else {}
         given = request.cookies.get(csrf.COOKIE)
         return await guarded(
             request, "restore", lambda: review.restore(fields, base(request), request, given)
