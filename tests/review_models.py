@@ -24,11 +24,12 @@ class ReviewBase(DeclarativeBase):
 
 class Customer(Versioned, ReviewBase):
     __tablename__ = "review_customers"
-    __versioned__ = {"mask": {"email": versioning.masks.redact}}
+    __versioned__ = {"mask": {"email": versioning.masks.redact}, "personal": ["phone"]}
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(200))
     email: Mapped[str | None] = mapped_column(sa.String(200))
+    phone: Mapped[str | None] = mapped_column(sa.String(40))
     orders: Mapped[list[Order]] = relationship(back_populates="customer")
 
 
@@ -61,7 +62,7 @@ def tell(engine: sa.Engine, pause: float = 0.0) -> Story:
     and after ``before_shipping`` (whole seconds apart: MariaDB keeps times to the second)."""
     with Session(engine) as session:
         with audit_context(actor="alice", source_ip="203.0.113.7", reason="new order"):
-            customer = Customer(id=1, name="Ada", email="ada@example.com")
+            customer = Customer(id=1, name="Ada", email="ada@example.com", phone="+44 20 7946 0000")
             session.add_all(
                 [
                     customer,

@@ -403,3 +403,23 @@ def test_the_flask_blueprint_renders_the_same_pages(story: Story, engine: sa.Eng
         last = versioning.history(session, Order, 3)[-1]
         assert last.transaction is not None and last.transaction.actor == "reviewer-ann"
     assert Customer.__tablename__ in http.get("/audit/", headers=headers).text
+
+
+def test_erased_values_stay_erased(story: Story, engine: sa.Engine) -> None:
+    with Session(engine) as session:
+        versioning.erase(session, Customer, 1, columns=["phone"], reason="GDPR request 12")
+        session.commit()
+    with client(engine) as http:
+        record = http.get("/audit/record?table=review_customers&key=1&at=2100-01-01").text
+        assert "+44 20 7946 0000" not in record
+        assert record.count("[erased]") == 2  # in the insert's diff and as it was at
+        exported = http.get("/audit/export?table=review_customers&format=csv").text
+        assert "+44 20 7946 0000" not in exported and "[erased]" in exported
+
+
+def test_unknown_paths_are_404_pages_with_the_headers(story: Story, engine: sa.Engine) -> None:
+    with client(engine, allow_restore=True, secret=SECRET, actor=reviewer) as http:
+        missing = http.get("/audit/nowhere")
+        assert missing.status_code == 404 and "There is no such page." in missing.text
+        assert "default-src 'none'" in missing.headers["content-security-policy"]
+        assert http.get("/audit/restore").status_code == 405

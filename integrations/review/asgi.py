@@ -80,7 +80,7 @@ def review_app(
         if review.allow_restore and not request.cookies.get(csrf.COOKIE):
             response.set_cookie(
                 csrf.COOKIE,
-                request.state.csrf_cookie,
+                cookie(request),
                 httponly=True,
                 samesite="strict",
                 secure=request.url.scheme == "https",
@@ -155,4 +155,11 @@ def review_app(
     ]
     if allow_restore:
         routes.append(Route("/restore", restore, methods=["POST"]))
-    return Starlette(routes=routes)
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 404)
+        return respond(
+            request, review.error(base(request), status, "Not found", "There is no such page.")
+        )
+
+    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})

@@ -164,21 +164,27 @@ def _item(found: Entry | Event) -> Item:
             details="" if found.details is None else shown(dict(found.details)),
         )
     changes = []
+    inserted = found.operation is Operation.INSERT
+    deleted = found.operation is Operation.DELETE
     for name, (old, new) in found.changes.items():
-        if name in found.erased:
-            changes.append(Change(name, "[erased]", "[erased]", erased=True))
-            continue
+        gone = name in found.erased
         changes.append(
             Change(
                 name,
-                shown(old),
-                shown(new),
-                old_missing=found.operation is Operation.INSERT,
-                new_missing=found.operation is Operation.DELETE,
+                "[erased]" if gone else shown(old),
+                "[erased]" if gone else shown(new),
+                erased=gone,
+                old_missing=inserted,
+                new_missing=deleted,
             )
         )
-    for name in sorted(found.erased - set(found.changes)):
-        changes.append(Change(name, "[erased]", "[erased]", erased=True))
+    if inserted or deleted:  # an erased value was there (its change is not listed: it is None)
+        for name in sorted(found.erased - set(found.changes)):
+            changes.append(
+                Change(
+                    name, "[erased]", "[erased]", True, old_missing=inserted, new_missing=deleted
+                )
+            )
     state = [
         Change(name, "[erased]" if name in found.erased else shown(value), "", name in found.erased)
         for name, value in found.state.items()
@@ -544,8 +550,13 @@ class Review:
         instance = as_of(session, info.model, key if len(key) > 1 else key[0], at)
         if instance is None:
             return {"exists": False, "fields": [], "related": []}
+        # Values erased from the version read: marked, not shown as empty.
+        before = [e for e in timeline if e.transaction.issued_at.astimezone(dt.UTC) <= at]
+        erased = before[-1].erased if before else frozenset()
         fields = [
-            Change(column, shown(getattr(instance, attribute)), "")
+            Change(column, "[erased]", "", True)
+            if column in erased
+            else Change(column, shown(getattr(instance, attribute)), "")
             for attribute, column in info.attributes.items()
         ]
         related: list[dict[str, Any]] = []
