@@ -27,6 +27,7 @@ blueprint; they also need the ``review`` extra (Jinja2).
 from __future__ import annotations
 
 import contextvars
+import inspect
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
@@ -221,6 +222,11 @@ def review_blueprint(
     from versioning.integrations.review import csrf
     from versioning.integrations.review.pages import CSS, SECURITY_HEADERS, Review
 
+    if inspect.iscoroutinefunction(authorize):
+        raise ConfigurationError(
+            "review_blueprint(): authorize must be a plain function in Flask (an async one is "
+            "never awaited there): def authorize(request, action) -> bool"
+        )
     review = Review(
         sessionmaker,
         authorize=authorize,

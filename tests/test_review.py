@@ -77,6 +77,12 @@ def test_the_app_is_not_built_without_authorize() -> None:
         review_app(maker, authorize=allow, allow_restore=True, actor=reviewer, secret="short")
     with pytest.raises(ConfigurationError, match="actor="):
         review_blueprint(maker, authorize=allow, allow_restore=True, secret=SECRET)
+
+    async def asynchronous(request: Any, action: str) -> bool:
+        return True
+
+    with pytest.raises(ConfigurationError, match="plain function in Flask"):
+        review_blueprint(maker, authorize=asynchronous)
     with pytest.raises(TypeError, match="page_size"):
         review_app(maker, authorize=allow, page_size=10_000)
 

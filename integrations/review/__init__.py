@@ -18,17 +18,6 @@ The modules: :mod:`~versioning.integrations.review.query` (query parameters to c
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from starlette.applications import Starlette
+from versioning.integrations.review.asgi import review_app
 
 __all__ = ["review_app"]
-
-
-def review_app(sessionmaker: Any, **options: Any) -> Starlette:
-    """The review pages as an ASGI app; see :func:`versioning.integrations.review.asgi.review_app`
-    for the options (``authorize`` is required)."""
-    from versioning.integrations.review.asgi import review_app as build
-
-    return build(sessionmaker, **options)
