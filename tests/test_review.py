@@ -429,3 +429,30 @@ def test_unknown_paths_are_404_pages_with_the_headers(story: Story, engine: sa.E
         assert missing.status_code == 404 and "There is no such page." in missing.text
         assert "default-src 'none'" in missing.headers["content-security-policy"]
         assert http.get("/audit/restore").status_code == 405
+
+
+def test_from_the_registry_alone_a_record_shows_its_snapshot(
+    create_tables: Tables, engine: sa.Engine
+) -> None:
+    """Without the models (a catalog read from the database's registry), "as it was at" shows
+    the recorded snapshot row, and no restore is offered."""
+    from versioning.catalog import load
+    from versioning.integrations.review.pages import Review
+
+    story = tell(create_tables(ReviewBase.metadata), pause=1.1)
+    review = Review(
+        sessionmaker(engine), authorize=allow, allow_restore=True, secret=SECRET, actor=reviewer
+    )
+    with engine.connect() as connection:
+        review._catalog = load(connection)
+    assert all(entry.model is None for entry in review._catalog.tables)
+    at = story.before_shipping.isoformat()
+    page = review.record({"table": "review_orders", "key": "1", "at": at}, "/audit", "cookie")
+    assert page.status == 200
+    section = page.body.split('class="then"')[1].split("Timeline")[0]
+    assert "<td>new</td>" in section and "without related records" in section
+    assert "Restore this version" not in page.body
+    gone = review.record({"table": "review_orders", "key": "1", "at": "2000-01-01"}, "", None)
+    assert "did not exist" in gone.body
+    activity = review.activity({"actor": "bob"}, "/audit")
+    assert activity.status == 200 and "shipped" in activity.body
