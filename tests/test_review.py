@@ -456,3 +456,15 @@ def test_from_the_registry_alone_a_record_shows_its_snapshot(
     assert "did not exist" in gone.body
     activity = review.activity({"actor": "bob"}, "/audit")
     assert activity.status == 200 and "shipped" in activity.body
+
+
+def test_record_keys_are_read_as_the_page_writes_them() -> None:
+    from versioning.integrations.review.query import parse_key
+
+    assert parse_key("7", ("id",), (int,)) == (7,)
+    assert parse_key("A-7", ("code",), (str,)) == ("A-7",)
+    assert parse_key('[3, "x"]', ("id", "code"), (int, str)) == (3, "x")
+    assert parse_key('["3", "x"]', ("id", "code"), (int, None)) == (3, "x")
+    for text, types in [("[3]", (int, str)), ("3, x", (int, str)), ('["a", "x"]', (int, str))]:
+        with pytest.raises(BadParameter, match="^key="):
+            parse_key(text, ("id", "code"), types)
