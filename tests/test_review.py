@@ -466,5 +466,5 @@ def test_record_keys_are_read_as_the_page_writes_them() -> None:
     assert parse_key('[3, "x"]', ("id", "code"), (int, str)) == (3, "x")
     assert parse_key('["3", "x"]', ("id", "code"), (int, None)) == (3, "x")
     for text, types in [("[3]", (int, str)), ("3, x", (int, str)), ('["a", "x"]', (int, str))]:
-        with pytest.raises(BadParameter, match="^key="):
+        with pytest.raises(BadParameter, match=r"^key="):
             parse_key(text, ("id", "code"), types)

@@ -144,7 +144,6 @@ class Item:
     outcome: str = ""
     target: str = ""
     details: str = ""
-    state: list[Change] = field(default_factory=list)
 
 
 @dataclass
@@ -185,10 +184,6 @@ def _item(found: Entry | Event) -> Item:
                     name, "[erased]", "[erased]", True, old_missing=inserted, new_missing=deleted
                 )
             )
-    state = [
-        Change(name, "[erased]" if name in found.erased else shown(value), "", name in found.erased)
-        for name, value in found.state.items()
-    ]
     return Item(
         "version",
         found.transaction,
@@ -197,7 +192,6 @@ def _item(found: Entry | Event) -> Item:
         operation=found.operation.value,
         version_id=found.version_id,
         changes=changes,
-        state=state,
     )
 
 
