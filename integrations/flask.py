@@ -19,16 +19,21 @@ whatever the other hooks or the server do.
   default (``trust_request_id``), else a new one, echoed in the response.
 
 Requires the ``flask`` extra: ``pip install 'sqlalchemy-versioning[flask]'``.
+
+:func:`review_blueprint` gives the review pages (see :mod:`versioning.integrations.review`) as a
+blueprint; they also need the ``review`` extra (Jinja2).
 """
 
 from __future__ import annotations
 
 import contextvars
+import inspect
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
-from flask import Flask, Request, request
+import sqlalchemy as sa
+from flask import Blueprint, Flask, Request, Response, g, request, url_for
 from werkzeug.datastructures import EnvironHeaders
 
 from versioning.context import audit_context
@@ -38,8 +43,11 @@ from versioning.integrations.request_audit import RequestAudit
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from sqlalchemy.orm import Session
 
-__all__ = ["VersioningAudit"]
+    from versioning.integrations.review.pages import Page
+
+__all__ = ["VersioningAudit", "review_blueprint"]
 
 #: Gives the actor of a request (a user name or id), or ``None`` if it is anonymous.
 ActorCallable = Callable[[Request], "str | int | None"]
@@ -193,3 +201,126 @@ class _Body:
         close: Any = getattr(self._body, "close", None)
         if close is not None:
             self._context.run(close)
+
+
+def review_blueprint(
+    sessionmaker: Callable[[], Session],
+    *,
+    authorize: Callable[[Request, str], bool] | None = None,
+    allow_restore: bool = False,
+    page_size: int = 50,
+    title: str = "History",
+    secret: str | bytes | None = None,
+    actor: Callable[[Request], str] | None = None,
+    metadata: sa.MetaData | None = None,
+    name: str = "versioning_review",
+) -> Blueprint:
+    """The review pages as a Flask blueprint: ``app.register_blueprint(review_blueprint(Session,
+    authorize=...), url_prefix="/audit")``. The same pages, templates and rules as
+    :func:`versioning.integrations.review.review_app`; ``authorize(request, action)`` is a plain
+    function here."""
+    from versioning.integrations.review import csrf
+    from versioning.integrations.review.pages import CSS, SECURITY_HEADERS, Review
+
+    if inspect.iscoroutinefunction(authorize):
+        raise ConfigurationError(
+            "review_blueprint(): authorize must be a plain function in Flask (an async one is "
+            "never awaited there): def authorize(request, action) -> bool"
+        )
+    review = Review(
+        sessionmaker,
+        authorize=authorize,
+        allow_restore=allow_restore,
+        page_size=page_size,
+        title=title,
+        secret=secret,
+        actor=actor,
+        metadata=metadata,
+        where="review_blueprint",
+    )
+    blueprint = Blueprint(name, __name__)
+
+    def base() -> str:
+        return url_for(f"{blueprint.name}.activity").rstrip("/")
+
+    def cookie() -> str:
+        value: str | None = g.get("versioning_review_csrf")
+        if value is None:
+            value = request.cookies.get(csrf.COOKIE) or csrf.new_cookie()
+            g.versioning_review_csrf = value
+        return value
+
+    def respond(page: Page) -> Response:
+        headers = {**SECURITY_HEADERS, **page.headers}
+        if page.location is not None:
+            response = Response(
+                "", status=page.status, headers={**headers, "Location": page.location}
+            )
+        elif page.stream is not None:
+            response = Response(page.stream, status=page.status, headers=headers)
+            response.content_type = page.content_type
+        else:
+            response = Response(page.body, status=page.status, headers=headers)
+            response.content_type = page.content_type
+        if review.allow_restore and not request.cookies.get(csrf.COOKIE):
+            response.set_cookie(
+                csrf.COOKIE,
+                cookie(),
+                httponly=True,
+                samesite="Strict",
+                secure=request.scheme == "https",
+                path=base() or "/",
+            )
+        return response
+
+    def guarded(action: str, render: Callable[[], Page]) -> Response:
+        cookie()
+        current = cast(Request, request._get_current_object())  # type: ignore[attr-defined]
+        if review.authorize(current, action) is not True:
+            return respond(review.refused(base(), action))
+        return respond(render())
+
+    @blueprint.route("/")
+    def activity() -> Response:
+        return guarded("view", lambda: review.activity(request.args.to_dict(), base()))
+
+    @blueprint.route("/transaction/<number>")
+    def transaction(number: str) -> Response:
+        return guarded("view", lambda: review.transaction(number, base()))
+
+    @blueprint.route("/record")
+    def record() -> Response:
+        return guarded("view", lambda: review.record(request.args.to_dict(), base(), cookie()))
+
+    @blueprint.route("/integrity")
+    def integrity() -> Response:
+        return guarded("view", lambda: review.integrity(request.args.to_dict(), base()))
+
+    @blueprint.route("/integrity/digest.json")
+    def digest_json() -> Response:
+        return guarded("view", lambda: review.digest_json(base()))
+
+    @blueprint.route("/export")
+    def export() -> Response:
+        return guarded("export", lambda: review.export(request.args.to_dict(), base()))
+
+    @blueprint.route("/static/review.css")
+    def stylesheet() -> Response:
+        return Response(
+            CSS,
+            content_type="text/css",
+            headers={**SECURITY_HEADERS, "Cache-Control": "max-age=3600"},
+        )
+
+    if allow_restore:
+
+        @blueprint.route("/restore", methods=["POST"])
+        def restore() -> Response:
+            current = cast(Request, request._get_current_object())  # type: ignore[attr-defined]
+            given = request.cookies.get(csrf.COOKIE)
+            return guarded(
+                "restore",
+                lambda: review.restore(request.form.to_dict(), base(), current, given),
+            )
+
+    return blueprint

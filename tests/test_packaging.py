@@ -35,6 +35,10 @@ def test_wheel_has_no_top_level_integrations(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "versioning/integrations/starlette.py" in names
     assert "versioning/integrations/flask.py" in names
+    # The review page: its package, templates and stylesheet.
+    assert "versioning/integrations/review/pages.py" in names
+    assert "versioning/integrations/review/templates/base.html" in names
+    assert "versioning/integrations/review/static/review.css" in names
     assert not [n for n in names if n.startswith("integrations/")]
     # The `versioning` command, whose libraries only its extra brings.
     with zipfile.ZipFile(wheel) as archive:
