@@ -1009,3 +1009,29 @@ def test_rows_encoded_in_a_batch_give_each_row_its_documented_bytes() -> None:
     assert [row_bytes(history, row) for row in rows] == rows_bytes(history, rows)
     assert row_hashes(history, rows) == [row_hash(history, row) for row in rows]
     assert rows_bytes(history, []) == []
+
+
+def test_hashing_a_table_does_not_keep_it_alive() -> None:
+    """The per-table caches of hashing go with the table (a process that makes and drops
+    metadata, as tests and migrations do, does not grow)."""
+    import gc
+    import weakref
+
+    from versioning import personal
+    from versioning.canonical import row_hashes
+
+    table = sa.Table(
+        "kept_history",
+        sa.MetaData(),
+        sa.Column("versioning_id", sa.Integer, primary_key=True),
+        sa.Column("versioning_operation", sa.String(10)),
+        sa.Column("name", sa.String(10)),
+        sa.Column("versioning_changes", sa.JSON),
+    )
+    row = {"versioning_operation": "insert", "name": "a", "versioning_changes": None}
+    assert len(row_hashes(table, [row])[0]) == 32
+    assert not personal.has_personal(table)
+    gone = weakref.ref(table)
+    del table
+    gc.collect()
+    assert gone() is None

@@ -31,6 +31,7 @@ import hashlib
 import json
 import math
 import uuid
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
@@ -352,7 +353,7 @@ _DIRECT: dict[Callable[[Any], Any], _Pieces] = {
 #: Per history table, each hashed snapshot column in table order: its name, its prefix in the
 #: array, its converter and how a batch of its values is written.
 _Plan = list[tuple[str, str, Callable[[Any], Any], _Pieces]]
-_PLANS: dict[sa.Table, _Plan] = {}
+_PLANS: weakref.WeakKeyDictionary[sa.Table, _Plan] = weakref.WeakKeyDictionary()
 
 
 def _plan(history: sa.Table) -> _Plan:

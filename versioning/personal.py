@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -88,7 +89,7 @@ def _erased(entry: Any) -> bool:
 
 
 #: Per history table: whether it has the :data:`PERSONAL` column (asked for every row hashed).
-_HAS_PERSONAL: dict[sa.Table, bool] = {}
+_HAS_PERSONAL: weakref.WeakKeyDictionary[sa.Table, bool] = weakref.WeakKeyDictionary()
 
 
 def has_personal(history: sa.Table) -> bool:

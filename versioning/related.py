@@ -249,13 +249,15 @@ class _Join:
         return False
 
 
-_JOINS: dict[RelationshipProperty[Any], _Join] = {}
+#: Where a relationship keeps its :class:`_Join` (built once; it lives and goes with the
+#: relationship, which it refers to).
+_JOIN_KEY = "versioning.related.join"
 
 
 def _join(prop: RelationshipProperty[Any]) -> _Join:
-    join = _JOINS.get(prop)
+    join: _Join | None = prop.info.get(_JOIN_KEY)
     if join is None:
-        join = _JOINS[prop] = _Join(prop)
+        join = prop.info[_JOIN_KEY] = _Join(prop)
     return join
 
 
