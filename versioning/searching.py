@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import heapq
 import ipaddress
+import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -282,8 +283,11 @@ def stream(
     filters: Filters,
     after: Key | None,
     chunk: int,
+    changes_as_text: bool = False,
 ) -> Iterator[tuple[Source, RowMapping, Transaction]]:
-    """Every matching row of ``sources``, in the order, read ``chunk`` rows per table at a time."""
+    """Every matching row of ``sources``, in the order, read ``chunk`` rows per table at a time;
+    with ``changes_as_text``, each row's ``changes`` document as the JSON text stored (for
+    :class:`EntryReader`, which decodes it)."""
     transactions = catalog.transaction
     joined = TransactionColumns(transactions)
     tx_where = filters.transaction_where(transactions)
@@ -303,6 +307,8 @@ def stream(
 
             def build(tolerant: bool, keyset: tuple[Any, ...] = keyset) -> sa.Select[Any]:
                 select = _select(history, tolerant)
+                if changes_as_text:
+                    select = _changes_as_text(select, history, connection.dialect.name)
                 if tx_where:  # joined for the filter only: its rows are read once per chunk
                     select = select.join(transactions, t == transactions.c.id)
                 return select.where(*where, *keyset).order_by(*order).limit(chunk)
@@ -327,6 +333,20 @@ def stream(
     )
     for _, source, row, transaction in merged:
         yield source, row, transaction
+
+
+def _changes_as_text(select: sa.Select[Any], history: sa.Table, dialect: str) -> sa.Select[Any]:
+    """``select`` with the ``changes`` column read as its JSON text, which :class:`EntryReader`
+    decodes with one shared decoder: the driver does not (psycopg decodes a ``json`` column
+    itself, so PostgreSQL casts it to text; a ``json`` column keeps the text as written)."""
+    column = history.c[CHANGES]
+    text = sa.cast(column, sa.Text) if dialect == "postgresql" else sa.type_coerce(column, sa.Text)
+    return select.with_only_columns(
+        *(
+            text.label(CHANGES) if getattr(c, "name", None) == CHANGES else c
+            for c in select.selected_columns
+        )
+    )
 
 
 # --- Versions ---------------------------------------------------------------------------------
@@ -678,6 +698,11 @@ class EntryReader:
         self.width = len(self.columns)
         self.values = _getter([*self.columns, OPERATION, CHANGES, VERSION_ID, TRANSACTION_ID])
         self.key_values = _getter(self.key)
+        #: The ``changes`` text's decoder: the engine's (``create_engine(json_deserializer=)``),
+        #: as the column's type would have used, else one shared ``json`` decoder.
+        self.json: Callable[[str], Any] = (
+            getattr(dialect, "_json_deserializer", None) or _JSON_DECODE
+        )
 
     def _decoder(self, type_: sa.types.TypeEngine[Any]) -> Any:
         try:
@@ -719,6 +744,10 @@ class EntryReader:
             if gone:
                 erased = frozenset(name for name, attribute in self.personal if attribute in gone)
         if operation is Operation.UPDATE:
+            if type(stored) is str:
+                stored = self.json(stored)
+            elif isinstance(stored, bytes | bytearray | memoryview):
+                stored = self.json(bytes(stored).decode("utf-8"))
             stored = stored or {}
             changes = {}
             for name, attribute, decoder in self.changed:
@@ -748,6 +777,7 @@ class EntryReader:
 
 
 _ABSENT: Any = object()
+_JSON_DECODE = json.JSONDecoder().decode
 
 
 def _getter(names: Sequence[str]) -> Callable[[Any], tuple[Any, ...]]:
@@ -827,7 +857,7 @@ def entries(
     )
     dialect = connection.dialect
     sources = [Source(info, where) for info in infos]
-    found = stream(connection, catalog, sources, checked, after_key, chunk)
+    found = stream(connection, catalog, sources, checked, after_key, chunk, changes_as_text=True)
     if limit is not None:
         found = islice(found, limit)
     readers = {id(source): EntryReader(source.info, dialect) for source in sources}
