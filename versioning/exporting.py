@@ -137,7 +137,7 @@ def _encoder(default: Callable[[Any], Any] | None = None) -> Callable[[Any], str
 
     def encode(value: Any) -> str:
         if type(value) is str:
-            return json.encoder.encode_basestring(value)  # type: ignore[no-any-return]
+            return json.encoder.encode_basestring(value)
         return join(chunks(value, 0))
 
     return encode
