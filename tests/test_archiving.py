@@ -235,6 +235,31 @@ def test_archive_verify_prune_verify(story: sa.Engine, sessions: Sessions, tmp_p
         assert report.ok and report.unsealed == 0, report.problems
 
 
+def test_the_database_and_its_archives_count_each_transaction_once(
+    story: sa.Engine, sessions: Sessions, tmp_path: Path
+) -> None:
+    """An archive made before any prune holds transactions the database still holds (and a
+    prune keeps some): the chain is the same, so verify counts each transaction and version
+    once, whether archived, held, or both."""
+    engine = story
+    ids = _ids(engine)
+    path = _archive(engine, tmp_path, "not-pruned.jsonl.gz", _issued(engine, ids[7]))
+    with sessions() as session:
+        alone = versioning.verify(session)
+        both = versioning.verify(session, archives=[path])
+    assert alone.ok and both.ok, both.problems
+    assert (alone.transactions_checked, alone.versions_checked) == (9, 15)
+    assert (both.transactions_checked, both.versions_checked) == (9, 15)
+    versioning.prune(engine, archive=path)
+    with sessions() as session:
+        pruned = versioning.verify(session)
+        after = versioning.verify(session, archives=[path])
+    assert after.ok, after.problems
+    assert pruned.transactions_checked < 10  # what the prune deleted is in the archive only
+    # The nine transactions and their versions, once each, and the prune's own transaction.
+    assert (after.transactions_checked, after.versions_checked) == (10, 15), (pruned, after)
+
+
 def test_before_the_horizon_raises(story: sa.Engine, sessions: Sessions, tmp_path: Path) -> None:
     engine = story
     ids = _ids(engine)

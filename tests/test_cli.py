@@ -507,3 +507,22 @@ def test_archive_then_verify_offline_and_with_the_database(
     assert as_json(tampered)["problems"]
     nothing = _one_line(run("archive", "--before", "1990-01-01", "--output", str(broken), url=url))
     assert "nothing to archive" in nothing
+
+
+def test_verify_with_an_archive_not_pruned_yet_counts_each_once(
+    create_tables: Tables, sessions: Sessions, tmp_path: Path
+) -> None:
+    engine = create_tables(Base.metadata)
+    _seed(sessions)
+    url = url_of(engine)
+    assert run("seal", url=url).returncode == 0
+    path = tmp_path / "kept.jsonl.gz"
+    assert run("archive", "--before", "2999-01-01", "--output", str(path), url=url).returncode == 0
+    alone = as_json(run("verify", "--format", "json", url=url))
+    both = run("verify", "--archive", str(path), "--format", "json", url=url)
+    assert (both.returncode, both.stderr) == (0, "")
+    counted = as_json(both)
+    assert (counted["transactions_checked"], counted["versions_checked"]) == (2, 6)
+    assert (alone["transactions_checked"], alone["versions_checked"]) == (2, 6)
+    text = run("verify", "--archive", str(path), url=url)
+    assert text.stdout.startswith("ok: 2 transaction(s), 6 version(s) checked")
