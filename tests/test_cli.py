@@ -478,6 +478,7 @@ def test_archive_then_verify_offline_and_with_the_database(
     assert (made.returncode, made.stderr) == (0, "")  # no progress bar: stderr is no terminal
     manifest = as_json(made)
     assert (manifest["transactions"], manifest["versions"]) == (2, 6)
+    assert manifest["horizon"]["archived_up_to"] == manifest["last_transaction_id"]
     assert path.is_file()
 
     offline = run("verify", "--archive", str(path), "--format", "json")  # no URL, no database
@@ -488,6 +489,7 @@ def test_archive_then_verify_offline_and_with_the_database(
     pruned = run("prune", "--archive", str(path), url=url)  # from the URL alone, no model
     assert (pruned.returncode, pruned.stderr) == (0, "")
     assert as_json(pruned)["archive"] == path.name
+    assert as_json(pruned)["horizon"]["archive"] == path.name
     after = run("verify", "--format", "json", url=url)
     assert (after.returncode, after.stderr) == (0, "")
     assert as_json(after)["ok"] is True
@@ -526,3 +528,49 @@ def test_verify_with_an_archive_not_pruned_yet_counts_each_once(
     assert (alone["transactions_checked"], alone["versions_checked"]) == (2, 6)
     text = run("verify", "--archive", str(path), url=url)
     assert text.stdout.startswith("ok: 2 transaction(s), 6 version(s) checked")
+
+
+def test_the_horizon_in_one_line_after_a_prune(
+    create_tables: Tables, sessions: Sessions, tmp_path: Path
+) -> None:
+    engine = create_tables(Base.metadata)
+    _seed(sessions)
+    url = url_of(engine)
+    assert run("seal", url=url).returncode == 0
+    before = as_json(run("verify", "--format", "json", url=url))
+    assert before["horizon"] is None  # never pruned: no horizon line
+    assert "horizon" not in run("verify", url=url).stdout
+    path = tmp_path / "old.jsonl.gz"
+
+    made = run(
+        "archive", "--before", "2999-01-01", "--output", str(path), "--format", "text", url=url
+    )
+    assert (made.returncode, made.stderr) == (0, "")
+    summary, once = made.stdout.splitlines()
+    assert summary.startswith("archived 2 transaction(s), 6 version(s) and 0 event(s)")
+    assert once.startswith(f"horizon once pruned (versioning prune --archive {path}): ")
+    assert "the database holds no transaction after it yet" in once  # nothing after it, yet
+
+    pruned = run("prune", "--archive", str(path), "--format", "text", url=url)
+    assert (pruned.returncode, pruned.stderr) == (0, "")
+    done, line = pruned.stdout.splitlines()
+    assert done.startswith(f"pruned what {path.name} holds: transactions up to ")
+    horizon = as_json(run("verify", "--format", "json", url=url))["horizon"]
+    first, last = horizon["first_transaction_id"], horizon["archived_up_to"]
+    assert first > last and horizon["archive"] == path.name
+    assert line == (
+        f"horizon: the database holds history from transaction {first} (issued "
+        f"{horizon['first_issued_at']}) on; up to transaction {last} (issued "
+        f"{horizon['archived_issued_at']}) it is in archive {path.name}"
+    )
+    assert run("verify", url=url).stdout.splitlines()[1] == line  # the same line
+    # A search reaching before the horizon is refused, in one line with the horizon.
+    for command in (("log",), ("export", "--format", "csv", "--output", str(tmp_path / "x"))):
+        refused = _one_line(run(*command, url=url))
+        assert line in refused and "--since after" in refused, refused
+        assert f"--transaction {first} or later" in refused
+    assert not (tmp_path / "x").exists()
+    after = run("log", "--since", horizon["first_issued_at"], "--format", "json", url=url)
+    assert (after.returncode, after.stderr) == (0, "")
+    again = _one_line(run("prune", "--archive", str(path), url=url))
+    assert "in order" in again
