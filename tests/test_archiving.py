@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 import versioning
+import versioning.archiving
 from versioning import ArchivedError, ArchiveError, Versioned, audit_context
 from versioning.archive_format import decode, describe, row_hash, value_kind
 from versioning.canonical import canonical_value
@@ -356,6 +357,141 @@ def test_tampered_archive_is_caught_and_not_pruned(
     with sessions() as session:
         report = versioning.verify(session, archives=[_rewrite(path, amount)])
         assert ("altered", "arch_orders_history", ids[0], first_order["id"]) in _found(report)
+
+
+Documents = list[dict[str, Any]]
+
+
+def _first(documents: Documents, kind: str, nth: int = 0) -> dict[str, Any]:
+    return [d for d in documents if d["t"] == kind][nth]
+
+
+def _without(documents: Documents, *gone: dict[str, Any]) -> Documents:
+    return [d for d in documents if all(d is not g for g in gone)]
+
+
+def _moved_version(documents: Documents) -> Documents:
+    """A history row moved into another transaction (placed after that one's row)."""
+    row = _first(documents, "version")
+    rest = _without(documents, row)
+    target = _first(rest, "transaction", 2)
+    at = rest.index(target) + 1
+    return [*rest[:at], row, *rest[at:]]
+
+
+def _unknown_table(documents: Documents) -> Documents:
+    _first(documents, "version")["table"] = "nosuch_history"
+    return documents
+
+
+def _added_version(documents: Documents) -> Documents:
+    row = _first(documents, "version")
+    copy = {**row, "id": row["id"] + 100_000}
+    at = documents.index(row) + 1
+    return [*documents[:at], copy, *documents[at:]]
+
+
+def _last_seal_line(documents: Documents) -> Documents:
+    seal = [d for d in documents if d["t"] == "seal"][-1]
+    return _without(documents, seal)
+
+
+def _second_seal_relinked(documents: Documents) -> Documents:
+    _first(documents, "seal", 1)["previous_hash"] = "0" * 64
+    return documents
+
+
+def _entry_dropped(documents: Documents) -> Documents:
+    return _without(documents, _first(documents, "entry"))
+
+
+def _seal_last_id(documents: Documents) -> Documents:
+    _first(documents, "seal")["last_transaction_id"] -= 1
+    return documents
+
+
+TAMPERING = {
+    # name: (change, kind of a problem it must give, words of its detail)
+    "a transaction row removed": (
+        lambda documents: _without(documents, _first(documents, "transaction")),
+        "added",
+        "is not with its transaction",
+    ),
+    "a digest row removed": (
+        lambda documents: _without(documents, _first(documents, "digest")),
+        "missing",
+        "",
+    ),
+    "a history row moved to another transaction": (_moved_version, "added", ""),
+    "a history row of an unknown table": (
+        _unknown_table,
+        "added",
+        "is not a table the header describes",
+    ),
+    "a history row added": (_added_version, "added", "was added to transaction"),
+    "the last seal removed": (_last_seal_line, "missing", "the seal that linked them"),
+    "a seal relinked": (_second_seal_relinked, "chain", "does not link to seal"),
+    "a seal entry removed": (_entry_dropped, "chain", "does not match the entries it links"),
+    "a seal's last transaction changed": (_seal_last_id, "chain", "names a last transaction"),
+    "the manifest cut off": (lambda documents: documents[:-1], "missing", "no manifest"),
+    "a line of unknown type": (
+        lambda documents: [*documents[:2], {"t": "comment"}, *documents[2:]],
+        "added",
+        "unknown type 'comment'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERING))
+def test_each_way_of_tampering_with_an_archive_is_caught(
+    story: sa.Engine, tmp_path: Path, case: str
+) -> None:
+    change, kind, words = TAMPERING[case]
+    engine = story
+    ids = _ids(engine)
+    path = _archive(engine, tmp_path, "a.jsonl.gz", _issued(engine, ids[7]))
+    changed = _rewrite(path, change)
+    report = versioning.verify_archive(changed)
+    assert any(p.kind == kind and words in p.detail for p in report.problems), report.problems
+    with pytest.raises(ArchiveError, match=r"does not verify.*nothing was deleted"):
+        versioning.prune(engine, archive=changed)
+    assert len(_ids(engine)) == 9
+
+
+def test_files_that_are_no_archive_are_refused(story: sa.Engine, tmp_path: Path) -> None:
+    engine = story
+    ids = _ids(engine)
+    path = _archive(engine, tmp_path, "a.jsonl.gz", _issued(engine, ids[7]))
+    plain_text = tmp_path / "notes.txt"
+    plain_text.write_text("not gzip\n", encoding="utf-8")
+    with pytest.raises(ArchiveError, match=r"notes\.txt is not a readable archive"):
+        versioning.verify_archive(plain_text)
+    empty = tmp_path / "empty.jsonl.gz"
+    with gzip.open(empty, "wb"):
+        pass
+    with pytest.raises(ArchiveError, match=r"empty\.jsonl\.gz is empty: not a versioning archive"):
+        versioning.verify_archive(empty)
+    other = tmp_path / "other.jsonl.gz"
+    with gzip.open(other, "wt", encoding="utf-8") as file:
+        file.write('{"t": "header", "format": "something-else"}\n')
+    with pytest.raises(ArchiveError, match="is not a versioning archive"):
+        versioning.verify_archive(other)
+    newer = _rewrite(path, lambda documents: [{**documents[0], "version": 99}, *documents[1:]])
+    with pytest.raises(ArchiveError, match="format version 99"):
+        versioning.verify_archive(newer)
+    with pytest.raises(ArchiveError, match="no such archive file"):
+        versioning.verify_archive(tmp_path / "missing.jsonl.gz")
+    # Cut short inside the compressed data: damaged past a point, said as a problem.
+    data = path.read_bytes()
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    report = versioning.verify_archive(cut)
+    assert any("damaged and cannot be read past a point" in p.detail for p in report.problems)
+    with pytest.raises(ArchiveError):
+        versioning.prune(engine, archive=cut)
+    with pytest.raises(ArchiveError, match="no manifest"):
+        versioning.archiving.read_manifest(_rewrite(path, lambda documents: documents[:-1]))
+    assert versioning.archiving.read_manifest(path).transactions == 7
 
 
 def test_prune_refuses_an_archive_that_does_not_fit(

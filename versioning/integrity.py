@@ -587,7 +587,8 @@ def _read(connection: Connection, build: Callable[[bool], sa.Select[Any]]) -> li
         result = connection.execute(build(tolerant))
         keys = list(result.keys())
         try:
-            return [dict(zip(keys, row, strict=True)) for row in result]
+            # all(): one driver call for the rows, not one per row.
+            return [dict(zip(keys, row, strict=True)) for row in result.all()]
         except _REFUSED:
             if tolerant:
                 raise
