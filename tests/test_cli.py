@@ -574,3 +574,80 @@ def test_the_horizon_in_one_line_after_a_prune(
     assert (after.returncode, after.stderr) == (0, "")
     again = _one_line(run("prune", "--archive", str(path), url=url))
     assert "in order" in again
+
+
+# --- what a user gets wrong: one line saying what to do, and the exit status -------------------
+
+
+def test_files_and_values_given_wrong_without_a_database(tmp_path: Path) -> None:
+    missing = _one_line(run("verify", "--digest", str(tmp_path / "nosuch.jsonl")))
+    assert "cannot read the digest file" in missing and "versioning digest" in missing
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an archive\n", encoding="utf-8")
+    line = _one_line(run("verify", "--archive", str(notes)))
+    assert f"{notes}: " in line and "is not a readable archive" in line
+    empty = tmp_path / "empty.jsonl.gz"
+    with gzip.open(empty, "wb"):
+        pass
+    assert "is empty: not a versioning archive" in _one_line(run("verify", "--archive", str(empty)))
+    url = _one_line(run("--url", "::not a url::", "verify"))
+    assert "cannot use the URL given as a database URL" in url and "sqlite:///" in url
+    age = _one_line(run("archive", "--before", "someday", "--output", "x"), code=2)
+    assert "--before" in age and "ISO 8601" in age
+    assert not (tmp_path / "x").exists()
+
+
+def test_errors_of_archive_prune_and_verify_are_one_line(
+    create_tables: Tables, sessions: Sessions, tmp_path: Path
+) -> None:
+    engine = create_tables(Base.metadata)
+    _seed(sessions)
+    url = url_of(engine)
+    nowhere = tmp_path / "no" / "such" / "dir" / "a.jsonl.gz"
+    assert "nothing to archive" in _one_line(
+        run("archive", "--before", "2999-01-01", "--output", str(nowhere), url=url)
+    )  # nothing sealed yet
+    assert run("seal", url=url).returncode == 0
+    line = _one_line(run("archive", "--before", "2999-01-01", "--output", str(nowhere), url=url))
+    assert "cannot write" in line and str(nowhere) in line
+    path = tmp_path / "a.jsonl.gz"
+    assert run("archive", "--before", "2999-01-01", "--output", str(path), url=url).returncode == 0
+    with gzip.open(path, "rt", encoding="utf-8") as source:
+        lines = source.read().splitlines()
+    tampered = tmp_path / "tampered.jsonl.gz"
+    with gzip.open(tampered, "wt", encoding="utf-8") as target:
+        target.write("\n".join(line.replace('"DE1"', '"DE9"') for line in lines) + "\n")
+    refused = _one_line(run("prune", "--archive", str(tampered), url=url))
+    assert "does not verify" in refused and "nothing was deleted" in refused
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an archive\n", encoding="utf-8")
+    line = _one_line(run("verify", "--archive", str(notes), url=url))
+    assert "is not a readable archive" in line
+    broken = run("verify", "--archive", str(tampered), url=url)
+    assert broken.returncode == 1 and broken.stdout.split(":")[0].endswith("problem(s)")
+    after = as_json(run("verify", "--format", "json", url=url))
+    assert after["ok"] and after["horizon"] is None  # nothing was pruned
+
+
+def test_errors_of_filters_and_lookups_are_one_line(
+    create_tables: Tables, sessions: Sessions, tmp_path: Path
+) -> None:
+    engine = create_tables(Base.metadata)
+    _seed(sessions)
+    url = url_of(engine)
+    address = _one_line(run("log", "--source-ip", "nope", url=url))
+    assert "source_ip must be an IPv4 or IPv6 address" in address and "'nope'" in address
+    out = tmp_path / "out.csv"
+    line = _one_line(
+        run("export", "--format", "csv", "--source-ip", "nope", "--output", str(out), url=url)
+    )
+    assert "source_ip must be an IPv4 or IPv6 address" in line
+    assert not out.exists()  # refused before anything was written
+    unknown = _one_line(
+        run("export", "--format", "csv", "--table", "nosuch", "--output", "-", url=url)
+    )
+    assert "'nosuch'" in unknown and "cat_accounts" in unknown
+    gone = _one_line(run("show", "999999", url=url))
+    assert "transaction 999999 recorded no change and no event" in gone
+    keys = _one_line(run("record", "cat_accounts", "1", "2", url=url), code=2)
+    assert "cat_accounts has the key (id): give 1 value(s), got 2" in keys
