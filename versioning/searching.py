@@ -293,7 +293,8 @@ def stream(
     tx_where = filters.transaction_where(transactions)
     newest_first = filters.newest_first
 
-    def rows(source: Source) -> Iterator[tuple[Key, Source, RowMapping, Transaction]]:
+    def chunks(source: Source) -> Iterator[tuple[list[RowMapping], dict[int, Transaction]]]:
+        """The matching rows of ``source``, a chunk at a time, with their transactions."""
         history = source.info.history
         name = history.fullname
         where = [*source.where, *filters.history_where(history), *tx_where]
@@ -315,18 +316,26 @@ def stream(
 
             found = _fetch(connection, build)
             made = joined.by_id(connection, (row[TRANSACTION_ID] for row in found))
-            for row in found:
-                tx_id = row[TRANSACTION_ID]
-                yield (tx_id, name, row[VERSION_ID]), source, row, made[tx_id]
+            yield found, made
             if len(found) < chunk:
                 return
             last = found[-1]
             position = (last[TRANSACTION_ID], name, last[VERSION_ID])
             found = made = last = None  # type: ignore[assignment]  # one chunk in memory at a time
 
-    if len(sources) == 1:
-        for _, source, row, transaction in rows(sources[0]):
-            yield source, row, transaction
+    def rows(source: Source) -> Iterator[tuple[Key, Source, RowMapping, Transaction]]:
+        name = source.info.history.fullname
+        for found, made in chunks(source):
+            for row in found:
+                tx_id = row[TRANSACTION_ID]
+                yield (tx_id, name, row[VERSION_ID]), source, row, made[tx_id]
+
+    if len(sources) == 1:  # no merge: no order key to make per row
+        (source,) = sources
+        for found, made in chunks(source):
+            for row in found:
+                yield source, row, made[row[TRANSACTION_ID]]
+            found = made = None  # type: ignore[assignment]
         return
     merged = heapq.merge(
         *(rows(source) for source in sources), key=lambda item: item[0], reverse=newest_first
@@ -860,5 +869,8 @@ def entries(
     found = stream(connection, catalog, sources, checked, after_key, chunk, changes_as_text=True)
     if limit is not None:
         found = islice(found, limit)
+    if len(sources) == 1:
+        read = EntryReader(sources[0].info, dialect)
+        return (read(row, tx) for _, row, tx in found)
     readers = {id(source): EntryReader(source.info, dialect) for source in sources}
     return (readers[id(source)](row, tx) for source, row, tx in found)
