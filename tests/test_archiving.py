@@ -585,6 +585,60 @@ def test_nothing_to_archive(story: sa.Engine, tmp_path: Path) -> None:
         versioning.prune(story, archive=tmp_path / "missing.jsonl.gz")
 
 
+def test_archive_arguments_are_refused_before_anything_is_written(
+    story: sa.Engine, tmp_path: Path
+) -> None:
+    out = tmp_path / "a.jsonl.gz"
+    for before, words in (
+        (-dt.timedelta(days=1), "takes a positive age"),
+        ("2026-01-01", "takes a datetime or a timedelta"),
+    ):
+        with pytest.raises(versioning.ArgumentError, match=words):
+            versioning.archive(story, before=before, output=out)  # type: ignore[arg-type]
+    with pytest.raises(versioning.ArgumentError, match="takes a Session, an Engine or a Conn"):
+        versioning.archive("sqlite://", before=dt.timedelta(0), output=out)
+    with story.connect() as connection:
+        catalog = versioning.catalog.load(connection)
+    with pytest.raises(versioning.ArgumentError, match="pass metadata= or catalog=, not both"):
+        versioning.archive(
+            story, before=dt.timedelta(0), output=out, catalog=catalog, metadata=Base.metadata
+        )
+    assert not out.exists()
+
+
+def test_history_that_does_not_verify_is_not_archived(story: sa.Engine, tmp_path: Path) -> None:
+    """The file is checked as it is written: a changed history row stops the archive, and no
+    file (not even a partial one) is left."""
+    history = versioning.history_table(Order)
+    with story.begin() as connection, tamper(connection):
+        connection.execute(history.update().where(history.c.id == 1).values(status="forged"))
+    out = tmp_path / "a.jsonl.gz"
+    with pytest.raises(ArchiveError, match=r"the history to archive does not verify.*verify\(\)"):
+        versioning.archive(story, before=dt.timedelta(0), output=out)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_saved_digest_that_the_archive_does_not_match(
+    story: sa.Engine, sessions: Sessions, tmp_path: Path
+) -> None:
+    ids = _ids(story)
+    path = _archive(story, tmp_path, "a.jsonl.gz", _issued(story, ids[7]))
+    with sessions() as session:
+        saved = versioning.digest(session)
+    assert saved is not None and saved.seal_id == 2
+    assert versioning.verify_archive(path, [saved]).ok
+    other = versioning.Digest(saved.seal_id, saved.last_transaction_id, "0" * 64, saved.sealed_at)
+    report = versioning.verify_archive(path, [other])
+    assert [(p.kind, p.detail) for p in report.problems] == [
+        (
+            "digest",
+            "archive a.jsonl.gz: seal 2 differs from the saved digest: the archive was rewritten",
+        )
+    ]
+    with pytest.raises(versioning.ArgumentError, match=r"digests=\[Digest, \.\.\.\]"):
+        versioning.verify_archive(path, ["not a digest"])  # type: ignore[list-item]
+
+
 # --- pure logic: the archive's form, no database ----------------------------------------------
 
 

@@ -651,3 +651,54 @@ def test_errors_of_filters_and_lookups_are_one_line(
     assert "transaction 999999 recorded no change and no event" in gone
     keys = _one_line(run("record", "cat_accounts", "1", "2", url=url), code=2)
     assert "cat_accounts has the key (id): give 1 value(s), got 2" in keys
+
+
+def test_log_on_a_terminal_is_a_table(create_tables: Tables, sessions: Sessions) -> None:
+    engine = create_tables(Base.metadata)
+    _seed_with_event(engine, sessions)
+    primary, secondary = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "versioning", "--url", url_of(engine), "log"],
+            env={**_env(), "COLUMNS": "160", "TERM": "xterm"},
+            stdin=subprocess.DEVNULL,
+            stdout=secondary,
+            stderr=subprocess.PIPE,
+        )
+        os.close(secondary)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # the other end closed (Linux: EIO)
+                break
+            if not chunk:
+                break
+            seen += chunk
+        _, errors = process.communicate(timeout=120)  # closes the stderr pipe
+        assert (process.returncode, errors) == (0, b"")
+    finally:
+        os.close(primary)
+    text = seen.decode()
+    for heading in ("transaction", "issued at", "actor", "table", "record", "operation"):
+        assert heading in text
+    assert "cat_accounts" in text and "login" in text and "denied" in text
+
+
+def test_keys_of_each_type_as_the_command_line_takes_them() -> None:
+    from test_types import Base as TypesBase
+
+    items = catalog.from_metadata(TypesBase.metadata).entry("types_items")
+    typed = cli._typed
+    assert typed(items, "flag", "TRUE") is True and typed(items, "flag", "0") is False
+    assert typed(items, "uid", "12345678-1234-5678-1234-567812345678") == uuid.UUID(
+        "12345678-1234-5678-1234-567812345678"
+    )
+    assert typed(items, "day", "2025-03-04") == dt.date(2025, 3, 4)
+    assert typed(items, "created", "2025-03-04T10:00:00") == dt.datetime(2025, 3, 4, 10)
+    assert typed(items, "amount", "12.30") == Decimal("12.30")
+    assert typed(items, "ratio", "2.5") == 2.5
+    assert typed(items, "title", "x") == "x" and typed(items, "color", "RED") == "RED"
+    for name, text in (("flag", "maybe"), ("uid", "nope"), ("amount", "1,5"), ("day", "3/4")):
+        with pytest.raises(click.BadParameter, match=f"is not a value of types_items.{name}"):
+            typed(items, name, text)
