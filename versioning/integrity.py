@@ -587,8 +587,7 @@ def _read(connection: Connection, build: Callable[[bool], sa.Select[Any]]) -> li
         result = connection.execute(build(tolerant))
         keys = list(result.keys())
         try:
-            # all(): one driver call for the rows, not one per row.
-            return [dict(zip(keys, row, strict=True)) for row in result.all()]
+            return [dict(zip(keys, row, strict=True)) for row in result]
         except _REFUSED:
             if tolerant:
                 raise
