@@ -35,6 +35,7 @@ from sqlalchemy.engine import Dialect, RowMapping
 from sqlalchemy.orm import Session
 
 from versioning import arguments, horizon
+from versioning._compat import json_deserializer
 from versioning.catalog import Catalog, TableEntry, from_metadata, session_catalogs
 from versioning.declaration import ModelSpec, require_spec
 from versioning.encoding import decode
@@ -709,9 +710,7 @@ class EntryReader:
         self.key_values = _getter(self.key)
         #: The ``changes`` text's decoder: the engine's (``create_engine(json_deserializer=)``),
         #: as the column's type would have used, else one shared ``json`` decoder.
-        self.json: Callable[[str], Any] = (
-            getattr(dialect, "_json_deserializer", None) or _JSON_DECODE
-        )
+        self.json: Callable[[str], Any] = json_deserializer(dialect) or _JSON_DECODE
 
     def _decoder(self, type_: sa.types.TypeEngine[Any]) -> Any:
         try:
