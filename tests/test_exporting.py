@@ -322,3 +322,27 @@ def test_values_of_every_kind_as_cells_and_keys() -> None:
     assert record_text((Decimal("1.0"),)) == "1.0"
     cells = [versioning.exporting._cell(v) for v in (None, 5, -5, Decimal("-1"), True, [1], "")]
     assert cells == ["", "5", "'-5", "'-1", "true", "[1]", ""]
+
+
+def test_the_engines_json_deserializer_decodes_the_changes(written: dict[str, Any]) -> None:
+    """The changes are read as their stored text and decoded as the column's type would: with
+    the engine's ``json_deserializer`` when it has one."""
+    engine = written["engine"]
+    decoded: list[str] = []
+
+    def loads(text: str) -> Any:
+        decoded.append(text)
+        return json.loads(text)
+
+    own = sa.create_engine(engine.url, json_deserializer=loads)
+    try:
+        out = io.StringIO()
+        export(own, out, format="jsonl", table="export_payments")
+    finally:
+        own.dispose()
+    note = ['=HYPERLINK("http://evil")', '-2 refunded, Ünïcode, "quoted"\nnext line']
+    changes = {"amount": ["12.50", "-2.00"], "note": note}
+    assert changes in [json.loads(text) for text in decoded]  # (the personal column's too)
+    reference = io.StringIO()
+    export(engine, reference, format="jsonl", table="export_payments")
+    assert out.getvalue() == reference.getvalue()
