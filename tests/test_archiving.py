@@ -22,7 +22,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 import versioning
 import versioning.archiving
 from versioning import ArchivedError, ArchiveError, Versioned, audit_context
-from versioning.archive_format import decode, describe, row_hash, value_kind
+from versioning.archive_format import decode, describe, line, row_hash, value_kind
 from versioning.canonical import canonical_value
 from versioning.canonical import row_hash as db_row_hash
 from versioning.exporting import export
@@ -545,6 +545,27 @@ def test_prune_twice_and_two_archives_as_one_chain(
         assert obj is not None and obj.status == "closed"
 
 
+def test_archives_given_twice_or_too_few_are_named(
+    story: sa.Engine, sessions: Sessions, tmp_path: Path
+) -> None:
+    ids = _ids(story)
+    first = _archive(story, tmp_path, "first.jsonl.gz", _issued(story, ids[4]))
+    both = _archive(story, tmp_path, "both.jsonl.gz", _issued(story, ids[7]))  # seals 1 and 2
+    with sessions() as session:
+        report = versioning.verify(session, archives=[first, both])
+    assert [p.kind for p in report.problems] == ["chain"]
+    assert "archive both.jsonl.gz overlaps archive first.jsonl.gz (seals 1..1)" in (
+        report.problems[0].detail
+    )
+    versioning.prune(story, archive=both)
+    with sessions() as session:
+        report = versioning.verify(session, archives=[first])
+    assert [p.kind for p in report.problems] == ["chain"]
+    assert "pruned up to seal 2 (archive both.jsonl.gz), but the archives given end at seal 1" in (
+        report.problems[0].detail
+    )
+
+
 def test_deleting_kept_history_after_a_prune_is_caught(
     story: sa.Engine, sessions: Sessions, tmp_path: Path
 ) -> None:
@@ -640,6 +661,31 @@ def test_a_saved_digest_that_the_archive_does_not_match(
 
 
 # --- pure logic: the archive's form, no database ----------------------------------------------
+
+
+def test_each_kind_of_value_reads_back_from_an_archive() -> None:
+    """The kind an archive records for each column type, and the value it reads back for each
+    kind (as stored when it does not read as its kind: never an error)."""
+
+    class Wrapped(sa.types.TypeDecorator[dt.time]):
+        impl = sa.Time
+        cache_ok = True
+
+    class Opaque(sa.types.UserDefinedType[Any]):
+        cache_ok = True
+
+    kinds = [
+        value_kind(t)
+        for t in (sa.Interval(), Wrapped(), sa.Time(), sa.ARRAY(sa.Numeric()), Opaque())
+    ]
+    assert kinds == ["interval", "time", "time", "array:decimal", "other"]
+    assert decode("interval", "90000000") == dt.timedelta(seconds=90)
+    assert decode("time", "13:45:30.250000") == dt.time(13, 45, 30, 250000)
+    assert decode("float", "2.5") == 2.5 and decode("boolean", 1) is True
+    assert decode("array:decimal", [["1.5"], "2"]) == [[Decimal("1.5")], Decimal("2")]
+    assert decode("array:decimal", "3") == Decimal("3")
+    assert decode("date", "not a date") == "not a date"  # as stored
+    assert line({"t": "x", "value": float("nan")}) == b'{"t":"x","value":NaN}\n'
 
 
 def test_archived_values_hash_as_the_database_rows() -> None:
