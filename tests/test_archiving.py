@@ -20,8 +20,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 import versioning
+import versioning.archiving
 from versioning import ArchivedError, ArchiveError, Versioned, audit_context
-from versioning.archive_format import decode, describe, row_hash, value_kind
+from versioning.archive_format import decode, describe, line, row_hash, value_kind
 from versioning.canonical import canonical_value
 from versioning.canonical import row_hash as db_row_hash
 from versioning.exporting import export
@@ -235,6 +236,31 @@ def test_archive_verify_prune_verify(story: sa.Engine, sessions: Sessions, tmp_p
         assert report.ok and report.unsealed == 0, report.problems
 
 
+def test_the_database_and_its_archives_count_each_transaction_once(
+    story: sa.Engine, sessions: Sessions, tmp_path: Path
+) -> None:
+    """An archive made before any prune holds transactions the database still holds (and a
+    prune keeps some): the chain is the same, so verify counts each transaction and version
+    once, whether archived, held, or both."""
+    engine = story
+    ids = _ids(engine)
+    path = _archive(engine, tmp_path, "not-pruned.jsonl.gz", _issued(engine, ids[7]))
+    with sessions() as session:
+        alone = versioning.verify(session)
+        both = versioning.verify(session, archives=[path])
+    assert alone.ok and both.ok, both.problems
+    assert (alone.transactions_checked, alone.versions_checked) == (9, 15)
+    assert (both.transactions_checked, both.versions_checked) == (9, 15)
+    versioning.prune(engine, archive=path)
+    with sessions() as session:
+        pruned = versioning.verify(session)
+        after = versioning.verify(session, archives=[path])
+    assert after.ok, after.problems
+    assert pruned.transactions_checked < 10  # what the prune deleted is in the archive only
+    # The nine transactions and their versions, once each, and the prune's own transaction.
+    assert (after.transactions_checked, after.versions_checked) == (10, 15), (pruned, after)
+
+
 def test_before_the_horizon_raises(story: sa.Engine, sessions: Sessions, tmp_path: Path) -> None:
     engine = story
     ids = _ids(engine)
@@ -333,6 +359,141 @@ def test_tampered_archive_is_caught_and_not_pruned(
         assert ("altered", "arch_orders_history", ids[0], first_order["id"]) in _found(report)
 
 
+Documents = list[dict[str, Any]]
+
+
+def _first(documents: Documents, kind: str, nth: int = 0) -> dict[str, Any]:
+    return [d for d in documents if d["t"] == kind][nth]
+
+
+def _without(documents: Documents, *gone: dict[str, Any]) -> Documents:
+    return [d for d in documents if all(d is not g for g in gone)]
+
+
+def _moved_version(documents: Documents) -> Documents:
+    """A history row moved into another transaction (placed after that one's row)."""
+    row = _first(documents, "version")
+    rest = _without(documents, row)
+    target = _first(rest, "transaction", 2)
+    at = rest.index(target) + 1
+    return [*rest[:at], row, *rest[at:]]
+
+
+def _unknown_table(documents: Documents) -> Documents:
+    _first(documents, "version")["table"] = "nosuch_history"
+    return documents
+
+
+def _added_version(documents: Documents) -> Documents:
+    row = _first(documents, "version")
+    copy = {**row, "id": row["id"] + 100_000}
+    at = documents.index(row) + 1
+    return [*documents[:at], copy, *documents[at:]]
+
+
+def _last_seal_line(documents: Documents) -> Documents:
+    seal = [d for d in documents if d["t"] == "seal"][-1]
+    return _without(documents, seal)
+
+
+def _second_seal_relinked(documents: Documents) -> Documents:
+    _first(documents, "seal", 1)["previous_hash"] = "0" * 64
+    return documents
+
+
+def _entry_dropped(documents: Documents) -> Documents:
+    return _without(documents, _first(documents, "entry"))
+
+
+def _seal_last_id(documents: Documents) -> Documents:
+    _first(documents, "seal")["last_transaction_id"] -= 1
+    return documents
+
+
+TAMPERING = {
+    # name: (change, kind of a problem it must give, words of its detail)
+    "a transaction row removed": (
+        lambda documents: _without(documents, _first(documents, "transaction")),
+        "added",
+        "is not with its transaction",
+    ),
+    "a digest row removed": (
+        lambda documents: _without(documents, _first(documents, "digest")),
+        "missing",
+        "",
+    ),
+    "a history row moved to another transaction": (_moved_version, "added", ""),
+    "a history row of an unknown table": (
+        _unknown_table,
+        "added",
+        "is not a table the header describes",
+    ),
+    "a history row added": (_added_version, "added", "was added to transaction"),
+    "the last seal removed": (_last_seal_line, "missing", "the seal that linked them"),
+    "a seal relinked": (_second_seal_relinked, "chain", "does not link to seal"),
+    "a seal entry removed": (_entry_dropped, "chain", "does not match the entries it links"),
+    "a seal's last transaction changed": (_seal_last_id, "chain", "names a last transaction"),
+    "the manifest cut off": (lambda documents: documents[:-1], "missing", "no manifest"),
+    "a line of unknown type": (
+        lambda documents: [*documents[:2], {"t": "comment"}, *documents[2:]],
+        "added",
+        "unknown type 'comment'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERING))
+def test_each_way_of_tampering_with_an_archive_is_caught(
+    story: sa.Engine, tmp_path: Path, case: str
+) -> None:
+    change, kind, words = TAMPERING[case]
+    engine = story
+    ids = _ids(engine)
+    path = _archive(engine, tmp_path, "a.jsonl.gz", _issued(engine, ids[7]))
+    changed = _rewrite(path, change)
+    report = versioning.verify_archive(changed)
+    assert any(p.kind == kind and words in p.detail for p in report.problems), report.problems
+    with pytest.raises(ArchiveError, match=r"does not verify.*nothing was deleted"):
+        versioning.prune(engine, archive=changed)
+    assert len(_ids(engine)) == 9
+
+
+def test_files_that_are_no_archive_are_refused(story: sa.Engine, tmp_path: Path) -> None:
+    engine = story
+    ids = _ids(engine)
+    path = _archive(engine, tmp_path, "a.jsonl.gz", _issued(engine, ids[7]))
+    plain_text = tmp_path / "notes.txt"
+    plain_text.write_text("not gzip\n", encoding="utf-8")
+    with pytest.raises(ArchiveError, match=r"notes\.txt is not a readable archive"):
+        versioning.verify_archive(plain_text)
+    empty = tmp_path / "empty.jsonl.gz"
+    with gzip.open(empty, "wb"):
+        pass
+    with pytest.raises(ArchiveError, match=r"empty\.jsonl\.gz is empty: not a versioning archive"):
+        versioning.verify_archive(empty)
+    other = tmp_path / "other.jsonl.gz"
+    with gzip.open(other, "wt", encoding="utf-8") as file:
+        file.write('{"t": "header", "format": "something-else"}\n')
+    with pytest.raises(ArchiveError, match="is not a versioning archive"):
+        versioning.verify_archive(other)
+    newer = _rewrite(path, lambda documents: [{**documents[0], "version": 99}, *documents[1:]])
+    with pytest.raises(ArchiveError, match="format version 99"):
+        versioning.verify_archive(newer)
+    with pytest.raises(ArchiveError, match="no such archive file"):
+        versioning.verify_archive(tmp_path / "missing.jsonl.gz")
+    # Cut short inside the compressed data: damaged past a point, said as a problem.
+    data = path.read_bytes()
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    report = versioning.verify_archive(cut)
+    assert any("damaged and cannot be read past a point" in p.detail for p in report.problems)
+    with pytest.raises(ArchiveError):
+        versioning.prune(engine, archive=cut)
+    with pytest.raises(ArchiveError, match="no manifest"):
+        versioning.archiving.read_manifest(_rewrite(path, lambda documents: documents[:-1]))
+    assert versioning.archiving.read_manifest(path).transactions == 7
+
+
 def test_prune_refuses_an_archive_that_does_not_fit(
     story: sa.Engine, sessions: Sessions, tmp_path: Path
 ) -> None:
@@ -384,6 +545,27 @@ def test_prune_twice_and_two_archives_as_one_chain(
         assert obj is not None and obj.status == "closed"
 
 
+def test_archives_given_twice_or_too_few_are_named(
+    story: sa.Engine, sessions: Sessions, tmp_path: Path
+) -> None:
+    ids = _ids(story)
+    first = _archive(story, tmp_path, "first.jsonl.gz", _issued(story, ids[4]))
+    both = _archive(story, tmp_path, "both.jsonl.gz", _issued(story, ids[7]))  # seals 1 and 2
+    with sessions() as session:
+        report = versioning.verify(session, archives=[first, both])
+    assert [p.kind for p in report.problems] == ["chain"]
+    assert "archive both.jsonl.gz overlaps archive first.jsonl.gz (seals 1..1)" in (
+        report.problems[0].detail
+    )
+    versioning.prune(story, archive=both)
+    with sessions() as session:
+        report = versioning.verify(session, archives=[first])
+    assert [p.kind for p in report.problems] == ["chain"]
+    assert "pruned up to seal 2 (archive both.jsonl.gz), but the archives given end at seal 1" in (
+        report.problems[0].detail
+    )
+
+
 def test_deleting_kept_history_after_a_prune_is_caught(
     story: sa.Engine, sessions: Sessions, tmp_path: Path
 ) -> None:
@@ -424,7 +606,86 @@ def test_nothing_to_archive(story: sa.Engine, tmp_path: Path) -> None:
         versioning.prune(story, archive=tmp_path / "missing.jsonl.gz")
 
 
+def test_archive_arguments_are_refused_before_anything_is_written(
+    story: sa.Engine, tmp_path: Path
+) -> None:
+    out = tmp_path / "a.jsonl.gz"
+    for before, words in (
+        (-dt.timedelta(days=1), "takes a positive age"),
+        ("2026-01-01", "takes a datetime or a timedelta"),
+    ):
+        with pytest.raises(versioning.ArgumentError, match=words):
+            versioning.archive(story, before=before, output=out)  # type: ignore[arg-type]
+    with pytest.raises(versioning.ArgumentError, match="takes a Session, an Engine or a Conn"):
+        versioning.archive("sqlite://", before=dt.timedelta(0), output=out)
+    with story.connect() as connection:
+        catalog = versioning.catalog.load(connection)
+    with pytest.raises(versioning.ArgumentError, match="pass metadata= or catalog=, not both"):
+        versioning.archive(
+            story, before=dt.timedelta(0), output=out, catalog=catalog, metadata=Base.metadata
+        )
+    assert not out.exists()
+
+
+def test_history_that_does_not_verify_is_not_archived(story: sa.Engine, tmp_path: Path) -> None:
+    """The file is checked as it is written: a changed history row stops the archive, and no
+    file (not even a partial one) is left."""
+    history = versioning.history_table(Order)
+    with story.begin() as connection, tamper(connection):
+        connection.execute(history.update().where(history.c.id == 1).values(status="forged"))
+    out = tmp_path / "a.jsonl.gz"
+    with pytest.raises(ArchiveError, match=r"the history to archive does not verify.*verify\(\)"):
+        versioning.archive(story, before=dt.timedelta(0), output=out)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_saved_digest_that_the_archive_does_not_match(
+    story: sa.Engine, sessions: Sessions, tmp_path: Path
+) -> None:
+    ids = _ids(story)
+    path = _archive(story, tmp_path, "a.jsonl.gz", _issued(story, ids[7]))
+    with sessions() as session:
+        saved = versioning.digest(session)
+    assert saved is not None and saved.seal_id == 2
+    assert versioning.verify_archive(path, [saved]).ok
+    other = versioning.Digest(saved.seal_id, saved.last_transaction_id, "0" * 64, saved.sealed_at)
+    report = versioning.verify_archive(path, [other])
+    assert [(p.kind, p.detail) for p in report.problems] == [
+        (
+            "digest",
+            "archive a.jsonl.gz: seal 2 differs from the saved digest: the archive was rewritten",
+        )
+    ]
+    with pytest.raises(versioning.ArgumentError, match=r"digests=\[Digest, \.\.\.\]"):
+        versioning.verify_archive(path, ["not a digest"])  # type: ignore[list-item]
+
+
 # --- pure logic: the archive's form, no database ----------------------------------------------
+
+
+def test_each_kind_of_value_reads_back_from_an_archive() -> None:
+    """The kind an archive records for each column type, and the value it reads back for each
+    kind (as stored when it does not read as its kind: never an error)."""
+
+    class Wrapped(sa.types.TypeDecorator[dt.time]):
+        impl = sa.Time
+        cache_ok = True
+
+    class Opaque(sa.types.UserDefinedType[Any]):
+        cache_ok = True
+
+    kinds = [
+        value_kind(t)
+        for t in (sa.Interval(), Wrapped(), sa.Time(), sa.ARRAY(sa.Numeric()), Opaque())
+    ]
+    assert kinds == ["interval", "time", "time", "array:decimal", "other"]
+    assert decode("interval", "90000000") == dt.timedelta(seconds=90)
+    assert decode("time", "13:45:30.250000") == dt.time(13, 45, 30, 250000)
+    assert decode("float", "2.5") == 2.5 and decode("boolean", 1) is True
+    assert decode("array:decimal", [["1.5"], "2"]) == [[Decimal("1.5")], Decimal("2")]
+    assert decode("array:decimal", "3") == Decimal("3")
+    assert decode("date", "not a date") == "not a date"  # as stored
+    assert line({"t": "x", "value": float("nan")}) == b'{"t":"x","value":NaN}\n'
 
 
 def test_archived_values_hash_as_the_database_rows() -> None:

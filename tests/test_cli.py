@@ -478,6 +478,7 @@ def test_archive_then_verify_offline_and_with_the_database(
     assert (made.returncode, made.stderr) == (0, "")  # no progress bar: stderr is no terminal
     manifest = as_json(made)
     assert (manifest["transactions"], manifest["versions"]) == (2, 6)
+    assert manifest["horizon"]["archived_up_to"] == manifest["last_transaction_id"]
     assert path.is_file()
 
     offline = run("verify", "--archive", str(path), "--format", "json")  # no URL, no database
@@ -488,6 +489,7 @@ def test_archive_then_verify_offline_and_with_the_database(
     pruned = run("prune", "--archive", str(path), url=url)  # from the URL alone, no model
     assert (pruned.returncode, pruned.stderr) == (0, "")
     assert as_json(pruned)["archive"] == path.name
+    assert as_json(pruned)["horizon"]["archive"] == path.name
     after = run("verify", "--format", "json", url=url)
     assert (after.returncode, after.stderr) == (0, "")
     assert as_json(after)["ok"] is True
@@ -507,3 +509,196 @@ def test_archive_then_verify_offline_and_with_the_database(
     assert as_json(tampered)["problems"]
     nothing = _one_line(run("archive", "--before", "1990-01-01", "--output", str(broken), url=url))
     assert "nothing to archive" in nothing
+
+
+def test_verify_with_an_archive_not_pruned_yet_counts_each_once(
+    create_tables: Tables, sessions: Sessions, tmp_path: Path
+) -> None:
+    engine = create_tables(Base.metadata)
+    _seed(sessions)
+    url = url_of(engine)
+    assert run("seal", url=url).returncode == 0
+    path = tmp_path / "kept.jsonl.gz"
+    assert run("archive", "--before", "2999-01-01", "--output", str(path), url=url).returncode == 0
+    alone = as_json(run("verify", "--format", "json", url=url))
+    both = run("verify", "--archive", str(path), "--format", "json", url=url)
+    assert (both.returncode, both.stderr) == (0, "")
+    counted = as_json(both)
+    assert (counted["transactions_checked"], counted["versions_checked"]) == (2, 6)
+    assert (alone["transactions_checked"], alone["versions_checked"]) == (2, 6)
+    text = run("verify", "--archive", str(path), url=url)
+    assert text.stdout.startswith("ok: 2 transaction(s), 6 version(s) checked")
+
+
+def test_the_horizon_in_one_line_after_a_prune(
+    create_tables: Tables, sessions: Sessions, tmp_path: Path
+) -> None:
+    engine = create_tables(Base.metadata)
+    _seed(sessions)
+    url = url_of(engine)
+    assert run("seal", url=url).returncode == 0
+    before = as_json(run("verify", "--format", "json", url=url))
+    assert before["horizon"] is None  # never pruned: no horizon line
+    assert "horizon" not in run("verify", url=url).stdout
+    path = tmp_path / "old.jsonl.gz"
+
+    made = run(
+        "archive", "--before", "2999-01-01", "--output", str(path), "--format", "text", url=url
+    )
+    assert (made.returncode, made.stderr) == (0, "")
+    summary, once = made.stdout.splitlines()
+    assert summary.startswith("archived 2 transaction(s), 6 version(s) and 0 event(s)")
+    assert once.startswith(f"horizon once pruned (versioning prune --archive {path}): ")
+    assert "the database holds no transaction after it yet" in once  # nothing after it, yet
+
+    pruned = run("prune", "--archive", str(path), "--format", "text", url=url)
+    assert (pruned.returncode, pruned.stderr) == (0, "")
+    done, line = pruned.stdout.splitlines()
+    assert done.startswith(f"pruned what {path.name} holds: transactions up to ")
+    horizon = as_json(run("verify", "--format", "json", url=url))["horizon"]
+    first, last = horizon["first_transaction_id"], horizon["archived_up_to"]
+    assert first > last and horizon["archive"] == path.name
+    assert line == (
+        f"horizon: the database holds history from transaction {first} (issued "
+        f"{horizon['first_issued_at']}) on; up to transaction {last} (issued "
+        f"{horizon['archived_issued_at']}) it is in archive {path.name}"
+    )
+    assert run("verify", url=url).stdout.splitlines()[1] == line  # the same line
+    # A search reaching before the horizon is refused, in one line with the horizon.
+    for command in (("log",), ("export", "--format", "csv", "--output", str(tmp_path / "x"))):
+        refused = _one_line(run(*command, url=url))
+        assert line in refused and "--since after" in refused, refused
+        assert f"--transaction {first} or later" in refused
+    assert not (tmp_path / "x").exists()
+    after = run("log", "--since", horizon["first_issued_at"], "--format", "json", url=url)
+    assert (after.returncode, after.stderr) == (0, "")
+    again = _one_line(run("prune", "--archive", str(path), url=url))
+    assert "in order" in again
+
+
+# --- what a user gets wrong: one line saying what to do, and the exit status -------------------
+
+
+def test_files_and_values_given_wrong_without_a_database(tmp_path: Path) -> None:
+    missing = _one_line(run("verify", "--digest", str(tmp_path / "nosuch.jsonl")))
+    assert "cannot read the digest file" in missing and "versioning digest" in missing
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an archive\n", encoding="utf-8")
+    line = _one_line(run("verify", "--archive", str(notes)))
+    assert f"{notes}: " in line and "is not a readable archive" in line
+    empty = tmp_path / "empty.jsonl.gz"
+    with gzip.open(empty, "wb"):
+        pass
+    assert "is empty: not a versioning archive" in _one_line(run("verify", "--archive", str(empty)))
+    url = _one_line(run("--url", "::not a url::", "verify"))
+    assert "cannot use the URL given as a database URL" in url and "sqlite:///" in url
+    age = _one_line(run("archive", "--before", "someday", "--output", "x"), code=2)
+    assert "--before" in age and "ISO 8601" in age
+    assert not (tmp_path / "x").exists()
+
+
+def test_errors_of_archive_prune_and_verify_are_one_line(
+    create_tables: Tables, sessions: Sessions, tmp_path: Path
+) -> None:
+    engine = create_tables(Base.metadata)
+    _seed(sessions)
+    url = url_of(engine)
+    nowhere = tmp_path / "no" / "such" / "dir" / "a.jsonl.gz"
+    assert "nothing to archive" in _one_line(
+        run("archive", "--before", "2999-01-01", "--output", str(nowhere), url=url)
+    )  # nothing sealed yet
+    assert run("seal", url=url).returncode == 0
+    line = _one_line(run("archive", "--before", "2999-01-01", "--output", str(nowhere), url=url))
+    assert "cannot write" in line and str(nowhere) in line
+    path = tmp_path / "a.jsonl.gz"
+    assert run("archive", "--before", "2999-01-01", "--output", str(path), url=url).returncode == 0
+    with gzip.open(path, "rt", encoding="utf-8") as source:
+        lines = source.read().splitlines()
+    tampered = tmp_path / "tampered.jsonl.gz"
+    with gzip.open(tampered, "wt", encoding="utf-8") as target:
+        target.write("\n".join(line.replace('"DE1"', '"DE9"') for line in lines) + "\n")
+    refused = _one_line(run("prune", "--archive", str(tampered), url=url))
+    assert "does not verify" in refused and "nothing was deleted" in refused
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an archive\n", encoding="utf-8")
+    line = _one_line(run("verify", "--archive", str(notes), url=url))
+    assert "is not a readable archive" in line
+    broken = run("verify", "--archive", str(tampered), url=url)
+    assert broken.returncode == 1 and broken.stdout.split(":")[0].endswith("problem(s)")
+    after = as_json(run("verify", "--format", "json", url=url))
+    assert after["ok"] and after["horizon"] is None  # nothing was pruned
+
+
+def test_errors_of_filters_and_lookups_are_one_line(
+    create_tables: Tables, sessions: Sessions, tmp_path: Path
+) -> None:
+    engine = create_tables(Base.metadata)
+    _seed(sessions)
+    url = url_of(engine)
+    address = _one_line(run("log", "--source-ip", "nope", url=url))
+    assert "source_ip must be an IPv4 or IPv6 address" in address and "'nope'" in address
+    out = tmp_path / "out.csv"
+    line = _one_line(
+        run("export", "--format", "csv", "--source-ip", "nope", "--output", str(out), url=url)
+    )
+    assert "source_ip must be an IPv4 or IPv6 address" in line
+    assert not out.exists()  # refused before anything was written
+    unknown = _one_line(
+        run("export", "--format", "csv", "--table", "nosuch", "--output", "-", url=url)
+    )
+    assert "'nosuch'" in unknown and "cat_accounts" in unknown
+    gone = _one_line(run("show", "999999", url=url))
+    assert "transaction 999999 recorded no change and no event" in gone
+    keys = _one_line(run("record", "cat_accounts", "1", "2", url=url), code=2)
+    assert "cat_accounts has the key (id): give 1 value(s), got 2" in keys
+
+
+def test_log_on_a_terminal_is_a_table(create_tables: Tables, sessions: Sessions) -> None:
+    engine = create_tables(Base.metadata)
+    _seed_with_event(engine, sessions)
+    primary, secondary = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "versioning", "--url", url_of(engine), "log"],
+            env={**_env(), "COLUMNS": "160", "TERM": "xterm"},
+            stdin=subprocess.DEVNULL,
+            stdout=secondary,
+            stderr=subprocess.PIPE,
+        )
+        os.close(secondary)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # the other end closed (Linux: EIO)
+                break
+            if not chunk:
+                break
+            seen += chunk
+        _, errors = process.communicate(timeout=120)  # closes the stderr pipe
+        assert (process.returncode, errors) == (0, b"")
+    finally:
+        os.close(primary)
+    text = seen.decode()
+    for heading in ("transaction", "issued at", "actor", "table", "record", "operation"):
+        assert heading in text
+    assert "cat_accounts" in text and "login" in text and "denied" in text
+
+
+def test_keys_of_each_type_as_the_command_line_takes_them() -> None:
+    from test_types import Base as TypesBase
+
+    items = catalog.from_metadata(TypesBase.metadata).entry("types_items")
+    typed = cli._typed
+    assert typed(items, "flag", "TRUE") is True and typed(items, "flag", "0") is False
+    assert typed(items, "uid", "12345678-1234-5678-1234-567812345678") == uuid.UUID(
+        "12345678-1234-5678-1234-567812345678"
+    )
+    assert typed(items, "day", "2025-03-04") == dt.date(2025, 3, 4)
+    assert typed(items, "created", "2025-03-04T10:00:00") == dt.datetime(2025, 3, 4, 10)
+    assert typed(items, "amount", "12.30") == Decimal("12.30")
+    assert typed(items, "ratio", "2.5") == 2.5
+    assert typed(items, "title", "x") == "x" and typed(items, "color", "RED") == "RED"
+    for name, text in (("flag", "maybe"), ("uid", "nope"), ("amount", "1,5"), ("day", "3/4")):
+        with pytest.raises(click.BadParameter, match=f"is not a value of types_items.{name}"):
+            typed(items, name, text)

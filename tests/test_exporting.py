@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import versioning
+import versioning.exporting
 from versioning import Versioned, audit_context, masks
 from versioning.exporting import CSV_COLUMNS, export, plain, record_text
 
@@ -264,3 +265,84 @@ def test_events_among_the_versions_and_their_filters(
     with pytest.raises(versioning.ArgumentError, match="unknown filter"):
         export(engine, path, colour="red")
     assert not path.exists()
+
+
+def test_refused_arguments_name_what_to_pass(written: dict[str, Any], tmp_path: Path) -> None:
+    engine, session = written["engine"], written["session"]
+    with pytest.raises(versioning.ArgumentError, match="output must be a file path or a text"):
+        export(session, 42)  # type: ignore[arg-type]
+    with pytest.raises(versioning.ArgumentError, match="takes a Session, an Engine or a Connec"):
+        export("sqlite://", io.StringIO())  # type: ignore[arg-type]
+    with pytest.raises(versioning.ArgumentError, match=r"catalog= a versioning\.catalog\.Catalog"):
+        export(engine, io.StringIO(), catalog="mine")  # type: ignore[arg-type]
+    with pytest.raises(versioning.ArgumentError, match=r"unknown filter.*colour; the filters are"):
+        export(engine, io.StringIO(), colour="red")
+    with pytest.raises(versioning.ArgumentError, match="events must be True or False"):
+        export(engine, io.StringIO(), events="yes")  # type: ignore[arg-type]
+    with pytest.raises(versioning.ArgumentError, match="limit must be a positive int"):
+        export(engine, io.StringIO(), limit=0)
+    with pytest.raises(versioning.ArgumentError, match="source_ip must be an IPv4 or IPv6"):
+        export(engine, tmp_path / "x.csv", source_ip="nope")
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_erased_values_stay_erased_in_updates_and_deletes(written: dict[str, Any]) -> None:
+    session = written["session"]
+    payment = session.get(Payment, written["payment"])
+    payment.payer = "Bea"
+    session.commit()
+    session.delete(payment)
+    session.commit()
+    versioning.erase(session, Payment, written["payment"], columns=["payer"], reason="GDPR")
+    session.commit()
+    out = io.StringIO(newline="")
+    export(session, out, format="csv", table="export_payments")
+    rows = read_csv(out.getvalue())
+    assert [(r["operation"], r["old"], r["new"]) for r in rows if r["field"] == "payer"] == [
+        ("insert", "", "[erased]"),
+        ("update", "[erased]", "[erased]"),
+        ("delete", "[erased]", ""),
+    ]
+    assert "Ann" not in out.getvalue() and "Bea" not in out.getvalue()
+
+
+def test_values_of_every_kind_as_cells_and_keys() -> None:
+    class Subclassed(Decimal):
+        pass
+
+    class Day(dt.date):
+        pass
+
+    assert plain(Subclassed("1.5")) == "1.5" and plain(Day(2026, 1, 2)) == "2026-01-02"
+    assert plain(dt.time(1, 2, 3)) == "01:02:03" and plain(float("inf")) == "Infinity"
+    assert plain(2.5) == 2.5 and plain(True) is True and plain({1, 2}) in ([1, 2], [2, 1])
+    assert plain(bytearray(b"\x01")) == "AQ==" and plain(object).startswith("<class")
+    assert record_text((uuid.UUID(int=1),)) == "00000000-0000-0000-0000-000000000001"
+    assert record_text((True,)) == "true" and record_text((2.5,)) == "2.5"
+    assert record_text((Decimal("1.0"),)) == "1.0"
+    cells = [versioning.exporting._cell(v) for v in (None, 5, -5, Decimal("-1"), True, [1], "")]
+    assert cells == ["", "5", "'-5", "'-1", "true", "[1]", ""]
+
+
+def test_the_engines_json_deserializer_decodes_the_changes(written: dict[str, Any]) -> None:
+    """The changes are read as their stored text and decoded as the column's type would: with
+    the engine's ``json_deserializer`` when it has one."""
+    engine = written["engine"]
+    decoded: list[str] = []
+
+    def loads(text: str) -> Any:
+        decoded.append(text)
+        return json.loads(text)
+
+    own = sa.create_engine(engine.url, json_deserializer=loads)
+    try:
+        out = io.StringIO()
+        export(own, out, format="jsonl", table="export_payments")
+    finally:
+        own.dispose()
+    note = ['=HYPERLINK("http://evil")', '-2 refunded, Ünïcode, "quoted"\nnext line']
+    changes = {"amount": ["12.50", "-2.00"], "note": note}
+    assert changes in [json.loads(text) for text in decoded]  # (the personal column's too)
+    reference = io.StringIO()
+    export(engine, reference, format="jsonl", table="export_payments")
+    assert out.getvalue() == reference.getvalue()

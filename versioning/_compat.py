@@ -24,6 +24,7 @@ __all__ = [
     "insert_multi_values",
     "insert_values",
     "is_remote",
+    "json_deserializer",
     "mapper_primary_key_argument",
     "mapper_properties",
     "open_connections",
@@ -187,6 +188,14 @@ def variant_mapping(type_: TypeEngine[Any]) -> dict[str, TypeEngine[Any]]:
     2.1). ``dialect_impl()`` would resolve it too, but drops what matters (PostgreSQL's ``CHAR``
     becomes a plain string)."""
     return dict(getattr(type_, "_variant_mapping", None) or {})
+
+
+def json_deserializer(dialect: Any) -> Callable[[str], Any] | None:
+    """The engine's ``create_engine(json_deserializer=...)``, or ``None`` for the default
+    (``json.loads``): ``Dialect._json_deserializer`` (2.0, 2.1), which SQLAlchemy's ``JSON``
+    type decodes with. Read to decode a JSON column read as its text the same way."""
+    found: Callable[[str], Any] | None = getattr(dialect, "_json_deserializer", None)
+    return found
 
 
 # --- loading -------------------------------------------------------------------------------------

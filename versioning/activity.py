@@ -17,6 +17,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterator
 from itertools import islice
+from operator import attrgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -118,20 +119,21 @@ def activity(
             f"versioning export: unknown filter(s) {', '.join(sorted(unknown))}; the filters are "
             f"{', '.join((*SHARED, *VERSION_ONLY, *EVENT_ONLY))}"
         )
-    streams: list[Iterator[tuple[int, Entry | Event]]] = []
+    streams: list[Iterator[Entry | Event]] = []
     connection = _connection(bind, catalog)
     if wants_versions(filters):
         versions = {n: filters[n] for n in (*SHARED, *VERSION_ONLY) if filters.get(n) is not None}
         found = entries(connection, catalog, newest_first=newest_first, chunk=chunk, **versions)
-        streams.append((e.transaction_id, e) for e in found)
+        streams.append(found)
     if wants_events(filters, events):
         kinds = {n: filters[n] for n in EVENT_ONLY if filters.get(n) is not None}
         happened = iter_events(
             connection, catalog, newest_first=newest_first, chunk=chunk, **shared, **kinds
         )
-        streams.append((e.transaction_id, e) for e in happened)
+        streams.append(happened)
     # Within one transaction only one stream has rows (an event's transaction is its own), and
     # heapq.merge keeps each stream's own order among equal keys: compare transaction ids only.
-    merged: Iterator[Any] = heapq.merge(*streams, key=lambda item: item[0], reverse=newest_first)
-    out = (item for _, item in merged)
-    return islice(out, limit) if limit is not None else out
+    merged: Iterator[Entry | Event] = heapq.merge(
+        *streams, key=attrgetter("transaction_id"), reverse=newest_first
+    )
+    return islice(merged, limit) if limit is not None else merged

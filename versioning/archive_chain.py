@@ -19,6 +19,7 @@ from versioning.archive_check import Totals
 from versioning.archiving import check_archive
 from versioning.horizon import Horizon
 from versioning.integrity import Digest, Problem, Report, _Target
+from versioning.schema import TRANSACTION_ID
 
 __all__ = ["check_archives"]
 
@@ -43,11 +44,21 @@ def check_archives(
         ):
             expected[(int(row[0]), int(row[1]))] = (int(row[2]), str(row[3]))
     found: list[tuple[str, Totals]] = []
+    # An archive made before any prune holds transactions the database still holds (and the
+    # report counted already): the ids of those, to count them once.
+    held_from = connection.execute(sa.select(sa.func.min(target.transactions.c.id))).scalar()
     for path in paths:
-        archive_report, checker = check_archive(path, saved, expected=expected)
+        archive_report, checker = check_archive(
+            path,
+            saved,
+            collect=held_from is not None,
+            expected=expected,
+            collect_from=int(held_from or 0),
+        )
         report.problems.extend(archive_report.problems)
-        report.transactions_checked += archive_report.transactions_checked
-        report.versions_checked += archive_report.versions_checked
+        both_transactions, both_versions = _also_in_database(connection, target, checker.ids)
+        report.transactions_checked += archive_report.transactions_checked - both_transactions
+        report.versions_checked += archive_report.versions_checked - both_versions
         if checker.totals.first_seal_id is not None:
             found.append((Path(path).name, checker.totals))
     found.sort(key=lambda item: item[1].first_seal_id or 0)
@@ -109,3 +120,26 @@ def check_archives(
                     f"{seal_id}, but the archive of that seal does not",
                 )
             )
+
+
+def _also_in_database(connection: Connection, target: _Target, ids: set[int]) -> tuple[int, int]:
+    """How many of the transactions ``ids`` the database holds, and how many history rows they
+    have there: what its own verify counted of them already."""
+    if not ids:
+        return 0, 0
+    low, high = min(ids), max(ids)
+    column = target.transactions.c.id
+    held = sum(
+        1
+        for (tx_id,) in connection.execute(sa.select(column).where(column.between(low, high)))
+        if tx_id in ids
+    )
+    versions = 0
+    for history in target.histories.values():
+        tx = history.c[TRANSACTION_ID]
+        for tx_id, rows in connection.execute(
+            sa.select(tx, sa.func.count()).where(tx.between(low, high)).group_by(tx)
+        ):
+            if tx_id in ids:
+                versions += int(rows)
+    return held, versions

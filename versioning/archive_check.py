@@ -69,6 +69,8 @@ class Checker:
         self.source = source
         #: With ``collect``: the id of every transaction in the file (for a prune).
         self.collect = collect
+        #: With ``collect``: only the ids from this one up (those a database may still hold).
+        self.collect_from = 0
         self.ids: set[int] = set()
         #: Seal entries the database still holds of archived seals: ``(transaction id,
         #: segment) -> (seal id, digest)``; each found in the file is checked and taken out.
@@ -207,7 +209,7 @@ class Checker:
         tx_id = _int(document.get("id")) or 0
         totals = self.totals
         totals.transactions += 1
-        if self.collect:
+        if self.collect and tx_id >= self.collect_from:
             self.ids.add(tx_id)
         totals.digests += len(tx.segments)
         if totals.first_transaction_id is None:

@@ -709,13 +709,15 @@ def check_archive(
     *,
     collect: bool = False,
     expected: dict[tuple[int, int], tuple[int, str]] | None = None,
+    collect_from: int = 0,
 ) -> tuple[Report, Checker]:
     """:func:`verify_archive`, and the checker with what it found (with ``collect``: the ids
-    of the archived transactions). ``expected`` seal entries are checked against the file's
-    and taken out of it as they are found."""
+    of the archived transactions, those from ``collect_from`` up). ``expected`` seal entries
+    are checked against the file's and taken out of it as they are found."""
     source = Path(path)
     report = Report()
     checker = Checker(report, source.name, collect)
+    checker.collect_from = collect_from
     if expected is not None:
         checker.expected = expected
     sha = hashlib.sha256()

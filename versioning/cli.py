@@ -41,9 +41,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table as RichTable
 
 from versioning import catalog, integrity
-from versioning.errors import CatalogError, VersioningError
+from versioning import horizon as horizons
+from versioning.errors import ArchivedError, CatalogError, VersioningError
 from versioning.exporting import record_text
 from versioning.operation import Operation
+from versioning.schema import issued_at_utc
 
 __all__ = ["EXIT_PROBLEMS", "EXIT_UNAVAILABLE", "EXIT_USAGE", "cli", "main"]
 
@@ -205,6 +207,73 @@ def _fail_on(error: Exception) -> NoReturn:
     raise Failure(str(error)) from None
 
 
+# --- the horizon of pruned history ---------------------------------------------------------------
+
+
+def horizon_of(connection: sa.Connection, found: catalog.Catalog) -> dict[str, Any] | None:
+    """The horizon of the database's pruned history (``None``: never pruned): the last archived
+    transaction and when it was issued, the archive holding it, and the first transaction after
+    it that the database holds, and when it was issued."""
+    pruned = horizons.current(connection, found.transaction)
+    if pruned is None:
+        return None
+    return {
+        **_first_after(connection, found, pruned.transaction_id),
+        "archived_up_to": pruned.transaction_id,
+        "archived_issued_at": plain(pruned.issued_at),
+        "archive": pruned.archive,
+    }
+
+
+def _first_after(
+    connection: sa.Connection, found: catalog.Catalog, transaction_id: int
+) -> dict[str, Any]:
+    """The first transaction after ``transaction_id`` the database holds, and when it was."""
+    table = found.transaction
+    row = connection.execute(
+        sa.select(table.c.id, issued_at_utc(table))
+        .where(table.c.id > transaction_id)
+        .order_by(table.c.id)
+        .limit(1)
+    ).first()
+    return {
+        "first_transaction_id": None if row is None else int(row[0]),
+        "first_issued_at": None if row is None else plain(row[1]),
+    }
+
+
+def horizon_line(found: Mapping[str, Any], label: str = "horizon") -> str:
+    """The horizon in one line, the same in every command's output."""
+    first = found["first_transaction_id"]
+    held = (
+        "the database holds no transaction after it yet"
+        if first is None
+        else f"the database holds history from transaction {first} "
+        f"(issued {found['first_issued_at']}) on"
+    )
+    return (
+        f"{label}: {held}; up to transaction {found['archived_up_to']} (issued "
+        f"{found['archived_issued_at']}) it is in archive {found['archive']}"
+    )
+
+
+def _refused(connection: sa.Connection, found: catalog.Catalog, error: ArchivedError) -> NoReturn:
+    """A search reaching before the horizon, refused: one line with the horizon and what to do."""
+    where = horizon_of(connection, found)
+    if where is None:  # pragma: no cover - refused means pruned
+        raise Failure(str(error)) from None
+    first = where["first_transaction_id"]
+    ask = (
+        f"pass --since after {where['archived_issued_at']} or --transaction {first} or later"
+        if first is not None
+        else f"pass --since after {where['archived_issued_at']}"
+    )
+    raise Failure(
+        f"{error.what}: refused, it would lack the archived history; {horizon_line(where)}; "
+        f"{ask}, or read the archive (versioning.read_archive)"
+    ) from None
+
+
 # --- parts of the library this command line calls when they are there ----------------------------
 
 
@@ -236,6 +305,8 @@ def _entries(connection: sa.Connection, found: catalog.Catalog, **filters: Any) 
     read = feature("activity", ["versioning.activity"], "this command")
     try:
         yield from read(connection, found, **filters)
+    except ArchivedError as error:
+        _refused(connection, found, error)
     except (VersioningError, sa.exc.DBAPIError) as error:
         _fail_on(error)
 
@@ -624,16 +695,19 @@ def verify(
                 )
             except (VersioningError, sa.exc.DBAPIError) as error:
                 _fail_on(error)
+        where = horizon_of(connection, found)
         connection.rollback()
-    _report(report, output)
+    _report(report, output, where)
 
 
-def _report(report: integrity.Report, output: str) -> None:
-    """Print what verify found; exit 1 if anything is wrong."""
+def _report(report: integrity.Report, output: str, where: Mapping[str, Any] | None = None) -> None:
+    """Print what verify found (and the horizon, ``where`` there is one); exit 1 if anything is
+    wrong."""
     if output == "json":
         _print_json(
             {
                 "ok": report.ok,
+                "horizon": None if where is None else dict(where),
                 "transactions_checked": report.transactions_checked,
                 "versions_checked": report.versions_checked,
                 "events_checked": report.events_checked,
@@ -656,8 +730,10 @@ def _report(report: integrity.Report, output: str) -> None:
             f"{verdict}: {report.transactions_checked} transaction(s), "
             f"{report.versions_checked} version(s) checked, {report.unsealed} not sealed yet"
         )
+        if where is not None:
+            click.echo(horizon_line(where))
         for p in report.problems:
-            where = ", ".join(
+            place = ", ".join(
                 part
                 for part in (
                     p.table,
@@ -666,7 +742,7 @@ def _report(report: integrity.Report, output: str) -> None:
                 )
                 if part
             )
-            click.echo(f"{p.kind}: {where}: {p.detail}")
+            click.echo(f"{p.kind}: {place}: {p.detail}")
     if not report.ok:
         sys.exit(EXIT_PROBLEMS)
 
@@ -745,6 +821,18 @@ def demo(path: Path) -> None:
 
 
 F = Callable[..., Any]
+
+
+def _format_option(command: F) -> F:
+    """``--format json|text`` of the commands that print JSON by default."""
+    return click.option(
+        "--format",
+        "output_format",
+        type=click.Choice(["json", "text"]),
+        default="json",
+        show_default=True,
+        help="json for programs, text for people.",
+    )(command)
 
 
 def _filter_options(command: F) -> F:
@@ -958,6 +1046,8 @@ def export(
                 newest_first=newest_first,
                 **filters,
             )
+        except ArchivedError as error:
+            _refused(connection, found, error)
         except (VersioningError, sa.exc.DBAPIError) as error:
             _fail_on(error)
         except OSError as error:
@@ -975,10 +1065,13 @@ def export(
     help="Archive what was sealed before this moment (ISO 8601) or age (90d, 12h, 7y).",
 )
 @click.option("--output", required=True, metavar="FILE", help="The archive (.jsonl.gz).")
+@_format_option
 @click.pass_obj
-def archive(options: _Options, before: str, output: str) -> None:
+def archive(options: _Options, before: str, output: str, output_format: str) -> None:
     """Write every sealed transaction before the horizon, with its versions, to an archive file
-    that `versioning verify --archive` checks without a database."""
+    that `versioning verify --archive` checks without a database.
+
+    Prints its manifest, with the horizon a prune of it would set."""
     horizon = moment_or_age(before, "--before")
     write = feature("archive", ["versioning.archiving", "versioning"], "versioning archive")
     with _connection(options) as connection:
@@ -995,8 +1088,23 @@ def archive(options: _Options, before: str, output: str) -> None:
                 _fail_on(error)
             except OSError as error:
                 raise Failure(f"cannot write {output}: {error.strerror or error}") from None
+        where = {
+            **_first_after(connection, found, manifest.last_transaction_id),
+            "archived_up_to": manifest.last_transaction_id,
+            "archived_issued_at": plain(manifest.latest_issued_at),
+            "archive": Path(output).name,
+        }
         connection.rollback()
-    _print_json(plain(manifest))
+    if output_format == "json":
+        _print_json({**plain(manifest), "horizon": where})
+        return
+    click.echo(
+        f"archived {manifest.transactions} transaction(s), {manifest.versions} version(s) and "
+        f"{manifest.events} event(s) (transactions {manifest.first_transaction_id}.."
+        f"{manifest.last_transaction_id}, seals {manifest.first_seal_id}..{manifest.last_seal_id}) "
+        f"to {output}"
+    )
+    click.echo(horizon_line(where, f"horizon once pruned (versioning prune --archive {output})"))
 
 
 @cli.command()
@@ -1008,9 +1116,12 @@ def archive(options: _Options, before: str, output: str) -> None:
     type=click.Path(exists=True, dir_okay=False),
     help="A verified archive: exactly what it holds is deleted.",
 )
+@_format_option
 @click.pass_obj
-def prune(options: _Options, path: str) -> None:
-    """Delete from the database exactly what an archive holds, and record the prune."""
+def prune(options: _Options, path: str, output_format: str) -> None:
+    """Delete from the database exactly what an archive holds, and record the prune.
+
+    Prints the new horizon."""
     delete = feature("prune", ["versioning.pruning", "versioning"], "versioning prune")
     if not _takes(delete, "catalog"):
         raise Failure(
@@ -1029,7 +1140,17 @@ def prune(options: _Options, path: str) -> None:
             connection.commit()
         except (VersioningError, sa.exc.DBAPIError) as error:
             _fail_on(error)
-    _print_json(plain(horizon))
+        where = horizon_of(connection, found)
+        connection.rollback()
+    if output_format == "json":
+        _print_json({**plain(horizon), "horizon": where})
+        return
+    click.echo(
+        f"pruned what {Path(path).name} holds: transactions up to {horizon.transaction_id}, "
+        f"seals up to {horizon.seal_id}; recorded as transaction {horizon.prune_transaction_id}"
+    )
+    if where is not None:
+        click.echo(horizon_line(where))
 
 
 def _verify_archives(paths: Sequence[str], saved: list[integrity.Digest]) -> integrity.Report:

@@ -25,6 +25,7 @@ import math
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
+from itertools import chain
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -117,10 +118,44 @@ _EXACT: dict[type, Callable[[Any], Any]] = {
     uuid.UUID: str,
 }
 
-#: One encoder for every document (``json.dumps`` with options builds one per call).
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+def _encoder(default: Callable[[Any], Any] | None = None) -> Callable[[Any], str]:
+    """``json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=default)``, made
+    once: the C encoder built once for every document (``JSONEncoder.encode`` builds one per
+    call). No circular check: the documents are made of decoded JSON and plain values, never
+    cyclic."""
+    options = json.JSONEncoder(
+        ensure_ascii=False, separators=(",", ":"), check_circular=False, default=default
+    )
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - CPython has the C encoder
+        return options.encode
+    chunks = make(
+        None, options.default, json.encoder.encode_basestring, None, ":", ",", False, False, True
+    )
+    join = "".join
+
+    def encode(value: Any) -> str:
+        if type(value) is str:
+            return json.encoder.encode_basestring(value)
+        return join(chunks(value, 0))
+
+    return encode
+
+
+#: One encoder for every document.
+_dumps = _encoder()
 #: Values written as they are (the common case: no call per value).
 _AS_IS = frozenset({str, int, type(None)})
+#: Values the encoder writes as :func:`plain` gives them, as they are (``bool`` too) or through
+#: its ``default`` (``plain`` of a type JSON does not have: text). Not ``float`` (NaN), not
+#: containers (their items are not looked at) and not subclasses (an ``Enum`` of ``str``).
+_DIRECT = frozenset(
+    {str, int, bool, type(None), decimal.Decimal, dt.datetime, dt.date, dt.time, uuid.UUID}
+)
+#: ``plain`` as the encoder's default: for the types of :data:`_DIRECT` JSON does not have.
+_dumps_plain = _encoder(plain)
+_NONE_ERASED: list[str] = []
 
 
 def _text(value: Any) -> str:
@@ -170,6 +205,10 @@ def record_text(key: tuple[Any, ...]) -> str:
     return _dumps([plain(v) for v in key])
 
 
+#: An operation's text (``Enum.value`` is a property: a lookup per row otherwise).
+_OPERATION_TEXT = {member: member.value for member in Operation}
+
+
 def _issued_at(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).isoformat()
 
@@ -209,7 +248,7 @@ class CsvWriter:
             *self._transaction_cells(entry.transaction),
             names.get(table) or self._name(table),
             _cell(record_text(entry.key)),
-            entry.operation.value,
+            _OPERATION_TEXT[entry.operation],
         ]
         erased = entry.erased
         cell = _cell
@@ -276,28 +315,43 @@ class JsonLinesWriter:
     def version(self, entry: Entry) -> None:
         # The text json.dumps gives of the document {"kind", "transaction", "table", "record",
         # "version_id", "operation", "state", "changes", "erased"}, the transaction's made once.
-        as_is = _AS_IS
-        record = [v if type(v) in as_is else plain(v) for v in entry.key]
-        state = {k: v if type(v) in as_is else plain(v) for k, v in entry.state.items()}
-        changes = {
-            k: [
-                old if type(old) in as_is else plain(old),
-                new if type(new) in as_is else plain(new),
-            ]
-            for k, (old, new) in entry.changes.items()
-        }
+        record: Any = entry.key
+        state: Any = entry.state
+        changes: Any = entry.changes
+        direct = _DIRECT.issuperset
+        if (
+            direct(map(type, record))
+            and direct(map(type, state.values()))
+            and direct(map(type, chain.from_iterable(changes.values())))
+        ):
+            # Every value is one the encoder writes as plain() does, itself or through plain()
+            # as its default (a tuple is written as a list): no copy of the documents.
+            dumps = _dumps_plain
+        else:
+            as_is = _AS_IS
+            record = [v if type(v) in as_is else plain(v) for v in record]
+            state = {k: v if type(v) in as_is else plain(v) for k, v in state.items()}
+            changes = {
+                k: [
+                    old if type(old) in as_is else plain(old),
+                    new if type(new) in as_is else plain(new),
+                ]
+                for k, (old, new) in changes.items()
+            }
+            dumps = _dumps
+        erased = entry.erased
         rest = {
             "table": entry.table,
             "record": record,
             "version_id": entry.version_id,
-            "operation": entry.operation.value,
+            "operation": _OPERATION_TEXT[entry.operation],
             "state": state,
             "changes": changes,
-            "erased": sorted(entry.erased),
+            "erased": sorted(erased) if erased else _NONE_ERASED,
         }
         # One encoder call: its text without the opening brace follows the transaction's.
         head = self._transaction_text(entry.transaction)
-        self._write(f'{{"kind":"version","transaction":{head},{_dumps(rest)[1:]}\n')
+        self._write(f'{{"kind":"version","transaction":{head},{dumps(rest)[1:]}\n')
 
     def event(self, event: Event) -> None:
         rest = {

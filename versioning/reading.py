@@ -390,7 +390,7 @@ class TransactionColumns:
                 )
                 .where(transactions.c.id.in_(wanted[start : start + 500]))
             )
-            for row in connection.execute(select).mappings():
+            for row in connection.execute(select).mappings().all():  # one driver call
                 made = self.transaction(row)
                 found[made.id] = made
         return found

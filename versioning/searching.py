@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import heapq
 import ipaddress
+import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -34,6 +35,7 @@ from sqlalchemy.engine import Dialect, RowMapping
 from sqlalchemy.orm import Session
 
 from versioning import arguments, horizon
+from versioning._compat import json_deserializer
 from versioning.catalog import Catalog, TableEntry, from_metadata, session_catalogs
 from versioning.declaration import ModelSpec, require_spec
 from versioning.encoding import decode
@@ -282,14 +284,18 @@ def stream(
     filters: Filters,
     after: Key | None,
     chunk: int,
+    changes_as_text: bool = False,
 ) -> Iterator[tuple[Source, RowMapping, Transaction]]:
-    """Every matching row of ``sources``, in the order, read ``chunk`` rows per table at a time."""
+    """Every matching row of ``sources``, in the order, read ``chunk`` rows per table at a time;
+    with ``changes_as_text``, each row's ``changes`` document as the JSON text stored (for
+    :class:`EntryReader`, which decodes it)."""
     transactions = catalog.transaction
     joined = TransactionColumns(transactions)
     tx_where = filters.transaction_where(transactions)
     newest_first = filters.newest_first
 
-    def rows(source: Source) -> Iterator[tuple[Key, Source, RowMapping, Transaction]]:
+    def chunks(source: Source) -> Iterator[tuple[list[RowMapping], dict[int, Transaction]]]:
+        """The matching rows of ``source``, a chunk at a time, with their transactions."""
         history = source.info.history
         name = history.fullname
         where = [*source.where, *filters.history_where(history), *tx_where]
@@ -303,30 +309,54 @@ def stream(
 
             def build(tolerant: bool, keyset: tuple[Any, ...] = keyset) -> sa.Select[Any]:
                 select = _select(history, tolerant)
+                if changes_as_text:
+                    select = _changes_as_text(select, history, connection.dialect.name)
                 if tx_where:  # joined for the filter only: its rows are read once per chunk
                     select = select.join(transactions, t == transactions.c.id)
                 return select.where(*where, *keyset).order_by(*order).limit(chunk)
 
             found = _fetch(connection, build)
             made = joined.by_id(connection, (row[TRANSACTION_ID] for row in found))
-            for row in found:
-                tx_id = row[TRANSACTION_ID]
-                yield (tx_id, name, row[VERSION_ID]), source, row, made[tx_id]
+            yield found, made
             if len(found) < chunk:
                 return
             last = found[-1]
             position = (last[TRANSACTION_ID], name, last[VERSION_ID])
             found = made = last = None  # type: ignore[assignment]  # one chunk in memory at a time
 
-    if len(sources) == 1:
-        for _, source, row, transaction in rows(sources[0]):
-            yield source, row, transaction
+    def rows(source: Source) -> Iterator[tuple[Key, Source, RowMapping, Transaction]]:
+        name = source.info.history.fullname
+        for found, made in chunks(source):
+            for row in found:
+                tx_id = row[TRANSACTION_ID]
+                yield (tx_id, name, row[VERSION_ID]), source, row, made[tx_id]
+
+    if len(sources) == 1:  # no merge: no order key to make per row
+        (source,) = sources
+        for found, made in chunks(source):
+            for row in found:
+                yield source, row, made[row[TRANSACTION_ID]]
+            found = made = None  # type: ignore[assignment]
         return
     merged = heapq.merge(
         *(rows(source) for source in sources), key=lambda item: item[0], reverse=newest_first
     )
     for _, source, row, transaction in merged:
         yield source, row, transaction
+
+
+def _changes_as_text(select: sa.Select[Any], history: sa.Table, dialect: str) -> sa.Select[Any]:
+    """``select`` with the ``changes`` column read as its JSON text, which :class:`EntryReader`
+    decodes with one shared decoder: the driver does not (psycopg decodes a ``json`` column
+    itself, so PostgreSQL casts it to text; a ``json`` column keeps the text as written)."""
+    column = history.c[CHANGES]
+    text = sa.cast(column, sa.Text) if dialect == "postgresql" else sa.type_coerce(column, sa.Text)
+    return select.with_only_columns(
+        *(
+            text.label(CHANGES) if getattr(c, "name", None) == CHANGES else c
+            for c in select.selected_columns
+        )
+    )
 
 
 # --- Versions ---------------------------------------------------------------------------------
@@ -678,6 +708,9 @@ class EntryReader:
         self.width = len(self.columns)
         self.values = _getter([*self.columns, OPERATION, CHANGES, VERSION_ID, TRANSACTION_ID])
         self.key_values = _getter(self.key)
+        #: The ``changes`` text's decoder: the engine's (``create_engine(json_deserializer=)``),
+        #: as the column's type would have used, else one shared ``json`` decoder.
+        self.json: Callable[[str], Any] = json_deserializer(dialect) or _JSON_DECODE
 
     def _decoder(self, type_: sa.types.TypeEngine[Any]) -> Any:
         try:
@@ -719,6 +752,10 @@ class EntryReader:
             if gone:
                 erased = frozenset(name for name, attribute in self.personal if attribute in gone)
         if operation is Operation.UPDATE:
+            if type(stored) is str:
+                stored = self.json(stored)
+            elif isinstance(stored, bytes | bytearray | memoryview):
+                stored = self.json(bytes(stored).decode("utf-8"))
             stored = stored or {}
             changes = {}
             for name, attribute, decoder in self.changed:
@@ -748,6 +785,7 @@ class EntryReader:
 
 
 _ABSENT: Any = object()
+_JSON_DECODE = json.JSONDecoder().decode
 
 
 def _getter(names: Sequence[str]) -> Callable[[Any], tuple[Any, ...]]:
@@ -827,8 +865,11 @@ def entries(
     )
     dialect = connection.dialect
     sources = [Source(info, where) for info in infos]
-    found = stream(connection, catalog, sources, checked, after_key, chunk)
+    found = stream(connection, catalog, sources, checked, after_key, chunk, changes_as_text=True)
     if limit is not None:
         found = islice(found, limit)
+    if len(sources) == 1:
+        read = EntryReader(sources[0].info, dialect)
+        return (read(row, tx) for _, row, tx in found)
     readers = {id(source): EntryReader(source.info, dialect) for source in sources}
     return (readers[id(source)](row, tx) for source, row, tx in found)
