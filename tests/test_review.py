@@ -26,6 +26,8 @@ from starlette.requests import Request
 from starlette.routing import Mount
 from starlette.testclient import TestClient
 
+from helpers import tamper
+
 import versioning
 from versioning.errors import ConfigurationError
 from versioning.integrations.flask import review_blueprint
@@ -300,6 +302,41 @@ def test_integrity_page(story: Story, engine: sa.Engine) -> None:
         download = http.get("/audit/integrity/digest.json")
         assert versioning.Digest.from_json(download.text).hash == sealed.hash
         assert "Verified: nothing was changed." in http.get("/audit/integrity?verify=1").text
+
+
+def test_integrity_page_verifies_a_range(story: Story, engine: sa.Engine) -> None:
+    with Session(engine) as session:
+        versioning.seal(session)
+        session.commit()
+    history = versioning.history_table(Order)
+    with engine.begin() as connection, tamper(connection):
+        connection.execute(
+            history.update()
+            .where(history.c.versioning_transaction_id == story.created)
+            .values(status="forged")
+        )
+    with client(engine) as http:
+        page = http.get("/audit/integrity")
+        assert 'name="since"' in page.text and 'name="until"' in page.text
+        later = _text(http.get(f"/audit/integrity?verify=1&since={story.shipped}").text)
+        assert f"Transactions {story.shipped} to " in later
+        assert "Verified: nothing was changed." in later
+        assert "4 versions" in later  # bob's two, mallory's two: alice's are not read
+        first = http.get(f"/audit/integrity?verify=1&until={story.shipped}")
+        text = _text(first.text)
+        assert f"Transactions {story.created} to {story.created}" in text
+        assert "2 problem(s) found." in text and "was changed after it was written" in text
+        assert f'value="{story.shipped}"' in first.text  # the form shows the range back
+        by_date = _text(
+            http.get("/audit/integrity?verify=1&since=2000-01-01&until=2000-01-02").text
+        )
+        assert "No transaction in this range." in by_date
+        wrong = http.get("/audit/integrity?verify=1&since=soon")
+        assert wrong.status_code == 400 and "The field since cannot be used" in wrong.text
+        everything = _text(http.get("/audit/integrity?verify=1").text)
+        assert (
+            "2 problem(s) found." in everything and " and the seals linking them" not in everything
+        )
 
 
 def test_refusals_are_403_pages(story: Story, engine: sa.Engine) -> None:

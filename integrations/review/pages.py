@@ -230,6 +230,17 @@ def _after_event(cursor: Cursor) -> Event:
     return Event(cursor.event_id, cursor.transaction_id, "", "", None, None, _NO_TRANSACTION)
 
 
+def _bound(params: Mapping[str, str], name: str, *, end: bool = False) -> int | dt.datetime | None:
+    """A verify range's end as typed: a transaction id, or a moment (see
+    :func:`~versioning.integrations.review.query.parse_moment`)."""
+    text = (params.get(name) or "").strip()
+    if not text:
+        return None
+    if text.isdigit() and len(text) <= 19:
+        return int(text)
+    return parse_moment(name, text, end=end)
+
+
 class Review:
     """The review pages of one app: its settings, and a method per page.
 
@@ -607,9 +618,10 @@ class Review:
                 .where(entries_.c.transaction_id.is_(None))
             ).scalar_one()
             report = problem = None
+            since, until = (_bound(params, "since"), _bound(params, "until", end=True))
             if params.get("verify"):
                 try:
-                    report = verify(connection, catalog=catalog)
+                    report = verify(connection, catalog=catalog, since=since, until=until)
                 except VersioningError as exc:
                     problem = str(exc)
             return self.render(
@@ -619,6 +631,7 @@ class Review:
                 unsealed=unsealed,
                 report=report,
                 problem=problem,
+                form={name: (params.get(name) or "").strip() for name in ("since", "until")},
             )
 
         return self._read(base, work)
