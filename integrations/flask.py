@@ -312,6 +312,12 @@ def review_blueprint(
             headers={**SECURITY_HEADERS, "Cache-Control": "max-age=3600"},
         )
 
+    @blueprint.route("/<path:rest>", methods=["GET", "HEAD", "POST"])
+    def not_found(rest: str) -> Response:
+        # Below the blueprint's own paths (a path converter matches last): its 404 page, with
+        # the review headers, as the Starlette app has it.
+        return respond(review.error(base(), 404, "Not found", "There is no such page."))
+
     if allow_restore:
 
         @blueprint.route("/restore", methods=["POST"])

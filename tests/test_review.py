@@ -394,6 +394,67 @@ def test_restore_needs_the_csrf_token_and_a_reason(story: Story, engine: sa.Engi
         assert "paid by mistake" in (versions[-1].transaction.reason or "")
 
 
+def test_a_restore_failing_outside_the_library_is_an_error_page(
+    story: Story, engine: sa.Engine, create_tables: Tables, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The application's own commit hook writes a row the database refuses (a real
+    IntegrityError at commit), or its actor callable fails: a 409 or 500 page with the review
+    headers, nothing changed, and the log names the error's class, never its message."""
+    extra = sa.MetaData()
+    tickets = sa.Table("review_tickets", extra, sa.Column("id", sa.Integer, primary_key=True))
+    create_tables(extra)
+    with engine.begin() as connection:
+        connection.execute(tickets.insert().values(id=1))
+    maker = sessionmaker(engine)
+
+    @sa.event.listens_for(maker, "before_commit")
+    def audit_ticket(session: Session) -> None:  # the application's hook: a duplicate key
+        session.execute(tickets.insert().values(id=1))
+
+    def failing_actor(request: Any) -> str:
+        raise RuntimeError("the directory is down")
+
+    options: dict[str, Any] = {"allow_restore": True, "secret": SECRET, "actor": reviewer}
+    app = Starlette(routes=[Mount("/audit", review_app(maker, authorize=allow, **options))])
+    with TestClient(app) as http:
+        page = http.get("/audit/record?table=review_orders&key=3")
+        with Session(engine) as session:
+            draft = versioning.history(session, Order, 3)[0]
+        form = _restore_form(page.text, draft.version_id)
+        refused = http.post("/audit/restore", data={**form, "reason": "undo"})
+        assert refused.status_code == 409
+        assert "The record could not be restored" in refused.text
+        assert "constraint" in refused.text and "Nothing was changed" in refused.text
+        assert "default-src 'none'" in refused.headers["content-security-policy"]
+    assert "IntegrityError" in caplog.text and "review_orders 3" in caplog.text
+    options["actor"] = failing_actor
+    with client(engine, **options) as http:
+        page = http.get("/audit/record?table=review_orders&key=3")
+        form = _restore_form(page.text, draft.version_id)
+        failed = http.post("/audit/restore", data={**form, "reason": "undo"})
+        assert failed.status_code == 500 and "it was logged" in failed.text
+        assert "default-src 'none'" in failed.headers["content-security-policy"]
+    assert "RuntimeError" in caplog.text and "the directory is down" not in caplog.text
+    with Session(engine) as session:
+        assert len(versioning.history(session, Order, 3)) == 2  # nothing was restored
+
+
+def test_a_page_failing_outside_the_library_is_an_error_page(
+    story: Story, engine: sa.Engine
+) -> None:
+    maker = sessionmaker(engine)
+
+    @sa.event.listens_for(maker, "after_begin")
+    def broken(session: Session, transaction: Any, connection: sa.Connection) -> None:
+        raise RuntimeError("the application's hook failed")
+
+    app = Starlette(routes=[Mount("/audit", review_app(maker, authorize=allow))])
+    with TestClient(app) as http:
+        page = http.get("/audit/record?table=review_orders&key=3")
+        assert page.status_code == 500 and "Something went wrong" in page.text
+        assert "default-src 'none'" in page.headers["content-security-policy"]
+
+
 def test_without_allow_restore_there_is_no_restore(story: Story, engine: sa.Engine) -> None:
     with client(engine) as http:
         page = http.get("/audit/record?table=review_orders&key=3")
@@ -446,6 +507,9 @@ def test_the_flask_blueprint_renders_the_same_pages(story: Story, engine: sa.Eng
         last = versioning.history(session, Order, 3)[-1]
         assert last.transaction is not None and last.transaction.actor == "reviewer-ann"
     assert Customer.__tablename__ in http.get("/audit/", headers=headers).text
+    missing = http.get("/audit/nowhere/at/all", headers=headers)
+    assert missing.status_code == 404 and "There is no such page." in missing.text
+    assert "default-src 'none'" in missing.headers["Content-Security-Policy"]
 
 
 def test_erased_values_stay_erased(story: Story, engine: sa.Engine) -> None:

@@ -18,6 +18,8 @@ import datetime as dt
 import heapq
 import io
 import json
+import logging
+import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +49,7 @@ from versioning.integrations.review.query import (
 from versioning.integrity import digest, verify
 from versioning.operation import Operation
 from versioning.reading import Transaction, as_of, history
-from versioning.restoring import restore
+from versioning.restoring import _constraint, restore
 from versioning.schema import event_table
 from versioning.searching import Entry, entries
 
@@ -64,6 +66,8 @@ SECURITY_HEADERS: dict[str, str] = {
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }
+
+_log = logging.getLogger("versioning")
 
 #: The actions ``authorize(request, action)`` is asked about.
 ACTIONS = ("view", "export", "restore")
@@ -230,6 +234,16 @@ def _after_event(cursor: Cursor) -> Event:
     return Event(cursor.event_id, cursor.transaction_id, "", "", None, None, _NO_TRANSACTION)
 
 
+def _logged(what: str, exc: BaseException) -> None:
+    """Log an error that is not the library's: its class and where it was raised, never its
+    message (a database's message may quote a record's values, masked ones included)."""
+    where = "".join(
+        f"\n  {frame.filename}:{frame.lineno} in {frame.name}"
+        for frame in traceback.extract_tb(exc.__traceback__)
+    )
+    _log.error("versioning review page: %s failed with %s%s", what, type(exc).__name__, where)
+
+
 def _bound(params: Mapping[str, str], name: str, *, end: bool = False) -> int | dt.datetime | None:
     """A verify range's end as typed: a transaction id, or a moment (see
     :func:`~versioning.integrations.review.query.parse_moment`)."""
@@ -350,9 +364,21 @@ class Review:
             return self.bad(base, problem)
         except VersioningError as exc:  # a filter the library refuses (e.g. before the horizon)
             return self.error(base, 400, "This cannot be shown", str(exc))
+        except Exception as exc:  # the database or the application: a page, not a traceback
+            _logged("a page", exc)
+            return self.unexpected(base)
         finally:
             session.rollback()
             session.close()
+
+    def unexpected(self, base: str) -> Page:
+        return self.error(
+            base,
+            500,
+            "Something went wrong",
+            "The page could not be shown because of an error in the database or the application "
+            "(it was logged). Nothing was changed; try again later.",
+        )
 
     def _table(self, catalog: Catalog, name: str) -> TableEntry:
         try:
@@ -761,6 +787,26 @@ class Review:
         except VersioningError as exc:
             session.rollback()
             return self.error(base, 409, "The record could not be restored", str(exc))
+        except sa.exc.IntegrityError as exc:  # e.g. a deferred constraint, checked at commit
+            session.rollback()
+            _logged(f"restoring {table_name} {key_text} (violating {_constraint(exc)})", exc)
+            return self.error(
+                base,
+                409,
+                "The record could not be restored",
+                f"The database refused the restore: it violates {_constraint(exc)}. Nothing was "
+                f"changed. Resolve the conflict (see the record's current state) and try again.",
+            )
+        except Exception as exc:
+            session.rollback()
+            _logged(f"restoring {table_name} {key_text}", exc)
+            return self.error(
+                base,
+                500,
+                "The record could not be restored",
+                "An error in the database or the application stopped the restore (it was "
+                "logged). Nothing was changed; try again later.",
+            )
         finally:
             session.close()
         where = urlencode({"table": table_name, "key": key_text})
