@@ -26,8 +26,6 @@ from starlette.requests import Request
 from starlette.routing import Mount
 from starlette.testclient import TestClient
 
-from helpers import tamper
-
 import versioning
 from versioning.errors import ConfigurationError
 from versioning.integrations.flask import review_blueprint
@@ -38,6 +36,8 @@ from versioning.integrations.review.query import (
     Cursor,
     parse_filters,
 )
+
+from helpers import tamper
 
 Tables = Callable[[sa.MetaData], sa.Engine]
 SECRET = "a-test-secret-of-32-characters!!"
