@@ -259,6 +259,8 @@ def review_blueprint(
         elif page.stream is not None:
             response = Response(page.stream, status=page.status, headers=headers)
             response.content_type = page.content_type
+            if page.on_close is not None:  # the WSGI server closes it, client gone or not
+                response.call_on_close(page.on_close)
         else:
             response = Response(page.body, status=page.status, headers=headers)
             response.content_type = page.content_type

@@ -16,6 +16,7 @@ from html import unescape
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+import anyio
 import pytest
 import sqlalchemy as sa
 from flask import Flask
@@ -286,6 +287,71 @@ def test_exports_of_the_current_filter(story: Story, engine: sa.Engine) -> None:
         assert "ada@example.com" not in "".join(lines)
         assert http.get("/audit/export?format=xml").status_code == 400
         assert http.get("/audit/export?since=never").status_code == 400
+
+
+def test_a_client_gone_mid_export_releases_its_session_at_once(
+    story: Story, engine: sa.Engine
+) -> None:
+    """The client disconnects after the first chunk of a long export: the stream stops and its
+    session is closed before the app returns (not when the garbage collector runs)."""
+    with Session(engine) as session:
+        session.add_all(Order(id=100 + n, customer_id=1, status="x" * 190) for n in range(1500))
+        session.commit()
+    closed: list[Session] = []
+
+    class Tracked(Session):
+        def close(self) -> None:
+            closed.append(self)
+            super().close()
+
+    app = review_app(sessionmaker(engine, class_=Tracked), authorize=allow)
+    bodies: list[bytes] = []
+
+    async def scenario() -> None:
+        first = anyio.Event()
+
+        async def receive() -> dict[str, Any]:
+            await first.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body" and message.get("body"):
+                bodies.append(message["body"])
+                first.set()
+                await anyio.sleep(0.2)  # a slow client: the disconnect arrives meanwhile
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": "/export",
+            "raw_path": b"/export",
+            "root_path": "",
+            "query_string": b"format=jsonl",
+            "headers": [],
+            "client": ("127.0.0.1", 5000),
+            "server": ("127.0.0.1", 80),
+        }
+        await app(scope, receive, send)  # type: ignore[arg-type]
+        assert closed  # released before the app returned
+
+    anyio.run(scenario)
+    assert 1 <= len(bodies) < 5  # the export (over 300 kB in 64 kB chunks) was cut short
+
+    # Flask: the WSGI server closes the response when the client goes; so does this one.
+    flask = Flask(__name__)
+    blueprint = review_blueprint(sessionmaker(engine, class_=Tracked), authorize=allow)
+    flask.register_blueprint(blueprint, url_prefix="/audit")
+    closed.clear()
+    response = flask.test_client().get("/audit/export?format=jsonl", buffered=False)
+    assert next(iter(response.response))  # the first chunk, then the client is gone
+    assert not closed
+    response.close()
+    assert closed
+    with client(engine) as http:  # the whole export, for comparison
+        assert len(http.get("/audit/export?format=jsonl").content) > 300_000
 
 
 def test_integrity_page(story: Story, engine: sa.Engine) -> None:

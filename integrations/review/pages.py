@@ -89,6 +89,9 @@ class Page:
     headers: dict[str, str] = field(default_factory=dict)
     #: Where to send the browser (a 303 after a restore).
     location: str | None = None
+    #: Called once the stream is done with, read to its end or not (a client gone mid-export):
+    #: releases what it holds (its session). Safe to call more than once.
+    on_close: Callable[[], None] | None = None
 
 
 def _environment() -> jinja2.Environment:
@@ -706,6 +709,10 @@ class Review:
             session.close()
             raise
 
+        def finish() -> None:
+            session.rollback()
+            session.close()
+
         def chunks() -> Iterator[bytes]:
             buffer = io.StringIO()
             writer = CsvWriter(buffer) if kind == "csv" else JsonLinesWriter(buffer)
@@ -721,8 +728,7 @@ class Review:
                         buffer.truncate()
                 yield buffer.getvalue().encode("utf-8")
             finally:
-                session.rollback()
-                session.close()
+                finish()
 
         media = "text/csv; charset=utf-8" if kind == "csv" else "application/x-ndjson"
         return Page(
@@ -730,6 +736,7 @@ class Review:
             content_type=media,
             stream=chunks(),
             headers={"Content-Disposition": f'attachment; filename="history.{kind}"'},
+            on_close=finish,
         )
 
     # --- restore ----------------------------------------------------------------------------
