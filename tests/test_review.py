@@ -213,6 +213,53 @@ def test_keyset_pages_show_every_item_once(story: Story, engine: sa.Engine) -> N
         assert whole.count('class="item ') == 8 and 'rel="next"' not in whole
 
 
+@pytest.mark.parametrize("newest_first", [True, False])
+def test_activity_pages_by_a_plain_keyset(
+    story: Story, engine: sa.Engine, newest_first: bool
+) -> None:
+    """``versioning.activity.activity(after=...)`` takes the last item of a page or its keyset
+    (what the page keeps in its "next" link): the pages cover every item once, in order."""
+    from versioning.activity import activity
+    from versioning.catalog import from_metadata
+    from versioning.searching import Entry
+
+    catalog = from_metadata(ReviewBase.metadata)
+
+    def keyset(item: Entry | versioning.Event) -> tuple[int, str, int] | tuple[int, int]:
+        if isinstance(item, Entry):
+            return (item.transaction_id, item.history, item.version_id)
+        return (item.transaction_id, item.id)
+
+    with engine.connect() as connection:
+        whole = list(activity(connection, catalog, newest_first=newest_first))
+        assert len(whole) == 8 and any(isinstance(i, versioning.Event) for i in whole)
+        for size in (1, 3):
+            seen: list[Entry | versioning.Event] = []
+            after: Any = None
+            while True:
+                page = list(
+                    activity(
+                        connection,
+                        catalog,
+                        newest_first=newest_first,
+                        limit=size,
+                        chunk=size,
+                        after=after,
+                    )
+                )
+                seen.extend(page)
+                if len(page) < size:
+                    break
+                after = keyset(page[-1]) if size == 1 else page[-1]  # a keyset or the item
+            assert seen == whole
+        bob = list(activity(connection, catalog, actor="bob", after=keyset(whole[0])))
+        assert all(item.transaction.actor == "bob" for item in bob)
+        with pytest.raises(versioning.ArgumentError, match=r"after must be .*keyset"):
+            list(activity(connection, catalog, after=(1, 2, 3, 4)))  # type: ignore[arg-type]
+        with pytest.raises(versioning.ArgumentError, match=r"after must be .*keyset"):
+            list(activity(connection, catalog, after=("1", "orders", 2)))  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("query", "field"),
     [

@@ -15,7 +15,6 @@ masked values are their mask's output there and erased values are marked, never 
 from __future__ import annotations
 
 import datetime as dt
-import heapq
 import io
 import json
 import logging
@@ -35,7 +34,7 @@ from versioning.catalog import Catalog, TableEntry, from_session, load
 from versioning.context import audit_context
 from versioning.declaration import Versioned
 from versioning.errors import CatalogError, ConfigurationError, VersioningError
-from versioning.event_log import Event, event_of, event_query, has_event_table
+from versioning.event_log import Event
 from versioning.exporting import CsvWriter, JsonLinesWriter, plain, record_text
 from versioning.integrations.review import csrf
 from versioning.integrations.review.query import (
@@ -50,7 +49,6 @@ from versioning.integrity import digest, verify
 from versioning.operation import Operation
 from versioning.reading import Transaction, as_of, history
 from versioning.restoring import _constraint, restore
-from versioning.schema import event_table
 from versioning.searching import Entry, entries
 
 __all__ = ["SECURITY_HEADERS", "Page", "Review"]
@@ -210,31 +208,6 @@ def _groups(items: list[Item]) -> list[Group]:
         else:
             out.append(Group(item.transaction, [item]))
     return out
-
-
-_NO_TRANSACTION = Transaction(0, dt.datetime(1970, 1, 1, tzinfo=dt.UTC), None, None, None, None)
-
-
-def _after_entry(cursor: Cursor) -> Entry:
-    """The stand-in of the last version of the previous page (``entries(after=)`` reads its
-    transaction id, history table name and version id only)."""
-    return Entry(
-        table="",
-        version_id=cursor.version_id,
-        transaction_id=cursor.transaction_id,
-        operation=Operation.INSERT,
-        key=(),
-        state={},
-        changes={},
-        erased=frozenset(),
-        transaction=_NO_TRANSACTION,
-        # An event's transaction holds no version: every version of it comes after "".
-        history=cursor.history if cursor.history is not None else "",
-    )
-
-
-def _after_event(cursor: Cursor) -> Event:
-    return Event(cursor.event_id, cursor.transaction_id, "", "", None, None, _NO_TRANSACTION)
 
 
 def _logged(what: str, exc: BaseException) -> None:
@@ -434,58 +407,25 @@ class Review:
     ) -> tuple[list[Entry | Event], bool]:
         """One page of versions and events, newest first, after ``filters.after``; whether
         more follow."""
-        connection = self._connection(session, catalog)
         wanted = filters.size + 1
-        shared = {
-            name: getattr(filters, name)
-            for name in ("actor", "since", "until", "source_ip", "request_id")
-            if getattr(filters, name) is not None
-        }
-        streams: list[Iterator[Entry | Event]] = []
-        cursor = filters.after
-        if filters.outcome is None:
-            table = key = None
-            if filters.table is not None:
-                info = self._table(catalog, filters.table)
-                table = info.history.fullname
-                if filters.key is not None:
-                    key = self._key(info, filters.key)
-            streams.append(
-                entries(
-                    connection,
-                    catalog,
-                    table=table,
-                    key=key,
-                    operation=filters.operation,
-                    newest_first=True,
-                    limit=wanted,
-                    after=None if cursor is None else _after_entry(cursor),
-                    chunk=wanted,
-                    **shared,
-                )
-            )
-        events_wanted = filters.table is None and filters.operation is None
-        if events_wanted and has_event_table(connection, catalog.transaction):
-            query = event_query(
-                catalog.transaction,
+        given = filters.search()
+        if filters.table is not None:
+            info = self._table(catalog, filters.table)
+            given["table"] = info.history.fullname
+            if filters.key is not None:
+                given["key"] = self._key(info, filters.key)
+        found = list(
+            activity(
+                self._connection(session, catalog),
+                catalog,
                 newest_first=True,
                 limit=wanted,
-                after=None
-                if cursor is None or cursor.history is not None
-                else _after_event(cursor),
-                outcome=filters.outcome,
-                function="review",
-                **shared,
+                chunk=wanted,
+                after=None if filters.after is None else filters.after.key(),
+                **given,
             )
-            if cursor is not None and cursor.history is not None:
-                query = query.where(
-                    event_table(catalog.transaction).c.transaction_id < cursor.transaction_id
-                )
-            streams.append(event_of(row) for row in connection.execute(query).mappings())
-        merged = list(heapq.merge(*streams, key=lambda item: item.transaction_id, reverse=True))[
-            :wanted
-        ]
-        return merged[: filters.size], len(merged) > filters.size
+        )
+        return found[: filters.size], len(found) > filters.size
 
     # --- one transaction --------------------------------------------------------------------
 
