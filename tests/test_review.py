@@ -403,7 +403,9 @@ def test_a_client_gone_mid_export_releases_its_session_at_once(
 
 def test_integrity_page(story: Story, engine: sa.Engine) -> None:
     with client(engine) as http:
-        assert "Nothing has been sealed yet" in http.get("/audit/integrity").text
+        unsealed = http.get("/audit/integrity").text
+        assert "Nothing has been sealed yet" in unsealed
+        assert re.search(r"not sealed yet: <strong>4</strong>", unsealed)  # 3 and the event
         assert http.get("/audit/integrity/digest.json").status_code == 404
         with Session(engine) as session:
             sealed = versioning.seal(session)
@@ -412,6 +414,12 @@ def test_integrity_page(story: Story, engine: sa.Engine) -> None:
         html = http.get("/audit/integrity").text
         assert sealed.hash in html
         assert re.search(r"not sealed yet: <strong>0</strong>", html)
+        assert f"counted from transaction {story.created}," in html
+        with Session(engine) as session:
+            session.get_one(Order, 2).status = "later"
+            session.commit()
+        html = http.get("/audit/integrity").text
+        assert re.search(r"not sealed yet: <strong>1</strong>", html)
         download = http.get("/audit/integrity/digest.json")
         assert versioning.Digest.from_json(download.text).hash == sealed.hash
         assert "Verified: nothing was changed." in http.get("/audit/integrity?verify=1").text

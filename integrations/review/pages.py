@@ -220,6 +220,41 @@ def _logged(what: str, exc: BaseException) -> None:
     _log.error("versioning review page: %s failed with %s%s", what, type(exc).__name__, where)
 
 
+def _first_linked(connection: sa.Connection, catalog: Catalog, newest: Any) -> int | None:
+    """The first transaction the newest seal links (its entry at position 0: an index probe)."""
+    entries = catalog.seal_entries
+    found = connection.execute(
+        sa.select(entries.c.transaction_id)
+        .where(entries.c.seal_id == newest.seal_id)
+        .order_by(entries.c.position)
+        .limit(1)
+    ).scalar()
+    return None if found is None else int(found)
+
+
+def _unsealed(connection: sa.Connection, catalog: Catalog, since: int | None) -> int:
+    """How many transactions from ``since`` on (all without) have a digest no seal links: a
+    range of the digest table's primary key, each probed in the seal entries' primary key. From
+    the newest seal's first transaction on, what it reads is about what was written since the
+    seal before it, whatever the size of history."""
+    digests, entries = catalog.digests, catalog.seal_entries
+    query = (
+        sa.select(sa.func.count(sa.distinct(digests.c.transaction_id)))
+        .select_from(digests)
+        .outerjoin(
+            entries,
+            sa.and_(
+                entries.c.transaction_id == digests.c.transaction_id,
+                entries.c.segment == digests.c.segment,
+            ),
+        )
+        .where(entries.c.transaction_id.is_(None))
+    )
+    if since is not None:
+        query = query.where(digests.c.transaction_id >= since)
+    return int(connection.execute(query).scalar_one())
+
+
 def _bound(params: Mapping[str, str], name: str, *, end: bool = False) -> int | dt.datetime | None:
     """A verify range's end as typed: a transaction id, or a moment (see
     :func:`~versioning.integrations.review.query.parse_moment`)."""
@@ -573,19 +608,8 @@ class Review:
             catalog = self.catalog(session)
             connection = self._connection(session, catalog)
             newest = digest(connection, catalog=catalog)
-            digests, entries_ = catalog.digests, catalog.seal_entries
-            unsealed = connection.execute(
-                sa.select(sa.func.count(sa.distinct(digests.c.transaction_id)))
-                .select_from(digests)
-                .outerjoin(
-                    entries_,
-                    sa.and_(
-                        entries_.c.transaction_id == digests.c.transaction_id,
-                        entries_.c.segment == digests.c.segment,
-                    ),
-                )
-                .where(entries_.c.transaction_id.is_(None))
-            ).scalar_one()
+            counted_from = None if newest is None else _first_linked(connection, catalog, newest)
+            unsealed = _unsealed(connection, catalog, counted_from)
             report = problem = None
             since, until = (_bound(params, "since"), _bound(params, "until", end=True))
             if params.get("verify"):
@@ -598,6 +622,7 @@ class Review:
                 base,
                 newest=newest,
                 unsealed=unsealed,
+                counted_from=counted_from,
                 report=report,
                 problem=problem,
                 form={name: (params.get(name) or "").strip() for name in ("since", "until")},
