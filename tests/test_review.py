@@ -571,9 +571,10 @@ def test_a_page_failing_outside_the_library_is_an_error_page(
 
     app = Starlette(routes=[Mount("/audit", review_app(maker, authorize=allow))])
     with TestClient(app) as http:
-        page = http.get("/audit/record?table=review_orders&key=3")
-        assert page.status_code == 500 and "Something went wrong" in page.text
-        assert "default-src 'none'" in page.headers["content-security-policy"]
+        for url in ["/audit/record?table=review_orders&key=3", "/audit/export?format=csv"]:
+            page = http.get(url)
+            assert page.status_code == 500 and "Something went wrong" in page.text
+            assert "default-src 'none'" in page.headers["content-security-policy"]
 
 
 def test_without_allow_restore_there_is_no_restore(story: Story, engine: sa.Engine) -> None:

@@ -670,6 +670,10 @@ class Review:
         except VersioningError as exc:
             session.close()
             return self.error(base, 400, "This cannot be exported", str(exc))
+        except Exception as exc:
+            session.close()
+            _logged("an export", exc)
+            return self.unexpected(base)
         except BaseException:
             session.close()
             raise
