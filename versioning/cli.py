@@ -277,6 +277,12 @@ def moment(text: str, option: str) -> dt.datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
+def _transaction_or_moment(text: str, option: str) -> int | dt.datetime:
+    """A transaction id (digits) or a moment (:func:`moment`)."""
+    value = text.strip()
+    return int(value) if value.isdigit() else moment(value, option)
+
+
 def moment_or_age(text: str, option: str) -> dt.datetime | dt.timedelta:
     """A moment (:func:`moment`) or an age: ``90d``, ``12h``, ``7y`` (a year is 365 days)."""
     match = _AGE.match(text)
@@ -644,12 +650,6 @@ def verify(
                 _fail_on(error)
         connection.rollback()
     _report(report, output)
-
-
-def _transaction_or_moment(text: str, option: str) -> int | dt.datetime:
-    """A transaction id (digits) or a moment (:func:`moment`)."""
-    value = text.strip()
-    return int(value) if value.isdigit() else moment(value, option)
 
 
 def _report(report: integrity.Report, output: str) -> None:
