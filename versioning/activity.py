@@ -158,25 +158,14 @@ def activity(
     connection = _connection(bind, catalog)
     if wants_versions(filters):
         versions = {n: filters[n] for n in (*SHARED, *VERSION_ONLY) if filters.get(n) is not None}
-        found = entries(
-            connection,
-            catalog,
-            newest_first=newest_first,
-            chunk=chunk,
-            after=version_after,
-            **versions,
-        )
+        versions["after"] = version_after  # where the page starts (None: at the first)
+        found = entries(connection, catalog, newest_first=newest_first, chunk=chunk, **versions)
         streams.append((e.transaction_id, e) for e in found)
     if wants_events(filters, events):
         kinds = {n: filters[n] for n in EVENT_ONLY if filters.get(n) is not None}
+        kinds["after"] = event_after
         happened = iter_events(
-            connection,
-            catalog,
-            newest_first=newest_first,
-            chunk=chunk,
-            after=event_after,
-            **shared,
-            **kinds,
+            connection, catalog, newest_first=newest_first, chunk=chunk, **shared, **kinds
         )
         streams.append((e.transaction_id, e) for e in happened)
     # Within one transaction only one stream has rows (an event's transaction is its own), and
