@@ -12,11 +12,14 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from test_archiving import Base as ArchivedBase
+from test_archiving import story as archiving_story  # noqa: F401 - the fixture, used below
 from test_asyncio import _async_url
 
 import versioning
@@ -185,3 +188,46 @@ def test_the_async_form_and_the_command_line_take_a_range(
     assert cli("--since", "2000-01-01T00:00:00", "--until", str(ids[1])).returncode == 1
     wrong = cli("--since", "soon")
     assert wrong.returncode == 2 and "--since" in wrong.stderr
+
+
+@pytest.fixture
+def archived(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[sa.Engine, list[int]]:
+    """The archiving tests' nine transactions, the first seven (seals 1, 2) archived and
+    pruned."""
+    engine: sa.Engine = request.getfixturevalue("archiving_story")
+    with engine.connect() as connection:
+        ids = list(
+            connection.exec_driver_sql(f"SELECT id FROM {TRANSACTION_TABLE} ORDER BY id").scalars()
+        )
+    path = tmp_path / "first.jsonl"
+    before = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+    versioning.archive(engine, before=before, output=path, metadata=ArchivedBase.metadata)
+    versioning.prune(engine, archive=path, metadata=ArchivedBase.metadata)
+    return engine, ids
+
+
+def test_after_a_prune_a_range_after_the_horizon_verifies(
+    archived: tuple[sa.Engine, list[int]], sessions: Sessions
+) -> None:
+    engine, ids = archived  # transactions 1-7 (seals 1, 2) archived and pruned
+    with sessions() as session:
+        saved = versioning.digest(session, metadata=ArchivedBase.metadata)
+        assert saved is not None and saved.seal_id == 2
+        with pytest.raises(versioning.ArchivedError, match=rf"since={ids[6] + 1}\)"):
+            versioning.verify(session, metadata=ArchivedBase.metadata, since=ids[2])
+        assert versioning.seal(session, metadata=ArchivedBase.metadata) is not None  # seal 3
+        session.commit()
+        kept = versioning.verify(session, metadata=ArchivedBase.metadata, since=ids[7])
+        assert kept.ok and kept.transactions_checked == 3, kept.problems  # 8, 9, the prune's
+        assert versioning.verify(
+            session, [saved], metadata=ArchivedBase.metadata, since=ids[8] + 100
+        ).ok
+    _tamper(engine, "UPDATE versioning_seal SET hash = '" + "b" * 64 + "' WHERE id = 2")
+    with sessions() as session:
+        linked = versioning.verify(session, metadata=ArchivedBase.metadata, since=ids[7])
+        assert [p.detail[:31] for p in linked.problems] == ["seal 3 does not link to seal 2:"]
+        checked = versioning.verify(
+            session, [saved], metadata=ArchivedBase.metadata, since=ids[8] + 100
+        )
+        assert {p.kind for p in checked.problems} == {"chain", "digest"}
+        assert any("the last one archived" in p.detail for p in checked.problems)

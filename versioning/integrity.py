@@ -598,11 +598,14 @@ def _verify_range(
     span = _range(connection, target, bounds)
     pruned = horizon.current(connection, target.transactions)
     if span is not None and pruned is not None and span[0] <= pruned.transaction_id:
-        raise horizon.refuse(
-            f"versioning.verify() of transactions {span[0]} to {span[1]}: verify them with the "
-            f"archive (versioning.verify(archives=[...])), or start the range after the horizon",
-            pruned,
+        error = horizon.refuse("versioning.verify()", pruned)
+        error.args = (
+            f"versioning.verify() of a range from transaction {span[0]}: history up to "
+            f"transaction {pruned.transaction_id} was archived to {pruned.archive!r} and pruned "
+            f"from the database; start the range after it (since={pruned.transaction_id + 1}), "
+            f"or verify the archives with versioning.verify(archives=[...])",
         )
+        raise error
     covering: set[int] = set()
     if span is not None:
         verifier = _Verifier(connection, target, report, batch, progress, span)
@@ -625,7 +628,7 @@ def _verify_range(
         wanted |= set(range(start, max(item.seal_id for item in saved) + 1))
     elif saved:
         wanted |= {item.seal_id for item in saved}
-    _check_seals(connection, target, report, sorted(wanted), saved)
+    _check_seals(connection, target, report, sorted(wanted), saved, pruned)
 
 
 def _check_seals(
@@ -634,9 +637,12 @@ def _check_seals(
     report: Report,
     wanted: list[int],
     saved: list[Digest],
+    pruned: horizon.Horizon | None,
 ) -> None:
     """Recompute the seals ``wanted`` (ascending ids), each linked to the seal before it, and
-    check the saved digests of them."""
+    check the saved digests of them. A seal up to a prune's horizon lost the entries of the
+    pruned transactions: its link is checked, and the horizon's seal against the hash the prune
+    recorded (as a whole verify does)."""
     seals, entries = target.seals, target.entries
     name = seals.fullname
     rows: dict[int, RowMapping] = {}
@@ -677,6 +683,13 @@ def _check_seals(
                 f"seal {seal_id} does not link to seal {seal_id - 1}: its previous hash differs "
                 f"from that seal's hash; restore the seals from a backup"
             )
+        if pruned is not None and seal_id <= pruned.seal_id:
+            if seal_id == pruned.seal_id and current["hash"] != pruned.seal_hash:
+                chain(
+                    f"seal {seal_id}, the last one archived, differs from the hash its prune "
+                    f"recorded: the seal was changed; restore it from a backup"
+                )
+            continue
         links = connection.execute(
             sa.select(entries.c.transaction_id, entries.c.segment, entries.c.digest)
             .where(entries.c.seal_id == seal_id)
