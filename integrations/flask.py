@@ -259,6 +259,8 @@ def review_blueprint(
         elif page.stream is not None:
             response = Response(page.stream, status=page.status, headers=headers)
             response.content_type = page.content_type
+            if page.on_close is not None:  # the WSGI server closes it, client gone or not
+                response.call_on_close(page.on_close)
         else:
             response = Response(page.body, status=page.status, headers=headers)
             response.content_type = page.content_type
@@ -311,6 +313,12 @@ def review_blueprint(
             content_type="text/css",
             headers={**SECURITY_HEADERS, "Cache-Control": "max-age=3600"},
         )
+
+    @blueprint.route("/<path:rest>", methods=["GET", "HEAD", "POST"])
+    def not_found(rest: str) -> Response:
+        # Below the blueprint's own paths (a path converter matches last): its 404 page, with
+        # the review headers, as the Starlette app has it.
+        return respond(review.error(base(), 404, "Not found", "There is no such page."))
 
     if allow_restore:
 

@@ -16,6 +16,7 @@ from html import unescape
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+import anyio
 import pytest
 import sqlalchemy as sa
 from flask import Flask
@@ -36,6 +37,8 @@ from versioning.integrations.review.query import (
     Cursor,
     parse_filters,
 )
+
+from helpers import tamper
 
 Tables = Callable[[sa.MetaData], sa.Engine]
 SECRET = "a-test-secret-of-32-characters!!"
@@ -210,6 +213,53 @@ def test_keyset_pages_show_every_item_once(story: Story, engine: sa.Engine) -> N
         assert whole.count('class="item ') == 8 and 'rel="next"' not in whole
 
 
+@pytest.mark.parametrize("newest_first", [True, False])
+def test_activity_pages_by_a_plain_keyset(
+    story: Story, engine: sa.Engine, newest_first: bool
+) -> None:
+    """``versioning.activity.activity(after=...)`` takes the last item of a page or its keyset
+    (what the page keeps in its "next" link): the pages cover every item once, in order."""
+    from versioning.activity import activity
+    from versioning.catalog import from_metadata
+    from versioning.searching import Entry
+
+    catalog = from_metadata(ReviewBase.metadata)
+
+    def keyset(item: Entry | versioning.Event) -> tuple[int, str, int] | tuple[int, int]:
+        if isinstance(item, Entry):
+            return (item.transaction_id, item.history, item.version_id)
+        return (item.transaction_id, item.id)
+
+    with engine.connect() as connection:
+        whole = list(activity(connection, catalog, newest_first=newest_first))
+        assert len(whole) == 8 and any(isinstance(i, versioning.Event) for i in whole)
+        for size in (1, 3):
+            seen: list[Entry | versioning.Event] = []
+            after: Any = None
+            while True:
+                page = list(
+                    activity(
+                        connection,
+                        catalog,
+                        newest_first=newest_first,
+                        limit=size,
+                        chunk=size,
+                        after=after,
+                    )
+                )
+                seen.extend(page)
+                if len(page) < size:
+                    break
+                after = keyset(page[-1]) if size == 1 else page[-1]  # a keyset or the item
+            assert seen == whole
+        bob = list(activity(connection, catalog, actor="bob", after=keyset(whole[0])))
+        assert all(item.transaction.actor == "bob" for item in bob)
+        with pytest.raises(versioning.ArgumentError, match=r"after must be .*keyset"):
+            list(activity(connection, catalog, after=(1, 2, 3, 4)))  # type: ignore[arg-type]
+        with pytest.raises(versioning.ArgumentError, match=r"after must be .*keyset"):
+            list(activity(connection, catalog, after=("1", "orders", 2)))  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("query", "field"),
     [
@@ -286,9 +336,76 @@ def test_exports_of_the_current_filter(story: Story, engine: sa.Engine) -> None:
         assert http.get("/audit/export?since=never").status_code == 400
 
 
+def test_a_client_gone_mid_export_releases_its_session_at_once(
+    story: Story, engine: sa.Engine
+) -> None:
+    """The client disconnects after the first chunk of a long export: the stream stops and its
+    session is closed before the app returns (not when the garbage collector runs)."""
+    with Session(engine) as session:
+        session.add_all(Order(id=100 + n, customer_id=1, status="x" * 190) for n in range(1500))
+        session.commit()
+    closed: list[Session] = []
+
+    class Tracked(Session):
+        def close(self) -> None:
+            closed.append(self)
+            super().close()
+
+    app = review_app(sessionmaker(engine, class_=Tracked), authorize=allow)
+    bodies: list[bytes] = []
+
+    async def scenario() -> None:
+        first = anyio.Event()
+
+        async def receive() -> dict[str, Any]:
+            await first.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body" and message.get("body"):
+                bodies.append(message["body"])
+                first.set()
+                await anyio.sleep(0.2)  # a slow client: the disconnect arrives meanwhile
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": "/export",
+            "raw_path": b"/export",
+            "root_path": "",
+            "query_string": b"format=jsonl",
+            "headers": [],
+            "client": ("127.0.0.1", 5000),
+            "server": ("127.0.0.1", 80),
+        }
+        await app(scope, receive, send)  # type: ignore[arg-type]
+        assert closed  # released before the app returned
+
+    anyio.run(scenario)
+    assert 1 <= len(bodies) < 5  # the export (over 300 kB in 64 kB chunks) was cut short
+
+    # Flask: the WSGI server closes the response when the client goes; so does this one.
+    flask = Flask(__name__)
+    blueprint = review_blueprint(sessionmaker(engine, class_=Tracked), authorize=allow)
+    flask.register_blueprint(blueprint, url_prefix="/audit")
+    closed.clear()
+    response = flask.test_client().get("/audit/export?format=jsonl", buffered=False)
+    assert next(iter(response.response))  # the first chunk, then the client is gone
+    assert not closed
+    response.close()
+    assert closed
+    with client(engine) as http:  # the whole export, for comparison
+        assert len(http.get("/audit/export?format=jsonl").content) > 300_000
+
+
 def test_integrity_page(story: Story, engine: sa.Engine) -> None:
     with client(engine) as http:
-        assert "Nothing has been sealed yet" in http.get("/audit/integrity").text
+        unsealed = http.get("/audit/integrity").text
+        assert "Nothing has been sealed yet" in unsealed
+        assert re.search(r"not sealed yet: <strong>4</strong>", unsealed)  # 3 and the event
         assert http.get("/audit/integrity/digest.json").status_code == 404
         with Session(engine) as session:
             sealed = versioning.seal(session)
@@ -297,9 +414,50 @@ def test_integrity_page(story: Story, engine: sa.Engine) -> None:
         html = http.get("/audit/integrity").text
         assert sealed.hash in html
         assert re.search(r"not sealed yet: <strong>0</strong>", html)
+        assert f"counted from transaction {story.created}," in html
+        with Session(engine) as session:
+            session.get_one(Order, 2).status = "later"
+            session.commit()
+        html = http.get("/audit/integrity").text
+        assert re.search(r"not sealed yet: <strong>1</strong>", html)
         download = http.get("/audit/integrity/digest.json")
         assert versioning.Digest.from_json(download.text).hash == sealed.hash
         assert "Verified: nothing was changed." in http.get("/audit/integrity?verify=1").text
+
+
+def test_integrity_page_verifies_a_range(story: Story, engine: sa.Engine) -> None:
+    with Session(engine) as session:
+        versioning.seal(session)
+        session.commit()
+    history = versioning.history_table(Order)
+    with engine.begin() as connection, tamper(connection):
+        connection.execute(
+            history.update()
+            .where(history.c.versioning_transaction_id == story.created)
+            .values(status="forged")
+        )
+    with client(engine) as http:
+        page = http.get("/audit/integrity")
+        assert 'name="since"' in page.text and 'name="until"' in page.text
+        later = _text(http.get(f"/audit/integrity?verify=1&since={story.shipped}").text)
+        assert f"Transactions {story.shipped} to " in later
+        assert "Verified: nothing was changed." in later
+        assert "4 versions" in later  # bob's two, mallory's two: alice's are not read
+        first = http.get(f"/audit/integrity?verify=1&until={story.shipped}")
+        text = _text(first.text)
+        assert f"Transactions {story.created} to {story.created}" in text
+        assert "2 problem(s) found." in text and "was changed after it was written" in text
+        assert f'value="{story.shipped}"' in first.text  # the form shows the range back
+        by_date = _text(
+            http.get("/audit/integrity?verify=1&since=2000-01-01&until=2000-01-02").text
+        )
+        assert "No transaction in this range." in by_date
+        wrong = http.get("/audit/integrity?verify=1&since=soon")
+        assert wrong.status_code == 400 and "The field since cannot be used" in wrong.text
+        everything = _text(http.get("/audit/integrity?verify=1").text)
+        assert (
+            "2 problem(s) found." in everything and " and the seals linking them" not in everything
+        )
 
 
 def test_refusals_are_403_pages(story: Story, engine: sa.Engine) -> None:
@@ -357,6 +515,68 @@ def test_restore_needs_the_csrf_token_and_a_reason(story: Story, engine: sa.Engi
         assert "paid by mistake" in (versions[-1].transaction.reason or "")
 
 
+def test_a_restore_failing_outside_the_library_is_an_error_page(
+    story: Story, engine: sa.Engine, create_tables: Tables, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The application's own commit hook writes a row the database refuses (a real
+    IntegrityError at commit), or its actor callable fails: a 409 or 500 page with the review
+    headers, nothing changed, and the log names the error's class, never its message."""
+    extra = sa.MetaData()
+    tickets = sa.Table("review_tickets", extra, sa.Column("id", sa.Integer, primary_key=True))
+    create_tables(extra)
+    with engine.begin() as connection:
+        connection.execute(tickets.insert().values(id=1))
+    maker = sessionmaker(engine)
+
+    @sa.event.listens_for(maker, "before_commit")
+    def audit_ticket(session: Session) -> None:  # the application's hook: a duplicate key
+        session.execute(tickets.insert().values(id=1))
+
+    def failing_actor(request: Any) -> str:
+        raise RuntimeError("the directory is down")
+
+    options: dict[str, Any] = {"allow_restore": True, "secret": SECRET, "actor": reviewer}
+    app = Starlette(routes=[Mount("/audit", review_app(maker, authorize=allow, **options))])
+    with TestClient(app) as http:
+        page = http.get("/audit/record?table=review_orders&key=3")
+        with Session(engine) as session:
+            draft = versioning.history(session, Order, 3)[0]
+        form = _restore_form(page.text, draft.version_id)
+        refused = http.post("/audit/restore", data={**form, "reason": "undo"})
+        assert refused.status_code == 409
+        assert "The record could not be restored" in refused.text
+        assert "constraint" in refused.text and "Nothing was changed" in refused.text
+        assert "default-src 'none'" in refused.headers["content-security-policy"]
+    assert "IntegrityError" in caplog.text and "review_orders 3" in caplog.text
+    options["actor"] = failing_actor
+    with client(engine, **options) as http:
+        page = http.get("/audit/record?table=review_orders&key=3")
+        form = _restore_form(page.text, draft.version_id)
+        failed = http.post("/audit/restore", data={**form, "reason": "undo"})
+        assert failed.status_code == 500 and "it was logged" in failed.text
+        assert "default-src 'none'" in failed.headers["content-security-policy"]
+    assert "RuntimeError" in caplog.text and "the directory is down" not in caplog.text
+    with Session(engine) as session:
+        assert len(versioning.history(session, Order, 3)) == 2  # nothing was restored
+
+
+def test_a_page_failing_outside_the_library_is_an_error_page(
+    story: Story, engine: sa.Engine
+) -> None:
+    maker = sessionmaker(engine)
+
+    @sa.event.listens_for(maker, "after_begin")
+    def broken(session: Session, transaction: Any, connection: sa.Connection) -> None:
+        raise RuntimeError("the application's hook failed")
+
+    app = Starlette(routes=[Mount("/audit", review_app(maker, authorize=allow))])
+    with TestClient(app) as http:
+        for url in ["/audit/record?table=review_orders&key=3", "/audit/export?format=csv"]:
+            page = http.get(url)
+            assert page.status_code == 500 and "Something went wrong" in page.text
+            assert "default-src 'none'" in page.headers["content-security-policy"]
+
+
 def test_without_allow_restore_there_is_no_restore(story: Story, engine: sa.Engine) -> None:
     with client(engine) as http:
         page = http.get("/audit/record?table=review_orders&key=3")
@@ -409,6 +629,9 @@ def test_the_flask_blueprint_renders_the_same_pages(story: Story, engine: sa.Eng
         last = versioning.history(session, Order, 3)[-1]
         assert last.transaction is not None and last.transaction.actor == "reviewer-ann"
     assert Customer.__tablename__ in http.get("/audit/", headers=headers).text
+    missing = http.get("/audit/nowhere/at/all", headers=headers)
+    assert missing.status_code == 404 and "There is no such page." in missing.text
+    assert "default-src 'none'" in missing.headers["Content-Security-Policy"]
 
 
 def test_erased_values_stay_erased(story: Story, engine: sa.Engine) -> None:

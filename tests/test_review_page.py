@@ -278,8 +278,15 @@ def test_the_page_works_with_javascript_disabled(served: Served, browser: Any, k
         follow(page, page.get_by_role("link", name="review_orders 1", exact=True).first)
         assert page.locator("ol.timeline > li").count() >= 3
         follow(page, page.get_by_role("link", name="Integrity"))
-        follow(page, page.get_by_role("button", name="Verify every row, digest and seal now"))
+        follow(page, page.get_by_role("button", name="Verify now"))
         assert "Verified: nothing was changed." in page.locator(".result").inner_text()
+        # A range, through the form: the transactions from bob's on.
+        page.get_by_label("From").fill(str(served.story.shipped))
+        follow(page, page.get_by_role("button", name="Verify now"))
+        result = page.locator(".result").inner_text()
+        assert f"Transactions {served.story.shipped} to " in result
+        assert "Verified: nothing was changed." in result
+        assert page.get_by_label("From").input_value() == str(served.story.shipped)
     finally:
         plain.close()
 

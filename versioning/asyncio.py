@@ -257,11 +257,15 @@ async def verify(
     *,
     archives: list[Any] | tuple[Any, ...] = (),
     metadata: sa.MetaData | None = None,
+    since: dt.datetime | int | None = None,
+    until: dt.datetime | int | None = None,
 ) -> Report:
-    """Check every row, digest and seal (and ``archives``): the async form of
-    :func:`versioning.verify`."""
+    """Check every row, digest and seal (and ``archives``), or the range ``since``/``until``:
+    the async form of :func:`versioning.verify`."""
     return await _check(session, "verify").run_sync(
-        lambda sync: integrity.verify(sync, digests, archives=archives, metadata=metadata)
+        lambda sync: integrity.verify(
+            sync, digests, archives=archives, metadata=metadata, since=since, until=until
+        )
     )
 
 

@@ -348,6 +348,12 @@ def moment(text: str, option: str) -> dt.datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
+def _transaction_or_moment(text: str, option: str) -> int | dt.datetime:
+    """A transaction id (digits) or a moment (:func:`moment`)."""
+    value = text.strip()
+    return int(value) if value.isdigit() else moment(value, option)
+
+
 def moment_or_age(text: str, option: str) -> dt.datetime | dt.timedelta:
     """A moment (:func:`moment`) or an age: ``90d``, ``12h``, ``7y`` (a year is 365 days)."""
     match = _AGE.match(text)
@@ -655,6 +661,16 @@ def cli(context: click.Context, url: str | None, schema: str | None) -> None:
     help="Archive files (`versioning archive`), oldest first: without a URL they are checked "
     "alone, with one as one chain with the database. Repeatable.",
 )
+@click.option(
+    "--since",
+    metavar="ID|WHEN",
+    help="Check a range only: from this transaction id, or this moment (ISO 8601; UTC).",
+)
+@click.option(
+    "--until",
+    metavar="ID|WHEN",
+    help="Check a range only: before this transaction id, or this moment (ISO 8601; UTC).",
+)
 @click.pass_obj
 def verify(
     options: _Options,
@@ -662,11 +678,16 @@ def verify(
     output: str,
     batch: int,
     archives: tuple[str, ...],
+    since: str | None,
+    until: str | None,
 ) -> None:
     """Recompute every hash, digest and seal; exit 1 and list the problems if anything is wrong.
 
+    With --since/--until, only the transactions of that range and the seals linking them.
     Writes nothing."""
     saved = _digests(digests)
+    if (since is not None or until is not None) and archives:
+        raise BadValue("--archive checks the whole chain: leave out --since and --until")
     if archives and not options.url:
         _report(_verify_archives(archives, saved), output)
         return
@@ -679,6 +700,9 @@ def verify(
                 "this version of sqlalchemy-versioning does not have: upgrade it"
             )
         extra["archives"] = list(archives)
+    for name, text in (("since", since), ("until", until)):
+        if text is not None:
+            extra[name] = _transaction_or_moment(text, f"--{name}")
     with _connection(options) as connection:
         found = _catalog(connection, options)
         transactions = found.transaction

@@ -367,6 +367,22 @@ def _one_string(function: str, name: str, value: object) -> str | None:
     return value
 
 
+def _event_key(after: object, function: str) -> tuple[int, int]:
+    """The keyset ``(transaction id, event id)`` of an Event, or that pair itself."""
+    if isinstance(after, Event):
+        return after.transaction_id, after.id
+    if (
+        isinstance(after, tuple)
+        and len(after) == 2
+        and all(isinstance(n, int) and not isinstance(n, bool) for n in after)
+    ):
+        return after[0], after[1]
+    raise ArgumentError(
+        f"versioning.{function}(): after must be the last Event of the previous page (or its "
+        f"keyset, a (transaction_id, event_id) tuple), got {after!r}"
+    )
+
+
 def event_query(
     transactions: sa.Table,
     *,
@@ -434,16 +450,12 @@ def event_query(
             f"versioning.{function}(): newest_first must be True or False, got {newest_first!r}"
         )
     if after is not None:
-        if not isinstance(after, Event):
-            raise ArgumentError(
-                f"versioning.{function}(): after must be the last Event of the previous page, "
-                f"got {after!r}"
-            )
-        tx, own, last = events.c.transaction_id, events.c.id, after.transaction_id
+        last, last_id = _event_key(after, function)
+        tx, own = events.c.transaction_id, events.c.id
         if newest_first:
-            query = query.where(sa.or_(tx < last, sa.and_(tx == last, own < after.id)))
+            query = query.where(sa.or_(tx < last, sa.and_(tx == last, own < last_id)))
         else:
-            query = query.where(sa.or_(tx > last, sa.and_(tx == last, own > after.id)))
+            query = query.where(sa.or_(tx > last, sa.and_(tx == last, own > last_id)))
     if newest_first:
         query = query.order_by(events.c.transaction_id.desc(), events.c.id.desc())
     else:

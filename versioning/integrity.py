@@ -111,6 +111,11 @@ class Report:
     unsealed: int = 0
     #: Event rows (see :mod:`versioning.event_log`) checked, apart from ``versions_checked``.
     events_checked: int = 0
+    #: With ``since``/``until``: the first and last transaction ids of the range checked
+    #: (``None`` when no transaction falls in it); ``None`` for a whole verify.
+    transaction_range: tuple[int, int] | None = None
+    #: Whether only a range was checked (``verify(since=..., until=...)``).
+    partial: bool = False
 
     @property
     def ok(self) -> bool:
@@ -443,6 +448,8 @@ def verify(
     catalog: Catalog | None = None,
     batch: int = BATCH,
     progress: Callable[[Report], None] | None = None,
+    since: dt.datetime | int | None = None,
+    until: dt.datetime | int | None = None,
 ) -> Report:
     """Recompute every row hash, digest and seal the session reaches; writes nothing.
 
@@ -455,7 +462,14 @@ def verify(
     Given a ``Connection`` instead of a session, verifies what its database's registry
     (``versioning_catalog``, see :mod:`versioning.catalog`) describes, or ``catalog``, with no
     model imported. ``progress`` is called with the report so far after each batch.
+
+    ``since`` and ``until`` (a transaction id or a timezone-aware ``datetime``; ``since``
+    inclusive, ``until`` exclusive, as :func:`versioning.search` has them) check a range only:
+    its transactions against their digest rows, and the seals that link them (each recomputed,
+    and linked to the seal before it; with ``digests``, every seal up to theirs too). Nothing
+    outside the range is read; the report counts the range only.
     """
+    bounds = _bounds(since, until)
     if isinstance(archives, str | os.PathLike):
         raise ArgumentError(
             f"versioning.verify() takes archives=[path, ...], got a single path {archives!r}: "
@@ -470,11 +484,16 @@ def verify(
             )
     if not isinstance(batch, int) or batch < 1:
         raise ArgumentError(f"versioning.verify() takes batch= a positive int, got {batch!r}")
-    report = Report()
+    if bounds is not None and archives:
+        raise ArgumentError(
+            "versioning.verify(): archives= checks the whole chain, since=/until= a range of the "
+            "database: pass one or the other"
+        )
+    report = Report(partial=bounds is not None)
     if isinstance(session, Connection):
         target = _from_connection(session, catalog, "verify")
         _refuse_inexact(target)
-        _verify_target(session, target, report, batch, progress, saved, archives)
+        _verify_target(session, target, report, batch, progress, saved, archives, bounds)
         return report
     session = arguments.session(session, "verify")
     targets = _targets(session, metadata, "verify")
@@ -483,10 +502,63 @@ def verify(
             "versioning.verify(digests=..., archives=...) needs exactly one transaction table: "
             "pass metadata="
         )
+    if bounds is not None and len(targets) > 1:
+        raise ArgumentError(
+            "versioning.verify(since=..., until=...) needs exactly one transaction table: "
+            "pass metadata="
+        )
     for target in targets:
         connection = session.connection(bind_arguments={"mapper": target.mapper})
-        _verify_target(connection, target, report, batch, progress, saved, archives)
+        _verify_target(connection, target, report, batch, progress, saved, archives, bounds)
     return report
+
+
+Bound = dt.datetime | int | None
+
+
+def _bounds(since: Any, until: Any) -> tuple[Bound, Bound] | None:
+    """``since`` and ``until`` checked (``None``: no range asked for)."""
+    if since is None and until is None:
+        return None
+    checked: list[Bound] = []
+    for name, value in (("since", since), ("until", until)):
+        if value is None:
+            checked.append(None)
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | dt.datetime):
+            raise ArgumentError(
+                f"versioning.verify(): {name} must be a transaction id (an int) or a "
+                f"timezone-aware datetime, got {value!r}"
+            )
+        checked.append(arguments.moment(value, "verify"))
+    return checked[0], checked[1]
+
+
+def _range(
+    connection: Connection, target: _Target, bounds: tuple[Bound, Bound]
+) -> tuple[int, int] | None:
+    """The transaction ids ``[low, high]`` of ``since``/``until``; ``None`` if empty. A moment
+    is the ids of the transactions issued from it (inclusive) or before it (exclusive)."""
+    since, until = bounds
+    tx = target.transactions
+    issued = issued_at_utc(tx)
+    low = 1
+    high = 2**63 - 1
+    if isinstance(since, int):
+        low = max(since, 1)
+    elif since is not None:
+        found = connection.execute(sa.select(sa.func.min(tx.c.id)).where(issued >= since)).scalar()
+        if found is None:
+            return None
+        low = int(found)
+    if isinstance(until, int):
+        high = until - 1
+    elif until is not None:
+        found = connection.execute(sa.select(sa.func.max(tx.c.id)).where(issued < until)).scalar()
+        if found is None:
+            return None
+        high = int(found)
+    return (low, high) if low <= high else None
 
 
 def _verify_target(
@@ -497,7 +569,11 @@ def _verify_target(
     progress: Callable[[Report], None] | None,
     saved: list[Digest],
     archives: Sequence[str | os.PathLike[str]],
+    bounds: tuple[Bound, Bound] | None = None,
 ) -> None:
+    if bounds is not None:
+        _verify_range(connection, target, report, batch, progress, saved, bounds)
+        return
     _Verifier(connection, target, report, batch, progress).run()
     pruned = horizon.current(connection, target.transactions)
     _check_chain(connection, target, report, saved, pruned)
@@ -507,6 +583,152 @@ def _verify_target(
         from versioning.archive_chain import check_archives
 
         check_archives(connection, target, report, list(archives), saved, pruned)
+
+
+def _verify_range(
+    connection: Connection,
+    target: _Target,
+    report: Report,
+    batch: int,
+    progress: Callable[[Report], None] | None,
+    saved: list[Digest],
+    bounds: tuple[Bound, Bound],
+) -> None:
+    """Check the transactions of a range and the seals that link them; read nothing else."""
+    span = _range(connection, target, bounds)
+    pruned = horizon.current(connection, target.transactions)
+    if span is not None and pruned is not None and span[0] <= pruned.transaction_id:
+        error = horizon.refuse("versioning.verify()", pruned)
+        error.args = (
+            f"versioning.verify() of a range from transaction {span[0]}: history up to "
+            f"transaction {pruned.transaction_id} was archived to {pruned.archive!r} and pruned "
+            f"from the database; start the range after it (since={pruned.transaction_id + 1}), "
+            f"or verify the archives with versioning.verify(archives=[...])",
+        )
+        raise error
+    covering: set[int] = set()
+    if span is not None:
+        verifier = _Verifier(connection, target, report, batch, progress, span)
+        verifier.run()
+        if verifier.seen is not None:
+            report.transaction_range = verifier.seen
+        entries = target.entries
+        covering = {
+            int(seal_id)
+            for seal_id in connection.execute(
+                sa.select(entries.c.seal_id)
+                .where(entries.c.transaction_id.between(*span))
+                .distinct()
+            ).scalars()
+        }
+    wanted = set(covering)
+    if saved and (covering or span is None):
+        # A saved digest proves the seals before it only through every seal in between.
+        start = min(covering) if covering else min(item.seal_id for item in saved)
+        wanted |= set(range(start, max(item.seal_id for item in saved) + 1))
+    elif saved:
+        wanted |= {item.seal_id for item in saved}
+    _check_seals(connection, target, report, sorted(wanted), saved, pruned)
+
+
+def _check_seals(
+    connection: Connection,
+    target: _Target,
+    report: Report,
+    wanted: list[int],
+    saved: list[Digest],
+    pruned: horizon.Horizon | None,
+) -> None:
+    """Recompute the seals ``wanted`` (ascending ids), each linked to the seal before it, and
+    check the saved digests of them. A seal up to a prune's horizon lost the entries of the
+    pruned transactions: its link is checked, and the horizon's seal against the hash the prune
+    recorded (as a whole verify does)."""
+    seals, entries = target.seals, target.entries
+    name = seals.fullname
+    rows: dict[int, RowMapping] = {}
+    needed = sorted(set(wanted) | {i - 1 for i in wanted if i > 1})
+    for start in range(0, len(needed), 1000):
+        chunk = needed[start : start + 1000]
+        for row in connection.execute(
+            sa.select(
+                seals.c.id,
+                seals.c.previous_hash,
+                seals.c.hash,
+                seals.c.count,
+                seals.c.last_transaction_id,
+            ).where(seals.c.id.in_(chunk))
+        ).mappings():
+            rows[int(row["id"])] = row
+
+    def chain(detail: str) -> None:
+        report.problems.append(Problem("chain", name, None, None, detail))
+
+    for seal_id in wanted:
+        current = rows.get(seal_id)
+        if current is None:
+            if seal_id not in {item.seal_id for item in saved}:
+                chain(
+                    f"seal {seal_id}, which links transactions checked, is missing; restore the "
+                    f"seals from a backup"
+                )
+            continue
+        before = rows.get(seal_id - 1)
+        if seal_id > 1 and before is None:
+            chain(
+                f"seal(s) before seal {seal_id} are missing (seal {seal_id - 1} is not there); "
+                f"restore them from a backup"
+            )
+        elif current["previous_hash"] != (None if before is None else before["hash"]):
+            chain(
+                f"seal {seal_id} does not link to seal {seal_id - 1}: its previous hash differs "
+                f"from that seal's hash; restore the seals from a backup"
+            )
+        if pruned is not None and seal_id <= pruned.seal_id:
+            if seal_id == pruned.seal_id and current["hash"] != pruned.seal_hash:
+                chain(
+                    f"seal {seal_id}, the last one archived, differs from the hash its prune "
+                    f"recorded: the seal was changed; restore it from a backup"
+                )
+            continue
+        links = connection.execute(
+            sa.select(entries.c.transaction_id, entries.c.segment, entries.c.digest)
+            .where(entries.c.seal_id == seal_id)
+            .order_by(entries.c.position)
+        ).all()
+        value = seal_hash(
+            current["previous_hash"], seal_id, ((int(t), int(s), str(d)) for t, s, d in links)
+        )
+        if value != current["hash"] or len(links) != current["count"]:
+            chain(
+                f"seal {seal_id} does not match the digests it links: the seal or its entries "
+                f"in {entries.fullname} were changed; restore them from a backup"
+            )
+    for item in saved:
+        kept = rows.get(item.seal_id)
+        if kept is None:
+            report.problems.append(
+                Problem(
+                    "digest",
+                    name,
+                    None,
+                    None,
+                    f"seal {item.seal_id} of a saved digest is not in the database: the chain "
+                    f"was cut; restore the newest transactions and seals from a backup",
+                )
+            )
+        elif kept["hash"] != item.hash or int(kept["last_transaction_id"]) != (
+            item.last_transaction_id
+        ):
+            report.problems.append(
+                Problem(
+                    "digest",
+                    name,
+                    None,
+                    None,
+                    f"seal {item.seal_id} differs from the saved digest: the chain was "
+                    f"rewritten; compare the history with a backup taken before that seal",
+                )
+            )
 
 
 def _refuse_inexact(target: _Target) -> None:
@@ -607,7 +829,13 @@ class _Verifier:
         report: Report,
         batch: int,
         progress: Callable[[Report], None] | None = None,
+        span: tuple[int, int] | None = None,
     ):
+        #: The transaction ids read (all of them without a range).
+        self.low: int = 1 if span is None else span[0]
+        self.high: int | None = None if span is None else span[1]
+        #: The first and last transaction ids checked.
+        self.seen: tuple[int, int] | None = None
         self.progress = progress
         self.connection = connection
         self.target = target
@@ -632,16 +860,22 @@ class _Verifier:
         if self.events is not None:
             columns.append(self.events.c.transaction_id)
         starts = [
-            self.connection.execute(sa.select(sa.func.min(column)).where(column > cursor)).scalar()
+            self.connection.execute(
+                sa.select(sa.func.min(column)).where(
+                    column > cursor, *(() if self.high is None else (column <= self.high,))
+                )
+            ).scalar()
             for column in columns
         ]
         found = [int(s) for s in starts if s is not None]
         return min(found) if found else None
 
     def run(self) -> None:
-        cursor = 0
+        cursor = self.low - 1
         while (low := self._next(cursor)) is not None:
             high = low + self.batch - 1
+            if self.high is not None:
+                high = min(high, self.high)
             self._window(low, high)
             cursor = high
             if self.progress is not None:
@@ -751,6 +985,7 @@ class _Verifier:
     ) -> None:
         report = self.report
         report.transactions_checked += 1
+        self.seen = (tx_id, tx_id) if self.seen is None else (self.seen[0], tx_id)
         report.versions_checked += sum(len(r) for n, r in rows.items() if n != self.event_name)
         report.events_checked += len(rows.get(self.event_name or "", []))
         if not segments:

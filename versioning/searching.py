@@ -805,13 +805,29 @@ _OPERATIONS: dict[Any, Operation] = {
 }
 
 
+def entry_key(after: object, function: str) -> Key:
+    """The keyset of an :class:`Entry`, or a ``(transaction id, history table name, version
+    id)`` tuple checked."""
+    if isinstance(after, Entry):
+        return (after.transaction_id, after.history, after.version_id)
+    if isinstance(after, tuple) and len(after) == 3:
+        tx, name, version = after
+        numbers = all(isinstance(n, int) and not isinstance(n, bool) for n in (tx, version))
+        if numbers and isinstance(name, str):
+            return (tx, name, version)
+    raise ArgumentError(
+        f"versioning.{function}(): after must be the last Entry of the previous page (or its "
+        f"keyset, a (transaction_id, history_table_name, version_id) tuple), got {after!r}"
+    )
+
+
 def entries(
     bind: Session | sa.Connection,
     catalog: Catalog,
     *,
     table: str | None = None,
     key: Any = None,
-    after: Entry | None = None,
+    after: Entry | Key | None = None,
     limit: int | None = None,
     chunk: int = CHUNK,
     **filters: Any,
@@ -822,7 +838,8 @@ def entries(
     ``catalog`` names the history tables (:mod:`versioning.catalog`: ``from_session(session)``
     in-process, ``load(connection)`` from the database alone); ``table`` keeps one of them (live or
     history table name), ``key`` one record of it (its key values, a tuple for a composite key);
-    the other filters are :func:`search`'s.
+    the other filters are :func:`search`'s. ``after`` is the last Entry of the previous page, or
+    its keyset: ``(transaction id, history table name, version id)``.
     """
     checked = check_filters("entries", **filters)
     limit = check_limit(limit, "entries")
@@ -845,11 +862,7 @@ def entries(
             )
     elif key is not None:
         raise ArgumentError("versioning.entries(): key= needs table= (the record's table)")
-    after_key = None
-    if after is not None:
-        if not isinstance(after, Entry):
-            raise ArgumentError(f"versioning.entries(): after must be an Entry, got {after!r}")
-        after_key = (after.transaction_id, after.history, after.version_id)
+    after_key = None if after is None else entry_key(after, "entries")
     if isinstance(bind, Session):
         write_pending(bind)
         models = [entry.model for entry in catalog.tables if entry.model is not None]

@@ -8,17 +8,19 @@ page), then renders its page in the threadpool with a session of its own.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qsl
 
+import anyio
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from starlette.applications import Starlette
-from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from versioning.integrations.review import csrf
 from versioning.integrations.review.pages import CSS, SECURITY_HEADERS, Page, Review
@@ -27,6 +29,37 @@ __all__ = ["review_app"]
 
 #: The most of a restore form read (its fields are short).
 FORM_LIMIT = 16_384
+
+
+async def _chunks(stream: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """``stream``'s chunks, each made in the threadpool (its queries block)."""
+    while (chunk := await run_in_threadpool(next, stream, None)) is not None:
+        yield chunk
+
+
+class _Stream(StreamingResponse):
+    """A streamed page whose stream is closed, and ``on_close`` called, as soon as the response
+    ends: read to its end, or cut short because the client went away (Starlette then cancels
+    the response, or its ``send`` fails). The export's session is released at once, not when
+    the garbage collector finds the abandoned stream."""
+
+    def __init__(
+        self, stream: Iterator[bytes], on_close: Callable[[], None] | None, **options: Any
+    ) -> None:
+        super().__init__(_chunks(stream), **options)
+        self.stream = stream
+        self.on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                close = getattr(self.stream, "close", None)
+                if close is not None:
+                    await run_in_threadpool(close)
+                if self.on_close is not None:
+                    await run_in_threadpool(self.on_close)
 
 
 def review_app(
@@ -67,8 +100,9 @@ def review_app(
         if page.location is not None:
             response = RedirectResponse(page.location, status_code=page.status, headers=headers)
         elif page.stream is not None:
-            response = StreamingResponse(
-                iterate_in_threadpool(page.stream),
+            response = _Stream(
+                page.stream,
+                page.on_close,
                 status_code=page.status,
                 media_type=page.content_type,
                 headers=headers,

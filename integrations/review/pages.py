@@ -15,9 +15,10 @@ masked values are their mask's output there and erased values are marked, never 
 from __future__ import annotations
 
 import datetime as dt
-import heapq
 import io
 import json
+import logging
+import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ from versioning.catalog import Catalog, TableEntry, from_session, load
 from versioning.context import audit_context
 from versioning.declaration import Versioned
 from versioning.errors import CatalogError, ConfigurationError, VersioningError
-from versioning.event_log import Event, event_of, event_query, has_event_table
+from versioning.event_log import Event
 from versioning.exporting import CsvWriter, JsonLinesWriter, plain, record_text
 from versioning.integrations.review import csrf
 from versioning.integrations.review.query import (
@@ -47,8 +48,7 @@ from versioning.integrations.review.query import (
 from versioning.integrity import digest, verify
 from versioning.operation import Operation
 from versioning.reading import Transaction, as_of, history
-from versioning.restoring import restore
-from versioning.schema import event_table
+from versioning.restoring import _constraint, restore
 from versioning.searching import Entry, entries
 
 __all__ = ["SECURITY_HEADERS", "Page", "Review"]
@@ -64,6 +64,8 @@ SECURITY_HEADERS: dict[str, str] = {
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }
+
+_log = logging.getLogger("versioning")
 
 #: The actions ``authorize(request, action)`` is asked about.
 ACTIONS = ("view", "export", "restore")
@@ -85,6 +87,9 @@ class Page:
     headers: dict[str, str] = field(default_factory=dict)
     #: Where to send the browser (a 303 after a restore).
     location: str | None = None
+    #: Called once the stream is done with, read to its end or not (a client gone mid-export):
+    #: releases what it holds (its session). Safe to call more than once.
+    on_close: Callable[[], None] | None = None
 
 
 def _environment() -> jinja2.Environment:
@@ -205,29 +210,60 @@ def _groups(items: list[Item]) -> list[Group]:
     return out
 
 
-_NO_TRANSACTION = Transaction(0, dt.datetime(1970, 1, 1, tzinfo=dt.UTC), None, None, None, None)
-
-
-def _after_entry(cursor: Cursor) -> Entry:
-    """The stand-in of the last version of the previous page (``entries(after=)`` reads its
-    transaction id, history table name and version id only)."""
-    return Entry(
-        table="",
-        version_id=cursor.version_id,
-        transaction_id=cursor.transaction_id,
-        operation=Operation.INSERT,
-        key=(),
-        state={},
-        changes={},
-        erased=frozenset(),
-        transaction=_NO_TRANSACTION,
-        # An event's transaction holds no version: every version of it comes after "".
-        history=cursor.history if cursor.history is not None else "",
+def _logged(what: str, exc: BaseException) -> None:
+    """Log an error that is not the library's: its class and where it was raised, never its
+    message (a database's message may quote a record's values, masked ones included)."""
+    where = "".join(
+        f"\n  {frame.filename}:{frame.lineno} in {frame.name}"
+        for frame in traceback.extract_tb(exc.__traceback__)
     )
+    _log.error("versioning review page: %s failed with %s%s", what, type(exc).__name__, where)
 
 
-def _after_event(cursor: Cursor) -> Event:
-    return Event(cursor.event_id, cursor.transaction_id, "", "", None, None, _NO_TRANSACTION)
+def _first_linked(connection: sa.Connection, catalog: Catalog, newest: Any) -> int | None:
+    """The first transaction the newest seal links (its entry at position 0: an index probe)."""
+    entries = catalog.seal_entries
+    found = connection.execute(
+        sa.select(entries.c.transaction_id)
+        .where(entries.c.seal_id == newest.seal_id)
+        .order_by(entries.c.position)
+        .limit(1)
+    ).scalar()
+    return None if found is None else int(found)
+
+
+def _unsealed(connection: sa.Connection, catalog: Catalog, since: int | None) -> int:
+    """How many transactions from ``since`` on (all without) have a digest no seal links: a
+    range of the digest table's primary key, each probed in the seal entries' primary key. From
+    the newest seal's first transaction on, what it reads is about what was written since the
+    seal before it, whatever the size of history."""
+    digests, entries = catalog.digests, catalog.seal_entries
+    query = (
+        sa.select(sa.func.count(sa.distinct(digests.c.transaction_id)))
+        .select_from(digests)
+        .outerjoin(
+            entries,
+            sa.and_(
+                entries.c.transaction_id == digests.c.transaction_id,
+                entries.c.segment == digests.c.segment,
+            ),
+        )
+        .where(entries.c.transaction_id.is_(None))
+    )
+    if since is not None:
+        query = query.where(digests.c.transaction_id >= since)
+    return int(connection.execute(query).scalar_one())
+
+
+def _bound(params: Mapping[str, str], name: str, *, end: bool = False) -> int | dt.datetime | None:
+    """A verify range's end as typed: a transaction id, or a moment (see
+    :func:`~versioning.integrations.review.query.parse_moment`)."""
+    text = (params.get(name) or "").strip()
+    if not text:
+        return None
+    if text.isdigit() and len(text) <= 19:
+        return int(text)
+    return parse_moment(name, text, end=end)
 
 
 class Review:
@@ -339,9 +375,21 @@ class Review:
             return self.bad(base, problem)
         except VersioningError as exc:  # a filter the library refuses (e.g. before the horizon)
             return self.error(base, 400, "This cannot be shown", str(exc))
+        except Exception as exc:  # the database or the application: a page, not a traceback
+            _logged("a page", exc)
+            return self.unexpected(base)
         finally:
             session.rollback()
             session.close()
+
+    def unexpected(self, base: str) -> Page:
+        return self.error(
+            base,
+            500,
+            "Something went wrong",
+            "The page could not be shown because of an error in the database or the application "
+            "(it was logged). Nothing was changed; try again later.",
+        )
 
     def _table(self, catalog: Catalog, name: str) -> TableEntry:
         try:
@@ -394,58 +442,25 @@ class Review:
     ) -> tuple[list[Entry | Event], bool]:
         """One page of versions and events, newest first, after ``filters.after``; whether
         more follow."""
-        connection = self._connection(session, catalog)
         wanted = filters.size + 1
-        shared = {
-            name: getattr(filters, name)
-            for name in ("actor", "since", "until", "source_ip", "request_id")
-            if getattr(filters, name) is not None
-        }
-        streams: list[Iterator[Entry | Event]] = []
-        cursor = filters.after
-        if filters.outcome is None:
-            table = key = None
-            if filters.table is not None:
-                info = self._table(catalog, filters.table)
-                table = info.history.fullname
-                if filters.key is not None:
-                    key = self._key(info, filters.key)
-            streams.append(
-                entries(
-                    connection,
-                    catalog,
-                    table=table,
-                    key=key,
-                    operation=filters.operation,
-                    newest_first=True,
-                    limit=wanted,
-                    after=None if cursor is None else _after_entry(cursor),
-                    chunk=wanted,
-                    **shared,
-                )
-            )
-        events_wanted = filters.table is None and filters.operation is None
-        if events_wanted and has_event_table(connection, catalog.transaction):
-            query = event_query(
-                catalog.transaction,
+        given = filters.search()
+        if filters.table is not None:
+            info = self._table(catalog, filters.table)
+            given["table"] = info.history.fullname
+            if filters.key is not None:
+                given["key"] = self._key(info, filters.key)
+        found = list(
+            activity(
+                self._connection(session, catalog),
+                catalog,
                 newest_first=True,
                 limit=wanted,
-                after=None
-                if cursor is None or cursor.history is not None
-                else _after_event(cursor),
-                outcome=filters.outcome,
-                function="review",
-                **shared,
+                chunk=wanted,
+                after=None if filters.after is None else filters.after.key(),
+                **given,
             )
-            if cursor is not None and cursor.history is not None:
-                query = query.where(
-                    event_table(catalog.transaction).c.transaction_id < cursor.transaction_id
-                )
-            streams.append(event_of(row) for row in connection.execute(query).mappings())
-        merged = list(heapq.merge(*streams, key=lambda item: item.transaction_id, reverse=True))[
-            :wanted
-        ]
-        return merged[: filters.size], len(merged) > filters.size
+        )
+        return found[: filters.size], len(found) > filters.size
 
     # --- one transaction --------------------------------------------------------------------
 
@@ -593,23 +608,13 @@ class Review:
             catalog = self.catalog(session)
             connection = self._connection(session, catalog)
             newest = digest(connection, catalog=catalog)
-            digests, entries_ = catalog.digests, catalog.seal_entries
-            unsealed = connection.execute(
-                sa.select(sa.func.count(sa.distinct(digests.c.transaction_id)))
-                .select_from(digests)
-                .outerjoin(
-                    entries_,
-                    sa.and_(
-                        entries_.c.transaction_id == digests.c.transaction_id,
-                        entries_.c.segment == digests.c.segment,
-                    ),
-                )
-                .where(entries_.c.transaction_id.is_(None))
-            ).scalar_one()
+            counted_from = None if newest is None else _first_linked(connection, catalog, newest)
+            unsealed = _unsealed(connection, catalog, counted_from)
             report = problem = None
+            since, until = (_bound(params, "since"), _bound(params, "until", end=True))
             if params.get("verify"):
                 try:
-                    report = verify(connection, catalog=catalog)
+                    report = verify(connection, catalog=catalog, since=since, until=until)
                 except VersioningError as exc:
                     problem = str(exc)
             return self.render(
@@ -617,8 +622,10 @@ class Review:
                 base,
                 newest=newest,
                 unsealed=unsealed,
+                counted_from=counted_from,
                 report=report,
                 problem=problem,
+                form={name: (params.get(name) or "").strip() for name in ("since", "until")},
             )
 
         return self._read(base, work)
@@ -663,9 +670,17 @@ class Review:
         except VersioningError as exc:
             session.close()
             return self.error(base, 400, "This cannot be exported", str(exc))
+        except Exception as exc:
+            session.close()
+            _logged("an export", exc)
+            return self.unexpected(base)
         except BaseException:
             session.close()
             raise
+
+        def finish() -> None:
+            session.rollback()
+            session.close()
 
         def chunks() -> Iterator[bytes]:
             buffer = io.StringIO()
@@ -682,8 +697,7 @@ class Review:
                         buffer.truncate()
                 yield buffer.getvalue().encode("utf-8")
             finally:
-                session.rollback()
-                session.close()
+                finish()
 
         media = "text/csv; charset=utf-8" if kind == "csv" else "application/x-ndjson"
         return Page(
@@ -691,6 +705,7 @@ class Review:
             content_type=media,
             stream=chunks(),
             headers={"Content-Disposition": f'attachment; filename="history.{kind}"'},
+            on_close=finish,
         )
 
     # --- restore ----------------------------------------------------------------------------
@@ -748,6 +763,26 @@ class Review:
         except VersioningError as exc:
             session.rollback()
             return self.error(base, 409, "The record could not be restored", str(exc))
+        except sa.exc.IntegrityError as exc:  # e.g. a deferred constraint, checked at commit
+            session.rollback()
+            _logged(f"restoring {table_name} {key_text} (violating {_constraint(exc)})", exc)
+            return self.error(
+                base,
+                409,
+                "The record could not be restored",
+                f"The database refused the restore: it violates {_constraint(exc)}. Nothing was "
+                f"changed. Resolve the conflict (see the record's current state) and try again.",
+            )
+        except Exception as exc:
+            session.rollback()
+            _logged(f"restoring {table_name} {key_text}", exc)
+            return self.error(
+                base,
+                500,
+                "The record could not be restored",
+                "An error in the database or the application stopped the restore (it was "
+                "logged). Nothing was changed; try again later.",
+            )
         finally:
             session.close()
         where = urlencode({"table": table_name, "key": key_text})

@@ -47,6 +47,12 @@ class Cursor:
     version_id: int = 0
     event_id: int = 0
 
+    def key(self) -> tuple[int, str, int] | tuple[int, int]:
+        """The keyset :func:`versioning.activity.activity` takes as ``after=``."""
+        if self.history is not None:
+            return (self.transaction_id, self.history, self.version_id)
+        return (self.transaction_id, self.event_id)
+
     def text(self) -> str:
         if self.history is not None:
             return f"v.{self.transaction_id}.{self.version_id}.{self.history}"
