@@ -45,9 +45,8 @@ from versioning.schema import CHANGES, OPERATION, TRANSACTION_ID, VERSION_ID
 
 __all__ = [
     "PREFIX_CHARS",
-    "CanonicalJSON",
+    "JSONText",
     "canonical_value",
-    "changes_text",
     "converter",
     "dumps",
     "event_hash",
@@ -60,6 +59,7 @@ __all__ = [
     "rows_bytes",
     "segment_bytes",
     "segment_digest",
+    "stored_text",
     "transaction_bytes",
 ]
 
@@ -229,25 +229,25 @@ def dumps(value: Any) -> bytes:
     return _encode_json(value).encode()
 
 
-def _c_encoder() -> Callable[[Any], str]:
-    """The JSON text :data:`_ENCODER` writes for a value, by its C encoder, made once.
+def _c_encoder(encoder: json.JSONEncoder) -> Callable[[Any], str]:
+    """The JSON text ``encoder`` writes for a value, by its C encoder, made once.
 
     ``JSONEncoder.encode`` makes that encoder anew at each call, which costs as much as the
     encoding of a history row; it is private to :mod:`json`, so it is used only if it gives
-    ``_ENCODER.encode``'s text (that itself otherwise).
+    ``encoder.encode``'s text (that itself otherwise).
     """
     make = getattr(json.encoder, "c_make_encoder", None)
     if make is None:
-        return _ENCODER.encode
+        return encoder.encode
     try:
         encode = make(
             None,
-            _ENCODER.default,
+            encoder.default,
             json.encoder.encode_basestring,
             None,
             ":",
             ",",
-            True,
+            encoder.sort_keys,
             False,
             False,
         )
@@ -256,17 +256,23 @@ def _c_encoder() -> Callable[[Any], str]:
             return "".join(encode(value, 0))
 
         sample = ["a", 1, -2, True, None, 1.5, 'é\n"', {"b": [1, None], "a": {"c": "d"}}, []]
-        if fast(sample) != _ENCODER.encode(sample) or fast("é") != _ENCODER.encode("é"):
-            return _ENCODER.encode
-        fast([math.nan])  # must refuse NaN as dumps does
+        if fast(sample) != encoder.encode(sample) or fast("é") != encoder.encode("é"):
+            return encoder.encode
+        fast([math.nan])  # must refuse NaN as the encoder does
     except ValueError:
         return fast
     except Exception:  # another Python's private signature
-        return _ENCODER.encode
-    return _ENCODER.encode
+        return encoder.encode
+    return encoder.encode
 
 
-_encode_json = _c_encoder()
+_encode_json = _c_encoder(_ENCODER)
+
+#: A ``changes`` document as it is stored: compact, keys in the document's own order.
+_encode_stored = _c_encoder(
+    json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+)
+
 
 #: A JSON string literal, as the encoder writes it (``ensure_ascii=False``).
 _string: Callable[[str], str] = json.encoder.encode_basestring
@@ -378,19 +384,20 @@ def _operation(value: Any) -> str:
     return "[" + _text(value)
 
 
-class CanonicalJSON(str):
-    """A ``changes`` document's canonical JSON text (see :func:`changes_text`), which is also
-    what is stored: the history INSERT sends it as it is, instead of the driver serializing the
-    document once more (see ``versioning.recording``)."""
+class JSONText(str):
+    """A ``changes`` document's JSON text, made by :func:`stored_text`: the history INSERT
+    sends it as it is, instead of the driver serializing the document (see
+    ``versioning.recording``)."""
 
     __slots__ = ()
 
 
-def changes_text(value: Any) -> CanonicalJSON | None:
-    """The canonical JSON text of a ``changes`` document, or ``None`` if it is not plain JSON
-    (it then goes to the driver as a document; its hash uses its :func:`_json` form)."""
+def stored_text(value: Any) -> JSONText | None:
+    """The JSON text a ``changes`` document is stored as (compact; keys in the document's order,
+    nested ones too, as the driver would keep them), or ``None`` if it is not plain JSON (it then
+    goes to the driver as a document)."""
     try:
-        return CanonicalJSON(_encode_json(value))
+        return JSONText(_encode_stored(value))
     except (TypeError, ValueError):
         return None
 
@@ -400,8 +407,6 @@ def _changes(value: Any) -> str:
     # read back; _json only if it is not.
     if value is None:
         return ",null]"
-    if type(value) is CanonicalJSON:
-        return f",{value}]"
     try:
         return f",{_encode_json(value)}]"
     except (TypeError, ValueError):
