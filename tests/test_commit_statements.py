@@ -13,13 +13,14 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import Sessions
 from models import Base, Note
 from sqlalchemy import event
+from sqlalchemy.orm import Session
 
 from versioning import Operation, history
 
 Tables = Callable[[sa.MetaData], sa.Engine]
+Sessions = Callable[..., Session]
 
 
 @contextmanager

@@ -392,8 +392,10 @@ class _RowPlan:
             None if spec.discriminator is None else position[spec.history_names[spec.discriminator]]
         )
         self.classes: dict[Any, _ClassPlan] = {}
-        #: How to parse the ``changes`` column if it is read as text (see _CHANGES_AS_TEXT).
+        #: How to parse the ``changes`` column if it is read as text (see _JSON_AS_TEXT).
         self.changes_text: Callable[[str], Any] | None = None
+        #: How to parse ``issued_at`` if it is read as text (see _sqlite_issued_at).
+        self.issued_at_text: Callable[[Any], Any] | None = None
         self.plain = self._plan(spec) if spec.discriminator is None else None
 
     def _plan(self, vspec: ModelSpec) -> _ClassPlan:
@@ -432,7 +434,7 @@ class _RowPlan:
         transactions: dict[Any, Transaction] = {}
         operations, update, insert = _OPERATIONS, Operation.UPDATE, Operation.INSERT
         new_version, new_transaction, nothing = _new_version, _new_transaction, _NOTHING
-        plain, parse = self.plain, self.changes_text
+        plain, parse, parse_time = self.plain, self.changes_text, self.issued_at_text
         out: list[Version] = []
         append = out.append
         for row in rows:
@@ -464,6 +466,8 @@ class _RowPlan:
             transaction = transactions.get(tx_id)
             if transaction is None:
                 _, issued_at, actor, source_ip, request_id, reason, extra = tx_values(row)
+                if parse_time is not None:
+                    issued_at = parse_time(issued_at)
                 note = row[note_at]
                 if note is not None:
                     reason = note if reason is None else f"{reason}; {note}"
@@ -488,8 +492,6 @@ class _RowPlan:
 
 
 _TX_FIELDS = ("id", "issued_at", "actor", "source_ip", "request_id", "reason", "extra")
-#: Where :meth:`TransactionColumns.of` keeps its instance (in the transaction table's ``info``).
-_TX_COLUMNS = "versioning_transaction_columns"
 
 
 def _resolve_target(target: Any, pk: Any) -> tuple[ModelSpec, tuple[Any, ...]]:
@@ -584,25 +586,63 @@ def history(
     if not found:
         return []
     plan = _RowPlan(spec, list(statements[max(statements)].selected_columns.keys()), dialect)
-    if dialect.name in _CHANGES_AS_TEXT:
-        plan.changes_text = dialect._json_deserializer or json.loads
+    plan.changes_text = dialect._json_deserializer or json.loads
+    if dialect.name == "sqlite":
+        plan.issued_at_text = _sqlite_issued_at(dialect)
     if (
         pruned is not None
         and since is None
         and found[0][plan.transaction_id] <= pruned.transaction_id
     ):
         raise horizon.refuse(what, pruned)
-    return plan.versions(found, TransactionColumns.of(transactions))
+    return plan.versions(found, _transaction_columns(spec))
+
+
+def _transaction_columns(spec: ModelSpec) -> TransactionColumns:
+    """The :class:`TransactionColumns` of ``spec``'s transaction table, made once per model."""
+    cache_key = (TransactionColumns, spec.transactions)
+    found: TransactionColumns | None = spec.read_cache.get(cache_key)
+    if found is None:
+        found = spec.read_cache[cache_key] = TransactionColumns(spec.transactions)
+    return found
 
 
 #: The parameter of ``since`` in :func:`_history_statement`.
 _SINCE = "versioning_since"
 
-#: Dialects on which :func:`history` reads the ``changes`` document as text and parses it with
-#: the dialect's JSON deserializer itself (the same one the driver would use, so the same
-#: values): psycopg's loading of a ``json`` value costs twice as much (a third of the query's
-#: time for 200 versions).
-_CHANGES_AS_TEXT = frozenset({"postgresql"})
+#: :func:`history` reads the ``changes`` document as text and parses it with the dialect's JSON
+#: deserializer itself, the one SQLAlchemy (or psycopg) would use: the same values, for less
+#: (psycopg's loading of a ``json`` value costs twice as much: a third of the query's time for
+#: 200 versions). PostgreSQL needs a ``CAST`` for the driver to hand over the text.
+_JSON_AS_TEXT = sa.Text()
+
+
+def _changes_as_text(column: Any, dialect_name: str) -> Any:
+    if dialect_name == "postgresql":
+        return sa.cast(column, _JSON_AS_TEXT).label(CHANGES)
+    return sa.type_coerce(column, _JSON_AS_TEXT).label(CHANGES)
+
+
+_ISSUED_AT = "versioning_tx_issued_at"
+
+
+def _sqlite_issued_at(dialect: Dialect) -> Callable[[Any], Any]:
+    """SQLite: a transaction's ``issued_at`` read as its stored text, made the ``datetime`` that
+    :class:`~versioning.schema.UTCDateTime` gives, by ``fromisoformat`` for the text the library
+    writes (``YYYY-MM-DD HH:MM:SS.ffffff``: SQLAlchemy's parser, a regular expression, costs five
+    times as much), by that type's own processing for any other."""
+    slow = UTCDateTime().result_processor(dialect, None)
+    utc = dt.UTC
+
+    def parse(text: Any) -> Any:
+        if type(text) is str and len(text) == 26 and text[10] == " " and text[19] == ".":
+            try:
+                return dt.datetime.fromisoformat(text).replace(tzinfo=utc)
+            except ValueError:
+                pass
+        return text if slow is None else slow(text)
+
+    return parse
 
 
 def _history_statement(
@@ -612,14 +652,15 @@ def _history_statement(
     giving ``since``: ``None``, ``"id"``, ``"time"``, and dialect; kept in ``spec.read_cache``);
     the key's values are parameters ``versioning_pk_<i>``, ``since`` parameter :data:`_SINCE`.
 
-    On PostgreSQL the ``changes`` document is read as its text (see :data:`_CHANGES_AS_TEXT`).
+    The ``changes`` document is read as its text (see :data:`_JSON_AS_TEXT`), and on SQLite
+    the transaction's ``issued_at`` too (see :func:`_sqlite_issued_at`).
     """
     history_table = spec.history
     cache_key = (_history_statement, tuple(history_table.c.keys()), tolerant, by, dialect_name)
     found: sa.Select[Any] | None = spec.read_cache.get(cache_key)
     if found is not None:
         return found
-    joined = TransactionColumns.of(spec.transactions)
+    joined = _transaction_columns(spec)
     filters = _filters(
         spec, tuple(sa.bindparam(f"versioning_pk_{i}") for i in range(len(spec.pk_keys)))
     )
@@ -630,17 +671,16 @@ def _history_statement(
     select = _select(history_table, tolerant, *joined.columns)
     # The operation as the stored text: the versions are made with a dict lookup
     # (_OPERATIONS), not through the Enum type's result processing as well.
-    as_text = dialect_name in _CHANGES_AS_TEXT
-    select = select.with_only_columns(
-        *[
-            sa.type_coerce(column, sa.String()).label(OPERATION)
-            if column.name == OPERATION
-            else sa.cast(column, sa.Text()).label(CHANGES)
-            if as_text and column.name == CHANGES
-            else column
-            for column in select.selected_columns
-        ]
-    )
+    columns = []
+    for column in select.selected_columns:
+        if column.name == OPERATION:
+            column = sa.type_coerce(column, sa.String()).label(OPERATION)
+        elif column.name == CHANGES:
+            column = _changes_as_text(column, dialect_name)
+        elif column.name == _ISSUED_AT and dialect_name == "sqlite":
+            column = sa.type_coerce(spec.transactions.c.issued_at, sa.String()).label(_ISSUED_AT)
+        columns.append(column)
+    select = select.with_only_columns(*columns)
     found = spec.read_cache[cache_key] = (
         joined.join(select, history_table)
         .where(*filters)
@@ -666,14 +706,6 @@ class TransactionColumns:
         ]
         self.digests = integrity_tables(transactions)[0]
         self.columns = [*self.labels, self.digests.c.note.label("versioning_tx_note")]
-
-    @classmethod
-    def of(cls, transactions: sa.Table) -> TransactionColumns:
-        """The instance for ``transactions``, made once (kept with the table)."""
-        found: TransactionColumns | None = transactions.info.get(_TX_COLUMNS)
-        if found is None or found.transactions is not transactions:
-            found = transactions.info[_TX_COLUMNS] = cls(transactions)
-        return found
 
     def join(self, select: sa.Select[Any], history: sa.Table) -> sa.Select[Any]:
         transactions, digests = self.transactions, self.digests

@@ -112,6 +112,8 @@ TABLE_ROWS = (
     Row("as_of_ratio", "reads", "└ 10^5 ÷ 10^2 versions", None),
     Row("as_of_5_dt_ms", "reads", "`as_of`, 10^5 versions, `at` a datetime (ms)", "handwritten"),
     Row("history_ms", "reads", "`history()`, 200 versions (ms)", "handwritten"),
+    Row("history_least_ms", "reads", "└ least of 50 calls (ms)", "handwritten"),
+    Row("history_cpu_ms", "reads", "└ process CPU, least of 50 calls (ms)", "handwritten"),
     Row("insert_peak_mib", "memory", "inserts: peak memory, tracemalloc (MiB)", "plain"),
     Row("seal_100k_s", "integrity", "`seal()` of 100,000 transactions (s)", None),
     Row("verify_kversions_s", "integrity", "`verify()`: thousand versions per second", None),
