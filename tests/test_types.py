@@ -20,14 +20,16 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 import sqlalchemy_utils as su  # type: ignore[import-untyped]
-from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy_utils.types.choice import Choice  # type: ignore[import-untyped]
 
 from versioning import Operation, Versioned, as_of, history, restore
 from versioning.catalog import from_metadata
-from versioning.encoding import decode
+from versioning.encoding import decode, decoder
 from versioning.exporting import export, plain
+from versioning.reading import _sqlite_issued_at
+from versioning.schema import UTCDateTime
 from versioning.searching import EntryReader
 
 Tables = Callable[[sa.MetaData], sa.Engine]
@@ -462,3 +464,64 @@ def test_export_number_decoder_is_decodes() -> None:
             expected = decode(type_, stored, sqlite.dialect())
             got = fast(stored)
             assert type(got) is type(expected) and str(got) == str(expected), (type_, stored)
+
+
+@pytest.mark.parametrize(
+    "dialect",
+    [sqlite.dialect(), postgresql.dialect(), mysql.dialect(is_mariadb=True)],  # type: ignore[no-untyped-call]
+    ids=["sqlite", "postgresql", "mariadb"],
+)
+def test_history_decoders_give_what_decode_gives(dialect: sa.Dialect) -> None:
+    """``history()`` decodes ``changes`` with a decoder worked out once per column type: for
+    every type of the matrix and every kind of stored value (right, wrong, JSON of any shape),
+    it gives what ``decode`` gives, of the same type."""
+    stored_values: list[Any] = [
+        None, "12.30", "-0.05", "1E+3", "NaN", "abc", "", 5, 0, 2.5, True, False, [1, "a"],
+        {"k": [1]}, "2024-05-06T07:08:09.123456", "2024-05-06T07:08:09+02:00", "2024-05-06",
+        "07:08:09.5", "RED", "red", "std", "aGVsbG8=", "12345678-1234-5678-1234-567812345678",
+        -3, 10**20,
+    ]  # fmt: skip
+    types = [column.type for model in (Item, Event) for column in model.__table__.columns] + [
+        sa.Interval(),
+        sa.Float(),
+        sa.Numeric(asdecimal=False),
+        sa.ARRAY(sa.Integer()),
+    ]
+    for type_ in types:
+        fast = decoder(type_, dialect)
+        for stored in stored_values:
+            assert _outcome(lambda: fast(stored)) == _outcome(  # noqa: B023 - called at once
+                lambda: decode(type_, stored, dialect)  # noqa: B023
+            ), (type_, stored)
+
+
+def _outcome(call: Callable[[], Any]) -> tuple[type, str]:
+    """The type and ``repr`` of what ``call`` returns, or of the exception it raises."""
+    try:
+        got = call()
+    except Exception as error:  # decode lets a few through (uuid.UUID(5): AttributeError)
+        return type(error), str(error)
+    return type(got), repr(got)
+
+
+def test_history_reads_sqlite_issued_at_as_the_column_type_does() -> None:
+    """On SQLite ``history()`` parses a transaction's ``issued_at`` text itself: the same
+    ``datetime`` (aware, UTC) as :class:`~versioning.schema.UTCDateTime` gives, for the text
+    the library writes and for any other."""
+    dialect = sqlite.dialect()
+    fast = _sqlite_issued_at(dialect)
+    slow = UTCDateTime().result_processor(dialect, None)
+    assert slow is not None
+    for text in (
+        "2024-05-06 07:08:09.123456",
+        "2024-05-06 07:08:09.123000",
+        "1999-12-31 23:59:59.999999",
+        "2024-05-06 07:08:09",
+        "2024-05-06 07:08:09.5",
+        "2024-05-06T07:08:09.123456",
+        None,
+    ):
+        assert _outcome(lambda: fast(text)) == _outcome(lambda: slow(text)), text  # noqa: B023
+    assert fast("2024-05-06 07:08:09.123456") == dt.datetime(
+        2024, 5, 6, 7, 8, 9, 123456, tzinfo=dt.UTC
+    )

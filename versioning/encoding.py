@@ -16,6 +16,7 @@ import datetime as dt
 import enum
 import math
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -24,7 +25,7 @@ from sqlalchemy.engine import Dialect
 
 from versioning.errors import EncodingError
 
-__all__ = ["decode", "encode"]
+__all__ = ["decode", "decoder", "encode"]
 
 
 def _encode_plain(value: Any) -> Any:
@@ -152,3 +153,55 @@ def _decode(type_: sqltypes.TypeEngine[Any], data: Any, dialect: Dialect) -> Any
         if _overrides(type_, "process_result_value"):
             return type_.process_result_value(data, dialect)
     return _decode_plain(_python_type(type_), type_, data)
+
+
+#: What a converter raises on a value it does not accept (``decode`` then returns the value).
+_REFUSED = (LookupError, ValueError, TypeError, ArithmeticError)
+
+#: The conversion ``_decode_plain`` applies to a value that is not yet of the column's Python type.
+_CONVERTERS: dict[type, Callable[[Any], Any]] = {
+    Decimal: lambda data: Decimal(str(data)),
+    float: float,
+    dt.datetime: dt.datetime.fromisoformat,
+    dt.date: dt.date.fromisoformat,
+    dt.time: dt.time.fromisoformat,
+    dt.timedelta: lambda data: dt.timedelta(microseconds=data),
+    uuid.UUID: uuid.UUID,
+    bytes: base64.b64decode,
+}
+
+
+def _unchanged(data: Any) -> Any:
+    return data
+
+
+def decoder(type_: sqltypes.TypeEngine[Any], dialect: Dialect) -> Callable[[Any], Any]:
+    """``decode`` for one column type and dialect, worked out once: call it per value.
+
+    It gives exactly what ``decode(type_, data, dialect)`` gives. A plain type gets a function
+    that checks the value's type and converts it if needed; an ``ARRAY``, a ``TypeDecorator``
+    and an ``Enum`` with its class go through ``decode`` itself.
+    """
+    if isinstance(type_, sqltypes.ARRAY | sqltypes.TypeDecorator) or (
+        isinstance(type_, sqltypes.Enum) and type_.enum_class is not None
+    ):
+        return lambda data: decode(type_, data, dialect)
+    python_type = _python_type(type_)
+    if python_type is None:
+        return _unchanged
+    convert = _CONVERTERS.get(python_type)
+    if convert is None:
+        if not issubclass(python_type, enum.Enum):
+            return _unchanged  # str, int, bool, dict, list...: returned as they are
+        convert = python_type.__getitem__
+    kind: type = python_type
+
+    def decode_one(data: Any) -> Any:
+        if data is None or isinstance(data, kind):
+            return data
+        try:
+            return convert(data)
+        except _REFUSED:
+            return data
+
+    return decode_one

@@ -45,13 +45,24 @@ ROOT = HERE.parent.parent
 WORKER = HERE / "worker.py"
 
 BACKENDS = ("sqlite", "postgresql", "mariadb")
-CONTENDERS = ("plain", "handwritten", "versioning", "undigested", "continuum", "history")
+CONTENDERS = (
+    "plain",
+    "handwritten",
+    "correctfloor",
+    "versioning",
+    "undigested",
+    "continuum",
+    "history",
+)
 GROUPS = ("write", "session", "bulk", "reads", "memory", "integrity", "digests")
 #: Contenders the reads group is run for (the peers have no ``as_of``).
 READERS = ("handwritten", "versioning")
 PEERS = ("continuum", "history")
 #: The groups the library without its digests runs (what the digests cost on the write path).
 UNDIGESTED_GROUPS = ("write", "session")
+#: The groups the correct floor runs: it differs from the naive floor only where a flush updates
+#: or deletes rows (its reads and bulk update are the naive floor's).
+CORRECT_FLOOR_GROUPS = ("write", "session")
 
 POSTGRESQL_URL = os.environ.get(
     "VERSIONING_BENCH_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432"
@@ -70,7 +81,8 @@ def _dist(name: str) -> str:
 
 TITLES = {
     "plain": "plain SQLAlchemy",
-    "handwritten": "hand-written lower bound",
+    "handwritten": "hand-written lower bound (naive floor)",
+    "correctfloor": "correct floor (+ locked read)",
     "versioning": "sqlalchemy-versioning",
     "undigested": "sqlalchemy-versioning, digests off",
     "continuum": f"SQLAlchemy-Continuum {_dist('sqlalchemy-continuum')}",
@@ -100,6 +112,8 @@ TABLE_ROWS = (
     Row("as_of_ratio", "reads", "└ 10^5 ÷ 10^2 versions", None),
     Row("as_of_5_dt_ms", "reads", "`as_of`, 10^5 versions, `at` a datetime (ms)", "handwritten"),
     Row("history_ms", "reads", "`history()`, 200 versions (ms)", "handwritten"),
+    Row("history_least_ms", "reads", "└ least of 50 calls (ms)", "handwritten"),
+    Row("history_cpu_ms", "reads", "└ process CPU, least of 50 calls (ms)", "handwritten"),
     Row("insert_peak_mib", "memory", "inserts: peak memory, tracemalloc (MiB)", "plain"),
     Row("seal_100k_s", "integrity", "`seal()` of 100,000 transactions (s)", None),
     Row("verify_kversions_s", "integrity", "`verify()`: thousand versions per second", None),
@@ -258,6 +272,8 @@ def run_backend(backend: str, args: argparse.Namespace) -> BackendRun:
                             continue
                         if contender == "undigested" and group not in UNDIGESTED_GROUPS:
                             continue
+                        if contender == "correctfloor" and group not in CORRECT_FLOOR_GROUPS:
+                            continue
                         if contender in PEERS and repeat >= args.peer_runs:
                             continue
                         t0 = time.perf_counter()
@@ -353,11 +369,12 @@ def render_cell(run: BackendRun, contender: str, row: Row) -> str:
     return text
 
 
-def versus_lower_bound(run: BackendRun, row: Row) -> str:
+def versus_lower_bound(run: BackendRun, row: Row, floor_name: str = "handwritten") -> str:
+    """This library over a floor (``handwritten``: naive; ``correctfloor``), paired by run."""
     if row.base is None:
         return ""
     ours = run.cells.get(("versioning", row.metric))
-    floor = run.cells.get(("handwritten", row.metric))
+    floor = run.cells.get((floor_name, row.metric))
     if ours is None or floor is None or ours.errors or floor.errors:
         return ""
     paired = ours.ratio_to(floor)
@@ -374,6 +391,7 @@ def table(run: BackendRun, contenders: list[str]) -> str:
     title = BACKEND_TITLES[run.backend]
     if run.unavailable is not None:
         return f"### {title}\n\nnot run: {run.unavailable}\n"
+    correct = "correctfloor" in contenders
     lines = [
         f"### {title} ({run.server}; {_runs(run.runs)}"
         + (f", peers {_runs(run.peer_runs)}" if run.peer_runs else "")
@@ -381,15 +399,19 @@ def table(run: BackendRun, contenders: list[str]) -> str:
         "",
         "| workload | "
         + " | ".join(TITLES[c] for c in contenders)
-        + " | sqlalchemy-versioning ÷ lower bound |",
-        "|---|" + "---:|" * len(contenders) + "---:|",
+        + " | sqlalchemy-versioning ÷ lower bound |"
+        + (" sqlalchemy-versioning ÷ correct floor |" if correct else ""),
+        "|---|" + "---:|" * len(contenders) + "---:|" * (2 if correct else 1),
     ]
     for row in TABLE_ROWS:
         if not any((c, row.metric) in run.cells for c in contenders):
             continue
         cells = [render_cell(run, c, row) for c in contenders]
         lines.append(
-            f"| {row.label} | " + " | ".join(cells) + f" | {versus_lower_bound(run, row)} |"
+            f"| {row.label} | "
+            + " | ".join(cells)
+            + f" | {versus_lower_bound(run, row)} |"
+            + (f" {versus_lower_bound(run, row, 'correctfloor')} |" if correct else "")
         )
     return "\n".join(lines) + "\n"
 
@@ -456,7 +478,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--contenders",
         default=",".join(CONTENDERS),
         type=lambda v: _names(v, CONTENDERS, "contender"),
-        help="comma-separated (default: all five)",
+        help="comma-separated (default: all)",
     )
     parser.add_argument(
         "--groups",
