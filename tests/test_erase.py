@@ -27,6 +27,7 @@ from versioning import (
     masks,
 )
 from versioning.personal import PERSONAL, committed_view
+from versioning.schema import CHANGES
 
 from helpers import tamper
 
@@ -454,7 +455,10 @@ def test_the_view_of_a_row_as_written_is_the_view_as_read_back(
     def capture(conn: Any, clauseelement: Any, multiparams: Any, params: Any, options: Any) -> None:
         if isinstance(clauseelement, sa.Insert) and clauseelement.table.fullname == table.fullname:
             for row in multiparams or [params]:
-                written.append(dict(row))
+                as_written = dict(row)
+                if isinstance(as_written.get(CHANGES), str):  # sent as its JSON text
+                    as_written[CHANGES] = json.loads(as_written[CHANGES])
+                written.append(as_written)
 
     sa.event.listen(engine, "before_execute", capture)
     try:

@@ -631,6 +631,22 @@ def _verify_range(
     _check_seals(connection, target, report, sorted(wanted), saved, pruned)
 
 
+def _links_match(
+    connection: Connection, entries: sa.Table, seal_id: int, seal_row: RowMapping
+) -> bool:
+    """Whether seal ``seal_id`` (its row) is the hash of the digests its entries link, and links
+    as many as it says."""
+    links = connection.execute(
+        sa.select(entries.c.transaction_id, entries.c.segment, entries.c.digest)
+        .where(entries.c.seal_id == seal_id)
+        .order_by(entries.c.position)
+    ).all()
+    value = seal_hash(
+        seal_row["previous_hash"], seal_id, ((int(t), int(s), str(d)) for t, s, d in links)
+    )
+    return bool(value == seal_row["hash"] and len(links) == seal_row["count"])
+
+
 def _check_seals(
     connection: Connection,
     target: _Target,
@@ -690,15 +706,7 @@ def _check_seals(
                     f"recorded: the seal was changed; restore it from a backup"
                 )
             continue
-        links = connection.execute(
-            sa.select(entries.c.transaction_id, entries.c.segment, entries.c.digest)
-            .where(entries.c.seal_id == seal_id)
-            .order_by(entries.c.position)
-        ).all()
-        value = seal_hash(
-            current["previous_hash"], seal_id, ((int(t), int(s), str(d)) for t, s, d in links)
-        )
-        if value != current["hash"] or len(links) != current["count"]:
+        if not _links_match(connection, entries, seal_id, current):
             chain(
                 f"seal {seal_id} does not match the digests it links: the seal or its entries "
                 f"in {entries.fullname} were changed; restore them from a backup"
@@ -1314,15 +1322,7 @@ def _check_chain(
             previous = str(row["hash"])
             expected_id = seal_id + 1
             continue
-        links = connection.execute(
-            sa.select(entries.c.transaction_id, entries.c.segment, entries.c.digest)
-            .where(entries.c.seal_id == seal_id)
-            .order_by(entries.c.position)
-        ).all()
-        value = seal_hash(
-            row["previous_hash"], seal_id, ((int(t), int(s), str(d)) for t, s, d in links)
-        )
-        if value != row["hash"] or len(links) != row["count"]:
+        if not _links_match(connection, entries, seal_id, row):
             report.problems.append(
                 Problem(
                     "chain",

@@ -586,7 +586,7 @@ def history(
     if not found:
         return []
     plan = _RowPlan(spec, list(statements[max(statements)].selected_columns.keys()), dialect)
-    plan.changes_text = dialect._json_deserializer or json.loads
+    plan.changes_text = _compat.json_deserializer(dialect) or json.loads
     if dialect.name == "sqlite":
         plan.issued_at_text = _sqlite_issued_at(dialect)
     if (
