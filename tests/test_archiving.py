@@ -297,6 +297,13 @@ def test_before_the_horizon_raises(story: sa.Engine, sessions: Sessions, tmp_pat
         restored = versioning.restore(session, Order, 1, at=ids[6])
         assert restored.status == "shipped"
         session.rollback()
+        # A search of the horizon's own transaction is refused, and the message says where one
+        # may start (a moment may be the horizon itself; a search starts after it).
+        with pytest.raises(ArchivedError) as refused:
+            versioning.search(session, transaction_id=ids[6])
+        assert f"transaction id >= {ids[6]}" in str(refused.value)
+        assert f"search from a transaction id > {ids[6]}" in str(refused.value)
+        assert versioning.search(session, transaction_id=ids[7])
 
 
 def _rewrite(path: Path, change: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]) -> Path:

@@ -158,9 +158,10 @@ class ArchivedError(VersioningError):
         super().__init__(
             f"{what}: history up to the horizon (transaction {horizon_transaction_id}, issued at "
             f"{horizon_issued_at.isoformat()}) was archived to {archive!r} (data SHA-256 "
-            f"{archive_sha256[:16]}...) and pruned from the database. Ask for a moment after the "
-            f"horizon (a transaction id >= {horizon_transaction_id}, or a time after "
-            f"{horizon_issued_at.isoformat()}), or read the archive with "
+            f"{archive_sha256[:16]}...) and pruned from the database. Ask for a moment at or after "
+            f"the horizon (a transaction id >= {horizon_transaction_id}, or a time after "
+            f"{horizon_issued_at.isoformat()}), search from a transaction id > "
+            f"{horizon_transaction_id} or a time after it, or read the archive with "
             f"versioning.read_archive(path)"
         )
 
