@@ -1042,3 +1042,42 @@ def test_hashing_a_table_does_not_keep_it_alive() -> None:
     del table
     gc.collect()
     assert gone() is None
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"amount": ["10.5", "11"], "status": ["new", "paid"]},  # sorted: one encoding serves both
+        {"status": ["new", "paid"], "amount": ["10.5", "11"]},  # not sorted
+        {"doc": [{"b": 1, "a": 2}, None]},  # a nested object: its keys are sorted in the hash
+        {"name": ["{not an object}", "x"]},  # a brace in a string: the slow way, same result
+        {"n": [1.5, None], "t": [True, 'Grüße\n"q"']},
+        {},
+    ],
+)
+def test_a_changes_document_hashes_the_same_whether_sent_as_text_or_not(
+    document: dict[str, Any],
+) -> None:
+    """The history INSERT sends a ``changes`` document as its stored text and, where that text
+    is also the canonical one (keys sorted, nothing nested), the row's hash takes it as it is:
+    the hash must be the one of the document itself, and the text the document's own order."""
+    from versioning.canonical import SortedJSONText, stored_text
+    from versioning.recording import _hash_rows
+
+    table = sa.Table(
+        "integ_doc_history",
+        sa.MetaData(),
+        sa.Column("versioning_id", sa.Integer, primary_key=True),
+        sa.Column("versioning_operation", sa.String(8)),
+        sa.Column("id", sa.Integer),
+        sa.Column("versioning_changes", sa.JSON),
+    )
+    row = {"versioning_id": None, "versioning_operation": "update", "id": 1}
+    expected = row_hash(table, {**row, "versioning_changes": document})
+    batch = [{**row, "versioning_changes": dict(document)}]
+    assert _hash_rows(table, batch) == [expected]
+    text = batch[0]["versioning_changes"]
+    assert json.loads(text) == document and list(json.loads(text)) == list(document)
+    sorted_text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    simple = text == sorted_text and "{" not in text[1:]
+    assert (type(stored_text(document)) is SortedJSONText) == simple

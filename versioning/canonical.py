@@ -46,6 +46,7 @@ from versioning.schema import CHANGES, OPERATION, TRANSACTION_ID, VERSION_ID
 __all__ = [
     "PREFIX_CHARS",
     "JSONText",
+    "SortedJSONText",
     "canonical_value",
     "converter",
     "dumps",
@@ -392,21 +393,42 @@ class JSONText(str):
     __slots__ = ()
 
 
+class SortedJSONText(JSONText):
+    """A :class:`JSONText` that is also the document's canonical text (:func:`dumps`): its keys
+    were in sorted order already. The row's hash takes it as it is, instead of encoding the
+    document a second time."""
+
+    __slots__ = ()
+
+
 def stored_text(value: Any) -> JSONText | None:
     """The JSON text a ``changes`` document is stored as (compact; keys in the document's order,
     nested ones too, as the driver would keep them), or ``None`` if it is not plain JSON (it then
-    goes to the driver as a document)."""
+    goes to the driver as a document). A :class:`SortedJSONText` when that is also its canonical
+    text."""
     try:
-        return JSONText(_encode_stored(value))
+        text = _encode_stored(value)
     except (TypeError, ValueError):
         return None
+    # Sorted already if no object is nested in it (no other brace, one inside a string too:
+    # that one only costs the second encoding) and its own keys are in order.
+    if type(value) is dict and text.find("{", 1) == -1:
+        keys = list(value)
+        try:
+            if keys == sorted(keys):
+                return SortedJSONText(text)
+        except TypeError:  # keys of mixed types: the canonical encoding refuses them too
+            pass
+    return JSONText(text)
 
 
 def _changes(value: Any) -> str:
     # The changes document is plain JSON already (see versioning.encoding), as written and as
-    # read back; _json only if it is not.
+    # read back; _json only if it is not. A SortedJSONText is its canonical text already.
     if value is None:
         return ",null]"
+    if type(value) is SortedJSONText:
+        return f",{value}]"
     try:
         return f",{_encode_json(value)}]"
     except (TypeError, ValueError):
