@@ -34,7 +34,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import InstanceState, Mapper, Session, UOWTransaction
 from sqlalchemy.orm.base import NO_VALUE
 
-from versioning import guard, live_rows, stored
+from versioning import cascades, guard, live_rows, stored, trusted
 from versioning.declaration import ModelSpec, Versioned, versioned_spec
 from versioning.errors import VersioningError
 from versioning.history_rows import Change
@@ -70,17 +70,34 @@ def _flush_state(session: Session) -> _FlushState:
     return state
 
 
-def _needs_pre_image(state: InstanceState[Any], spec: ModelSpec, deleting: bool) -> bool:
+def _trusts(state: InstanceState[Any], spec: ModelSpec, session: Session) -> bool:
+    """Whether the session's values of the record are its row's: a mapper with a
+    ``version_id_col`` (a stale row would fail its UPDATE), or values the database guarantees
+    current for this transaction (see :mod:`versioning.trusted`)."""
+    if spec.trusts_session:
+        return True
+    # A record with versioned children cascaded by the database keeps its locked read: the
+    # lock also keeps new children from being added under it (see versioning.cascades).
+    return trusted.is_current(state, session) and not _cascades(state.mapper)
+
+
+def _cascades(mapper: Mapper[Any]) -> bool:
+    return any(e.ondelete is not None or e.onupdate is not None for e in cascades.edges(mapper))
+
+
+def _needs_pre_image(
+    state: InstanceState[Any], spec: ModelSpec, deleting: bool, session: Session
+) -> bool:
     """Whether this flush must read the record's current row before writing it.
 
     Values a session loaded earlier may be stale — another transaction may have committed a
-    change since — so the row being updated or deleted is read (and locked) first. Only a mapper
-    with a ``version_id_col`` can trust its session: a stale row would fail its UPDATE.
+    change since — so the row being updated or deleted is read (and locked) first, unless the
+    session can be trusted (see :func:`_trusts`).
     """
     committed = state.committed_state
     loaded = state.dict
     if deleting:
-        if not spec.trusts_session:
+        if not _trusts(state, spec, session):
             return True
         return any(committed.get(key, loaded.get(key, NO_VALUE)) is NO_VALUE for key in spec.attrs)
     changed = False
@@ -91,7 +108,7 @@ def _needs_pre_image(state: InstanceState[Any], spec: ModelSpec, deleting: bool)
             changed = True
     if not changed:
         return False
-    if not spec.trusts_session:
+    if not _trusts(state, spec, session):
         return True
     return any(key not in loaded and key not in committed for key in spec.attrs)
 
@@ -138,7 +155,7 @@ def _before_flush(session: Session, flush_context: UOWTransaction, instances: ob
             if (
                 spec is not None
                 and state.key is not None
-                and _needs_pre_image(state, spec, deleting)
+                and _needs_pre_image(state, spec, deleting, session)
             ):
                 wanted.setdefault(state.mapper, []).append((_identity(state, spec), state))
     session.info.pop(_FLUSH_STATE, None)  # what a previous (failed) flush left
@@ -174,12 +191,14 @@ def _before_values(
 ) -> dict[str, Any] | None:
     """The record's versioned values before this flush, or ``None`` if some are not known.
 
-    The row read from the database wins; the session's own values serve only a mapper that can
-    trust them (see :func:`_needs_pre_image`).
+    The row read from the database wins; the session's own values serve only where they can be
+    trusted (see :func:`_trusts`), with what the database stored for values a flush of this
+    session sent and the database kept otherwise.
     """
     if pre_image is not None:
         return dict(pre_image)
-    if not spec.trusts_session:
+    session = state.session
+    if session is None or not _trusts(state, spec, session):
         return None
     committed = state.committed_state
     loaded = state.dict
@@ -194,7 +213,7 @@ def _before_values(
         else:
             return None
         out[key] = value
-    return out
+    return _stored_before(state, out) if _stored_values else out
 
 
 def _note_before(state: InstanceState[Any], connection: Connection, deleting: bool) -> None:
@@ -451,8 +470,6 @@ def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
                 continue  # no versioned column changed
             target = updates
             operation = Operation.UPDATE
-            if spec.trusts_session and _stored_values:
-                before = _stored_before(state, before)
         changed = tracker.changed.get(state, _NOTHING) if tracker is not None else _NOTHING
         checks = checks_of.get(spec)
         if checks is None:
@@ -507,8 +524,7 @@ def _read_back(
                 f"{_new_identity(change.state, spec)!r} after the flush to record its "
                 f"history: the row is not there"
             )
-        if spec.trusts_session:
-            _remember_stored(change.state, stored.checks(spec, dialects[spec]), values)
+        _remember_stored(change.state, stored.checks(spec, dialects[spec]), values)
         for key in spec.attrs:
             after[key] = values[key]
 

@@ -102,6 +102,7 @@ class Row:
 TABLE_ROWS = (
     Row("inserts_s", "write", "inserts: 5,000 rows, commits of 500 (s)", "plain"),
     Row("updates_s", "write", "updates: 2 columns of 5,000 rows, commits of 500 (s)", "plain"),
+    Row("updates_rr_s", "write", "└ the same under REPEATABLE READ (PostgreSQL) (s)", "plain"),
     Row("commit_small_ms", "session", "single-row commit, 200 objects in session (ms)", "plain"),
     Row("commit_big_ms", "session", "single-row commit, 20,000 objects in session (ms)", "plain"),
     Row("commit_ratio", "session", "└ 20,000 ÷ 200 objects", None),

@@ -1,0 +1,198 @@
+"""Which values a session holds that the database guarantees are still the row's: no need to read
+the row again before updating or deleting it.
+
+A flush reads (and locks) the current row of each versioned record it updates or deletes, because
+the values the session loaded may be stale: another transaction may have committed a change
+since (see :mod:`versioning.capture`). The read is needless where the database itself guarantees
+the session's values are the row's current ones, for the rest of the transaction:
+
+* **rows this transaction locked**: loaded with ``with_for_update()`` (``FOR UPDATE`` or
+  ``FOR SHARE``: no other transaction can change them until this one ends), or written by one of
+  its flushes (an ``UPDATE`` or ``INSERT`` holds the row's lock until commit) — on PostgreSQL and
+  MariaDB; on SQLite, a transaction that has written holds the database's write lock;
+* **rows loaded under snapshot isolation** on PostgreSQL (``REPEATABLE READ`` or ``SERIALIZABLE``,
+  set through SQLAlchemy's ``isolation_level``): if another transaction changes the row after
+  this one's snapshot, this one's ``UPDATE`` or ``DELETE`` fails with a serialization error, so
+  history is never written from stale values. MariaDB's ``REPEATABLE READ`` gives no such
+  guarantee (an ``UPDATE`` acts on the latest committed row), nor does SQLite's driver (its
+  reads run outside the transaction), so there the rows are read.
+
+A mark (:data:`_MARK` in ``InstanceState.info``) notes the transaction and this module's count of
+its *other* writes when the values were loaded or written. The mark holds only while both are
+unchanged: any statement that may write, run in the transaction other than by a flush —
+``session.execute(update(...))`` or ``text(...)``, ``session.connection().execute(...)``,
+``exec_driver_sql`` — and a savepoint's rollback (its locks are released, its values gone)
+make every earlier mark void, so those rows are read again. Writes made through the DB-API
+connection itself bypass SQLAlchemy and are not seen: do not mix them with the ORM in one
+transaction (as with a ``version_id_col``, whose mapper always trusts its session).
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import InstanceState, Session, SessionTransaction, UOWTransaction
+from sqlalchemy.orm.context import QueryContext
+
+from versioning.declaration import Versioned, versioned_spec
+
+__all__ = ["is_current"]
+
+#: ``InstanceState.info`` key: ``(watch, generation, epoch)`` when the values were loaded.
+_MARK = "versioning_current"
+#: ``Session.info`` key: the session's :class:`_Watch`.
+_WATCH = "_versioning_trust_watch"
+#: ``QueryContext.attributes`` key: the mark of the rows this query loads (or ``None``).
+_QUERY_MARK = "versioning_current_mark"
+
+#: psycopg's isolation levels under which a concurrent change fails this transaction's write.
+_SNAPSHOT_LEVELS = frozenset({"REPEATABLE_READ", "SERIALIZABLE"})
+
+
+@dataclass(eq=False)
+class _Watch:
+    """One session's transaction generation and count of writes that were not its flushes."""
+
+    generation: int = 0
+    epoch: int = 0
+    flushing: int = 0
+
+    def mark(self) -> tuple[_Watch, int, int]:
+        return (self, self.generation, self.epoch)
+
+
+def _watch(session: Session) -> _Watch:
+    watch: _Watch | None = session.info.get(_WATCH)
+    if watch is None:
+        watch = session.info[_WATCH] = _Watch()
+    return watch
+
+
+#: The connections a session's transaction runs on, to their session's watch.
+_CONNECTIONS: weakref.WeakKeyDictionary[Connection, _Watch] = weakref.WeakKeyDictionary()
+
+
+def is_current(state: InstanceState[Any], session: Session) -> bool:
+    """Whether the record's loaded values are its row's current ones, guaranteed by the
+    database for the rest of this transaction (see the module's docstring)."""
+    mark = state.info.get(_MARK)
+    if mark is None:
+        return False
+    watch: _Watch | None = session.info.get(_WATCH)
+    return watch is not None and mark == watch.mark()
+
+
+def _mark_written(session: Session, flush_context: UOWTransaction) -> None:
+    """After a flush: the rows it inserted or updated are locked by this transaction."""
+    watch = _watch(session)
+    mark = watch.mark()
+    for state, (deleting, _) in flush_context.states.items():
+        if not deleting and isinstance(state.obj(), Versioned):
+            state.info[_MARK] = mark
+
+
+def _snapshot_isolated(connection: Connection) -> bool:
+    """Whether the connection's transactions run under PostgreSQL snapshot isolation, as the
+    driver itself begins them (psycopg's ``isolation_level``; a server default is not seen)."""
+    dialect = connection.dialect
+    if dialect.name != "postgresql" or dialect.driver != "psycopg":
+        return False
+    level = getattr(connection.connection.dbapi_connection, "isolation_level", None)
+    return getattr(level, "name", None) in _SNAPSHOT_LEVELS
+
+
+def _query_mark(context: QueryContext, mapper: Any) -> tuple[_Watch, int, int] | None:
+    """The mark of the rows a query loads: if they are locked or under snapshot isolation."""
+    attributes = context.attributes
+    if _QUERY_MARK in attributes:
+        mark: tuple[_Watch, int, int] | None = attributes[_QUERY_MARK]
+        return mark
+    mark = None
+    session = context.session
+    if session.in_transaction():
+        connection = session.connection(bind_arguments={"mapper": mapper})
+        statement = context.query
+        locking = getattr(statement, "_for_update_arg", None) is not None
+        if (locking and connection.dialect.name != "sqlite") or _snapshot_isolated(connection):
+            mark = _watch(session).mark()
+    attributes[_QUERY_MARK] = mark
+    return mark
+
+
+@event.listens_for(Versioned, "load", propagate=True, raw=True)
+def _loaded(state: InstanceState[Any], context: QueryContext) -> None:
+    mark = _query_mark(context, state.mapper)
+    if mark is not None:
+        state.info[_MARK] = mark
+
+
+@event.listens_for(Versioned, "refresh", propagate=True, raw=True)
+def _refreshed(state: InstanceState[Any], context: QueryContext, attrs: Any) -> None:
+    # A refresh of every versioned attribute (of an instance expired at commit, say) is a
+    # load; a partial one leaves the mark as it is: a mark holds because the row is locked or
+    # under snapshot, whatever loaded the values, and a void one stays void.
+    if attrs is None:
+        _loaded(state, context)
+        return
+    spec = versioned_spec(state.mapper)
+    if spec is not None and spec.attr_set.issubset(attrs):
+        _loaded(state, context)
+
+
+@event.listens_for(Session, "after_begin")
+def _begun(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
+    _CONNECTIONS[connection] = _watch(session)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _ended(session: Session, transaction: SessionTransaction) -> None:
+    watch: _Watch | None = session.info.get(_WATCH)
+    if watch is None:
+        return
+    if transaction.parent is None or transaction.nested:
+        # A new transaction, or a savepoint ended (released or rolled back: a rolled-back one
+        # releases its locks): every mark so far is void.
+        watch.generation += 1
+
+
+@event.listens_for(Session, "before_flush")
+def _flush_starts(session: Session, flush_context: UOWTransaction, instances: object) -> None:
+    _watch(session).flushing += 1
+
+
+@event.listens_for(Session, "after_flush_postexec")
+def _flush_ends(session: Session, flush_context: UOWTransaction) -> None:
+    _mark_written(session, flush_context)
+    _watch(session).flushing = 0
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _flush_failed(session: Session, previous_transaction: SessionTransaction) -> None:
+    watch: _Watch | None = session.info.get(_WATCH)
+    if watch is not None:
+        watch.flushing = 0
+        watch.generation += 1
+
+
+def _may_write(statement: str) -> bool:
+    """Whether an SQL statement may write: anything that does not start with ``SELECT``."""
+    return statement.lstrip()[:6].lower() not in ("select", "show")
+
+
+@event.listens_for(Engine, "before_cursor_execute")
+def _executing(
+    connection: Connection,
+    cursor: Any,
+    statement: str,
+    parameters: Any,
+    context: Any,
+    executemany: bool,
+) -> None:
+    # At the cursor: exec_driver_sql has no before_execute event.
+    watch = _CONNECTIONS.get(connection)
+    if watch is not None and not watch.flushing and _may_write(statement):
+        watch.epoch += 1
