@@ -533,25 +533,7 @@ def distinct(
     kind = _kind(dialect)
     stored = _stored_type(type_, dialect, where)
     if isinstance(stored, sqltypes.JSON):
-        if kind == "postgresql":
-
-            def doc(x: Expr) -> Expr:
-                return sa.func.coalesce(
-                    sa.cast(x, postgresql.JSONB()), sa.cast(_lit("null"), postgresql.JSONB())
-                )
-
-            return _differs(doc(old), doc(new), dialect)
-
-        def text(x: Expr) -> Expr:
-            return sa.func.coalesce(sa.type_coerce(x, sa.Text()), _lit("null"), type_=sa.Text())
-
-        if kind == "mariadb":
-            return sa.func.coalesce(sa.func.json_equals(text(old), text(new)), 0) == 0
-        # SQLite: the same text, or else the same content (keys in any order, 1 = 1.0).
-        return sa.and_(
-            _differs(text(old), text(new), dialect),
-            _differs(_SQLiteJSONContent(text(old)), _SQLiteJSONContent(text(new)), dialect),
-        )
+        return _json_differs(old, new, dialect)
     textual = isinstance(stored, sqltypes.String | sqltypes.Uuid)
     if kind == "mariadb" and textual:  # its default collations make 'a' = 'A' and 'a' = 'a '
         return _differs(sa.cast(old, sa.LargeBinary()), sa.cast(new, sa.LargeBinary()), dialect)
@@ -561,6 +543,36 @@ def distinct(
         # A nondeterministic collation could make different strings equal.
         return _differs(sa.collate(sa.type_coerce(old, sa.String()), "C"), new, dialect)
     return _differs(old, new, dialect)
+
+
+def _json_differs(old: Expr, new: Expr, dialect: Dialect) -> sa.ColumnElement[bool]:
+    """Whether two JSON documents differ in content (SQL NULL and JSON ``null`` alike, as
+    Python reads both as ``None``): the same text first, which costs no parsing."""
+    kind = _kind(dialect)
+
+    def text(x: Expr) -> Expr:
+        return sa.func.coalesce(sa.cast(x, sa.Text()), _lit("null"), type_=sa.Text())
+
+    if kind == "postgresql":
+
+        def doc(x: Expr) -> Expr:
+            return sa.cast(text(x), postgresql.JSONB())
+
+        content = _differs(doc(old), doc(new), dialect)
+    elif kind == "mariadb":
+        content = sa.func.coalesce(sa.func.json_equals(text(old), text(new)), 0) == 0
+    else:  # keys in any order, 1 = 1.0
+        content = _differs(_SQLiteJSONContent(text(old)), _SQLiteJSONContent(text(new)), dialect)
+    same_text = sa.not_(_differs(_binary(text(old), dialect), _binary(text(new), dialect), dialect))
+    return sa.case((same_text, sa.false()), else_=content)
+
+
+def _binary(text: Expr, dialect: Dialect) -> Expr:
+    """``text`` compared byte for byte."""
+    kind = _kind(dialect)
+    if kind == "mariadb":
+        return sa.cast(text, sa.LargeBinary())
+    return sa.collate(text, "C" if kind == "postgresql" else "BINARY")
 
 
 def _differs(old: Expr, new: Expr, dialect: Dialect) -> sa.ColumnElement[bool]:
@@ -607,10 +619,9 @@ def _masked_json(
     if mask is redact:
         constant = json.dumps(encode(type_, redact(""), dialect, where), ensure_ascii=False)
         return sa.case((expr.is_(None), _lit("null")), else_=_lit(constant))
-    stored = _stored_type(type_, dialect, where)
-    if stored is not _declared(type_, dialect) and not isinstance(stored, sqltypes.String):
-        raise _unsupported(where, type_, dialect, "its mask's output is converted in Python")
-    if stored is not _declared(type_, dialect):
+    _check_masked(type_, dialect, where)
+    declared = _declared(type_, dialect)
+    if isinstance(declared, sqltypes.TypeDecorator) and _overrides(declared, "process_bind_param"):
         raise _unsupported(
             where,
             type_,
@@ -620,6 +631,21 @@ def _masked_json(
         )
     masked = mask_sql(mask, expr, dialect, where)
     return sa.case((expr.is_(None), _lit("null")), else_=_quoted(masked, dialect))
+
+
+def _check_masked(type_: sqltypes.TypeEngine[Any], dialect: Dialect, where: str) -> None:
+    """Refuse a mask's SQL form on a column whose Python value (what the mask is given) is
+    not the stored one: a TypeDecorator that converts values read."""
+    declared = _declared(type_, dialect)
+    if isinstance(declared, sqltypes.TypeDecorator) and any(
+        _overrides(declared, m) for m in ("process_result_value", "result_processor")
+    ):
+        raise _unsupported(
+            where,
+            type_,
+            dialect,
+            "its mask is given the value as this TypeDecorator converts it on reading, in Python",
+        )
 
 
 # --- rows -----------------------------------------------------------------------------------------
@@ -692,6 +718,8 @@ def snapshot_columns(
         expr = _column(spec, key, source)
         mask = spec.masks.get(key)
         if mask is not None:
+            if mask is not redact:
+                _check_masked(spec.type_of(key), dialect, _where(spec, key))
             expr = mask_sql(mask, expr, dialect, _where(spec, key))
         out.append((spec.history_names[key], expr))
     return out
