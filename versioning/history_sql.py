@@ -69,13 +69,14 @@ _BASE64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 def _kind(dialect: Dialect) -> str:
     """``"postgresql"``, ``"mariadb"`` or ``"sqlite"``: the backends with an SQL form."""
     name = dialect.name
-    if name in ("mysql", "mariadb"):
+    if name == "mariadb" or (name == "mysql" and getattr(dialect, "is_mariadb", False)):
         return "mariadb"
     if name in ("postgresql", "sqlite"):
         return name
     raise ConfigurationError(
         f"versioning builds history in SQL for PostgreSQL, MariaDB and SQLite, not "
-        f"{dialect.name!r}: keep session capture on this database"
+        f"{dialect.name!r} (MySQL's JSON functions differ from MariaDB's): keep session capture "
+        f"on this database"
     )
 
 
@@ -342,8 +343,12 @@ def _time(type_: sqltypes.Time, x: Expr, dialect: Dialect, where: str) -> Text:
             return _cat(dialect, text, _offset(sa.func.extract("timezone", x), dialect))
         return text
     if kind == "mariadb":
-        base = sa.func.time_format(x, _lit("%H:%i:%s"))
-        micro = sa.func.time_format(x, _lit("%f"))
+        # A TIME may be negative or past 24 hours; the driver reads it as a timedelta, and
+        # SQLAlchemy keeps its time of day (its seconds modulo a day).
+        seconds = sa.func.time_to_sec(x)
+        day = sa.func.sec_to_time(sa.func.mod(sa.func.mod(seconds, 86400) + 86400, 86400))
+        base = sa.func.time_format(day, _lit("%H:%i:%s"))
+        micro = sa.func.time_format(day, _lit("%f"))
         return _as_text(_cat(dialect, base, _fraction(micro, dialect)), dialect)
     _sqlite_format(type_, dialect, where)
     return _cat(dialect, sa.func.substr(x, 1, 8), _sqlite_fraction(x, 9, dialect))
