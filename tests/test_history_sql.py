@@ -324,6 +324,39 @@ def _rows(connection: sa.Connection, table: sa.Table) -> dict[int, dict[str, Any
     return {row.id: dict(row._mapping) for row in connection.execute(sa.select(table))}
 
 
+def _assert_as_python(
+    connection: sa.Connection,
+    all_cases: list[Case],
+    before: Mapping[int, dict[str, Any]],
+    after: Mapping[int, dict[str, Any]],
+    by_sql: Mapping[int, Any],
+) -> int:
+    """Assert that each case's document from SQL (``by_sql``, by id; missing: none) decodes to
+    what ``history_row`` records from the same rows; the number of values compared."""
+    spec = require_spec(Item)
+    dialect = connection.dialect
+    checked = 0
+    for id_, (name, _, _) in enumerate(all_cases, 1):
+        row = history_row(Change(spec, None, Operation.UPDATE, before[id_], after[id_]), connection)
+        expected = None if row is None else row[CHANGES]
+        got = by_sql.get(id_)
+        if expected is None:
+            assert got is None, f"{name}: SQL recorded {got!r}, Python nothing"
+            continue
+        assert got is not None, f"{name}: SQL recorded nothing, Python {expected!r}"
+        assert list(got) == list(expected), f"{name}: keys {list(got)} != {list(expected)}"
+        for key, pair in expected.items():
+            type_ = spec.type_of(key)
+            for side, want, have in zip(("old", "new"), pair, got[key], strict=True):
+                _typed_equal(
+                    decode(type_, have, dialect),
+                    decode(type_, want, dialect),
+                    f"{name}: {key} {side} (SQL {have!r}, Python {want!r})",
+                )
+                checked += 1
+    return checked
+
+
 def test_changes_decode_to_what_python_records(create_tables: Tables, engine: sa.Engine) -> None:
     create_tables(Base.metadata)
     spec = require_spec(Item)
@@ -346,27 +379,7 @@ def test_changes_decode_to_what_python_records(create_tables: Tables, engine: sa
         # The same SQL with its constants written in (as a trigger's body holds it).
         literal = str(query.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
         assert {id_: _document(doc) for id_, doc in connection.exec_driver_sql(literal)} == by_sql
-        checked = 0
-        for id_, (name, _, _) in enumerate(all_cases, 1):
-            row = history_row(
-                Change(spec, None, Operation.UPDATE, before[id_], after[id_]), connection
-            )
-            expected = None if row is None else row[CHANGES]
-            got = by_sql[id_]
-            if expected is None:
-                assert got is None, f"{name}: SQL recorded {got!r}, Python nothing"
-                continue
-            assert got is not None, f"{name}: SQL recorded nothing, Python {expected!r}"
-            assert list(got) == list(expected), f"{name}: keys {list(got)} != {list(expected)}"
-            for key, pair in expected.items():
-                type_ = spec.type_of(key)
-                for side, want, have in zip(("old", "new"), pair, got[key], strict=True):
-                    _typed_equal(
-                        decode(type_, have, dialect),
-                        decode(type_, want, dialect),
-                        f"{name}: {key} {side} (SQL {have!r}, Python {want!r})",
-                    )
-                    checked += 1
+        checked = _assert_as_python(connection, all_cases, before, after, by_sql)
         assert checked > 200
         by_name = {name: by_sql[i] for i, (name, _, _) in enumerate(all_cases, 1)}
         assert by_name["nothing"] is None
@@ -417,6 +430,88 @@ def test_insert_snapshot_is_what_python_records(create_tables: Tables, engine: s
             for key in spec.attrs:
                 column = spec.history_names[key]
                 _typed_equal(written[id_][column], row[column], f"{name}: {key}")
+
+
+#: Where the update trigger of the test below writes each document.
+LOG = sa.Table(
+    "hsql_log",
+    Base.metadata,
+    sa.Column("item_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("doc", sa.Text().with_variant(mysql.LONGTEXT(), "mariadb")),
+)
+
+
+def _install_update_trigger(connection: sa.Connection) -> None:
+    """An AFTER UPDATE trigger on the items writing each changed row's document to LOG:
+    statement-level with transition tables on PostgreSQL, row-level elsewhere."""
+    dialect = connection.dialect
+    spec = require_spec(Item)
+
+    def sql(element: Any) -> str:
+        return str(element.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+
+    if dialect.name == "postgresql":  # the transition tables, by name
+        old, new = (
+            sa.table(name, *(sa.column(c.name, c.type) for c in ITEMS.columns))
+            for name in ("old_rows", "new_rows")
+        )
+        document = sa.cast(changes_json(spec, old, new, dialect), sa.Text())
+        select = (
+            sa.select(new.c.id, document.label("doc"))
+            .select_from(old.join(new, old.c.id == new.c.id))
+            .subquery("d")
+        )
+        insert = LOG.insert().from_select(
+            ["item_id", "doc"], sa.select(select).where(select.c.doc.is_not(None))
+        )
+        connection.exec_driver_sql(
+            "CREATE FUNCTION hsql_log_update() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"{sql(insert)}; RETURN NULL; END $$"
+        )
+        connection.exec_driver_sql(
+            "CREATE TRIGGER hsql_log_update AFTER UPDATE ON hsql_items REFERENCING OLD TABLE AS "
+            "old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION hsql_log_update()"
+        )
+        return
+    old_row, new_row = (
+        sa.table(name, *(sa.column(c.name, c.type) for c in ITEMS.columns))
+        for name in ("old", "new")
+    )
+    body = sql(changes_json(spec, old_row, new_row, dialect))
+    if dialect.name == "sqlite":
+        connection.exec_driver_sql(
+            "CREATE TRIGGER hsql_log_update AFTER UPDATE ON hsql_items FOR EACH ROW "
+            f"WHEN {body} IS NOT NULL BEGIN "
+            f"INSERT INTO hsql_log (item_id, doc) VALUES (new.id, {body}); END"
+        )
+        return
+    connection.exec_driver_sql(
+        "CREATE TRIGGER hsql_log_update AFTER UPDATE ON hsql_items FOR EACH ROW BEGIN "
+        f"DECLARE d LONGTEXT DEFAULT {body}; "
+        "IF d IS NOT NULL THEN INSERT INTO hsql_log (item_id, doc) VALUES (new.id, d); END IF; "
+        "END"
+    )
+
+
+def test_the_sql_runs_in_an_update_trigger(create_tables: Tables, engine: sa.Engine) -> None:
+    """The documents a trigger writes, from its OLD and NEW rows, are Python's too."""
+    create_tables(Base.metadata)
+    all_cases = cases()
+    backend = engine.dialect.name
+    with engine.begin() as connection:
+        if backend == "postgresql":
+            connection.exec_driver_sql("SET LOCAL TIME ZONE 'Asia/Kolkata'")
+        connection.execute(
+            ITEMS.insert(),
+            [{"id": i} | _fit(backend, old) for i, (_, old, _) in enumerate(all_cases, 1)],
+        )
+        before = _rows(connection, ITEMS)
+        _install_update_trigger(connection)
+        for id_, (_, _, new) in enumerate(all_cases, 1):
+            connection.execute(ITEMS.update().where(ITEMS.c.id == id_).values(_fit(backend, new)))
+        after = _rows(connection, ITEMS)
+        logged = {row.item_id: json.loads(row.doc) for row in connection.execute(sa.select(LOG))}
+        assert _assert_as_python(connection, all_cases, before, after, logged) > 200
 
 
 @pytest.mark.backends("postgresql")

@@ -676,6 +676,11 @@ def changes_json(
     """The ``changes`` document of an update from row ``old`` to row ``new``, or SQL NULL when
     no versioned column changed (the caller records no row then).
 
+    ``old`` and ``new`` are row sources whose columns have the live column names: aliases of
+    the live table, or ``sa.table(name, sa.column(...), ...)`` naming a trigger's transition
+    tables (PostgreSQL) or its ``OLD`` and ``NEW`` rows (render the expression alone, with
+    ``literal_binds``, in a row-level trigger's body).
+
     An object of the changed columns only, in :attr:`ModelSpec.attrs` order, each
     ``[old, new]`` as :func:`value_json` encodes them; a masked column is compared by its real
     values and recorded as the mask's outputs. On PostgreSQL the expression is ``json``, on
