@@ -485,29 +485,34 @@ def _render_json_content(element: _SQLiteJSONContent, compiler: SQLCompiler, **k
     )
 
 
-def _b64_nibble(offset: int) -> str:
-    """The value 0..15 of hex digit ``i + offset`` of ``h`` (0 past the end)."""
-    return f"max(instr('0123456789ABCDEF', substr(h, i + {offset}, 1)) - 1, 0)"
-
-
-#: The 24 bits of the three bytes at hex digit ``i``.
-_B64_GROUP = "(" + " + ".join(f"{_b64_nibble(k)} * {16 ** (5 - k)}" for k in range(6)) + ")"
+def _b64_group(at: str) -> str:
+    """The 24 bits of the three bytes at hex digit ``at`` of ``h`` (0 past its end)."""
+    return (
+        "("
+        + " + ".join(
+            f"max(instr('0123456789ABCDEF', substr(h, {at} + {k}, 1)) - 1, 0) * {16 ** (5 - k)}"
+            for k in range(6)
+        )
+        + ")"
+    )
 
 
 def _b64_char(shift: int) -> str:
-    return f"substr('{_BASE64}', ({_B64_GROUP} / {2**shift}) % 64 + 1, 1)"
+    return f"substr('{_BASE64}', (g / {2**shift}) % 64 + 1, 1)"
 
 
 @compiles(_SQLiteBase64, "sqlite")
 def _render_base64(element: _SQLiteBase64, compiler: SQLCompiler, **kw: Any) -> str:
-    """Three bytes (six hex digits) at a time, in a recursive query over the value's hex; a
-    scalar subquery, which SQLite accepts in a trigger too."""
+    """Three bytes (six hex digits) a step, in a recursive query over the value's hex, each
+    step carrying the next group's bits; a scalar subquery, which SQLite accepts in a trigger
+    too."""
     blob = compiler.process(element.blob, **kw)
     return (
-        f"(WITH RECURSIVE versioning_b64(i, h, out) AS (SELECT 1, hex({blob}), '' UNION ALL "
-        f"SELECT i + 6, h, out || {_b64_char(18)} || {_b64_char(12)} || "
-        f"CASE WHEN length(h) - i < 2 THEN '=' ELSE {_b64_char(6)} END || "
-        f"CASE WHEN length(h) - i < 4 THEN '=' ELSE {_b64_char(0)} END "
+        f"(WITH RECURSIVE versioning_b64(i, h, g, out) AS ("
+        f"SELECT 1, h, {_b64_group('1')}, '' FROM (SELECT hex({blob}) AS h) UNION ALL "
+        f"SELECT i + 6, h, {_b64_group('i + 6')}, out || {_b64_char(18)} || {_b64_char(12)} "
+        f"|| CASE WHEN length(h) - i < 2 THEN '=' ELSE {_b64_char(6)} END "
+        f"|| CASE WHEN length(h) - i < 4 THEN '=' ELSE {_b64_char(0)} END "
         f"FROM versioning_b64 WHERE i <= length(h)) "
         f"SELECT out FROM versioning_b64 ORDER BY i DESC LIMIT 1)"
     )
