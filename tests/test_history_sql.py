@@ -693,6 +693,7 @@ STORED_FORMS: dict[str, list[tuple[sa.types.TypeEngine[Any], str]]] = {
         (sa.Interval(), "INTERVAL '-1 year -2 mons +3 days -04:05:06.000001'"),
         (sa.Interval(), "INTERVAL '100 hours 61 minutes'"),
         (sa.Interval(), "INTERVAL '0'"),
+        (postgresql.INTERVAL(), "INTERVAL '-7 days 00:00:00.5'"),
         (sa.Time(timezone=True), "TIMETZ '13:45:30.25+05:30'"),
         (sa.Time(timezone=True), "TIMETZ '00:00:00-08'"),
         (sa.DateTime(timezone=True), "TIMESTAMPTZ '1900-01-01 00:00:00+00'"),

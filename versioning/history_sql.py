@@ -50,7 +50,7 @@ from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.visitors import InternalTraversal
+from sqlalchemy.sql.functions import FunctionElement
 
 from versioning import _compat
 from versioning.declaration import ModelSpec
@@ -120,7 +120,7 @@ def _in_quotes(text: Expr, dialect: Dialect) -> Text:
 
 
 def _unsupported(where: str, type_: Any, dialect: Dialect, why: str) -> ConfigurationError:
-    model = where.split(".", 1)[0]
+    model = where.split(".", 1)[0] if "." in where else "the model"
     return ConfigurationError(
         f"{where} ({type_!r}) cannot be recorded by SQL on {dialect.name}: {why}. Keep {model} "
         f"on session capture, or exclude the column (__versioned__ = {{'exclude': [...]}})"
@@ -146,7 +146,7 @@ def _stored_type(
     Python value SQL cannot compute, and is refused.
     """
     type_ = _declared(type_, dialect)
-    while isinstance(type_, sqltypes.TypeDecorator) and not isinstance(type_, sqltypes.Interval):
+    while isinstance(type_, sqltypes.TypeDecorator) and not _compat.is_interval(type_):
         if not _overrides(type_, "process_bind_param") and any(
             _overrides(type_, m) for m in ("process_result_value", "result_processor")
         ):
@@ -199,7 +199,7 @@ def _value_text(type_: sqltypes.TypeEngine[Any], x: Expr, dialect: Dialect, wher
         if kind == "postgresql":  # the type's own output: CHAR(n) keeps its padding
             return sa.cast(sa.func.to_json(x), sa.Text())
         return _quoted(x, dialect)
-    if isinstance(type_, sqltypes.Interval):
+    if _compat.is_interval(type_):
         return _as_text(_interval(x, dialect), dialect)
     if isinstance(type_, sqltypes.DateTime):
         return _in_quotes(_datetime(type_, x, dialect, where), dialect)
@@ -321,12 +321,13 @@ def _datetime(type_: sqltypes.DateTime, x: Expr, dialect: Dialect, where: str) -
 
 
 def _sqlite_format(type_: sqltypes.TypeEngine[Any], dialect: Dialect, where: str) -> None:
-    """Refuse a SQLite date/time type stored in a format of the user's (``storage_format=``)."""
+    """Refuse a SQLite date/time type stored in a format of the user's (``storage_format=``,
+    ``regexp=``); SQLAlchemy's own, with or without microseconds, is read by the SQL here."""
     impl = type_.dialect_impl(dialect)
-    default = type(impl)()
-    if getattr(impl, "_storage_format", None) != getattr(default, "_storage_format", None) or (
-        getattr(impl, "_reg", None) is not None
-    ):
+    stored, pattern = _compat.sqlite_storage(impl)
+    default, _ = _compat.sqlite_storage(type(impl)())
+    known = {default, default.split(".")[0]} if default is not None else {None}
+    if stored not in known or pattern is not None:
         raise _unsupported(where, type_, dialect, "it has a storage_format of its own")
 
 
@@ -415,7 +416,7 @@ def _decimal(type_: sqltypes.Numeric[Any], x: Expr, dialect: Dialect) -> Text:
     kind = _kind(dialect)
     if kind == "sqlite":
         # SQLite keeps a float; SQLAlchemy reads it as Decimal("%.<scale>f" % value).
-        scale = type_.scale if type_.scale is not None else type_._default_decimal_return_scale
+        scale = _compat.decimal_return_scale(type_)
         return sa.func.printf(_lit(f"%.{scale}f"), x, type_=sa.Text())
     return _as_text(x, dialect)
 
@@ -432,48 +433,27 @@ def _base64(x: Expr, dialect: Dialect) -> Text:
     return _SQLiteBase64(x)
 
 
-class _SQLiteBase64(sa.ColumnElement[str]):
+class _SQLiteBase64(FunctionElement[str]):
     """Base64 of a blob in SQLite, which has no such function (see :func:`_render_base64`)."""
 
     type = sa.Text()
+    name = "versioning_base64"
     inherit_cache = True
 
-    def __init__(self, blob: Expr) -> None:
-        self.blob = blob
 
-    @property
-    def _from_objects(self) -> list[Any]:
-        return self.blob._from_objects
-
-    def get_children(self, **kw: Any) -> tuple[Expr, ...]:
-        return (self.blob,)
-
-    _traverse_internals = [("blob", InternalTraversal.dp_clauseelement)]
-
-
-class _SQLiteJSONContent(sa.ColumnElement[str]):
+class _SQLiteJSONContent(FunctionElement[str]):
     """A JSON document's content in SQLite as one text: each node's path, kind and value, in
     path order — equal for documents Python reads as equal (keys in any order, ``1`` and
     ``1.0``)."""
 
     type = sa.Text()
+    name = "versioning_json_content"
     inherit_cache = True
-    _traverse_internals = [("document", InternalTraversal.dp_clauseelement)]
-
-    def __init__(self, document: Expr) -> None:
-        self.document = document
-
-    @property
-    def _from_objects(self) -> list[Any]:
-        return self.document._from_objects
-
-    def get_children(self, **kw: Any) -> tuple[Expr, ...]:
-        return (self.document,)
 
 
 @compiles(_SQLiteJSONContent, "sqlite")
 def _render_json_content(element: _SQLiteJSONContent, compiler: SQLCompiler, **kw: Any) -> str:
-    document = compiler.process(element.document, **kw)
+    document = compiler.process(element.clauses, **kw)
     node = (
         "fullkey || char(31) || CASE WHEN type IN ('integer', 'real') THEN 'number' || "
         "char(31) || printf('%!.17g', CAST(atom AS REAL)) ELSE type || char(31) || "
@@ -506,7 +486,7 @@ def _render_base64(element: _SQLiteBase64, compiler: SQLCompiler, **kw: Any) -> 
     """Three bytes (six hex digits) a step, in a recursive query over the value's hex, each
     step carrying the next group's bits; a scalar subquery, which SQLite accepts in a trigger
     too."""
-    blob = compiler.process(element.blob, **kw)
+    blob = compiler.process(element.clauses, **kw)
     return (
         f"(WITH RECURSIVE versioning_b64(i, h, g, out) AS ("
         f"SELECT 1, h, {_b64_group('1')}, '' FROM (SELECT hex({blob}) AS h) UNION ALL "
