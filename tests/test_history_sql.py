@@ -30,7 +30,13 @@ from versioning.declaration import require_spec
 from versioning.encoding import decode, encode
 from versioning.errors import ConfigurationError
 from versioning.history_rows import Change, history_row
-from versioning.history_sql import changes_json, mask_sql, snapshot_columns, value_json
+from versioning.history_sql import (
+    changes_json,
+    mask_sql,
+    personal_json,
+    snapshot_columns,
+    value_json,
+)
 from versioning.masks import last4, redact, sql_form
 from versioning.schema import CHANGES
 
@@ -772,3 +778,27 @@ def test_stored_forms_decode_to_what_the_driver_reads(engine: sa.Engine) -> None
             expected = decode(type_, recorded, dialect)
             _typed_equal(decode(type_, json.loads(text), dialect), expected, where)
         connection.rollback()
+
+
+class Person(Versioned, Base):
+    __tablename__ = "hsql_people"
+    __versioned__ = {"personal": ["name", "email"]}
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    name: Mapped[str | None] = mapped_column(sa.String(50))
+    email: Mapped[str | None] = mapped_column(sa.String(50))
+
+
+def test_personal_salts(engine: sa.Engine) -> None:
+    """A fresh random salt per personal column and row, as ``personal.salts`` gives."""
+    assert personal_json(require_spec(Item), engine.dialect) is None
+    salts = personal_json(require_spec(Person), engine.dialect)
+    assert salts is not None
+    with engine.connect() as connection:
+        rows = [
+            _document(connection.execute(sa.select(sa.type_coerce(salts, sa.Text()))).scalar_one())
+            for _ in range(3)
+        ]
+    values = [salt for row in rows for salt in row.values()]
+    assert all(list(row) == ["email", "name"] for row in rows)
+    assert all(len(salt) == 32 and bytes.fromhex(salt) and salt == salt.lower() for salt in values)
+    assert len(set(values)) == len(values)

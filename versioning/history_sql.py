@@ -15,6 +15,7 @@ module builds those expressions with SQLAlchemy Core; it never runs them:
   changed (such an update records nothing);
 * :func:`snapshot_columns` — the snapshot of a row source, masked columns through their mask's
   SQL form (:func:`mask_sql`).
+* :func:`personal_json` — a model with personal columns: each row's fresh random salts.
 
 Every value is turned into JSON *text* by the backend's own functions, and the document is one
 text concatenation (PostgreSQL: cast to ``json``). One approach on every backend, it is cheap
@@ -58,7 +59,14 @@ from versioning.encoding import encode
 from versioning.errors import ConfigurationError
 from versioning.masks import Mask, redact
 
-__all__ = ["changes_json", "distinct", "mask_sql", "snapshot_columns", "value_json"]
+__all__ = [
+    "changes_json",
+    "distinct",
+    "mask_sql",
+    "personal_json",
+    "snapshot_columns",
+    "value_json",
+]
 
 Text = sa.ColumnElement[str]
 Expr = sa.ColumnElement[Any]
@@ -718,3 +726,30 @@ def snapshot_columns(
             expr = mask_sql(mask, expr, dialect, _where(spec, key))
         out.append((spec.history_names[key], expr))
     return out
+
+
+def _salt(dialect: Dialect) -> Text:
+    """32 random hex digits from the database's cryptographic generator, as
+    :func:`versioning.personal.salts` draws with ``secrets``."""
+    kind = _kind(dialect)
+    if kind == "postgresql":  # 122 random bits: pg_strong_random
+        return sa.func.replace(sa.cast(sa.func.gen_random_uuid(), sa.Text()), _lit("-"), _lit(""))
+    if kind == "mariadb":  # RANDOM_BYTES (MariaDB 10.10): the TLS library's generator
+        return _as_text(sa.func.lower(sa.func.hex(sa.func.random_bytes(16))), dialect)
+    return sa.func.lower(sa.func.hex(sa.func.randomblob(16)), type_=sa.Text())
+
+
+def personal_json(spec: ModelSpec, dialect: Dialect) -> sa.ColumnElement[Any] | None:
+    """The value of a history row's :data:`~versioning.schema.PERSONAL` column: a fresh random
+    salt per personal column (see :mod:`versioning.personal`), or ``None`` for a model without
+    personal columns (its history table has no such column). ``json`` on PostgreSQL."""
+    if not spec.personal:
+        return None
+    pieces: list[Expr] = []
+    for key in sorted(spec.personal):
+        head = ("{" if not pieces else ",") + json.dumps(key, ensure_ascii=False) + ':"'
+        pieces += [_lit(head), _salt(dialect), _lit('"')]
+    document = _cat(dialect, *pieces, _lit("}"))
+    if _kind(dialect) == "postgresql":
+        return sa.cast(document, postgresql.JSON())
+    return document
