@@ -119,6 +119,13 @@ def test_mapping_and_type_readers_find_what_sqlalchemy_holds() -> None:
     variant = sa.String().with_variant(sa.Text(), "sqlite")
     assert isinstance(_compat.variant_mapping(variant)["sqlite"], sa.Text)
     assert _compat.variant_mapping(sa.Integer()) == {}
+    assert _compat.is_interval(sa.Interval()) and _compat.is_interval(postgresql.INTERVAL())
+    assert not _compat.is_interval(sa.DateTime())
+    assert _compat.decimal_return_scale(sa.Numeric(10, 2)) == 2
+    assert _compat.decimal_return_scale(sa.Numeric()) == 10
+    datetime_impl = sa.DateTime().dialect_impl(sqlite.dialect())
+    stored, pattern = _compat.sqlite_storage(datetime_impl)
+    assert stored is not None and stored.endswith(".%(microsecond)06d") and pattern is None
 
     session = Session()
     _compat.autoflush(session)  # exists and does nothing without pending changes

@@ -15,14 +15,17 @@ from sqlalchemy import types as sqltypes
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapper, RelationshipProperty, Session, SessionTransaction
 from sqlalchemy.orm.unitofwork import UOWTransaction
+from sqlalchemy.sql import sqltypes as sql_sqltypes
 from sqlalchemy.types import TypeEngine
 
 __all__ = [
     "autoflush",
+    "decimal_return_scale",
     "enum_stored_values",
     "has_cycles",
     "insert_multi_values",
     "insert_values",
+    "is_interval",
     "is_remote",
     "json_deserializer",
     "mapper_primary_key_argument",
@@ -37,6 +40,7 @@ __all__ = [
     "session_flushing",
     "set_clause",
     "set_loaders",
+    "sqlite_storage",
     "type_affinity",
     "type_is_null",
     "variant_mapping",
@@ -181,6 +185,24 @@ def is_binary(type_: TypeEngine[Any]) -> bool:
     """Whether a type is one of SQLAlchemy's binary types (``LargeBinary``, ``BINARY``,
     ``VARBINARY``, dialect BLOBs): their common base ``sqltypes._Binary`` (2.0, 2.1)."""
     return isinstance(type_, sqltypes._Binary)
+
+
+def is_interval(type_: TypeEngine[Any]) -> bool:
+    """Whether a type holds ``timedelta`` values: ``Interval`` or a dialect's ``INTERVAL``,
+    whose common base is ``sqltypes._AbstractInterval`` (2.0, 2.1)."""
+    return isinstance(type_, sql_sqltypes._AbstractInterval)
+
+
+def decimal_return_scale(type_: Any) -> int:
+    """The digits after the point of the ``Decimal`` a ``Numeric`` gives on a backend without
+    native decimals (SQLite): ``Numeric._effective_decimal_return_scale`` (2.0, 2.1)."""
+    return int(type_._effective_decimal_return_scale)
+
+
+def sqlite_storage(type_: TypeEngine[Any]) -> tuple[str | None, Any]:
+    """A SQLite date/time type's text format and parsing pattern (``None``: the default one):
+    ``_storage_format`` and ``_reg`` of SQLite's ``DATETIME``, ``DATE``, ``TIME`` (2.0, 2.1)."""
+    return getattr(type_, "_storage_format", None), getattr(type_, "_reg", None)
 
 
 def variant_mapping(type_: TypeEngine[Any]) -> dict[str, TypeEngine[Any]]:
