@@ -711,32 +711,8 @@ def _check_seals(
                 f"seal {seal_id} does not match the digests it links: the seal or its entries "
                 f"in {entries.fullname} were changed; restore them from a backup"
             )
-    for item in saved:
-        kept = rows.get(item.seal_id)
-        if kept is None:
-            report.problems.append(
-                Problem(
-                    "digest",
-                    name,
-                    None,
-                    None,
-                    f"seal {item.seal_id} of a saved digest is not in the database: the chain "
-                    f"was cut; restore the newest transactions and seals from a backup",
-                )
-            )
-        elif kept["hash"] != item.hash or int(kept["last_transaction_id"]) != (
-            item.last_transaction_id
-        ):
-            report.problems.append(
-                Problem(
-                    "digest",
-                    name,
-                    None,
-                    None,
-                    f"seal {item.seal_id} differs from the saved digest: the chain was "
-                    f"rewritten; compare the history with a backup taken before that seal",
-                )
-            )
+    found = {k: (str(r["hash"]), int(r["last_transaction_id"])) for k, r in rows.items()}
+    report.problems.extend(_saved_digest_problems(name, saved, found, None))
 
 
 def _refuse_inexact(target: _Target) -> None:
@@ -1337,32 +1313,36 @@ def _check_chain(
         last_transaction[seal_id] = int(row["last_transaction_id"])
         previous = str(row["hash"])
         expected_id = seal_id + 1
+    found = {k: (h, last_transaction[k]) for k, h in hashes.items()}
+    report.problems.extend(_saved_digest_problems(name, saved, found, expected_id - 1))
+
+
+def _saved_digest_problems(
+    name: str,
+    saved: Sequence[Digest],
+    found: Mapping[int, tuple[str, int]],
+    ends_at: int | None,
+) -> list[Problem]:
+    """Each saved digest against the seal it names (``found``: id -> hash and last transaction
+    id; ``ends_at``: the last seal read, when the whole chain was): cut, or rewritten."""
+    problems = []
     for item in saved:
-        if item.seal_id not in hashes:
-            report.problems.append(
-                Problem(
-                    "digest",
-                    name,
-                    None,
-                    None,
-                    f"seal {item.seal_id} of a saved digest is not in the database (the chain "
-                    f"ends at seal {expected_id - 1}): the chain was cut; restore the newest "
-                    f"transactions and seals from a backup",
-                )
+        kept = found.get(item.seal_id)
+        if kept is None:
+            ends = "" if ends_at is None else f" (the chain ends at seal {ends_at})"
+            detail = (
+                f"seal {item.seal_id} of a saved digest is not in the database{ends}: the chain "
+                f"was cut; restore the newest transactions and seals from a backup"
             )
-        elif hashes[item.seal_id] != item.hash or last_transaction[item.seal_id] != (
-            item.last_transaction_id
-        ):
-            report.problems.append(
-                Problem(
-                    "digest",
-                    name,
-                    None,
-                    None,
-                    f"seal {item.seal_id} differs from the saved digest: the chain was "
-                    f"rewritten; compare the history with a backup taken before that seal",
-                )
+        elif kept != (item.hash, item.last_transaction_id):
+            detail = (
+                f"seal {item.seal_id} differs from the saved digest: the chain was "
+                f"rewritten; compare the history with a backup taken before that seal"
             )
+        else:
+            continue
+        problems.append(Problem("digest", name, None, None, detail))
+    return problems
 
 
 def _seal_rows(connection: Connection, seals: sa.Table) -> Iterator[RowMapping]:
