@@ -111,8 +111,9 @@ class ModelSpec:
     stored_checks: dict[str, dict[str, Callable[[Any], bool] | type]] = field(
         init=False, default_factory=dict
     )
-    #: What reading history back builds once per model and reuses (instance plans, statements;
-    #: see :mod:`versioning.instances`), filled on first use; it goes with the model.
+    #: What reads build once per model and reuse (instance plans, statements; see
+    #: :mod:`versioning.instances`, :mod:`versioning.live_rows`), filled on first use; it goes
+    #: with the model.
     read_cache: dict[Any, Any] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:

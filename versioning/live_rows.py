@@ -68,14 +68,6 @@ def _column(spec: ModelSpec, key: str) -> Any:
     return conceal(column) if key in spec.masks else column
 
 
-def _in(spec: ModelSpec, names: tuple[str, ...], values: Sequence[Key]) -> sa.ColumnElement[bool]:
-    """``column IN (...)``, or a tuple comparison for several columns."""
-    columns = [spec.live_columns[k] for k in names]
-    if len(columns) == 1:
-        return columns[0].in_([value[0] for value in values])
-    return sa.tuple_(*columns).in_(values)
-
-
 def _renders_literals(columns: Sequence[Any], dialect: Dialect) -> bool:
     """Whether every column's type can render its values as SQL literals on ``dialect``."""
     for column in columns:
@@ -132,6 +124,23 @@ def _collect(
     return out
 
 
+def _keyed_select(
+    spec: ModelSpec, columns: tuple[str, ...], lock: bool, dialect_name: str
+) -> tuple[tuple[str, ...], sa.Select[Any]]:
+    """The read of rows by ``columns`` IN an expanding parameter ``versioning_keys``, built once
+    per model (in ``spec.read_cache``): a new statement at each flush would cost its building
+    and its cache key again, more than running it."""
+    cache_key = (_keyed_select, columns, lock, dialect_name)
+    found: tuple[tuple[str, ...], sa.Select[Any]] | None = spec.read_cache.get(cache_key)
+    if found is None:
+        names, base = _select(spec, lock, dialect_name)
+        targets = [spec.live_columns[k] for k in columns]
+        keys: sa.BindParameter[Any] = sa.bindparam("versioning_keys", expanding=True)
+        where = targets[0].in_(keys) if len(targets) == 1 else sa.tuple_(*targets).in_(keys)
+        found = spec.read_cache[cache_key] = (names, base.where(where))
+    return found
+
+
 def _rows(spec: ModelSpec, names: tuple[str, ...], rows: Iterable[Any]) -> Rows:
     """Result rows of versioned columns ``names`` as :data:`Rows`, masked values unwrapped."""
     npk = len(spec.pk_keys)
@@ -152,13 +161,15 @@ def by_columns(
     lock: bool,
 ) -> Rows:
     """The rows whose ``columns`` (attribute keys of a unique key) hold one of ``values``."""
-    names, base = _select(spec, lock, connection.dialect.name)
+    names, statement = _keyed_select(spec, columns, lock, connection.dialect.name)
     unique = list(dict.fromkeys(values))
-    chunks = (
-        base.where(_in(spec, columns, unique[i : i + _CHUNK]))
-        for i in range(0, len(unique), _CHUNK)
-    )
-    return _with_subclass_columns(connection, spec, _collect(connection, spec, chunks, names), lock)
+    if len(columns) == 1:
+        unique = [value[0] for value in unique]
+    found: Rows = {}
+    for i in range(0, len(unique), _CHUNK):
+        result = connection.execute(statement, {"versioning_keys": unique[i : i + _CHUNK]})
+        found.update(_rows(spec, names, result))
+    return _with_subclass_columns(connection, spec, found, lock)
 
 
 def by_keys(connection: Connection, spec: ModelSpec, keys: Sequence[Key], lock: bool) -> Rows:
