@@ -328,3 +328,22 @@ def test_a_record_with_cascading_children_keeps_its_locked_read(create_tables: T
                 Operation.INSERT,
                 Operation.DELETE,
             ]
+
+
+def test_a_flush_with_nothing_to_write_does_not_hide_a_later_write(stock: sa.Engine) -> None:
+    """A flush that writes nothing (a value set to what it was) leaves the session counting
+    the statements after it as other writes."""
+    engine = stock
+    with Session(engine) as session:
+        item = session.get_one(Stock, 1)
+        item.qty = 2
+        session.flush()
+        item.qty = 2  # modified, yet nothing to write
+        session.flush()
+        session.execute(sa.text("UPDATE trust_stock SET name = 'nut' WHERE id = 1"))
+        with reads_of_the_row(engine) as reads:
+            item.qty = 3
+            session.commit()
+    assert len(reads) == 1
+    with Session(engine) as session:
+        assert history(session, Stock, 1)[-1].state["name"] == "nut"

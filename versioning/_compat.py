@@ -28,6 +28,7 @@ __all__ = [
     "is_interval",
     "is_remote",
     "json_deserializer",
+    "locks_rows",
     "mapper_primary_key_argument",
     "mapper_properties",
     "open_connections",
@@ -138,6 +139,12 @@ def session_flushing(session: Session) -> bool:
     """Whether ``session`` is inside ``flush()`` right now: ``Session._flushing`` (2.0, 2.1).
     ``before_flush`` has no matching event when a flush finds nothing to write."""
     return bool(session._flushing)
+
+
+def locks_rows(statement: Any) -> bool:
+    """Whether a ``SELECT`` has ``with_for_update()`` (``Select._for_update_arg``, 2.0 and
+    2.1)."""
+    return getattr(statement, "_for_update_arg", None) is not None
 
 
 def has_cycles(context: UOWTransaction) -> bool:

@@ -38,6 +38,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import InstanceState, Session, SessionTransaction, UOWTransaction
 from sqlalchemy.orm.context import QueryContext
 
+from versioning import _compat
 from versioning.declaration import Versioned, versioned_spec
 
 __all__ = ["is_current"]
@@ -57,18 +58,22 @@ _SNAPSHOT_LEVELS = frozenset({"REPEATABLE_READ", "SERIALIZABLE"})
 class _Watch:
     """One session's transaction generation and count of writes that were not its flushes."""
 
+    session: weakref.ref[Session]
     generation: int = 0
     epoch: int = 0
-    flushing: int = 0
 
     def mark(self) -> tuple[_Watch, int, int]:
         return (self, self.generation, self.epoch)
+
+    def flushing(self) -> bool:
+        session = self.session()
+        return session is not None and _compat.session_flushing(session)
 
 
 def _watch(session: Session) -> _Watch:
     watch: _Watch | None = session.info.get(_WATCH)
     if watch is None:
-        watch = session.info[_WATCH] = _Watch()
+        watch = session.info[_WATCH] = _Watch(weakref.ref(session))
     return watch
 
 
@@ -115,8 +120,7 @@ def _query_mark(context: QueryContext, mapper: Any) -> tuple[_Watch, int, int] |
     session = context.session
     if session.in_transaction():
         connection = session.connection(bind_arguments={"mapper": mapper})
-        statement = context.query
-        locking = getattr(statement, "_for_update_arg", None) is not None
+        locking = _compat.locks_rows(context.query)
         if (locking and connection.dialect.name != "sqlite") or _snapshot_isolated(connection):
             mark = _watch(session).mark()
     attributes[_QUERY_MARK] = mark
@@ -159,22 +163,15 @@ def _ended(session: Session, transaction: SessionTransaction) -> None:
         watch.generation += 1
 
 
-@event.listens_for(Session, "before_flush")
-def _flush_starts(session: Session, flush_context: UOWTransaction, instances: object) -> None:
-    _watch(session).flushing += 1
-
-
 @event.listens_for(Session, "after_flush_postexec")
 def _flush_ends(session: Session, flush_context: UOWTransaction) -> None:
     _mark_written(session, flush_context)
-    _watch(session).flushing = 0
 
 
 @event.listens_for(Session, "after_soft_rollback")
-def _flush_failed(session: Session, previous_transaction: SessionTransaction) -> None:
+def _rolled_back(session: Session, previous_transaction: SessionTransaction) -> None:
     watch: _Watch | None = session.info.get(_WATCH)
     if watch is not None:
-        watch.flushing = 0
         watch.generation += 1
 
 
@@ -193,6 +190,8 @@ def _executing(
     executemany: bool,
 ) -> None:
     # At the cursor: exec_driver_sql has no before_execute event.
+    # A flush's own statements are not counted: the flush keeps its records' values current
+    # (``Session._flushing``: a flush that finds nothing to write has no after_flush event).
     watch = _CONNECTIONS.get(connection)
-    if watch is not None and not watch.flushing and _may_write(statement):
+    if watch is not None and _may_write(statement) and not watch.flushing():
         watch.epoch += 1

@@ -39,6 +39,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -622,6 +623,10 @@ def rounds() -> Iterator[int]:
         yield number
 
 
+def _timed_updates(engine: sa.Engine, contender: Contender) -> float:
+    return timed(lambda: update_rows(engine, contender))
+
+
 def group_write(engine: sa.Engine, contender: Contender, out: Result) -> None:
     fresh_tables(engine, contender)  # warm-up: compile every statement once
     insert_rows(engine, contender, BATCH)
@@ -637,7 +642,7 @@ def group_write(engine: sa.Engine, contender: Contender, out: Result) -> None:
             # The same updates again, under snapshot isolation: there a row changed since the
             # transaction's snapshot fails its UPDATE, so this library need not read it first.
             snapshot = engine.execution_options(isolation_level="REPEATABLE READ")
-            if not out.run("updates_rr_s", lambda: timed(lambda: update_rows(snapshot, contender))):
+            if not out.run("updates_rr_s", partial(_timed_updates, snapshot, contender)):
                 break
         with engine.connect() as connection:
             out.add("history_rows", contender.version_rows(connection) or 0)
