@@ -1,0 +1,215 @@
+"""Database-side capture (work in progress towards issue #14): PostgreSQL triggers that record
+every write to a table, whoever makes it, with the same history the session path writes.
+
+Writes here go through plain connections (raw SQL and Core), which the session path does not
+see: what is recorded is the triggers' alone. Each case compares with what the session path
+records for the same change of a twin model.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from versioning import Operation, Versioned, history, masks
+from versioning.context import AuditContext
+from versioning.declaration import versioned_spec
+from versioning.triggers import context_settings, install, trigger_fingerprint
+
+pytestmark = pytest.mark.backends("postgresql")
+
+Tables = Callable[[sa.MetaData], sa.Engine]
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class _Columns:
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(sa.String(50))
+    price: Mapped[Decimal | None] = mapped_column(sa.Numeric(10, 2))
+    seen: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    card: Mapped[str | None] = mapped_column(sa.String(20))
+    doc: Mapped[Any] = mapped_column(sa.JSON, nullable=True)
+
+
+class Item(_Columns, Versioned, Base):
+    """Captured by the database (its triggers installed by the fixture)."""
+
+    __tablename__ = "dbcap_items"
+    __versioned__ = {"mask": {"card": masks.last4}}
+
+
+class Twin(_Columns, Versioned, Base):
+    """The same columns, captured by the session: what the triggers must match."""
+
+    __tablename__ = "dbcap_twins"
+    __versioned__ = {"mask": {"card": masks.last4}}
+
+
+ITEMS = Item.__table__
+SPEC = versioned_spec(sa.inspect(Item))
+
+
+@pytest.fixture
+def captured(create_tables: Tables) -> sa.Engine:
+    engine = create_tables(Base.metadata)
+    assert SPEC is not None
+    with engine.begin() as connection:
+        install(connection, SPEC)
+    return engine
+
+
+def _versions(engine: sa.Engine, model: type[Any], pk: int = 1) -> list[tuple[Any, ...]]:
+    with Session(engine) as session:
+        return [
+            (v.operation, v.changes, v.state, v.transaction.actor)
+            for v in history(session, model, pk)
+        ]
+
+
+VALUES = {
+    "name": "bolt",
+    "price": Decimal("12.30"),
+    "seen": dt.datetime(2026, 5, 1, 12, 30, 15, 120000, tzinfo=dt.UTC),
+    "card": "4111111111111111",
+    "doc": {"b": [1, 2.5], "a": {"x": None}},
+}
+CHANGED = {"name": "nut", "price": Decimal("7.00"), "card": "4000000000000002", "doc": None}
+
+
+def test_raw_sql_is_recorded_as_the_session_path_records_it(captured: sa.Engine) -> None:
+    engine = captured
+    with engine.begin() as connection:
+        connection.execute(ITEMS.insert(), {"id": 1, **VALUES})
+    with engine.begin() as connection:
+        connection.execute(ITEMS.update().where(ITEMS.c.id == 1).values(CHANGED))
+    with engine.begin() as connection:
+        connection.exec_driver_sql("DELETE FROM dbcap_items WHERE id = 1")
+    with Session(engine) as session:
+        twin = Twin(id=1, **VALUES)
+        session.add(twin)
+        session.commit()
+        for key, value in CHANGED.items():
+            setattr(twin, key, value)
+        session.commit()
+        session.delete(twin)
+        session.commit()
+    ours = _versions(engine, Item)
+    theirs = _versions(engine, Twin)
+    assert [v[0] for v in ours] == [Operation.INSERT, Operation.UPDATE, Operation.DELETE]
+    assert [v[:3] for v in ours] == [v[:3] for v in theirs]
+    assert ours[1][1]["card"] == ("************1111", "************0002")
+
+
+def test_another_clients_transaction_row_says_what_the_database_knows(
+    captured: sa.Engine,
+) -> None:
+    engine = captured
+    with engine.begin() as connection:
+        connection.exec_driver_sql("SET application_name = 'nightly-fix'")
+        connection.execute(ITEMS.insert(), {"id": 1, **VALUES})
+        connection.execute(ITEMS.insert(), {"id": 2, **VALUES})
+    with Session(engine) as session:
+        versions = [v for pk in (1, 2) for v in history(session, Item, pk)]
+        transaction = versions[0].transaction
+        assert transaction.actor == "postgres"
+        assert transaction.extra == {"database_user": "postgres", "application_name": "nightly-fix"}
+        # One transaction row for the database transaction.
+        assert {v.transaction_id for v in versions} == {transaction.id}
+
+
+def test_the_applications_context_goes_on_its_transaction_row(captured: sa.Engine) -> None:
+    engine = captured
+    context = AuditContext(
+        actor="alice", source_ip="10.0.0.7", request_id="r-1", reason="fix", extra={"t": 7}
+    )
+    with Session(engine) as session:
+        session.execute(sa.text("INSERT INTO dbcap_items (id, name) VALUES (1, 'bolt')"))
+        context_settings(session.connection(), context)  # any time before the commit
+        session.commit()
+    with Session(engine) as session:
+        transaction = history(session, Item, 1)[0].transaction
+    assert (transaction.actor, transaction.source_ip, transaction.request_id) == (
+        "alice",
+        "10.0.0.7",
+        "r-1",
+    )
+    assert (transaction.reason, transaction.extra) == ("fix", {"t": 7})
+
+
+def test_an_update_that_changes_nothing_records_nothing(captured: sa.Engine) -> None:
+    engine = captured
+    with engine.begin() as connection:
+        connection.execute(ITEMS.insert(), {"id": 1, **VALUES})
+    with engine.begin() as connection:
+        connection.execute(ITEMS.update().where(ITEMS.c.id == 1).values(VALUES))
+        connection.exec_driver_sql("UPDATE dbcap_items SET price = 12.3 WHERE id = 1")
+    assert [v[0] for v in _versions(engine, Item)] == [Operation.INSERT]
+
+
+def test_rolled_back_work_leaves_nothing(captured: sa.Engine) -> None:
+    engine = captured
+    with engine.connect() as connection:
+        with connection.begin():
+            connection.execute(ITEMS.insert(), {"id": 1, **VALUES})
+        transaction = connection.begin()
+        connection.execute(ITEMS.update().values(name="gone"))
+        transaction.rollback()
+        with connection.begin():
+            savepoint = connection.begin_nested()
+            connection.execute(ITEMS.update().values(name="undone"))
+            savepoint.rollback()
+            connection.execute(ITEMS.update().values(name="kept"))
+    versions = _versions(engine, Item)
+    assert [(v[0], v[1]) for v in versions][1:] == [(Operation.UPDATE, {"name": ("bolt", "kept")})]
+    with engine.connect() as connection:
+        count = connection.exec_driver_sql("SELECT count(*) FROM versioning_transaction").scalar()
+    assert count == 2
+
+
+def test_transaction_ids_follow_commit_order(captured: sa.Engine) -> None:
+    """The transaction that wrote first but committed last gets the larger id: the row is
+    written at commit, as the session path's."""
+    engine = captured
+    with engine.begin() as connection:
+        connection.execute(ITEMS.insert(), [{"id": i, **VALUES} for i in (1, 2)])
+    late = engine.connect()
+    late_tx = late.begin()
+    late.execute(ITEMS.update().where(ITEMS.c.id == 2).values(name="late first write"))
+    with engine.begin() as early:
+        early.execute(ITEMS.update().where(ITEMS.c.id == 1).values(name="early"))
+    done = threading.Event()
+
+    def finish() -> None:
+        late.execute(ITEMS.update().where(ITEMS.c.id == 1).values(name="late"))
+        late_tx.commit()
+        late.close()
+        done.set()
+
+    finish()
+    assert done.is_set()
+    with Session(engine) as session:
+        versions = history(session, Item, 1)
+    assert [v.changes["name"][1] for v in versions[1:]] == ["early", "late"]
+    assert versions[1].transaction_id < versions[2].transaction_id
+
+
+def test_the_fingerprint_changes_with_the_columns() -> None:
+    from sqlalchemy.dialects import postgresql
+
+    assert SPEC is not None
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    first = trigger_fingerprint(SPEC, dialect)
+    assert first == trigger_fingerprint(SPEC, dialect)
+    twin = versioned_spec(sa.inspect(Twin))
+    assert twin is not None
+    assert trigger_fingerprint(twin, dialect) != first

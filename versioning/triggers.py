@@ -1,0 +1,264 @@
+"""Database-side capture: the triggers that write a model's history inside the database.
+
+Work in progress towards issue #14 (not public yet): PostgreSQL only, one table per model.
+
+The session path records what goes through a SQLAlchemy ``Session``; these triggers record every
+write to the table, whoever makes it (raw SQL, another service, a migration), with the same
+history rows: the snapshot and ``changes`` document come from :mod:`versioning.history_sql`, so
+``history()``, ``as_of`` and ``restore`` read them back as they read the session path's.
+
+PostgreSQL: one ``CONSTRAINT TRIGGER ... AFTER INSERT OR UPDATE OR DELETE ... DEFERRABLE
+INITIALLY DEFERRED FOR EACH ROW`` per table. Deferred, it fires at ``COMMIT``, once per row event
+in the order of the events, with each event's ``OLD`` and ``NEW`` as they were then; events of a
+savepoint that rolled back never fire, nor does anything of a transaction that rolled back.
+
+* **One transaction row per database transaction, allocated at commit.** The first firing of
+  the transaction writes the transaction row and keeps its id in a transaction-local setting
+  (``versioning.transaction_id``); the others reuse it. Firing at commit, after every row lock of
+  the transaction is held, the id and time follow commit order for every record, as the session
+  path's do (see :mod:`versioning.recording`).
+* **Whose context.** An application hands its audit context over in transaction-local settings
+  (``versioning.context`` = ``app`` with ``versioning.actor``, ``versioning.source_ip``,
+  ``versioning.request_id``, ``versioning.reason``, ``versioning.extra``; see
+  :func:`context_settings`), any time before ``COMMIT``; the transaction row carries it. Any
+  other client's transaction row says what the database knows: the database user as actor, the
+  client's address, and ``{"database_user", "application_name"}`` in ``extra``.
+* **An update that changes nothing records nothing** (the ``changes`` document is ``NULL``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Dialect
+
+from versioning import history_sql
+from versioning.context import AuditContext
+from versioning.declaration import ModelSpec
+from versioning.errors import ConfigurationError
+from versioning.operation import Operation
+from versioning.recording import _issued_at
+from versioning.schema import CHANGES, OPERATION, PERSONAL, TRANSACTION_ID
+
+__all__ = [
+    "SETTINGS",
+    "context_settings",
+    "drop",
+    "drop_statements",
+    "install",
+    "install_statements",
+    "trigger_fingerprint",
+]
+
+#: The transaction-local settings the triggers read (PostgreSQL).
+SETTINGS = {
+    "context": "versioning.context",
+    "transaction_id": "versioning.transaction_id",
+    "actor": "versioning.actor",
+    "source_ip": "versioning.source_ip",
+    "request_id": "versioning.request_id",
+    "reason": "versioning.reason",
+    "extra": "versioning.extra",
+}
+_TRIGGER = "versioning_capture"
+_PG_NAME_MAX = 63
+
+
+def _name(base: str, suffix: str, limit: int = _PG_NAME_MAX) -> str:
+    name = f"{base}_{suffix}"
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    return f"{name[: limit - 9]}_{digest}"
+
+
+def _sql(element: Any, dialect: Dialect) -> str:
+    """SQL text for a function body: values as literals, and no driver's escaping of ``%``
+    (compiled by a copy of the dialect with a parameter style that does not use it)."""
+    plain = type(dialect)(paramstyle="named")
+    return str(element.compile(dialect=plain, compile_kwargs={"literal_binds": True}))
+
+
+def _string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _setting(name: str) -> sa.ColumnElement[str]:
+    """A transaction-local setting's text, ``NULL`` when unset or empty."""
+    return sa.func.nullif(sa.func.current_setting(SETTINGS[name], sa.true()), "")
+
+
+def _one_table(spec: ModelSpec) -> sa.Table:
+    table = spec.mapper.local_table
+    if spec.base is not None or spec.mapper.inherits is not None or not isinstance(table, sa.Table):
+        raise ConfigurationError(
+            f"{spec.model.__name__}: database capture covers a model mapped to one table of its "
+            f"own; keep this model on session capture"
+        )
+    return table
+
+
+def _row(table: sa.Table, name: str) -> sa.TableClause:
+    """A trigger's ``OLD`` or ``NEW`` row as a row source with the live column names."""
+    return sa.table(name, *(sa.column(c.name, c.type) for c in table.columns))
+
+
+def _transaction_insert(spec: ModelSpec, dialect: Dialect) -> str:
+    """The transaction row's INSERT, returning its id ``INTO tx`` (PL/pgSQL)."""
+    transactions = spec.transactions
+    app = _setting("context") == "app"
+    database_extra = sa.func.json_build_object(
+        "database_user",
+        sa.func.session_user(type_=sa.Text()),
+        "application_name",
+        sa.func.current_setting("application_name"),
+    )
+
+    def pick(name: str, otherwise: Any) -> Any:
+        return sa.case((app, _setting(name)), else_=otherwise)
+
+    insert = transactions.insert().values(
+        issued_at=_issued_at(transactions, "postgresql"),
+        actor=pick("actor", sa.literal_column("session_user")),
+        source_ip=pick("source_ip", sa.func.host(sa.func.inet_client_addr())),
+        request_id=pick("request_id", sa.null()),
+        reason=pick("reason", sa.null()),
+        extra=sa.case(
+            (app, sa.cast(_setting("extra"), sa.JSON())), else_=sa.cast(database_extra, sa.JSON())
+        ),
+    )
+    return f"{_sql(insert.returning(transactions.c.id), dialect)} INTO tx"
+
+
+def _history_insert(spec: ModelSpec, table: sa.Table, dialect: Dialect, operation: str) -> str:
+    """The history row's INSERT for one kind of event, from ``NEW`` (``OLD`` for a delete)."""
+    source = _row(table, "old" if operation == "DELETE" else "new")
+    values: dict[str, Any] = dict(history_sql.snapshot_columns(spec, source, dialect))
+    values[TRANSACTION_ID] = sa.literal_column("tx")
+    values[OPERATION] = sa.literal(Operation[operation].value)
+    values[CHANGES] = sa.literal_column("changes") if operation == "UPDATE" else sa.null()
+    personal = history_sql.personal_json(spec, dialect)
+    if personal is not None:
+        values[PERSONAL] = personal
+    return _sql(spec.history.insert().values(values).inline(), dialect)
+
+
+def _function_body(spec: ModelSpec, table: sa.Table, dialect: Dialect) -> str:
+    changes = history_sql.changes_json(spec, _row(table, "old"), _row(table, "new"), dialect)
+    setting = _string(SETTINGS["transaction_id"])
+    return (
+        "DECLARE\n"
+        "  tx bigint;\n"
+        "  changes json;\n"
+        "BEGIN\n"
+        "  IF TG_OP = 'UPDATE' THEN\n"
+        f"    changes := {_sql(changes, dialect)};\n"
+        "    IF changes IS NULL THEN\n"
+        "      RETURN NULL;\n"
+        "    END IF;\n"
+        "  END IF;\n"
+        f"  tx := nullif(current_setting({setting}, true), '')::bigint;\n"
+        "  IF tx IS NULL THEN\n"
+        f"    {_transaction_insert(spec, dialect)};\n"
+        f"    PERFORM set_config({setting}, tx::text, true);\n"
+        "  END IF;\n"
+        "  IF TG_OP = 'INSERT' THEN\n"
+        f"    {_history_insert(spec, table, dialect, 'INSERT')};\n"
+        "  ELSIF TG_OP = 'UPDATE' THEN\n"
+        f"    {_history_insert(spec, table, dialect, 'UPDATE')};\n"
+        "  ELSE\n"
+        f"    {_history_insert(spec, table, dialect, 'DELETE')};\n"
+        "  END IF;\n"
+        "  RETURN NULL;\n"
+        "END\n"
+    )
+
+
+def _function_name(table: sa.Table, dialect: Dialect) -> str:
+    preparer = dialect.identifier_preparer
+    schema = f"{preparer.quote_schema(table.schema)}." if table.schema else ""
+    return schema + preparer.quote(_name(table.name, _TRIGGER))
+
+
+def trigger_fingerprint(spec: ModelSpec, dialect: Dialect) -> str:
+    """A hash of what the triggers of ``spec``'s table do: it changes with the columns, types
+    and masks they name (how a stale trigger is told)."""
+    return hashlib.sha256(_function_body(spec, _one_table(spec), dialect).encode()).hexdigest()
+
+
+def install_statements(spec: ModelSpec, dialect: Dialect) -> list[str]:
+    """The DDL that installs (or refreshes) the capture trigger of ``spec``'s table."""
+    if dialect.name != "postgresql":
+        raise ConfigurationError(
+            f"{spec.model.__name__}: database capture is available on PostgreSQL only so far; "
+            f"keep this model on session capture on {dialect.name}"
+        )
+    table = _one_table(spec)
+    function = _function_name(table, dialect)
+    body = _function_body(spec, table, dialect)
+    fingerprint = hashlib.sha256(body.encode()).hexdigest()
+    qualified = dialect.identifier_preparer.format_table(table)
+    return [
+        f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql "
+        f"AS $versioning$\n{body}$versioning$",
+        f"COMMENT ON FUNCTION {function}() IS {_string('versioning capture ' + fingerprint)}",
+        f"DROP TRIGGER IF EXISTS {_TRIGGER} ON {qualified}",
+        f"CREATE CONSTRAINT TRIGGER {_TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON {qualified} "
+        f"DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {function}()",
+    ]
+
+
+def drop_statements(spec: ModelSpec, dialect: Dialect) -> list[str]:
+    """The DDL that removes the capture trigger of ``spec``'s table and its function."""
+    table = _one_table(spec)
+    qualified = dialect.identifier_preparer.format_table(table)
+    return [
+        f"DROP TRIGGER IF EXISTS {_TRIGGER} ON {qualified}",
+        f"DROP FUNCTION IF EXISTS {_function_name(table, dialect)}()",
+    ]
+
+
+def _run(connection: Connection, statements: list[str]) -> None:
+    """Run DDL text as it is (a driver with ``%`` placeholders reads ``%%`` as ``%``)."""
+    escape = connection.dialect.paramstyle in ("format", "pyformat")
+    for statement in statements:
+        connection.exec_driver_sql(statement.replace("%", "%%") if escape else statement)
+
+
+def install(connection: Connection, spec: ModelSpec) -> None:
+    """Install (or refresh) the capture trigger of ``spec``'s table, in the connection's
+    transaction."""
+    _run(connection, install_statements(spec, connection.dialect))
+
+
+def drop(connection: Connection, spec: ModelSpec) -> None:
+    """Remove the capture trigger of ``spec``'s table."""
+    _run(connection, drop_statements(spec, connection.dialect))
+
+
+def context_settings(connection: Connection, context: AuditContext) -> None:
+    """Hand the application's audit context to the triggers of this transaction, in one
+    statement: transaction-local settings, gone at commit or rollback. Unset values are empty
+    (the triggers read them as ``NULL``); ``extra`` is its JSON text, as the session path
+    stores it (``NULL`` when empty)."""
+    values = {
+        "context": "app",
+        "actor": context.actor,
+        "source_ip": context.source_ip,
+        "request_id": context.request_id,
+        "reason": context.reason,
+        "extra": json.dumps(dict(context.extra), separators=(",", ":"), ensure_ascii=False)
+        if context.extra
+        else None,
+    }
+    connection.execute(
+        sa.select(
+            *(
+                sa.func.set_config(SETTINGS[name], "" if value is None else value, sa.true())
+                for name, value in values.items()
+            )
+        )
+    )
