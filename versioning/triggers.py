@@ -78,7 +78,8 @@ def _name(base: str, suffix: str, limit: int = _PG_NAME_MAX) -> str:
 def _sql(element: Any, dialect: Dialect) -> str:
     """SQL text for a function body: values as literals, and no driver's escaping of ``%``
     (compiled by a copy of the dialect with a parameter style that does not use it)."""
-    plain = type(dialect)(paramstyle="named")
+    make: Any = type(dialect)
+    plain: Dialect = make(paramstyle="named")
     return str(element.compile(dialect=plain, compile_kwargs={"literal_binds": True}))
 
 
