@@ -1,9 +1,10 @@
 """Database-side capture (work in progress towards issue #14): PostgreSQL triggers that record
 every write to a table, whoever makes it, with the same history the session path writes.
 
-Writes here go through plain connections (raw SQL and Core), which the session path does not
-see: what is recorded is the triggers' alone. Each case compares with what the session path
-records for the same change of a twin model.
+``__versioned__["capture"] = "database"``: ``create_all`` installs the triggers and the session
+path leaves the model alone, so that ORM writes, raw SQL and other clients are all recorded by
+the triggers, once. Each case compares with what the session path records for the same change
+of a twin model.
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from versioning import Operation, Versioned, history, masks
-from versioning.context import AuditContext
+from versioning import ConfigurationError, Operation, Versioned, audit_context, history, masks
 from versioning.declaration import versioned_spec
-from versioning.triggers import context_settings, install, trigger_fingerprint
+from versioning.triggers import trigger_fingerprint
 
 pytestmark = pytest.mark.backends("postgresql")
 
@@ -42,10 +42,10 @@ class _Columns:
 
 
 class Item(_Columns, Versioned, Base):
-    """Captured by the database (its triggers installed by the fixture)."""
+    """Captured by the database: create_all installs its trigger."""
 
     __tablename__ = "dbcap_items"
-    __versioned__ = {"mask": {"card": masks.last4}}
+    __versioned__ = {"capture": "database", "mask": {"card": masks.last4}}
 
 
 class Twin(_Columns, Versioned, Base):
@@ -61,11 +61,7 @@ SPEC = versioned_spec(sa.inspect(Item))
 
 @pytest.fixture
 def captured(create_tables: Tables) -> sa.Engine:
-    engine = create_tables(Base.metadata)
-    assert SPEC is not None
-    with engine.begin() as connection:
-        install(connection, SPEC)
-    return engine
+    return create_tables(Base.metadata)
 
 
 def _versions(engine: sa.Engine, model: type[Any], pk: int = 1) -> list[tuple[Any, ...]]:
@@ -129,12 +125,11 @@ def test_another_clients_transaction_row_says_what_the_database_knows(
 
 def test_the_applications_context_goes_on_its_transaction_row(captured: sa.Engine) -> None:
     engine = captured
-    context = AuditContext(
-        actor="alice", source_ip="10.0.0.7", request_id="r-1", reason="fix", extra={"t": 7}
-    )
-    with Session(engine) as session:
+    with (
+        audit_context(actor="alice", source_ip="10.0.0.7", request_id="r-1", reason="fix", t=7),
+        Session(engine) as session,
+    ):  # raw SQL through the session: the app's context
         session.execute(sa.text("INSERT INTO dbcap_items (id, name) VALUES (1, 'bolt')"))
-        context_settings(session.connection(), context)  # any time before the commit
         session.commit()
     with Session(engine) as session:
         transaction = history(session, Item, 1)[0].transaction
@@ -213,3 +208,87 @@ def test_the_fingerprint_changes_with_the_columns() -> None:
     twin = versioned_spec(sa.inspect(Twin))
     assert twin is not None
     assert trigger_fingerprint(twin, dialect) != first
+
+
+def test_orm_writes_are_recorded_once_by_the_triggers(captured: sa.Engine) -> None:
+    engine = captured
+    with audit_context(actor="alice", request_id="r-9", ticket=3), Session(engine) as session:
+        item = Item(id=1, **VALUES)
+        session.add(item)
+        session.commit()
+        for key, value in CHANGED.items():
+            setattr(item, key, value)
+        session.commit()
+        session.execute(sa.update(Item).where(Item.id == 1).values(name="bulk"))
+        session.commit()
+        session.delete(session.get_one(Item, 1))
+        session.commit()
+    versions = _versions(engine, Item)
+    assert [v[0] for v in versions] == [
+        Operation.INSERT,
+        Operation.UPDATE,
+        Operation.UPDATE,
+        Operation.DELETE,
+    ]
+    assert {v[3] for v in versions} == {"alice"}
+    with Session(engine) as session:
+        transaction = history(session, Item, 1)[0].transaction
+    assert (transaction.request_id, transaction.extra) == ("r-9", {"ticket": 3})
+
+
+def test_one_transaction_row_when_both_paths_write(captured: sa.Engine) -> None:
+    """A transaction that changes a model of each kind has one transaction row: the triggers
+    use the one the session path wrote."""
+    engine = captured
+    with audit_context(actor="bob"), Session(engine) as session:
+        session.add_all([Item(id=1, **VALUES), Twin(id=1, **VALUES)])
+        session.commit()
+    with Session(engine) as session:
+        ours, theirs = history(session, Item, 1)[0], history(session, Twin, 1)[0]
+    assert ours.transaction_id == theirs.transaction_id
+    assert ours.transaction.actor == "bob"
+    with engine.connect() as connection:
+        count = connection.exec_driver_sql("SELECT count(*) FROM versioning_transaction").scalar()
+    assert count == 1
+
+
+def _declare(options: dict[str, Any], name: str) -> None:
+    class Local(DeclarativeBase):
+        pass
+
+    type(
+        name,
+        (Versioned, Local),
+        {
+            "__tablename__": name.lower(),
+            "__versioned__": options,
+            "__annotations__": {"id": Mapped[int], "name": Mapped[str]},
+            "id": mapped_column(primary_key=True),
+            "name": mapped_column(sa.String(20)),
+        },
+    )
+
+
+def test_the_capture_option_is_checked_at_declaration() -> None:
+    with pytest.raises(ConfigurationError, match=r"\['capture'\] must be one of"):
+        _declare({"capture": "trigger"}, "BadCapture")
+    with pytest.raises(ConfigurationError, match="has no SQL form"):
+        _declare({"capture": "database", "mask": {"name": str.upper}}, "NoSQLMask")
+    _declare({"capture": "database", "mask": {"name": masks.redact}}, "SQLMask")
+
+
+class Other(DeclarativeBase):
+    pass
+
+
+class Elsewhere(Versioned, Other):
+    __tablename__ = "dbcap_elsewhere"
+    __versioned__ = {"capture": "database"}
+    id: Mapped[int] = mapped_column(primary_key=True)
+
+
+@pytest.mark.backends("sqlite", "mariadb")
+def test_create_all_refuses_database_capture_where_it_is_not_built_yet(engine: sa.Engine) -> None:
+    with pytest.raises(ConfigurationError, match="PostgreSQL only so far"):
+        Other.metadata.create_all(engine)
+    Other.metadata.drop_all(engine)

@@ -18,6 +18,7 @@ from versioning import catalog as catalog  # writes the registry at create_all
 from versioning import link_tables as _link_tables  # noqa: F401 - declares link history
 from versioning import masks
 from versioning import statements as _statements  # noqa: F401 - installs the statement hook
+from versioning import triggers as _triggers  # noqa: F401 - installs database capture at create_all
 from versioning.archiving import (
     ArchivedVersion,
     ArchiveManifest,

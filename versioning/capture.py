@@ -35,7 +35,7 @@ from sqlalchemy.orm import InstanceState, Mapper, Session, UOWTransaction
 from sqlalchemy.orm.base import NO_VALUE
 
 from versioning import cascades, guard, live_rows, stored, trusted
-from versioning.declaration import ModelSpec, Versioned, versioned_spec
+from versioning.declaration import ModelSpec, Versioned, session_spec
 from versioning.errors import VersioningError
 from versioning.history_rows import Change
 from versioning.operation import Operation
@@ -151,7 +151,7 @@ def _before_flush(session: Session, flush_context: UOWTransaction, instances: ob
     for objects, deleting in ((session.dirty, False), (session.deleted, True)):
         for obj in objects:
             state: InstanceState[Any] = state_of(obj)
-            spec = versioned_spec(state.mapper)
+            spec = session_spec(state.mapper)
             if (
                 spec is not None
                 and state.key is not None
@@ -167,7 +167,7 @@ def _before_flush(session: Session, flush_context: UOWTransaction, instances: ob
         sorted(wanted.items(), key=_write_order(wanted)) if len(wanted) > 1 else wanted.items()
     )
     for mapper, states in ordered:
-        spec = versioned_spec(mapper)
+        spec = session_spec(mapper)
         assert spec is not None
         connection = session.connection(bind_arguments={"mapper": mapper})
         found = _load_rows(connection, spec, states, lock=True)
@@ -217,8 +217,8 @@ def _before_values(
 
 
 def _note_before(state: InstanceState[Any], connection: Connection, deleting: bool) -> None:
-    spec = versioned_spec(state.mapper)
-    if spec is None:  # pragma: no cover - listeners are only on versioned classes
+    spec = session_spec(state.mapper)
+    if spec is None:  # captured by the database's triggers
         return
     changed = frozenset(key for key in state.committed_state if key in spec.attr_set)
     if not deleting and not changed:
@@ -435,7 +435,7 @@ def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
                 deleted = {sa.inspect(obj) for obj in session.deleted}
             if state not in deleted:
                 continue
-        spec = versioned_spec(state.mapper)
+        spec = session_spec(state.mapper)
         if spec is None:
             continue
         if deleting:
@@ -505,7 +505,7 @@ def _read_back(
     fresh: dict[InstanceState[Any], dict[str, Any]] = {}
     dialects: dict[ModelSpec, Any] = {}
     for mapper, states in reload.items():
-        spec = versioned_spec(mapper)
+        spec = session_spec(mapper)
         assert spec is not None
         connection = session.connection(bind_arguments={"mapper": mapper})
         dialects[spec] = connection.dialect

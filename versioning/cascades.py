@@ -65,7 +65,8 @@ def edges(mapper: Mapper[Any]) -> list[CascadeEdge]:
     """The foreign keys with a database-side action that reference ``mapper``'s tables."""
     out: list[CascadeEdge] = []
     for table in mapper.tables:
-        out.extend(cascade_edges(table))
+        # A child captured by the database: its own triggers record what the action does.
+        out.extend(edge for edge in cascade_edges(table) if edge.child.capture == "session")
     return out
 
 

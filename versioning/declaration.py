@@ -57,12 +57,17 @@ __all__ = [
 ]
 
 _SPEC_ATTR = "__versioning_spec__"
-_OPTION_KEYS = frozenset({"exclude", "mask", "personal", "table_name"})
+_OPTION_KEYS = frozenset({"capture", "exclude", "mask", "personal", "table_name"})
+#: ``Table.info`` key of a live table whose history its triggers write: the model's spec.
+CAPTURED_BY_DATABASE = "versioning_captured_by_database"
+#: Who writes a model's history: the session (the default) or the database's triggers.
+CAPTURES = ("session", "database")
 
 
 class VersionedOptions(TypedDict, total=False):
     """The keys ``__versioned__`` accepts."""
 
+    capture: str
     exclude: Iterable[str]
     mask: Mapping[str, Mask]
     personal: Iterable[str]
@@ -111,6 +116,9 @@ class ModelSpec:
     stored_checks: dict[str, dict[str, Callable[[Any], bool] | type]] = field(
         init=False, default_factory=dict
     )
+    #: ``"session"`` (the session path writes its history) or ``"database"`` (its table's
+    #: triggers do, see :mod:`versioning.triggers`).
+    capture: str = "session"
     #: What reads build once per model and reuse (instance plans, statements; see
     #: :mod:`versioning.instances`, :mod:`versioning.live_rows`), filled on first use; it goes
     #: with the model.
@@ -140,6 +148,16 @@ def versioned_spec(mapper: Mapper[Any]) -> ModelSpec | None:
     return spec
 
 
+def session_spec(mapper: Mapper[Any]) -> ModelSpec | None:
+    """The spec of ``mapper`` if the session path records its history, else ``None``: a
+    model captured by the database (``__versioned__["capture"] = "database"``) is its
+    triggers' alone, so that nothing is recorded twice."""
+    spec: ModelSpec | None = mapper.class_.__dict__.get(_SPEC_ATTR)
+    if spec is None or spec.capture != "session":
+        return None
+    return spec
+
+
 def require_spec(model: type[Any]) -> ModelSpec:
     """The spec of a versioned model class, or a clear error if it is not one."""
     mapper = sa.inspect(model, raiseerr=False)
@@ -164,6 +182,14 @@ def require_spec(model: type[Any]) -> ModelSpec:
 
 #: Every versioned mapper's spec declared in this process (weakly: a class may go away).
 _SPECS: weakref.WeakSet[ModelSpec] = weakref.WeakSet()
+#: Whether any model of the process is captured by the database (what makes a commit hand the
+#: audit context to the database: see versioning.triggers).
+_DATABASE_CAPTURE = [False]
+
+
+def database_capture_declared() -> bool:
+    """Whether a model captured by the database has been declared in this process."""
+    return _DATABASE_CAPTURE[0]
 
 
 def all_specs() -> list[ModelSpec]:
@@ -218,7 +244,13 @@ def _own_options(cls: type[Any]) -> dict[str, Any]:
         raise ConfigurationError(
             f"{name}.__versioned__['personal'] must be a list of column names, got {personal!r}"
         )
+    capture = raw.get("capture", "session")
+    if capture not in CAPTURES:
+        raise ConfigurationError(
+            f"{name}.__versioned__['capture'] must be one of {list(CAPTURES)}, got {capture!r}"
+        )
     return {
+        "capture": capture,
         "exclude": list(exclude),
         "mask": dict(mask),
         "personal": list(personal),
@@ -319,6 +351,9 @@ def _declare(mapper: Mapper[Any], cls: type[Any]) -> None:
             if (name in props or name in by_column) and by_column.get(name, name) not in masks:
                 masks[by_column.get(name, name)] = fn
 
+    capture = options.get("capture", "session")
+    if capture == "database":
+        _check_database_capture(cls, mapper, masks)
     pk_keys = tuple(mapper.get_property_by_column(col).key for col in mapper.primary_key)
     for key in excluded & set(pk_keys):
         raise ConfigurationError(
@@ -423,12 +458,33 @@ def _declare(mapper: Mapper[Any], cls: type[Any]) -> None:
         discriminator=discriminator,
         trusts_session=mapper.version_id_col is not None,
         personal=frozenset(personal),
+        capture=capture,
     )
     type.__setattr__(cls, _SPEC_ATTR, spec)
     _SPECS.add(spec)
     if isinstance(mapper.local_table, sa.Table):
         mapper.local_table.info[LIVE_TABLE_INFO] = history.name
+        if capture == "database":
+            _DATABASE_CAPTURE[0] = True
+            mapper.local_table.info[CAPTURED_BY_DATABASE] = spec
         register_tables(mapper.local_table, history, transactions)
+
+
+def _check_database_capture(cls: type[Any], mapper: Mapper[Any], masks: dict[str, Mask]) -> None:
+    """What database capture needs, checked at declaration: one table of its own, and an SQL
+    form for every mask (the triggers apply it; see :mod:`versioning.masks`)."""
+    if mapper.inherits is not None or mapper.polymorphic_on is not None:
+        raise ConfigurationError(
+            f"{cls.__name__}.__versioned__['capture'] = 'database' covers a model mapped to one "
+            f"table of its own, not an inheritance hierarchy: keep it on session capture"
+        )
+    for key, mask in masks.items():
+        if getattr(mask, "sql", None) is None:
+            raise ConfigurationError(
+                f"{cls.__name__}.{key}: the mask {getattr(mask, '__name__', mask)!r} has no SQL "
+                f"form, which database capture needs to apply it in the database; give it one "
+                f"with versioning.masks.sql_form, or keep {cls.__name__} on session capture"
+            )
 
 
 def _check_personal(

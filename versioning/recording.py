@@ -409,7 +409,9 @@ def _history_insert(history: sa.Table) -> sa.Insert:
                     nullable=column.nullable,
                 )
             )
-        copy = sa.Table(history.name, sa.MetaData(), *columns, schema=history.schema)
+        copy = sa.Table(
+            history.name, sa.MetaData(), *columns, schema=history.schema, info=dict(history.info)
+        )
         insert = _INSERTS[history] = copy.insert()
     return insert
 
@@ -659,6 +661,16 @@ def _write_at_commit(session: Session) -> None:
             connection = session.connection(bind_arguments={"mapper": group.mapper})
             _write_digest(connection, group, _note(state, group), None)
     state.digested = True
+
+
+def written_context(session: Session, connection: Connection) -> tuple[int | None, AuditContext]:
+    """The id of the transaction row this commit wrote on ``connection`` (``None`` if none) and
+    the audit context of the transaction (taken at its first versioned flush, else now)."""
+    state = _existing(session)
+    for group in state.groups.values() if state is not None else ():
+        if session.connection(bind_arguments={"mapper": group.mapper}) is connection:
+            return group.tx_id, group.context
+    return None, current_context()
 
 
 _FAILED = "versioning_failed_transaction"

@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection, CursorResult, Result
 from sqlalchemy.orm import ORMExecuteState, Session
 
 from versioning import _compat, cascades, guard, inserts, live_rows
-from versioning.declaration import ModelSpec, versioned_spec
+from versioning.declaration import ModelSpec, session_spec
 from versioning.errors import VersioningError
 from versioning.history_rows import Change
 from versioning.live_rows import Key, Rows
@@ -44,7 +44,7 @@ def _capture(orm: ORMExecuteState) -> Result[Any] | None:
     if not (orm.is_update or orm.is_delete or orm.is_insert):
         return None
     mapper = orm.bind_mapper
-    spec = versioned_spec(mapper) if mapper is not None else None
+    spec = session_spec(mapper) if mapper is not None else None
     if spec is None:
         return None
     session = orm.session

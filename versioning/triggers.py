@@ -33,14 +33,21 @@ import json
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.orm import Session
 
-from versioning import history_sql
+from versioning import _compat, history_sql, trusted
 from versioning.context import AuditContext
-from versioning.declaration import ModelSpec
+from versioning.declaration import (
+    CAPTURED_BY_DATABASE,
+    ModelSpec,
+    database_capture_declared,
+    versioned_spec,
+)
 from versioning.errors import ConfigurationError
 from versioning.operation import Operation
-from versioning.recording import _issued_at
+from versioning.recording import _issued_at, written_context
 from versioning.schema import CHANGES, OPERATION, PERSONAL, TRANSACTION_ID
 
 __all__ = [
@@ -240,13 +247,18 @@ def drop(connection: Connection, spec: ModelSpec) -> None:
     _run(connection, drop_statements(spec, connection.dialect))
 
 
-def context_settings(connection: Connection, context: AuditContext) -> None:
+def context_settings(
+    connection: Connection, context: AuditContext, transaction_id: int | None = None
+) -> None:
     """Hand the application's audit context to the triggers of this transaction, in one
     statement: transaction-local settings, gone at commit or rollback. Unset values are empty
     (the triggers read them as ``NULL``); ``extra`` is its JSON text, as the session path
-    stores it (``NULL`` when empty)."""
-    values = {
-        "context": "app",
+    stores it (``NULL`` when empty). ``transaction_id``: the transaction row the session path
+    wrote, which the triggers then use too (one row per database transaction)."""
+    values: dict[str, str | None] = {"context": "app"}
+    if transaction_id is not None:
+        values["transaction_id"] = str(transaction_id)
+    values |= {
         "actor": context.actor,
         "source_ip": context.source_ip,
         "request_id": context.request_id,
@@ -263,3 +275,53 @@ def context_settings(connection: Connection, context: AuditContext) -> None:
             )
         )
     )
+
+
+@event.listens_for(sa.Table, "after_create")
+def _installed_with_the_table(table: sa.Table, connection: Connection, **kw: Any) -> None:
+    spec: ModelSpec | None = table.info.get(CAPTURED_BY_DATABASE)
+    if spec is not None:
+        install(connection, spec)
+
+
+@event.listens_for(sa.Table, "after_drop")
+def _dropped_with_the_table(table: sa.Table, connection: Connection, **kw: Any) -> None:
+    spec: ModelSpec | None = table.info.get(CAPTURED_BY_DATABASE)
+    if spec is not None and connection.dialect.name == "postgresql":
+        _run(connection, [f"DROP FUNCTION IF EXISTS {_function_name(table, connection.dialect)}()"])
+
+
+#: ``Session.info`` key: a flush of this transaction wrote a model captured by the database.
+_FLUSHED = "versioning_flushed_database_captured"
+
+
+@event.listens_for(Session, "after_flush")
+def _note_flushed(session: Session, flush_context: Any) -> None:
+    if database_capture_declared() and _FLUSHED not in session.info:
+        for state in flush_context.states:
+            spec = versioned_spec(state.mapper)
+            if spec is not None and spec.capture == "database":
+                session.info[_FLUSHED] = True
+                return
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_flushed(session: Session, transaction: Any) -> None:
+    if transaction.parent is None:
+        session.info.pop(_FLUSHED, None)
+
+
+@event.listens_for(Session, "before_commit")
+def _hand_over_context(session: Session) -> None:
+    """At commit (after the session path wrote its rows), hand the audit context, and the
+    transaction row the session path wrote, to the triggers that fire at ``COMMIT``: if the
+    transaction flushed a model captured by the database, or ran any other statement that may
+    write (raw SQL may write such a table)."""
+    if not database_capture_declared() or session.in_nested_transaction():
+        return
+    if _FLUSHED not in session.info and not trusted.wrote_outside_flushes(session):
+        return
+    for connection in _compat.open_connections(session):
+        if connection.dialect.name == "postgresql":
+            transaction_id, context = written_context(session, connection)
+            context_settings(connection, context, transaction_id)

@@ -33,15 +33,17 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import InstanceState, Session, SessionTransaction, UOWTransaction
 from sqlalchemy.orm.context import QueryContext
 
 from versioning import _compat
+from versioning.append_only import is_append_only
 from versioning.declaration import Versioned, versioned_spec
 
-__all__ = ["is_current"]
+__all__ = ["is_current", "wrote_outside_flushes"]
 
 #: ``InstanceState.info`` key: ``(watch, generation, epoch)`` when the values were loaded.
 _MARK = "versioning_current"
@@ -61,6 +63,8 @@ class _Watch:
     session: weakref.ref[Session]
     generation: int = 0
     epoch: int = 0
+    #: ``epoch`` when the current transaction began.
+    begun_at: int = 0
 
     def mark(self) -> tuple[_Watch, int, int]:
         return (self, self.generation, self.epoch)
@@ -161,6 +165,15 @@ def _ended(session: Session, transaction: SessionTransaction) -> None:
         # A new transaction, or a savepoint ended (released or rolled back: a rolled-back one
         # releases its locks): every mark so far is void.
         watch.generation += 1
+    if transaction.parent is None:
+        watch.begun_at = watch.epoch
+
+
+def wrote_outside_flushes(session: Session) -> bool:
+    """Whether the session's current transaction ran a statement that may write, other than
+    its flushes' (an ORM or Core statement, text, ``exec_driver_sql``)."""
+    watch: _Watch | None = session.info.get(_WATCH)
+    return watch is not None and watch.epoch != watch.begun_at
 
 
 @event.listens_for(Session, "after_flush_postexec")
@@ -193,5 +206,18 @@ def _executing(
     # A flush's own statements are not counted: the flush keeps its records' values current
     # (``Session._flushing``: a flush that finds nothing to write has no after_flush event).
     watch = _CONNECTIONS.get(connection)
-    if watch is not None and _may_write(statement) and not watch.flushing():
+    if (
+        watch is not None
+        and _may_write(statement)
+        and not watch.flushing()
+        and not _own_write(context)
+    ):
         watch.epoch += 1
+
+
+def _own_write(context: Any) -> bool:
+    """Whether the statement is the library's own write of a history row, transaction row or
+    digest (it changes no live row)."""
+    compiled = getattr(context, "compiled", None)
+    table = getattr(getattr(compiled, "statement", None), "table", None)
+    return isinstance(table, sa.Table) and is_append_only(table)
