@@ -126,6 +126,11 @@ CREATE TABLE item_history (
     id int, name varchar(100), qty int, price numeric(10,2), versioning_changes json);
 CREATE INDEX ix_item_history_record ON item_history (id, versioning_transaction_id);
 CREATE INDEX ix_item_history_transaction ON item_history (versioning_transaction_id);
+-- the library's transaction table has these too (time order, search)
+CREATE INDEX ix_vt_issued_at ON versioning_transaction (issued_at, id);
+CREATE INDEX ix_vt_actor ON versioning_transaction (actor, id);
+CREATE INDEX ix_vt_request_id ON versioning_transaction (request_id, id);
+CREATE INDEX ix_vt_source_ip ON versioning_transaction (source_ip, id);
 """
 
 # The transaction row: the application's context if it handed one over in this transaction,
@@ -167,11 +172,16 @@ BEGIN
 END $$;
 """
 
-PG_CHANGES = """json_strip_nulls(json_build_object(
-    'name', CASE WHEN o.name IS DISTINCT FROM n.name THEN json_build_array(o.name, n.name) END,
-    'qty', CASE WHEN o.qty IS DISTINCT FROM n.qty THEN json_build_array(o.qty, n.qty) END,
-    'price', CASE WHEN o.price IS DISTINCT FROM n.price THEN json_build_array(o.price, n.price) END
-))"""
+# Only the changed columns, in column order. Built as text and cast once: json_strip_nulls()
+# over json_build_object() parses the document again and costs ~10% more on a bulk UPDATE.
+PG_CHANGES = """('{' || concat_ws(',',
+    CASE WHEN o.name IS DISTINCT FROM n.name
+         THEN '"name":' || json_build_array(o.name, n.name) END,
+    CASE WHEN o.qty IS DISTINCT FROM n.qty
+         THEN '"qty":' || json_build_array(o.qty, n.qty) END,
+    CASE WHEN o.price IS DISTINCT FROM n.price
+         THEN '"price":' || json_build_array(o.price, n.price) END
+) || '}')::json"""
 PG_CHANGED = "(o.name, o.qty, o.price) IS DISTINCT FROM (n.name, n.qty, n.price)"
 
 # Statement-level triggers with transition tables: one set-based INSERT ... SELECT per statement.
@@ -241,14 +251,7 @@ BEGIN
     IF TG_OP = 'UPDATE' THEN
         INSERT INTO item_history (versioning_transaction_id, versioning_operation, id, name, qty,
                                   price, versioning_changes)
-        VALUES (tid, 'update', NEW.id, NEW.name, NEW.qty, NEW.price, json_strip_nulls(
-            json_build_object(
-            'name', CASE WHEN OLD.name IS DISTINCT FROM NEW.name
-                         THEN json_build_array(OLD.name, NEW.name) END,
-            'qty', CASE WHEN OLD.qty IS DISTINCT FROM NEW.qty
-                        THEN json_build_array(OLD.qty, NEW.qty) END,
-            'price', CASE WHEN OLD.price IS DISTINCT FROM NEW.price
-                          THEN json_build_array(OLD.price, NEW.price) END)));
+        VALUES (tid, 'update', NEW.id, NEW.name, NEW.qty, NEW.price, {changes});
     ELSIF TG_OP = 'INSERT' THEN
         INSERT INTO item_history (versioning_transaction_id, versioning_operation, id, name, qty,
                                   price)
@@ -315,7 +318,8 @@ def pg_ddl(variant: str) -> str:
     if variant == "plain":
         return PG_TABLES
     if variant == "row":
-        return PG_TABLES + PG_NEW_TRANSACTION + PG_ROW
+        changes = PG_CHANGES.replace("o.", "OLD.").replace("n.", "NEW.")
+        return PG_TABLES + PG_NEW_TRANSACTION + PG_ROW.replace("{changes}", changes)
     if variant == "direct-nofk":  # what the history table's foreign key costs (a query a row)
         return pg_ddl("direct").replace(
             "NOT NULL REFERENCES versioning_transaction (id)", "NOT NULL"
@@ -352,7 +356,9 @@ MARIA_TABLES = [
     """CREATE TABLE versioning_transaction (
         id bigint AUTO_INCREMENT PRIMARY KEY, issued_at datetime(6) NOT NULL,
         actor varchar(255), source_ip varchar(45), request_id varchar(128), reason text,
-        extra longtext) ENGINE=InnoDB""",
+        extra longtext, KEY ix_vt_issued_at (issued_at, id), KEY ix_vt_actor (actor, id),
+        KEY ix_vt_request_id (request_id, id), KEY ix_vt_source_ip (source_ip, id)
+        ) ENGINE=InnoDB""",
     """CREATE TABLE item (id int PRIMARY KEY, name varchar(100), qty int,
         price decimal(10,2)) ENGINE=InnoDB""",
     """CREATE TABLE item_history (
@@ -468,6 +474,11 @@ SQLITE_TABLES = [
         id INTEGER, name VARCHAR(100), qty INTEGER, price NUMERIC(10,2),
         versioning_changes JSON)""",
     "CREATE INDEX ix_item_history_record ON item_history (id, versioning_transaction_id)",
+    "CREATE INDEX ix_item_history_transaction ON item_history (versioning_transaction_id)",
+    "CREATE INDEX ix_vt_issued_at ON versioning_transaction (issued_at, id)",
+    "CREATE INDEX ix_vt_actor ON versioning_transaction (actor, id)",
+    "CREATE INDEX ix_vt_request_id ON versioning_transaction (request_id, id)",
+    "CREATE INDEX ix_vt_source_ip ON versioning_transaction (source_ip, id)",
     # One row at most: the application's context (app = 1, until it deletes the row before
     # COMMIT) and the open transaction row; for other clients the statement key (clock, tc).
     """CREATE TABLE versioning_session (
