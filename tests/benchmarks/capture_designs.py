@@ -8,9 +8,20 @@ Run from the repository root::
         [--mariadb-binlog-url mariadb://root@127.0.0.1:3307]
 
 This is a probe, not library code: one table ``item(id, name, qty, price)``, its history table
-and the transaction table, written by hand in each backend's SQL, reached through the plain
-DB-API drivers (psycopg, PyMySQL, sqlite3) so that nothing of the library is involved. A scratch
-database ``capdesign_<pid>`` (SQLite: a file in a temporary directory) is created and dropped.
+and the transaction table (with the library's indexes), written by hand in each backend's SQL,
+reached through the plain DB-API drivers (psycopg, PyMySQL, sqlite3) for the checks and the raw
+timings, and through plain SQLAlchemy ORM for the ``orm_*`` timings (the issue's targets are
+ratios to plain SQLAlchemy). A scratch database ``capdesign_<pid>`` (SQLite: a file in a
+temporary directory) is created and dropped.
+
+``--mariadb-binlog-url`` runs the MariaDB checks once more on a server with the binary log on
+(no timings). A throwaway one, as used for the figures in the report::
+
+    mariadb-install-db --no-defaults --datadir=/tmp/binlogdb \\
+        --auth-root-authentication-method=normal
+    mariadbd --no-defaults --user=root --datadir=/tmp/binlogdb --port=3307 \\
+        --bind-address=127.0.0.1 --socket=/tmp/binlogdb.sock --log-bin=/tmp/binlogdb/binlog \\
+        --server-id=1 &
 
 What it settles, per backend:
 
@@ -25,27 +36,35 @@ What it settles, per backend:
      transaction" is ``@@last_gtid`` when the binary log is on (it changes at every commit of the
      session), else the statement's start time ``NOW(6)`` (one row per *statement* for clients
      that do not hand over a context); the application resets ``@versioning_txn`` when it hands
-     its context over. A point lookup of the remembered transaction row detects a rollback.
+     its context over, and clears both after its transaction ends. A point lookup of the
+     remembered transaction row, once per statement, detects a rollback.
    * SQLite: a main-schema trigger cannot read a TEMP table (``cannot reference objects in
      database temp``), and nothing in SQL names a transaction. A one-row main table
      ``versioning_session`` carries the application's context and the open transaction row; the
-     application deletes it just before ``COMMIT`` (in-process, microseconds). Other clients are
-     keyed by statement: the statement clock (``julianday('now')`` is fixed for one
-     ``sqlite3_step``) and the connection's change counter (``total_changes()``).
+     application deletes it after its last flush, before ``COMMIT`` (in-process, microseconds).
+     Other clients are keyed by statement: the statement clock (``julianday('now')`` is fixed for
+     one ``sqlite3_step``) and the connection's change counter (``total_changes()``).
 
 2. **The audit context** is handed over once per transaction before the first write
    (PostgreSQL: ``set_config('versioning.context', json, true)``; MariaDB: ``SET
-   @versioning_ctx = json, @versioning_txn = NULL``; SQLite: ``INSERT OR REPLACE INTO
-   versioning_session``). Without it the row carries what the database knows.
+   @versioning_ctx = json, @versioning_txn = NULL, @versioning_ctx_gtid = @@last_gtid``;
+   SQLite: ``INSERT OR REPLACE INTO versioning_session``). Without it the row carries what the
+   database knows (PostgreSQL: user, application name, client address, backend pid; MariaDB:
+   ``USER()`` with the client host, ``CONNECTION_ID()``; SQLite: nothing).
 
 3. **Commit order** under concurrency, with a two-connection test (threads): ``direct`` takes the
    id at the first write (and shows the problem); ``refuse`` raises SQLSTATE 40001 when the
    record's history already has a larger id (PostgreSQL: a plain read, READ COMMITTED sees the
-   latest commit; MariaDB: ``LOCK IN SHARE MODE``); ``staged`` (PostgreSQL) keeps the rows in TEMP
-   tables and moves them into history at commit with an id allocated by a DEFERRED constraint
-   trigger; ``snapshot`` (MariaDB) is ``direct`` with ``innodb_snapshot_isolation=ON``.
+   latest commit; MariaDB: ``LOCK IN SHARE MODE``, whose next-key locks are shown to block
+   inserts); ``staged`` (PostgreSQL) keeps the rows in TEMP tables and moves them into history at
+   commit with an id allocated by a DEFERRED constraint trigger (``staged-oncommit``: the same,
+   emptied by ``ON COMMIT DELETE ROWS``); ``snapshot`` (MariaDB) is ``direct`` with
+   ``innodb_snapshot_isolation=ON`` and a consistent read at the first write. SQLite has one
+   writer at a time: ids taken at the first write already follow commit order.
 
-4. **Cost**: median of ``--runs`` runs, each variant against plain (no triggers) within a run.
+4. **Cost**: median of ``--runs`` runs, each variant against plain (no triggers) within a run,
+   workload by workload (PostgreSQL also ``direct-nofk``: no foreign key from history to the
+   transaction table, and ``row``: row-level triggers instead of statement-level ones).
 
 Prints PASS/FAIL per check and a table of timings and ratios.
 """
