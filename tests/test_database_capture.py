@@ -292,3 +292,24 @@ def test_create_all_refuses_database_capture_where_it_is_not_built_yet(engine: s
     with pytest.raises(ConfigurationError, match="PostgreSQL only so far"):
         Other.metadata.create_all(engine)
     Other.metadata.drop_all(engine)
+
+
+def test_a_key_change_ends_the_old_keys_history_as_the_session_path_does(
+    captured: sa.Engine,
+) -> None:
+    engine = captured
+    with engine.begin() as connection:
+        connection.execute(ITEMS.insert(), {"id": 1, **VALUES})
+    with engine.begin() as connection:
+        connection.execute(ITEMS.update().where(ITEMS.c.id == 1).values(id=2, name="moved"))
+    with Session(engine) as session:
+        twin = Twin(id=1, **VALUES)
+        session.add(twin)
+        session.commit()
+        twin.id, twin.name = 2, "moved"
+        session.commit()
+    for pk in (1, 2):
+        assert [v[:3] for v in _versions(engine, Item, pk)] == [
+            v[:3] for v in _versions(engine, Twin, pk)
+        ]
+    assert [v[0] for v in _versions(engine, Item, 1)] == [Operation.INSERT, Operation.DELETE]

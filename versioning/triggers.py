@@ -154,6 +154,12 @@ def _history_insert(spec: ModelSpec, table: sa.Table, dialect: Dialect, operatio
     return _sql(spec.history.insert().values(values).inline(), dialect)
 
 
+def _key_changed(spec: ModelSpec, table: sa.Table) -> sa.ColumnElement[bool]:
+    old, new = _row(table, "old"), _row(table, "new")
+    names = [spec.live_columns[key].name for key in spec.pk_keys]
+    return sa.or_(*(old.c[name].is_distinct_from(new.c[name]) for name in names))
+
+
 def _function_body(spec: ModelSpec, table: sa.Table, dialect: Dialect) -> str:
     changes = history_sql.changes_json(spec, _row(table, "old"), _row(table, "new"), dialect)
     setting = _string(SETTINGS["transaction_id"])
@@ -176,6 +182,10 @@ def _function_body(spec: ModelSpec, table: sa.Table, dialect: Dialect) -> str:
         "  IF TG_OP = 'INSERT' THEN\n"
         f"    {_history_insert(spec, table, dialect, 'INSERT')};\n"
         "  ELSIF TG_OP = 'UPDATE' THEN\n"
+        f"    IF {_sql(_key_changed(spec, table), dialect)} THEN\n"
+        "      -- The record moved to another key: its history under the old key ends here.\n"
+        f"      {_history_insert(spec, table, dialect, 'DELETE')};\n"
+        "    END IF;\n"
         f"    {_history_insert(spec, table, dialect, 'UPDATE')};\n"
         "  ELSE\n"
         f"    {_history_insert(spec, table, dialect, 'DELETE')};\n"
