@@ -19,9 +19,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+import versioning
 from versioning import ConfigurationError, Operation, Versioned, audit_context, history, masks
 from versioning.declaration import versioned_spec
 from versioning.triggers import trigger_fingerprint
+
+from helpers import tamper
 
 pytestmark = pytest.mark.backends("postgresql")
 
@@ -313,3 +316,74 @@ def test_a_key_change_ends_the_old_keys_history_as_the_session_path_does(
             v[:3] for v in _versions(engine, Twin, pk)
         ]
     assert [v[0] for v in _versions(engine, Item, 1)] == [Operation.INSERT, Operation.DELETE]
+
+
+# --- digests, seals and verify -------------------------------------------------------------------
+
+
+def _write_everything(engine: sa.Engine) -> None:
+    """History of every kind: another client's raw SQL, ORM writes, and a transaction where
+    both paths write."""
+    with engine.begin() as connection:
+        connection.execute(ITEMS.insert(), [{"id": i, **VALUES} for i in (1, 2)])
+    with audit_context(actor="alice"), Session(engine) as session:
+        item = session.get_one(Item, 1)
+        item.name, item.doc = "nut", {"z": 1, "a": [True, None]}
+        session.add(Twin(id=1, **VALUES))
+        session.commit()
+        session.delete(session.get_one(Item, 2))
+        session.commit()
+
+
+def _verify(engine: sa.Engine) -> versioning.Report:
+    with Session(engine) as session:
+        return versioning.verify(session, metadata=Base.metadata)
+
+
+def _seal(engine: sa.Engine) -> versioning.Seal | None:
+    with Session(engine) as session:
+        made = versioning.seal(session, metadata=Base.metadata)
+        session.commit()
+        return made
+
+
+def test_database_captured_history_is_digested_at_the_next_seal(captured: sa.Engine) -> None:
+    engine = captured
+    _write_everything(engine)
+    before = _verify(engine)
+    assert before.ok, before.problems
+    assert before.unsealed == 3 and before.versions_checked == 5
+    made = _seal(engine)
+    assert made is not None and made.count == 4  # 3 transactions, the mixed one in 2 segments
+    after = _verify(engine)
+    assert after.ok, after.problems
+    assert (after.unsealed, after.versions_checked) == (0, 5)
+    assert _seal(engine) is None  # nothing left to digest or link
+
+
+def test_tampering_with_database_captured_history_is_found_once_sealed(
+    captured: sa.Engine,
+) -> None:
+    engine = captured
+    _write_everything(engine)
+    _seal(engine)
+    with engine.begin() as connection, tamper(connection):
+        connection.exec_driver_sql(
+            "UPDATE dbcap_items_history SET name = 'forged' "
+            "WHERE id = 1 AND versioning_operation = 'update'"
+        )
+        version = connection.exec_driver_sql(
+            "SELECT versioning_id FROM dbcap_items_history "
+            "WHERE id = 1 AND versioning_operation = 'update'"
+        ).scalar_one()
+        tx = connection.exec_driver_sql("SELECT max(id) FROM versioning_transaction").scalar_one()
+        connection.exec_driver_sql(
+            "INSERT INTO dbcap_items_history (versioning_transaction_id, versioning_operation, id, "
+            f"name) VALUES ({tx}, 'insert', 9, 'smuggled')"
+        )
+    report = _verify(engine)
+    found = sorted((p.kind, p.table, p.version_id == version) for p in report.problems)
+    assert found == [
+        ("added", "dbcap_items_history", False),
+        ("altered", "dbcap_items_history", True),
+    ], report.problems

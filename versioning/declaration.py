@@ -60,6 +60,8 @@ _SPEC_ATTR = "__versioning_spec__"
 _OPTION_KEYS = frozenset({"capture", "exclude", "mask", "personal", "table_name"})
 #: ``Table.info`` key of a live table whose history its triggers write: the model's spec.
 CAPTURED_BY_DATABASE = "versioning_captured_by_database"
+#: ``Table.info`` key of a history table that triggers write (``True``).
+HISTORY_BY_DATABASE = "versioning_history_by_database"
 #: Who writes a model's history: the session (the default) or the database's triggers.
 CAPTURES = ("session", "database")
 
@@ -467,6 +469,7 @@ def _declare(mapper: Mapper[Any], cls: type[Any]) -> None:
         if capture == "database":
             _DATABASE_CAPTURE[0] = True
             mapper.local_table.info[CAPTURED_BY_DATABASE] = spec
+            history.info[HISTORY_BY_DATABASE] = True
         register_tables(mapper.local_table, history, transactions)
 
 
