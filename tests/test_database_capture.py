@@ -387,3 +387,46 @@ def test_tampering_with_database_captured_history_is_found_once_sealed(
         ("added", "dbcap_items_history", False),
         ("altered", "dbcap_items_history", True),
     ], report.problems
+
+
+# --- stale triggers -------------------------------------------------------------------------------
+
+
+def test_check_triggers_names_missing_and_stale_triggers_and_a_migration_refreshes_them(
+    captured: sa.Engine,
+) -> None:
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+
+    from versioning.migrations import install_capture_triggers
+    from versioning.triggers import check_triggers, drop
+
+    engine = captured
+    assert check_triggers(engine, Base.metadata) == []
+    assert SPEC is not None
+    with engine.begin() as connection:
+        drop(connection, SPEC)
+    [missing] = check_triggers(engine, Base.metadata)
+    assert (missing.table, missing.kind) == ("dbcap_items", "missing")
+    # Installed for other columns (as before a migration added one): stale.
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE OR REPLACE FUNCTION dbcap_items_versioning_capture() RETURNS trigger "
+            "LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$"
+        )
+        connection.exec_driver_sql(
+            "COMMENT ON FUNCTION dbcap_items_versioning_capture() IS 'versioning capture 00'"
+        )
+        connection.exec_driver_sql(
+            "CREATE CONSTRAINT TRIGGER versioning_capture AFTER INSERT OR UPDATE OR DELETE ON "
+            "dbcap_items DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION "
+            "dbcap_items_versioning_capture()"
+        )
+    [stale] = check_triggers(engine, Base.metadata)
+    assert (stale.table, stale.kind) == ("dbcap_items", "stale")
+    with engine.begin() as connection:
+        install_capture_triggers(Operations(MigrationContext.configure(connection)), Base.metadata)
+    assert check_triggers(engine, Base.metadata) == []
+    with engine.begin() as connection:
+        connection.execute(ITEMS.insert(), {"id": 1, **VALUES})
+    assert [v[0] for v in _versions(engine, Item)] == [Operation.INSERT]

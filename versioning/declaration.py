@@ -194,6 +194,12 @@ def database_capture_declared() -> bool:
     return _DATABASE_CAPTURE[0]
 
 
+def database_captured_specs() -> list[ModelSpec]:
+    """The specs of every model captured by the database declared in this process."""
+    found = [s for s in _SPECS if s.capture == "database"]
+    return sorted(found, key=lambda s: s.history.fullname)
+
+
 def all_specs() -> list[ModelSpec]:
     """The spec of every versioned model declared so far (for :mod:`versioning.integrity`)."""
     return list(_SPECS)

@@ -48,8 +48,9 @@ import sqlalchemy as sa
 from alembic.autogenerate.api import AutogenContext
 from alembic.operations import Operations, ops
 
-from versioning import catalog
+from versioning import catalog, triggers
 from versioning.append_only import drop_triggers, install_triggers, is_append_only
+from versioning.declaration import CAPTURED_BY_DATABASE
 from versioning.errors import ArgumentError, CatalogError
 from versioning.schema import SEARCH_INDEXED, TRANSACTION_ID, TRANSACTION_TABLE, _index_name
 
@@ -58,6 +59,7 @@ __all__ = [
     "drop_append_only",
     "drop_search_indexes",
     "install_append_only",
+    "install_capture_triggers",
     "process_revision_directives",
     "render_item",
     "write_catalog",
@@ -81,6 +83,21 @@ def drop_append_only(op: Operations, metadata: sa.MetaData | None = None) -> Non
     drop the append-only triggers of ``metadata``'s tables that exist in the database."""
     connection, tables = _append_only_tables(op, metadata, "drop_append_only")
     drop_triggers(connection, tables)
+
+
+def install_capture_triggers(op: Operations, metadata: sa.MetaData | None = None) -> None:
+    """In a migration's ``upgrade()``, after the operations that change a table captured by
+    the database (``__versioned__["capture"] = "database"``): install or refresh its capture
+    trigger, which names the table's columns (see
+    :func:`versioning.triggers.check_triggers`). Tables the database does not have are left
+    for the migration that creates them. Running it again is harmless."""
+    connection, metadatas = _connection_and_metadatas(op, metadata, "install_capture_triggers")
+    inspector = sa.inspect(connection)
+    for given in metadatas:
+        for table in given.sorted_tables:
+            spec = table.info.get(CAPTURED_BY_DATABASE)
+            if spec is not None and inspector.has_table(table.name, schema=table.schema):
+                triggers.install(connection, spec)
 
 
 def write_catalog(op: Operations, metadata: sa.MetaData | None = None) -> None:

@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.orm import Session
 
 from versioning import _compat, history_sql, trusted
@@ -43,6 +44,7 @@ from versioning.declaration import (
     CAPTURED_BY_DATABASE,
     ModelSpec,
     database_capture_declared,
+    database_captured_specs,
     versioned_spec,
 )
 from versioning.errors import ConfigurationError
@@ -52,6 +54,8 @@ from versioning.schema import CHANGES, OPERATION, PERSONAL, TRANSACTION_ID
 
 __all__ = [
     "SETTINGS",
+    "TriggerProblem",
+    "check_triggers",
     "context_settings",
     "drop",
     "drop_statements",
@@ -335,3 +339,81 @@ def _hand_over_context(session: Session) -> None:
         if connection.dialect.name == "postgresql":
             transaction_id, context = written_context(session, connection)
             context_settings(connection, context, transaction_id)
+
+
+@dataclass(frozen=True)
+class TriggerProblem:
+    """A table captured by the database whose trigger is missing or does not match its model."""
+
+    table: str
+    kind: str  # "missing" or "stale"
+    detail: str
+
+
+def _captured_specs(metadata: sa.MetaData | None) -> list[ModelSpec]:
+    if metadata is None:
+        return database_captured_specs()
+    return [
+        t.info[CAPTURED_BY_DATABASE]
+        for t in metadata.sorted_tables
+        if CAPTURED_BY_DATABASE in t.info
+    ]
+
+
+def check_triggers(
+    bind: Engine | Connection, metadata: sa.MetaData | None = None
+) -> list[TriggerProblem]:
+    """The tables captured by the database (of ``metadata``, else of every model declared)
+    whose capture trigger is missing or stale — installed for other columns, types or masks
+    than the model has now (after a migration added or dropped a column, say): empty when all
+    are current. Refresh them with :func:`install` (or the Alembic helper
+    ``versioning.migrations.install_capture_triggers``)."""
+    if isinstance(bind, Engine):
+        with bind.connect() as connection:
+            return check_triggers(connection, metadata)
+    connection = bind
+    problems: list[TriggerProblem] = []
+    inspector = sa.inspect(connection)
+    for spec in _captured_specs(metadata):
+        table = _one_table(spec)
+        if not inspector.has_table(table.name, schema=table.schema):
+            continue
+        name = table.fullname
+        if connection.dialect.name != "postgresql":
+            problems.append(
+                TriggerProblem(
+                    name, "missing", f"{name}: database capture is PostgreSQL only so far"
+                )
+            )
+            continue
+        comment = connection.execute(
+            sa.text(
+                "SELECT obj_description(t.tgfoid, 'pg_proc') FROM pg_trigger t "
+                "WHERE t.tgrelid = to_regclass(:table) AND t.tgname = :trigger"
+            ),
+            {
+                "table": connection.dialect.identifier_preparer.format_table(table),
+                "trigger": _TRIGGER,
+            },
+        ).first()
+        expected = "versioning capture " + trigger_fingerprint(spec, connection.dialect)
+        if comment is None:
+            problems.append(
+                TriggerProblem(
+                    name,
+                    "missing",
+                    f"{name} has no capture trigger: its writes are not recorded; install it "
+                    f"(versioning.migrations.install_capture_triggers in a migration)",
+                )
+            )
+        elif comment[0] != expected:
+            problems.append(
+                TriggerProblem(
+                    name,
+                    "stale",
+                    f"the capture trigger of {name} was installed for other columns than "
+                    f"{spec.model.__name__} has now: refresh it "
+                    f"(versioning.migrations.install_capture_triggers in a migration)",
+                )
+            )
+    return problems
