@@ -430,3 +430,20 @@ def test_check_triggers_names_missing_and_stale_triggers_and_a_migration_refresh
     with engine.begin() as connection:
         connection.execute(ITEMS.insert(), {"id": 1, **VALUES})
     assert [v[0] for v in _versions(engine, Item)] == [Operation.INSERT]
+
+
+def test_guard_writes_lets_raw_writes_to_a_database_captured_table_through(
+    captured: sa.Engine,
+) -> None:
+    """Its triggers record them: nothing to guard against (the session-captured twin is)."""
+    engine = sa.create_engine(captured.url)
+    try:
+        versioning.guard_writes(engine)
+        with engine.begin() as connection:
+            connection.execute(ITEMS.insert(), {"id": 1, **VALUES})
+            connection.exec_driver_sql("UPDATE dbcap_items SET name = 'raw' WHERE id = 1")
+            with pytest.raises(versioning.UncapturedWriteError):
+                connection.execute(Twin.__table__.insert(), {"id": 1, **VALUES})
+    finally:
+        engine.dispose()
+    assert [v[0] for v in _versions(captured, Item)] == [Operation.INSERT, Operation.UPDATE]

@@ -33,9 +33,8 @@ from versioning.canonical import (
     segment_digest,
     transaction_bytes,
 )
-from versioning.declaration import HISTORY_BY_DATABASE
 from versioning.reading import _REFUSED, _select
-from versioning.schema import TRANSACTION_ID, VERSION_ID, issued_at_utc
+from versioning.schema import HISTORY_BY_DATABASE, TRANSACTION_ID, VERSION_ID, issued_at_utc
 
 __all__ = ["captured_tables", "digest_captured"]
 

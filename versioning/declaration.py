@@ -33,6 +33,8 @@ from versioning.errors import ConfigurationError
 from versioning.guard import register_tables
 from versioning.masks import Mask
 from versioning.schema import (
+    CAPTURED_BY_DATABASE,
+    HISTORY_BY_DATABASE,
     LIVE_TABLE_INFO,
     META_COLUMNS,
     PERSONAL,
@@ -58,10 +60,6 @@ __all__ = [
 
 _SPEC_ATTR = "__versioning_spec__"
 _OPTION_KEYS = frozenset({"capture", "exclude", "mask", "personal", "table_name"})
-#: ``Table.info`` key of a live table whose history its triggers write: the model's spec.
-CAPTURED_BY_DATABASE = "versioning_captured_by_database"
-#: ``Table.info`` key of a history table that triggers write (``True``).
-HISTORY_BY_DATABASE = "versioning_history_by_database"
 #: Who writes a model's history: the session (the default) or the database's triggers.
 CAPTURES = ("session", "database")
 

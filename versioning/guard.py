@@ -40,7 +40,7 @@ from sqlalchemy.sql.dml import UpdateBase
 
 from versioning import _compat
 from versioning.errors import ArgumentError, UncapturedWriteError, UncapturedWriteWarning
-from versioning.schema import EVENT_TABLE, LIVE_TABLE_INFO
+from versioning.schema import CAPTURED_BY_DATABASE, EVENT_TABLE, LIVE_TABLE_INFO
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -80,6 +80,8 @@ def register_tables(live: sa.Table, history: sa.Table, transactions: sa.Table) -
     Called when a versioned class is declared.
     """
     for table, kind in ((live, "live"), (history, "history"), (transactions, "transaction")):
+        if kind == "live" and CAPTURED_BY_DATABASE in table.info:
+            continue  # its triggers record any write
         _TABLES.setdefault(_key(table.schema, table.name), kind)
     _TABLES.setdefault(_key(transactions.schema, EVENT_TABLE), "event")
 
@@ -177,6 +179,8 @@ def _target(
     """What the statement writes to, if the library knows it: (kind, name as written)."""
     table = getattr(statement, "table", None)
     if isinstance(table, sa.Table) and LIVE_TABLE_INFO in table.info:
+        if CAPTURED_BY_DATABASE in table.info:
+            return None  # its triggers record any write
         return "live", table.fullname  # the common case: a mapped versioned table
     if not _TABLES:
         return None

@@ -50,9 +50,14 @@ from alembic.operations import Operations, ops
 
 from versioning import catalog, triggers
 from versioning.append_only import drop_triggers, install_triggers, is_append_only
-from versioning.declaration import CAPTURED_BY_DATABASE
 from versioning.errors import ArgumentError, CatalogError
-from versioning.schema import SEARCH_INDEXED, TRANSACTION_ID, TRANSACTION_TABLE, _index_name
+from versioning.schema import (
+    CAPTURED_BY_DATABASE,
+    SEARCH_INDEXED,
+    TRANSACTION_ID,
+    TRANSACTION_TABLE,
+    _index_name,
+)
 
 __all__ = [
     "create_search_indexes",

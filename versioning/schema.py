@@ -81,6 +81,11 @@ _INFO_KEY = "versioning"
 #: ``Table.info`` key of a versioned (live) table: the name of its history table. The write
 #: guard (:mod:`versioning.guard`) and the declaration of relationships read it.
 LIVE_TABLE_INFO = "versioning_history"
+#: ``Table.info`` key of a live table whose history its triggers write: the model's spec (see
+#: :mod:`versioning.triggers`).
+CAPTURED_BY_DATABASE = "versioning_captured_by_database"
+#: ``Table.info`` key of a history table that triggers write (``True``).
+HISTORY_BY_DATABASE = "versioning_history_by_database"
 
 #: The transaction table's columns indexed (each with ``id``) for :func:`versioning.search`;
 #: ``issued_at`` has its own index, with ``id`` too.

@@ -41,7 +41,6 @@ from sqlalchemy.orm import Session
 from versioning import _compat, history_sql, trusted
 from versioning.context import AuditContext
 from versioning.declaration import (
-    CAPTURED_BY_DATABASE,
     ModelSpec,
     database_capture_declared,
     database_captured_specs,
@@ -50,7 +49,7 @@ from versioning.declaration import (
 from versioning.errors import ConfigurationError
 from versioning.operation import Operation
 from versioning.recording import _issued_at, written_context
-from versioning.schema import CHANGES, OPERATION, PERSONAL, TRANSACTION_ID
+from versioning.schema import CAPTURED_BY_DATABASE, CHANGES, OPERATION, PERSONAL, TRANSACTION_ID
 
 __all__ = [
     "SETTINGS",
