@@ -51,6 +51,7 @@ CONTENDERS = (
     "correctfloor",
     "versioning",
     "undigested",
+    "dbcapture",
     "continuum",
     "history",
 )
@@ -63,6 +64,9 @@ UNDIGESTED_GROUPS = ("write", "session")
 #: The groups the correct floor runs: it differs from the naive floor only where a flush updates
 #: or deletes rows (its reads and bulk update are the naive floor's).
 CORRECT_FLOOR_GROUPS = ("write", "session")
+#: Database-side capture (a preview on PostgreSQL): the write workloads there.
+DATABASE_CAPTURE_GROUPS = ("write", "session", "bulk")
+DATABASE_CAPTURE_BACKENDS = ("postgresql",)
 
 POSTGRESQL_URL = os.environ.get(
     "VERSIONING_BENCH_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432"
@@ -85,6 +89,7 @@ TITLES = {
     "correctfloor": "correct floor (+ locked read)",
     "versioning": "sqlalchemy-versioning",
     "undigested": "sqlalchemy-versioning, digests off",
+    "dbcapture": "sqlalchemy-versioning, database capture",
     "continuum": f"SQLAlchemy-Continuum {_dist('sqlalchemy-continuum')}",
     "history": f"sqlalchemy-history {_dist('sqlalchemy-history')}",
 }
@@ -274,6 +279,11 @@ def run_backend(backend: str, args: argparse.Namespace) -> BackendRun:
                         if contender == "undigested" and group not in UNDIGESTED_GROUPS:
                             continue
                         if contender == "correctfloor" and group not in CORRECT_FLOOR_GROUPS:
+                            continue
+                        if contender == "dbcapture" and (
+                            group not in DATABASE_CAPTURE_GROUPS
+                            or backend not in DATABASE_CAPTURE_BACKENDS
+                        ):
                             continue
                         if contender in PEERS and repeat >= args.peer_runs:
                             continue

@@ -54,6 +54,7 @@ CONTENDERS = (
     "correctfloor",
     "versioning",
     "undigested",
+    "dbcapture",
     "continuum",
     "history",
 )
@@ -505,6 +506,26 @@ class Undigested(Library):
         self.name = "undigested"
 
 
+class DatabaseCapture(Library):
+    """This library with the model captured by the database's triggers (PostgreSQL)."""
+
+    def __init__(self) -> None:
+        import versioning
+
+        self.versioning = versioning
+
+        class Base(DeclarativeBase):
+            pass
+
+        class Item(versioning.Versioned, ItemColumns, Base):
+            __tablename__ = "bench_item"
+            __versioned__ = {"capture": "database"}
+
+        self.name, self.metadata, self.Item = "dbcapture", Base.metadata, Item
+        self.history_table = versioning.history_table(Item)
+        self.transactions = versioning.transaction_table(Base.metadata)
+
+
 def make_contender(name: str) -> Contender:
     contender: Contender
     if name == "plain":
@@ -517,6 +538,8 @@ def make_contender(name: str) -> Contender:
         contender = Library()
     elif name == "undigested":
         contender = Undigested()
+    elif name == "dbcapture":
+        contender = DatabaseCapture()
     elif name == "continuum":
         contender = Peer(name, "sqlalchemy_continuum")
     elif name == "history":
