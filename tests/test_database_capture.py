@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+import test_types as types
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import versioning
@@ -447,3 +448,40 @@ def test_guard_writes_lets_raw_writes_to_a_database_captured_table_through(
     finally:
         engine.dispose()
     assert [v[0] for v in _versions(captured, Item)] == [Operation.INSERT, Operation.UPDATE]
+
+
+# --- the type matrix ------------------------------------------------------------------------------
+
+
+class TypedItem(types.ItemColumns, Versioned, Base):
+    __tablename__ = "dbcap_types"
+    __versioned__ = {"capture": "database"}
+
+
+@pytest.mark.parametrize(
+    "first", [types.FIRST, types.FALSY, types.EMPTY], ids=["values", "falsy", "nulls"]
+)
+def test_the_type_matrix_reads_back_as_the_session_path_records_it(
+    captured: sa.Engine, first: dict[str, Any]
+) -> None:
+    """Every column type, written by the ORM and recorded by the triggers, reads back with the
+    column's own Python type and value: insert, an update of every column, a delete."""
+    engine = captured
+    with Session(engine) as session:
+        session.add(TypedItem(**first))
+        session.commit()
+        item = session.get_one(TypedItem, 1)
+        for key, value in types.data(types.SECOND).items():
+            setattr(item, key, value)
+        session.commit()
+        session.delete(item)
+        session.commit()
+    with Session(engine) as session:
+        insert, update, delete = history(session, TypedItem, 1)
+    types.assert_values(insert.state, first, "insert state")
+    changed = {k for k in types.data(types.SECOND) if first.get(k) != types.SECOND[k]}
+    assert set(update.changes) == changed
+    types.assert_values(types.olds(update), {k: first.get(k) for k in changed}, "old")
+    types.assert_values(types.news(update), {k: types.SECOND[k] for k in changed}, "new")
+    types.assert_values(update.state, types.SECOND, "update state")
+    types.assert_values(delete.state, types.SECOND, "delete state")

@@ -52,8 +52,9 @@ FINE_DATETIME = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mariadb")
 FINE_TIME = sa.Time().with_variant(mysql.TIME(fsp=6), "mariadb")
 
 
-class Item(Versioned, Base):
-    __tablename__ = "types_items"
+class ItemColumns:
+    """The type matrix (also declared with database capture in test_database_capture)."""
+
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     big: Mapped[int | None] = mapped_column(sa.BigInteger)
     count: Mapped[int | None] = mapped_column(sa.Integer)
@@ -73,6 +74,10 @@ class Item(Versioned, Base):
     ext_uid: Mapped[Any] = mapped_column(su.UUIDType(), nullable=True)
     kind: Mapped[Any] = mapped_column(su.ChoiceType(KINDS, impl=sa.String(10)), nullable=True)
     email: Mapped[Any] = mapped_column(su.EmailType(100), nullable=True)
+
+
+class Item(ItemColumns, Versioned, Base):
+    __tablename__ = "types_items"
 
 
 class Event(Versioned, Base):
