@@ -10,6 +10,7 @@ of a twin model.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import threading
 from collections.abc import Callable
 from decimal import Decimal
@@ -485,3 +486,64 @@ def test_the_type_matrix_reads_back_as_the_session_path_records_it(
     types.assert_values(types.news(update), {k: types.SECOND[k] for k in changed}, "new")
     types.assert_values(update.state, types.SECOND, "update state")
     types.assert_values(delete.state, types.SECOND, "delete state")
+
+
+# --- concurrency ---------------------------------------------------------------------------------
+
+
+def test_many_writers_leave_each_records_history_whole_and_in_commit_order(
+    captured: sa.Engine,
+) -> None:
+    """Threads, each a plain client, write a row of their own first and then shared rows (so a
+    transaction that wrote first may commit last): every record's versions chain (each old value
+    the previous new one), their transaction ids follow that order, and the last one is the
+    live row."""
+    engine = captured
+    threads, rounds, shared = 6, 15, (1, 2, 3)
+    own = [10 + i for i in range(threads)]
+    with engine.begin() as connection:
+        connection.execute(
+            ITEMS.insert(), [{"id": i, "name": "0", "price": 0} for i in (*shared, *own)]
+        )
+    errors: list[BaseException] = []
+    start = threading.Barrier(threads)
+
+    def work(worker: int) -> None:
+        try:
+            start.wait(30)
+            for round_ in range(rounds):
+                with engine.begin() as connection:
+                    connection.exec_driver_sql("SET LOCAL lock_timeout = '20s'")
+                    connection.execute(
+                        ITEMS.update()
+                        .where(ITEMS.c.id == own[worker])
+                        .values(price=ITEMS.c.price + 1)
+                    )
+                    for record in shared[round_ % 2 :]:
+                        connection.execute(
+                            ITEMS.update()
+                            .where(ITEMS.c.id == record)
+                            .values(price=ITEMS.c.price + 1, name=f"w{worker}r{round_}")
+                        )
+        except BaseException as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join(120)
+    assert errors == []
+    with Session(engine) as session:
+        for record in (*shared, *own):
+            versions = history(session, Item, record)[1:]  # after the seeding insert
+            prices = [v.state["price"] for v in versions]
+            assert prices == [Decimal(n) for n in range(1, len(versions) + 1)], record
+            assert all(
+                v.changes["price"][0] == previous.state["price"]
+                for previous, v in itertools.pairwise(versions)
+            ), record
+            ids = [v.transaction_id for v in versions]
+            assert ids == sorted(ids) and len(set(ids)) == len(ids), record
+            live = session.get_one(Item, record)
+            assert live.price == versions[-1].state["price"]
