@@ -547,3 +547,42 @@ def test_many_writers_leave_each_records_history_whole_and_in_commit_order(
             assert ids == sorted(ids) and len(set(ids)) == len(ids), record
             live = session.get_one(Item, record)
             assert live.price == versions[-1].state["price"]
+
+
+def test_a_write_from_psql_is_recorded_with_the_databases_identity(captured: sa.Engine) -> None:
+    import shutil
+    import subprocess
+
+    psql = shutil.which("psql")
+    if psql is None:  # pragma: no cover - the PostgreSQL service comes with its client
+        pytest.fail("psql is not installed (apt-get install postgresql-client)")
+    url = captured.url
+    subprocess.run(
+        [
+            psql,
+            "-h",
+            str(url.host),
+            "-p",
+            str(url.port or 5432),
+            "-U",
+            str(url.username),
+            "-d",
+            str(url.database),
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            "INSERT INTO dbcap_items (id, name) VALUES (1, 'from psql')",
+        ],
+        check=True,
+        capture_output=True,
+        env={"PGPASSWORD": url.password or "", "PATH": "/usr/bin:/bin"},
+        timeout=60,
+    )
+    with Session(captured) as session:
+        [version] = history(session, Item, 1)
+    assert version.state["name"] == "from psql"
+    assert version.transaction.actor == str(url.username)
+    assert version.transaction.extra == {
+        "database_user": str(url.username),
+        "application_name": "psql",
+    }
