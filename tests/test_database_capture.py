@@ -586,3 +586,27 @@ def test_a_write_from_psql_is_recorded_with_the_databases_identity(captured: sa.
         "database_user": str(url.username),
         "application_name": "psql",
     }
+
+
+class Note(Versioned, Base):
+    __tablename__ = "dbcap_notes"
+    __versioned__ = {"capture": "database", "exclude": ["views"]}
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    text: Mapped[str] = mapped_column(sa.String(50))
+    views: Mapped[int] = mapped_column(default=0)
+
+
+def test_excluded_columns_are_left_out_and_their_changes_record_nothing(
+    captured: sa.Engine,
+) -> None:
+    engine = captured
+    with engine.begin() as connection:
+        connection.execute(Note.__table__.insert(), {"id": 1, "text": "a", "views": 0})
+        connection.exec_driver_sql("UPDATE dbcap_notes SET views = views + 1")
+        connection.exec_driver_sql("UPDATE dbcap_notes SET text = 'b', views = 5")
+    with Session(engine) as session:
+        versions = history(session, Note, 1)
+    assert [(v.operation, v.changes) for v in versions][1:] == [
+        (Operation.UPDATE, {"text": ("a", "b")})
+    ]
+    assert versions[0].state == {"id": 1, "text": "a"}
