@@ -610,3 +610,40 @@ def test_excluded_columns_are_left_out_and_their_changes_record_nothing(
         (Operation.UPDATE, {"text": ("a", "b")})
     ]
     assert versions[0].state == {"id": 1, "text": "a"}
+
+
+class Member(Versioned, Base):
+    __tablename__ = "dbcap_members"
+    __versioned__ = {"capture": "database", "personal": ["email"]}
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    email: Mapped[str | None] = mapped_column(sa.String(80))
+    plan: Mapped[str] = mapped_column(sa.String(10))
+
+
+@pytest.mark.parametrize("sealed_first", [True, False], ids=["sealed", "unsealed"])
+def test_personal_values_are_erased_and_the_proof_still_holds(
+    captured: sa.Engine, sealed_first: bool
+) -> None:
+    engine = captured
+    members = Member.__table__
+    with engine.begin() as connection:
+        connection.execute(members.insert(), {"id": 1, "email": "ada@example.com", "plan": "a"})
+    with engine.begin() as connection:
+        connection.execute(members.update().values(email="ada@example.org", plan="b"))
+    if sealed_first:
+        _seal(engine)
+    with Session(engine) as session:
+        versioning.erase(session, Member, 1, columns=["email"], reason="GDPR request")
+        session.commit()
+    _seal(engine)
+    report = _verify(engine)
+    assert report.ok, report.problems
+    with engine.connect() as connection:
+        stored = connection.exec_driver_sql(
+            "SELECT email, versioning_changes::text FROM dbcap_members_history"
+        ).all()
+    assert all("ada@" not in str(row) for row in stored), stored
+    with Session(engine) as session:
+        versions = history(session, Member, 1)
+    assert [v.state["email"] for v in versions] == [None, None]
+    assert versions[1].changes["plan"] == ("a", "b")
