@@ -647,3 +647,23 @@ def test_personal_values_are_erased_and_the_proof_still_holds(
         versions = history(session, Member, 1)
     assert [v.state["email"] for v in versions] == [None, None]
     assert versions[1].changes["plan"] == ("a", "b")
+
+
+def test_a_restore_is_recorded_by_the_triggers_with_its_reason(captured: sa.Engine) -> None:
+    engine = captured
+    with engine.begin() as connection:
+        connection.execute(ITEMS.insert(), {"id": 1, **VALUES})
+    with engine.begin() as connection:
+        connection.execute(ITEMS.update().where(ITEMS.c.id == 1).values(CHANGED))
+    with audit_context(actor="carol"), Session(engine) as session:
+        first = history(session, Item, 1)[0]
+        versioning.restore(session, first)
+        session.commit()
+    with Session(engine) as session:
+        versions = history(session, Item, 1)
+    last = versions[-1]
+    assert last.operation is Operation.UPDATE
+    # A masked value cannot be restored (history holds the mask's output): it stays as it is.
+    assert {**last.state, "card": None} == {**versions[0].state, "card": None}
+    assert last.transaction.actor == "carol"
+    assert last.transaction.reason is not None and "restore" in last.transaction.reason

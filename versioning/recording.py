@@ -663,14 +663,21 @@ def _write_at_commit(session: Session) -> None:
     state.digested = True
 
 
-def written_context(session: Session, connection: Connection) -> tuple[int | None, AuditContext]:
-    """The id of the transaction row this commit wrote on ``connection`` (``None`` if none) and
-    the audit context of the transaction (taken at its first versioned flush, else now)."""
+def written_context(
+    session: Session, connection: Connection
+) -> tuple[int | None, AuditContext, str | None]:
+    """The id of the transaction row this commit wrote on ``connection`` (``None`` if none), the
+    audit context of the transaction (taken at its first versioned flush, else now) and its
+    reason (the context's, else the restores' noted lines)."""
     state = _existing(session)
     for group in state.groups.values() if state is not None else ():
         if session.connection(bind_arguments={"mapper": group.mapper}) is connection:
-            return group.tx_id, group.context
-    return None, current_context()
+            return group.tx_id, group.context, group.written_reason
+    context = current_context()
+    reason = context.reason
+    if reason is None and state is not None and state.notes:
+        reason = "; ".join(state.notes)
+    return None, context, reason
 
 
 _FAILED = "versioning_failed_transaction"

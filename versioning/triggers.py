@@ -261,13 +261,17 @@ def drop(connection: Connection, spec: ModelSpec) -> None:
 
 
 def context_settings(
-    connection: Connection, context: AuditContext, transaction_id: int | None = None
+    connection: Connection,
+    context: AuditContext,
+    transaction_id: int | None = None,
+    reason: str | None = None,
 ) -> None:
     """Hand the application's audit context to the triggers of this transaction, in one
     statement: transaction-local settings, gone at commit or rollback. Unset values are empty
     (the triggers read them as ``NULL``); ``extra`` is its JSON text, as the session path
     stores it (``NULL`` when empty). ``transaction_id``: the transaction row the session path
-    wrote, which the triggers then use too (one row per database transaction)."""
+    wrote, which the triggers then use too (one row per database transaction); ``reason``:
+    instead of the context's (a restore's noted line)."""
     values: dict[str, str | None] = {"context": "app"}
     if transaction_id is not None:
         values["transaction_id"] = str(transaction_id)
@@ -275,7 +279,7 @@ def context_settings(
         "actor": context.actor,
         "source_ip": context.source_ip,
         "request_id": context.request_id,
-        "reason": context.reason,
+        "reason": reason if reason is not None else context.reason,
         "extra": json.dumps(dict(context.extra), separators=(",", ":"), ensure_ascii=False)
         if context.extra
         else None,
@@ -336,8 +340,8 @@ def _hand_over_context(session: Session) -> None:
         return
     for connection in _compat.open_connections(session):
         if connection.dialect.name == "postgresql":
-            transaction_id, context = written_context(session, connection)
-            context_settings(connection, context, transaction_id)
+            transaction_id, context, reason = written_context(session, connection)
+            context_settings(connection, context, transaction_id, reason)
 
 
 @dataclass(frozen=True)
