@@ -667,3 +667,19 @@ def test_a_restore_is_recorded_by_the_triggers_with_its_reason(captured: sa.Engi
     assert {**last.state, "card": None} == {**versions[0].state, "card": None}
     assert last.transaction.actor == "carol"
     assert last.transaction.reason is not None and "restore" in last.transaction.reason
+
+
+def test_seal_and_verify_from_the_registry_alone_know_the_tables_the_triggers_write(
+    captured: sa.Engine,
+) -> None:
+    """The CLI's way (a connection, no models): the registry says which history tables the
+    triggers write, so their rows get digests and verify."""
+    engine = captured
+    _write_everything(engine)
+    with engine.begin() as connection:
+        made = versioning.seal(connection)
+    assert made is not None and made.count == 4
+    with engine.connect() as connection:
+        report = versioning.verify(connection)
+    assert report.ok, report.problems
+    assert (report.unsealed, report.versions_checked) == (0, 5)

@@ -40,6 +40,7 @@ from versioning.errors import ArgumentError, CatalogError
 from versioning.link_tables import LINKS_INFO, link_spec
 from versioning.schema import (
     CATALOG_TABLE,
+    HISTORY_BY_DATABASE,
     META_COLUMNS,
     OPERATION,
     PERSONAL,
@@ -381,7 +382,16 @@ def _class_path(model: type[Any] | None) -> str | None:
 
 
 def describe_entry(entry: TableEntry, dialect: Dialect) -> dict[str, Any]:
-    """The JSON description of a history table, its types as ``dialect`` stores them."""
+    """The JSON description of a history table, its types as ``dialect`` stores them (and,
+    for one the database's triggers write, ``"capture": "database"``: how seal and verify
+    from the registry alone know it)."""
+    described = _description(entry, dialect)
+    if entry.history.info.get(HISTORY_BY_DATABASE):
+        described["capture"] = "database"
+    return described
+
+
+def _description(entry: TableEntry, dialect: Dialect) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "schema": entry.history.schema,
@@ -511,6 +521,8 @@ def _loaded_entry(
     info[RECORD_KEY_INFO] = primary_key
     if kind == "link":
         info["link_table"] = live
+    if document.get("capture") == "database":
+        info[HISTORY_BY_DATABASE] = True
     history = sa.Table(
         name,
         metadata,
