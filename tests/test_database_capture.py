@@ -683,3 +683,34 @@ def test_seal_and_verify_from_the_registry_alone_know_the_tables_the_triggers_wr
         report = versioning.verify(connection)
     assert report.ok, report.problems
     assert (report.unsealed, report.versions_checked) == (0, 5)
+
+
+def test_a_metadata_can_make_database_capture_the_default() -> None:
+    from versioning.declaration import require_spec
+
+    class Local(DeclarativeBase):
+        pass
+
+    Local.metadata.info["versioning_capture"] = "database"
+
+    class Plain(Versioned, Local):
+        __tablename__ = "dbcap_default_plain"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class Kept(Versioned, Local):
+        __tablename__ = "dbcap_default_kept"
+        __versioned__ = {"capture": "session"}
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    assert require_spec(Plain).capture == "database"
+    assert require_spec(Kept).capture == "session"
+
+    class Wrong(DeclarativeBase):
+        pass
+
+    Wrong.metadata.info["versioning_capture"] = "trigger"
+    with pytest.raises(ConfigurationError, match="must be one of"):
+
+        class Bad(Versioned, Wrong):
+            __tablename__ = "dbcap_default_bad"
+            id: Mapped[int] = mapped_column(primary_key=True)

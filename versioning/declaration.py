@@ -250,8 +250,8 @@ def _own_options(cls: type[Any]) -> dict[str, Any]:
         raise ConfigurationError(
             f"{name}.__versioned__['personal'] must be a list of column names, got {personal!r}"
         )
-    capture = raw.get("capture", "session")
-    if capture not in CAPTURES:
+    capture = raw.get("capture")
+    if capture is not None and capture not in CAPTURES:
         raise ConfigurationError(
             f"{name}.__versioned__['capture'] must be one of {list(CAPTURES)}, got {capture!r}"
         )
@@ -357,7 +357,7 @@ def _declare(mapper: Mapper[Any], cls: type[Any]) -> None:
             if (name in props or name in by_column) and by_column.get(name, name) not in masks:
                 masks[by_column.get(name, name)] = fn
 
-    capture = options.get("capture", "session")
+    capture = options.get("capture") or _default_capture(cls, mapper)
     if capture == "database":
         _check_database_capture(cls, mapper, masks)
     pk_keys = tuple(mapper.get_property_by_column(col).key for col in mapper.primary_key)
@@ -475,6 +475,22 @@ def _declare(mapper: Mapper[Any], cls: type[Any]) -> None:
             mapper.local_table.info[CAPTURED_BY_DATABASE] = spec
             history.info[HISTORY_BY_DATABASE] = True
         register_tables(mapper.local_table, history, transactions)
+
+
+#: ``MetaData.info`` key: the capture of the models of that ``MetaData`` that do not say.
+CAPTURE_DEFAULT = "versioning_capture"
+
+
+def _default_capture(cls: type[Any], mapper: Mapper[Any]) -> str:
+    table = mapper.local_table
+    metadata = table.metadata if isinstance(table, sa.Table) else None
+    capture = metadata.info.get(CAPTURE_DEFAULT, "session") if metadata is not None else "session"
+    if capture not in CAPTURES:
+        raise ConfigurationError(
+            f"{cls.__name__}: MetaData.info[{CAPTURE_DEFAULT!r}] must be one of "
+            f"{list(CAPTURES)}, got {capture!r}"
+        )
+    return str(capture)
 
 
 def _check_database_capture(cls: type[Any], mapper: Mapper[Any], masks: dict[str, Mask]) -> None:
