@@ -35,7 +35,7 @@ from sqlalchemy.sql.dml import Delete, Insert, Update
 
 from versioning import _compat, guard, stored
 from versioning.cascades import _enforced as enforces_foreign_keys
-from versioning.declaration import session_spec
+from versioning.declaration import versioned_spec
 from versioning.errors import VersioningError
 from versioning.link_tables import LinkSpec, link_spec
 from versioning.operation import Operation
@@ -266,7 +266,7 @@ def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
             _note(flush, spec, Operation.DELETE, rows)
     if not any(flush.rows.values()):
         return
-    mappers = [session_spec(state.mapper) for state in flush_context.states]
+    mappers = [versioned_spec(state.mapper) for state in flush_context.states]
     for spec, rows in flush.rows.items():
         if not rows:
             continue

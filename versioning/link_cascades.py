@@ -27,7 +27,7 @@ from sqlalchemy.orm import InstanceState, Mapper
 from sqlalchemy.sql.dml import Delete
 
 from versioning import _compat, guard, link_capture, live_rows
-from versioning.declaration import Versioned, session_spec
+from versioning.declaration import Versioned, versioned_spec
 from versioning.errors import VersioningError
 from versioning.link_tables import LinkSpec
 
@@ -74,7 +74,7 @@ def _before_delete(mapper: Mapper[Any], connection: Connection, state: InstanceS
         ]
     flush.planned.update(batch)
     keys = [tuple(s.key[1]) for s in batch if s.key is not None]
-    spec = session_spec(state.mapper)
+    spec = versioned_spec(state.mapper)
     if spec is not None and spec.trusts_session and connection.dialect.name != "sqlite":
         # A record read from the session is not locked yet: no link may be added to it now.
         live_rows.by_keys(connection, spec.root, keys, lock=True)
