@@ -11,6 +11,7 @@ the Python path.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -25,6 +26,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 import versioning
 from versioning import Versioned, bulk_sql, history, history_table, transaction_table
 from versioning.masks import redact
+
+from helpers import backend_id, waited_for_lock
 
 Tables = Callable[[sa.MetaData], sa.Engine]
 Sessions = Callable[..., Session]
@@ -354,4 +357,42 @@ def test_a_mask_without_sql_form_takes_the_python_path(
             "secret": ("ABC", "ABCX"),
             "n": (0, 5),
         }
+    _verify_ok(sessions)
+
+
+@pytest.mark.backends("postgresql", "mariadb")
+def test_a_bulk_update_waiting_for_a_lock_records_what_the_other_committed(
+    create_tables: Tables, sessions: Sessions, engine: sa.Engine, seen: list[str]
+) -> None:
+    """The copy of the old rows is the locked read: it waits, then copies the committed rows."""
+    create_tables(Base.metadata)
+    _seed(sessions, Fast, 2)
+    with sessions() as a, sessions() as b:  # both pooled connections get their stages
+        for record, session in ((1, a), (2, b)):  # rows of their own: no lock to wait for
+            session.execute(update(Fast).where(Fast.id == record).values(qty=Fast.qty))
+        a.commit()
+        b.commit()
+    seen.clear()
+    errors: list[BaseException] = []
+    with sessions() as a, sessions() as b:
+        a.execute(update(Fast).where(Fast.id == 1).values(qty=Fast.qty + 10))
+        waiting = backend_id(b)
+
+        def run() -> None:
+            try:
+                b.execute(update(Fast).where(Fast.id <= 2).values(qty=Fast.qty + 1))
+                b.commit()
+            except BaseException as error:  # reported below
+                errors.append(error)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        assert waited_for_lock(engine, waiting, thread)
+        a.commit()
+        thread.join(30)
+    assert not errors
+    assert _staged(seen)
+    with sessions() as session:
+        changes = [v.changes for v in history(session, Fast, 1)[1:]]
+    assert changes == [{"qty": (1, 11)}, {"qty": (11, 12)}]
     _verify_ok(sessions)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -217,6 +218,11 @@ class Plan:
             # reads as not NULL); the length of the text is right (NULL when NULL).
             changed = sa.func.length(sa.type_coerce(self.rows.c[CHANGES], sa.Text()))
         updated = sa.select(batch, *row_values(new, Operation.UPDATE, changes))
+        if dialect.name in ("mysql", "mariadb"):
+            # MariaDB's INSERT ... SELECT locks every row it reads from the live table: the old
+            # rows first, each live row then found by its key, so that it locks only the rows
+            # the statement had locked already (a scan of the live table would lock them all).
+            updated = updated.prefix_with("STRAIGHT_JOIN").with_hint(new, "FORCE INDEX (PRIMARY)")
         self._stage_update = (
             self.rows.insert()
             .from_select(
@@ -262,10 +268,16 @@ class Plan:
             "rows": from_rows.order_by(*order),
             "old": from_old,
         }
+        # The rows as stored, for their hashes; ``changes`` as its text, parsed here (the
+        # driver's JSON loading costs twice that).
+        returned = [
+            sa.type_coerce(sa.cast(c, sa.Text()), sa.Text()) if c.name == CHANGES else c
+            for c in history.columns
+        ]
         self._move = {
             kind: history.insert()
             .from_select([TRANSACTION_ID, *names_out], source)
-            .returning(*history.columns)
+            .returning(*returned)
             for kind, source in sources.items()
         }
 
@@ -339,8 +351,13 @@ class Plan:
             self._move[staged.move_kind], {"batch": staged.batch, "tx_id": tx_id}
         )
         names = [c.name for c in self.history.columns]
-        rows = [dict(zip(names, row, strict=True)) for row in result]
+        rows = [dict(zip(names, row, strict=True)) for row in result.all()]
         self.clear(connection, staged.batch)
+        loads = json.loads
+        for row in rows:
+            text = row[CHANGES]
+            if text is not None:
+                row[CHANGES] = loads(text)
         for name in self._floats:
             # SQLite's RETURNING gives a REAL column's whole number as it came (an integer),
             # where a read of the stored row gives a float: hashed as verify reads it.
