@@ -396,3 +396,26 @@ def test_a_bulk_update_waiting_for_a_lock_records_what_the_other_committed(
         changes = [v.changes for v in history(session, Fast, 1)[1:]]
     assert changes == [{"qty": (1, 11)}, {"qty": (11, 12)}]
     _verify_ok(sessions)
+
+
+def test_the_option_switches_it_off(
+    create_tables: Tables, sessions: Sessions, engine: sa.Engine, seen: list[str]
+) -> None:
+    create_tables(Base.metadata)
+    _warm(sessions, Fast)
+    _seed(sessions, Fast, 2)
+    seen.clear()
+    with sessions() as session:
+        session.execute(
+            update(Fast).values(qty=Fast.qty + 1),
+            execution_options={"versioning_bulk_sql": False},
+        )
+        session.commit()
+    with Session(engine.execution_options(versioning_bulk_sql=False)) as session:
+        session.execute(delete(Fast).where(Fast.id == 1))
+        session.commit()
+    assert not _staged(seen)
+    with sessions() as session:
+        assert [v.changes for v in history(session, Fast, 2)[1:]] == [{"qty": (2, 3)}]
+        assert len(history(session, Fast, 1)) == 3
+    _verify_ok(sessions)

@@ -54,7 +54,13 @@ from versioning.live_rows import Key, keys_in
 from versioning.operation import Operation
 from versioning.schema import CHANGES, OPERATION, PERSONAL, TRANSACTION_ID, VERSION_ID
 
-__all__ = ["STAGER", "Plan", "Staged", "Stager", "plan_for", "want"]
+__all__ = ["OPTION", "STAGER", "Plan", "Staged", "Stager", "plan_for", "want"]
+
+#: The execution option that switches this off (``False``: the Python path), on an engine, a
+#: connection, a session's statements or one statement: for a connection pooler that gives each
+#: transaction another server connection (PgBouncer's transaction mode), where temporary tables
+#: made in one transaction are not there in the next.
+OPTION = "versioning_bulk_sql"
 
 #: The execution option that hands a :class:`Stager` to the read it rewrites.
 STAGER = "versioning_stager"
