@@ -98,6 +98,22 @@ class Custom(Versioned, Base):
 
 
 @pytest.fixture
+def sessions(engine: sa.Engine) -> Iterator[Callable[..., Session]]:
+    """Sessions with the database path switched on (it is off by default)."""
+    opted = engine.execution_options(versioning_bulk_sql=True)
+    made: list[Session] = []
+
+    def make(**kwargs: Any) -> Session:
+        session = Session(opted, **kwargs)
+        made.append(session)
+        return session
+
+    yield make
+    for session in made:
+        session.close()
+
+
+@pytest.fixture
 def python_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """``Slow`` takes the Python path (its plan is refused, as for a model SQL cannot record)."""
     original = bulk_sql.plan_for
@@ -414,8 +430,16 @@ def test_the_option_switches_it_off(
     with Session(engine.execution_options(versioning_bulk_sql=False)) as session:
         session.execute(delete(Fast).where(Fast.id == 1))
         session.commit()
+    with Session(engine) as session:  # off by default
+        session.execute(update(Fast).where(Fast.id == 2).values(qty=Fast.qty + 1))
+        session.execute(update(Fast).where(Fast.id == 2).values(qty=Fast.qty + 1))
+        session.commit()
     assert not _staged(seen)
     with sessions() as session:
-        assert [v.changes for v in history(session, Fast, 2)[1:]] == [{"qty": (2, 3)}]
+        assert [v.changes for v in history(session, Fast, 2)[1:]] == [
+            {"qty": (2, 3)},
+            {"qty": (3, 4)},
+            {"qty": (4, 5)},
+        ]
         assert len(history(session, Fast, 1)) == 3
     _verify_ok(sessions)

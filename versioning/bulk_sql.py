@@ -56,10 +56,10 @@ from versioning.schema import CHANGES, OPERATION, PERSONAL, TRANSACTION_ID, VERS
 
 __all__ = ["OPTION", "STAGER", "Plan", "Staged", "Stager", "plan_for", "want"]
 
-#: The execution option that switches this off (``False``: the Python path), on an engine, a
-#: connection, a session's statements or one statement: for a connection pooler that gives each
-#: transaction another server connection (PgBouncer's transaction mode), where temporary tables
-#: made in one transaction are not there in the next.
+#: The execution option that switches this on (``True``), on an engine, a connection, a
+#: session's statements or one statement; off by default for now (the Python path). Leave it off
+#: behind a connection pooler that gives each transaction another server connection (PgBouncer's
+#: transaction mode), where temporary tables made in one transaction are not there in the next.
 OPTION = "versioning_bulk_sql"
 
 #: The execution option that hands a :class:`Stager` to the read it rewrites.

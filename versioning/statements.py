@@ -156,11 +156,11 @@ def _server_side(
     """Run an ``update().where()`` / ``delete().where()`` with its history rows made by the
     database (see versioning.bulk_sql); ``None`` (nothing run) where the SQL cannot make them,
     or this connection has no stages yet (made at commit for the next statements)."""
-    if not (
-        orm.execution_options.get(bulk_sql.OPTION, True)
-        and connection.get_execution_options().get(bulk_sql.OPTION, True)
-    ):
-        return None  # switched off (a pooler that does not keep temporary tables)
+    option = orm.execution_options.get(bulk_sql.OPTION)
+    if option is None:
+        option = connection.get_execution_options().get(bulk_sql.OPTION, False)
+    if not option:
+        return None  # not switched on (the default, for now: see versioning.bulk_sql)
     plan = bulk_sql.plan_for(spec, connection.dialect)
     if plan is None:
         return None
