@@ -188,7 +188,7 @@ def engine(
 # tables (see ``_kept_tables_dropped``).
 
 _kept: dict[sa.Engine, list[sa.MetaData]] = {}
-_DDL = re.compile(r"\s*(CREATE|ALTER|DROP|RENAME)\b(?!\s+SEQUENCE\b)", re.IGNORECASE)
+_DDL = re.compile(r"\s*(CREATE|ALTER|DROP|RENAME)\b(?!\s+(SEQUENCE|TEMPORARY)\b)", re.IGNORECASE)
 
 
 class _DDLSeen:

@@ -40,6 +40,7 @@ from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from sqlalchemy.orm import Mapper, Session, SessionTransaction
 
 from versioning import personal
+from versioning.bulk_sql import Staged
 from versioning.canonical import (
     JSONText,
     SortedJSONText,
@@ -72,6 +73,7 @@ __all__ = [
     "write_event",
     "write_pending",
     "write_rows",
+    "write_staged",
 ]
 
 _KEY = "_versioning"
@@ -83,7 +85,8 @@ class _Pending:
 
     noted_in: SessionTransaction
     history: sa.Table
-    rows: list[dict[str, Any]]
+    #: Rows built in Python, or a statement's rows staged in the database (see bulk_sql).
+    rows: list[dict[str, Any]] | Staged
 
 
 #: At most this many restores are listed in a transaction's reason, in at most this many bytes
@@ -268,13 +271,20 @@ def write_rows(
     _note_rows(session, connection, transactions, mapper, history, rows)
 
 
+def write_staged(session: Session, connection: Connection, spec: ModelSpec, staged: Staged) -> None:
+    """Record the history rows a statement staged in the database (see :mod:`versioning.bulk_sql`)
+    exactly as :func:`write_changes` records rows built in Python: moved into the history table
+    at commit, in their place among the transaction's other rows of that table."""
+    _note_rows(session, connection, spec.transactions, spec.root.mapper, spec.history, staged)
+
+
 def _note_rows(
     session: Session,
     connection: Connection,
     transactions: sa.Table,
     mapper: Mapper[Any],
     history: sa.Table,
-    rows: list[dict[str, Any]],
+    rows: list[dict[str, Any]] | Staged,
 ) -> None:
     """Note history rows of the current database transaction (written at commit)."""
     state = _recording(session)
@@ -311,14 +321,17 @@ def _insert_history(
     connection: Connection,
     group: _Group,
     history: sa.Table,
-    rows: list[dict[str, Any]],
+    rows: list[dict[str, Any]] | Staged,
     noted_in: SessionTransaction,
 ) -> None:
     """INSERT ``rows`` (in order: their version ids follow it) and hash each as written."""
-    if not rows:
-        return  # an event without history rows (see note_event)
     tx_id = group.tx_id
     assert tx_id is not None
+    if isinstance(rows, Staged):  # moved by the database, hashed as it returns them
+        group.hashes.append((noted_in, history.fullname, rows.move(connection, tx_id)))
+        return
+    if not rows:
+        return  # an event without history rows (see note_event)
     template = dict.fromkeys(history.c.keys())
     del template[history.primary_key.columns.keys()[0]]
     batch = []
@@ -590,14 +603,23 @@ def _write_group(session: Session, state: Recording, group: _Group) -> None:
         "extra": extra,
     }
     group.previous = hashlib.sha256(transaction_bytes(values)).digest()
-    by_table: dict[sa.Table, list[dict[str, Any]]] = {}
+    # Per history table, its rows in the order noted: consecutive Python rows in one INSERT, a
+    # staged statement's rows moved in their place (version ids follow that order).
+    by_table: dict[sa.Table, list[list[dict[str, Any]] | Staged]] = {}
     for pending in group.pending:
-        by_table.setdefault(pending.history, []).extend(pending.rows)
+        parts = by_table.setdefault(pending.history, [])
+        if isinstance(pending.rows, Staged):
+            parts.append(pending.rows)
+        elif parts and isinstance(parts[-1], list):
+            parts[-1].extend(pending.rows)
+        else:
+            parts.append(list(pending.rows))
     group.pending.clear()
     root = session.get_transaction()
     assert root is not None
-    for history, rows in by_table.items():
-        _insert_history(connection, group, history, rows, root)
+    for history, parts in by_table.items():
+        for rows in parts:
+            _insert_history(connection, group, history, rows, root)
 
 
 def write_pending(session: Session) -> None:

@@ -28,13 +28,13 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, CursorResult, Result
 from sqlalchemy.orm import ORMExecuteState, Session
 
-from versioning import _compat, cascades, guard, inserts, live_rows
+from versioning import _compat, bulk_sql, cascades, guard, inserts, live_rows
 from versioning.declaration import ModelSpec, session_spec
 from versioning.errors import VersioningError
 from versioning.history_rows import Change
 from versioning.live_rows import Key, Rows
 from versioning.operation import Operation
-from versioning.recording import mark_failed, write_changes
+from versioning.recording import mark_failed, write_changes, write_staged
 
 __all__: list[str] = []
 
@@ -95,6 +95,10 @@ def _connection(orm: ORMExecuteState, spec: ModelSpec) -> Connection:
 #
 # The same three statements as before (read, write, read back); a DELETE that removed every
 # candidate, as its row count shows, needs no read back.
+#
+# Where versioning.history_sql can express the model's history rows, the rows stay in the
+# database (versioning.bulk_sql): step 1 reads only the keys, the rows are copied server-side
+# before the statement, and step 3 computes the history rows there instead of reading back.
 
 
 def _options_of(statement: Any) -> tuple[Any, ...]:
@@ -119,6 +123,72 @@ def _candidates(orm: ORMExecuteState, spec: ModelSpec, connection: Connection) -
     return live_rows.from_rows(connection, spec, rows, lock=True)
 
 
+def _candidate_keys(
+    orm: ORMExecuteState, spec: ModelSpec, connection: Connection, stager: bulk_sql.Stager
+) -> list[Key]:
+    """The keys of the rows the statement may change, read and locked through the session as
+    :func:`_candidates` reads the rows (step 1); the read also copies the rows server-side
+    (see versioning.bulk_sql.Stager)."""
+    statement: Any = orm.statement
+    model = spec.model
+    columns = [getattr(model, k) for k in spec.pk_keys]
+    select = sa.select(*columns)
+    if connection.dialect.name != "sqlite":
+        select = select.with_for_update().order_by(*columns)
+    select = select.options(*_options_of(statement))
+    if statement.whereclause is not None:
+        select = select.where(statement.whereclause)
+    params = orm.parameters if isinstance(orm.parameters, Mapping) else None
+    options = {
+        **orm.local_execution_options,
+        "versioning_pre_read": True,
+        bulk_sql.STAGER: stager,
+    }
+    rows = orm.session.execute(
+        select, params, execution_options=options, bind_arguments=orm.bind_arguments
+    )
+    return [tuple(row) for row in rows]
+
+
+def _server_side(
+    orm: ORMExecuteState, spec: ModelSpec, connection: Connection, statement: Any
+) -> Result[Any] | None:
+    """Run an ``update().where()`` / ``delete().where()`` with its history rows made by the
+    database (see versioning.bulk_sql); ``None`` (nothing run) where the SQL cannot make them,
+    or this connection has no stages yet (made at commit for the next statements)."""
+    option = orm.execution_options.get(bulk_sql.OPTION)
+    if option is None:
+        option = connection.get_execution_options().get(bulk_sql.OPTION, False)
+    if not option:
+        return None  # not switched on (the default, for now: see versioning.bulk_sql)
+    plan = bulk_sql.plan_for(spec, connection.dialect)
+    if plan is None:
+        return None
+    if not plan.ready(connection):
+        bulk_sql.want(orm.session, plan)
+        return None
+    stager = bulk_sql.Stager(plan)
+    keys = _candidate_keys(orm, spec, connection, stager)
+    if keys:
+        plan.copy_old(connection, stager, keys)
+    result = inserts.invoke(orm, _restricted(statement, spec, keys, connection.dialect))
+    if not keys:
+        return result
+    if statement.is_delete:
+        all_gone = (
+            isinstance(result, CursorResult)
+            and not result.returns_rows
+            and connection.dialect.supports_sane_rowcount
+            and result.rowcount == len(keys)
+        )
+        staged = plan.stage_delete(connection, stager.batch, all_gone)
+    else:
+        staged = plan.stage_update(connection, stager.batch, len(keys))
+    if staged is not None:
+        write_staged(orm.session, connection, spec, staged)
+    return result
+
+
 def _restricted(statement: Any, spec: ModelSpec, keys: list[Key], dialect: Any) -> Any:
     """The statement limited to the candidate keys (step 2)."""
     columns = [getattr(spec.model, k) for k in spec.pk_keys]
@@ -129,6 +199,9 @@ def _restricted(statement: Any, spec: ModelSpec, keys: list[Key], dialect: Any) 
 
 def _delete(orm: ORMExecuteState, spec: ModelSpec) -> Result[Any]:
     connection = _connection(orm, spec)
+    done = _server_side(orm, spec, connection, orm.statement)
+    if done is not None:
+        return done
     candidates = _candidates(orm, spec, connection)
     cascade = cascades.before_statement(orm, connection, candidates)  # foreign-key actions
     result = inserts.invoke(
@@ -260,6 +333,9 @@ def _update(orm: ORMExecuteState, spec: ModelSpec) -> Result[Any]:
         result = inserts.invoke(orm)
     else:
         statement = _bump_version(orm, spec, statement)
+        done = _server_side(orm, spec, connection, statement)
+        if done is not None:
+            return done
         candidates = _candidates(orm, spec, connection)
         cascade = cascades.before_statement(orm, connection, candidates)  # foreign-key actions
         restricted = _restricted(statement, spec, list(candidates), connection.dialect)
