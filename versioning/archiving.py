@@ -44,9 +44,9 @@ from versioning.canonical import converter
 from versioning.catalog import Catalog
 from versioning.errors import ArchiveError, ArgumentError
 from versioning.event_log import Event, has_event_table
-from versioning.integrity import Digest, Report, _from_connection, _read, _single, _Target
+from versioning.integrity import Digest, Report, _from_connection, _single, _Target
 from versioning.operation import Operation
-from versioning.reading import Transaction, _select
+from versioning.reading import Transaction, _select, read_rows
 from versioning.schema import (
     CHANGES,
     OPERATION,
@@ -574,7 +574,7 @@ class _Writer:
                     .order_by(column, history.c[VERSION_ID])
                 )
 
-            for record in _read(c, build) if wanted else []:
+            for record in read_rows(c, build) if wanted else []:
                 tx_id = int(record[TRANSACTION_ID])
                 if tx_id in wanted:
                     rows.setdefault(tx_id, []).append(self._version(name, record))

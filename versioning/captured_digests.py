@@ -20,7 +20,6 @@ path writes is never taken in: that is not how the library writes, and verify re
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -33,7 +32,7 @@ from versioning.canonical import (
     segment_digest,
     transaction_bytes,
 )
-from versioning.reading import _REFUSED, _select
+from versioning.reading import _select, read_rows
 from versioning.schema import HISTORY_BY_DATABASE, TRANSACTION_ID, VERSION_ID, issued_at_utc
 
 __all__ = ["captured_tables", "digest_captured"]
@@ -42,19 +41,6 @@ __all__ = ["captured_tables", "digest_captured"]
 def captured_tables(histories: dict[str, sa.Table]) -> dict[str, sa.Table]:
     """The history tables (by full name) that the database's triggers write."""
     return {name: t for name, t in histories.items() if t.info.get(HISTORY_BY_DATABASE)}
-
-
-def _read(connection: Connection, build: Callable[[bool], sa.Select[Any]]) -> list[dict[str, Any]]:
-    for tolerant in (False, True):
-        result = connection.execute(build(tolerant))
-        keys = list(result.keys())
-        try:
-            return [dict(zip(keys, row, strict=True)) for row in result]
-        except _REFUSED:
-            if tolerant:
-                raise
-            result.close()
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _rows(
@@ -72,7 +58,7 @@ def _rows(
                 .order_by(column, history.c[VERSION_ID])
             )
 
-        for record in _read(connection, build):
+        for record in read_rows(connection, build):
             out.setdefault(int(record[TRANSACTION_ID]), {}).setdefault(name, []).append(record)
     return out
 

@@ -47,7 +47,7 @@ from versioning.canonical import (
 from versioning.captured_digests import captured_tables, digest_captured
 from versioning.catalog import Catalog, load, session_catalogs
 from versioning.errors import ArgumentError, CatalogError, SealConflictError
-from versioning.reading import _REFUSED, _select
+from versioning.reading import _select, read_rows
 from versioning.schema import (
     TRANSACTION_ID,
     VERSION_ID,
@@ -791,21 +791,6 @@ def _check_horizons(
         )
 
 
-def _read(connection: Connection, build: Callable[[bool], sa.Select[Any]]) -> list[dict[str, Any]]:
-    """The rows of ``build(tolerant)`` as dicts: typed, or, if some value no longer fits its
-    column's type, read again with those values as stored (see ``versioning.reading``)."""
-    for tolerant in (False, True):
-        result = connection.execute(build(tolerant))
-        keys = list(result.keys())
-        try:
-            return [dict(zip(keys, row, strict=True)) for row in result]
-        except _REFUSED:
-            if tolerant:
-                raise
-            result.close()
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
 class _Verifier:
     """Checks one target's transactions, ``batch`` transaction ids at a time."""
 
@@ -919,7 +904,7 @@ class _Verifier:
                     .order_by(column, history.c[VERSION_ID])
                 )
 
-            for record in _read(c, build):
+            for record in read_rows(c, build):
                 rows.setdefault(record[TRANSACTION_ID], {}).setdefault(name, []).append(record)
         if self.events is not None:
             # Event rows are checked as history rows are, under the event table's name; their

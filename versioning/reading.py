@@ -19,7 +19,7 @@ from operator import itemgetter
 from typing import Any, TypeVar, overload
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Dialect, RowMapping
+from sqlalchemy.engine import Connection, Dialect, RowMapping
 from sqlalchemy.orm import InstanceState, Mapper, Session
 
 from versioning import _compat, arguments, horizon
@@ -245,6 +245,23 @@ class _AsStored(sa.types.TypeDecorator[Any]):
 
 #: What a result processor raises on a value its type does not accept.
 _REFUSED = (LookupError, ValueError, TypeError, ArithmeticError)
+
+
+def read_rows(
+    connection: Connection, build: Callable[[bool], sa.Select[Any]]
+) -> list[dict[str, Any]]:
+    """The rows of ``build(tolerant)`` as dicts: typed, or, if some value no longer fits its
+    column's type, read again with those values as stored (see ``versioning.reading``)."""
+    for tolerant in (False, True):
+        result = connection.execute(build(tolerant))
+        keys = list(result.keys())
+        try:
+            return [dict(zip(keys, row, strict=True)) for row in result]
+        except _REFUSED:
+            if tolerant:
+                raise
+            result.close()
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _select(history: sa.Table, tolerant: bool, *extra: sa.ColumnElement[Any]) -> sa.Select[Any]:

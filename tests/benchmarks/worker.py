@@ -371,9 +371,9 @@ class CorrectFloor(Handwritten):
 
 
 class Library(Contender):
-    """This library: ``versioning.Versioned``."""
+    """This library: ``versioning.Versioned`` (``options``: the model's ``__versioned__``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "versioning", options: dict[str, Any] | None = None) -> None:
         import versioning
 
         self.versioning = versioning
@@ -383,8 +383,9 @@ class Library(Contender):
 
         class Item(versioning.Versioned, ItemColumns, Base):
             __tablename__ = "bench_item"
+            __versioned__ = options or {}
 
-        self.name, self.metadata, self.Item = "versioning", Base.metadata, Item
+        self.name, self.metadata, self.Item = name, Base.metadata, Item
         self.history_table = versioning.history_table(Item)
         self.transactions = versioning.transaction_table(Base.metadata)
 
@@ -510,20 +511,7 @@ class DatabaseCapture(Library):
     """This library with the model captured by the database's triggers (PostgreSQL)."""
 
     def __init__(self) -> None:
-        import versioning
-
-        self.versioning = versioning
-
-        class Base(DeclarativeBase):
-            pass
-
-        class Item(versioning.Versioned, ItemColumns, Base):
-            __tablename__ = "bench_item"
-            __versioned__ = {"capture": "database"}
-
-        self.name, self.metadata, self.Item = "dbcapture", Base.metadata, Item
-        self.history_table = versioning.history_table(Item)
-        self.transactions = versioning.transaction_table(Base.metadata)
+        super().__init__("dbcapture", {"capture": "database"})
 
 
 def make_contender(name: str) -> Contender:
