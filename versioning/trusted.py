@@ -96,12 +96,39 @@ def is_current(state: InstanceState[Any], session: Session) -> bool:
 
 
 def _mark_written(session: Session, flush_context: UOWTransaction) -> None:
-    """After a flush: the rows it inserted or updated are locked by this transaction."""
+    """After a flush: the rows it inserted or updated are locked by this transaction (unless
+    the connection commits each statement on its own)."""
     watch = _watch(session)
     mark = watch.mark()
+    holds: dict[Any, bool] = {}  # per mapper: whether its connection holds its locks
     for state, (deleting, _) in flush_context.states.items():
-        if not deleting and isinstance(state.obj(), Versioned):
+        if deleting or not isinstance(state.obj(), Versioned):
+            continue
+        mapper = state.mapper
+        if mapper not in holds:
+            holds[mapper] = _in_transaction(session.connection(bind_arguments={"mapper": mapper}))
+        if holds[mapper]:
             state.info[_MARK] = mark
+
+
+def _in_transaction(connection: Connection) -> bool:
+    """Whether the DB-API connection is inside a transaction of its own, positively known: not
+    in autocommit (where a lock ends with its statement). sqlite3 says so itself (its legacy
+    mode runs reads outside any transaction); psycopg and the MySQL drivers by their
+    autocommit flag; any other driver is not trusted."""
+    if connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+        return False
+    dbapi = connection.connection.dbapi_connection
+    name = connection.dialect.driver
+    if name == "pysqlite":
+        return bool(getattr(dbapi, "in_transaction", False))
+    if name == "psycopg":
+        return getattr(dbapi, "autocommit", True) is False
+    if name in ("pymysql", "mysqldb", "mariadbconnector"):
+        get = getattr(dbapi, "get_autocommit", None)
+        flag = get() if callable(get) else getattr(dbapi, "autocommit", True)
+        return flag is False or flag == 0
+    return False
 
 
 def _snapshot_isolated(connection: Connection) -> bool:
@@ -125,7 +152,9 @@ def _query_mark(context: QueryContext, mapper: Any) -> tuple[_Watch, int, int] |
     if session.in_transaction():
         connection = session.connection(bind_arguments={"mapper": mapper})
         locking = _compat.locks_rows(context.query)
-        if (locking and connection.dialect.name != "sqlite") or _snapshot_isolated(connection):
+        if _in_transaction(connection) and (
+            (locking and connection.dialect.name != "sqlite") or _snapshot_isolated(connection)
+        ):
             mark = _watch(session).mark()
     attributes[_QUERY_MARK] = mark
     return mark
