@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from versioning import context as versioning_context
 from versioning.append_only import maintenance
+from versioning.schema import CAPTURED_BY_DATABASE
 
 # The web glue is installed as ``versioning.integrations``; the repository folder of the same name
 # must never be importable as a top-level package here, or a stale ``import integrations`` would
@@ -216,6 +217,16 @@ def _drop_kept(engine: sa.Engine, keep: list[sa.MetaData] | None = None) -> None
 
 
 def _empty(engine: sa.Engine, metadatas: list[sa.MetaData]) -> None:
+    """See _empty_once. SQLite cannot switch triggers off: the deletes of a table captured by
+    the database write history, which a second pass deletes."""
+    _empty_once(engine, metadatas)
+    if engine.dialect.name == "sqlite" and any(
+        CAPTURED_BY_DATABASE in t.info for m in metadatas for t in m.tables.values()
+    ):
+        _empty_once(engine, metadatas)
+
+
+def _empty_once(engine: sa.Engine, metadatas: list[sa.MetaData]) -> None:
     """Delete every row of ``metadatas``' tables, in one transaction (id counters go on).
 
     TRUNCATE re-creates a table's files on PostgreSQL and InnoDB (tens of milliseconds a table), so

@@ -38,6 +38,7 @@ from versioning.schema import (
     LIVE_TABLE_INFO,
     META_COLUMNS,
     PERSONAL,
+    capture_open_table,
     foreign_key_index,
     history_table_for,
     personal_column,
@@ -474,6 +475,7 @@ def _declare(mapper: Mapper[Any], cls: type[Any]) -> None:
             _DATABASE_CAPTURE[0] = True
             mapper.local_table.info[CAPTURED_BY_DATABASE] = spec
             history.info[HISTORY_BY_DATABASE] = True
+            capture_open_table(transactions)
         register_tables(mapper.local_table, history, transactions)
 
 

@@ -60,6 +60,7 @@ from versioning.schema import (
     UTCDateTime,
     integrity_tables,
     issued_at_utc,
+    opened_table,
 )
 
 __all__ = [
@@ -565,6 +566,35 @@ def _transaction_insert(table: sa.Table, dialect_name: str, returning: bool) -> 
     return found
 
 
+def _opened_transaction(connection: Connection, table: sa.Table) -> dict[str, Any] | None:
+    """SQLite, where capture triggers of this transaction already wrote its transaction row
+    (see versioning.triggers): that row as stored, which the session path uses too."""
+    opened = opened_table(table) if connection.dialect.name == "sqlite" else None
+    if opened is None:
+        return None
+    found = connection.execute(
+        sa.select(opened.c.transaction_id).where(opened.c.id == 1, opened.c.key == "app")
+    ).scalar()
+    if found is None:
+        return None
+    row = (
+        connection.execute(
+            sa.select(
+                table.c.id,
+                issued_at_utc(table).label("issued_at"),
+                table.c.actor,
+                table.c.source_ip,
+                table.c.request_id,
+                table.c.reason,
+                table.c.extra,
+            ).where(table.c.id == found)
+        )
+        .mappings()
+        .one()
+    )
+    return dict(row)
+
+
 def _write_group(session: Session, state: Recording, group: _Group) -> None:
     connection = session.connection(bind_arguments={"mapper": group.mapper})
     context = group.context
@@ -574,6 +604,14 @@ def _write_group(session: Session, state: Recording, group: _Group) -> None:
     table = group.table
     extra = dict(context.extra) or None
     dialect = connection.dialect
+    opened = _opened_transaction(connection, table)
+    if opened is not None:
+        # The triggers wrote the transaction row at their first write: one row per transaction.
+        group.tx_id = int(opened["id"])
+        group.written_reason = opened["reason"]
+        group.previous = hashlib.sha256(transaction_bytes(opened)).digest()
+        _insert_pending(session, connection, group)
+        return
     insert = _transaction_insert(table, dialect.name, dialect.insert_returning)
     parameters = {
         "actor": context.actor,
@@ -603,6 +641,22 @@ def _write_group(session: Session, state: Recording, group: _Group) -> None:
         "extra": extra,
     }
     group.previous = hashlib.sha256(transaction_bytes(values)).digest()
+    open_table = opened_table(table) if dialect.name == "sqlite" else None
+    if open_table is not None:
+        # Capture triggers firing later in this transaction use this row too.
+        connection.execute(
+            open_table.update()
+            .where(
+                open_table.c.id == 1,
+                open_table.c.key == "app",
+                open_table.c.transaction_id.is_(None),
+            )
+            .values(transaction_id=group.tx_id)
+        )
+    _insert_pending(session, connection, group)
+
+
+def _insert_pending(session: Session, connection: Connection, group: _Group) -> None:
     # Per history table, its rows in the order noted: consecutive Python rows in one INSERT, a
     # staged statement's rows moved in their place (version ids follow that order).
     by_table: dict[sa.Table, list[list[dict[str, Any]] | Staged]] = {}

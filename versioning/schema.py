@@ -343,6 +343,41 @@ def _event_table(metadata: sa.MetaData, transactions: sa.Table) -> None:
     )
 
 
+CAPTURE_OPEN_TABLE = "versioning_capture_open"
+
+
+def capture_open_table(transactions: sa.Table) -> sa.Table:
+    """Beside the transaction table, where the database has capture triggers and no
+    transaction-local settings (SQLite): one row, the open transaction's context and transaction
+    row (see :mod:`versioning.triggers`). Made when a model captured by the database is declared."""
+    metadata = transactions.metadata
+    prefix = "" if transactions.schema is None else f"{transactions.schema}."
+    found = metadata.tables.get(prefix + CAPTURE_OPEN_TABLE)
+    if found is not None:
+        return found
+    return sa.Table(
+        CAPTURE_OPEN_TABLE,
+        metadata,
+        sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
+        sa.Column("key", sa.String(64), nullable=False),
+        sa.Column("transaction_id", _ID_TYPE, nullable=True),
+        sa.Column("actor", sa.String(255), nullable=True),
+        sa.Column("source_ip", sa.String(45), nullable=True),
+        sa.Column("request_id", sa.String(128), nullable=True),
+        sa.Column("reason", sa.Text(), nullable=True),
+        sa.Column("extra", sa.Text(), nullable=True),
+        schema=transactions.schema,
+        info={_INFO_KEY: "capture_open"},
+    )
+
+
+def opened_table(transactions: sa.Table) -> sa.Table | None:
+    """The open-transaction table beside ``transactions`` if a model captured by the database
+    was declared there (see :func:`capture_open_table`)."""
+    prefix = "" if transactions.schema is None else f"{transactions.schema}."
+    return transactions.metadata.tables.get(prefix + CAPTURE_OPEN_TABLE)
+
+
 def event_table(transactions: sa.Table) -> sa.Table:
     """The event table beside the transaction table ``transactions``."""
     prefix = "" if transactions.schema is None else f"{transactions.schema}."

@@ -35,6 +35,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.orm import Session
 
@@ -49,7 +50,15 @@ from versioning.declaration import (
 from versioning.errors import ConfigurationError
 from versioning.operation import Operation
 from versioning.recording import _issued_at, written_context
-from versioning.schema import CAPTURED_BY_DATABASE, CHANGES, OPERATION, PERSONAL, TRANSACTION_ID
+from versioning.schema import (
+    CAPTURE_OPEN_TABLE,
+    CAPTURED_BY_DATABASE,
+    CHANGES,
+    OPERATION,
+    PERSONAL,
+    TRANSACTION_ID,
+    capture_open_table,
+)
 
 __all__ = [
     "SETTINGS",
@@ -157,6 +166,41 @@ def _history_insert(spec: ModelSpec, table: sa.Table, dialect: Dialect, operatio
     return _sql(spec.history.insert().values(values).inline(), dialect)
 
 
+def _sqlite_history_insert(
+    spec: ModelSpec,
+    table: sa.Table,
+    opened: sa.Table,
+    operation: str,
+    only_if: sa.ColumnElement[bool] | None = None,
+) -> str:
+    """SQLite: the history row's INSERT, its transaction id from the open-transaction row."""
+    dialect = _SQLITE
+    source = _row(table, "old" if operation == "DELETE" else "new")
+    values: dict[str, Any] = dict(history_sql.snapshot_columns(spec, source, dialect))
+    values[TRANSACTION_ID] = opened.c.transaction_id
+    values[OPERATION] = sa.literal(Operation[operation].value)
+    values[CHANGES] = (
+        history_sql.changes_json(spec, _row(table, "old"), _row(table, "new"), dialect)
+        if operation == "UPDATE"
+        else sa.null()
+    )
+    personal = history_sql.personal_json(spec, dialect)
+    if personal is not None:
+        values[PERSONAL] = personal
+    # Written out, not as insert().from_select(): a SELECT of OLD's and NEW's columns would
+    # name them in its FROM list, where a trigger's row is not a table.
+    preparer = dialect.identifier_preparer
+    columns = ", ".join(preparer.quote(name) for name in values)
+    expressions = ", ".join(_sql(value, dialect) for value in values.values())
+    where = f"{preparer.format_table(opened)}.id = 1"
+    if only_if is not None:
+        where += f" AND ({_sql(only_if, dialect)})"
+    return (
+        f"INSERT INTO {preparer.format_table(spec.history)} ({columns}) "
+        f"SELECT {expressions} FROM {preparer.format_table(opened)} WHERE {where}"
+    )
+
+
 def _key_changed(spec: ModelSpec, table: sa.Table) -> sa.ColumnElement[bool]:
     old, new = _row(table, "old"), _row(table, "new")
     names = [spec.live_columns[key].name for key in spec.pk_keys]
@@ -210,12 +254,86 @@ def trigger_fingerprint(spec: ModelSpec, dialect: Dialect) -> str:
     return hashlib.sha256(_function_body(spec, _one_table(spec), dialect).encode()).hexdigest()
 
 
+#: The statement's own key for a write from another client on SQLite (which knows no
+#: transaction): its clock, fixed for one statement.
+_SQLITE_STATEMENT = "'statement ' || strftime('%Y-%m-%d %H:%M:%f', 'now')"
+_SQLITE: Dialect = sqlite.dialect()
+
+
+def _sqlite_bodies(spec: ModelSpec, table: sa.Table) -> dict[str, str]:
+    """SQLite: the body of each operation's row trigger."""
+    dialect = _SQLITE
+    transactions = spec.transactions
+    opened = capture_open_table(transactions)
+    open_name = dialect.identifier_preparer.format_table(opened)
+    ensure = (
+        f"INSERT OR REPLACE INTO {open_name} (id, key, transaction_id, actor, extra) "
+        f"SELECT 1, {_SQLITE_STATEMENT}, NULL, 'sqlite', '{{\"client\":\"sqlite\"}}' "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {open_name} WHERE id = 1 "
+        f"AND key IN ('app', {_SQLITE_STATEMENT}))"
+    )
+    transaction = _sql(
+        transactions.insert().from_select(
+            ["issued_at", "actor", "source_ip", "request_id", "reason", "extra"],
+            sa.select(
+                _issued_at(transactions, "sqlite"),
+                opened.c.actor,
+                opened.c.source_ip,
+                opened.c.request_id,
+                opened.c.reason,
+                opened.c.extra,
+            ).where(opened.c.id == 1, opened.c.transaction_id.is_(None)),
+        ),
+        dialect,
+    )
+    remember = (
+        f"UPDATE {open_name} SET transaction_id = last_insert_rowid() "
+        f"WHERE id = 1 AND transaction_id IS NULL"
+    )
+    head = f"{ensure}; {transaction}; {remember}; "
+    # The record moved to another key: its history under the old key ends here.
+    delete_if_moved = _sqlite_history_insert(
+        spec, table, opened, "DELETE", _key_changed(spec, table)
+    )
+    return {
+        "INSERT": head + _sqlite_history_insert(spec, table, opened, "INSERT") + ";",
+        "UPDATE": head
+        + delete_if_moved
+        + "; "
+        + _sqlite_history_insert(spec, table, opened, "UPDATE")
+        + ";",
+        "DELETE": head + _sqlite_history_insert(spec, table, opened, "DELETE") + ";",
+    }
+
+
+def _sqlite_statements(spec: ModelSpec, table: sa.Table) -> list[str]:
+    preparer = _SQLITE.identifier_preparer
+    changes = _sql(
+        history_sql.changes_json(spec, _row(table, "old"), _row(table, "new"), _SQLITE), _SQLITE
+    )
+    bodies = _sqlite_bodies(spec, table)
+    fingerprint = hashlib.sha256("\n".join(bodies.values()).encode()).hexdigest()
+    statements = []
+    for operation, body in bodies.items():
+        name = preparer.quote(_name(table.name, f"{_TRIGGER}_{operation.lower()}"))
+        when = f" WHEN ({changes}) IS NOT NULL" if operation == "UPDATE" else ""
+        statements += [
+            f"DROP TRIGGER IF EXISTS {name}",
+            f"CREATE TRIGGER {name} AFTER {operation} ON {preparer.quote(table.name)} "
+            f"FOR EACH ROW{when} BEGIN "
+            f"SELECT 'versioning capture {fingerprint}'; {body} END",
+        ]
+    return statements
+
+
 def install_statements(spec: ModelSpec, dialect: Dialect) -> list[str]:
     """The DDL that installs (or refreshes) the capture trigger of ``spec``'s table."""
+    if dialect.name == "sqlite":
+        return _sqlite_statements(spec, _one_table(spec))
     if dialect.name != "postgresql":
         raise ConfigurationError(
-            f"{spec.model.__name__}: database capture is available on PostgreSQL only so far; "
-            f"keep this model on session capture on {dialect.name}"
+            f"{spec.model.__name__}: database capture is available on PostgreSQL and SQLite "
+            f"only so far; keep this model on session capture on {dialect.name}"
         )
     table = _one_table(spec)
     function = _function_name(table, dialect)
@@ -235,6 +353,12 @@ def install_statements(spec: ModelSpec, dialect: Dialect) -> list[str]:
 def drop_statements(spec: ModelSpec, dialect: Dialect) -> list[str]:
     """The DDL that removes the capture trigger of ``spec``'s table and its function."""
     table = _one_table(spec)
+    if dialect.name == "sqlite":
+        preparer = dialect.identifier_preparer
+        return [
+            f"DROP TRIGGER IF EXISTS {preparer.quote(_name(table.name, f'{_TRIGGER}_{operation}'))}"
+            for operation in ("insert", "update", "delete")
+        ]
     qualified = dialect.identifier_preparer.format_table(table)
     return [
         f"DROP TRIGGER IF EXISTS {_TRIGGER} ON {qualified}",
@@ -326,6 +450,11 @@ def _note_flushed(session: Session, flush_context: Any) -> None:
 def _forget_flushed(session: Session, transaction: Any) -> None:
     if transaction.parent is None:
         session.info.pop(_FLUSHED, None)
+        session.info.pop(_OPENED, None)
+    elif transaction.nested:
+        # A savepoint ended: if it rolled back, so did an open-transaction row written in it;
+        # the next write writes it again (keeping a transaction row written before).
+        session.info.pop(_OPENED, None)
 
 
 @event.listens_for(Session, "before_commit")
@@ -336,12 +465,68 @@ def _hand_over_context(session: Session) -> None:
     write (raw SQL may write such a table)."""
     if not database_capture_declared() or session.in_nested_transaction():
         return
+    if session.info.get(_OPENED) is not None:
+        for connection in _compat.open_connections(session):
+            if connection.dialect.name == "sqlite":
+                # Its last write is done: another client's writes are not this transaction's.
+                connection.exec_driver_sql(f"DELETE FROM {CAPTURE_OPEN_TABLE} WHERE key = 'app'")
     if _FLUSHED not in session.info and not trusted.wrote_outside_flushes(session):
         return
     for connection in _compat.open_connections(session):
         if connection.dialect.name == "postgresql":
             transaction_id, context, reason = written_context(session, connection)
             context_settings(connection, context, transaction_id, reason)
+
+
+#: ``Session.info`` key: the root transaction in which the audit context was handed over
+#: (SQLite, before the transaction's first write).
+_OPENED = "versioning_capture_opened"
+
+
+@event.listens_for(Engine, "before_cursor_execute")
+def _open_before_writing(
+    connection: Connection,
+    cursor: Any,
+    statement: str,
+    parameters: Any,
+    context: Any,
+    executemany: bool,
+) -> None:
+    """SQLite: before the first statement of a session's transaction that may write, the
+    audit context goes to the open-transaction row, where the capture triggers (which fire at
+    once, there being no deferred ones) take it from (see the module's docstring)."""
+    if not database_capture_declared() or connection.dialect.name != "sqlite":
+        return
+    if not trusted.may_write(statement) or CAPTURE_OPEN_TABLE in statement:
+        return
+    session = trusted.session_of(connection)
+    root = session.get_transaction() if session is not None else None
+    if session is None or root is None or session.info.get(_OPENED) is root:
+        return
+    # Asked each time (once a transaction, in process): a schema may change under a connection.
+    found = cursor.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (CAPTURE_OPEN_TABLE,)
+    ).fetchone()
+    if found is None:
+        return
+    _, audit, reason = written_context(session, connection)
+    extra = audit.extra
+    # A transaction row already written for this transaction (before a savepoint that rolled
+    # back the session's note of this) is kept.
+    cursor.execute(
+        f"INSERT OR REPLACE INTO {CAPTURE_OPEN_TABLE} "
+        "(id, key, transaction_id, actor, source_ip, request_id, reason, extra) "
+        f"SELECT 1, 'app', (SELECT transaction_id FROM {CAPTURE_OPEN_TABLE} "
+        "WHERE id = 1 AND key = 'app'), ?, ?, ?, ?, ?",
+        (
+            audit.actor,
+            audit.source_ip,
+            audit.request_id,
+            reason,
+            json.dumps(dict(extra), separators=(",", ":"), ensure_ascii=False) if extra else None,
+        ),
+    )
+    session.info[_OPENED] = root
 
 
 @dataclass(frozen=True)
@@ -377,15 +562,27 @@ def check_triggers(
     connection = bind
     problems: list[TriggerProblem] = []
     inspector = sa.inspect(connection)
+    dialect = connection.dialect
     for spec in _captured_specs(metadata):
         table = _one_table(spec)
         if not inspector.has_table(table.name, schema=table.schema):
             continue
         name = table.fullname
-        if connection.dialect.name != "postgresql":
+        if dialect.name == "sqlite":
+            # The fingerprint is in the trigger's own text.
+            installed = connection.execute(
+                sa.text("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = :name"),
+                {"name": _name(table.name, f"{_TRIGGER}_insert")},
+            ).scalar()
+            if installed is None:
+                problems.append(_problem(spec, name, "missing"))
+            elif installed != _sqlite_statements(spec, table)[1]:
+                problems.append(_problem(spec, name, "stale"))
+            continue
+        if dialect.name != "postgresql":
             problems.append(
                 TriggerProblem(
-                    name, "missing", f"{name}: database capture is PostgreSQL only so far"
+                    name, "missing", f"{name}: database capture is not available on {dialect.name}"
                 )
             )
             continue
@@ -394,29 +591,25 @@ def check_triggers(
                 "SELECT obj_description(t.tgfoid, 'pg_proc') FROM pg_trigger t "
                 "WHERE t.tgrelid = to_regclass(:table) AND t.tgname = :trigger"
             ),
-            {
-                "table": connection.dialect.identifier_preparer.format_table(table),
-                "trigger": _TRIGGER,
-            },
+            {"table": dialect.identifier_preparer.format_table(table), "trigger": _TRIGGER},
         ).first()
-        expected = "versioning capture " + trigger_fingerprint(spec, connection.dialect)
         if comment is None:
-            problems.append(
-                TriggerProblem(
-                    name,
-                    "missing",
-                    f"{name} has no capture trigger: its writes are not recorded; install it "
-                    f"(versioning.migrations.install_capture_triggers in a migration)",
-                )
-            )
-        elif comment[0] != expected:
-            problems.append(
-                TriggerProblem(
-                    name,
-                    "stale",
-                    f"the capture trigger of {name} was installed for other columns than "
-                    f"{spec.model.__name__} has now: refresh it "
-                    f"(versioning.migrations.install_capture_triggers in a migration)",
-                )
-            )
+            problems.append(_problem(spec, name, "missing"))
+        elif comment[0] != "versioning capture " + trigger_fingerprint(spec, dialect):
+            problems.append(_problem(spec, name, "stale"))
     return problems
+
+
+def _problem(spec: ModelSpec, name: str, kind: str) -> TriggerProblem:
+    if kind == "missing":
+        detail = (
+            f"{name} has no capture trigger: its writes are not recorded; install it "
+            f"(versioning.migrations.install_capture_triggers in a migration)"
+        )
+    else:
+        detail = (
+            f"the capture trigger of {name} was installed for other columns than "
+            f"{spec.model.__name__} has now: refresh it "
+            f"(versioning.migrations.install_capture_triggers in a migration)"
+        )
+    return TriggerProblem(name, kind, detail)

@@ -43,7 +43,7 @@ from versioning import _compat
 from versioning.append_only import is_append_only
 from versioning.declaration import Versioned, versioned_spec
 
-__all__ = ["is_current", "wrote_outside_flushes"]
+__all__ = ["is_current", "may_write", "session_of", "wrote_outside_flushes"]
 
 #: ``InstanceState.info`` key: ``(watch, generation, epoch)`` when the values were loaded.
 _MARK = "versioning_current"
@@ -196,6 +196,17 @@ def _ended(session: Session, transaction: SessionTransaction) -> None:
         watch.generation += 1
     if transaction.parent is None:
         watch.begun_at = watch.epoch
+
+
+def session_of(connection: Connection) -> Session | None:
+    """The session whose transaction runs on ``connection``, if any."""
+    watch = _CONNECTIONS.get(connection)
+    return None if watch is None else watch.session()
+
+
+def may_write(statement: str) -> bool:
+    """Whether an SQL statement may write (see :func:`_may_write`)."""
+    return _may_write(statement)
 
 
 def wrote_outside_flushes(session: Session) -> bool:
