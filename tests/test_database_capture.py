@@ -756,3 +756,30 @@ def test_a_savepoint_rolled_back_in_the_application_leaves_nothing(captured: sa.
     with engine.connect() as connection:
         count = connection.exec_driver_sql("SELECT count(*) FROM versioning_transaction").scalar()
     assert count == 1
+
+
+@pytest.mark.backends("sqlite")
+def test_check_triggers_on_sqlite(captured: sa.Engine) -> None:
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+
+    from versioning.migrations import install_capture_triggers
+    from versioning.triggers import check_triggers, drop
+
+    engine = captured
+    assert check_triggers(engine, Base.metadata) == []
+    assert SPEC is not None
+    with engine.begin() as connection:
+        drop(connection, SPEC)
+    [missing] = check_triggers(engine, Base.metadata)
+    assert (missing.table, missing.kind) == ("dbcap_items", "missing")
+    with engine.begin() as connection:  # as installed for a model of other columns
+        connection.exec_driver_sql(
+            "CREATE TRIGGER dbcap_items_versioning_capture_insert AFTER INSERT ON dbcap_items "
+            "FOR EACH ROW BEGIN SELECT 'versioning capture 00'; END"
+        )
+    [stale] = check_triggers(engine, Base.metadata)
+    assert (stale.table, stale.kind) == ("dbcap_items", "stale")
+    with engine.begin() as connection:
+        install_capture_triggers(Operations(MigrationContext.configure(connection)), Base.metadata)
+    assert check_triggers(engine, Base.metadata) == []
