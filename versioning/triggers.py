@@ -451,10 +451,12 @@ def _forget_flushed(session: Session, transaction: Any) -> None:
     if transaction.parent is None:
         session.info.pop(_FLUSHED, None)
         session.info.pop(_OPENED, None)
+        session.info.pop(_LOOKED, None)
     elif transaction.nested:
         # A savepoint ended: if it rolled back, so did an open-transaction row written in it;
         # the next write writes it again (keeping a transaction row written before).
         session.info.pop(_OPENED, None)
+        session.info.pop(_LOOKED, None)
 
 
 @event.listens_for(Session, "before_commit")
@@ -478,9 +480,10 @@ def _hand_over_context(session: Session) -> None:
             context_settings(connection, context, transaction_id, reason)
 
 
-#: ``Session.info`` key: the root transaction in which the audit context was handed over
-#: (SQLite, before the transaction's first write).
+#: ``Session.info`` keys: the root transaction in which the audit context was handed over
+#: (SQLite, before the transaction's first write), and the one in which that was looked at.
 _OPENED = "versioning_capture_opened"
+_LOOKED = "versioning_capture_looked"
 
 
 @event.listens_for(Engine, "before_cursor_execute")
@@ -501,9 +504,10 @@ def _open_before_writing(
         return
     session = trusted.session_of(connection)
     root = session.get_transaction() if session is not None else None
-    if session is None or root is None or session.info.get(_OPENED) is root:
+    if session is None or root is None or session.info.get(_LOOKED) is root:
         return
-    # Asked each time (once a transaction, in process): a schema may change under a connection.
+    session.info[_LOOKED] = root
+    # Asked once a transaction (in process): a schema may change under a connection.
     found = cursor.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (CAPTURE_OPEN_TABLE,)
     ).fetchone()
