@@ -508,10 +508,11 @@ def _open_before_writing(
         return
     session.info[_LOOKED] = root
     # Asked once a transaction (in process): a schema may change under a connection.
-    found = cursor.execute(
+    # (An async driver's adapted cursor returns nothing from execute(): fetch from the cursor.)
+    cursor.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (CAPTURE_OPEN_TABLE,)
-    ).fetchone()
-    if found is None:
+    )
+    if cursor.fetchone() is None:
         return
     _, audit, reason = written_context(session, connection)
     extra = audit.extra
