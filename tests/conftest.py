@@ -217,10 +217,10 @@ def _drop_kept(engine: sa.Engine, keep: list[sa.MetaData] | None = None) -> None
 
 
 def _empty(engine: sa.Engine, metadatas: list[sa.MetaData]) -> None:
-    """See _empty_once. SQLite cannot switch triggers off: the deletes of a table captured by
-    the database write history, which a second pass deletes."""
+    """See _empty_once. SQLite and MariaDB cannot switch triggers off: the deletes of a table
+    captured by the database write history, which a second pass deletes."""
     _empty_once(engine, metadatas)
-    if engine.dialect.name == "sqlite" and any(
+    if engine.dialect.name in ("sqlite", "mariadb") and any(
         CAPTURED_BY_DATABASE in t.info for m in metadatas for t in m.tables.values()
     ):
         _empty_once(engine, metadatas)

@@ -28,7 +28,7 @@ from versioning.triggers import trigger_fingerprint
 
 from helpers import tamper
 
-pytestmark = pytest.mark.backends("postgresql", "sqlite")
+pytestmark = pytest.mark.backends("postgresql", "sqlite", "mariadb")
 #: What only PostgreSQL does (deferred triggers, what it knows of a client, psql).
 postgresql_only = pytest.mark.backends("postgresql")
 
@@ -285,23 +285,6 @@ def test_the_capture_option_is_checked_at_declaration() -> None:
     with pytest.raises(ConfigurationError, match="has no SQL form"):
         _declare({"capture": "database", "mask": {"name": str.upper}}, "NoSQLMask")
     _declare({"capture": "database", "mask": {"name": masks.redact}}, "SQLMask")
-
-
-class Other(DeclarativeBase):
-    pass
-
-
-class Elsewhere(Versioned, Other):
-    __tablename__ = "dbcap_elsewhere"
-    __versioned__ = {"capture": "database"}
-    id: Mapped[int] = mapped_column(primary_key=True)
-
-
-@pytest.mark.backends("mariadb")
-def test_create_all_refuses_database_capture_where_it_is_not_built_yet(engine: sa.Engine) -> None:
-    with pytest.raises(ConfigurationError, match="PostgreSQL and SQLite only so far"):
-        Other.metadata.create_all(engine)
-    Other.metadata.drop_all(engine)
 
 
 def test_a_key_change_ends_the_old_keys_history_as_the_session_path_does(
@@ -647,8 +630,9 @@ def test_personal_values_are_erased_and_the_proof_still_holds(
     report = _verify(engine)
     assert report.ok, report.problems
     with engine.connect() as connection:
+        text = "CHAR" if engine.dialect.name == "mariadb" else "TEXT"
         stored = connection.exec_driver_sql(
-            "SELECT email, CAST(versioning_changes AS TEXT) FROM dbcap_members_history"
+            f"SELECT email, CAST(versioning_changes AS {text}) FROM dbcap_members_history"
         ).all()
     assert all("ada@" not in str(row) for row in stored), stored
     with Session(engine) as session:
@@ -783,3 +767,212 @@ def test_check_triggers_on_sqlite(captured: sa.Engine) -> None:
     with engine.begin() as connection:
         install_capture_triggers(Operations(MigrationContext.configure(connection)), Base.metadata)
     assert check_triggers(engine, Base.metadata) == []
+
+
+# --- MariaDB: what its triggers cannot know, and commit order ----------------------------------
+
+mariadb_only = pytest.mark.backends("mariadb")
+
+
+@mariadb_only
+def test_another_clients_statement_on_mariadb_gets_a_transaction_row_of_its_own(
+    captured: sa.Engine,
+) -> None:
+    """A MariaDB trigger cannot see its transaction's identity: a write from outside the
+    application gets a transaction row per statement, with the database user and client."""
+    engine = captured
+    with engine.begin() as connection:
+        connection.execute(ITEMS.insert().values([{"id": 1, **VALUES}, {"id": 2, **VALUES}]))
+        connection.execute(ITEMS.update().where(ITEMS.c.id == 1).values(name="fixed"))
+    with Session(engine) as session:
+        first, second = (history(session, Item, pk) for pk in (1, 2))
+    assert first[0].transaction_id == second[0].transaction_id  # one statement
+    assert first[1].transaction_id > first[0].transaction_id  # the next statement
+    transaction = first[0].transaction
+    assert transaction.actor == "root"
+    assert transaction.source_ip in (None, "127.0.0.1", "::1")
+    assert transaction.extra is not None
+    assert transaction.extra["client"] == "mariadb"
+    assert transaction.extra["database_user"].startswith("root@")
+    assert first[1].changes == {"name": ("bolt", "fixed")}
+
+
+@mariadb_only
+def test_the_applications_context_is_not_left_on_its_pooled_connection(
+    create_tables: Tables,
+) -> None:
+    """After the application's transaction, a write from the same pooled connection outside a
+    session is another client's: the application's context and transaction row are not reused."""
+    engine = create_tables(Base.metadata)
+    single = sa.create_engine(engine.url, poolclass=sa.pool.StaticPool)
+    try:
+        with audit_context(actor="dana"), Session(single) as session:
+            session.add(Item(id=1, **VALUES))
+            session.commit()
+        with single.begin() as connection:
+            connection.execute(ITEMS.update().where(ITEMS.c.id == 1).values(name="raw"))
+        with audit_context(actor="eve"), Session(single) as session:
+            session.get_one(Item, 1).name = "eve's"
+            session.commit()
+        with Session(single) as session:
+            versions = history(session, Item, 1)
+        assert [v.transaction.actor for v in versions] == ["dana", "root", "eve"]
+        assert len({v.transaction_id for v in versions}) == 3
+    finally:
+        single.dispose()
+
+
+@mariadb_only
+def test_a_write_that_would_break_commit_order_is_refused_and_a_retry_is_recorded(
+    captured: sa.Engine,
+) -> None:
+    """MariaDB's triggers fire at each write: an application transaction that wrote first (and
+    so got the smaller transaction id) and then changes a record another transaction changed
+    and committed in the meantime is refused, with nothing of the statement written; its retry
+    is recorded in commit order."""
+    engine = captured
+    with engine.begin() as connection:
+        connection.execute(ITEMS.insert(), [{"id": i, **VALUES} for i in (1, 2)])
+    late = Session(engine)
+    try:
+        with audit_context(actor="late"):
+            late.get_one(Item, 2).name = "late first write"
+            late.flush()
+            with Session(engine) as early:
+                early.get_one(Item, 1).name = "early"
+                early.commit()
+            late.get_one(Item, 1).name = "late"
+            with pytest.raises(versioning.CommitOrderError, match=r"dbcap_items.*[Rr]etry"):
+                late.flush()
+    finally:
+        late.rollback()
+        late.close()
+    with audit_context(actor="late"), Session(engine) as retry:
+        retry.get_one(Item, 2).name = "late first write"
+        retry.flush()
+        retry.get_one(Item, 1).name = "late"
+        retry.commit()
+    with Session(engine) as session:
+        versions = history(session, Item, 1)
+        assert [v.changes["name"][1] for v in versions[1:]] == ["early", "late"]
+        assert versions[1].transaction_id < versions[2].transaction_id
+        assert versions[2].transaction.actor == "late"
+        assert [v.state["name"] for v in history(session, Item, 2)] == [
+            "bolt",
+            "late first write",
+        ]
+
+
+@mariadb_only
+def test_many_writers_on_mariadb_are_recorded_in_commit_order_or_refused_and_retried(
+    captured: sa.Engine,
+) -> None:
+    """Application transactions (one transaction row each, written at their first write) change
+    a row of their own first and then shared rows; one refused for commit order is rolled back
+    and retried: every record's versions chain, their transaction ids follow that order, and
+    each transaction's versions carry its worker's context."""
+    engine = captured
+    threads, rounds, shared = 4, 10, (1, 2, 3)
+    own = [10 + i for i in range(threads)]
+    with engine.begin() as connection:
+        connection.execute(
+            ITEMS.insert(), [{"id": i, "name": "0", "price": 0} for i in (*shared, *own)]
+        )
+    errors: list[BaseException] = []
+    refused = [0]
+    start = threading.Barrier(threads)
+
+    def work(worker: int) -> None:
+        try:
+            start.wait(30)
+            for round_ in range(rounds):
+                for _ in range(50):
+                    try:
+                        with audit_context(actor=f"w{worker}"), Session(engine) as session:
+                            session.execute(
+                                ITEMS.update()
+                                .where(ITEMS.c.id == own[worker])
+                                .values(price=ITEMS.c.price + 1)
+                            )
+                            for record in shared[round_ % 2 :]:
+                                session.execute(
+                                    ITEMS.update()
+                                    .where(ITEMS.c.id == record)
+                                    .values(price=ITEMS.c.price + 1, name=f"w{worker}r{round_}")
+                                )
+                            session.commit()
+                        break
+                    except versioning.CommitOrderError:
+                        refused[0] += 1
+                    except sa.exc.OperationalError as error:  # a deadlock: retried too
+                        if "Deadlock" not in str(error):
+                            raise
+                else:  # pragma: no cover - reported below
+                    raise AssertionError("no retry went through")
+        except BaseException as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join(120)
+    assert errors == []
+    with Session(engine) as session:
+        for record in (*shared, *own):
+            versions = history(session, Item, record)[1:]
+            prices = [v.state["price"] for v in versions]
+            assert prices == [Decimal(n) for n in range(1, len(versions) + 1)], record
+            ids = [v.transaction_id for v in versions]
+            assert ids == sorted(ids) and len(set(ids)) == len(ids), record
+            assert session.get_one(Item, record).price == versions[-1].state["price"]
+            if record in own:
+                assert {v.transaction.actor for v in versions} == {f"w{own.index(record)}"}
+
+
+@mariadb_only
+def test_check_triggers_on_mariadb(captured: sa.Engine) -> None:
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+
+    from versioning.migrations import install_capture_triggers
+    from versioning.triggers import check_triggers, drop
+
+    engine = captured
+    assert check_triggers(engine, Base.metadata) == []
+    assert SPEC is not None
+    with engine.begin() as connection:
+        drop(connection, SPEC)
+    [missing] = check_triggers(engine, Base.metadata)
+    assert (missing.table, missing.kind) == ("dbcap_items", "missing")
+    with engine.begin() as connection:  # as installed for a model of other columns
+        for operation in ("INSERT", "UPDATE", "DELETE"):
+            connection.exec_driver_sql(
+                f"CREATE TRIGGER dbcap_items_versioning_capture_{operation.lower()} "
+                f"AFTER {operation} ON dbcap_items FOR EACH ROW BEGIN END"
+            )
+    [stale] = check_triggers(engine, Base.metadata)
+    assert (stale.table, stale.kind) == ("dbcap_items", "stale")
+    with engine.begin() as connection:
+        install_capture_triggers(Operations(MigrationContext.configure(connection)), Base.metadata)
+    assert check_triggers(engine, Base.metadata) == []
+
+
+@postgresql_only
+def test_truncate_of_a_captured_table_is_refused_on_postgresql(captured: sa.Engine) -> None:
+    """TRUNCATE fires no row trigger: it is refused, naming the table and what to use, and
+    nothing is lost; DELETE is recorded."""
+    engine = captured
+    with engine.begin() as connection:
+        connection.execute(ITEMS.insert(), [{"id": i, **VALUES} for i in (1, 2)])
+    refused = pytest.raises(versioning.UncapturedWriteError, match="DELETE FROM dbcap_items")
+    with refused, engine.begin() as connection:
+        connection.exec_driver_sql("TRUNCATE dbcap_items")
+    with engine.begin() as connection:
+        assert connection.execute(sa.select(sa.func.count()).select_from(ITEMS)).scalar() == 2
+        connection.exec_driver_sql("DELETE FROM dbcap_items")
+    with Session(engine) as session:
+        assert [v.operation for v in history(session, Item, 2)] == [
+            Operation.INSERT,
+            Operation.DELETE,
+        ]

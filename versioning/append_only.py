@@ -404,7 +404,7 @@ def _reset_at_checkin(dbapi_connection: Any, record: Any) -> None:
 # --- refusals as AppendOnlyError -----------------------------------------------------------------
 
 
-def _driver_message(error: BaseException) -> str:
+def driver_message(error: BaseException) -> str:
     diag = getattr(error, "diag", None)
     primary = getattr(diag, "message_primary", None)
     if isinstance(primary, str):  # psycopg
@@ -421,7 +421,7 @@ def _translate(context: ExceptionContext) -> BaseException | None:
     error = context.original_exception
     if context.is_disconnect or not isinstance(error, Exception):
         return None
-    match = _REFUSAL.match(_driver_message(error))
+    match = _REFUSAL.match(driver_message(error))
     if match is None:
         return None
     return AppendOnlyError(match["table"], match["operation"])

@@ -94,6 +94,31 @@ class AppendOnlyError(VersioningError):
         return (type(self), (self.table, self.operation))
 
 
+class CommitOrderError(VersioningError):
+    """MariaDB, database capture: a statement was refused because its history would break commit
+    order.
+
+    MariaDB's triggers fire at each write, not at commit, so a transaction's row (and id) is
+    written at its first write. If another transaction changed the same record and committed
+    after that, recording this change would show it before the one that committed first. The
+    statement is refused instead (nothing of it was written); roll back and retry the
+    transaction. ``table`` is the table whose record it was.
+    """
+
+    def __init__(self, table: str) -> None:
+        self.table = table
+        super().__init__(
+            f"{table!r}: another transaction changed a record this transaction changes and "
+            f"committed after this transaction had written its first history row; its history "
+            f"would be out of commit order, so the database's capture trigger refused the "
+            f"statement. Roll back and retry the transaction (keep transactions that change "
+            f"busy records short)"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.table,))
+
+
 class RelationshipHistoryError(VersioningError):
     """A relationship of a record read as of a moment cannot be given as it was then.
 

@@ -566,15 +566,30 @@ def _transaction_insert(table: sa.Table, dialect_name: str, returning: bool) -> 
     return found
 
 
+#: ``Session.info`` key: the root transaction in which the session handed its audit context to
+#: the capture triggers through the open-transaction table (SQLite, MariaDB; see
+#: versioning.triggers), so that their transaction row may exist already.
+CAPTURE_HANDED_OVER = "versioning_capture_handed_over"
+
+
 def _opened_transaction(connection: Connection, table: sa.Table) -> dict[str, Any] | None:
     """SQLite, where capture triggers of this transaction already wrote its transaction row
     (see versioning.triggers): that row as stored, which the session path uses too."""
-    opened = opened_table(table) if connection.dialect.name == "sqlite" else None
+    dialect = connection.dialect
+    mariadb = getattr(dialect, "is_mariadb", False) or dialect.name == "mariadb"
+    opened = opened_table(table) if dialect.name == "sqlite" or mariadb else None
     if opened is None:
         return None
-    found = connection.execute(
-        sa.select(opened.c.transaction_id).where(opened.c.id == 1, opened.c.key == "app")
-    ).scalar()
+    if mariadb:
+        # This connection's row, with the key this transaction handed over (its session
+        # variable: see versioning.triggers._open_on_mariadb).
+        where = (
+            opened.c.id == sa.func.connection_id(),
+            opened.c.key == sa.literal_column("@versioning_capture_token"),
+        )
+    else:
+        where = (opened.c.id == 1, opened.c.key == "app")
+    found = connection.execute(sa.select(opened.c.transaction_id).where(*where)).scalar()
     if found is None:
         return None
     row = (
@@ -604,7 +619,10 @@ def _write_group(session: Session, state: Recording, group: _Group) -> None:
     table = group.table
     extra = dict(context.extra) or None
     dialect = connection.dialect
-    opened = _opened_transaction(connection, table)
+    # Only where the session handed its context to capture triggers in this transaction.
+    root = session.get_transaction()
+    handed = root is not None and session.info.get(CAPTURE_HANDED_OVER) is root
+    opened = _opened_transaction(connection, table) if handed else None
     if opened is not None:
         # The triggers wrote the transaction row at their first write: one row per transaction.
         group.tx_id = int(opened["id"])

@@ -358,7 +358,8 @@ def capture_open_table(transactions: sa.Table) -> sa.Table:
     return sa.Table(
         CAPTURE_OPEN_TABLE,
         metadata,
-        sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
+        # SQLite: 1; MariaDB: the connection's CONNECTION_ID() (up to 2**32 - 1).
+        sa.Column("id", sa.BigInteger(), primary_key=True, autoincrement=False),
         sa.Column("key", sa.String(64), nullable=False),
         sa.Column("transaction_id", _ID_TYPE, nullable=True),
         sa.Column("actor", sa.String(255), nullable=True),

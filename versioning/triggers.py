@@ -1,6 +1,6 @@
 """Database-side capture: the triggers that write a model's history inside the database.
 
-Work in progress towards issue #14 (not public yet): PostgreSQL only, one table per model.
+Issue #14 (a preview): PostgreSQL, MariaDB and SQLite, one table per model.
 
 The session path records what goes through a SQLAlchemy ``Session``; these triggers record every
 write to the table, whoever makes it (raw SQL, another service, a migration), with the same
@@ -24,22 +24,34 @@ savepoint that rolled back never fire, nor does anything of a transaction that r
   other client's transaction row says what the database knows: the database user as actor, the
   client's address, and ``{"database_user", "application_name"}`` in ``extra``.
 * **An update that changes nothing records nothing** (the ``changes`` document is ``NULL``).
+
+SQLite and MariaDB: ``AFTER INSERT``, ``AFTER UPDATE`` and ``AFTER DELETE`` row triggers, which
+fire at once. The application hands its context over before its transaction's first write that
+may reach a captured table, in a row of ``versioning_capture_open`` (SQLite: the one row;
+MariaDB: the connection's, with a key only this connection's session variable matches), deleted
+at commit; the first trigger writes the transaction row from it. Another client's statement gets
+a transaction row of its own (neither database lets a trigger see its transaction's identity).
+MariaDB lets other transactions commit between a transaction's first write and its commit: a
+change whose record has history from a later transaction row is refused
+(:class:`versioning.CommitOrderError`) rather than recorded out of commit order.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.engine import Connection, Dialect, Engine, ExceptionContext
 from sqlalchemy.orm import Session
 
 from versioning import _compat, history_sql, trusted
+from versioning.append_only import driver_message
 from versioning.context import AuditContext
 from versioning.declaration import (
     ModelSpec,
@@ -47,9 +59,9 @@ from versioning.declaration import (
     database_captured_specs,
     versioned_spec,
 )
-from versioning.errors import ConfigurationError
+from versioning.errors import CommitOrderError, ConfigurationError, UncapturedWriteError
 from versioning.operation import Operation
-from versioning.recording import _issued_at, written_context
+from versioning.recording import CAPTURE_HANDED_OVER, _issued_at, written_context
 from versioning.schema import (
     CAPTURE_OPEN_TABLE,
     CAPTURED_BY_DATABASE,
@@ -99,6 +111,9 @@ def _sql(element: Any, dialect: Dialect) -> str:
     (compiled by a copy of the dialect with a parameter style that does not use it)."""
     make: Any = type(dialect)
     plain: Dialect = make(paramstyle="named")
+    if getattr(dialect, "is_mariadb", False):
+        plain.is_mariadb = True  # type: ignore[attr-defined]
+        plain.server_version_info = dialect.server_version_info
     return str(element.compile(dialect=plain, compile_kwargs={"literal_binds": True}))
 
 
@@ -326,14 +341,170 @@ def _sqlite_statements(spec: ModelSpec, table: sa.Table) -> list[str]:
     return statements
 
 
+_MARIADB_NAME_MAX = 64
+#: MariaDB's limit on a SIGNAL's MESSAGE_TEXT.
+_MARIADB_MESSAGE_MAX = 128
+#: The session variable an application's hand-off sets (with the open row's key): only the
+#: connection that wrote the open row, in its current life, matches it (see _open_before_writing).
+_MARIADB_TOKEN = "@versioning_capture_token"
+#: Another client's statement: its key (the connection and the statement's start) and the
+#: transaction row its first row event wrote.
+_MARIADB_STATEMENT = "@versioning_capture_statement"
+_MARIADB_TRANSACTION = "@versioning_capture_transaction"
+_MARIADB_STATEMENT_KEY = "CONCAT(CONNECTION_ID(), ' ', NOW(6))"
+#: PostgreSQL: the function refusing TRUNCATE of a captured table (one for every table).
+_TRUNCATE_FUNCTION = "versioning_capture_refuse_truncate"
+#: What that refusal says, before the table's name.
+TRUNCATE_REFUSAL = "versioning: TRUNCATE is not recorded by database capture, refused on "
+#: What a refusal to record out of commit order says (MariaDB; see _mariadb_bodies).
+ORDER_REFUSAL = "versioning: out of commit order in "
+
+
+def _is_mariadb(dialect: Dialect) -> bool:
+    return dialect.name == "mariadb" or (
+        dialect.name == "mysql" and bool(getattr(dialect, "is_mariadb", False))
+    )
+
+
+def _mariadb_history_insert(
+    spec: ModelSpec, table: sa.Table, dialect: Dialect, operation: str
+) -> str:
+    """MariaDB: the history row's INSERT for one kind of event, with ``versioning_tx``."""
+    source = _row(table, "old" if operation == "DELETE" else "new")
+    values: dict[str, Any] = dict(history_sql.snapshot_columns(spec, source, dialect))
+    values[TRANSACTION_ID] = sa.literal_column("versioning_tx")
+    values[OPERATION] = sa.literal(Operation[operation].value)
+    values[CHANGES] = sa.literal_column("versioning_doc") if operation == "UPDATE" else sa.null()
+    personal = history_sql.personal_json(spec, dialect)
+    if personal is not None:
+        values[PERSONAL] = personal
+    preparer = dialect.identifier_preparer
+    columns = ", ".join(preparer.quote(name) for name in values)
+    expressions = ", ".join(_sql(value, dialect) for value in values.values())
+    return f"INSERT INTO {preparer.format_table(spec.history)} ({columns}) VALUES ({expressions})"
+
+
+def _mariadb_order_check(spec: ModelSpec, table: sa.Table, dialect: Dialect, row: str) -> str:
+    """MariaDB: refuse to record a record's change under a transaction row older than the
+    newest one its history has (a transaction that committed while this one was open).
+
+    A MariaDB trigger fires at once, not at commit: this transaction's row (and id) was written
+    at its first row event, and another transaction may since have changed this record and
+    committed. Its history would then show the later change first; the statement is refused
+    instead (the caller retries the transaction). A locking read, so that it sees what committed
+    after this transaction's snapshot."""
+    preparer = dialect.identifier_preparer
+    history = spec.history
+    where = " AND ".join(
+        f"{preparer.quote(history.c[spec.live_columns[key].name].name)} = "
+        f"{row}.{preparer.quote(spec.live_columns[key].name)}"
+        for key in spec.pk_keys
+    )
+    message = (ORDER_REFUSAL + table.name)[:_MARIADB_MESSAGE_MAX]
+    return (
+        f"SELECT MAX({preparer.quote(TRANSACTION_ID)}) INTO versioning_newest "
+        f"FROM {preparer.format_table(history)} WHERE {where} LOCK IN SHARE MODE; "
+        f"IF versioning_newest > versioning_tx THEN "
+        f"SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = {_string(message)}; END IF;"
+    )
+
+
+def _mariadb_bodies(spec: ModelSpec, table: sa.Table, dialect: Dialect) -> dict[str, str]:
+    """MariaDB: the body of each operation's row trigger (see the module's docstring)."""
+    transactions = spec.transactions
+    opened = capture_open_table(transactions)
+    preparer = dialect.identifier_preparer
+    open_name = preparer.format_table(opened)
+    tx_name = preparer.format_table(transactions)
+    key = preparer.quote("key")
+    columns = "issued_at, actor, source_ip, request_id, reason, extra"
+    host = "SUBSTRING_INDEX(USER(), '@', -1)"
+    head = (
+        f"SET versioning_tx = (SELECT transaction_id FROM {open_name} "
+        f"WHERE id = CONNECTION_ID() AND {key} = {_MARIADB_TOKEN}); "
+        f"IF versioning_tx IS NULL THEN "
+        f"IF EXISTS (SELECT 1 FROM {open_name} WHERE id = CONNECTION_ID() "
+        f"AND {key} = {_MARIADB_TOKEN}) THEN "
+        # The application's transaction: its audit context, handed over before its first write.
+        f"INSERT INTO {tx_name} ({columns}) SELECT UTC_TIMESTAMP(6), actor, source_ip, "
+        f"request_id, reason, extra FROM {open_name} WHERE id = CONNECTION_ID(); "
+        f"SET versioning_tx = LAST_INSERT_ID(); "
+        f"UPDATE {open_name} SET transaction_id = versioning_tx WHERE id = CONNECTION_ID(); "
+        f"ELSEIF {_MARIADB_STATEMENT} <=> {_MARIADB_STATEMENT_KEY} THEN "
+        f"SET versioning_tx = {_MARIADB_TRANSACTION}; "
+        f"ELSE "
+        # Another client: what the database knows of it, one transaction row per statement.
+        f"INSERT INTO {tx_name} ({columns}) VALUES (UTC_TIMESTAMP(6), "
+        f"SUBSTRING_INDEX(USER(), '@', 1), IF(INET6_ATON({host}) IS NULL, NULL, {host}), "
+        f"NULL, NULL, JSON_OBJECT('database_user', USER(), 'client', 'mariadb')); "
+        f"SET versioning_tx = LAST_INSERT_ID(); "
+        f"SET {_MARIADB_STATEMENT} = {_MARIADB_STATEMENT_KEY}, "
+        f"{_MARIADB_TRANSACTION} = versioning_tx; "
+        f"END IF; END IF; "
+    )
+    changes = _sql(
+        history_sql.changes_json(spec, _row(table, "old"), _row(table, "new"), dialect), dialect
+    )
+    moved = _sql(_key_changed(spec, table), dialect)
+    declare = (
+        "DECLARE versioning_tx BIGINT DEFAULT NULL; DECLARE versioning_newest BIGINT DEFAULT NULL; "
+    )
+    return {
+        "INSERT": declare
+        + head
+        + _mariadb_order_check(spec, table, dialect, "NEW")
+        + " "
+        + _mariadb_history_insert(spec, table, dialect, "INSERT")
+        + ";",
+        "UPDATE": declare
+        + "DECLARE versioning_doc LONGTEXT DEFAULT NULL; "
+        + f"SET versioning_doc = {changes}; "
+        + "IF versioning_doc IS NOT NULL THEN "
+        + head
+        + f"IF {moved} THEN "
+        # The record moved to another key: its history under the old key ends here.
+        + _mariadb_order_check(spec, table, dialect, "OLD")
+        + " "
+        + _mariadb_history_insert(spec, table, dialect, "DELETE")
+        + "; END IF; "
+        + _mariadb_order_check(spec, table, dialect, "NEW")
+        + " "
+        + _mariadb_history_insert(spec, table, dialect, "UPDATE")
+        + "; END IF;",
+        "DELETE": declare
+        + head
+        + _mariadb_order_check(spec, table, dialect, "OLD")
+        + " "
+        + _mariadb_history_insert(spec, table, dialect, "DELETE")
+        + ";",
+    }
+
+
+def _mariadb_statements(spec: ModelSpec, table: sa.Table, dialect: Dialect) -> list[str]:
+    preparer = dialect.identifier_preparer
+    statements = []
+    for operation, body in _mariadb_bodies(spec, table, dialect).items():
+        name = preparer.quote(
+            _name(table.name, f"{_TRIGGER}_{operation.lower()}", _MARIADB_NAME_MAX)
+        )
+        statements += [
+            f"DROP TRIGGER IF EXISTS {name}",
+            f"CREATE TRIGGER {name} AFTER {operation} ON {preparer.format_table(table)} "
+            f"FOR EACH ROW BEGIN {body} END",
+        ]
+    return statements
+
+
 def install_statements(spec: ModelSpec, dialect: Dialect) -> list[str]:
     """The DDL that installs (or refreshes) the capture trigger of ``spec``'s table."""
     if dialect.name == "sqlite":
         return _sqlite_statements(spec, _one_table(spec))
+    if _is_mariadb(dialect):
+        return _mariadb_statements(spec, _one_table(spec), dialect)
     if dialect.name != "postgresql":
         raise ConfigurationError(
-            f"{spec.model.__name__}: database capture is available on PostgreSQL and SQLite "
-            f"only so far; keep this model on session capture on {dialect.name}"
+            f"{spec.model.__name__}: database capture is available on PostgreSQL, MariaDB and "
+            f"SQLite; keep this model on session capture on {dialect.name}"
         )
     table = _one_table(spec)
     function = _function_name(table, dialect)
@@ -347,21 +518,31 @@ def install_statements(spec: ModelSpec, dialect: Dialect) -> list[str]:
         f"DROP TRIGGER IF EXISTS {_TRIGGER} ON {qualified}",
         f"CREATE CONSTRAINT TRIGGER {_TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON {qualified} "
         f"DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {function}()",
+        # TRUNCATE fires no row trigger: refused rather than left unrecorded.
+        f"CREATE OR REPLACE FUNCTION {_TRUNCATE_FUNCTION}() RETURNS trigger LANGUAGE plpgsql "
+        f"AS $versioning$ BEGIN RAISE EXCEPTION '{TRUNCATE_REFUSAL}%', TG_TABLE_NAME "
+        f"USING ERRCODE = 'P0001'; END $versioning$",
+        f"DROP TRIGGER IF EXISTS {_TRIGGER}_truncate ON {qualified}",
+        f"CREATE TRIGGER {_TRIGGER}_truncate BEFORE TRUNCATE ON {qualified} "
+        f"FOR EACH STATEMENT EXECUTE FUNCTION {_TRUNCATE_FUNCTION}()",
     ]
 
 
 def drop_statements(spec: ModelSpec, dialect: Dialect) -> list[str]:
     """The DDL that removes the capture trigger of ``spec``'s table and its function."""
     table = _one_table(spec)
-    if dialect.name == "sqlite":
+    if dialect.name == "sqlite" or _is_mariadb(dialect):
+        limit = _MARIADB_NAME_MAX if _is_mariadb(dialect) else _PG_NAME_MAX
         preparer = dialect.identifier_preparer
         return [
-            f"DROP TRIGGER IF EXISTS {preparer.quote(_name(table.name, f'{_TRIGGER}_{operation}'))}"
+            f"DROP TRIGGER IF EXISTS "
+            f"{preparer.quote(_name(table.name, f'{_TRIGGER}_{operation}', limit))}"
             for operation in ("insert", "update", "delete")
         ]
     qualified = dialect.identifier_preparer.format_table(table)
     return [
         f"DROP TRIGGER IF EXISTS {_TRIGGER} ON {qualified}",
+        f"DROP TRIGGER IF EXISTS {_TRIGGER}_truncate ON {qualified}",
         f"DROP FUNCTION IF EXISTS {_function_name(table, dialect)}()",
     ]
 
@@ -452,6 +633,8 @@ def _forget_flushed(session: Session, transaction: Any) -> None:
         session.info.pop(_FLUSHED, None)
         session.info.pop(_OPENED, None)
         session.info.pop(_LOOKED, None)
+        session.info.pop(_TOKEN, None)
+        session.info.pop(CAPTURE_HANDED_OVER, None)
     elif transaction.nested:
         # A savepoint ended: if it rolled back, so did an open-transaction row written in it;
         # the next write writes it again (keeping a transaction row written before).
@@ -469,9 +652,13 @@ def _hand_over_context(session: Session) -> None:
         return
     if session.info.get(_OPENED) is not None:
         for connection in _compat.open_connections(session):
+            # Its last write is done: another client's writes are not this transaction's.
             if connection.dialect.name == "sqlite":
-                # Its last write is done: another client's writes are not this transaction's.
                 connection.exec_driver_sql(f"DELETE FROM {CAPTURE_OPEN_TABLE} WHERE key = 'app'")
+            elif _is_mariadb(connection.dialect):
+                connection.exec_driver_sql(
+                    f"DELETE FROM {CAPTURE_OPEN_TABLE} WHERE id = CONNECTION_ID()"
+                )
     if _FLUSHED not in session.info and not trusted.wrote_outside_flushes(session):
         return
     for connection in _compat.open_connections(session):
@@ -498,15 +685,21 @@ def _open_before_writing(
     """SQLite: before the first statement of a session's transaction that may write, the
     audit context goes to the open-transaction row, where the capture triggers (which fire at
     once, there being no deferred ones) take it from (see the module's docstring)."""
-    if not database_capture_declared() or connection.dialect.name != "sqlite":
+    if not database_capture_declared():
         return
-    if not trusted.may_write(statement) or CAPTURE_OPEN_TABLE in statement:
+    mariadb = _is_mariadb(connection.dialect)
+    if connection.dialect.name != "sqlite" and not mariadb:
+        return
+    if CAPTURE_OPEN_TABLE in statement or not _may_write_captured(statement, context):
         return
     session = trusted.session_of(connection)
     root = session.get_transaction() if session is not None else None
     if session is None or root is None or session.info.get(_LOOKED) is root:
         return
     session.info[_LOOKED] = root
+    if mariadb:
+        _open_on_mariadb(connection, cursor, session, root)
+        return
     # Asked once a transaction (in process): a schema may change under a connection.
     # (An async driver's adapted cursor returns nothing from execute(): fetch from the cursor.)
     cursor.execute(
@@ -517,12 +710,17 @@ def _open_before_writing(
     _, audit, reason = written_context(session, connection)
     extra = audit.extra
     # A transaction row already written for this transaction (before a savepoint that rolled
-    # back the session's note of this) is kept.
+    # back the session's note of this) is kept; one of an earlier transaction (whose row a
+    # commit around the session left behind) is not.
+    kept = (
+        f"(SELECT transaction_id FROM {CAPTURE_OPEN_TABLE} WHERE id = 1 AND key = 'app')"
+        if session.info.get(CAPTURE_HANDED_OVER) is root
+        else "NULL"
+    )
     cursor.execute(
         f"INSERT OR REPLACE INTO {CAPTURE_OPEN_TABLE} "
         "(id, key, transaction_id, actor, source_ip, request_id, reason, extra) "
-        f"SELECT 1, 'app', (SELECT transaction_id FROM {CAPTURE_OPEN_TABLE} "
-        "WHERE id = 1 AND key = 'app'), ?, ?, ?, ?, ?",
+        f"SELECT 1, 'app', {kept}, ?, ?, ?, ?, ?",
         (
             audit.actor,
             audit.source_ip,
@@ -531,7 +729,116 @@ def _open_before_writing(
             json.dumps(dict(extra), separators=(",", ":"), ensure_ascii=False) if extra else None,
         ),
     )
-    session.info[_OPENED] = root
+    session.info[_OPENED] = session.info[CAPTURE_HANDED_OVER] = root
+
+
+#: The first words of SQL text that change no rows (no capture trigger fires); any other text
+#: may (a comment first, a CTE, a procedure call, ...).
+_NO_ROW_WRITES = frozenset(
+    [
+        "select",
+        "show",
+        "savepoint",
+        "release",
+        "rollback",
+        "commit",
+        "begin",
+        "start",
+        "set",
+        "explain",
+        "describe",
+        "desc",
+        "analyze",
+        "create",
+        "alter",
+        "drop",
+        "grant",
+        "revoke",
+        "lock",
+        "unlock",
+        "truncate",
+    ]
+)
+
+
+def _may_write_captured(statement: str, context: Any) -> bool:
+    """Whether a statement may change rows of a table a capture trigger is on: a compiled
+    INSERT, UPDATE or DELETE of such a table, or SQL text that may change rows (which tables is
+    not known). Not a SELECT, a savepoint, a setting, DDL or the session path's own writes."""
+    compiled = getattr(context, "compiled", None)
+    if compiled is not None and (context.isinsert or context.isupdate or context.isdelete):
+        table = getattr(compiled.statement, "table", None)
+        return not isinstance(table, sa.Table) or CAPTURED_BY_DATABASE in table.info
+    words = statement.lstrip().split(None, 1)
+    return bool(words) and words[0].lower() not in _NO_ROW_WRITES
+
+
+#: ``Session.info`` key, MariaDB: the root transaction the open row was written for, and its key.
+_TOKEN = "versioning_capture_token"
+
+
+def _open_on_mariadb(connection: Connection, cursor: Any, session: Session, root: Any) -> None:
+    """MariaDB: the audit context to this connection's open row (keyed by ``CONNECTION_ID()``),
+    with a key of this transaction's that only this connection's session variable matches: a row
+    left behind (a transaction committed around the session) or another connection that gets
+    the same id later (after a restart) does not match it. After a savepoint rolled back, the
+    row is written again with the same key, keeping a transaction row written before it."""
+    found: tuple[Any, str] | None = session.info.get(_TOKEN)
+    again = found is not None and found[0] is root
+    token = found[1] if found is not None and again else f"app {uuid.uuid4().hex}"
+    session.info[_TOKEN] = (root, token)
+    _, audit, reason = written_context(session, connection)
+    extra = audit.extra
+    keep = "transaction_id" if again else "NULL"
+    try:
+        cursor.execute(
+            f"INSERT INTO {CAPTURE_OPEN_TABLE} "
+            "(id, `key`, transaction_id, actor, source_ip, request_id, reason, extra) "
+            f"VALUES (CONNECTION_ID(), {_MARIADB_TOKEN} := %s, NULL, %s, %s, %s, %s, %s) "
+            f"ON DUPLICATE KEY UPDATE transaction_id = IF(`key` = VALUES(`key`), {keep}, NULL), "
+            "`key` = VALUES(`key`), actor = VALUES(actor), source_ip = VALUES(source_ip), "
+            "request_id = VALUES(request_id), reason = VALUES(reason), extra = VALUES(extra)",
+            (
+                token,
+                audit.actor,
+                audit.source_ip,
+                audit.request_id,
+                reason,
+                json.dumps(dict(extra), separators=(",", ":"), ensure_ascii=False)
+                if extra
+                else None,
+            ),
+        )
+    except connection.dialect.loaded_dbapi.ProgrammingError as error:
+        if error.args and error.args[0] == _NO_SUCH_TABLE:
+            return  # no model of this database is captured by it
+        raise
+    session.info[_OPENED] = session.info[CAPTURE_HANDED_OVER] = root
+
+
+#: MariaDB's error number for a table that does not exist.
+_NO_SUCH_TABLE = 1146
+
+
+@event.listens_for(Engine, "handle_error")
+def _translate(context: ExceptionContext) -> BaseException | None:
+    """A statement a capture trigger refused raises a ``versioning`` error naming the table:
+    :class:`versioning.CommitOrderError` (MariaDB, commit order) or
+    :class:`versioning.UncapturedWriteError` (PostgreSQL, ``TRUNCATE``)."""
+    error = context.original_exception
+    if context.is_disconnect or not isinstance(error, Exception):
+        return None
+    message = driver_message(error)
+    if message.startswith(TRUNCATE_REFUSAL):
+        table = message[len(TRUNCATE_REFUSAL) :]
+        return UncapturedWriteError(
+            f"TRUNCATE {table}: its history is written by the database's triggers, and TRUNCATE "
+            f"fires none, so it was refused: use DELETE FROM {table} (each row's deletion is "
+            f"then recorded)"
+        )
+    if not message.startswith(ORDER_REFUSAL):
+        return None
+    return CommitOrderError(message[len(ORDER_REFUSAL) :])
 
 
 @dataclass(frozen=True)
@@ -582,6 +889,32 @@ def check_triggers(
             if installed is None:
                 problems.append(_problem(spec, name, "missing"))
             elif installed != _sqlite_statements(spec, table)[1]:
+                problems.append(_problem(spec, name, "stale"))
+            continue
+        if _is_mariadb(dialect):
+            # The bodies as written are what the server keeps.
+            expected = {
+                _name(table.name, f"{_TRIGGER}_{operation}", _MARIADB_NAME_MAX): statement.split(
+                    " FOR EACH ROW ", 1
+                )[1]
+                for operation, statement in zip(
+                    ("insert", "update", "delete"),
+                    _mariadb_statements(spec, table, dialect)[1::2],
+                    strict=True,
+                )
+            }
+            found: dict[str, str] = dict(
+                connection.execute(
+                    sa.text(
+                        "SELECT TRIGGER_NAME, ACTION_STATEMENT FROM information_schema.TRIGGERS "
+                        "WHERE EVENT_OBJECT_SCHEMA = DATABASE() AND TRIGGER_NAME IN :names"
+                    ).bindparams(sa.bindparam("names", expanding=True)),
+                    {"names": list(expected)},
+                ).all()
+            )
+            if set(found) != set(expected):
+                problems.append(_problem(spec, name, "missing"))
+            elif found != expected:
                 problems.append(_problem(spec, name, "stale"))
             continue
         if dialect.name != "postgresql":

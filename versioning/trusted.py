@@ -229,8 +229,9 @@ def _rolled_back(session: Session, previous_transaction: SessionTransaction) -> 
 
 
 def _may_write(statement: str) -> bool:
-    """Whether an SQL statement may write: anything that does not start with ``SELECT``."""
-    return statement.lstrip()[:6].lower() not in ("select", "show")
+    """Whether an SQL statement may write: anything that does not start with ``SELECT`` or
+    ``SHOW``."""
+    return not statement.lstrip()[:6].lower().startswith(("select", "show"))
 
 
 @event.listens_for(Engine, "before_cursor_execute")
