@@ -643,3 +643,22 @@ def test_search_iter_search_and_transaction_changes(
                 await versioning.asyncio.search(Session())  # type: ignore[arg-type]
 
     run(async_engine, main)
+
+
+def test_an_async_flush_in_autocommit_is_refused(
+    create_tables: Tables, async_engine: AsyncEngine
+) -> None:
+    """Autocommit would commit the change at once and its history later or never: refused
+    before anything is written (see versioning.autocommit)."""
+    engine = create_tables(Base.metadata)
+
+    async def main() -> None:
+        autocommit = async_engine.execution_options(isolation_level="AUTOCOMMIT")
+        async with AsyncSession(autocommit) as session:
+            session.add(new_order())
+            with pytest.raises(versioning.VersioningError, match=r"Order: .*autocommit mode"):
+                await session.flush()
+
+    run(async_engine, main)
+    with engine.connect() as connection:
+        assert connection.execute(sa.select(sa.func.count()).select_from(Order)).scalar() == 0

@@ -35,7 +35,8 @@ from sqlalchemy.orm import InstanceState, Mapper, Session, UOWTransaction
 from sqlalchemy.orm.base import NO_VALUE
 
 from versioning import cascades, guard, live_rows, stored, trusted
-from versioning.declaration import ModelSpec, Versioned, session_spec
+from versioning.autocommit import refuse_autocommit
+from versioning.declaration import ModelSpec, Versioned, session_spec, versioned_spec
 from versioning.errors import VersioningError
 from versioning.history_rows import Change
 from versioning.operation import Operation
@@ -144,9 +145,25 @@ def _new_identity(state: InstanceState[Any], spec: ModelSpec) -> tuple[Any, ...]
     return _identity(state, spec)
 
 
+def _refuse_autocommit(session: Session) -> None:
+    """A flush that writes a versioned model (either capture) needs a transaction: see
+    :mod:`versioning.autocommit`. One look per model written."""
+    seen: set[Mapper[Any]] = set()
+    for objects in (session.new, session.dirty, session.deleted):
+        for obj in objects:
+            mapper = sa.inspect(obj).mapper
+            if mapper in seen:
+                continue
+            seen.add(mapper)
+            if versioned_spec(mapper) is not None:
+                connection = session.connection(bind_arguments={"mapper": mapper})
+                refuse_autocommit(connection, mapper.class_.__name__)
+
+
 @event.listens_for(Session, "before_flush")
 def _before_flush(session: Session, flush_context: UOWTransaction, instances: object) -> None:
     state_of = sa.inspect
+    _refuse_autocommit(session)
     wanted: dict[Mapper[Any], list[tuple[tuple[Any, ...], InstanceState[Any]]]] = {}
     for objects, deleting in ((session.dirty, False), (session.deleted, True)):
         for obj in objects:

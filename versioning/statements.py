@@ -29,7 +29,8 @@ from sqlalchemy.engine import Connection, CursorResult, Result
 from sqlalchemy.orm import ORMExecuteState, Session
 
 from versioning import _compat, bulk_sql, cascades, guard, inserts, live_rows
-from versioning.declaration import ModelSpec, session_spec
+from versioning.autocommit import refuse_autocommit
+from versioning.declaration import ModelSpec, session_spec, versioned_spec
 from versioning.errors import VersioningError
 from versioning.history_rows import Change
 from versioning.live_rows import Key, Rows
@@ -44,7 +45,13 @@ def _capture(orm: ORMExecuteState) -> Result[Any] | None:
     if not (orm.is_update or orm.is_delete or orm.is_insert):
         return None
     mapper = orm.bind_mapper
-    spec = session_spec(mapper) if mapper is not None else None
+    if mapper is None or versioned_spec(mapper) is None:
+        return None
+    refuse_autocommit(
+        orm.session.connection(bind_arguments={**orm.bind_arguments, "mapper": mapper}),
+        mapper.class_.__name__,
+    )
+    spec = session_spec(mapper)
     if spec is None:
         return None
     session = orm.session

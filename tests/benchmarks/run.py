@@ -66,7 +66,7 @@ UNDIGESTED_GROUPS = ("write", "session")
 CORRECT_FLOOR_GROUPS = ("write", "session")
 #: Database-side capture (a preview on PostgreSQL): the write workloads there.
 DATABASE_CAPTURE_GROUPS = ("write", "session", "bulk")
-DATABASE_CAPTURE_BACKENDS = ("postgresql", "sqlite")
+DATABASE_CAPTURE_BACKENDS = ("postgresql", "mariadb", "sqlite")
 
 POSTGRESQL_URL = os.environ.get(
     "VERSIONING_BENCH_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432"

@@ -508,7 +508,7 @@ class Undigested(Library):
 
 
 class DatabaseCapture(Library):
-    """This library with the model captured by the database's triggers (PostgreSQL)."""
+    """This library with the model captured by the database's triggers."""
 
     def __init__(self) -> None:
         super().__init__("dbcapture", {"capture": "database"})
@@ -926,7 +926,7 @@ def group_integrity(engine: sa.Engine, contender: Contender, out: Result) -> Non
         out.run("archive_kversions_s", archive)
 
 
-DIGEST_ROUNDS = 10  # of the insert and update workloads
+DIGEST_ROUNDS = 20  # of the insert and update workloads (10 samples of each state per commit)
 DIGEST_COMMITS = 400  # single-row commits
 
 
