@@ -474,3 +474,50 @@ def test_reading_history_first_in_a_process_needs_no_configured_mappers() -> Non
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "x"
+
+
+@pytest.mark.parametrize("takes_arrays", [True, False], ids=["one-call", "one-by-one"])
+def test_history_parses_the_changes_documents_with_the_engines_deserializer(
+    create_tables: Tables, takes_arrays: bool
+) -> None:
+    """The ``changes`` documents of one history() call are parsed in one call of the engine's
+    JSON deserializer (one array); a deserializer that refuses an array is called per document.
+    Either way every version reads back the same."""
+    import json
+
+    calls: list[str] = []
+
+    def deserialize(text: str) -> Any:
+        calls.append(text)
+        if text.startswith("[") and not takes_arrays:
+            raise ValueError("documents only")
+        return json.loads(text)
+
+    engine = create_tables(Base.metadata)
+    mine = sa.create_engine(engine.url, json_deserializer=deserialize)
+    try:
+        with Session(mine) as session:
+            add(session, Account(id=1, name="a", balance=0))
+            for n in range(1, 4):
+                account = session.get_one(Account, 1)
+                account.name, account.balance = f"a{n}", n
+                session.commit()
+            session.delete(session.get_one(Account, 1))
+            session.commit()
+            calls.clear()
+            versions = history(session, Account, 1)
+        assert [v.operation for v in versions] == [
+            Operation.INSERT,
+            Operation.UPDATE,
+            Operation.UPDATE,
+            Operation.UPDATE,
+            Operation.DELETE,
+        ]
+        assert [v.changes for v in versions[1:4]] == [
+            {"name": (f"a{n - 1}" if n > 1 else "a", f"a{n}"), "balance": (n - 1, n)}
+            for n in range(1, 4)
+        ]
+        documents = [text for text in calls if not text.startswith("[")]
+        assert len(documents) == (0 if takes_arrays else 3)
+    finally:
+        mine.dispose()
