@@ -976,3 +976,41 @@ def test_truncate_of_a_captured_table_is_refused_on_postgresql(captured: sa.Engi
             Operation.INSERT,
             Operation.DELETE,
         ]
+
+
+def test_a_write_from_a_later_before_commit_hook_carries_the_applications_context(
+    captured: sa.Engine,
+) -> None:
+    """A ``before_commit`` hook registered after the library's that writes a captured model
+    (an outbox, say) is still the application's transaction: its history carries the context
+    and shares the transaction row — also when nothing else of the transaction is captured by
+    the database."""
+    engine = captured
+    session = Session(engine)
+    outbox: list[Item] = []
+
+    @sa.event.listens_for(session, "before_commit")
+    def _outbox(hooked: Session) -> None:
+        if outbox:
+            hooked.add_all(outbox)
+            outbox.clear()
+            hooked.flush()
+
+    try:
+        with audit_context(actor="dana"):
+            session.add(Item(id=1, **VALUES))
+            outbox.append(Item(id=2, **VALUES))
+            session.commit()
+        with audit_context(actor="erin"):  # only the hook writes a captured model
+            session.add(Twin(id=3, **VALUES))
+            outbox.append(Item(id=4, **VALUES))
+            session.commit()
+    finally:
+        session.close()
+    with Session(engine) as reader:
+        first, second, fourth = ([v] for pk in (1, 2, 4) for [v] in [history(reader, Item, pk)])
+        [twin] = history(reader, Twin, 3)
+    assert first[0].transaction.actor == second[0].transaction.actor == "dana"
+    assert first[0].transaction_id == second[0].transaction_id
+    assert fourth[0].transaction.actor == "erin"
+    assert fourth[0].transaction_id == twin.transaction_id

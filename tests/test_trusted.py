@@ -347,18 +347,3 @@ def test_a_flush_with_nothing_to_write_does_not_hide_a_later_write(stock: sa.Eng
     assert len(reads) == 1
     with Session(engine) as session:
         assert history(session, Stock, 1)[-1].state["name"] == "nut"
-
-
-def test_an_autocommit_connection_trusts_nothing(stock: sa.Engine) -> None:
-    """Under AUTOCOMMIT a lock ends with its statement: a row loaded FOR UPDATE or written by a
-    flush is read again."""
-    engine = stock.execution_options(isolation_level="AUTOCOMMIT")
-    with Session(engine) as session:
-        item = session.get_one(Stock, 1, with_for_update=True)
-        item.qty = 2
-        session.flush()
-        with reads_of_the_row(stock) as reads:
-            item.qty = 3
-            session.flush()
-        session.commit()
-    assert len(reads) == 1

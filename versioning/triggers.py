@@ -619,18 +619,26 @@ _FLUSHED = "versioning_flushed_database_captured"
 
 @event.listens_for(Session, "after_flush")
 def _note_flushed(session: Session, flush_context: Any) -> None:
-    if database_capture_declared() and _FLUSHED not in session.info:
-        for state in flush_context.states:
-            spec = versioned_spec(state.mapper)
-            if spec is not None and spec.capture == "database":
-                session.info[_FLUSHED] = True
-                return
+    if not database_capture_declared():
+        return
+    committing = session.info.get(_COMMITTING) is session.get_transaction()
+    if _FLUSHED in session.info and not committing:
+        return
+    for state in flush_context.states:
+        spec = versioned_spec(state.mapper)
+        if spec is not None and spec.capture == "database":
+            session.info[_FLUSHED] = True
+            if committing:
+                # A flush from a before_commit hook that ran after the hand-over: hand over now.
+                _hand_over(session)
+            return
 
 
 @event.listens_for(Session, "after_transaction_end")
 def _forget_flushed(session: Session, transaction: Any) -> None:
     if transaction.parent is None:
         session.info.pop(_FLUSHED, None)
+        session.info.pop(_COMMITTING, None)
         session.info.pop(_OPENED, None)
         session.info.pop(_LOOKED, None)
         session.info.pop(_TOKEN, None)
@@ -644,27 +652,50 @@ def _forget_flushed(session: Session, transaction: Any) -> None:
 
 @event.listens_for(Session, "before_commit")
 def _hand_over_context(session: Session) -> None:
-    """At commit (after the session path wrote its rows), hand the audit context, and the
-    transaction row the session path wrote, to the triggers that fire at ``COMMIT``: if the
-    transaction flushed a model captured by the database, or ran any other statement that may
-    write (raw SQL may write such a table)."""
+    """PostgreSQL, at commit (after the session path wrote its rows): hand the audit context,
+    and the transaction row the session path wrote, to the triggers that fire at ``COMMIT``, if
+    the transaction flushed a model captured by the database or ran any other statement that
+    may write (raw SQL may write such a table)."""
     if not database_capture_declared() or session.in_nested_transaction():
         return
-    if session.info.get(_OPENED) is not None:
-        for connection in _compat.open_connections(session):
-            # Its last write is done: another client's writes are not this transaction's.
-            if connection.dialect.name == "sqlite":
-                connection.exec_driver_sql(f"DELETE FROM {CAPTURE_OPEN_TABLE} WHERE key = 'app'")
-            elif _is_mariadb(connection.dialect):
-                connection.exec_driver_sql(
-                    f"DELETE FROM {CAPTURE_OPEN_TABLE} WHERE id = CONNECTION_ID()"
-                )
+    session.info[_COMMITTING] = session.get_transaction()
     if _FLUSHED not in session.info and not trusted.wrote_outside_flushes(session):
         return
+    _hand_over(session)
+
+
+def _hand_over(session: Session) -> None:
     for connection in _compat.open_connections(session):
         if connection.dialect.name == "postgresql":
             transaction_id, context, reason = written_context(session, connection)
             context_settings(connection, context, transaction_id, reason)
+
+
+#: ``Session.info`` key: the root transaction whose commit has begun (the hand-over ran).
+_COMMITTING = "versioning_capture_committing"
+
+
+@event.listens_for(Engine, "commit")
+def _close_open_row(connection: Connection) -> None:
+    """SQLite and MariaDB, just before the connection's ``COMMIT`` (after every
+    ``before_commit`` hook's flush too): delete the open-transaction row the session wrote, so
+    that another client's later writes are not taken for this transaction's."""
+    if connection.info.pop(_OPEN_ROW, None) is None:
+        return
+    if connection.dialect.name == "sqlite":
+        connection.exec_driver_sql(f"DELETE FROM {CAPTURE_OPEN_TABLE} WHERE key = 'app'")
+    else:
+        connection.exec_driver_sql(f"DELETE FROM {CAPTURE_OPEN_TABLE} WHERE id = CONNECTION_ID()")
+
+
+@event.listens_for(Engine, "rollback")
+def _forget_open_row(connection: Connection) -> None:
+    connection.info.pop(_OPEN_ROW, None)  # rolled back with the transaction
+
+
+#: ``Connection.info`` key (kept with the DB-API connection): this connection's transaction
+#: wrote an open-transaction row (SQLite, MariaDB), deleted at its commit.
+_OPEN_ROW = "versioning_capture_open_row"
 
 
 #: ``Session.info`` keys: the root transaction in which the audit context was handed over
@@ -707,16 +738,18 @@ def _open_before_writing(
     )
     if cursor.fetchone() is None:
         return
-    _, audit, reason = written_context(session, connection)
+    written, audit, reason = written_context(session, connection)
     extra = audit.extra
-    # A transaction row already written for this transaction (before a savepoint that rolled
+    # The transaction row the session path wrote already (a write from a later before_commit
+    # hook), or one the triggers wrote for this transaction (before a savepoint that rolled
     # back the session's note of this) is kept; one of an earlier transaction (whose row a
     # commit around the session left behind) is not.
-    kept = (
-        f"(SELECT transaction_id FROM {CAPTURE_OPEN_TABLE} WHERE id = 1 AND key = 'app')"
-        if session.info.get(CAPTURE_HANDED_OVER) is root
-        else "NULL"
-    )
+    if written is not None:
+        kept = str(int(written))
+    elif session.info.get(CAPTURE_HANDED_OVER) is root:
+        kept = f"(SELECT transaction_id FROM {CAPTURE_OPEN_TABLE} WHERE id = 1 AND key = 'app')"
+    else:
+        kept = "NULL"
     cursor.execute(
         f"INSERT OR REPLACE INTO {CAPTURE_OPEN_TABLE} "
         "(id, key, transaction_id, actor, source_ip, request_id, reason, extra) "
@@ -730,6 +763,7 @@ def _open_before_writing(
         ),
     )
     session.info[_OPENED] = session.info[CAPTURE_HANDED_OVER] = root
+    connection.info[_OPEN_ROW] = True
 
 
 #: The first words of SQL text that change no rows (no capture trigger fires); any other text
@@ -787,15 +821,21 @@ def _open_on_mariadb(connection: Connection, cursor: Any, session: Session, root
     again = found is not None and found[0] is root
     token = found[1] if found is not None and again else f"app {uuid.uuid4().hex}"
     session.info[_TOKEN] = (root, token)
-    _, audit, reason = written_context(session, connection)
+    written, audit, reason = written_context(session, connection)
     extra = audit.extra
-    keep = "transaction_id" if again else "NULL"
+    # As on SQLite (see _open_before_writing).
+    first = "NULL" if written is None else str(int(written))
+    keep = (
+        first
+        if written is not None or not again
+        else "IF(`key` = VALUES(`key`), transaction_id, NULL)"
+    )
     try:
         cursor.execute(
             f"INSERT INTO {CAPTURE_OPEN_TABLE} "
             "(id, `key`, transaction_id, actor, source_ip, request_id, reason, extra) "
-            f"VALUES (CONNECTION_ID(), {_MARIADB_TOKEN} := %s, NULL, %s, %s, %s, %s, %s) "
-            f"ON DUPLICATE KEY UPDATE transaction_id = IF(`key` = VALUES(`key`), {keep}, NULL), "
+            f"VALUES (CONNECTION_ID(), {_MARIADB_TOKEN} := %s, {first}, %s, %s, %s, %s, %s) "
+            f"ON DUPLICATE KEY UPDATE transaction_id = {keep}, "
             "`key` = VALUES(`key`), actor = VALUES(actor), source_ip = VALUES(source_ip), "
             "request_id = VALUES(request_id), reason = VALUES(reason), extra = VALUES(extra)",
             (
@@ -814,6 +854,7 @@ def _open_on_mariadb(connection: Connection, cursor: Any, session: Session, root
             return  # no model of this database is captured by it
         raise
     session.info[_OPENED] = session.info[CAPTURE_HANDED_OVER] = root
+    connection.info[_OPEN_ROW] = True
 
 
 #: MariaDB's error number for a table that does not exist.
