@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 import pytest
 import sqlalchemy as sa
 import test_types as types
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 from sqlalchemy.orm.attributes import flag_modified
@@ -42,7 +42,7 @@ from versioning import Operation, audit_context, history, history_table
 from versioning.declaration import require_spec
 from versioning.triggers import check_triggers
 
-pytestmark = pytest.mark.backends("postgresql", "sqlite")
+pytestmark = pytest.mark.backends("postgresql", "sqlite", "mariadb")
 
 CreateTables = Callable[[sa.MetaData], sa.Engine]
 Sessions = Callable[..., Session]
@@ -1170,7 +1170,7 @@ def a_failed_flush_leaves_nothing(s: Sessions, m: Family) -> None:
     database_bugs={
         backend: "the row switch is one UPDATE: the triggers record it as an update of the old "
         "record, where the session path records the delete and the insert the session made"
-        for backend in ("postgresql", "sqlite")
+        for backend in ("postgresql", "sqlite", "mariadb")
     },
 )
 def delete_and_reinsert_in_one_flush(s: Sessions, m: Family) -> None:
@@ -1304,13 +1304,20 @@ def an_upsert_records_an_update_or_an_insert(s: Sessions, m: Family) -> None:
     add_item(s, m)
     with s() as session:
         dialect = session.get_bind().dialect.name
-        insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(m.Item)
-        upsert = insert.on_conflict_do_update(
-            index_elements=[m.Item.id], set_={"name": insert.excluded.name}
-        )
+        upsert: Any
+        ignore: Any
+        if dialect == "mariadb":
+            merge = mysql.insert(m.Item)
+            upsert = merge.on_duplicate_key_update(name=merge.inserted.name)
+            ignore = mysql.insert(m.Item).prefix_with("IGNORE")
+        else:
+            insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(m.Item)
+            upsert = insert.on_conflict_do_update(
+                index_elements=[m.Item.id], set_={"name": insert.excluded.name}
+            )
+            ignore = insert.on_conflict_do_nothing(index_elements=[m.Item.id])
         session.execute(upsert, [{"id": 1, "name": "upserted"}, {"id": 2, "name": "new"}])
         session.commit()
-        ignore = insert.on_conflict_do_nothing(index_elements=[m.Item.id])
         session.execute(ignore, [{"id": 1, "name": "ignored"}, {"id": 3, "name": "third"}])
         session.commit()
 
@@ -1367,10 +1374,6 @@ def the_audit_context_goes_on_the_transaction_row(s: Sessions, m: Family) -> Non
         ]
     },
     [Tx("alice", "10.0.0.1", "r1", "one", {"a": 1})],
-    database_bugs={
-        "postgresql": "the context goes to the triggers at COMMIT, as it is then (here: none), "
-        "not as it was at the transaction's first write"
-    },
 )
 def the_context_of_the_first_write_wins(s: Sessions, m: Family) -> None:
     with s() as session:
@@ -1387,10 +1390,6 @@ def the_context_of_the_first_write_wins(s: Sessions, m: Family) -> None:
 @scenario(
     {"Item": [added(1, item(), 0), changed(1, {"name": ("a", "b")}, item(name="b"), 0)]},
     [NO_CONTEXT],
-    database_bugs={
-        "postgresql": "the context goes to the triggers at COMMIT, as it is then (here: "
-        "mallory's), not as it was at the transaction's first write (none)"
-    },
 )
 def a_context_opened_after_the_writes_does_not_count(s: Sessions, m: Family) -> None:
     with s() as session:

@@ -101,8 +101,9 @@ class CommitOrderError(VersioningError):
     MariaDB's triggers fire at each write, not at commit, so a transaction's row (and id) is
     written at its first write. If another transaction changed the same record and committed
     after that, recording this change would show it before the one that committed first. The
-    statement is refused instead (nothing of it was written); roll back and retry the
-    transaction. ``table`` is the table whose record it was.
+    transaction is refused instead — an application's at ``session.commit()``, before the
+    ``COMMIT``; another client's statement by the trigger — nothing of it committed; roll back
+    and retry the transaction. ``table`` is the table whose record it was.
     """
 
     def __init__(self, table: str) -> None:
@@ -110,9 +111,8 @@ class CommitOrderError(VersioningError):
         super().__init__(
             f"{table!r}: another transaction changed a record this transaction changes and "
             f"committed after this transaction had written its first history row; its history "
-            f"would be out of commit order, so the database's capture trigger refused the "
-            f"statement. Roll back and retry the transaction (keep transactions that change "
-            f"busy records short)"
+            f"would be out of commit order, so it was refused before its COMMIT. Roll back and "
+            f"retry the transaction (keep transactions that change busy records short)"
         )
 
     def __reduce__(self) -> tuple[Any, ...]:

@@ -758,16 +758,17 @@ def _write_at_commit(session: Session) -> None:
 
 
 def written_context(
-    session: Session, connection: Connection
+    session: Session, connection: Connection, first: AuditContext | None = None
 ) -> tuple[int | None, AuditContext, str | None]:
     """The id of the transaction row this commit wrote on ``connection`` (``None`` if none), the
-    audit context of the transaction (taken at its first versioned flush, else now) and its
-    reason (the context's, else the restores' noted lines)."""
+    audit context of the transaction (taken at its first versioned flush; else ``first``, the
+    one noted at its first write by other means; else now) and its reason (the context's, else
+    the restores' noted lines)."""
     state = _existing(session)
     for group in state.groups.values() if state is not None else ():
         if session.connection(bind_arguments={"mapper": group.mapper}) is connection:
             return group.tx_id, group.context, group.written_reason
-    context = current_context()
+    context = current_context() if first is None else first
     reason = context.reason
     if reason is None and state is not None and state.notes:
         reason = "; ".join(state.notes)

@@ -52,7 +52,7 @@ from sqlalchemy.orm import Session
 
 from versioning import _compat, history_sql, trusted
 from versioning.append_only import driver_message
-from versioning.context import AuditContext
+from versioning.context import AuditContext, current_context
 from versioning.declaration import (
     ModelSpec,
     database_capture_declared,
@@ -401,11 +401,14 @@ def _mariadb_order_check(spec: ModelSpec, table: sa.Table, dialect: Dialect, row
         for key in spec.pk_keys
     )
     message = (ORDER_REFUSAL + table.name)[:_MARIADB_MESSAGE_MAX]
+    # The application's transactions are checked at their commit instead (_check_commit_order),
+    # where the locks of this read are held for a moment only.
     return (
+        f"IF versioning_app = 0 THEN "
         f"SELECT MAX({preparer.quote(TRANSACTION_ID)}) INTO versioning_newest "
         f"FROM {preparer.format_table(history)} WHERE {where} LOCK IN SHARE MODE; "
         f"IF versioning_newest > versioning_tx THEN "
-        f"SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = {_string(message)}; END IF;"
+        f"SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = {_string(message)}; END IF; END IF;"
     )
 
 
@@ -419,13 +422,13 @@ def _mariadb_bodies(spec: ModelSpec, table: sa.Table, dialect: Dialect) -> dict[
     key = preparer.quote("key")
     columns = "issued_at, actor, source_ip, request_id, reason, extra"
     host = "SUBSTRING_INDEX(USER(), '@', -1)"
+    mine = f"id = CONNECTION_ID() AND {key} = {_MARIADB_TOKEN}"
     head = (
-        f"SET versioning_tx = (SELECT transaction_id FROM {open_name} "
-        f"WHERE id = CONNECTION_ID() AND {key} = {_MARIADB_TOKEN}); "
-        f"IF versioning_tx IS NULL THEN "
-        f"IF EXISTS (SELECT 1 FROM {open_name} WHERE id = CONNECTION_ID() "
-        f"AND {key} = {_MARIADB_TOKEN}) THEN "
+        f"SET versioning_tx = (SELECT transaction_id FROM {open_name} WHERE {mine}); "
+        f"IF versioning_tx IS NOT NULL THEN SET versioning_app = 1; "
+        f"ELSEIF EXISTS (SELECT 1 FROM {open_name} WHERE {mine}) THEN "
         # The application's transaction: its audit context, handed over before its first write.
+        f"SET versioning_app = 1; "
         f"INSERT INTO {tx_name} ({columns}) SELECT UTC_TIMESTAMP(6), actor, source_ip, "
         f"request_id, reason, extra FROM {open_name} WHERE id = CONNECTION_ID(); "
         f"SET versioning_tx = LAST_INSERT_ID(); "
@@ -440,7 +443,7 @@ def _mariadb_bodies(spec: ModelSpec, table: sa.Table, dialect: Dialect) -> dict[
         f"SET versioning_tx = LAST_INSERT_ID(); "
         f"SET {_MARIADB_STATEMENT} = {_MARIADB_STATEMENT_KEY}, "
         f"{_MARIADB_TRANSACTION} = versioning_tx; "
-        f"END IF; END IF; "
+        f"END IF; "
     )
     changes = _sql(
         history_sql.changes_json(spec, _row(table, "old"), _row(table, "new"), dialect), dialect
@@ -448,6 +451,7 @@ def _mariadb_bodies(spec: ModelSpec, table: sa.Table, dialect: Dialect) -> dict[
     moved = _sql(_key_changed(spec, table), dialect)
     declare = (
         "DECLARE versioning_tx BIGINT DEFAULT NULL; DECLARE versioning_newest BIGINT DEFAULT NULL; "
+        "DECLARE versioning_app TINYINT DEFAULT 0; "
     )
     return {
         "INSERT": declare
@@ -603,12 +607,15 @@ def context_settings(
 def _installed_with_the_table(table: sa.Table, connection: Connection, **kw: Any) -> None:
     spec: ModelSpec | None = table.info.get(CAPTURED_BY_DATABASE)
     if spec is not None:
+        _TABLES_CHANGED[0] += 1
         install(connection, spec)
 
 
 @event.listens_for(sa.Table, "after_drop")
 def _dropped_with_the_table(table: sa.Table, connection: Connection, **kw: Any) -> None:
     spec: ModelSpec | None = table.info.get(CAPTURED_BY_DATABASE)
+    if spec is not None:
+        _TABLES_CHANGED[0] += 1
     if spec is not None and connection.dialect.name == "postgresql":
         _run(connection, [f"DROP FUNCTION IF EXISTS {_function_name(table, connection.dialect)}()"])
 
@@ -642,6 +649,7 @@ def _forget_flushed(session: Session, transaction: Any) -> None:
         session.info.pop(_OPENED, None)
         session.info.pop(_LOOKED, None)
         session.info.pop(_TOKEN, None)
+        session.info.pop(_FIRST_CONTEXT, None)
         session.info.pop(CAPTURE_HANDED_OVER, None)
     elif transaction.nested:
         # A savepoint ended: if it rolled back, so did an open-transaction row written in it;
@@ -659,20 +667,35 @@ def _hand_over_context(session: Session) -> None:
     if not database_capture_declared() or session.in_nested_transaction():
         return
     session.info[_COMMITTING] = session.get_transaction()
-    if _FLUSHED not in session.info and not trusted.wrote_outside_flushes(session):
+    if (
+        _FLUSHED not in session.info
+        and not trusted.wrote_outside_flushes(session)
+        and session.info.get(_OPENED) is None
+    ):
         return
     _hand_over(session)
 
 
 def _hand_over(session: Session) -> None:
+    """PostgreSQL: the context to the triggers; MariaDB: the commit-order check of what they
+    recorded (before the commit, where a refusal leaves the transaction to roll back)."""
     for connection in _compat.open_connections(session):
         if connection.dialect.name == "postgresql":
-            transaction_id, context, reason = written_context(session, connection)
+            noted = session.info.get(_FIRST_CONTEXT)
+            first = (
+                noted[1] if noted is not None and noted[0] is session.get_transaction() else None
+            )
+            transaction_id, context, reason = written_context(session, connection, first)
             context_settings(connection, context, transaction_id, reason)
+        elif _OPEN_ROW in connection.info and _is_mariadb(connection.dialect):
+            _check_commit_order(connection)
 
 
 #: ``Session.info`` key: the root transaction whose commit has begun (the hand-over ran).
 _COMMITTING = "versioning_capture_committing"
+#: ``Session.info`` key, PostgreSQL: the root transaction and the audit context in force at its
+#: first statement that may write a captured table.
+_FIRST_CONTEXT = "versioning_capture_first_context"
 
 
 @event.listens_for(Engine, "commit")
@@ -686,6 +709,60 @@ def _close_open_row(connection: Connection) -> None:
         connection.exec_driver_sql(f"DELETE FROM {CAPTURE_OPEN_TABLE} WHERE key = 'app'")
     else:
         connection.exec_driver_sql(f"DELETE FROM {CAPTURE_OPEN_TABLE} WHERE id = CONNECTION_ID()")
+
+
+def _check_commit_order(connection: Connection) -> None:
+    """MariaDB, at the application's commit: refuse it (:class:`versioning.CommitOrderError`)
+    if a record its triggers recorded has history from a later transaction row — another
+    transaction changed it and committed after this one's first write, so this one's history
+    would come first though it commits last. A locking read (it sees what committed after this
+    transaction's snapshot) of the records' newest rows, taken at commit so that its locks are
+    held for a moment only (the triggers check another client's statements themselves)."""
+    mine = connection.exec_driver_sql(
+        f"SELECT transaction_id FROM {CAPTURE_OPEN_TABLE} WHERE id = CONNECTION_ID() "
+        f"AND `key` = {_MARIADB_TOKEN}"
+    ).scalar()
+    if mine is None:
+        return  # the triggers wrote nothing
+    for spec in _present_specs(connection):
+        history = spec.history
+        columns = [history.c[spec.live_columns[k].name] for k in spec.pk_keys]
+        # Its own rows, read without locks (the next transaction's rows in the index are not
+        # to be waited for); then the newer rows of those records, with them.
+        keys = connection.execute(
+            sa.select(*columns).distinct().where(history.c[TRANSACTION_ID] == mine)
+        ).all()
+        if not keys:
+            continue
+        later = connection.execute(
+            sa.select(sa.literal(1))
+            .where(sa.tuple_(*columns).in_(keys), history.c[TRANSACTION_ID] > mine)
+            .limit(1)
+            .with_for_update(read=True)
+        ).first()
+        if later is not None:
+            raise CommitOrderError(_one_table(spec).name)
+
+
+#: Per engine URL, the specs captured by the database whose history table that database has,
+#: as of a generation of :data:`_TABLES_CHANGED` (a captured table created or dropped).
+_PRESENT: dict[str, tuple[int, list[ModelSpec]]] = {}
+_TABLES_CHANGED = [0]
+
+
+def _present_specs(connection: Connection) -> list[ModelSpec]:
+    specs = database_captured_specs()
+    key = f"{connection.engine.url!r} {len(specs)}"
+    found = _PRESENT.get(key)
+    if found is None or found[0] != _TABLES_CHANGED[0]:
+        inspector = sa.inspect(connection)
+        present = [
+            spec
+            for spec in specs
+            if inspector.has_table(spec.history.name, schema=spec.history.schema)
+        ]
+        found = _PRESENT[key] = (_TABLES_CHANGED[0], present)
+    return found[1]
 
 
 @event.listens_for(Engine, "rollback")
@@ -719,13 +796,22 @@ def _open_before_writing(
     if not database_capture_declared():
         return
     mariadb = _is_mariadb(connection.dialect)
-    if connection.dialect.name != "sqlite" and not mariadb:
+    postgresql = connection.dialect.name == "postgresql"
+    if connection.dialect.name != "sqlite" and not mariadb and not postgresql:
         return
     if CAPTURE_OPEN_TABLE in statement or not _may_write_captured(statement, context):
         return
     session = trusted.session_of(connection)
     root = session.get_transaction() if session is not None else None
     if session is None or root is None or session.info.get(_LOOKED) is root:
+        return
+    if postgresql:
+        # The context of the transaction's first write, handed over at its commit (where the
+        # context in force may be another one, or none).
+        session.info[_LOOKED] = root
+        noted = session.info.get(_FIRST_CONTEXT)
+        if noted is None or noted[0] is not root:  # not again after a savepoint ended
+            session.info[_FIRST_CONTEXT] = (root, current_context())
         return
     session.info[_LOOKED] = root
     if mariadb:

@@ -130,6 +130,9 @@ TABLE_ROWS = (
     Row("digest_inserts_cpu_ratio", "digests", "digests on ÷ off, client CPU: inserts", None),
     Row("digest_updates_cpu_ratio", "digests", "digests on ÷ off, client CPU: updates", None),
     Row("digest_commit_cpu_ratio", "digests", "digests on ÷ off, client CPU: single-row", None),
+    Row("digest_inserts_share", "digests", "digest code ÷ commit without digests: inserts", None),
+    Row("digest_updates_share", "digests", "digest code ÷ commit without digests: updates", None),
+    Row("digest_commit_share", "digests", "digest code ÷ commit without digests: single-row", None),
     Row("digest_inserts_code_ms", "digests", "digest code per commit: inserts (ms)", None),
     Row("digest_updates_code_ms", "digests", "digest code per commit: updates (ms)", None),
     Row("digest_commit_code_ms", "digests", "digest code per commit: single-row (ms)", None),
@@ -353,6 +356,15 @@ def overhead(cell: Cell) -> str:
     return f"{(value - 1) * 100:+.1f} % (runs: {each})"
 
 
+def share(cell: Cell) -> str:
+    """A share of a commit's time as a percentage: the median of the runs, and each run's."""
+    value = cell.median()
+    assert value is not None
+    runs = [statistics.median(samples) for samples in cell.by_run.values() if samples]
+    each = ", ".join(f"{r * 100:.1f}" for r in runs)
+    return f"{value * 100:.1f} % (runs: {each})"
+
+
 def render_cell(run: BackendRun, contender: str, row: Row) -> str:
     cell = run.cells.get((contender, row.metric))
     if cell is None:
@@ -367,6 +379,8 @@ def render_cell(run: BackendRun, contender: str, row: Row) -> str:
         return "—"
     if row.group == "digests" and row.metric.endswith("_ratio"):
         return overhead(cell)
+    if row.group == "digests" and row.metric.endswith("_share"):
+        return share(cell)
     if row.group == "digests":
         return number(value)
     text = ratio(value) if row.base is None else number(value)
