@@ -979,6 +979,7 @@ def check_capture_triggers(options: _Options, modules: tuple[str, ...], output: 
                 schema, _, name = entry.live.rpartition(".")
                 registered[entry.live] = _Captured(entry.live, schema or None, name)
         checked = {n: t for n, t in (modelled | registered).items() if exists(t)}
+        absent = sorted(name for name in modelled if name not in checked)
         try:
             problems: dict[str, TriggerProblem] = {}
             for name in sorted(checked):
@@ -993,20 +994,35 @@ def check_capture_triggers(options: _Options, modules: tuple[str, ...], output: 
             _fail_on(error)
         connection.rollback()
     unchecked = sorted(name for name in checked if name in registered and name not in problems)
-    _trigger_report([problems[name] for name in sorted(problems)], len(checked), unchecked, output)
+    _trigger_report(
+        [problems[name] for name in sorted(problems)], len(checked), unchecked, absent, output
+    )
 
 
 def _trigger_report(
-    problems: Sequence[TriggerProblem], checked: int, unchecked: Sequence[str], output: str
+    problems: Sequence[TriggerProblem],
+    checked: int,
+    unchecked: Sequence[str],
+    absent: Sequence[str],
+    output: str,
 ) -> None:
-    """Print what check-triggers found; exit 1 if a trigger is missing or stale."""
-    note = (
-        f"not checked whether current (that needs the models): {', '.join(unchecked)}; pass "
-        f"--models MODULE, the module declaring them"
-    )
+    """Print what check-triggers found; exit 1 if a trigger is missing or stale. Tables it could
+    not check whether current (``unchecked``), and the models' tables this database does not
+    have (``absent``: the URL of another database?), are said too (on stderr with json)."""
+    notes = []
+    if unchecked:
+        notes.append(
+            f"not checked whether current (that needs the models): {', '.join(unchecked)}; "
+            f"pass --models MODULE, the module declaring them"
+        )
+    if absent:
+        notes.append(
+            f"not in this database, left out: {', '.join(absent)} (the models given declare "
+            f"them captured by the database)"
+        )
     if output == "json":
         _print_json([{"table": p.table, "kind": p.kind, "detail": p.detail} for p in problems])
-        if unchecked:
+        for note in notes:
             click.echo(f"versioning: {note}", err=True)
     else:
         tables = f"{checked} table(s) captured by the database checked"
@@ -1020,7 +1036,7 @@ def _trigger_report(
             click.echo(f"all capture triggers are current: {tables}")
         for p in problems:
             click.echo(f"{p.kind}: {p.table}: {p.detail}")
-        if unchecked:
+        for note in notes:
             click.echo(note)
     if problems:
         sys.exit(EXIT_PROBLEMS)
