@@ -153,6 +153,8 @@ def test_errors_of_the_arguments_are_one_line_saying_what_to_do(tmp_path: Path) 
     assert "database URL" in _one_line(run("--url", "nosuch://x", "seal"))
     gone = tmp_path / "typo.sqlite"
     assert "no SQLite database at" in _one_line(run("--url", f"sqlite:///{gone}", "verify"))
+    models = _one_line(run("check-triggers", "--models", "no_such_models", cwd=tmp_path), 2)
+    assert "--models" in models and "no module 'no_such_models'" in models
     assert not gone.exists()  # not created by looking
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{}\n", encoding="utf-8")
@@ -702,3 +704,114 @@ def test_keys_of_each_type_as_the_command_line_takes_them() -> None:
     for name, text in (("flag", "maybe"), ("uid", "nope"), ("amount", "1,5"), ("day", "3/4")):
         with pytest.raises(click.BadParameter, match=f"is not a value of types_items.{name}"):
             typed(items, name, text)
+
+
+# --- check-triggers: the triggers of tables captured by the database -----------------------------
+
+#: A module of models as an application has it, imported by `check-triggers --models gadgets`;
+#: {extra}: the column a migration adds.
+GADGETS = """
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from versioning import Versioned, masks
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Gadget(Versioned, Base):
+    __tablename__ = "cli_gadgets"
+    __versioned__ = {{"capture": "database", "mask": {{"card": masks.last4}}}}
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(sa.String(50))
+    card: Mapped[str | None] = mapped_column(sa.String(20))
+{extra}"""
+
+
+def _gadgets(folder: Path, name: str, extra: str = "") -> Any:
+    """The module ``name`` written in ``folder`` (where the command runs), imported here too."""
+    path = folder / f"{name}.py"
+    path.write_text(GADGETS.format(extra=extra), encoding="utf-8")
+    spec = importlib.util.spec_from_file_location(f"{folder.name}_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_check_triggers_names_missing_and_stale_capture_triggers(
+    create_tables: Tables, tmp_path: Path
+) -> None:
+    from versioning.declaration import versioned_spec
+    from versioning.triggers import drop, install
+
+    gadgets = _gadgets(tmp_path, "gadgets")
+    engine = create_tables(gadgets.Base.metadata)
+    spec = versioned_spec(sa.inspect(gadgets.Gadget))
+    assert spec is not None
+    url = url_of(engine)
+    checked = "1 table(s) captured by the database checked"
+
+    # Models of another database too: their table is not here (said, not checked).
+    (tmp_path / "elsewhere.py").write_text(
+        GADGETS.replace("cli_gadgets", "cli_elsewhere").format(extra=""), encoding="utf-8"
+    )
+    current = run(
+        "check-triggers", "--models", "gadgets", "--models", "elsewhere", url=url, cwd=tmp_path
+    )
+    assert (current.returncode, current.stderr) == (0, "")
+    assert current.stdout.splitlines() == [
+        f"all capture triggers are current: {checked}",
+        "not in this database, left out: cli_elsewhere (the models given declare them captured "
+        "by the database)",
+    ]
+    # The registry alone finds a trigger there, but cannot tell it current: it says so.
+    alone = run("check-triggers", url=url)
+    assert (alone.returncode, alone.stderr) == (0, "")
+    assert alone.stdout.splitlines() == [
+        f"no capture trigger is missing: {checked}",
+        "not checked whether current (that needs the models): cli_gadgets; pass --models "
+        "MODULE, the module declaring them",
+    ]
+
+    # A trigger dropped (on SQLite and MariaDB, one of a table's three): its writes would go
+    # unrecorded.
+    one_of_three = engine.dialect.name in ("sqlite", "mariadb")
+    with engine.begin() as connection:
+        if one_of_three:
+            connection.exec_driver_sql("DROP TRIGGER cli_gadgets_versioning_capture_update")
+        else:
+            drop(connection, spec)
+    missing = run("check-triggers", "--format", "json", url=url)
+    assert (missing.returncode, missing.stderr) == (1, "")
+    [problem] = as_json(missing)
+    assert (problem["table"], problem["kind"]) == ("cli_gadgets", "missing")
+    lacking = (
+        "cli_gadgets has no capture trigger for update: those writes are not recorded"
+        if one_of_three
+        else "cli_gadgets has no capture trigger: its writes are not recorded"
+    )
+    assert problem["detail"] == (
+        f"{lacking}; install it (versioning.migrations.install_capture_triggers in a migration)"
+    )
+
+    # Installed again, then a migration adds a column to the table and the model: stale.
+    with engine.begin() as connection:
+        install(connection, spec)
+        for table in ("cli_gadgets", "cli_gadgets_history"):
+            connection.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN colour VARCHAR(20)")
+    (tmp_path / "migrated.py").write_text(
+        GADGETS.format(extra="    colour: Mapped[str | None] = mapped_column(sa.String(20))\n"),
+        encoding="utf-8",
+    )
+    stale = run("check-triggers", "--models", "migrated", url=url, cwd=tmp_path)
+    assert (stale.returncode, stale.stderr) == (1, "")
+    assert stale.stdout.splitlines() == [
+        f"1 problem(s): {checked}",
+        "stale: cli_gadgets: the capture trigger of cli_gadgets was installed for other columns "
+        "than Gadget has now: refresh it (versioning.migrations.install_capture_triggers in a "
+        "migration)",
+    ]

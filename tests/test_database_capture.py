@@ -758,15 +758,28 @@ def test_check_triggers_on_sqlite(captured: sa.Engine) -> None:
     [missing] = check_triggers(engine, Base.metadata)
     assert (missing.table, missing.kind) == ("dbcap_items", "missing")
     with engine.begin() as connection:  # as installed for a model of other columns
-        connection.exec_driver_sql(
-            "CREATE TRIGGER dbcap_items_versioning_capture_insert AFTER INSERT ON dbcap_items "
-            "FOR EACH ROW BEGIN SELECT 'versioning capture 00'; END"
-        )
+        for operation in ("INSERT", "UPDATE", "DELETE"):
+            connection.exec_driver_sql(
+                f"CREATE TRIGGER dbcap_items_versioning_capture_{operation.lower()} AFTER "
+                f"{operation} ON dbcap_items FOR EACH ROW BEGIN SELECT 'versioning capture 00'; END"
+            )
     [stale] = check_triggers(engine, Base.metadata)
     assert (stale.table, stale.kind) == ("dbcap_items", "stale")
     with engine.begin() as connection:
         install_capture_triggers(Operations(MigrationContext.configure(connection)), Base.metadata)
     assert check_triggers(engine, Base.metadata) == []
+    # One of the three dropped: missing; one of them replaced: stale.
+    with engine.begin() as connection:
+        connection.exec_driver_sql("DROP TRIGGER dbcap_items_versioning_capture_delete")
+    [missing] = check_triggers(engine, Base.metadata)
+    assert (missing.table, missing.kind) == ("dbcap_items", "missing")
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE TRIGGER dbcap_items_versioning_capture_delete AFTER DELETE ON dbcap_items "
+            "FOR EACH ROW BEGIN SELECT 'versioning capture 00'; END"
+        )
+    [stale] = check_triggers(engine, Base.metadata)
+    assert (stale.table, stale.kind) == ("dbcap_items", "stale")
 
 
 # --- MariaDB: what its triggers cannot know, and commit order ----------------------------------

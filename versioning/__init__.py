@@ -6,8 +6,10 @@ beside it, committed atomically with the data. Read it back with :func:`history`
 record at any moment with :func:`as_of` (its :class:`Version` with :func:`version_at`), and put it
 back with :func:`restore`. Prove it untouched with :func:`seal`, :func:`verify` and
 :func:`digest`, and erase a person's values without breaking that proof with :func:`erase`
-(docs/integrity.md). Failed and denied actions go on record with :func:`record_event` (and, opted
-in with :func:`record_failed_commits`, commits that failed), read with :func:`events`.
+(docs/integrity.md). A model captured by the database has triggers recording every write;
+:func:`check_triggers` names those missing or stale (docs/database-capture.md). Failed and
+denied actions go on record with :func:`record_event` (and, opted in with
+:func:`record_failed_commits`, commits that failed), read with :func:`events`.
 """
 
 import sqlalchemy as _sa
@@ -65,6 +67,7 @@ from versioning.restoring import restore
 from versioning.schema import TRANSACTION_TABLE, transaction_table_for
 from versioning.searching import iter_search, search, transaction_changes
 from versioning.table_at import all_as_of
+from versioning.triggers import TriggerProblem, check_triggers
 
 __all__ = [
     "ERASED",
@@ -97,6 +100,7 @@ __all__ = [
     "Seal",
     "SealConflictError",
     "Transaction",
+    "TriggerProblem",
     "UncapturedWriteError",
     "UncapturedWriteWarning",
     "Version",
@@ -108,6 +112,7 @@ __all__ = [
     "as_of",
     "audit_context",
     "catalog",
+    "check_triggers",
     "current_context",
     "diff",
     "digest",

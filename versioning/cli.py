@@ -3,11 +3,13 @@
 Built with click (commands, options) and rich (tables, progress bars), which the core library does
 not need: ``versioning.__main__`` says what to install when they are missing. Every command but
 ``demo`` works from ``--url`` (or ``VERSIONING_DATABASE_URL``) and the database's registry of
-history tables (:mod:`versioning.catalog`): no application model is imported.
+history tables (:mod:`versioning.catalog`): no application model is imported — except by
+``check-triggers --models MODULE``, which needs the models to tell a stale capture trigger.
 
-Exit codes: 0 done (and, for ``verify``, nothing wrong); 1 ``verify`` found problems; 2 the command
-line is wrong (click's usage errors); 3 the work could not be done (no or bad URL, database
-unreachable, no registry...), said in one line on stderr with what to do.
+Exit codes: 0 done (and, for ``verify`` and ``check-triggers``, nothing wrong); 1 ``verify`` or
+``check-triggers`` found problems; 2 the command line is wrong (click's usage errors); 3 the work
+could not be done (no or bad URL, database unreachable, no registry...), said in one line on
+stderr with what to do.
 
 Long work shows a progress bar on stderr when stderr is a terminal, never otherwise; results go to
 stdout (``--format json`` for programs).
@@ -40,12 +42,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
 
-from versioning import catalog, integrity
+from versioning import catalog, integrity, triggers
 from versioning import horizon as horizons
+from versioning.declaration import all_specs, database_captured_specs
 from versioning.errors import ArchivedError, CatalogError, VersioningError
 from versioning.exporting import record_text
 from versioning.operation import Operation
-from versioning.schema import issued_at_utc
+from versioning.schema import HISTORY_BY_DATABASE, issued_at_utc
+from versioning.triggers import TriggerProblem
 
 __all__ = ["EXIT_PROBLEMS", "EXIT_UNAVAILABLE", "EXIT_USAGE", "cli", "main"]
 
@@ -823,6 +827,243 @@ def digest(options: _Options) -> None:
     if newest is None:
         raise Failure("nothing is sealed yet: run `versioning seal` first")
     click.echo(newest.to_json())
+
+
+# --- capture triggers ----------------------------------------------------------------------------
+
+
+def _import_models(modules: Sequence[str]) -> None:
+    """Import the modules that declare the application's models (from the working directory or
+    ``PYTHONPATH``, as ``python -m`` would)."""
+    here = os.getcwd()
+    if "" not in sys.path and here not in sys.path:
+        sys.path.insert(0, here)
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as error:
+            missing = error.name or ""
+            if missing and (name == missing or name.startswith(missing + ".")):
+                raise BadValue(
+                    f"no module {name!r}: pass the module that declares your versioned models "
+                    f"(e.g. myapp.models), importable from the working directory or PYTHONPATH",
+                    param_hint="--models",
+                ) from None
+            raise Failure(f"importing {name} failed: {_first_line(error)}") from None
+        except Exception as error:
+            raise Failure(
+                f"importing {name} failed: {type(error).__name__}: {_first_line(error)}"
+            ) from None
+
+
+@dataclass(frozen=True)
+class _Captured:
+    """A live table captured by the database: its full name, schema and name."""
+
+    fullname: str
+    schema: str | None
+    name: str
+
+
+def _missing_triggers(connection: sa.Connection, table: _Captured) -> list[str]:
+    """The operations whose capture trigger ``table`` lacks (all of them: ``["all"]``), by the
+    triggers' names alone (PostgreSQL: ``pg_trigger``; MariaDB: ``information_schema``; SQLite:
+    ``sqlite_master``)."""
+    dialect = connection.dialect
+    if dialect.name == "postgresql":
+        found = connection.execute(
+            sa.text(
+                "SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass(:table) AND tgname = :name"
+            ),
+            {
+                "table": dialect.identifier_preparer.format_table(
+                    sa.table(table.name, schema=table.schema)
+                ),
+                "name": triggers._TRIGGER,
+            },
+        ).first()
+        return [] if found is not None else ["all"]
+    if triggers._is_mariadb(dialect):
+        names = {
+            triggers._name(
+                table.name, f"{triggers._TRIGGER}_{operation}", triggers._MARIADB_NAME_MAX
+            ): operation
+            for operation in ("insert", "update", "delete")
+        }
+        present = set(
+            connection.execute(
+                sa.text(
+                    "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE "
+                    "EVENT_OBJECT_SCHEMA = COALESCE(:schema, DATABASE()) "
+                    "AND EVENT_OBJECT_TABLE = :table AND TRIGGER_NAME IN :names"
+                ).bindparams(sa.bindparam("names", expanding=True)),
+                {"schema": table.schema, "table": table.name, "names": list(names)},
+            ).scalars()
+        )
+        lacking = [operation for name, operation in names.items() if name not in present]
+        return ["all"] if len(lacking) == len(names) else lacking
+    if dialect.name == "sqlite":
+        names = {
+            triggers._name(table.name, f"{triggers._TRIGGER}_{operation}"): operation
+            for operation in ("insert", "update", "delete")
+        }
+        master = "sqlite_master"
+        if table.schema is not None:
+            master = f"{dialect.identifier_preparer.quote_schema(table.schema)}.{master}"
+        present = set(
+            connection.execute(
+                sa.text(
+                    f"SELECT name FROM {master} WHERE type = 'trigger' AND tbl_name = :table "
+                    f"AND name IN :names"
+                ).bindparams(sa.bindparam("names", expanding=True)),
+                {"table": table.name, "names": list(names)},
+            ).scalars()
+        )
+        lacking = [operation for name, operation in names.items() if name not in present]
+        return ["all"] if len(lacking) == len(names) else lacking
+    raise Failure(
+        f"{table.fullname} is captured by the database, whose triggers this command finds from "
+        f"the registry alone on PostgreSQL, MariaDB and SQLite only: pass --models MODULE to "
+        f"check them on {dialect.name}"
+    )
+
+
+def _missing_problem(table: str, lacking: Sequence[str]) -> TriggerProblem:
+    install = "versioning.migrations.install_capture_triggers in a migration"
+    if list(lacking) == ["all"]:
+        detail = (
+            f"{table} has no capture trigger: its writes are not recorded; install it ({install})"
+        )
+    else:
+        detail = (
+            f"{table} has no capture trigger for {', '.join(lacking)}: those writes are not "
+            f"recorded; install it ({install})"
+        )
+    return TriggerProblem(table, "missing", detail)
+
+
+@cli.command("check-triggers")
+@click.option(
+    "--models",
+    "modules",
+    multiple=True,
+    metavar="MODULE",
+    help="A module declaring your versioned models (e.g. myapp.models), imported to tell "
+    "whether each trigger is current. Repeatable.",
+)
+@click.option(
+    "--format",
+    "output",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text for people, json for programs.",
+)
+@click.pass_obj
+def check_capture_triggers(options: _Options, modules: tuple[str, ...], output: str) -> None:
+    """Name the tables captured by the database whose capture trigger is missing or stale;
+    exit 1 if there is one.
+
+    From the registry alone it finds missing triggers; whether a trigger is current (installed
+    for the columns, types and masks the model has now) needs the models: --models MODULE.
+    Writes nothing."""
+    _import_models(modules)
+    with _connection(options) as connection:
+        try:
+            found: catalog.Catalog | None = catalog.load(connection, schema=options.schema)
+        except CatalogError as error:
+            if not modules:
+                raise Failure(str(error)) from None
+            found = None  # the models say what to check
+        inspector = sa.inspect(connection)
+
+        def exists(table: _Captured) -> bool:
+            return inspector.has_table(table.name, schema=table.schema)
+
+        # The models given say which of their tables are captured by the database, and how
+        # their triggers must read; the registry names the others (whose triggers can be found
+        # missing, not stale).
+        modelled: dict[str, _Captured] = {}
+        for spec in database_captured_specs():
+            live = spec.mapper.local_table
+            if isinstance(live, sa.Table):
+                modelled[live.fullname] = _Captured(live.fullname, live.schema, live.name)
+        declared = {
+            spec.mapper.local_table.fullname
+            for spec in all_specs()
+            if isinstance(spec.mapper.local_table, sa.Table)
+        }
+        registered: dict[str, _Captured] = {}
+        for entry in found.tables if found is not None else ():
+            if entry.history.info.get(HISTORY_BY_DATABASE) and entry.live not in declared:
+                schema, _, name = entry.live.rpartition(".")
+                registered[entry.live] = _Captured(entry.live, schema or None, name)
+        checked = {n: t for n, t in (modelled | registered).items() if exists(t)}
+        absent = sorted(name for name in modelled if name not in checked)
+        try:
+            problems: dict[str, TriggerProblem] = {}
+            for name in sorted(checked):
+                if (
+                    connection.dialect.name in ("postgresql", "sqlite")
+                    or triggers._is_mariadb(connection.dialect)
+                    or name in registered
+                ):
+                    lacking = _missing_triggers(connection, checked[name])
+                    if lacking:
+                        problems[name] = _missing_problem(name, lacking)
+            if modelled:
+                for problem in triggers.check_triggers(connection):
+                    problems.setdefault(problem.table, problem)
+        except (VersioningError, sa.exc.DBAPIError) as error:
+            _fail_on(error)
+        connection.rollback()
+    unchecked = sorted(name for name in checked if name in registered and name not in problems)
+    _trigger_report(
+        [problems[name] for name in sorted(problems)], len(checked), unchecked, absent, output
+    )
+
+
+def _trigger_report(
+    problems: Sequence[TriggerProblem],
+    checked: int,
+    unchecked: Sequence[str],
+    absent: Sequence[str],
+    output: str,
+) -> None:
+    """Print what check-triggers found; exit 1 if a trigger is missing or stale. Tables it could
+    not check whether current (``unchecked``), and the models' tables this database does not
+    have (``absent``: the URL of another database?), are said too (on stderr with json)."""
+    notes = []
+    if unchecked:
+        notes.append(
+            f"not checked whether current (that needs the models): {', '.join(unchecked)}; "
+            f"pass --models MODULE, the module declaring them"
+        )
+    if absent:
+        notes.append(
+            f"not in this database, left out: {', '.join(absent)} (the models given declare "
+            f"them captured by the database)"
+        )
+    if output == "json":
+        _print_json([{"table": p.table, "kind": p.kind, "detail": p.detail} for p in problems])
+        for note in notes:
+            click.echo(f"versioning: {note}", err=True)
+    else:
+        tables = f"{checked} table(s) captured by the database checked"
+        if problems:
+            click.echo(f"{len(problems)} problem(s): {tables}")
+        elif not checked:
+            click.echo("no table captured by the database: nothing to check")
+        elif unchecked:
+            click.echo(f"no capture trigger is missing: {tables}")
+        else:
+            click.echo(f"all capture triggers are current: {tables}")
+        for p in problems:
+            click.echo(f"{p.kind}: {p.table}: {p.detail}")
+        for note in notes:
+            click.echo(note)
+    if problems:
+        sys.exit(EXIT_PROBLEMS)
 
 
 @cli.command()

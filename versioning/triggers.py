@@ -1008,14 +1008,27 @@ def check_triggers(
             continue
         name = table.fullname
         if dialect.name == "sqlite":
-            # The fingerprint is in the trigger's own text.
-            installed = connection.execute(
-                sa.text("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = :name"),
-                {"name": _name(table.name, f"{_TRIGGER}_insert")},
-            ).scalar()
-            if installed is None:
+            # Each trigger's text holds the fingerprint of all three: all three are compared.
+            wanted = {
+                _name(table.name, f"{_TRIGGER}_{operation}"): statement
+                for operation, statement in zip(
+                    ("insert", "update", "delete"),
+                    _sqlite_statements(spec, table)[1::2],
+                    strict=True,
+                )
+            }
+            installed: dict[str, str] = dict(
+                connection.execute(
+                    sa.text(
+                        "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' "
+                        "AND name IN :names"
+                    ).bindparams(sa.bindparam("names", expanding=True)),
+                    {"names": list(wanted)},
+                ).all()
+            )
+            if set(installed) != set(wanted):
                 problems.append(_problem(spec, name, "missing"))
-            elif installed != _sqlite_statements(spec, table)[1]:
+            elif installed != wanted:
                 problems.append(_problem(spec, name, "stale"))
             continue
         if _is_mariadb(dialect):
