@@ -734,9 +734,16 @@ def _check_commit_order(connection: Connection) -> None:
         ).all()
         if not keys:
             continue
+        # A key of one column as a plain IN: MariaDB reads the (key, transaction) index for it,
+        # where a row constructor's IN may scan the table.
+        records = (
+            columns[0].in_([key for (key,) in keys])
+            if len(columns) == 1
+            else sa.tuple_(*columns).in_(keys)
+        )
         later = connection.execute(
             sa.select(sa.literal(1))
-            .where(sa.tuple_(*columns).in_(keys), history.c[TRANSACTION_ID] > mine)
+            .where(records, history.c[TRANSACTION_ID] > mine)
             .limit(1)
             .with_for_update(read=True)
         ).first()
