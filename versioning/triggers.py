@@ -1014,55 +1014,10 @@ def check_triggers(
         if not inspector.has_table(table.name, schema=table.schema):
             continue
         name = table.fullname
-        if dialect.name == "sqlite":
-            # Each trigger's text holds the fingerprint of all three: all three are compared.
-            wanted = {
-                _name(table.name, f"{_TRIGGER}_{operation}"): statement
-                for operation, statement in zip(
-                    ("insert", "update", "delete"),
-                    _sqlite_statements(spec, table)[1::2],
-                    strict=True,
-                )
-            }
-            installed: dict[str, str] = dict(
-                connection.execute(
-                    sa.text(
-                        "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' "
-                        "AND name IN :names"
-                    ).bindparams(sa.bindparam("names", expanding=True)),
-                    {"names": list(wanted)},
-                ).all()
-            )
-            if set(installed) != set(wanted):
-                problems.append(_problem(spec, name, "missing"))
-            elif installed != wanted:
-                problems.append(_problem(spec, name, "stale"))
-            continue
-        if _is_mariadb(dialect):
-            # The bodies as written are what the server keeps.
-            expected = {
-                _name(table.name, f"{_TRIGGER}_{operation}", _MARIADB_NAME_MAX): statement.split(
-                    " FOR EACH ROW ", 1
-                )[1]
-                for operation, statement in zip(
-                    ("insert", "update", "delete"),
-                    _mariadb_statements(spec, table, dialect)[1::2],
-                    strict=True,
-                )
-            }
-            found: dict[str, str] = dict(
-                connection.execute(
-                    sa.text(
-                        "SELECT TRIGGER_NAME, ACTION_STATEMENT FROM information_schema.TRIGGERS "
-                        "WHERE EVENT_OBJECT_SCHEMA = DATABASE() AND TRIGGER_NAME IN :names"
-                    ).bindparams(sa.bindparam("names", expanding=True)),
-                    {"names": list(expected)},
-                ).all()
-            )
-            if set(found) != set(expected):
-                problems.append(_problem(spec, name, "missing"))
-            elif found != expected:
-                problems.append(_problem(spec, name, "stale"))
+        if dialect.name == "sqlite" or _is_mariadb(dialect):
+            problem = _compare_row_triggers(connection, spec, table)
+            if problem is not None:
+                problems.append(_problem(spec, name, problem))
             continue
         if dialect.name != "postgresql":
             problems.append(
@@ -1083,6 +1038,41 @@ def check_triggers(
         elif comment[0] != "versioning capture " + trigger_fingerprint(spec, dialect):
             problems.append(_problem(spec, name, "stale"))
     return problems
+
+
+#: SQLite and MariaDB: where each trigger's text is kept (the server keeps it as written; on
+#: SQLite each text holds the fingerprint of all three, on MariaDB its body is compared).
+_TRIGGER_TEXTS = {
+    "sqlite": "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name IN :names",
+    "mariadb": "SELECT TRIGGER_NAME, ACTION_STATEMENT FROM information_schema.TRIGGERS "
+    "WHERE EVENT_OBJECT_SCHEMA = DATABASE() AND TRIGGER_NAME IN :names",
+}
+
+
+def _compare_row_triggers(connection: Connection, spec: ModelSpec, table: sa.Table) -> str | None:
+    """SQLite and MariaDB: ``"missing"`` if one of the table's three row triggers is not
+    installed, ``"stale"`` if one's text is not what the model makes now, else ``None``."""
+    dialect = connection.dialect
+    if dialect.name == "sqlite":
+        kind, limit = "sqlite", _PG_NAME_MAX
+        texts = _sqlite_statements(spec, table)[1::2]
+    else:
+        kind, limit = "mariadb", _MARIADB_NAME_MAX
+        created = _mariadb_statements(spec, table, dialect)[1::2]
+        texts = [statement.split(" FOR EACH ROW ", 1)[1] for statement in created]
+    wanted = {
+        _name(table.name, f"{_TRIGGER}_{operation}", limit): text
+        for operation, text in zip(("insert", "update", "delete"), texts, strict=True)
+    }
+    installed: dict[str, str] = dict(
+        connection.execute(
+            sa.text(_TRIGGER_TEXTS[kind]).bindparams(sa.bindparam("names", expanding=True)),
+            {"names": list(wanted)},
+        ).all()
+    )
+    if set(installed) != set(wanted):
+        return "missing"
+    return "stale" if installed != wanted else None
 
 
 def _problem(spec: ModelSpec, name: str, kind: str) -> TriggerProblem:
