@@ -170,15 +170,32 @@ def _transaction_insert(spec: ModelSpec, dialect: Dialect) -> str:
 
 def _history_insert(spec: ModelSpec, table: sa.Table, dialect: Dialect, operation: str) -> str:
     """The history row's INSERT for one kind of event, from ``NEW`` (``OLD`` for a delete)."""
+    values = _history_values(
+        spec, table, dialect, operation, sa.literal_column("tx"), sa.literal_column("changes")
+    )
+    return _sql(spec.history.insert().values(values).inline(), dialect)
+
+
+def _history_values(
+    spec: ModelSpec,
+    table: sa.Table,
+    dialect: Dialect,
+    operation: str,
+    transaction_id: Any,
+    changes: Any,
+) -> dict[str, Any]:
+    """A trigger's history row for one kind of event, by history column: the snapshot of
+    ``NEW`` (``OLD`` for a delete), ``transaction_id``, the operation, ``changes`` for an
+    update, and the personal columns' salts."""
     source = _row(table, "old" if operation == "DELETE" else "new")
     values: dict[str, Any] = dict(history_sql.snapshot_columns(spec, source, dialect))
-    values[TRANSACTION_ID] = sa.literal_column("tx")
+    values[TRANSACTION_ID] = transaction_id
     values[OPERATION] = sa.literal(Operation[operation].value)
-    values[CHANGES] = sa.literal_column("changes") if operation == "UPDATE" else sa.null()
+    values[CHANGES] = changes if operation == "UPDATE" else sa.null()
     personal = history_sql.personal_json(spec, dialect)
     if personal is not None:
         values[PERSONAL] = personal
-    return _sql(spec.history.insert().values(values).inline(), dialect)
+    return values
 
 
 def _sqlite_history_insert(
@@ -190,18 +207,8 @@ def _sqlite_history_insert(
 ) -> str:
     """SQLite: the history row's INSERT, its transaction id from the open-transaction row."""
     dialect = _SQLITE
-    source = _row(table, "old" if operation == "DELETE" else "new")
-    values: dict[str, Any] = dict(history_sql.snapshot_columns(spec, source, dialect))
-    values[TRANSACTION_ID] = opened.c.transaction_id
-    values[OPERATION] = sa.literal(Operation[operation].value)
-    values[CHANGES] = (
-        history_sql.changes_json(spec, _row(table, "old"), _row(table, "new"), dialect)
-        if operation == "UPDATE"
-        else sa.null()
-    )
-    personal = history_sql.personal_json(spec, dialect)
-    if personal is not None:
-        values[PERSONAL] = personal
+    changes = history_sql.changes_json(spec, _row(table, "old"), _row(table, "new"), dialect)
+    values = _history_values(spec, table, dialect, operation, opened.c.transaction_id, changes)
     # Written out, not as insert().from_select(): a SELECT of OLD's and NEW's columns would
     # name them in its FROM list, where a trigger's row is not a table.
     preparer = dialect.identifier_preparer
@@ -370,14 +377,14 @@ def _mariadb_history_insert(
     spec: ModelSpec, table: sa.Table, dialect: Dialect, operation: str
 ) -> str:
     """MariaDB: the history row's INSERT for one kind of event, with ``versioning_tx``."""
-    source = _row(table, "old" if operation == "DELETE" else "new")
-    values: dict[str, Any] = dict(history_sql.snapshot_columns(spec, source, dialect))
-    values[TRANSACTION_ID] = sa.literal_column("versioning_tx")
-    values[OPERATION] = sa.literal(Operation[operation].value)
-    values[CHANGES] = sa.literal_column("versioning_doc") if operation == "UPDATE" else sa.null()
-    personal = history_sql.personal_json(spec, dialect)
-    if personal is not None:
-        values[PERSONAL] = personal
+    values = _history_values(
+        spec,
+        table,
+        dialect,
+        operation,
+        sa.literal_column("versioning_tx"),
+        sa.literal_column("versioning_doc"),
+    )
     preparer = dialect.identifier_preparer
     columns = ", ".join(preparer.quote(name) for name in values)
     expressions = ", ".join(_sql(value, dialect) for value in values.values())
