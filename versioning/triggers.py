@@ -739,30 +739,35 @@ def _check_commit_order(connection: Connection) -> None:
     if mine is None:
         return  # the triggers wrote nothing
     for spec in _present_specs(connection):
+        own, newer = _order_statements(spec)
+        keys = connection.execute(own, {"mine": mine}).all()
+        if keys:
+            values = [key for (key,) in keys] if len(spec.pk_keys) == 1 else keys
+            if connection.execute(newer, {"mine": mine, "keys": values}).first() is not None:
+                raise CommitOrderError(_one_table(spec).name)
+
+
+def _order_statements(spec: ModelSpec) -> tuple[sa.Select[Any], sa.Select[Any]]:
+    """The two reads of :func:`_check_commit_order` for ``spec`` (built once): the records of
+    this transaction's own rows, without locks (the next transaction's rows in the index are not
+    to be waited for); then, with locks, whether any of those records has a newer row."""
+    found: tuple[sa.Select[Any], sa.Select[Any]] | None = spec.read_cache.get(_order_statements)
+    if found is None:
         history = spec.history
         columns = [history.c[spec.live_columns[k].name] for k in spec.pk_keys]
-        # Its own rows, read without locks (the next transaction's rows in the index are not
-        # to be waited for); then the newer rows of those records, with them.
-        keys = connection.execute(
-            sa.select(*columns).distinct().where(history.c[TRANSACTION_ID] == mine)
-        ).all()
-        if not keys:
-            continue
+        mine: sa.BindParameter[Any] = sa.bindparam("mine")
+        keys: sa.BindParameter[Any] = sa.bindparam("keys", expanding=True)
         # A key of one column as a plain IN: MariaDB reads the (key, transaction) index for it,
         # where a row constructor's IN may scan the table.
-        records = (
-            columns[0].in_([key for (key,) in keys])
-            if len(columns) == 1
-            else sa.tuple_(*columns).in_(keys)
-        )
-        later = connection.execute(
+        records = columns[0].in_(keys) if len(columns) == 1 else sa.tuple_(*columns).in_(keys)
+        found = spec.read_cache[_order_statements] = (
+            sa.select(*columns).distinct().where(history.c[TRANSACTION_ID] == mine),
             sa.select(sa.literal(1))
             .where(records, history.c[TRANSACTION_ID] > mine)
             .limit(1)
-            .with_for_update(read=True)
-        ).first()
-        if later is not None:
-            raise CommitOrderError(_one_table(spec).name)
+            .with_for_update(read=True),
+        )
+    return found
 
 
 #: Per engine URL, the specs captured by the database whose history table that database has,
