@@ -36,7 +36,7 @@ from sqlalchemy.orm.base import NO_VALUE
 
 from versioning import cascades, guard, live_rows, stored, trusted
 from versioning.autocommit import refuse_autocommit
-from versioning.declaration import ModelSpec, Versioned, session_spec, versioned_spec
+from versioning.declaration import ModelSpec, Versioned, session_spec
 from versioning.errors import VersioningError
 from versioning.history_rows import Change
 from versioning.operation import Operation
@@ -145,25 +145,10 @@ def _new_identity(state: InstanceState[Any], spec: ModelSpec) -> tuple[Any, ...]
     return _identity(state, spec)
 
 
-def _refuse_autocommit(session: Session) -> None:
-    """A flush that writes a versioned model (either capture) needs a transaction: see
-    :mod:`versioning.autocommit`. One look per model written."""
-    seen: set[Mapper[Any]] = set()
-    for objects in (session.new, session.dirty, session.deleted):
-        for obj in objects:
-            mapper = sa.inspect(obj).mapper
-            if mapper in seen:
-                continue
-            seen.add(mapper)
-            if versioned_spec(mapper) is not None:
-                connection = session.connection(bind_arguments={"mapper": mapper})
-                refuse_autocommit(connection, mapper.class_.__name__)
-
-
 @event.listens_for(Session, "before_flush")
 def _before_flush(session: Session, flush_context: UOWTransaction, instances: object) -> None:
     state_of = sa.inspect
-    _refuse_autocommit(session)
+    session.info[_AUTOCOMMIT_CHECKED] = set()
     wanted: dict[Mapper[Any], list[tuple[tuple[Any, ...], InstanceState[Any]]]] = {}
     for objects, deleting in ((session.dirty, False), (session.deleted, True)):
         for obj in objects:
@@ -347,22 +332,34 @@ def _check_deletes(
             )
 
 
-def _mark_flush(state: InstanceState[Any]) -> None:
-    """Let :func:`versioning.guard_writes` recognise this flush's own statements."""
-    guard.mark_flush(state.session)
+def _mark_flush(state: InstanceState[Any], connection: Connection) -> None:
+    """Let :func:`versioning.guard_writes` recognise this flush's own statements; refuse the
+    first versioned write of the flush on each connection that autocommits (see
+    :mod:`versioning.autocommit`), before its statement runs."""
+    session = state.session
+    guard.mark_flush(session)
+    checked: set[Connection] | None = session.info.get(_AUTOCOMMIT_CHECKED) if session else None
+    if checked is None or connection not in checked:
+        refuse_autocommit(connection, state.class_.__name__)
+        if checked is not None:
+            checked.add(connection)
+
+
+#: ``Session.info`` key: the connections of the current flush checked for autocommit.
+_AUTOCOMMIT_CHECKED = "versioning_autocommit_checked"
 
 
 def _before_insert(mapper: Mapper[Any], connection: Connection, state: InstanceState[Any]) -> None:
-    _mark_flush(state)
+    _mark_flush(state, connection)
 
 
 def _before_update(mapper: Mapper[Any], connection: Connection, state: InstanceState[Any]) -> None:
-    _mark_flush(state)
+    _mark_flush(state, connection)
     _note_before(state, connection, deleting=False)
 
 
 def _before_delete(mapper: Mapper[Any], connection: Connection, state: InstanceState[Any]) -> None:
-    _mark_flush(state)
+    _mark_flush(state, connection)
     _note_before(state, connection, deleting=True)
 
 
