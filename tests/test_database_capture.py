@@ -1029,3 +1029,68 @@ def test_a_write_from_a_later_before_commit_hook_carries_the_applications_contex
     assert first[0].transaction_id == second[0].transaction_id
     assert fourth[0].transaction.actor == "erin"
     assert fourth[0].transaction_id == twin.transaction_id
+
+
+@mariadb_only
+def test_a_write_from_the_mariadb_client_is_recorded_with_the_databases_identity(
+    captured: sa.Engine,
+) -> None:
+    import shutil
+    import subprocess
+
+    client = shutil.which("mariadb")
+    if client is None:  # pragma: no cover - the MariaDB service comes with its client
+        pytest.fail("the mariadb client is not installed (apt-get install mariadb-client)")
+    url = captured.url
+    subprocess.run(
+        [
+            client,
+            "-h",
+            str(url.host),
+            "-P",
+            str(url.port or 3306),
+            "-u",
+            str(url.username),
+            str(url.database),
+            "-e",
+            "INSERT INTO dbcap_items (id, name) VALUES (1, 'from the client'); "
+            "UPDATE dbcap_items SET name = 'fixed' WHERE id = 1",
+        ],
+        check=True,
+        capture_output=True,
+        env={"MYSQL_PWD": url.password or "", "PATH": "/usr/bin:/bin"},
+        timeout=60,
+    )
+    with Session(captured) as session:
+        inserted, updated = history(session, Item, 1)
+    assert inserted.state["name"] == "from the client"
+    assert updated.changes == {"name": ("from the client", "fixed")}
+    for version in (inserted, updated):
+        assert version.transaction.actor == str(url.username)
+        assert version.transaction.extra is not None
+        assert version.transaction.extra["client"] == "mariadb"
+    # Two statements of the client (each its own transaction here): two transaction rows.
+    assert inserted.transaction_id < updated.transaction_id
+
+
+@pytest.mark.backends("sqlite")
+def test_a_write_from_another_process_on_sqlite_is_recorded(captured: sa.Engine) -> None:
+    """A plain sqlite3 connection in another process (no SQLAlchemy, no versioning)."""
+    import subprocess
+    import sys
+
+    database = captured.url.database
+    assert database is not None
+    script = (
+        "import sqlite3, sys\n"
+        "connection = sqlite3.connect(sys.argv[1])\n"
+        "with connection:\n"
+        "    connection.execute(\"INSERT INTO dbcap_items (id, name) VALUES (1, 'elsewhere')\")\n"
+        "connection.close()\n"
+    )
+    subprocess.run([sys.executable, "-c", script, database], check=True, timeout=60)
+    with Session(captured) as session:
+        [version] = history(session, Item, 1)
+    assert version.state["name"] == "elsewhere"
+    assert version.transaction.actor == "sqlite"
+    assert version.transaction.extra == {"client": "sqlite"}
