@@ -867,65 +867,15 @@ class _Captured:
 
 def _missing_triggers(connection: sa.Connection, table: _Captured) -> list[str]:
     """The operations whose capture trigger ``table`` lacks (all of them: ``["all"]``), by the
-    triggers' names alone (PostgreSQL: ``pg_trigger``; MariaDB: ``information_schema``; SQLite:
-    ``sqlite_master``)."""
-    dialect = connection.dialect
-    if dialect.name == "postgresql":
-        found = connection.execute(
-            sa.text(
-                "SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass(:table) AND tgname = :name"
-            ),
-            {
-                "table": dialect.identifier_preparer.format_table(
-                    sa.table(table.name, schema=table.schema)
-                ),
-                "name": triggers._TRIGGER,
-            },
-        ).first()
-        return [] if found is not None else ["all"]
-    if triggers._is_mariadb(dialect):
-        names = {
-            triggers._name(
-                table.name, f"{triggers._TRIGGER}_{operation}", triggers._MARIADB_NAME_MAX
-            ): operation
-            for operation in ("insert", "update", "delete")
-        }
-        present = set(
-            connection.execute(
-                sa.text(
-                    "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE "
-                    "EVENT_OBJECT_SCHEMA = COALESCE(:schema, DATABASE()) "
-                    "AND EVENT_OBJECT_TABLE = :table AND TRIGGER_NAME IN :names"
-                ).bindparams(sa.bindparam("names", expanding=True)),
-                {"schema": table.schema, "table": table.name, "names": list(names)},
-            ).scalars()
+    triggers' names alone (see :func:`versioning.triggers.missing_triggers`)."""
+    lacking = triggers.missing_triggers(connection, table.name, table.schema)
+    if lacking is None:
+        raise Failure(
+            f"{table.fullname} is captured by the database, whose triggers this command finds "
+            f"from the registry alone on PostgreSQL, MariaDB and SQLite only: pass --models "
+            f"MODULE to check them on {connection.dialect.name}"
         )
-        lacking = [operation for name, operation in names.items() if name not in present]
-        return ["all"] if len(lacking) == len(names) else lacking
-    if dialect.name == "sqlite":
-        names = {
-            triggers._name(table.name, f"{triggers._TRIGGER}_{operation}"): operation
-            for operation in ("insert", "update", "delete")
-        }
-        master = "sqlite_master"
-        if table.schema is not None:
-            master = f"{dialect.identifier_preparer.quote_schema(table.schema)}.{master}"
-        present = set(
-            connection.execute(
-                sa.text(
-                    f"SELECT name FROM {master} WHERE type = 'trigger' AND tbl_name = :table "
-                    f"AND name IN :names"
-                ).bindparams(sa.bindparam("names", expanding=True)),
-                {"table": table.name, "names": list(names)},
-            ).scalars()
-        )
-        lacking = [operation for name, operation in names.items() if name not in present]
-        return ["all"] if len(lacking) == len(names) else lacking
-    raise Failure(
-        f"{table.fullname} is captured by the database, whose triggers this command finds from "
-        f"the registry alone on PostgreSQL, MariaDB and SQLite only: pass --models MODULE to "
-        f"check them on {dialect.name}"
-    )
+    return lacking
 
 
 def _missing_problem(table: str, lacking: Sequence[str]) -> TriggerProblem:
@@ -1003,11 +953,7 @@ def check_capture_triggers(options: _Options, modules: tuple[str, ...], output: 
         try:
             problems: dict[str, TriggerProblem] = {}
             for name in sorted(checked):
-                if (
-                    connection.dialect.name in ("postgresql", "sqlite")
-                    or triggers._is_mariadb(connection.dialect)
-                    or name in registered
-                ):
+                if triggers.captures_on(connection.dialect) or name in registered:
                     lacking = _missing_triggers(connection, checked[name])
                     if lacking:
                         problems[name] = _missing_problem(name, lacking)

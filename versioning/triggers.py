@@ -75,12 +75,14 @@ from versioning.schema import (
 __all__ = [
     "SETTINGS",
     "TriggerProblem",
+    "captures_on",
     "check_triggers",
     "context_settings",
     "drop",
     "drop_statements",
     "install",
     "install_statements",
+    "missing_triggers",
     "trigger_fingerprint",
 ]
 
@@ -1092,6 +1094,67 @@ def _compare_row_triggers(connection: Connection, spec: ModelSpec, table: sa.Tab
     if set(installed) != set(wanted):
         return "missing"
     return "stale" if installed != wanted else None
+
+
+def captures_on(dialect: Dialect) -> bool:
+    """Whether database capture is available on ``dialect``'s database (PostgreSQL, MariaDB,
+    SQLite)."""
+    return dialect.name in ("postgresql", "sqlite") or _is_mariadb(dialect)
+
+
+def missing_triggers(
+    connection: Connection, table_name: str, schema: str | None = None
+) -> list[str] | None:
+    """The operations (``"insert"``, ``"update"``, ``"delete"``) whose capture trigger the table
+    lacks, by the triggers' names alone (whether they are current needs the model: see
+    :func:`check_triggers`): ``["all"]`` if it has none, ``[]`` if it has every one; ``None``
+    where database capture is not available."""
+    dialect = connection.dialect
+    operations = ("insert", "update", "delete")
+    if dialect.name == "postgresql":
+        found = connection.execute(
+            sa.text(
+                "SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass(:table) AND tgname = :name"
+            ),
+            {
+                "table": dialect.identifier_preparer.format_table(
+                    sa.table(table_name, schema=schema)
+                ),
+                "name": _TRIGGER,
+            },
+        ).first()
+        return [] if found is not None else ["all"]
+    if _is_mariadb(dialect):
+        names = {
+            _name(table_name, f"{_TRIGGER}_{operation}", _MARIADB_NAME_MAX): operation
+            for operation in operations
+        }
+        query = (
+            "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE "
+            "EVENT_OBJECT_SCHEMA = COALESCE(:schema, DATABASE()) "
+            "AND EVENT_OBJECT_TABLE = :table AND TRIGGER_NAME IN :names"
+        )
+    elif dialect.name == "sqlite":
+        names = {
+            _name(table_name, f"{_TRIGGER}_{operation}"): operation for operation in operations
+        }
+        master = "sqlite_master"
+        if schema is not None:
+            master = f"{dialect.identifier_preparer.quote_schema(schema)}.{master}"
+        query = (
+            f"SELECT name FROM {master} WHERE type = 'trigger' AND tbl_name = :table "
+            f"AND name IN :names"
+        )
+    else:
+        return None
+    present = set(
+        connection.execute(
+            sa.text(query).bindparams(sa.bindparam("names", expanding=True)),
+            {"schema": schema, "table": table_name, "names": list(names)},
+        ).scalars()
+    )
+    lacking = [operation for name, operation in names.items() if name not in present]
+    return ["all"] if len(lacking) == len(names) else lacking
 
 
 def _problem(spec: ModelSpec, name: str, kind: str) -> TriggerProblem:
